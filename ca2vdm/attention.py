@@ -1,0 +1,104 @@
+"""Attention kernels, block-causal masks and the periodic temporal rotary embedding.
+
+Layout everywhere in this module: ``(N, L, H, Dh)`` (batch-like, sequence, heads, head dim), which is the
+layout flash-attn takes; the SDPA path transposes views. One function, :func:`attention`, hides the kernel.
+
+Temporal positions (why the model never sees an untrained position)
+------------------------------------------------------------------
+Temporal attention uses rotary embeddings whose frequencies are integer multiples of ``2*pi / period``, so the
+rotation of absolute frame index ``f`` depends only on ``f mod period`` and the score of a query at frame ``a``
+against a key at frame ``b`` depends only on ``(a - b) mod period``. With ``period`` larger than every distance
+that can occur inside the attention window (``window + chunk - 1``), scores depend exactly on the true relative
+distance, which is bounded by the window length the model is trained with, however many chunks are generated.
+Cached keys are rotated once, with their absolute index, when they are written; they never need re-rotating when
+older frames are evicted. This plays the role of Ca2-VDM's cyclic position embedding (arXiv 2411.16375) but is
+exactly shift-invariant, so no random training offsets are needed (``tests/test_model.py`` checks invariance).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional dependency: pip install ca2vdm[flash]
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_func = None
+
+BACKENDS = ("auto", "sdpa", "flash")
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """Map a configured backend ('auto' | 'sdpa' | 'flash') to the kernel actually used on ``device``."""
+    if name not in BACKENDS:
+        raise ValueError(f"attention_backend must be one of {BACKENDS}, got {name!r}")
+    on_cuda = torch.device(device).type == "cuda"
+    if name == "flash" and (flash_attn_func is None or not on_cuda):
+        raise ValueError("attention_backend='flash' needs flash-attn installed (pip install ca2vdm[flash]) and a "
+                         "CUDA device; use 'auto' to fall back to PyTorch SDPA")
+    if name == "auto":
+        return "flash" if flash_attn_func is not None and on_cuda else "sdpa"
+    return name
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              backend: str = "sdpa") -> torch.Tensor:
+    """Softmax attention. q: (N, Lq, H, Dh); k, v: (N, Lk, H, Dh); mask: bool (Lq, Lk), True = attend.
+
+    flash-attn takes no arbitrary mask and only half precision, so masked or fp32 calls use SDPA.
+    """
+    if backend == "flash" and mask is None and q.dtype in (torch.float16, torch.bfloat16):
+        return flash_attn_func(q, k, v)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return out.transpose(1, 2)  # (N, Lq, H, Dh)
+
+
+#################################################################################
+#                               Chunk layout                                    #
+#################################################################################
+
+def chunk_ids(frame_index: torch.Tensor, chunk_frames: int, first_frame_chunk: bool) -> torch.Tensor:
+    """Chunk number of each absolute frame index: frame 0 alone when ``first_frame_chunk``, then groups of
+    ``chunk_frames``."""
+    if first_frame_chunk:
+        return torch.where(frame_index == 0, 0, (frame_index - 1) // chunk_frames + 1)
+    return frame_index // chunk_frames
+
+
+def block_causal_mask(first_frame: int, num_frames: int, chunk_frames: int, first_frame_chunk: bool,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """(T, T) bool mask, True where frame i may attend to frame j: same chunk or an earlier one.
+
+    Chunk length 1 gives frame-causal attention.
+    """
+    ids = chunk_ids(torch.arange(first_frame, first_frame + num_frames, device=device), chunk_frames,
+                    first_frame_chunk)
+    return ids[None, :] <= ids[:, None]
+
+
+#################################################################################
+#                          Periodic rotary embedding                            #
+#################################################################################
+
+@lru_cache(maxsize=None)
+def _rope_frequencies(head_dim: int, period: int) -> torch.Tensor:
+    """Angular frequencies 2*pi*m/period, m cycling over 0..period//2 (m=0 leaves a channel pair unrotated)."""
+    if head_dim % 2:
+        raise ValueError(f"temporal RoPE needs an even head dimension, got {head_dim}")
+    m = torch.arange(head_dim // 2) % (period // 2 + 1)
+    return 2 * math.pi * m.double() / period
+
+
+def rope_table(head_dim: int, period: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (period, head_dim // 2), computed in float64 then cast to float32."""
+    angles = torch.arange(period).double()[:, None] * _rope_frequencies(head_dim, period)[None]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + Dh/2) of x: (N, T, H, Dh) by per-frame angles; cos, sin: (T, Dh/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[None, :, None], sin[None, :, None]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)

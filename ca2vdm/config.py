@@ -1,0 +1,175 @@
+"""Typed configuration (OmegaConf structured configs), the model registry and validation.
+
+A YAML file names a registered model (``model.name``) and may override any of its fields; every other section
+has defaults. Unknown keys, wrong types and inconsistent sizes are reported before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    in_channels: int = 3
+    resolution: int = 16
+    patch_size: int = 4
+    hidden_size: int = 32
+    depth: int = 2
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    num_classes: int = 0            # 0: unconditional; otherwise labels 0..num_classes-1 plus a learned null label
+    chunk_frames: int = 2           # frames denoised together (bidirectional inside, causal across chunks)
+    first_frame_chunk: bool = True  # frame 0 is a chunk of its own (image-to-video condition)
+    max_context_frames: int = 5     # conditioning frames kept in the KV cache (training clip = this + a chunk)
+    prefix_frames: int = 0          # prefix-enhanced spatial attention over the last k conditioning frames; 0 = off
+    attention_backend: str = "auto"  # auto | sdpa | flash
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames per training clip: the longest sequence the model ever attends over."""
+        return self.max_context_frames + self.chunk_frames
+
+    @property
+    def rope_period(self) -> int:
+        """Period of the temporal rotary phase; exceeds every query-key distance in the window."""
+        return self.clip_frames + self.chunk_frames
+
+
+MODEL_CONFIGS: dict[str, dict] = {
+    "tiny": {},
+    "demo": dict(resolution=32, patch_size=4, hidden_size=128, depth=4, num_heads=4, num_classes=3, chunk_frames=4,
+                 max_context_frames=9),
+    "small": dict(resolution=64, patch_size=4, hidden_size=384, depth=12, num_heads=6, chunk_frames=4,
+                  max_context_frames=25, prefix_frames=3),
+    "base": dict(resolution=128, patch_size=4, hidden_size=768, depth=12, num_heads=12, chunk_frames=8,
+                 max_context_frames=25, prefix_frames=3),
+}
+
+
+@dataclass
+class DiffusionConfig:
+    steps: int = 16             # Euler steps per chunk
+    shift: float = 1.0          # timestep shift (SD3): >1 spends more steps at high noise
+    cond_noise: float = 0.05    # prefix perturbation t_p applied to conditioning frames (model still told t=0)
+    cfg_scale: float = 1.0      # classifier-free guidance scale at inference; 1 = off
+    label_dropout: float = 0.1  # training: probability of replacing the label by the null label
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/shapes"
+    manifest: Optional[str] = None
+    frame_stride: int = 1
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/tiny"
+    seed: int = 0
+    batch_size: int = 4         # per process
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    max_steps: int = 200
+    ema_decay: float = 0.999
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
+    log_every: int = 10
+    save_every: int = 100
+    keep_last: int = 3
+    sample_every: int = 0       # 0 = no periodic sample videos
+    nonfinite: str = "stop"     # what to do on a NaN/inf loss: stop | skip
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any work starts."""
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    """A registered model configuration with optional field overrides."""
+    if name not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model name {name!r}; registered: {sorted(MODEL_CONFIGS)}")
+    return validate_model(ModelConfig(**{**MODEL_CONFIGS[name], **overrides, "name": name}))
+
+
+def validate_model(m: ModelConfig) -> ModelConfig:
+    """Check that the sizes fit together; raise ConfigError naming the field and the fix."""
+    problems = []
+    if m.resolution % m.patch_size:
+        problems.append(f"model.resolution={m.resolution} is not divisible by model.patch_size={m.patch_size}")
+    if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
+        problems.append(f"model.hidden_size={m.hidden_size} must split into model.num_heads={m.num_heads} heads of "
+                        "an even size")
+    if m.chunk_frames < 1:
+        problems.append(f"model.chunk_frames must be >= 1, got {m.chunk_frames}")
+    if m.max_context_frames < m.chunk_frames:
+        problems.append(f"model.max_context_frames={m.max_context_frames} is shorter than a chunk "
+                        f"(model.chunk_frames={m.chunk_frames}); the window must hold at least one chunk")
+    elif (m.max_context_frames - int(m.first_frame_chunk)) % m.chunk_frames:
+        layout = "1 + k * chunk_frames" if m.first_frame_chunk else "k * chunk_frames"
+        problems.append(f"model.max_context_frames={m.max_context_frames} must be {layout} so that training clips "
+                        "end on a chunk boundary")
+    if not 0 <= m.prefix_frames <= m.max_context_frames:
+        problems.append(f"model.prefix_frames={m.prefix_frames} must be in [0, max_context_frames]")
+    if m.attention_backend not in ("auto", "sdpa", "flash"):
+        problems.append(f"model.attention_backend={m.attention_backend!r} must be auto, sdpa or flash")
+    if problems:
+        raise ConfigError("invalid model config: " + "; ".join(problems))
+    return m
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML + ``key=value`` overrides onto the registered model's fields and the typed defaults; validate."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} not found; see configs/ for the shipped ones")
+    try:
+        raw = OmegaConf.merge(OmegaConf.load(path) if path else OmegaConf.create(),
+                              OmegaConf.from_dotlist(list(overrides or [])))
+        name = OmegaConf.select(raw, "model.name", default="tiny")
+        if name not in MODEL_CONFIGS:
+            raise ConfigError(f"unknown model.name {name!r}; registered: {sorted(MODEL_CONFIGS)}")
+        base = Config(model=ModelConfig(**{**MODEL_CONFIGS[name], "name": name}))
+        config: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(base), raw))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad config ({path or 'defaults'} + overrides {overrides or []}): {e.msg}. "
+                          "Check the key name and type against ca2vdm/config.py") from None
+    validate_model(config.model)
+    _validate_rest(config)
+    return config
+
+
+def _validate_rest(c: Config) -> None:
+    problems = []
+    if c.diffusion.steps < 1:
+        problems.append(f"diffusion.steps must be >= 1, got {c.diffusion.steps}")
+    if not 0 <= c.diffusion.cond_noise < 1:
+        problems.append(f"diffusion.cond_noise must be in [0, 1), got {c.diffusion.cond_noise}")
+    if c.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        problems.append(f"train.mixed_precision must be auto, no, bf16 or fp16, got {c.train.mixed_precision!r}")
+    if c.train.nonfinite not in ("stop", "skip"):
+        problems.append(f"train.nonfinite must be stop or skip, got {c.train.nonfinite!r}")
+    if c.train.batch_size < 1 or c.train.grad_accum < 1 or c.train.max_steps < 1:
+        problems.append("train.batch_size, train.grad_accum and train.max_steps must be >= 1")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def to_dict(model: ModelConfig) -> dict:
+    """Plain dict of a model config (stored in checkpoints)."""
+    return dataclasses.asdict(model)

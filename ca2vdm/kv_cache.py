@@ -1,0 +1,91 @@
+"""Preallocated, bounded cache of the conditioning frames' keys and values.
+
+Layout
+------
+Temporal attention runs one sequence per spatial token, so per layer the keys are stored as
+``(B * S, window, H, Dh)`` with ``window = max_context_frames + chunk_frames`` frame slots; all layers live in one
+tensor ``(depth, B * S, window, H, Dh)``. With prefix-enhanced spatial attention, the spatial keys/values of the
+last ``prefix_frames`` conditioning frames are kept as ``(depth, B, prefix_frames, S, H, Dh)``.
+
+Life cycle (one cache per guidance branch, allocated once per video)
+--------------------------------------------------------------------
+1. Denoising a chunk of L frames: at every step each layer calls :meth:`KVCache.update` with the chunk's K/V.
+   They go into the L ring slots after the last committed frame (scratch: the next step overwrites them) and the
+   layer attends over every occupied slot. Attention is order-free over keys and the rotary phase is baked into
+   each key, so ring order needs no reshuffling. The conditioning K/V are never recomputed: all denoising steps
+   of the chunk share them.
+2. Committing: the pipeline runs the finished (lightly re-noised) chunk once through the model at t=0 with
+   ``commit=True``; its K/V land in the same slots and :meth:`KVCache.commit` advances the write position.
+   That is the only time conditioning K/V are produced: once per chunk.
+3. Eviction: once ``frames_committed + L`` exceeds the window, the next chunk's slots are those of the oldest
+   frames, which are thereby evicted; the noisy chunk always sees exactly the last ``max_context_frames``
+   committed frames. No allocation happens after construction (slot indices are memoised per chunk).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Ring buffer of per-layer temporal K/V (and optional spatial prefix K/V) for conditioning frames."""
+
+    def __init__(self, depth: int, batch: int, tokens: int, heads: int, head_dim: int, max_context_frames: int,
+                 chunk_frames: int, prefix_frames: int = 0, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.window = max_context_frames + chunk_frames
+        self.max_context_frames = max_context_frames
+        self.k = torch.zeros(depth, batch * tokens, self.window, heads, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.prefix_frames = prefix_frames
+        prefix_shape = (depth, batch, prefix_frames, tokens, heads, head_dim)
+        self.prefix_k = torch.zeros(prefix_shape, device=device, dtype=dtype) if prefix_frames else None
+        self.prefix_v = torch.zeros_like(self.prefix_k) if prefix_frames else None
+        self.frames_committed = 0
+        self.commits = 0
+        self._slots_key: tuple[int, int] | None = None
+        self._slots: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache tensors (constant over the cache's life)."""
+        tensors = [self.k, self.v] + ([self.prefix_k, self.prefix_v] if self.prefix_frames else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def _slot_index(self, num_frames: int) -> torch.Tensor:
+        key = (self.frames_committed, num_frames)
+        if key != self._slots_key:
+            if num_frames > self.window - self.max_context_frames:
+                raise ValueError(f"a chunk of {num_frames} frames does not fit the cache, which was built for chunks "
+                                 f"of at most {self.window - self.max_context_frames}")
+            start = self.frames_committed % self.window
+            self._slots = (torch.arange(num_frames, device=self.k.device) + start) % self.window
+            self._slots_key = key
+        return self._slots
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the current chunk's temporal K/V (B*S, L, H, Dh) into its slots; return all visible K/V."""
+        slots = self._slot_index(k.shape[1])
+        self.k[layer].index_copy_(1, slots, k)
+        self.v[layer].index_copy_(1, slots, v)
+        visible = min(self.window, self.frames_committed + k.shape[1])
+        return self.k[layer, :, :visible], self.v[layer, :, :visible]  # (B*S, visible, H, Dh)
+
+    def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Spatial K/V (B, n, S, H, Dh) of the last n <= prefix_frames committed frames, or None if none."""
+        n = min(self.prefix_frames, self.frames_committed)
+        if n == 0:
+            return None
+        return self.prefix_k[layer, :, :n], self.prefix_v[layer, :, :n]
+
+    def store_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """During a commit pass: keep the spatial K/V (B, L, S, H, Dh) of the newest prefix_frames frames."""
+        if not self.prefix_frames:
+            return
+        n = min(self.prefix_frames, self.frames_committed)
+        for buf, new in ((self.prefix_k[layer], k), (self.prefix_v[layer], v)):
+            kept = torch.cat([buf[:, :n], new], dim=1)[:, -self.prefix_frames:]
+            buf[:, :kept.shape[1]].copy_(kept)
+
+    def commit(self, num_frames: int) -> None:
+        """Mark the chunk just run with ``commit=True`` as conditioning: advance the write position."""
+        self.frames_committed += num_frames
+        self.commits += 1

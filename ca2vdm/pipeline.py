@@ -1,0 +1,171 @@
+"""The autoregressive loop: generate a long video chunk by chunk, conditioning on what is in the window.
+
+Three ways to condition a chunk (``cache_mode``), all sampling the same noise for the same seed:
+
+* ``kv``: Ca2-VDM. Conditioning K/V live in a :class:`~ca2vdm.kv_cache.KVCache` per guidance branch, computed
+  once per chunk by a commit pass and shared by every denoising step of the following chunks. Cost per chunk is
+  constant.
+* ``none``: the usual autoregressive baseline; the last ``max_context_frames`` frames are re-run through the model
+  with the chunk at every denoising step. Equal to ``kv`` while the window is not full.
+* ``full``: re-run all previous frames at every step (extendable context; quadratic total cost, a benchmark
+  baseline). Equal to ``kv`` while the window is not full; past the window it attends beyond the trained range.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .diffusion import perturb, sample
+from .kv_cache import KVCache
+from .model import CausalVideoDiT
+
+CACHE_MODES = ("kv", "none", "full")
+
+
+@dataclass
+class ChunkResult:
+    """One generated chunk and what it cost."""
+    frames: torch.Tensor        # (B, C, L, H, W) in [-1, 1]
+    index: int                  # chunk number, 0-based
+    model_evals: int            # block-stack evaluations computed while denoising (all guidance branches)
+    skipped_evals: int = 0      # evaluations a step-caching policy skipped
+
+
+@dataclass
+class _Branch:
+    """One guidance branch: its label and its conditioning state."""
+    name: str
+    labels: torch.Tensor | None
+    cache: KVCache | None
+    context: list[torch.Tensor] = field(default_factory=list)  # modes none/full: perturbed conditioning frames
+
+
+@dataclass
+class GenerationState:
+    """Everything one video's generation carries from chunk to chunk."""
+    branches: list[_Branch]
+    generator: torch.Generator
+    batch: int
+    frames: int = 0             # frames conditioned on so far (given first frames included)
+    chunks: int = 0             # chunks generated so far
+
+
+class LongVideoPipeline:
+    """Chunk-by-chunk generation with a causal video DiT."""
+
+    def __init__(self, model: CausalVideoDiT, steps: int = 16, shift: float = 1.0, cond_noise: float = 0.05,
+                 cfg_scale: float = 1.0, cache_mode: str = "kv"):
+        if cache_mode not in CACHE_MODES:
+            raise ValueError(f"cache_mode must be one of {CACHE_MODES}, got {cache_mode!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.model = model.eval()
+        self.steps, self.shift, self.cond_noise = steps, shift, cond_noise
+        self.cfg_scale, self.cache_mode = cfg_scale, cache_mode
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0 and self.model.null_label is not None
+
+    def _branches(self, batch: int, label: int | torch.Tensor | None, device: torch.device) -> list[_Branch]:
+        null = self.model.null_label
+        if null is None:
+            if label is not None:
+                raise ValueError("this model is unconditional: do not pass a label")
+            labels = None
+        else:
+            label = null if label is None else label
+            labels = torch.as_tensor(label, device=device).long().expand(batch).clone()
+            if labels.min() < 0 or labels.max() > null:
+                raise ValueError(f"label must be in [0, {null - 1}] (or omitted for the null label), got {label}")
+        names = [("cond", labels)] + ([("uncond", torch.full_like(labels, null))] if self.guided else [])
+        return [_Branch(name, y, self.model.new_cache(batch, device) if self.cache_mode == "kv" else None)
+                for name, y in names]
+
+    def _velocity(self, branch: _Branch, x: torch.Tensor, t: float, frames_before: int) -> torch.Tensor:
+        B, L = x.shape[0], x.shape[2]
+        if branch.cache is not None:
+            return self.model(x, torch.full((B, L), t, device=x.device), branch.labels, cache=branch.cache)
+        ctx = torch.cat(branch.context + [x], dim=2) if branch.context else x
+        n = ctx.shape[2] - L
+        t_frames = torch.zeros(B, n + L, device=x.device)
+        t_frames[:, n:] = t
+        out = self.model(ctx, t_frames, branch.labels, frame_offset=frames_before - n, num_cond_frames=n)
+        return out[:, :, n:]
+
+    def _chunk_lengths(self, frames_before: int, num_frames: int) -> list[int]:
+        """Split ``num_frames`` frames starting at absolute index ``frames_before`` into model chunks."""
+        cfg, lengths = self.model.cfg, []
+        while num_frames > 0:
+            n = 1 if cfg.first_frame_chunk and frames_before == 0 else cfg.chunk_frames
+            lengths.append(min(n, num_frames))
+            frames_before += lengths[-1]
+            num_frames -= lengths[-1]
+        return lengths
+
+    @torch.no_grad()
+    def start(self, *, batch: int = 1, label: int | torch.Tensor | None = None, seed: int = 0,
+              first_frames: torch.Tensor | None = None) -> GenerationState:
+        """Set up a video: guidance branches, their caches, the noise generator, and the given first frames.
+
+        first_frames: optional (B, C, T0, H, W) video in [-1, 1] to continue (an image is T0 = 1); it is committed
+        as conditioning and not yielded.
+        """
+        device, dtype = self.model.x_embedder.weight.device, self.model.x_embedder.weight.dtype
+        state = GenerationState(self._branches(batch, label, device),
+                                torch.Generator(device=device).manual_seed(seed), batch)
+        if first_frames is not None:
+            first_frames = first_frames.to(device, dtype)
+            for part in first_frames.split(self._chunk_lengths(0, first_frames.shape[2]), dim=2):
+                self._commit(state, part)
+        return state
+
+    @torch.no_grad()
+    def next_chunk(self, state: GenerationState) -> ChunkResult:
+        """Denoise the next chunk, append it to the conditioning, return it."""
+        cfg = self.model.cfg
+        weight = self.model.x_embedder.weight
+        L = self._chunk_lengths(state.frames, cfg.chunk_frames)[0]
+        shape = (state.batch, cfg.in_channels, L, cfg.resolution, cfg.resolution)
+        noise = torch.randn(shape, generator=state.generator, device=weight.device, dtype=weight.dtype)
+        frames_before = state.frames
+        x0 = sample(lambda x, t, i: self._guided_velocity(state.branches, x, t, frames_before), noise, self.steps,
+                    self.shift).clamp(-1, 1)
+        self._commit(state, x0)
+        state.chunks += 1
+        return ChunkResult(x0, state.chunks - 1, model_evals=self.steps * len(state.branches))
+
+    def generate(self, num_chunks: int, **start_kwargs) -> Iterator[ChunkResult]:
+        """Yield ``num_chunks`` chunks, each as soon as it is denoised (keyword arguments as :meth:`start`).
+
+        Without ``first_frames`` and with ``first_frame_chunk``, chunk 0 is the single first frame.
+        """
+        if num_chunks < 1:
+            raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+        state = self.start(**start_kwargs)
+        for _ in range(num_chunks):
+            yield self.next_chunk(state)
+
+    def _commit(self, state: GenerationState, frames: torch.Tensor) -> None:
+        """Perturb finished frames (prefix perturbation) and append them to every branch's conditioning."""
+        noise = torch.randn(frames.shape, generator=state.generator, device=frames.device, dtype=frames.dtype)
+        frames = perturb(frames, noise, self.cond_noise)
+        B, L = frames.shape[0], frames.shape[2]
+        for b in state.branches:
+            if b.cache is not None:
+                self.model(frames, torch.zeros(B, L, device=frames.device), b.labels, cache=b.cache, commit=True)
+                b.cache.commit(L)
+            else:
+                b.context.append(frames)
+                if self.cache_mode == "none":
+                    b.context[:] = [torch.cat(b.context, dim=2)[:, :, -self.model.cfg.max_context_frames:]]
+        state.frames += L
+
+    def _guided_velocity(self, branches: list[_Branch], x: torch.Tensor, t: float, frames_before: int):
+        v = self._velocity(branches[0], x, t, frames_before)
+        if len(branches) == 1:
+            return v
+        v_uncond = self._velocity(branches[1], x, t, frames_before)
+        return v_uncond + self.cfg_scale * (v - v_uncond)

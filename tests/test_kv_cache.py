@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from ca2vdm.kv_cache import KVCache
+from ca2vdm.pipeline import LongVideoPipeline
+from helpers import random_model
+
+
+def test_ring_slots_and_visible_window():
+    cache = KVCache(depth=1, batch=1, tokens=1, heads=1, head_dim=2, max_context_frames=4, chunk_frames=2)
+    frame = lambda f: torch.full((1, 1, 1, 2), float(f))
+    k = torch.cat([frame(0), frame(1)], dim=1)
+    keys, _ = cache.update(0, k, k)
+    assert keys.shape[1] == 2  # nothing committed: only the chunk itself
+    cache.commit(2)
+    for f in range(2, 12, 2):
+        k = torch.cat([frame(f), frame(f + 1)], dim=1)
+        keys, _ = cache.update(0, k, k)
+        cache.commit(2)
+        visible = sorted(keys[0, :, 0, 0].tolist())
+        assert visible == list(range(max(0, f - 4), f + 2))  # last 4 committed frames + the chunk
+    with pytest.raises(ValueError, match="does not fit"):
+        cache.update(0, torch.zeros(1, 3, 1, 2), torch.zeros(1, 3, 1, 2))
+
+
+def test_cache_written_once_per_chunk_and_never_reallocated():
+    model = random_model(num_classes=3, prefix_frames=2)
+    pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.0, cache_mode="kv")
+    state = pipe.start(label=0, seed=0)
+    pipe.next_chunk(state)
+    branches = state.branches
+    storages = [(b.cache.k.data_ptr(), b.cache.v.data_ptr(), b.cache.prefix_k.data_ptr()) for b in branches]
+    sizes = [b.cache.nbytes() for b in branches]
+    for n in range(2, 9):
+        pipe.next_chunk(state)
+        for b in branches:
+            assert b.cache.commits == n  # one commit per finished chunk, not one per denoising step
+    assert [(b.cache.k.data_ptr(), b.cache.v.data_ptr(), b.cache.prefix_k.data_ptr()) for b in branches] == storages
+    assert [b.cache.nbytes() for b in branches] == sizes
+
+
+def test_bounded_over_many_chunks():
+    model = random_model()
+    pipe = LongVideoPipeline(model, steps=1, cache_mode="kv")
+    state = pipe.start(seed=0)
+    first = pipe.next_chunk(state)
+    cache = state.branches[0].cache
+    nbytes, ptr = cache.nbytes(), cache.k.data_ptr()
+    for _ in range(199):
+        assert torch.isfinite(pipe.next_chunk(state).frames).all()
+    assert cache.nbytes() == nbytes and cache.k.data_ptr() == ptr
+    assert cache.frames_committed == 1 + 199 * model.cfg.chunk_frames
+    assert first.frames.shape[2] == 1  # first-frame chunk

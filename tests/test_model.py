@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from ca2vdm.config import ConfigError, model_config
+from ca2vdm.model import CausalVideoDiT
+from helpers import random_model
+
+
+def test_shapes_and_label_errors():
+    model = random_model(num_classes=3)
+    x = torch.randn(2, 3, 7, 16, 16)
+    out = model(x, torch.rand(2, 7), torch.tensor([0, 3]))
+    assert out.shape == x.shape
+    with pytest.raises(ValueError, match="class-conditional"):
+        model(x, torch.rand(2, 7))
+    with pytest.raises(ValueError, match="expected video"):
+        model(torch.randn(2, 3, 7, 12, 16), torch.rand(2, 7), torch.tensor([0, 1]))
+
+
+def test_fresh_model_predicts_zero():
+    """adaLN-Zero: an untrained model's output is exactly zero (every branch gated closed)."""
+    model = CausalVideoDiT(model_config("tiny"))
+    assert torch.equal(model(torch.randn(1, 3, 3, 16, 16), torch.rand(1, 3)), torch.zeros(1, 3, 3, 16, 16))
+
+
+@pytest.mark.parametrize("prefix_frames", [0, 2])
+def test_causality(prefix_frames):
+    """Perturbing frame j changes no output before the start of j's chunk."""
+    model = random_model(prefix_frames=prefix_frames)
+    x, t = torch.randn(1, 3, 7, 16, 16), torch.rand(1, 7)
+    base = model(x, t, num_cond_frames=5)
+    chunk_start = {0: 0, 1: 1, 2: 1, 3: 3, 4: 3, 5: 5, 6: 5}  # chunks [0] [1 2] [3 4] [5 6]
+    for j in range(7):
+        x2 = x.clone()
+        x2[:, :, j] += 1.0
+        diff = (model(x2, t, num_cond_frames=5) - base).abs().amax(dim=(0, 1, 3, 4))
+        assert torch.all(diff[:chunk_start[j]] == 0)
+        assert diff[chunk_start[j]:].max() > 1e-4  # and it does change the rest
+
+
+def test_temporal_shift_invariance():
+    """Periodic rotary positions: the same frames at any absolute offset give the same output."""
+    model = random_model(first_frame_chunk=False, max_context_frames=4)
+    x, t = torch.randn(1, 3, 6, 16, 16), torch.rand(1, 6)
+    ref = model(x, t, frame_offset=0)
+    for offset in (2, 8, 1000):
+        assert (model(x, t, frame_offset=offset) - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("prefix_frames", [0, 1, 3])
+def test_cached_forward_equals_full_forward(prefix_frames):
+    """Committing chunks one by one and running the last chunk on the cache matches one full pass."""
+    model = random_model(num_classes=2, prefix_frames=prefix_frames)
+    x, y = torch.randn(2, 3, 7, 16, 16), torch.tensor([1, 2])
+    t = torch.zeros(2, 7)
+    t[:, 5:] = torch.tensor([[0.3], [0.8]])
+    full = model(x, t, y, num_cond_frames=5)
+    cache = model.new_cache(2)
+    for start, length in ((0, 1), (1, 2), (3, 2)):
+        model(x[:, :, start:start + length], torch.zeros(2, length), y, cache=cache, commit=True)
+        cache.commit(length)
+    cached = model(x[:, :, 5:], t[:, 5:], y, cache=cache)
+    assert (cached - full[:, :, 5:]).abs().max() <= 1e-5
+
+
+def test_config_validation_errors():
+    with pytest.raises(ConfigError, match="patch_size"):
+        model_config("tiny", resolution=18)
+    with pytest.raises(ConfigError, match="shorter than a chunk"):
+        model_config("tiny", max_context_frames=1)
+    with pytest.raises(ConfigError, match="unknown model name"):
+        model_config("huge")
