@@ -67,6 +67,7 @@ class DataConfig:
     root: str = "data/shapes"
     manifest: Optional[str] = None
     frame_stride: int = 1
+    clips_per_video: int = 1    # items per video in an epoch (many clips fit in a long video)
     num_workers: int = 0
 
 

@@ -13,7 +13,7 @@ Three ways to condition a chunk (``cache_mode``), all sampling the same noise fo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -123,16 +123,26 @@ class LongVideoPipeline:
         return state
 
     @torch.no_grad()
-    def next_chunk(self, state: GenerationState) -> ChunkResult:
-        """Denoise the next chunk, append it to the conditioning, return it."""
+    def next_chunk(self, state: GenerationState, on_step: Callable[[int], None] | None = None) -> ChunkResult:
+        """Denoise the next chunk, append it to the conditioning, return it. ``on_step(i)`` follows each step."""
         cfg = self.model.cfg
         weight = self.model.x_embedder.weight
         L = self._chunk_lengths(state.frames, cfg.chunk_frames)[0]
         shape = (state.batch, cfg.in_channels, L, cfg.resolution, cfg.resolution)
         noise = torch.randn(shape, generator=state.generator, device=weight.device, dtype=weight.dtype)
         frames_before = state.frames
-        x0 = sample(lambda x, t, i: self._guided_velocity(state.branches, x, t, frames_before), noise, self.steps,
-                    self.shift).clamp(-1, 1)
+
+        def denoise(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+            v = self._guided_velocity(state.branches, x, t, frames_before)
+            if on_step is not None:
+                on_step(i)
+            return v
+
+        x0 = sample(denoise, noise, self.steps, self.shift)
+        if not torch.isfinite(x0).all():
+            raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks}; the weights may be "
+                                     "damaged (check the checkpoint) or the sampler settings unstable")
+        x0 = x0.clamp(-1, 1)
         self._commit(state, x0)
         state.chunks += 1
         return ChunkResult(x0, state.chunks - 1, model_evals=self.steps * len(state.branches))

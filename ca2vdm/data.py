@@ -1,0 +1,226 @@
+"""Dataset of fixed-length clips sampled from a folder of videos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ca2vdm.video_io import open_video, read_frames, resize_center_crop
+
+logger = logging.getLogger("ca2vdm.data")
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv")
+DEFAULT_MANIFEST = "labels.jsonl"
+_REASONS_SHOWN = 3
+
+
+def find_videos(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """All files under `root` with one of `extensions`, sorted; hidden files/folders ignored."""
+    suffixes = {ext.lower() for ext in extensions}
+    found = [
+        path
+        for path in root.rglob("*")
+        if path.suffix.lower() in suffixes
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+        and path.is_file()
+    ]
+    return sorted(found, key=lambda path: path.relative_to(root).as_posix())
+
+
+def load_labels(manifest: Path) -> dict[str, int]:
+    """Read {relative file path: label} from a JSONL manifest or a CSV with header `file,label`."""
+    try:
+        text = manifest.read_text()
+    except OSError as error:
+        raise ValueError(f"cannot read label manifest {manifest}: {error}") from error
+    if manifest.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        if rows and not {"file", "label"} <= set(rows[0]):
+            raise ValueError(f"label manifest {manifest} needs a header row `file,label`")
+    else:
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"label manifest {manifest} is not valid JSONL ({error}); each line must be "
+                '{"file": "relative/path.mp4", "label": 0}'
+            ) from error
+    labels = {}
+    for line, row in enumerate(rows, start=1):
+        try:
+            label = int(row["label"])
+            name = Path(row["file"]).as_posix()
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"label manifest {manifest}, entry {line}: expected a file and an integer label, got {row!r}"
+            ) from error
+        if label < 0:
+            raise ValueError(f"label manifest {manifest}, entry {line}: label must be >= 0, got {label}")
+        labels[name] = label
+    return labels
+
+
+def _summarise(skipped: list[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{path}: {reason}" for path, reason in skipped[:_REASONS_SHOWN])
+    more = f"; and {len(skipped) - _REASONS_SHOWN} more" if len(skipped) > _REASONS_SHOWN else ""
+    return shown + more
+
+
+class VideoFolderDataset(Dataset):
+    """Clips of `num_frames` frames (every `frame_stride`-th frame) from videos under `root`.
+
+    Files are found recursively by extension (`extensions`); other files and
+    hidden files/folders are ignored. A file with a video extension that cannot
+    be opened (corrupt, truncated, not a video) or that is shorter than one clip
+    is skipped and recorded in `self.skipped` as (path, reason); one warning
+    summarises them.
+
+    Labels come from `manifest` (JSONL lines {"file": ..., "label": int} or a
+    CSV with header `file,label`, paths relative to `root`; a relative manifest
+    path is also looked up under `root`), else from `root/labels.jsonl` if
+    present. Videos missing from the manifest get label 0.
+
+    The clip start for item i is drawn from np.random.default_rng([seed, epoch, i]),
+    so clips are reproducible given (seed, epoch, i); call `set_epoch` every epoch.
+    With DataLoader workers, create a new iterator after `set_epoch` (do not use
+    persistent_workers), so workers see the new epoch.
+
+    A video that probed fine but fails to decode later is added to `skipped`
+    (in the process that hit it) and the item falls back to the next usable
+    video in order, at the same relative clip position, so the result depends
+    only on (seed, epoch, i) and which files are broken.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_frames: int,
+        frame_stride: int = 1,
+        resolution: int = 32,
+        manifest: str | None = None,
+        extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+        seed: int = 0,
+        clips_per_video: int = 1,
+    ) -> None:
+        if clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        if num_frames < 1 or frame_stride < 1 or resolution < 1:
+            raise ValueError(
+                "num_frames, frame_stride and resolution must all be >= 1, got "
+                f"{num_frames}, {frame_stride}, {resolution}"
+            )
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ValueError(
+                f"video folder {self.root} does not exist; run scripts/make_synthetic_videos.py "
+                f"--out {self.root} or point data.root at a folder of videos"
+            )
+        self.num_frames = num_frames
+        self.frame_stride = frame_stride
+        self.resolution = resolution
+        self.seed = seed
+        self.clips_per_video = clips_per_video  # items per video per epoch (long videos hold many clips)
+        self.epoch = 0
+        self.clip_span = (num_frames - 1) * frame_stride + 1  # frames one clip covers
+        self.skipped: list[tuple[str, str]] = []
+        self.videos: list[Path] = []
+        self.lengths: list[int] = []  # frames per usable video
+        self._failed: set[int] = set()  # indices that failed at read time
+
+        candidates = find_videos(self.root, tuple(extensions))
+        for path in candidates:
+            self._probe(path)
+        if self.skipped:
+            logger.warning(
+                "skipped %d of %d video files under %s: %s",
+                len(self.skipped), len(candidates), self.root, _summarise(self.skipped),
+            )
+        if not self.videos:
+            details = f" ({_summarise(self.skipped)})" if self.skipped else ""
+            raise ValueError(
+                f"no usable videos in {self.root}: found {len(candidates)} files with extensions "
+                f"{', '.join(extensions)}, skipped {len(self.skipped)}{details}. Fix: run "
+                f"scripts/make_synthetic_videos.py --out {self.root} or point data.root at a folder "
+                f"of videos at least {self.clip_span} frames long"
+            )
+        self.labels, self.num_classes = self._load_labels(manifest)
+
+    def _probe(self, path: Path) -> None:
+        try:
+            length = len(open_video(path))
+        except ValueError as error:
+            self.skipped.append((str(path), str(error)))
+            return
+        if length < self.clip_span:
+            self.skipped.append((
+                str(path),
+                f"too short: {length} frames, a clip needs {self.clip_span} "
+                f"(num_frames={self.num_frames}, frame_stride={self.frame_stride})",
+            ))
+            return
+        self.videos.append(path)
+        self.lengths.append(length)
+
+    def _load_labels(self, manifest: str | None) -> tuple[list[int], int]:
+        if manifest is None:
+            path = self.root / DEFAULT_MANIFEST
+            if not path.is_file():
+                return [0] * len(self.videos), 0
+        else:
+            path = Path(manifest)
+            if not path.is_file() and not path.is_absolute() and (self.root / path).is_file():
+                path = self.root / path
+            if not path.is_file():
+                raise ValueError(f"label manifest {manifest} not found (also looked under {self.root})")
+        table = load_labels(path)
+        names = [video.relative_to(self.root).as_posix() for video in self.videos]
+        missing = [name for name in names if name not in table]
+        if missing:
+            logger.warning(
+                "%d of %d videos are not in %s and get label 0, e.g. %s",
+                len(missing), len(names), path, ", ".join(missing[:_REASONS_SHOWN]),
+            )
+        num_classes = max(table.values()) + 1 if table else 0
+        return [table.get(name, 0) for name in names], num_classes
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch that seeds clip positions."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.clips_per_video
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """Return {"video": (3, T, R, R) float32 in [-1, 1], "label": long scalar}."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        # One uniform draw places the clip in whichever video ends up being read.
+        position = np.random.default_rng([self.seed, self.epoch, index]).random()
+        for offset in range(len(self.videos)):
+            j = (index % len(self.videos) + offset) % len(self.videos)
+            if j in self._failed:
+                continue
+            start = int(position * (self.lengths[j] - self.clip_span + 1))
+            indices = range(start, start + self.clip_span, self.frame_stride)
+            try:
+                frames = read_frames(self.videos[j], indices)  # (T, H, W, 3)
+            except ValueError as error:
+                self._failed.add(j)
+                self.skipped.append((str(self.videos[j]), f"failed at read time: {error}"))
+                logger.warning("cannot decode %s, using the next video instead: %s", self.videos[j], error)
+                continue
+            return {
+                "video": resize_center_crop(frames, self.resolution),  # (3, T, R, R)
+                "label": torch.tensor(self.labels[j], dtype=torch.long),
+            }
+        raise RuntimeError(
+            f"none of the {len(self.videos)} videos in {self.root} could be decoded; "
+            "see dataset.skipped for the reasons"
+        )

@@ -1,0 +1,340 @@
+"""Video and image reading/writing, and the shared resize/normalise step.
+
+Conventions: uint8 frames are numpy arrays shaped (T, H, W, 3); model-side
+videos are float tensors shaped (C, T, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import decord
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from PIL import Image
+
+KEYFRAME_INTERVAL = 16  # frames between keyframes in written videos
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_DECODE_ERRORS = (RuntimeError, decord.DECORDError)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """Convert a (C, T, H, W) float video in [-1, 1] (C = 1 or 3) to (T, H, W, 3) uint8."""
+    if video.ndim != 4 or video.shape[0] not in (1, 3):
+        raise ValueError(
+            f"to_uint8 expects a (C, T, H, W) tensor with C = 1 or 3, got shape {tuple(video.shape)}"
+        )
+    video = video.detach().float().cpu()
+    if video.shape[0] == 1:
+        video = repeat(video, "1 t h w -> c t h w", c=3)
+    pixels = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (3, T, H, W)
+    return rearrange(pixels, "c t h w -> t h w c").numpy()
+
+
+def _uint8_to_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(T, H, W, C), (T, H, W) or (H, W) uint8 -> (3, T, H, W) float in [-1, 1]."""
+    if not isinstance(frames, torch.Tensor):
+        frames = torch.from_numpy(np.require(frames, requirements="W"))  # copy only if read-only
+    if frames.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 frames, got dtype {frames.dtype}; convert with to_uint8 first")
+    if frames.ndim == 2:  # one grayscale frame (H, W)
+        frames = rearrange(frames, "h w -> 1 h w 1")
+    elif frames.ndim == 3:  # grayscale frames (T, H, W)
+        frames = rearrange(frames, "t h w -> t h w 1")
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"expected frames shaped (T, H, W, C) with C in 1/3/4, (T, H, W) or (H, W); "
+            f"got {tuple(frames.shape)}"
+        )
+    frames = frames[..., :3]  # drop alpha
+    if frames.shape[-1] == 1:
+        frames = repeat(frames, "t h w 1 -> t h w c", c=3)
+    return rearrange(frames.float() / 127.5 - 1.0, "t h w c -> c t h w")
+
+
+def resize_center_crop(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to `size` and center-crop to a square.
+
+    Takes uint8 frames (numpy or torch) shaped (T, H, W, C) with C in 1/3/4,
+    grayscale (T, H, W), or a single grayscale frame (H, W). Returns a
+    (3, T, size, size) float32 tensor in [-1, 1]. Resizing is bilinear with
+    antialiasing.
+    """
+    if size <= 0:
+        raise ValueError(f"size must be a positive integer, got {size}")
+    video = _uint8_to_float(frames)  # (3, T, H, W)
+    height, width = video.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    video = video[..., top : top + side, left : left + side]  # (3, T, side, side)
+    if side == size:
+        return video.contiguous()
+    resized = F.interpolate(
+        rearrange(video, "c t h w -> t c h w"),
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )  # (T, 3, size, size)
+    return rearrange(resized, "t c h w -> c t h w").clamp(-1, 1).contiguous()
+
+
+def open_video(path: str | os.PathLike) -> decord.VideoReader:
+    """Open a video with decord, raising ValueError naming the file if it cannot be opened."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"video file not found: {path}")
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    except _DECODE_ERRORS as error:
+        raise ValueError(f"cannot open video {path}: not a readable video ({error})") from error
+    if len(reader) == 0:
+        raise ValueError(f"video {path} contains no frames")
+    return reader
+
+
+def _decode_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
+    """Decode frames `indices` (presentation order) by decoding from the start."""
+    wanted = set(indices)
+    found: dict[int, np.ndarray] = {}
+    decoded = 0
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                if decoded in wanted:
+                    found[decoded] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+                decoded += 1
+                if len(found) == len(wanted):
+                    break
+    except (av.FFmpegError, IndexError) as error:
+        raise ValueError(f"cannot decode video {path}: {error}") from error
+    missing = sorted(wanted - found.keys())
+    if missing:
+        raise ValueError(f"video {path} has no frame {missing[0]}: only {decoded} frames decode")
+    return np.stack([found[i] for i in indices])
+
+
+def read_frames(
+    path: str | os.PathLike, indices: Sequence[int], reader: decord.VideoReader | None = None
+) -> np.ndarray:
+    """Decode frames `indices` of a video as (T, H, W, 3) uint8.
+
+    Uses decord (pass an open `reader` to reuse it) and falls back to PyAV when
+    decord fails or returns a wrong shape, which decord 0.6 does for some frame
+    widths (e.g. 16 or 72 px, dmlc/decord#336). Raises ValueError naming the file.
+    """
+    path, indices = Path(path), [int(i) for i in indices]
+    if not indices:
+        raise ValueError(f"no frame indices given for {path}")
+    reader = open_video(path) if reader is None else reader
+    try:
+        batch = reader.get_batch(indices)
+        # decord's bridge is left native (NDArray); tolerate a bridge set elsewhere.
+        frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+    except (*_DECODE_ERRORS, IndexError):
+        return _decode_with_pyav(path, indices)
+    if frames.ndim != 4 or frames.shape[0] != len(indices) or frames.shape[-1] != 3:
+        return _decode_with_pyav(path, indices)
+    return frames
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))[None]  # (1, H, W, 3)
+    except OSError as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def read_video(
+    path: str | os.PathLike, num_frames: int | None = None, size: int | None = None
+) -> torch.Tensor:
+    """Read a video or image as a (3, T, H, W) float tensor in [-1, 1].
+
+    Images (png, jpg, ...) give T = 1 and ignore `num_frames`. For videos,
+    `num_frames` keeps the LAST frames (for continuing a video); a shorter
+    video is returned whole. `size` resizes the shorter side and center-crops
+    to size x size. Raises ValueError naming the file if it is missing or unreadable.
+    """
+    path = Path(path)
+    if num_frames is not None and num_frames <= 0:
+        raise ValueError(f"num_frames must be positive or None, got {num_frames}")
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        frames = _read_image(path)
+    else:
+        reader = open_video(path)
+        total = len(reader)
+        start = 0 if num_frames is None else max(0, total - num_frames)
+        frames = read_frames(path, range(start, total), reader)
+    return _uint8_to_float(frames) if size is None else resize_center_crop(frames, size)
+
+
+def save_contact_sheet(
+    frames: np.ndarray, path: str | os.PathLike, frames_per_row: int, gap: int = 2
+) -> None:
+    """Save (N, H, W, 3) uint8 frames as a PNG grid with `gap` px white gaps.
+
+    Rows hold `frames_per_row` frames (fewer columns if N is smaller); the last
+    row is padded with black frames.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    if frames_per_row <= 0:
+        raise ValueError(f"frames_per_row must be positive, got {frames_per_row}")
+    count, height, width, _ = frames.shape
+    cols = min(frames_per_row, count)
+    rows = -(-count // cols)
+    sheet = np.full(
+        (rows * height + (rows - 1) * gap, cols * width + (cols - 1) * gap, 3), 255, np.uint8
+    )
+    padded = np.zeros((rows * cols, height, width, 3), np.uint8)
+    padded[:count] = frames
+    for index, frame in enumerate(padded):
+        row, col = divmod(index, cols)
+        y, x = row * (height + gap), col * (width + gap)
+        sheet[y : y + height, x : x + width] = frame
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path, format="PNG")
+
+
+def _prepare_output_dir(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(
+            f"cannot create output directory {directory}: {error}; choose a writable location"
+        ) from error
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"output directory {directory} is not writable; fix its permissions or choose another path"
+        )
+
+
+class VideoWriter:
+    """Stream (T, H, W, 3) uint8 frames into an mp4 file, encoding as they arrive.
+
+    Writes an mp4 container whatever the suffix of `path`. Encodes H.264
+    (libx264, yuv420p, constant quality `crf`) or, when libx264 is
+    unavailable, MPEG-4 part 2 at high quality. Frame size is taken from the
+    first `write`. yuv420p needs even sizes, so odd heights/widths are padded by
+    one replicated edge row/column (the file is then one pixel larger).
+
+    Output goes to a hidden temporary file next to `path` (`.<name>.partial.mp4`)
+    that is renamed onto `path` by `close()`; if the `with` block raises, the
+    temporary file is deleted and `path` is left untouched.
+
+        with VideoWriter("out.mp4", fps=8) as writer:
+            writer.write(frames)  # (T, H, W, 3) uint8
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: int, crf: int = 10) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.path = Path(path)
+        self.fps = int(fps)
+        self.crf = crf
+        _prepare_output_dir(self.path.parent)
+        self._tmp_path = self.path.with_name(f".{self.path.stem}.partial.mp4")
+        self._container = av.open(str(self._tmp_path), mode="w", format="mp4")
+        self._stream: av.VideoStream | None = None
+        self._frame_shape: tuple[int, int] | None = None
+        self._frames_written = 0
+        self._closed = False
+
+    @property
+    def frames_written(self) -> int:
+        """Number of frames passed to `write` so far."""
+        return self._frames_written
+
+    def _open_stream(self, height: int, width: int) -> av.VideoStream:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        stream = self._container.add_stream(codec, rate=self.fps)
+        stream.width, stream.height = width + width % 2, height + height % 2
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, self.fps)
+        stream.codec_context.gop_size = KEYFRAME_INTERVAL  # readers seek to any clip cheaply
+        if codec == "libx264":
+            stream.options = {"crf": str(self.crf)}
+        else:
+            stream.options = {"qscale": "2"}
+        return stream
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode (T, H, W, 3) uint8 frames and append them to the file."""
+        if self._closed:
+            raise ValueError(f"VideoWriter for {self.path} is already closed")
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"VideoWriter.write expects (T, H, W, 3) uint8 frames, got {frames.shape} "
+                f"{frames.dtype}; use video_io.to_uint8 for (C, T, H, W) float tensors"
+            )
+        height, width = frames.shape[1:3]
+        if self._frame_shape is None:
+            self._frame_shape = (height, width)
+            self._stream = self._open_stream(height, width)
+        elif self._frame_shape != (height, width):
+            raise ValueError(
+                f"frame size changed from {self._frame_shape} to {(height, width)} in {self.path}; "
+                "all frames of a video must have the same size"
+            )
+        pad = ((0, 0), (0, height % 2), (0, width % 2), (0, 0))
+        frames = np.pad(frames, pad, mode="edge") if height % 2 or width % 2 else frames
+        for frame in frames:  # (H, W, 3)
+            av_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            av_frame.pts = self._frames_written
+            self._container.mux(self._stream.encode(av_frame))
+            self._frames_written += 1
+
+    def close(self) -> None:
+        """Flush the encoder and move the finished file onto `path`.
+
+        Raises ValueError (leaving no file) if no frames were written.
+        """
+        if self._closed:
+            return
+        if self._stream is None:
+            self.abort()
+            raise ValueError(f"no frames were written to {self.path}; nothing saved")
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        os.replace(self._tmp_path, self.path)
+
+    def abort(self) -> None:
+        """Stop writing and delete the temporary file; nothing is left at `path`."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.close()
+        except av.FFmpegError:
+            pass  # the partial file is deleted below either way
+        self._tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,114 @@
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ca2vdm.checkpoint import load_model, step_dirs
+from ca2vdm.config import ConfigError, load_config
+from ca2vdm.synthetic import write_dataset
+from ca2vdm import training
+from ca2vdm.diffusion import causal_flow_loss
+from ca2vdm.training import NonFiniteLossError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    write_dataset(root, num_videos=12, num_frames=20, size=16, seed=0)
+    return root
+
+
+def _config(shapes, out, **train):
+    overrides = [f"data.root={shapes}", f"train.output_dir={out}", "train.batch_size=2", "train.log_every=1",
+                 *(f"train.{k}={v}" for k, v in train.items())]
+    return load_config(ROOT / "configs/tiny.yaml", overrides)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_is_exact(shapes, tmp_path):
+    full = train(_config(shapes, tmp_path / "full", max_steps=8, save_every=4), progress_bar=False)
+    half = train(_config(shapes, tmp_path / "half", max_steps=4, save_every=4), progress_bar=False)
+    train(_config(shapes, tmp_path / "half", max_steps=8, save_every=4), resume="latest", progress_bar=False)
+    assert len(_losses(full)) == 8
+    assert _losses(full) == _losses(half)  # bit-identical loss sequence
+    for name in ("ema.safetensors", "model.safetensors"):
+        a, b = (load_file(d / "checkpoints/step_000008" / name) for d in (full, half))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_lowers_the_loss(shapes, tmp_path):
+    out = train(_config(shapes, tmp_path, max_steps=60, save_every=60, lr=2e-3, batch_size=4), progress_bar=False)
+    losses = _losses(out)
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+    model, meta = load_model(out / "checkpoints/step_000060")
+    assert meta["step"] == 60 and model.cfg.num_classes == 3
+
+
+def test_keep_last_and_atomic_layout(shapes, tmp_path):
+    out = train(_config(shapes, tmp_path, max_steps=6, save_every=2, keep_last=2), progress_bar=False)
+    assert [d.name for d in step_dirs(out / "checkpoints")] == ["step_000004", "step_000006"]
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def _nan_from_call(monkeypatch, first_bad_call):
+    calls = []
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        value = causal_flow_loss(*args, **kwargs)
+        return value * float("nan") if len(calls) >= first_bad_call else value
+
+    monkeypatch.setattr(training, "causal_flow_loss", loss)
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(shapes, tmp_path, monkeypatch):
+    _nan_from_call(monkeypatch, first_bad_call=4)
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        train(_config(shapes, tmp_path, max_steps=6, save_every=2), progress_bar=False)
+    assert [d.name for d in step_dirs(tmp_path / "checkpoints")] == ["step_000002"]  # last good one kept
+    load_model(tmp_path / "checkpoints/step_000002")
+
+
+def test_nonfinite_loss_skip_policy(shapes, tmp_path, monkeypatch):
+    _nan_from_call(monkeypatch, first_bad_call=3)
+    out = train(_config(shapes, tmp_path, max_steps=4, save_every=4, nonfinite="skip"), progress_bar=False)
+    model, _ = load_model(out / "checkpoints/step_000004")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_unknown_config_key_is_reported(shapes, tmp_path):
+    with pytest.raises(ConfigError, match="lrr"):
+        load_config(ROOT / "configs/tiny.yaml", ["train.lrr=1"])
+    proc = subprocess.run([sys.executable, str(ROOT / "train/train.py"), "--config", str(ROOT / "configs/tiny.yaml"),
+                           "train.lrr=1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "lrr" in proc.stderr
+
+
+def test_two_processes_on_cpu(shapes, tmp_path):
+    """accelerate launch --multi_gpu --num_processes 2 on a CPU machine: two gloo ranks, one checkpoint."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(ROOT / "train/train.py"), "--config", str(ROOT / "configs/tiny.yaml"), "--no-progress",
+           f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.batch_size=2", "train.max_steps=3",
+           "train.save_every=3", "train.log_every=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = re.findall(r"rank (\d) of world size 2 .* starts with \[([\d, ]+)\]", proc.stdout)
+    assert sorted(r for r, _ in ranks) == ["0", "1"], proc.stdout[-2000:]
+    shards = [set(map(int, idx.split(","))) for _, idx in ranks]
+    assert not shards[0] & shards[1]  # the ranks train on different clips
+    assert len(_losses(tmp_path)) == 3  # one log, written by the main rank only
+    assert [d.name for d in step_dirs(tmp_path / "checkpoints")] == ["step_000003"]
+    assert len(list((tmp_path / "checkpoints/step_000003").glob("random_states_*.pkl"))) == 2

@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ca2vdm.video_io import (
+    VideoWriter,
+    read_frames,
+    read_video,
+    resize_center_crop,
+    save_contact_sheet,
+    to_uint8,
+)
+
+
+def smooth_frames(num_frames: int, height: int = 32, width: int = 32) -> np.ndarray:
+    """Slowly moving colour gradients, (T, H, W, 3) uint8."""
+    y, x = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+    frames = [
+        np.stack([0.5 + 0.4 * np.sin(3 * x + 0.3 * t), y, np.full_like(x, 0.4)], axis=-1)
+        for t in range(num_frames)
+    ]
+    return (np.stack(frames) * 255).round().astype(np.uint8)
+
+
+def as_float(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # (C, T, H, W)
+
+
+def test_write_then_read_roundtrip(tmp_path):
+    frames = smooth_frames(10)
+    path = tmp_path / "out" / "clip.mp4"  # directory is created
+    with VideoWriter(path, fps=8) as writer:
+        writer.write(frames[:4])
+        writer.write(frames[4:])
+        assert writer.frames_written == 10
+    assert sorted(p.name for p in path.parent.iterdir()) == ["clip.mp4"]
+
+    video = read_video(path)
+    assert video.shape == (3, 10, 32, 32) and video.dtype == torch.float32
+    assert video.min() >= -1 and video.max() <= 1
+    assert (video - as_float(frames)).abs().mean() < 0.08
+
+    last = read_video(path, num_frames=3)
+    assert torch.equal(last, video[:, -3:])
+    assert read_video(path, size=16).shape == (3, 10, 16, 16)
+
+
+def test_odd_frame_size_is_padded_to_even(tmp_path):
+    path = tmp_path / "odd.mp4"
+    with VideoWriter(path, fps=8) as writer:
+        writer.write(smooth_frames(3, height=21, width=15))
+    assert read_video(path).shape == (3, 3, 22, 16)
+
+
+def test_exception_inside_with_leaves_nothing(tmp_path):
+    path = tmp_path / "broken.mp4"
+    with pytest.raises(KeyError):
+        with VideoWriter(path, fps=8) as writer:
+            writer.write(smooth_frames(5))
+            raise KeyError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_rejects_bad_frames_and_unusable_directory(tmp_path):
+    with pytest.raises(ValueError, match="uint8"), VideoWriter(tmp_path / "a.mp4", fps=8) as writer:
+        writer.write(smooth_frames(2).astype(np.float32))
+    assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(OSError, match="output directory"):
+        VideoWriter(blocker / "clip.mp4", fps=8)
+
+
+def test_image_reads_as_single_frame(tmp_path):
+    path = tmp_path / "frame.png"
+    Image.fromarray(smooth_frames(1, 20, 40)[0]).save(path)
+    assert read_video(path).shape == (3, 1, 20, 40)
+    assert read_video(path, num_frames=5, size=8).shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("name, content", [("missing.mp4", None), ("garbage.mp4", b"not a video")])
+def test_unreadable_file_raises_value_error_naming_it(tmp_path, name, content):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=name):
+        read_video(path)
+
+
+def test_resize_center_crop_shapes_and_grayscale():
+    rgb = np.zeros((2, 30, 22, 3), np.uint8)
+    rgb[:, :, :11] = 255  # left half white
+    out = resize_center_crop(rgb, 11)
+    assert out.shape == (3, 2, 11, 11)
+    assert out[:, :, :, 0].min() > 0.9 and out[:, :, :, -1].max() < -0.9
+    assert resize_center_crop(np.full((9, 7), 255, np.uint8), 4).shape == (3, 1, 4, 4)
+    single = resize_center_crop(np.zeros((2, 8, 8, 1), np.uint8), 8)
+    assert single.shape == (3, 2, 8, 8) and torch.all(single == -1)
+
+
+def test_to_uint8_roundtrip_and_gray():
+    frames = smooth_frames(2)
+    assert np.array_equal(to_uint8(as_float(frames)), frames)
+    gray = to_uint8(torch.zeros(1, 2, 4, 4))
+    assert gray.shape == (2, 4, 4, 3) and np.all(gray == 128)
+
+
+def test_contact_sheet_size(tmp_path):
+    frames = smooth_frames(5, height=10, width=12)
+    path = tmp_path / "sheet.png"
+    save_contact_sheet(frames, path, frames_per_row=3, gap=2)
+    sheet = np.asarray(Image.open(path))
+    assert sheet.shape == (2 * 10 + 2, 3 * 12 + 2 * 2, 3)
+    assert np.array_equal(sheet[:10, :12], frames[0])
+    assert np.all(sheet[12:, 28:] == 0)  # padded last-row slot is black
+
+
+def test_read_frames_survives_decord_width_bug(tmp_path):
+    # decord 0.6 fails on some widths (16, 24, 48, 72 ...); read_frames falls back to PyAV.
+    frames = smooth_frames(6, height=16, width=16)
+    path = tmp_path / "narrow.mp4"
+    with VideoWriter(path, fps=8) as writer:
+        writer.write(frames)
+    out = read_frames(path, [1, 4, 4])
+    assert out.shape == (3, 16, 16, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - frames[[1, 4, 4]]).mean() < 10
