@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -87,6 +88,7 @@ class TrainConfig:
     save_every: int = 100
     keep_last: int = 3
     sample_every: int = 0       # 0 = no periodic sample videos
+    init_from: Optional[str] = None  # start from these weights (a .safetensors file or checkpoint dir): fine-tuning
     nonfinite: str = "stop"     # what to do on a NaN/inf loss: stop | skip
 
 
@@ -102,6 +104,10 @@ class ConfigError(ValueError):
     """A configuration problem, reported before any work starts."""
 
 
+_POSITIVE_MODEL_FIELDS = ("in_channels", "resolution", "patch_size", "hidden_size", "depth", "num_heads",
+                          "chunk_frames", "max_context_frames")
+
+
 def model_config(name: str, **overrides) -> ModelConfig:
     """A registered model configuration with optional field overrides."""
     if name not in MODEL_CONFIGS:
@@ -111,7 +117,13 @@ def model_config(name: str, **overrides) -> ModelConfig:
 
 def validate_model(m: ModelConfig) -> ModelConfig:
     """Check that the sizes fit together; raise ConfigError naming the field and the fix."""
-    problems = []
+    problems = [f"model.{k} must be >= 1, got {getattr(m, k)}" for k in _POSITIVE_MODEL_FIELDS if getattr(m, k) < 1]
+    if m.num_classes < 0:
+        problems.append(f"model.num_classes must be >= 0 (0 = unconditional), got {m.num_classes}")
+    if m.mlp_ratio <= 0:
+        problems.append(f"model.mlp_ratio must be > 0, got {m.mlp_ratio}")
+    if problems:  # the size checks below would divide by zero
+        raise ConfigError("invalid model config: " + "; ".join(problems))
     if m.resolution % m.patch_size:
         problems.append(f"model.resolution={m.resolution} is not divisible by model.patch_size={m.patch_size}")
     if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
@@ -139,17 +151,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Load YAML + ``key=value`` overrides onto the registered model's fields and the typed defaults; validate."""
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file {path} not found; see configs/ for the shipped ones")
+    overrides = list(overrides or [])
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.max_steps=100)")
     try:
-        raw = OmegaConf.merge(OmegaConf.load(path) if path else OmegaConf.create(),
-                              OmegaConf.from_dotlist(list(overrides or [])))
+        file_cfg = OmegaConf.load(path) if path else OmegaConf.create()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    if not isinstance(file_cfg, DictConfig):
+        raise ConfigError(f"config file {path} must be a mapping of sections (model:, diffusion:, data:, train:), "
+                          f"got a {type(file_cfg).__name__}")
+    try:
+        raw = OmegaConf.merge(file_cfg, OmegaConf.from_dotlist(overrides))
         name = OmegaConf.select(raw, "model.name", default="tiny")
         if name not in MODEL_CONFIGS:
             raise ConfigError(f"unknown model.name {name!r}; registered: {sorted(MODEL_CONFIGS)}")
         base = Config(model=ModelConfig(**{**MODEL_CONFIGS[name], "name": name}))
         config: Config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(base), raw))
     except OmegaConfBaseException as e:
-        raise ConfigError(f"bad config ({path or 'defaults'} + overrides {overrides or []}): {e.msg}. "
-                          "Check the key name and type against ca2vdm/config.py") from None
+        key = getattr(e, "full_key", None)
+        detail = (e.msg or str(e)).strip().splitlines()[0]
+        raise ConfigError(f"bad config{f' key {key}' if key else ''}: {detail} (in {path or 'defaults'} + overrides "
+                          f"{overrides}). Check the key name and type against ca2vdm/config.py") from None
+    return validate(config)
+
+
+def validate(config: Config) -> Config:
+    """Check a whole config (sizes, ranges, required values); raise ConfigError naming every bad key."""
     validate_model(config.model)
     _validate_rest(config)
     return config
@@ -157,6 +188,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _validate_rest(c: Config) -> None:
     problems = []
+    for key in ("data.root", "train.output_dir"):  # required: no sensible default location
+        section, name = key.split(".")
+        value = getattr(getattr(c, section), name)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{key} is required (a folder path), got {value!r}")
+    if c.model.in_channels != 3:
+        problems.append(f"model.in_channels must be 3 for training (videos are read as RGB), got {c.model.in_channels}")
+    for key in ("train.save_every", "train.log_every", "train.keep_last", "data.frame_stride", "data.clips_per_video"):
+        section, name = key.split(".")
+        if getattr(getattr(c, section), name) < 1:
+            problems.append(f"{key} must be >= 1, got {getattr(getattr(c, section), name)}")
+    for key in ("train.sample_every", "train.warmup_steps", "data.num_workers"):
+        section, name = key.split(".")
+        if getattr(getattr(c, section), name) < 0:
+            problems.append(f"{key} must be >= 0, got {getattr(getattr(c, section), name)}")
+    if not c.train.lr > 0:
+        problems.append(f"train.lr must be > 0, got {c.train.lr}")
+    if c.train.weight_decay < 0:
+        problems.append(f"train.weight_decay must be >= 0, got {c.train.weight_decay}")
+    if not 0 <= c.train.ema_decay <= 1:
+        problems.append(f"train.ema_decay must be in [0, 1], got {c.train.ema_decay}")
+    if not 0 <= c.diffusion.label_dropout <= 1:
+        problems.append(f"diffusion.label_dropout must be in [0, 1], got {c.diffusion.label_dropout}")
+    if not c.diffusion.shift > 0:
+        problems.append(f"diffusion.shift must be > 0, got {c.diffusion.shift}")
     if c.diffusion.steps < 1:
         problems.append(f"diffusion.steps must be >= 1, got {c.diffusion.steps}")
     if not 0 <= c.diffusion.cond_noise < 1:

@@ -4,12 +4,17 @@ Exact resume rests on three things: every random draw of a step (which chunk is 
 dropout) comes from a generator seeded by (seed, step, rank), not from a global RNG; the data order of an epoch is
 a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter are restored by accelerate's
 ``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k.
+
+Faults lose nothing: checkpoints are published atomically (see :mod:`ca2vdm.checkpoint`), a run killed at any
+point (even SIGKILL while saving) resumes from its newest complete checkpoint, and the metrics log is cut back to
+that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted run's.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +28,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .config import Config
-from .data import VideoFolderDataset
+from .config import Config, validate
+from .data import DataError, VideoFolderDataset
 from .diffusion import causal_flow_loss
 from .model import CausalVideoDiT
 
@@ -91,31 +96,43 @@ def _mixed_precision(setting: str) -> str:
 def train(config: Config, resume: str | None = None, progress_bar: bool = True) -> Path:
     """Train ``config``; returns the output directory. ``resume``: None, 'latest' or a checkpoint directory."""
     tc, mc = config.train, config.model
+    validate(config)  # a Config built in code gets the same checks as one from load_config
+    out = Path(tc.output_dir)
+    ckpt_root = out / "checkpoints"
+    resume_path = None
+    if resume:  # bad --resume and a changed model config are reported before any work starts
+        resume_path = ckpt.resolve_resume(resume, ckpt_root)
+        ckpt.check_compatible(resume_path, mc)
+    elif ckpt.step_dirs(ckpt_root):  # a fresh start would wipe metrics.jsonl and overwrite those checkpoints
+        raise ckpt.CheckpointError(f"train.output_dir {out} already holds checkpoints "
+                                   f"({', '.join(p.name for p in ckpt.step_dirs(ckpt_root))}); pass --resume latest "
+                                   "to continue that run, or choose a new train.output_dir")
     # cpu=True on a machine without CUDA makes a multi-process launch a gloo process group (MULTI_CPU).
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(tc.mixed_precision),
                               gradient_accumulation_steps=tc.grad_accum)
-    out = Path(tc.output_dir)
-    ckpt_root = out / "checkpoints"
     set_seed(tc.seed)
 
     dataset = VideoFolderDataset(config.data.root, num_frames=mc.clip_frames, frame_stride=config.data.frame_stride,
                                  resolution=mc.resolution, manifest=config.data.manifest, seed=tc.seed,
                                  clips_per_video=config.data.clips_per_video)
     if mc.num_classes and dataset.num_classes > mc.num_classes:
-        raise ValueError(f"the data has labels up to {dataset.num_classes - 1} but model.num_classes="
-                         f"{mc.num_classes}; raise model.num_classes")
+        raise DataError(f"the labels in {config.data.root} go up to {dataset.num_classes - 1} but model.num_classes="
+                        f"{mc.num_classes}; raise model.num_classes")
     sampler = DistributedSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
                                  shuffle=True, seed=tc.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
                         num_workers=config.data.num_workers, pin_memory=torch.cuda.is_available())
     if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} usable videos give no full batch of train.batch_size={tc.batch_size} on "
-                         f"{accelerator.num_processes} process(es); lower the batch size or add videos")
+        raise DataError(f"{len(dataset)} usable clips in {config.data.root} give no full batch of train.batch_size="
+                        f"{tc.batch_size} on {accelerator.num_processes} process(es); lower train.batch_size, raise "
+                        "data.clips_per_video or add videos")
 
     sampler.set_epoch(0)
     print(f"rank {accelerator.process_index} of world size {accelerator.num_processes} on {accelerator.device}: "
           f"{len(sampler)} of {len(dataset)} clips per epoch, epoch 0 starts with {list(sampler)[:8]}", flush=True)
     model = CausalVideoDiT(mc)
+    if tc.init_from and not resume:
+        model.load_state_dict(ckpt.load_model(tc.init_from)[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -123,14 +140,19 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True) 
     progress = Progress()
     accelerator.register_for_checkpointing(ema, progress)
 
-    if resume:
-        path = ckpt.resolve_resume(resume, ckpt_root)
-        accelerator.load_state(str(path))
-        accelerator.print(f"resumed from {path} at step {progress.step}")
+    if resume_path is not None:
+        try:
+            accelerator.load_state(str(resume_path))
+        except Exception as e:  # damaged optimizer/scheduler/RNG files: name the directory, not a pickle frame
+            raise ckpt.CheckpointError(f"checkpoint {resume_path} cannot be resumed: {type(e).__name__}: {e}; "
+                                       "pass an earlier checkpoint directory with --resume") from e
+        accelerator.print(f"resumed from {resume_path} at step {progress.step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.structured(config), out / "config.yaml")
+        _write_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
         _truncate_log(out / "metrics.jsonl", progress.step)
+        _report_skipped(dataset.skipped, out / SKIPPED_LOG, accelerator, len(dataset.skipped) + len(dataset.videos))
+    skipped_at_start = len(dataset.skipped)
 
     chunks = chunk_layout(mc)
     bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (progress_bar and accelerator.is_main_process),
@@ -180,9 +202,30 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True) 
             if progress.step >= tc.max_steps:
                 break
     bar.close()
+    if accelerator.is_main_process and len(dataset.skipped) > skipped_at_start:  # decode failures while training
+        _report_skipped(dataset.skipped[skipped_at_start:], out / SKIPPED_LOG, accelerator, None)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+SKIPPED_LOG = "skipped_videos.jsonl"
+
+
+def _report_skipped(skipped: list[tuple[str, str]], path: Path, accelerator: Accelerator, total: int | None) -> None:
+    """Print one line about unusable video files and list them all in ``path`` (rewritten at start, appended to
+    for files that fail while training)."""
+    if total is not None:
+        path.unlink(missing_ok=True)
+    if not skipped:
+        return
+    with open(path, "a") as f:
+        for file, reason in skipped:
+            f.write(json.dumps({"file": file, "reason": reason}) + "\n")
+    first = "; ".join(f"{file}: {reason}" for file, reason in skipped[:3])
+    what = f"skipped {len(skipped)} of {total} video files" if total is not None else \
+        f"{len(skipped)} video files failed to decode while training and were replaced by the next video"
+    accelerator.print(f"data: {what} (all listed in {path}): {first}", flush=True)
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -213,15 +256,23 @@ def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Pa
     """Full training state + EMA weights into ``root/step_<step>``, atomically; prune old ones."""
     final = root / f"step_{step:06d}"
     staging = ckpt.staging_dir(final)
+    try:
+        if accelerator.is_main_process:
+            ckpt.discard(staging)  # left over by a run killed while saving
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))  # every rank writes its RNG state, the main rank the rest
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            ckpt.save_weights(staging / ckpt.WEIGHTS_NAME, ema.shadow, config.model,
+                              {"step": step, "diffusion_config": dataclasses.asdict(config.diffusion)})
+            ckpt.publish(staging, final)
+    except Exception as e:
+        ckpt.discard(staging)
+        previous = ckpt.step_dirs(root)
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        raise ckpt.CheckpointWriteError(f"could not write checkpoint {final}: {type(e).__name__}: {e}; {kept}. "
+                                        "Free disk space or fix permissions, then rerun with --resume latest") from e
     if accelerator.is_main_process:
-        ckpt.discard(staging)  # left over by a run killed while saving
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))  # every rank writes its RNG state, the main rank the rest
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ckpt.save_weights(staging / ckpt.WEIGHTS_NAME, ema.shadow, config.model,
-                          {"step": step, "diffusion_config": dataclasses.asdict(config.diffusion)})
-        ckpt.publish(staging, final)
         ckpt.prune(root, config.train.keep_last)
     accelerator.wait_for_everyone()
     return final
@@ -232,12 +283,26 @@ def _log(path: Path, **values) -> None:
         f.write(json.dumps(values) + "\n")
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines from after the checkpoint (a killed run may have logged beyond it)."""
+    """Keep the log lines up to ``step`` (a killed run may have logged beyond its checkpoint, and a kill during a
+    write leaves a torn last line); rewritten atomically so a second kill loses nothing."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # torn line
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    _write_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _sample_video(ema: EMA, model_cfg, config: Config, path: Path, chunks: int = 4) -> None:
