@@ -67,6 +67,10 @@ def load_labels(manifest: Path) -> dict[str, int]:
     return labels
 
 
+class DataError(ValueError):
+    """The video folder cannot be used for training (missing, unreadable, no usable videos, bad labels)."""
+
+
 def _summarise(skipped: list[tuple[str, str]]) -> str:
     shown = "; ".join(f"{path}: {reason}" for path, reason in skipped[:_REASONS_SHOWN])
     more = f"; and {len(skipped) - _REASONS_SHOWN} more" if len(skipped) > _REASONS_SHOWN else ""
@@ -117,11 +121,20 @@ class VideoFolderDataset(Dataset):
                 f"{num_frames}, {frame_stride}, {resolution}"
             )
         self.root = Path(root)
+        if self.root.is_file():
+            raise DataError(f"data.root {self.root} is a file; point data.root at the folder that holds the videos")
         if not self.root.is_dir():
-            raise ValueError(
+            raise DataError(
                 f"video folder {self.root} does not exist; run scripts/make_synthetic_videos.py "
                 f"--out {self.root} or point data.root at a folder of videos"
             )
+        try:
+            os.listdir(self.root)
+        except OSError as error:
+            raise DataError(
+                f"cannot list video folder {self.root}: {error.strerror or error}; fix its permissions "
+                "(e.g. chmod a+rx) or point data.root at another folder"
+            ) from error
         self.num_frames = num_frames
         self.frame_stride = frame_stride
         self.resolution = resolution
@@ -142,9 +155,19 @@ class VideoFolderDataset(Dataset):
                 "skipped %d of %d video files under %s: %s",
                 len(self.skipped), len(candidates), self.root, _summarise(self.skipped),
             )
+        if not candidates:
+            others = sorted(
+                p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+            )
+            seen = f"; it holds {len(others)} other files, e.g. {', '.join(others[:3])}" if others else ""
+            raise DataError(
+                f"no video files in {self.root}: looking for extensions {', '.join(extensions)}{seen}. Fix: "
+                f"point data.root at a folder of videos, or run scripts/make_synthetic_videos.py --out {self.root}"
+            )
         if not self.videos:
             details = f" ({_summarise(self.skipped)})" if self.skipped else ""
-            raise ValueError(
+            raise DataError(
                 f"no usable videos in {self.root}: found {len(candidates)} files with extensions "
                 f"{', '.join(extensions)}, skipped {len(self.skipped)}{details}. Fix: run "
                 f"scripts/make_synthetic_videos.py --out {self.root} or point data.root at a folder "
@@ -178,8 +201,11 @@ class VideoFolderDataset(Dataset):
             if not path.is_file() and not path.is_absolute() and (self.root / path).is_file():
                 path = self.root / path
             if not path.is_file():
-                raise ValueError(f"label manifest {manifest} not found (also looked under {self.root})")
-        table = load_labels(path)
+                raise DataError(f"label manifest {manifest} not found (also looked under {self.root})")
+        try:
+            table = load_labels(path)
+        except ValueError as error:
+            raise DataError(str(error)) from error
         names = [video.relative_to(self.root).as_posix() for video in self.videos]
         missing = [name for name in names if name not in table]
         if missing:

@@ -56,3 +56,8 @@ def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.
     pred = model(x_t, t_frames, labels, num_cond_frames=num_cond)
     target = noise - x0
     return F.mse_loss(pred[:, :, num_cond:].float(), target[:, :, num_cond:].float())
+
+
+def guidance(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``v_uncond + scale * (v_cond - v_uncond)``."""
+    return v_uncond + scale * (v_cond - v_uncond)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_model
 from .pipeline import LongVideoPipeline
+from .step_cache import build_step_cache
 from .video_io import VideoWriter, read_video, save_contact_sheet, to_uint8
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
@@ -35,6 +36,8 @@ class GenerationOptions:
     cache: str = "kv"               # kv | none (recompute the window at every step) | full
     first_frame: str | None = None  # image or video to continue
     device: str = "cpu"
+    step_cache: str = "none"        # none | teacache | fastercache | adacache
+    teacache_thresh: float = 0.1
     fps: int = 8
     preview: bool = False
     verbose: bool = False
@@ -42,7 +45,10 @@ class GenerationOptions:
 
 def resolve_device(name: str) -> torch.device:
     """A torch device, with a clear error for CUDA requested on a machine without it."""
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
@@ -60,6 +66,10 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     """
     if opts.chunks < 1:
         raise ValueError(f"--chunks must be a positive number of chunks, got {opts.chunks}")
+    if opts.cfg_scale is not None and not math.isfinite(opts.cfg_scale):
+        raise ValueError(f"--cfg-scale must be a finite number, got {opts.cfg_scale}")
+    if Path(out).is_dir():
+        raise ValueError(f"--out {out} is a directory; pass a file name such as {Path(out) / 'video.mp4'}")
     device = resolve_device(opts.device)
     model, meta = load_model(checkpoint, device)
     if device.type == "cuda":
@@ -68,14 +78,16 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     pipe = LongVideoPipeline(model, steps=opts.steps or diffusion.get("steps", 16), shift=diffusion.get("shift", 1.0),
                              cond_noise=diffusion.get("cond_noise", 0.05),
                              cfg_scale=diffusion.get("cfg_scale", 1.0) if opts.cfg_scale is None else opts.cfg_scale,
-                             cache_mode=opts.cache)
+                             cache_mode=opts.cache,
+                             step_cache=build_step_cache(opts.step_cache, opts.teacache_thresh,
+                                                         meta.get("teacache_coefficients")))
     first = None
     if opts.first_frame:
-        first = read_video(opts.first_frame, num_frames=model.cfg.max_context_frames, size=model.cfg.resolution)
+        first = read_video(opts.first_frame, size=model.cfg.resolution)  # all of it goes into the output
         first = first[None]  # (1, C, T0, H, W)
     out = Path(out)
     stats = {"checkpoint": str(checkpoint), "chunks": [], "frames": 0, "cache": opts.cache, "steps": pipe.steps,
-             "cfg_scale": pipe.cfg_scale}
+             "cfg_scale": pipe.cfg_scale, "step_cache": opts.step_cache}
     keep_every = math.ceil(opts.chunks / PREVIEW_CHUNKS)
     preview: list[np.ndarray] = []
     tic = time.perf_counter()
@@ -101,6 +113,8 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
         stats["frames"] = writer.frames_written
     stats["seconds"] = time.perf_counter() - tic
     stats["peak_rss_mb"] = peak_rss_mb()
+    if device.type == "cuda":
+        stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     if opts.preview:
         sheet = np.concatenate(preview).repeat(PREVIEW_SCALE, axis=1).repeat(PREVIEW_SCALE, axis=2)
         save_contact_sheet(sheet, out.with_suffix(".png"), frames_per_row=2 * model.cfg.chunk_frames)

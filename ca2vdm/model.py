@@ -234,6 +234,7 @@ class CausalVideoDiT(nn.Module):
         cos, sin = rope_table(self.head_dim, cfg.rope_period)
         self.register_buffer("rope_cos", cos, persistent=False)  # (period, Dh/2)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.step_cache = None  # an attached ca2vdm.step_cache policy
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -252,6 +253,19 @@ class CausalVideoDiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+
+    def enable_cache(self, policy) -> None:
+        """Attach a step-caching policy (see ca2vdm.step_cache); one at a time."""
+        if self.step_cache is not None:
+            raise ValueError("a step cache is already enabled; call disable_cache() first")
+        policy.attach(self)
+        self.step_cache = policy
+
+    def disable_cache(self) -> None:
+        """Detach the step-caching policy, if any."""
+        if self.step_cache is not None:
+            self.step_cache.detach()
+            self.step_cache = None
 
     @property
     def null_label(self) -> int | None:

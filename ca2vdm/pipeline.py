@@ -17,9 +17,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from .diffusion import perturb, sample
+from .diffusion import guidance, perturb, sample
 from .kv_cache import KVCache
 from .model import CausalVideoDiT
+from .step_cache import StepCache
 
 CACHE_MODES = ("kv", "none", "full")
 
@@ -56,7 +57,7 @@ class LongVideoPipeline:
     """Chunk-by-chunk generation with a causal video DiT."""
 
     def __init__(self, model: CausalVideoDiT, steps: int = 16, shift: float = 1.0, cond_noise: float = 0.05,
-                 cfg_scale: float = 1.0, cache_mode: str = "kv"):
+                 cfg_scale: float = 1.0, cache_mode: str = "kv", step_cache: StepCache | None = None):
         if cache_mode not in CACHE_MODES:
             raise ValueError(f"cache_mode must be one of {CACHE_MODES}, got {cache_mode!r}")
         if steps < 1:
@@ -64,6 +65,10 @@ class LongVideoPipeline:
         self.model = model.eval()
         self.steps, self.shift, self.cond_noise = steps, shift, cond_noise
         self.cfg_scale, self.cache_mode = cfg_scale, cache_mode
+        model.disable_cache()
+        if step_cache is not None:
+            model.enable_cache(step_cache)
+        self.step_cache = step_cache
 
     @property
     def guided(self) -> bool:
@@ -131,9 +136,11 @@ class LongVideoPipeline:
         shape = (state.batch, cfg.in_channels, L, cfg.resolution, cfg.resolution)
         noise = torch.randn(shape, generator=state.generator, device=weight.device, dtype=weight.dtype)
         frames_before = state.frames
+        if self.step_cache is not None:
+            self.step_cache.begin_chunk()
 
         def denoise(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
-            v = self._guided_velocity(state.branches, x, t, frames_before)
+            v = self._guided_velocity(state.branches, x, t, frames_before, i)
             if on_step is not None:
                 on_step(i)
             return v
@@ -145,7 +152,9 @@ class LongVideoPipeline:
         x0 = x0.clamp(-1, 1)
         self._commit(state, x0)
         state.chunks += 1
-        return ChunkResult(x0, state.chunks - 1, model_evals=self.steps * len(state.branches))
+        if self.step_cache is None:
+            return ChunkResult(x0, state.chunks - 1, model_evals=self.steps * len(state.branches))
+        return ChunkResult(x0, state.chunks - 1, self.step_cache.computed, self.step_cache.skipped)
 
     def generate(self, num_chunks: int, **start_kwargs) -> Iterator[ChunkResult]:
         """Yield ``num_chunks`` chunks, each as soon as it is denoised (keyword arguments as :meth:`start`).
@@ -173,9 +182,18 @@ class LongVideoPipeline:
                     b.context[:] = [torch.cat(b.context, dim=2)[:, :, -self.model.cfg.max_context_frames:]]
         state.frames += L
 
-    def _guided_velocity(self, branches: list[_Branch], x: torch.Tensor, t: float, frames_before: int):
-        v = self._velocity(branches[0], x, t, frames_before)
+    def _guided_velocity(self, branches: list[_Branch], x: torch.Tensor, t: float, frames_before: int,
+                         index: int) -> torch.Tensor:
+        policy = self.step_cache
+
+        def velocity(branch: _Branch) -> torch.Tensor:
+            if policy is None:
+                return self._velocity(branch, x, t, frames_before)
+            with policy.step(branch.name, index, self.steps):
+                return self._velocity(branch, x, t, frames_before)
+
         if len(branches) == 1:
-            return v
-        v_uncond = self._velocity(branches[1], x, t, frames_before)
-        return v_uncond + self.cfg_scale * (v - v_uncond)
+            return velocity(branches[0])
+        if policy is not None:
+            return policy.guide(lambda: velocity(branches[0]), lambda: velocity(branches[1]), self.cfg_scale)
+        return guidance(velocity(branches[0]), velocity(branches[1]), self.cfg_scale)

@@ -132,7 +132,12 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True) 
           f"{len(sampler)} of {len(dataset)} clips per epoch, epoch 0 starts with {list(sampler)[:8]}", flush=True)
     model = CausalVideoDiT(mc)
     if tc.init_from and not resume:
-        model.load_state_dict(ckpt.load_model(tc.init_from)[0].state_dict())
+        try:
+            model.load_state_dict(ckpt.load_model(tc.init_from)[0].state_dict())
+        except RuntimeError as e:  # tensors of another shape or set: the checkpoint is fine, the pairing is not
+            raise ckpt.CheckpointError(f"train.init_from={tc.init_from} does not fit this model config "
+                                       f"({str(e).strip().splitlines()[-1].strip()}); use the model config it was "
+                                       "trained with (its sizes, depth and num_classes)") from None
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

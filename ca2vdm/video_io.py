@@ -91,6 +91,16 @@ def open_video(path: str | os.PathLike) -> decord.VideoReader:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"video file not found: {path}")
+    try:  # decord reports every failure alike; say plainly when the file itself cannot be read
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as error:
+        fix = "fix its permissions (e.g. chmod a+r)" if isinstance(error, PermissionError) else "check the disk"
+        raise ValueError(
+            f"cannot read video {path}: {error.strerror or error}; {fix} or move it out of the folder"
+        ) from error
+    if not head:
+        raise ValueError(f"video {path} is empty (0 bytes); delete it or replace it with the full file")
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     except _DECODE_ERRORS as error:

@@ -10,6 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ca2vdm.checkpoint import CheckpointError  # noqa: E402
+from ca2vdm.step_cache import POLICIES  # noqa: E402
 from ca2vdm.generate import DEFAULT_CHECKPOINT, GenerationOptions, generate_video, write_stats  # noqa: E402
 
 
@@ -33,6 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--cache", choices=["kv", "none"], default="kv",
                    help="kv: shared KV cache (Ca2-VDM); none: recompute the conditioning window at every step")
+    p.add_argument("--step-cache", choices=list(POLICIES), default="none",
+                   help="skip denoising passes inside each chunk (see README 'Step caching')")
+    p.add_argument("--teacache-thresh", type=float, default=0.1,
+                   help="TeaCache threshold on the accumulated rescaled change (0 = compute every step)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--fps", type=positive_int, default=8, help="frame rate of the mp4")
     p.add_argument("--stats", default=None, help="write per-chunk timings and model evaluations to this JSON file")
@@ -45,7 +50,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     opts = GenerationOptions(chunks=args.chunks, seed=args.seed, steps=args.steps, cfg_scale=args.cfg_scale,
                              label=args.label, cache=args.cache, first_frame=args.first_frame, device=args.device,
-                             fps=args.fps, preview=args.preview, verbose=args.verbose)
+                             step_cache=args.step_cache, teacache_thresh=args.teacache_thresh, fps=args.fps,
+                             preview=args.preview, verbose=args.verbose)
     try:
         stats = generate_video(args.checkpoint, args.out, opts)
     except (CheckpointError, ValueError, OSError, FloatingPointError) as e:

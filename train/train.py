@@ -9,8 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from ca2vdm.checkpoint import CheckpointError, CheckpointWriteError  # noqa: E402
 from ca2vdm.config import ConfigError, load_config  # noqa: E402
-from ca2vdm.training import train  # noqa: E402
+from ca2vdm.data import DataError  # noqa: E402
+from ca2vdm.training import NonFiniteLossError, train  # noqa: E402
 
 
 def main() -> None:
@@ -23,9 +25,14 @@ def main() -> None:
     args = parser.parse_args()
     try:
         config = load_config(args.config, args.overrides)
+    except ConfigError as e:  # exit 2, like argparse's own usage errors
+        parser.exit(2, f"error: {e}\n")
+    try:
+        out = train(config, resume=args.resume, progress_bar=not args.no_progress)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
-    out = train(config, resume=args.resume, progress_bar=not args.no_progress)
+    except (DataError, CheckpointError, CheckpointWriteError, NonFiniteLossError) as e:  # one clear line, no traceback
+        parser.exit(1, f"error: {e}\n")
     print(f"done: checkpoints in {out / 'checkpoints'}")
 
 

@@ -1,0 +1,134 @@
+"""Video quality and drift metrics: PSNR, SSIM, colour histograms, sharpness, motion, foreground fraction.
+
+Every function takes a video in either repository convention: uint8 frames shaped (..., T, H, W, 3) (numpy or
+torch), or a float tensor shaped (..., C, T, H, W) in [-1, 1] with C = 1 or 3. Leading dimensions (a batch) are
+folded into the frames. Internally pixels are floats in [0, 1], so PSNR and the per-pixel metrics do not depend on
+which convention the video came in.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+Video = np.ndarray | torch.Tensor
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def to_frames(video: Video) -> torch.Tensor:
+    """(N, C, H, W) float32 CPU frames in [0, 1] from a uint8 (..., T, H, W, 3) or float (..., C, T, H, W) video."""
+    video = torch.from_numpy(np.array(video)) if isinstance(video, np.ndarray) else video.detach().cpu()
+    if video.ndim < 4:
+        raise ValueError(f"expected a video with at least 4 dimensions, got shape {tuple(video.shape)}")
+    if video.dtype == torch.uint8:
+        if video.shape[-1] != 3:
+            raise ValueError(f"uint8 videos must be (..., T, H, W, 3), got shape {tuple(video.shape)}")
+        return rearrange(video.float() / 255, "... h w c -> (...) c h w")
+    if not video.is_floating_point() or video.shape[-4] not in (1, 3):
+        raise ValueError(f"float videos must be (..., C, T, H, W) with C = 1 or 3 in [-1, 1], "
+                         f"got {video.dtype} {tuple(video.shape)}")
+    return rearrange((video.float() + 1) / 2, "... c t h w -> (... t) c h w")
+
+
+def _gray(frames: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) luma of (N, C, H, W) frames."""
+    return frames if frames.shape[1] == 1 else torch.einsum("nchw,c->nhw", frames, _LUMA)[:, None]
+
+
+def _pair(a: Video, b: Video) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = to_frames(a), to_frames(b)
+    if a.shape != b.shape:
+        raise ValueError(f"videos differ in shape: {tuple(a.shape)} vs {tuple(b.shape)} (as N, C, H, W frames)")
+    return a, b
+
+
+def psnr(a: Video, b: Video) -> float:
+    """Peak signal-to-noise ratio in dB over the whole video (one MSE over all frames); ``inf`` if identical."""
+    a, b = _pair(a, b)
+    mse = F.mse_loss(a, b).item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-x**2 / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]  # (1, 1, size, size)
+
+
+def ssim(a: Video, b: Video, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean structural similarity (Gaussian window, valid positions, per channel); 1 for identical videos.
+
+    The window shrinks to the frame size (kept odd) for frames smaller than ``window``.
+    """
+    a, b = _pair(a, b)
+    n, c, h, w = a.shape
+    size = min(window, h, w)
+    size -= 1 - size % 2
+    kernel = _gaussian_window(size, sigma)
+    a, b = a.reshape(n * c, 1, h, w), b.reshape(n * c, 1, h, w)
+    mu_a, mu_b = F.conv2d(a, kernel), F.conv2d(b, kernel)
+    var_a = F.conv2d(a * a, kernel) - mu_a**2
+    var_b = F.conv2d(b * b, kernel) - mu_b**2
+    cov = F.conv2d(a * b, kernel) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return value.mean().item()
+
+
+def color_histogram(video: Video, bins: int = 16) -> np.ndarray:
+    """Per-channel histogram of all pixels, (3, bins), each row summing to 1."""
+    frames = to_frames(video).expand(-1, 3, -1, -1)
+    index = (frames * bins).long().clamp(0, bins - 1)  # (N, 3, H, W)
+    counts = torch.stack([torch.bincount(index[:, ch].flatten(), minlength=bins) for ch in range(3)])
+    return (counts / counts.sum(dim=1, keepdim=True)).numpy()
+
+
+def _tv(h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
+    return 0.5 * np.abs(h1 - h2).sum(axis=-1).mean(axis=-1)
+
+
+def histogram_distance(h1: np.ndarray, h2: np.ndarray) -> float:
+    """Total-variation distance between per-channel histograms, averaged over channels: 0 same, 1 disjoint."""
+    if h1.shape != h2.shape:
+        raise ValueError(f"histograms differ in shape: {h1.shape} vs {h2.shape}")
+    return float(_tv(h1, h2))
+
+
+def nearest_histogram_distance(h: np.ndarray, bank: np.ndarray) -> float:
+    """Smallest :func:`histogram_distance` from ``h`` (3, bins) to any histogram of ``bank`` (N, 3, bins)."""
+    if bank.ndim != 3 or bank.shape[1:] != h.shape or len(bank) == 0:
+        raise ValueError(f"bank must be a non-empty (N, {', '.join(map(str, h.shape))}) array, got {bank.shape}")
+    return float(_tv(bank, h).min())
+
+
+def sharpness(video: Video) -> float:
+    """Root-mean-square gradient of the luma (forward differences, pixel values in [0, 1]).
+
+    Blurring spreads an edge over more pixels with smaller steps, which lowers the squared gradient (the mean
+    gradient magnitude would not change: it is the total variation, which blur preserves)."""
+    gray = _gray(to_frames(video))[:, 0]
+    dx, dy = gray[:, :-1, 1:] - gray[:, :-1, :-1], gray[:, 1:, :-1] - gray[:, :-1, :-1]
+    return torch.sqrt((dx**2 + dy**2).mean()).item()
+
+
+def motion(video: Video) -> float:
+    """Mean absolute change between consecutive frames (pixel values in [0, 1]); NaN for a single frame.
+
+    Pass one video: a batch dimension would count the step from one video to the next."""
+    frames = to_frames(video)
+    return (frames[1:] - frames[:-1]).abs().mean().item() if len(frames) > 1 else math.nan
+
+
+def foreground_fraction(video: Video, margin: float = 0.25) -> float:
+    """Fraction of pixels clearly brighter than the background.
+
+    Brightness is the largest channel; a frame's background brightness is its median (the background covers
+    most of the frame), and a pixel is foreground when it exceeds that by more than ``margin``.
+    """
+    bright = to_frames(video).amax(dim=1).flatten(1)  # (N, H * W)
+    background = bright.median(dim=1, keepdim=True).values
+    return (bright > background + margin).float().mean().item()

@@ -1,0 +1,89 @@
+"""The interface every step-caching policy implements, and the hook that attaches it to a model.
+
+A policy wraps the model's block stack (``model.stack``) through an instance-level forward hook; the model code
+knows nothing about it. Only denoising passes go through the policy: commit passes, which write the conditioning
+KV cache, always run in full. State is kept per guidance branch (``cond`` / ``uncond``) and reset at every chunk.
+
+The pipeline drives a policy with three calls:
+* :meth:`StepCache.begin_chunk` before the first denoising step of a chunk;
+* :meth:`StepCache.step` around each model call, naming the branch, the step index and the step count;
+* :meth:`StepCache.guide` to combine the two guidance branches (FasterCache's CFG-Cache overrides it).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..diffusion import guidance
+
+StackFn = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+def relative_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean|a - b| / mean|b| as a 0-dim tensor (no host sync)."""
+    return (a - b).abs().mean() / b.abs().mean().clamp_min(1e-12)
+
+
+class StepCache:
+    """Base policy: computes every step. Subclasses override :meth:`run_stack` (and maybe :meth:`guide`)."""
+
+    def __init__(self):
+        self.model: nn.Module | None = None
+        self.branch, self.index, self.num_steps = "cond", 0, 1
+        self.computed = 0           # block-stack evaluations run in the current chunk
+        self.skipped = 0            # block-stack evaluations avoided in the current chunk
+        self.state: dict[str, dict] = defaultdict(dict)  # per guidance branch, reset every chunk
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Hook ``model.stack``; called by ``model.enable_cache``."""
+        self.model = model
+        stack_forward = model.stack.forward
+        model.stack.forward = lambda x, c, ctx: self._stack(stack_forward, x, c, ctx)
+
+    def detach(self) -> None:
+        """Remove the hooks (the class's forward shows through again)."""
+        del self.model.stack.forward
+        self.model = None
+
+    def begin_chunk(self) -> None:
+        self.state.clear()
+        self.computed = self.skipped = 0
+
+    @contextlib.contextmanager
+    def step(self, branch: str, index: int, num_steps: int) -> Iterator[None]:
+        """Scope of one model call: which branch, which denoising step."""
+        self.branch, self.index, self.num_steps = branch, index, num_steps
+        yield
+
+    @property
+    def boundary_step(self) -> bool:
+        """First and last steps of a chunk are always computed."""
+        return self.index == 0 or self.index == self.num_steps - 1
+
+    # -- decisions --------------------------------------------------------------------------------------------
+    def _stack(self, stack_forward: StackFn, x: torch.Tensor, c: torch.Tensor, ctx) -> torch.Tensor:
+        if ctx.commit:
+            return stack_forward(x, c, ctx)
+        out, reused = self.run_stack(stack_forward, x, c, ctx)
+        if reused:
+            self.skipped += 1
+        else:
+            self.computed += 1
+        return out
+
+    def run_stack(self, stack_forward: StackFn, x: torch.Tensor, c: torch.Tensor, ctx) -> tuple[torch.Tensor, bool]:
+        """Return (stack output, whether it was reused instead of computed)."""
+        return stack_forward(x, c, ctx), False
+
+    def guide(self, cond: Callable[[], torch.Tensor], uncond: Callable[[], torch.Tensor], scale: float) -> torch.Tensor:
+        """Classifier-free guidance from the two branch velocities."""
+        return guidance(cond(), uncond(), scale)
+
+    @property
+    def branch_state(self) -> dict:
+        return self.state[self.branch]

@@ -1,0 +1,77 @@
+"""TeaCache (Liu et al., arXiv 2411.19108): skip the block stack while the modulated input barely changes.
+
+At every denoising step the indicator is the first block's normalised, timestep-modulated input ``m_t`` (the
+noisy chunk's tokens). Its relative L1 change ``d = mean|m_t - m_prev| / mean|m_prev|`` is rescaled by a
+polynomial fitted per checkpoint (``scripts/calibrate_teacache.py``) to predict the change of the stack's output,
+and accumulated. While the sum stays below ``threshold`` the stack is skipped and its last residual
+(output - input) is added instead; otherwise the stack runs, its residual is stored and the sum resets. The first
+and last steps are always computed. Rescaled changes are clamped at 0, so ``threshold=0`` computes every step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import StackFn, StepCache, relative_l1
+
+IDENTITY = (0.0, 0.0, 0.0, 1.0, 0.0)  # poly(d) = d: used when a checkpoint has no calibration
+
+
+class TeaCache(StepCache):
+    """Training-free step skipping on the accumulated, rescaled change of the modulated input."""
+
+    def __init__(self, threshold: float = 0.1, coefficients: tuple[float, ...] = IDENTITY):
+        super().__init__()
+        if threshold < 0:
+            raise ValueError(f"TeaCache threshold must be >= 0, got {threshold}")
+        self.threshold = threshold
+        self.rescale = np.poly1d(coefficients)
+
+    def should_compute(self, modulated: torch.Tensor) -> bool:
+        """The TeaCache rule for the current step; updates the branch's accumulator and previous input."""
+        st = self.branch_state
+        prev = st.get("modulated")
+        st["modulated"] = modulated
+        if prev is None or self.boundary_step or "residual" not in st:
+            st["acc"] = 0.0
+            return True
+        change = relative_l1(modulated, prev).item()  # one host sync per step: the decision is control flow
+        st["acc"] += max(0.0, float(self.rescale(change)))
+        if st["acc"] < self.threshold:
+            return False
+        st["acc"] = 0.0
+        return True
+
+    def run_stack(self, stack_forward: StackFn, x: torch.Tensor, c: torch.Tensor, ctx) -> tuple[torch.Tensor, bool]:
+        modulated = self.model.stack.blocks[0].modulated_input(x, c)
+        if not self.should_compute(modulated):
+            return x + self.branch_state["residual"], True
+        out = stack_forward(x, c, ctx)
+        self.branch_state["residual"] = out - x
+        return out, False
+
+
+class TeaCacheRecorder(StepCache):
+    """Computes every step and records (input change, output change) pairs for calibration."""
+
+    def __init__(self):
+        super().__init__()
+        self.pairs: list[tuple[float, float]] = []
+
+    def run_stack(self, stack_forward: StackFn, x: torch.Tensor, c: torch.Tensor, ctx) -> tuple[torch.Tensor, bool]:
+        modulated = self.model.stack.blocks[0].modulated_input(x, c)
+        out = stack_forward(x, c, ctx)
+        st = self.branch_state
+        if "modulated" in st:
+            self.pairs.append((relative_l1(modulated, st["modulated"]).item(), relative_l1(out, st["out"]).item()))
+        st["modulated"], st["out"] = modulated, out
+        return out, False
+
+
+def fit_polynomial(pairs: list[tuple[float, float]], degree: int = 4) -> tuple[list[float], float]:
+    """Least-squares polynomial mapping input change to output change; returns (coefficients, R^2)."""
+    x, y = np.array(pairs).T
+    coefficients = np.polyfit(x, y, degree)
+    residual = y - np.polyval(coefficients, x)
+    r2 = 1 - residual.var() / max(y.var(), 1e-12)
+    return coefficients.tolist(), float(r2)

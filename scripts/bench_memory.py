@@ -1,0 +1,50 @@
+"""Peak memory of long-video generation vs the number of chunks (it should stay flat).
+
+    python scripts/bench_memory.py                        # 10, 20, 40, 80 chunks on the CPU
+    python scripts/bench_memory.py --device cuda
+
+Each length runs ``infer/long_video.py`` in a fresh process (peak RSS is per process) and reads its --stats:
+``peak_rss_mb`` on the CPU, ``peak_gpu_mb`` (torch.cuda.max_memory_allocated) on a GPU. Writes memory.json.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
+    p.add_argument("--chunks", type=int, nargs="+", default=[10, 20, 40, 80])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out-dir", default="outputs/bench")
+    args = p.parse_args()
+    key = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for chunks in args.chunks:
+            stats = Path(tmp) / f"{chunks}.json"
+            cmd = [sys.executable, str(ROOT / "infer/long_video.py"), "--chunks", str(chunks), "--device", args.device,
+                   "--out", str(Path(tmp) / f"{chunks}.mp4"), "--stats", str(stats)]
+            if args.checkpoint:
+                cmd += ["--checkpoint", args.checkpoint]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            result = json.loads(stats.read_text())
+            rows.append({"chunks": chunks, "frames": result["frames"], key: result[key],
+                         "seconds": result["seconds"]})
+            print(f"{chunks:4d} chunks  {result['frames']:5d} frames  {key} {result[key]:8.1f}", flush=True)
+    ratio = rows[-1][key] / rows[0][key]
+    print(f"peak at {rows[-1]['chunks']} chunks / at {rows[0]['chunks']} chunks: {ratio:.3f}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memory.json").write_text(json.dumps({"device": args.device, "metric": key, "rows": rows,
+                                                 "ratio_last_over_first": ratio}, indent=2) + "\n")
+    print(f"wrote {out / 'memory.json'}")
+
+
+if __name__ == "__main__":
+    main()

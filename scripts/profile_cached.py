@@ -1,0 +1,72 @@
+"""Profile the cached generation path and report where the time goes: attention, MLP, other.
+
+    python scripts/profile_cached.py                    # shipped checkpoint, 5 chunks after a warm-up
+
+Wraps the model's spatial/temporal attention and MLP modules in profiler ranges (forward hooks, here only),
+runs chunks with the KV cache under torch.profiler, prints the share of each part and the top operators, and
+writes profile.json.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ca2vdm.checkpoint import load_model  # noqa: E402
+from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
+from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
+
+PARTS = ("spatial_attention", "temporal_attention", "mlp")
+
+
+def label_modules(model) -> None:
+    """Open a profiler range around every attention and MLP call."""
+    for block in model.stack.blocks:
+        for part, module in zip(PARTS, (block.spatial, block.temporal, block.mlp)):
+            module.register_forward_pre_hook(lambda m, a, part=part: setattr(m, "_range", record_function(part))
+                                             or m._range.__enter__())
+            module.register_forward_hook(lambda m, a, out: m._range.__exit__(None, None, None))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--chunks", type=int, default=5)
+    p.add_argument("--out-dir", default="outputs/bench")
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    model, meta = load_model(args.checkpoint)
+    label_modules(model)
+    diffusion = meta.get("diffusion_config", {})
+    pipe = LongVideoPipeline(model, steps=diffusion.get("steps", 16), cfg_scale=diffusion.get("cfg_scale", 1.0))
+    state = pipe.start(seed=0)
+    for _ in range(4):  # warm-up and a full window
+        pipe.next_chunk(state)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("generate"):
+            for _ in range(args.chunks):
+                pipe.next_chunk(state)
+    events = {e.key: e for e in prof.key_averages()}
+    total = events["generate"].cpu_time_total
+    shares = {part: events[part].cpu_time_total / total for part in PARTS if part in events}
+    shares["other"] = 1 - sum(shares.values())
+    for part, share in shares.items():
+        print(f"{part:20} {100 * share:5.1f} %")
+    ops = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)
+    top = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in ops[:15]]
+    print("top operators by self time:")
+    for row in top:
+        print(f"  {row['op']:40} {row['self_ms']:9.1f} ms  {row['calls']:7d} calls")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps({"chunks": args.chunks, "shares": shares, "top_ops": top},
+                                                 indent=2) + "\n")
+    print(f"wrote {out / 'profile.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Long-video inference requirements: generate_video and the infer/long_video.py CLI, on a tiny random model.
+
+tiny: 16x16 frames, first frame drawn as a chunk of its own, then chunks of 2 frames, window of 5 frames.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ca2vdm.checkpoint import load_model, save_weights
+from ca2vdm.generate import GenerationOptions, generate_video
+from ca2vdm.pipeline import LongVideoPipeline
+from ca2vdm.video_io import VideoWriter, read_video
+from helpers import random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI_PATH = ROOT / "infer" / "long_video.py"
+CHUNK = 2  # tiny chunk_frames
+STEPS = 3  # the checkpoint's diffusion steps
+OPTIONS = ("--checkpoint", "--out", "--seed", "--steps", "--chunks", "--first-frame", "--label", "--cfg-scale",
+           "--cache", "--device", "--fps", "--stats", "--preview", "--verbose")
+
+_spec = importlib.util.spec_from_file_location("long_video_cli", CLI_PATH)
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models run many small ops: one thread avoids thread-pool stalls on a busy small machine (6x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    model = random_model(num_classes=3)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_weights(path, model.state_dict(), model.cfg,
+                 {"diffusion_config": {"steps": STEPS, "shift": 1.0, "cond_noise": 0.05, "cfg_scale": 1.0}})
+    return path
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the CLI in-process, require a non-zero exit, return its error message."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main([str(a) for a in argv])
+    code = exc.value.code
+    assert code not in (0, None)
+    return code if isinstance(code, str) else capsys.readouterr().err
+
+
+def test_video_frame_count_and_stats(checkpoint, tmp_path):
+    out, stats_path = tmp_path / "v.mp4", tmp_path / "stats.json"
+    cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--chunks", "4", "--label", "1",
+              "--stats", str(stats_path)])
+    video = read_video(out)
+    assert video.shape == (3, 1 + 4 * CHUNK, 16, 16)
+    assert video.min() >= -1 and video.max() <= 1 and video.std() > 0.05
+    stats = json.loads(stats_path.read_text())
+    assert stats["frames"] == 1 + 4 * CHUNK and stats["peak_rss_mb"] > 0
+    assert [c["index"] for c in stats["chunks"]] == [0, 1, 2, 3]
+    assert all(c["seconds"] > 0 and c["model_evals"] == STEPS and c["skipped_evals"] == 0 for c in stats["chunks"])
+    assert stats["seconds"] >= sum(c["seconds"] for c in stats["chunks"])
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_steps_and_guidance_set_model_evals(checkpoint, tmp_path):
+    stats = generate_video(checkpoint, tmp_path / "v.mp4", GenerationOptions(chunks=2, steps=2, cfg_scale=2.5))
+    assert [c["model_evals"] for c in stats["chunks"]] == [2 * 2, 2 * 2]  # 2 steps x 2 guidance branches
+
+
+def test_kv_and_none_caches_agree_while_window_not_full(checkpoint, tmp_path):
+    """1 + 3 chunks = 7 frames: every chunk sees at most the 5-frame window, so both modes compute the same frames
+    (up to float rounding ~1e-7, which does not change the uint8 pixels): identical files. Two more chunks fill the
+    window, where the modes legitimately differ, which shows the option reaches the pipeline."""
+    def run(cache: str, chunks: int, seed: int = 0) -> Path:
+        out = tmp_path / f"{cache}{chunks}-{seed}.mp4"
+        stats = generate_video(checkpoint, out, GenerationOptions(chunks=chunks, seed=seed, label=1, cache=cache))
+        assert stats["cache"] == cache
+        return out
+
+    assert run("kv", 3).read_bytes() == run("none", 3).read_bytes()
+    assert (read_video(run("kv", 3)) - read_video(run("kv", 3, seed=1))).abs().mean() > 0.1  # the seed matters
+    kv, none = read_video(run("kv", 5)), read_video(run("none", 5))
+    assert (kv[:, 7:] - none[:, 7:]).abs().mean() > 1e-3
+
+
+def test_peak_memory_does_not_grow_with_chunks(checkpoint, tmp_path):
+    """Each run in a fresh process, so ru_maxrss is that run's own peak. Only a growth of ~10 MB over 30 chunks
+    shows here; test_kv_cache_is_allocated_once checks the cache's allocation directly."""
+    runs = {}
+    for chunks in (10, 40):
+        stats = tmp_path / f"{chunks}.json"
+        argv = [sys.executable, str(CLI_PATH), "--checkpoint", str(checkpoint), "--chunks", str(chunks),
+                "--out", str(tmp_path / f"{chunks}.mp4"), "--stats", str(stats)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two runs side by side on a small machine
+        runs[chunks] = stats, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peaks = {}
+    for chunks, (stats, proc) in runs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        result = json.loads(stats.read_text())
+        assert result["frames"] == 1 + chunks * CHUNK
+        peaks[chunks] = result["peak_rss_mb"]
+    assert peaks[40] <= peaks[10] * 1.05 + 10, peaks
+
+
+def test_kv_cache_is_allocated_once():
+    model = random_model(num_classes=3, prefix_frames=1)
+    pipe = LongVideoPipeline(model, steps=1, cfg_scale=2.0)  # two guidance branches, two caches
+    state = pipe.start(label=0)
+    caches = [b.cache for b in state.branches]
+
+    def storage() -> list[tuple[int, int]]:
+        names = ("k", "v", "prefix_k", "prefix_v")
+        return [(getattr(c, name).data_ptr(), c.nbytes()) for c in caches for name in names]
+
+    before = storage()
+    for _ in range(12):  # 1 + 11 * 2 = 23 frames: the 7-slot ring wraps three times
+        pipe.next_chunk(state)
+    assert all(b.cache is c for b, c in zip(state.branches, caches)) and storage() == before
+    assert [c.frames_committed for c in caches] == [23, 23]
+
+
+def test_thousand_chunks(checkpoint):
+    model, _ = load_model(checkpoint)
+    pipe = LongVideoPipeline(model, steps=1)
+    state = pipe.start(seed=0)
+    cache = state.branches[0].cache
+    for _ in range(1000):
+        frames = pipe.next_chunk(state).frames
+        assert torch.isfinite(frames).all()
+    assert frames.shape == (1, 3, CHUNK, 16, 16) and frames.std() > 0.05
+    assert cache.frames_committed == 1 + 999 * CHUNK == state.frames
+
+
+@pytest.mark.parametrize("kind", ["png", "mp4"])
+def test_first_frame(checkpoint, tmp_path, kind):
+    ramp = np.linspace(30, 220, 20, dtype=np.uint8)
+    image = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128 * np.ones((20, 20), np.uint8)), axis=-1)
+    if kind == "png":
+        given, frames = tmp_path / "first.png", 1
+        Image.fromarray(image).save(given)
+    else:
+        given, frames = tmp_path / "first.mp4", 3
+        with VideoWriter(given, fps=8) as writer:
+            writer.write(np.stack([np.roll(image, i, axis=1) for i in range(frames)]))
+    out = tmp_path / "out.mp4"
+    generate_video(checkpoint, out, GenerationOptions(chunks=3, first_frame=str(given)))
+    video, first = read_video(out), read_video(given, size=16)
+    assert video.shape[1] == frames + 3 * CHUNK
+    assert (video[:, :frames] - first).abs().mean() < 0.05  # the given frames open the video
+
+
+@pytest.mark.parametrize("name", ["broken.png", "broken.mp4"])
+def test_unreadable_first_frame(checkpoint, tmp_path, capsys, name):
+    bad = tmp_path / name
+    bad.write_bytes(b"not an image or a video" * 10)
+    out = tmp_path / "out.mp4"
+    assert str(bad) in cli_error(capsys, "--checkpoint", checkpoint, "--out", out, "--first-frame", bad)
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert [o for o in OPTIONS if o not in text] == []
+
+
+def test_zero_chunks_is_an_error(checkpoint, tmp_path, capsys):
+    assert "--chunks" in cli_error(capsys, "--checkpoint", checkpoint, "--out", tmp_path / "o.mp4", "--chunks", "0")
+    with pytest.raises(ValueError, match="--chunks"):
+        generate_video(checkpoint, tmp_path / "o.mp4", GenerationOptions(chunks=0))
+    assert not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_cuda(checkpoint, tmp_path, capsys):
+    out = tmp_path / "o.mp4"
+    assert "CUDA" in cli_error(capsys, "--checkpoint", checkpoint, "--out", out, "--device", "cuda")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
+def test_bad_checkpoint(checkpoint, tmp_path, capsys, damage):
+    bad, out = tmp_path / "bad.safetensors", tmp_path / "o.mp4"
+    if damage == "garbage":
+        bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif damage == "truncated":  # intact header, tensors cut short
+        bad.write_bytes(checkpoint.read_bytes()[:-1000])
+    assert str(bad) in cli_error(capsys, "--checkpoint", bad, "--out", out)
+    assert not out.exists()
+
+
+def test_preview_png_beside_video(checkpoint, tmp_path):
+    out = tmp_path / "v.mp4"
+    stats = generate_video(checkpoint, out, GenerationOptions(chunks=3, preview=True))
+    sheet = out.with_suffix(".png")
+    assert stats["preview"] == str(sheet)
+    with Image.open(sheet) as image:
+        assert image.format == "PNG" and image.width > 16 and image.height >= 16
