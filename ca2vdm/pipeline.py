@@ -128,8 +128,13 @@ class LongVideoPipeline:
         return state
 
     @torch.no_grad()
-    def next_chunk(self, state: GenerationState, on_step: Callable[[int], None] | None = None) -> ChunkResult:
-        """Denoise the next chunk, append it to the conditioning, return it. ``on_step(i)`` follows each step."""
+    def next_chunk(self, state: GenerationState, on_step: Callable[[int], None] | None = None,
+                   commit_frames: torch.Tensor | None = None) -> ChunkResult:
+        """Denoise the next chunk, append it to the conditioning, return it. ``on_step(i)`` follows each step.
+
+        ``commit_frames`` conditions the following chunks on these frames instead of the sampled ones (teacher
+        forcing: evaluations that compare samplers on a shared context).
+        """
         cfg = self.model.cfg
         weight = self.model.x_embedder.weight
         L = self._chunk_lengths(state.frames, cfg.chunk_frames)[0]
@@ -150,7 +155,7 @@ class LongVideoPipeline:
             raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks}; the weights may be "
                                      "damaged (check the checkpoint) or the sampler settings unstable")
         x0 = x0.clamp(-1, 1)
-        self._commit(state, x0)
+        self._commit(state, x0 if commit_frames is None else commit_frames)
         state.chunks += 1
         if self.step_cache is None:
             return ChunkResult(x0, state.chunks - 1, model_evals=self.steps * len(state.branches))

@@ -7,7 +7,9 @@ Modes, same model, seed and noise:
   (a) kv    KV cache shared across denoising steps and chunks (Ca2-VDM)
   (b) none  no cache: the conditioning window is recomputed at every denoising step (fixed window)
   (c) full  no cache: all previous frames are recomputed at every step (extendable context, quadratic)
-Records per-chunk wall time and analytic FLOPs, prints a table, writes ar_scaling.json and ar_scaling.png.
+  kv+teacache  (a) with TeaCache step skipping (--teacache-thresh; FLOPs scaled by the passes actually run)
+Records per-chunk wall time (the fastest of --repeats runs) and analytic FLOPs, prints a table, writes
+ar_scaling.json and ar_scaling.png.
 """
 import argparse
 import json
@@ -23,6 +25,8 @@ from ca2vdm.checkpoint import load_model  # noqa: E402
 from ca2vdm.config import ModelConfig  # noqa: E402
 from ca2vdm.generate import DEFAULT_CHECKPOINT, resolve_device  # noqa: E402
 from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
+from ca2vdm.step_cache import TeaCache  # noqa: E402
+from ca2vdm.step_cache.teacache import IDENTITY  # noqa: E402
 
 MODES = ("kv", "none", "full")
 
@@ -48,11 +52,14 @@ def chunk_flops(cfg: ModelConfig, mode: str, frames_before: int, length: int, st
     return branches * steps * forward_flops(cfg, context + length, context + length)
 
 
-def measure(model, meta, mode: str, chunks: int, seed: int) -> list[dict]:
+def measure(model, meta, mode: str, chunks: int, seed: int, teacache_thresh: float) -> list[dict]:
     diffusion = meta.get("diffusion_config", {})
+    step_cache = None
+    if mode == "kv+teacache":
+        step_cache = TeaCache(teacache_thresh, meta.get("teacache_coefficients") or IDENTITY)
     pipe = LongVideoPipeline(model, steps=diffusion.get("steps", 16), shift=diffusion.get("shift", 1.0),
                              cond_noise=diffusion.get("cond_noise", 0.05), cfg_scale=diffusion.get("cfg_scale", 1.0),
-                             cache_mode=mode)
+                             cache_mode=mode.split("+")[0], step_cache=step_cache)
     state = pipe.start(seed=seed)
     pipe.next_chunk(state)  # the first frame (and warm-up); not timed
     rows = []
@@ -63,9 +70,11 @@ def measure(model, meta, mode: str, chunks: int, seed: int) -> list[dict]:
         tic = time.perf_counter()
         chunk = pipe.next_chunk(state)
         sync()
+        evaluated = chunk.model_evals / (chunk.model_evals + chunk.skipped_evals)  # share of stack passes run
         rows.append({"chunk": index, "seconds": time.perf_counter() - tic,
-                     "flops": chunk_flops(model.cfg, mode, frames_before, chunk.frames.shape[2], pipe.steps,
-                                          len(state.branches))})
+                     "flops": evaluated * chunk_flops(model.cfg, mode.split("+")[0], frames_before,
+                                                      chunk.frames.shape[2], pipe.steps, len(state.branches))})
+    model.disable_cache()
     return rows
 
 
@@ -91,6 +100,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2, help="runs per mode; each chunk's fastest time is kept")
+    p.add_argument("--teacache-thresh", type=float, default=0.2, help="also run kv + TeaCache (0: skip)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", default="outputs/bench")
     args = p.parse_args()
@@ -99,12 +110,15 @@ def main() -> None:
     model, meta = load_model(args.checkpoint, device)
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
-    results = {mode: measure(model, meta, mode, args.chunks, args.seed) for mode in MODES}
+    results = {}
+    for mode in MODES + ("kv+teacache",) * (args.teacache_thresh > 0):  # per chunk, the fastest of the repeats: timings on shared machines are noisy
+        runs = [measure(model, meta, mode, args.chunks, args.seed, args.teacache_thresh) for _ in range(args.repeats)]
+        results[mode] = [min(rows, key=lambda r: r["seconds"]) for rows in zip(*runs)]
     last, fifth = args.chunks - 1, min(4, args.chunks - 1)
-    print(f"{'chunk':>5} " + " ".join(f"{m + ' s':>9} {m + ' GFLOP':>11}" for m in MODES))
+    print(f"{'chunk':>5} " + " ".join(f"{m + ' s':>14} {m + ' GFLOP':>16}" for m in results))
     for i in range(args.chunks):
-        print(f"{i + 1:5d} " + " ".join(f"{results[m][i]['seconds']:9.3f} {results[m][i]['flops'] / 1e9:11.2f}"
-                                        for m in MODES))
+        print(f"{i + 1:5d} " + " ".join(f"{rows[i]['seconds']:14.3f} {rows[i]['flops'] / 1e9:16.2f}"
+                                        for rows in results.values()))
     total = {m: sum(r["seconds"] for r in rows) for m, rows in results.items()}
     flops = {m: sum(r["flops"] for r in rows) for m, rows in results.items()}
     summary = {
@@ -114,12 +128,14 @@ def main() -> None:
         "flop_ratio_full_over_kv": flops["full"] / flops["kv"],
         "kv_last_chunk_over_fifth": results["kv"][last]["seconds"] / results["kv"][fifth]["seconds"],
     }
+    if "kv+teacache" in results:
+        summary["speedup_kv_teacache_over_none"] = total["none"] / total["kv+teacache"]
     for key, value in summary.items():
         print(f"{key:28} {value:6.2f}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ar_scaling.json").write_text(json.dumps(
-        {"checkpoint": args.checkpoint, "device": str(device), "chunks": args.chunks,
+        {"checkpoint": args.checkpoint, "device": str(device), "chunks": args.chunks, "repeats": args.repeats,
          "torch_threads": torch.get_num_threads(), "summary": summary, "per_chunk": results}, indent=2) + "\n")
     plot(results, out / "ar_scaling.png")
     print(f"wrote {out / 'ar_scaling.json'} and {out / 'ar_scaling.png'}")

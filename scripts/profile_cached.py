@@ -25,11 +25,16 @@ PARTS = ("spatial_attention", "temporal_attention", "mlp")
 
 def label_modules(model) -> None:
     """Open a profiler range around every attention and MLP call."""
+    ranges = {}
+
+    def enter(module, args, part):
+        ranges[module] = record_function(part)
+        ranges[module].__enter__()
+
     for block in model.stack.blocks:
         for part, module in zip(PARTS, (block.spatial, block.temporal, block.mlp)):
-            module.register_forward_pre_hook(lambda m, a, part=part: setattr(m, "_range", record_function(part))
-                                             or m._range.__enter__())
-            module.register_forward_hook(lambda m, a, out: m._range.__exit__(None, None, None))
+            module.register_forward_pre_hook(lambda m, a, part=part: enter(m, a, part))
+            module.register_forward_hook(lambda m, a, out: ranges.pop(m).__exit__(None, None, None))
 
 
 def main() -> None:

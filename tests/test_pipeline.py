@@ -56,3 +56,15 @@ def test_bad_arguments():
         next(LongVideoPipeline(model).generate(1, label=1))
     with pytest.raises(ValueError, match="label must be"):
         next(LongVideoPipeline(random_model(num_classes=3)).generate(1, label=7))
+
+
+def test_commit_frames_replace_the_conditioning():
+    model = random_model()
+    pipe = LongVideoPipeline(model, steps=2)
+    a, b, c = pipe.start(seed=0), pipe.start(seed=0), pipe.start(seed=0)
+    first = pipe.next_chunk(a)
+    pipe.next_chunk(b, commit_frames=first.frames)  # the same frames: the same state
+    pipe.next_chunk(c, commit_frames=torch.zeros_like(first.frames))
+    second = pipe.next_chunk(a).frames
+    assert torch.equal(pipe.next_chunk(b).frames, second)
+    assert not torch.equal(pipe.next_chunk(c).frames, second)
