@@ -23,6 +23,8 @@ Life cycle (one cache per guidance branch, allocated once per video)
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -33,6 +35,7 @@ class KVCache:
                  chunk_frames: int, prefix_frames: int = 0, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):
         self.window = max_context_frames + chunk_frames
+        self.batch = batch
         self.max_context_frames = max_context_frames
         self.k = torch.zeros(depth, batch * tokens, self.window, heads, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
@@ -44,6 +47,17 @@ class KVCache:
         self.commits = 0
         self._slots_key: tuple[int, int] | None = None
         self._slots: torch.Tensor | None = None
+
+    def rows(self, count: int) -> KVCache:
+        """A view of the first ``count`` batch rows (the conditional branch of a guided cache) for denoising
+        passes that skip the other rows; it shares storage and must not be committed to."""
+        view = copy.copy(self)
+        tokens = self.k.shape[1] // self.batch
+        view.k, view.v = self.k[:, :count * tokens], self.v[:, :count * tokens]
+        if self.prefix_frames:
+            view.prefix_k, view.prefix_v = self.prefix_k[:, :count], self.prefix_v[:, :count]
+        view.batch = count
+        return view
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (constant over the cache's life)."""

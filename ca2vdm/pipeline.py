@@ -35,18 +35,19 @@ class ChunkResult:
 
 
 @dataclass
-class _Branch:
-    """One guidance branch: its label and its conditioning state."""
-    name: str
-    labels: torch.Tensor | None
-    cache: KVCache | None
-    context: list[torch.Tensor] = field(default_factory=list)  # modes none/full: perturbed conditioning frames
+class Conditioning:
+    """What a video is conditioned on. With guidance the rows are [conditional | unconditional] (2B rows), run
+    as one batched pass and split afterwards; without it, B rows."""
+    labels: torch.Tensor | None             # (G * B,) or None for an unconditional model
+    groups: int                             # guidance branches batched together: 1 or 2
+    cache: KVCache | None                   # mode kv: one cache for all G * B rows
+    context: list[torch.Tensor] = field(default_factory=list)  # modes none/full: perturbed frames (B, C, n, H, W)
 
 
 @dataclass
 class GenerationState:
     """Everything one video's generation carries from chunk to chunk."""
-    branches: list[_Branch]
+    conditioning: Conditioning
     generator: torch.Generator
     batch: int
     frames: int = 0             # frames conditioned on so far (given first frames included)
@@ -74,7 +75,7 @@ class LongVideoPipeline:
     def guided(self) -> bool:
         return self.cfg_scale != 1.0 and self.model.null_label is not None
 
-    def _branches(self, batch: int, label: int | torch.Tensor | None, device: torch.device) -> list[_Branch]:
+    def _conditioning(self, batch: int, label: int | torch.Tensor | None, device: torch.device) -> Conditioning:
         null = self.model.null_label
         if null is None:
             if label is not None:
@@ -85,19 +86,27 @@ class LongVideoPipeline:
             labels = torch.as_tensor(label, device=device).long().expand(batch).clone()
             if labels.min() < 0 or labels.max() > null:
                 raise ValueError(f"label must be in [0, {null - 1}] (or omitted for the null label), got {label}")
-        names = [("cond", labels)] + ([("uncond", torch.full_like(labels, null))] if self.guided else [])
-        return [_Branch(name, y, self.model.new_cache(batch, device) if self.cache_mode == "kv" else None)
-                for name, y in names]
+        groups = 2 if self.guided else 1
+        if groups == 2:
+            labels = torch.cat([labels, torch.full_like(labels, null)])
+        cache = self.model.new_cache(groups * batch, device) if self.cache_mode == "kv" else None
+        return Conditioning(labels, groups, cache)
 
-    def _velocity(self, branch: _Branch, x: torch.Tensor, t: float, frames_before: int) -> torch.Tensor:
-        B, L = x.shape[0], x.shape[2]
-        if branch.cache is not None:
-            return self.model(x, torch.full((B, L), t, device=x.device), branch.labels, cache=branch.cache)
-        ctx = torch.cat(branch.context + [x], dim=2) if branch.context else x
+    def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
+                  groups: int) -> torch.Tensor:
+        """Velocity of the first ``groups`` row groups (x: (B, C, L, H, W), repeated per group)."""
+        rows = groups * x.shape[0]
+        x = x.repeat(groups, 1, 1, 1, 1)  # (G * B, C, L, H, W)
+        labels = None if cond.labels is None else cond.labels[:rows]
+        L = x.shape[2]
+        if cond.cache is not None:
+            cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
+            return self.model(x, torch.full((rows, L), t, device=x.device), labels, cache=cache)
+        ctx = torch.cat([f.repeat(groups, 1, 1, 1, 1) for f in cond.context] + [x], dim=2)
         n = ctx.shape[2] - L
-        t_frames = torch.zeros(B, n + L, device=x.device)
+        t_frames = torch.zeros(rows, n + L, device=x.device)
         t_frames[:, n:] = t
-        out = self.model(ctx, t_frames, branch.labels, frame_offset=frames_before - n, num_cond_frames=n)
+        out = self.model(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n)
         return out[:, :, n:]
 
     def _chunk_lengths(self, frames_before: int, num_frames: int) -> list[int]:
@@ -113,13 +122,13 @@ class LongVideoPipeline:
     @torch.no_grad()
     def start(self, *, batch: int = 1, label: int | torch.Tensor | None = None, seed: int = 0,
               first_frames: torch.Tensor | None = None) -> GenerationState:
-        """Set up a video: guidance branches, their caches, the noise generator, and the given first frames.
+        """Set up a video: labels (both guidance branches), the KV cache, the noise generator, the first frames.
 
         first_frames: optional (B, C, T0, H, W) video in [-1, 1] to continue (an image is T0 = 1); it is committed
         as conditioning and not yielded.
         """
         device, dtype = self.model.x_embedder.weight.device, self.model.x_embedder.weight.dtype
-        state = GenerationState(self._branches(batch, label, device),
+        state = GenerationState(self._conditioning(batch, label, device),
                                 torch.Generator(device=device).manual_seed(seed), batch)
         if first_frames is not None:
             first_frames = first_frames.to(device, dtype)
@@ -145,7 +154,7 @@ class LongVideoPipeline:
             self.step_cache.begin_chunk()
 
         def denoise(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
-            v = self._guided_velocity(state.branches, x, t, frames_before, i)
+            v = self._guided_velocity(state.conditioning, x, t, frames_before, i)
             if on_step is not None:
                 on_step(i)
             return v
@@ -158,7 +167,7 @@ class LongVideoPipeline:
         self._commit(state, x0 if commit_frames is None else commit_frames)
         state.chunks += 1
         if self.step_cache is None:
-            return ChunkResult(x0, state.chunks - 1, model_evals=self.steps * len(state.branches))
+            return ChunkResult(x0, state.chunks - 1, model_evals=self.steps * state.conditioning.groups)
         return ChunkResult(x0, state.chunks - 1, self.step_cache.computed, self.step_cache.skipped)
 
     def generate(self, num_chunks: int, **start_kwargs) -> Iterator[ChunkResult]:
@@ -173,32 +182,35 @@ class LongVideoPipeline:
             yield self.next_chunk(state)
 
     def _commit(self, state: GenerationState, frames: torch.Tensor) -> None:
-        """Perturb finished frames (prefix perturbation) and append them to every branch's conditioning."""
+        """Perturb finished frames (prefix perturbation) and append them to the conditioning of every row."""
         noise = torch.randn(frames.shape, generator=state.generator, device=frames.device, dtype=frames.dtype)
         frames = perturb(frames, noise, self.cond_noise)
-        B, L = frames.shape[0], frames.shape[2]
-        for b in state.branches:
-            if b.cache is not None:
-                self.model(frames, torch.zeros(B, L, device=frames.device), b.labels, cache=b.cache, commit=True)
-                b.cache.commit(L)
-            else:
-                b.context.append(frames)
-                if self.cache_mode == "none":
-                    b.context[:] = [torch.cat(b.context, dim=2)[:, :, -self.model.cfg.max_context_frames:]]
+        cond, L = state.conditioning, frames.shape[2]
+        if cond.cache is not None:
+            rows = frames.repeat(cond.groups, 1, 1, 1, 1)
+            self.model(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
+                       commit=True)
+            cond.cache.commit(L)
+        else:
+            cond.context.append(frames)
+            if self.cache_mode == "none":
+                cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -self.model.cfg.max_context_frames:]]
         state.frames += L
 
-    def _guided_velocity(self, branches: list[_Branch], x: torch.Tensor, t: float, frames_before: int,
+    def _guided_velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
                          index: int) -> torch.Tensor:
+        """One denoising step's velocity; guidance branches run batched, or as a step-caching policy decides."""
         policy = self.step_cache
 
-        def velocity(branch: _Branch) -> torch.Tensor:
+        def velocity(groups: int, name: str) -> torch.Tensor:
             if policy is None:
-                return self._velocity(branch, x, t, frames_before)
-            with policy.step(branch.name, index, self.steps):
-                return self._velocity(branch, x, t, frames_before)
+                return self._velocity(cond, x, t, frames_before, groups)
+            with policy.step(name, index, self.steps, branches=groups):
+                return self._velocity(cond, x, t, frames_before, groups)
 
-        if len(branches) == 1:
-            return velocity(branches[0])
+        if cond.groups == 1:
+            return velocity(1, "cond")
+        both = lambda: velocity(2, "cond+uncond").chunk(2)  # noqa: E731
         if policy is not None:
-            return policy.guide(lambda: velocity(branches[0]), lambda: velocity(branches[1]), self.cfg_scale)
-        return guidance(velocity(branches[0]), velocity(branches[1]), self.cfg_scale)
+            return policy.guide(both, lambda: velocity(1, "cond"), self.cfg_scale)
+        return guidance(*both(), self.cfg_scale)

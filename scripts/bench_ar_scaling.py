@@ -73,7 +73,7 @@ def measure(model, meta, mode: str, chunks: int, seed: int, teacache_thresh: flo
         evaluated = chunk.model_evals / (chunk.model_evals + chunk.skipped_evals)  # share of stack passes run
         rows.append({"chunk": index, "seconds": time.perf_counter() - tic,
                      "flops": evaluated * chunk_flops(model.cfg, mode.split("+")[0], frames_before,
-                                                      chunk.frames.shape[2], pipe.steps, len(state.branches))})
+                                                      chunk.frames.shape[2], pipe.steps, state.conditioning.groups)})
     model.disable_cache()
     return rows
 

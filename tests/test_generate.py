@@ -117,9 +117,10 @@ def test_peak_memory_does_not_grow_with_chunks(checkpoint, tmp_path):
 
 def test_kv_cache_is_allocated_once():
     model = random_model(num_classes=3, prefix_frames=1)
-    pipe = LongVideoPipeline(model, steps=1, cfg_scale=2.0)  # two guidance branches, two caches
+    pipe = LongVideoPipeline(model, steps=1, cfg_scale=2.0)  # two guidance branches, batched in one cache
     state = pipe.start(label=0)
-    caches = [b.cache for b in state.branches]
+    caches = [state.conditioning.cache]
+    assert caches[0].batch == 2
 
     def storage() -> list[tuple[int, int]]:
         names = ("k", "v", "prefix_k", "prefix_v")
@@ -128,15 +129,15 @@ def test_kv_cache_is_allocated_once():
     before = storage()
     for _ in range(12):  # 1 + 11 * 2 = 23 frames: the 7-slot ring wraps three times
         pipe.next_chunk(state)
-    assert all(b.cache is c for b, c in zip(state.branches, caches)) and storage() == before
-    assert [c.frames_committed for c in caches] == [23, 23]
+    assert state.conditioning.cache is caches[0] and storage() == before
+    assert caches[0].frames_committed == 23
 
 
 def test_thousand_chunks(checkpoint):
     model, _ = load_model(checkpoint)
     pipe = LongVideoPipeline(model, steps=1)
     state = pipe.start(seed=0)
-    cache = state.branches[0].cache
+    cache = state.conditioning.cache
     for _ in range(1000):
         frames = pipe.next_chunk(state).frames
         assert torch.isfinite(frames).all()

@@ -28,7 +28,7 @@ def test_cache_written_once_per_chunk_and_never_reallocated():
     pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.0, cache_mode="kv")
     state = pipe.start(label=0, seed=0)
     pipe.next_chunk(state)
-    branches = state.branches
+    branches = [state.conditioning]  # guidance rows share one cache
     storages = [(b.cache.k.data_ptr(), b.cache.v.data_ptr(), b.cache.prefix_k.data_ptr()) for b in branches]
     sizes = [b.cache.nbytes() for b in branches]
     for n in range(2, 9):
@@ -44,10 +44,25 @@ def test_bounded_over_many_chunks():
     pipe = LongVideoPipeline(model, steps=1, cache_mode="kv")
     state = pipe.start(seed=0)
     first = pipe.next_chunk(state)
-    cache = state.branches[0].cache
+    cache = state.conditioning.cache
     nbytes, ptr = cache.nbytes(), cache.k.data_ptr()
     for _ in range(199):
         assert torch.isfinite(pipe.next_chunk(state).frames).all()
     assert cache.nbytes() == nbytes and cache.k.data_ptr() == ptr
     assert cache.frames_committed == 1 + 199 * model.cfg.chunk_frames
     assert first.frames.shape[2] == 1  # first-frame chunk
+
+
+def test_row_view_gives_the_conditional_half_of_a_batched_pass():
+    model = random_model(num_classes=3, prefix_frames=1)
+    cache = model.new_cache(2)
+    y = torch.tensor([1, 3])  # conditional row, null-label row
+    frames = torch.randn(1, 3, 3, 16, 16).repeat(2, 1, 1, 1, 1)
+    for start, length in ((0, 1), (1, 2)):
+        model(frames[:, :, start:start + length], torch.zeros(2, length), y, cache=cache, commit=True)
+        cache.commit(length)
+    x = torch.randn(1, 3, 2, 16, 16)
+    both = model(x.repeat(2, 1, 1, 1, 1), torch.full((2, 2), 0.5), y, cache=cache)
+    cond = model(x, torch.full((1, 2), 0.5), y[:1], cache=cache.rows(1))
+    assert (cond - both[:1]).abs().max() <= 1e-5
+    assert (both[0] - both[1]).abs().max() > 1e-3  # the rows really differ

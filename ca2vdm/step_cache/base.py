@@ -33,9 +33,9 @@ class StepCache:
 
     def __init__(self):
         self.model: nn.Module | None = None
-        self.branch, self.index, self.num_steps = "cond", 0, 1
-        self.computed = 0           # block-stack evaluations run in the current chunk
-        self.skipped = 0            # block-stack evaluations avoided in the current chunk
+        self.branch, self.index, self.num_steps, self.branches = "cond", 0, 1, 1
+        self.computed = 0           # block-stack evaluations (per guidance branch) run in the current chunk
+        self.skipped = 0            # block-stack evaluations (per guidance branch) avoided in the current chunk
         self.state: dict[str, dict] = defaultdict(dict)  # per guidance branch, reset every chunk
 
     # -- life cycle -------------------------------------------------------------------------------------------
@@ -55,9 +55,10 @@ class StepCache:
         self.computed = self.skipped = 0
 
     @contextlib.contextmanager
-    def step(self, branch: str, index: int, num_steps: int) -> Iterator[None]:
-        """Scope of one model call: which branch, which denoising step."""
-        self.branch, self.index, self.num_steps = branch, index, num_steps
+    def step(self, branch: str, index: int, num_steps: int, branches: int = 1) -> Iterator[None]:
+        """Scope of one model call: which branch (``cond+uncond`` when guidance rows are batched: one decision
+        for both, as in TeaCache), which denoising step, how many guidance branches it evaluates."""
+        self.branch, self.index, self.num_steps, self.branches = branch, index, num_steps, branches
         yield
 
     @property
@@ -71,18 +72,19 @@ class StepCache:
             return stack_forward(x, c, ctx)
         out, reused = self.run_stack(stack_forward, x, c, ctx)
         if reused:
-            self.skipped += 1
+            self.skipped += self.branches
         else:
-            self.computed += 1
+            self.computed += self.branches
         return out
 
     def run_stack(self, stack_forward: StackFn, x: torch.Tensor, c: torch.Tensor, ctx) -> tuple[torch.Tensor, bool]:
         """Return (stack output, whether it was reused instead of computed)."""
         return stack_forward(x, c, ctx), False
 
-    def guide(self, cond: Callable[[], torch.Tensor], uncond: Callable[[], torch.Tensor], scale: float) -> torch.Tensor:
-        """Classifier-free guidance from the two branch velocities."""
-        return guidance(cond(), uncond(), scale)
+    def guide(self, both: Callable[[], tuple[torch.Tensor, torch.Tensor]], cond: Callable[[], torch.Tensor],
+              scale: float) -> torch.Tensor:
+        """Classifier-free guidance: ``both()`` runs the two branches batched, ``cond()`` the conditional only."""
+        return guidance(*both(), scale)
 
     @property
     def branch_state(self) -> dict:

@@ -52,10 +52,10 @@ class FasterCache(StepCache):
     def full_guidance_step(self) -> bool:
         return self.index < self.cfg_warmup or self.boundary_step or (self.index - self.cfg_warmup) % self.cfg_every == 0
 
-    def guide(self, cond, uncond, scale: float) -> torch.Tensor:
+    def guide(self, both, cond, scale: float) -> torch.Tensor:
         bias = self.state["cfg"]
         if self.full_guidance_step() or "low" not in bias:
-            v_cond, v_uncond = cond(), uncond()
+            v_cond, v_uncond = both()
             bias["low"], bias["high"] = split_bands(v_uncond - v_cond)
             return guidance(v_cond, v_uncond, scale)
         v_cond = cond()
