@@ -112,3 +112,11 @@ def test_two_processes_on_cpu(shapes, tmp_path):
     assert len(_losses(tmp_path)) == 3  # one log, written by the main rank only
     assert [d.name for d in step_dirs(tmp_path / "checkpoints")] == ["step_000003"]
     assert len(list((tmp_path / "checkpoints/step_000003").glob("random_states_*.pkl"))) == 2
+
+
+def test_periodic_sample_video(shapes, tmp_path):
+    from ca2vdm.video_io import read_video
+
+    out = train(_config(shapes, tmp_path, max_steps=2, save_every=2, sample_every=2), progress_bar=False)
+    video = read_video(out / "samples/step_000002.mp4")
+    assert video.shape[1] == 1 + 3 * 2  # first frame + 3 chunks of the tiny model's 2 frames
