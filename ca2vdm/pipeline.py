@@ -34,6 +34,11 @@ class ChunkResult:
     skipped_evals: int = 0      # evaluations a step-caching policy skipped
 
 
+def _repeat_rows(video: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, ...) -> (groups * B, ...): the same frames for every guidance branch (no copy for one branch)."""
+    return video if groups == 1 else video.repeat(groups, *([1] * (video.ndim - 1)))
+
+
 @dataclass
 class Conditioning:
     """What a video is conditioned on. With guidance the rows are [conditional | unconditional] (2B rows), run
@@ -96,13 +101,13 @@ class LongVideoPipeline:
                   groups: int) -> torch.Tensor:
         """Velocity of the first ``groups`` row groups (x: (B, C, L, H, W), repeated per group)."""
         rows = groups * x.shape[0]
-        x = x.repeat(groups, 1, 1, 1, 1)  # (G * B, C, L, H, W)
+        x = _repeat_rows(x, groups)  # (G * B, C, L, H, W)
         labels = None if cond.labels is None else cond.labels[:rows]
         L = x.shape[2]
         if cond.cache is not None:
             cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
             return self.model(x, torch.full((rows, L), t, device=x.device), labels, cache=cache)
-        ctx = torch.cat([f.repeat(groups, 1, 1, 1, 1) for f in cond.context] + [x], dim=2)
+        ctx = torch.cat([_repeat_rows(f, groups) for f in cond.context] + [x], dim=2)
         n = ctx.shape[2] - L
         t_frames = torch.zeros(rows, n + L, device=x.device)
         t_frames[:, n:] = t
@@ -187,7 +192,7 @@ class LongVideoPipeline:
         frames = perturb(frames, noise, self.cond_noise)
         cond, L = state.conditioning, frames.shape[2]
         if cond.cache is not None:
-            rows = frames.repeat(cond.groups, 1, 1, 1, 1)
+            rows = _repeat_rows(frames, cond.groups)
             self.model(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
                        commit=True)
             cond.cache.commit(L)

@@ -13,6 +13,7 @@ ar_scaling.json and ar_scaling.png.
 """
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -127,6 +128,9 @@ def main() -> None:
         "speedup_kv_over_full": total["full"] / total["kv"],
         "flop_ratio_full_over_kv": flops["full"] / flops["kv"],
         "kv_last_chunk_over_fifth": results["kv"][last]["seconds"] / results["kv"][fifth]["seconds"],
+        # the same question, less sensitive to one slow chunk: median of the last 5 over median of chunks 3-7
+        "kv_last5_over_chunks3to7_median": (statistics.median(r["seconds"] for r in results["kv"][-5:])
+                                            / statistics.median(r["seconds"] for r in results["kv"][2:7])),
     }
     if "kv+teacache" in results:
         summary["speedup_kv_teacache_over_none"] = total["none"] / total["kv+teacache"]
