@@ -74,13 +74,9 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     model, meta = load_model(checkpoint, device)
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
-    diffusion = meta.get("diffusion_config", {})
-    pipe = LongVideoPipeline(model, steps=opts.steps or diffusion.get("steps", 16), shift=diffusion.get("shift", 1.0),
-                             cond_noise=diffusion.get("cond_noise", 0.05),
-                             cfg_scale=diffusion.get("cfg_scale", 1.0) if opts.cfg_scale is None else opts.cfg_scale,
-                             cache_mode=opts.cache,
-                             step_cache=build_step_cache(opts.step_cache, opts.teacache_thresh,
-                                                         meta.get("teacache_coefficients")))
+    step_cache = build_step_cache(opts.step_cache, opts.teacache_thresh, meta.get("teacache_coefficients"))
+    pipe = LongVideoPipeline.from_metadata(model, meta, steps=opts.steps, cfg_scale=opts.cfg_scale,
+                                           cache_mode=opts.cache, step_cache=step_cache)
     first = None
     if opts.first_frame:
         first = read_video(opts.first_frame, size=model.cfg.resolution)  # all of it goes into the output

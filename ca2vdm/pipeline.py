@@ -76,6 +76,15 @@ class LongVideoPipeline:
             model.enable_cache(step_cache)
         self.step_cache = step_cache
 
+    @classmethod
+    def from_metadata(cls, model: CausalVideoDiT, metadata: dict, **overrides) -> LongVideoPipeline:
+        """A pipeline with the sampler settings a checkpoint recorded (its ``diffusion_config``), then ``overrides``
+        (constructor keywords; None values are ignored)."""
+        recorded = metadata.get("diffusion_config", {})
+        settings = {k: recorded[k] for k in ("steps", "shift", "cond_noise", "cfg_scale") if k in recorded}
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(model, **settings)
+
     @property
     def guided(self) -> bool:
         return self.cfg_scale != 1.0 and self.model.null_label is not None

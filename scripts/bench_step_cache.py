@@ -40,10 +40,7 @@ def settings(coefficients) -> list[tuple[str, str, object]]:
 
 
 def run(model, meta, policy, args) -> tuple[torch.Tensor, int, int, float]:
-    diffusion = meta.get("diffusion_config", {})
-    pipe = LongVideoPipeline(model, steps=diffusion.get("steps", 16), shift=diffusion.get("shift", 1.0),
-                             cond_noise=diffusion.get("cond_noise", 0.05), cfg_scale=diffusion.get("cfg_scale", 1.0),
-                             step_cache=policy)
+    pipe = LongVideoPipeline.from_metadata(model, meta, step_cache=policy)
     tic = time.perf_counter()
     chunks = list(pipe.generate(args.chunks, label=args.label, seed=args.seed))
     seconds = time.perf_counter() - tic
@@ -56,11 +53,8 @@ def shared_context_psnr(model, meta, policy, args) -> float:
     """Mean per-chunk PSNR when every chunk is sampled from the reference video's context (teacher forcing): the
     step cache's own error, without the divergence that autoregression compounds."""
     reference_model = copy.deepcopy(model)
-    diffusion = meta.get("diffusion_config", {})
-    kwargs = dict(steps=diffusion.get("steps", 16), shift=diffusion.get("shift", 1.0),
-                  cond_noise=diffusion.get("cond_noise", 0.05), cfg_scale=diffusion.get("cfg_scale", 1.0))
-    reference = LongVideoPipeline(reference_model, **kwargs)
-    cached = LongVideoPipeline(model, step_cache=policy, **kwargs)
+    reference = LongVideoPipeline.from_metadata(reference_model, meta)
+    cached = LongVideoPipeline.from_metadata(model, meta, step_cache=policy)
     ref_state, state = reference.start(label=args.label, seed=args.seed), cached.start(label=args.label, seed=args.seed)
     scores = []
     for _ in range(args.chunks):

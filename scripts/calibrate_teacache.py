@@ -32,11 +32,8 @@ def main() -> None:
     args = p.parse_args()
 
     model, meta = load_model(args.checkpoint)
-    diffusion = meta.get("diffusion_config", {})
     recorder = TeaCacheRecorder()
-    pipe = LongVideoPipeline(model, steps=diffusion.get("steps", 16), shift=diffusion.get("shift", 1.0),
-                             cond_noise=diffusion.get("cond_noise", 0.05), cfg_scale=diffusion.get("cfg_scale", 1.0),
-                             step_cache=recorder)
+    pipe = LongVideoPipeline.from_metadata(model, meta, step_cache=recorder)
     classes = model.cfg.num_classes
     for seed in range(args.seeds):
         label = seed % classes if classes else None

@@ -46,8 +46,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     model, meta = load_model(args.checkpoint)
     label_modules(model)
-    diffusion = meta.get("diffusion_config", {})
-    pipe = LongVideoPipeline(model, steps=diffusion.get("steps", 16), cfg_scale=diffusion.get("cfg_scale", 1.0))
+    pipe = LongVideoPipeline.from_metadata(model, meta)
     state = pipe.start(seed=0)
     for _ in range(4):  # warm-up and a full window
         pipe.next_chunk(state)

@@ -68,3 +68,12 @@ def test_commit_frames_replace_the_conditioning():
     second = pipe.next_chunk(a).frames
     assert torch.equal(pipe.next_chunk(b).frames, second)
     assert not torch.equal(pipe.next_chunk(c).frames, second)
+
+
+def test_pipeline_from_checkpoint_metadata():
+    model = random_model(num_classes=3)
+    meta = {"diffusion_config": {"steps": 5, "shift": 2.0, "cond_noise": 0.1, "cfg_scale": 3.0, "label_dropout": 0.1}}
+    pipe = LongVideoPipeline.from_metadata(model, meta, steps=None, cache_mode="none")
+    assert (pipe.steps, pipe.shift, pipe.cond_noise, pipe.cfg_scale, pipe.cache_mode) == (5, 2.0, 0.1, 3.0, "none")
+    assert LongVideoPipeline.from_metadata(model, meta, steps=2, cfg_scale=1.0).steps == 2
+    assert LongVideoPipeline.from_metadata(model, {}).steps == 16  # nothing recorded: the defaults
