@@ -7,7 +7,7 @@ Temporal attention runs one sequence per spatial token, so per layer the keys ar
 tensor ``(depth, B * S, window, H, Dh)``. With prefix-enhanced spatial attention, the spatial keys/values of the
 last ``prefix_frames`` conditioning frames are kept as ``(depth, B, prefix_frames, S, H, Dh)``.
 
-Life cycle (one cache per guidance branch, allocated once per video)
+Life cycle (one cache per video, its rows holding both guidance branches; allocated once)
 --------------------------------------------------------------------
 1. Denoising a chunk of L frames: at every step each layer calls :meth:`KVCache.update` with the chunk's K/V.
    They go into the L ring slots after the last committed frame (scratch: the next step overwrites them) and the

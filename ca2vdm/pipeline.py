@@ -2,7 +2,7 @@
 
 Three ways to condition a chunk (``cache_mode``), all sampling the same noise for the same seed:
 
-* ``kv``: Ca2-VDM. Conditioning K/V live in a :class:`~ca2vdm.kv_cache.KVCache` per guidance branch, computed
+* ``kv``: Ca2-VDM. Conditioning K/V live in one :class:`~ca2vdm.kv_cache.KVCache` (guidance rows batched), computed
   once per chunk by a commit pass and shared by every denoising step of the following chunks. Cost per chunk is
   constant.
 * ``none``: the usual autoregressive baseline; the last ``max_context_frames`` frames are re-run through the model

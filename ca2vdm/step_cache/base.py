@@ -2,7 +2,8 @@
 
 A policy wraps the model's block stack (``model.stack``) through an instance-level forward hook; the model code
 knows nothing about it. Only denoising passes go through the policy: commit passes, which write the conditioning
-KV cache, always run in full. State is kept per guidance branch (``cond`` / ``uncond``) and reset at every chunk.
+KV cache, always run in full. State is kept per call kind (``cond+uncond`` when the guidance rows run batched, one decision for both; ``cond``
+when a policy runs the conditional rows alone) and reset at every chunk.
 
 The pipeline drives a policy with three calls:
 * :meth:`StepCache.begin_chunk` before the first denoising step of a chunk;
@@ -36,7 +37,7 @@ class StepCache:
         self.branch, self.index, self.num_steps, self.branches = "cond", 0, 1, 1
         self.computed = 0           # block-stack evaluations (per guidance branch) run in the current chunk
         self.skipped = 0            # block-stack evaluations (per guidance branch) avoided in the current chunk
-        self.state: dict[str, dict] = defaultdict(dict)  # per guidance branch, reset every chunk
+        self.state: dict[str, dict] = defaultdict(dict)  # per call kind, reset every chunk
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
