@@ -2,9 +2,9 @@
 
 Layout
 ------
-Temporal attention runs one sequence per spatial token, so per layer the keys are stored as
-``(B * S, window, H, Dh)`` with ``window = max_context_frames + chunk_frames`` frame slots; all layers live in one
-tensor ``(depth, B * S, window, H, Dh)``. With prefix-enhanced spatial attention, the spatial keys/values of the
+Temporal attention runs one sequence per spatial token and head, so per layer the keys are stored as
+``(B * S * H, window, Dh)`` with ``window = max_context_frames + chunk_frames`` frame slots; all layers live in one
+tensor ``(depth, B * S * H, window, Dh)``. With prefix-enhanced spatial attention, the spatial keys/values of the
 last ``prefix_frames`` conditioning frames are kept as ``(depth, B, prefix_frames, S, H, Dh)``.
 
 Life cycle (one cache per video, its rows holding both guidance branches; allocated once)
@@ -37,7 +37,7 @@ class KVCache:
         self.window = max_context_frames + chunk_frames
         self.batch = batch
         self.max_context_frames = max_context_frames
-        self.k = torch.zeros(depth, batch * tokens, self.window, heads, head_dim, device=device, dtype=dtype)
+        self.k = torch.zeros(depth, batch * tokens * heads, self.window, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.prefix_frames = prefix_frames
         prefix_shape = (depth, batch, prefix_frames, tokens, heads, head_dim)
@@ -52,8 +52,8 @@ class KVCache:
         """A view of the first ``count`` batch rows (the conditional branch of a guided cache) for denoising
         passes that skip the other rows; it shares storage and must not be committed to."""
         view = copy.copy(self)
-        tokens = self.k.shape[1] // self.batch
-        view.k, view.v = self.k[:, :count * tokens], self.v[:, :count * tokens]
+        rows = self.k.shape[1] // self.batch  # sequences per video
+        view.k, view.v = self.k[:, :count * rows], self.v[:, :count * rows]
         if self.prefix_frames:
             view.prefix_k, view.prefix_v = self.prefix_k[:, :count], self.prefix_v[:, :count]
         view.batch = count
@@ -76,12 +76,12 @@ class KVCache:
         return self._slots
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the current chunk's temporal K/V (B*S, L, H, Dh) into its slots; return all visible K/V."""
+        """Write the current chunk's temporal K/V (B*S*H, L, Dh) into its slots; return all visible K/V."""
         slots = self._slot_index(k.shape[1])
         self.k[layer].index_copy_(1, slots, k)
         self.v[layer].index_copy_(1, slots, v)
         visible = min(self.window, self.frames_committed + k.shape[1])
-        return self.k[layer, :, :visible], self.v[layer, :, :visible]  # (B*S, visible, H, Dh)
+        return self.k[layer, :, :visible], self.v[layer, :, :visible]  # (B*S*H, visible, Dh)
 
     def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Spatial K/V (B, n, S, H, Dh) of the last n <= prefix_frames committed frames, or None if none."""

@@ -31,7 +31,7 @@ from .kv_cache import KVCache
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift in one pass
 
 
 @dataclass
@@ -146,12 +146,13 @@ class TemporalAttention(SelfAttention):
     """Block-causal attention along time, one sequence per spatial token, with periodic rotary positions."""
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, layer: int) -> torch.Tensor:
-        q, k, v = (rearrange(a, "b t s h d -> (b s) t h d") for a in self.qkv_heads(x))
+        # one sequence per (video, token, head): a cached slice is then a view, with no gather of the heads
+        q, k, v = (rearrange(a, "b t s h d -> (b s h) t d") for a in self.qkv_heads(x))
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if ctx.cache is not None:
-            k, v = ctx.cache.update(layer, k, v)  # (B*S, visible frames, H, Dh)
-        out = attention(q, k, v, ctx.mask, backend=ctx.backend)
-        return self.proj(rearrange(out, "(b s) t h d -> b t s (h d)", b=x.shape[0]))
+            k, v = ctx.cache.update(layer, k, v)  # (B*S*H, visible frames, Dh)
+        out = attention(q[:, :, None], k[:, :, None], v[:, :, None], ctx.mask, backend=ctx.backend)
+        return self.proj(rearrange(out, "(b s h) t 1 d -> b t s (h d)", b=x.shape[0], h=self.num_heads))
 
 
 #################################################################################
@@ -183,9 +184,9 @@ class CausalSTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m = self.modulation(c)
-        x = x + g_s * self.spatial(modulate(self.norm1(x), sh_s, sc_s), ctx, self.layer)
-        x = x + g_t * self.temporal(modulate(self.norm2(x), sh_t, sc_t), ctx, self.layer)
-        return x + g_m * self.mlp(modulate(self.norm3(x), sh_m, sc_m))  # (B, T, S, D)
+        x = torch.addcmul(x, g_s, self.spatial(modulate(self.norm1(x), sh_s, sc_s), ctx, self.layer))
+        x = torch.addcmul(x, g_t, self.temporal(modulate(self.norm2(x), sh_t, sc_t), ctx, self.layer))
+        return torch.addcmul(x, g_m, self.mlp(modulate(self.norm3(x), sh_m, sc_m)))  # (B, T, S, D)
 
 
 class BlockStack(nn.Module):

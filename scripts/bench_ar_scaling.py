@@ -3,15 +3,19 @@
     python scripts/bench_ar_scaling.py                 # shipped checkpoint, 20 chunks, CPU
     python scripts/bench_ar_scaling.py --chunks 10 --device cuda
 
-Modes, same model, seed and noise:
+Modes, same model weights, seed and noise:
   (a) kv    KV cache shared across denoising steps and chunks (Ca2-VDM)
   (b) none  no cache: the conditioning window is recomputed at every denoising step (fixed window)
   (c) full  no cache: all previous frames are recomputed at every step (extendable context, quadratic)
-  kv+teacache  (a) with TeaCache step skipping (--teacache-thresh; FLOPs scaled by the passes actually run)
-Records per-chunk wall time (the fastest of --repeats runs) and analytic FLOPs, prints a table, writes
-ar_scaling.json and ar_scaling.png.
+  kv+teacache@T  (a) with TeaCache step skipping at threshold T (--teacache-thresh, several allowed; FLOPs count
+                 the denoising passes actually run and every commit pass)
+The modes run in lockstep: chunk i of every mode is timed before chunk i + 1 of any (in an order that rotates
+with i), so a machine that speeds up or slows down over minutes shifts all modes alike and the ratios stay
+comparable. Each chunk keeps the fastest of --repeats runs. Prints a table, writes ar_scaling.json and
+ar_scaling.png.
 """
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -43,36 +47,52 @@ def forward_flops(cfg: ModelConfig, query_frames: int, key_frames: int) -> float
     return cfg.depth * (query_frames * (linear + attention) + temporal) + query_frames * io
 
 
-def chunk_flops(cfg: ModelConfig, mode: str, frames_before: int, length: int, steps: int, branches: int) -> float:
-    """Analytic FLOPs of generating one chunk of ``length`` frames after ``frames_before`` frames."""
+def chunk_flops(cfg: ModelConfig, mode: str, frames_before: int, length: int, steps: int, branches: int,
+                evaluated: float = 1.0) -> float:
+    """Analytic FLOPs of generating one chunk of ``length`` frames after ``frames_before`` frames, of which a step
+    cache computed the share ``evaluated`` of the denoising passes (the commit pass always runs)."""
     if mode == "kv":
         visible = min(cfg.max_context_frames, frames_before) + length
         per_step, commit = forward_flops(cfg, length, visible), forward_flops(cfg, length, visible)
-        return branches * (steps * per_step + commit)
+        return branches * (steps * evaluated * per_step + commit)
     context = frames_before if mode == "full" else min(cfg.max_context_frames, frames_before)
-    return branches * steps * forward_flops(cfg, context + length, context + length)
+    return branches * steps * evaluated * forward_flops(cfg, context + length, context + length)
 
 
-def measure(model, meta, mode: str, chunks: int, seed: int, teacache_thresh: float) -> list[dict]:
+def teacache_mode(threshold: float) -> str:
+    return f"kv+teacache@{threshold:g}"
+
+
+def new_run(model, meta, mode: str, seed: int):
+    """A pipeline on its own copy of the model (step caches attach to a model) and its started state."""
+    model = copy.deepcopy(model)
     step_cache = None
-    if mode == "kv+teacache":
-        step_cache = TeaCache(teacache_thresh, meta.get("teacache_coefficients") or IDENTITY)
+    if mode.startswith("kv+teacache@"):
+        step_cache = TeaCache(float(mode.split("@")[1]), meta.get("teacache_coefficients") or IDENTITY)
     pipe = LongVideoPipeline.from_metadata(model, meta, cache_mode=mode.split("+")[0], step_cache=step_cache)
     state = pipe.start(seed=seed)
     pipe.next_chunk(state)  # the first frame (and warm-up); not timed
-    rows = []
+    return pipe, state
+
+
+def measure(model, meta, modes: list[str], chunks: int, seed: int) -> dict[str, list[dict]]:
+    """Per-chunk seconds and FLOPs of every mode, the modes interleaved chunk by chunk."""
+    runs = {mode: new_run(model, meta, mode, seed) for mode in modes}
+    rows = {mode: [] for mode in modes}
     sync = torch.cuda.synchronize if model.x_embedder.weight.is_cuda else (lambda: None)
     for index in range(chunks):
-        frames_before = state.frames
-        sync()
-        tic = time.perf_counter()
-        chunk = pipe.next_chunk(state)
-        sync()
-        evaluated = chunk.model_evals / (chunk.model_evals + chunk.skipped_evals)  # share of stack passes run
-        rows.append({"chunk": index, "seconds": time.perf_counter() - tic,
-                     "flops": evaluated * chunk_flops(model.cfg, mode.split("+")[0], frames_before,
-                                                      chunk.frames.shape[2], pipe.steps, state.conditioning.groups)})
-    model.disable_cache()
+        for mode in modes[index % len(modes):] + modes[:index % len(modes)]:
+            pipe, state = runs[mode]
+            frames_before = state.frames
+            sync()
+            tic = time.perf_counter()
+            chunk = pipe.next_chunk(state)
+            sync()
+            seconds = time.perf_counter() - tic
+            evaluated = chunk.model_evals / (chunk.model_evals + chunk.skipped_evals)  # share of stack passes run
+            flops = chunk_flops(model.cfg, mode.split("+")[0], frames_before, chunk.frames.shape[2], pipe.steps,
+                                state.conditioning.groups, evaluated)
+            rows[mode].append({"chunk": index, "seconds": seconds, "flops": flops})
     return rows
 
 
@@ -99,7 +119,8 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2, help="runs per mode; each chunk's fastest time is kept")
-    p.add_argument("--teacache-thresh", type=float, default=0.2, help="also run kv + TeaCache (0: skip)")
+    p.add_argument("--teacache-thresh", type=float, nargs="*", default=[0.2, 0.3, 0.5],
+                   help="also run kv + TeaCache at these thresholds (none: skip)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", default="outputs/bench")
     args = p.parse_args()
@@ -108,14 +129,15 @@ def main() -> None:
     model, meta = load_model(args.checkpoint, device)
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
-    results = {}
-    for mode in MODES + ("kv+teacache",) * (args.teacache_thresh > 0):  # per chunk, the fastest of the repeats: timings on shared machines are noisy
-        runs = [measure(model, meta, mode, args.chunks, args.seed, args.teacache_thresh) for _ in range(args.repeats)]
-        results[mode] = [min(rows, key=lambda r: r["seconds"]) for rows in zip(*runs)]
+    modes = list(MODES) + [teacache_mode(t) for t in args.teacache_thresh]
+    runs = [measure(model, meta, modes, args.chunks, args.seed) for _ in range(args.repeats)]
+    # per chunk, the fastest of the repeats: timings on shared machines are noisy
+    results = {mode: [min(rows, key=lambda r: r["seconds"]) for rows in zip(*(run[mode] for run in runs))]
+               for mode in modes}
     last, fifth = args.chunks - 1, min(4, args.chunks - 1)
-    print(f"{'chunk':>5} " + " ".join(f"{m + ' s':>14} {m + ' GFLOP':>16}" for m in results))
+    print(f"{'chunk':>5} " + " ".join(f"{m + ' s':>20} {'GFLOP':>7}" for m in results))
     for i in range(args.chunks):
-        print(f"{i + 1:5d} " + " ".join(f"{rows[i]['seconds']:14.3f} {rows[i]['flops'] / 1e9:16.2f}"
+        print(f"{i + 1:5d} " + " ".join(f"{rows[i]['seconds']:20.3f} {rows[i]['flops'] / 1e9:7.1f}"
                                         for rows in results.values()))
     total = {m: sum(r["seconds"] for r in rows) for m, rows in results.items()}
     flops = {m: sum(r["flops"] for r in rows) for m, rows in results.items()}
@@ -129,10 +151,12 @@ def main() -> None:
     if args.chunks >= 12:  # the same question, less sensitive to one slow chunk: last 5 vs chunks 3-7 (medians)
         summary["kv_last5_over_chunks3to7_median"] = (statistics.median(r["seconds"] for r in results["kv"][-5:])
                                                       / statistics.median(r["seconds"] for r in results["kv"][2:7]))
-    if "kv+teacache" in results:
-        summary["speedup_kv_teacache_over_none"] = total["none"] / total["kv+teacache"]
+    for threshold in args.teacache_thresh:
+        mode = teacache_mode(threshold)
+        summary[f"speedup_{mode}_over_none"] = total["none"] / total[mode]
+        summary[f"flop_ratio_none_over_{mode}"] = flops["none"] / flops[mode]
     for key, value in summary.items():
-        print(f"{key:28} {value:6.2f}")
+        print(f"{key:40} {value:6.2f}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ar_scaling.json").write_text(json.dumps(

@@ -47,6 +47,28 @@ def test_sdpa_backend_and_errors():
         A.resolve_backend("xformers", "cpu")
 
 
+@pytest.mark.parametrize("lq, lk, masked", [(4, 13, False), (13, 13, True), (1, 1, False), (9, 30, False)])
+def test_matmul_attention_matches_sdpa(lq, lk, masked):
+    q, k, v = torch.randn(6, lq, 3, 8), torch.randn(6, lk, 3, 8), torch.randn(6, lk, 3, 8)
+    mask = A.block_causal_mask(lk - lq, lk, 2, True)[-lq:] if masked else None
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                            attn_mask=mask).transpose(1, 2)
+    assert torch.allclose(A.matmul_attention(q, k, v, mask), sdpa, atol=1e-5)
+    assert torch.allclose(A.attention(q, k, v, mask), sdpa, atol=1e-5)  # short keys on CPU take this path
+
+
+def test_matmul_attention_gradients_match_sdpa():
+    q, k, v = (torch.randn(2, 5, 2, 4, requires_grad=True) for _ in range(3))
+    mask = A.block_causal_mask(0, 5, 2, True)
+    A.matmul_attention(q, k, v, mask).square().sum().backward()
+    grads = [a.grad.clone() for a in (q, k, v)]
+    for a in (q, k, v):
+        a.grad = None
+    torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                     attn_mask=mask).square().sum().backward()
+    assert all(torch.allclose(g, a.grad, atol=1e-5) for g, a in zip(grads, (q, k, v)))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or A.flash_attn_func is None, reason="needs CUDA and flash-attn")
 def test_flash_matches_sdpa():
     q, k, v = (torch.randn(4, 37, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))

@@ -8,7 +8,7 @@ from helpers import random_model
 
 def test_ring_slots_and_visible_window():
     cache = KVCache(depth=1, batch=1, tokens=1, heads=1, head_dim=2, max_context_frames=4, chunk_frames=2)
-    frame = lambda f: torch.full((1, 1, 1, 2), float(f))
+    frame = lambda f: torch.full((1, 1, 2), float(f))
     k = torch.cat([frame(0), frame(1)], dim=1)
     keys, _ = cache.update(0, k, k)
     assert keys.shape[1] == 2  # nothing committed: only the chunk itself
@@ -17,10 +17,10 @@ def test_ring_slots_and_visible_window():
         k = torch.cat([frame(f), frame(f + 1)], dim=1)
         keys, _ = cache.update(0, k, k)
         cache.commit(2)
-        visible = sorted(keys[0, :, 0, 0].tolist())
+        visible = sorted(keys[0, :, 0].tolist())
         assert visible == list(range(max(0, f - 4), f + 2))  # last 4 committed frames + the chunk
     with pytest.raises(ValueError, match="does not fit"):
-        cache.update(0, torch.zeros(1, 3, 1, 2), torch.zeros(1, 3, 1, 2))
+        cache.update(0, torch.zeros(1, 3, 2), torch.zeros(1, 3, 2))
 
 
 def test_cache_written_once_per_chunk_and_never_reallocated():
