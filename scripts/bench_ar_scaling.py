@@ -47,37 +47,38 @@ def forward_flops(cfg: ModelConfig, query_frames: int, key_frames: int) -> float
     return cfg.depth * (query_frames * (linear + attention) + temporal) + query_frames * io
 
 
-def chunk_flops(cfg: ModelConfig, mode: str, frames_before: int, length: int, steps: int, branches: int,
+def chunk_flops(cfg: ModelConfig, mode: str, frames_before: int, length: int, steps: int, rows: int,
                 evaluated: float = 1.0) -> float:
-    """Analytic FLOPs of generating one chunk of ``length`` frames after ``frames_before`` frames, of which a step
-    cache computed the share ``evaluated`` of the denoising passes (the commit pass always runs)."""
+    """Analytic FLOPs of generating one chunk of ``length`` frames after ``frames_before`` frames for ``rows`` rows
+    (videos x guidance branches); a step cache computed the share ``evaluated`` of the denoising passes (the
+    commit pass always runs)."""
     if mode == "kv":
         visible = min(cfg.max_context_frames, frames_before) + length
         per_step, commit = forward_flops(cfg, length, visible), forward_flops(cfg, length, visible)
-        return branches * (steps * evaluated * per_step + commit)
+        return rows * (steps * evaluated * per_step + commit)
     context = frames_before if mode == "full" else min(cfg.max_context_frames, frames_before)
-    return branches * steps * evaluated * forward_flops(cfg, context + length, context + length)
+    return rows * steps * evaluated * forward_flops(cfg, context + length, context + length)
 
 
 def teacache_mode(threshold: float) -> str:
     return f"kv+teacache@{threshold:g}"
 
 
-def new_run(model, meta, mode: str, seed: int):
+def new_run(model, meta, mode: str, seed: int, batch: int):
     """A pipeline on its own copy of the model (step caches attach to a model) and its started state."""
     model = copy.deepcopy(model)
     step_cache = None
     if mode.startswith("kv+teacache@"):
         step_cache = TeaCache(float(mode.split("@")[1]), meta.get("teacache_coefficients") or IDENTITY)
     pipe = LongVideoPipeline.from_metadata(model, meta, cache_mode=mode.split("+")[0], step_cache=step_cache)
-    state = pipe.start(seed=seed)
+    state = pipe.start(batch=batch, seed=seed)
     pipe.next_chunk(state)  # the first frame (and warm-up); not timed
     return pipe, state
 
 
-def measure(model, meta, modes: list[str], chunks: int, seed: int) -> dict[str, list[dict]]:
-    """Per-chunk seconds and FLOPs of every mode, the modes interleaved chunk by chunk."""
-    runs = {mode: new_run(model, meta, mode, seed) for mode in modes}
+def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 1) -> dict[str, list[dict]]:
+    """Per-chunk seconds and FLOPs of every mode (``batch`` videos at once), the modes interleaved chunk by chunk."""
+    runs = {mode: new_run(model, meta, mode, seed, batch) for mode in modes}
     rows = {mode: [] for mode in modes}
     sync = torch.cuda.synchronize if model.x_embedder.weight.is_cuda else (lambda: None)
     for index in range(chunks):
@@ -91,7 +92,7 @@ def measure(model, meta, modes: list[str], chunks: int, seed: int) -> dict[str, 
             seconds = time.perf_counter() - tic
             evaluated = chunk.model_evals / (chunk.model_evals + chunk.skipped_evals)  # share of stack passes run
             flops = chunk_flops(model.cfg, mode.split("+")[0], frames_before, chunk.frames.shape[2], pipe.steps,
-                                state.conditioning.groups, evaluated)
+                                batch * state.conditioning.groups, evaluated)
             rows[mode].append({"chunk": index, "seconds": seconds, "flops": flops})
     return rows
 
@@ -118,6 +119,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="videos generated together (rows per pass)")
     p.add_argument("--repeats", type=int, default=2, help="runs per mode; each chunk's fastest time is kept")
     p.add_argument("--teacache-thresh", type=float, nargs="*", default=[0.2, 0.3, 0.5],
                    help="also run kv + TeaCache at these thresholds (none: skip)")
@@ -130,7 +132,7 @@ def main() -> None:
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
     modes = list(MODES) + [teacache_mode(t) for t in args.teacache_thresh]
-    runs = [measure(model, meta, modes, args.chunks, args.seed) for _ in range(args.repeats)]
+    runs = [measure(model, meta, modes, args.chunks, args.seed, args.batch) for _ in range(args.repeats)]
     # per chunk, the fastest of the repeats: timings on shared machines are noisy
     results = {mode: [min(rows, key=lambda r: r["seconds"]) for rows in zip(*(run[mode] for run in runs))]
                for mode in modes}
@@ -160,7 +162,8 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ar_scaling.json").write_text(json.dumps(
-        {"checkpoint": args.checkpoint, "device": str(device), "chunks": args.chunks, "repeats": args.repeats,
+        {"checkpoint": args.checkpoint, "device": str(device), "chunks": args.chunks, "batch": args.batch,
+         "repeats": args.repeats,
          "torch_threads": torch.get_num_threads(), "summary": summary, "per_chunk": results}, indent=2) + "\n")
     plot(results, out / "ar_scaling.png")
     print(f"wrote {out / 'ar_scaling.json'} and {out / 'ar_scaling.png'}")

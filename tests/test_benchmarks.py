@@ -1,0 +1,42 @@
+"""The benchmark scripts' bookkeeping: analytic FLOPs and the lockstep measurement (no timing is asserted)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from helpers import random_model
+
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_ar_scaling", Path(__file__).resolve().parents[1] / "scripts" / "bench_ar_scaling.py")
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
+
+
+def test_analytic_flops_follow_each_mode_cost_model():
+    cfg = random_model().cfg
+    L, window = cfg.chunk_frames, cfg.max_context_frames
+    kv = [bench.chunk_flops(cfg, "kv", f, L, steps=8, rows=2) for f in range(0, 10 * L, L)]
+    none = [bench.chunk_flops(cfg, "none", f, L, 8, 2) for f in range(0, 10 * L, L)]
+    full = [bench.chunk_flops(cfg, "full", f, L, 8, 2) for f in range(0, 10 * L, L)]
+    full_window = (window + L - 1) // L  # chunks before the window is full
+    assert kv[full_window] == kv[-1]  # constant once the window is full
+    assert none[full_window] == none[-1] > kv[-1]
+    assert none[:full_window] == full[:full_window]  # the two recompute modes agree inside the window
+    assert all(b > a for a, b in zip(full, full[1:]))  # extendable context: every chunk costs more
+    # skipping half of the denoising passes halves them but never the commit pass
+    half = bench.chunk_flops(cfg, "kv", 2 * window, L, 8, 2, evaluated=0.5)
+    commit = 2 * bench.forward_flops(cfg, L, window + L)
+    assert half == pytest.approx((kv[-1] - commit) / 2 + commit)
+
+
+def test_lockstep_measure_runs_every_mode_on_the_same_chunks():
+    model = random_model(num_classes=3)
+    meta = {"diffusion_config": {"steps": 3, "cfg_scale": 2.0}}
+    modes = ["kv", "none", "full", bench.teacache_mode(0.5)]
+    rows = bench.measure(model, meta, modes, chunks=3, seed=0, batch=2)
+    assert list(rows) == modes
+    for mode in modes:
+        assert [r["chunk"] for r in rows[mode]] == [0, 1, 2]
+        assert all(r["seconds"] > 0 and r["flops"] > 0 for r in rows[mode])
+    assert all(t["flops"] <= k["flops"] for t, k in zip(rows[modes[3]], rows["kv"]))
+    assert model.step_cache is None  # each mode ran on its own copy of the model
