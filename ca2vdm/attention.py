@@ -104,6 +104,41 @@ def block_causal_mask(first_frame: int, num_frames: int, chunk_frames: int, firs
     return ids[None, :] <= ids[:, None]
 
 
+def chunk_spans(first_frame: int, num_frames: int, chunk_frames: int,
+                first_frame_chunk: bool) -> list[tuple[int, int]]:
+    """(start, stop) of every chunk of frames ``first_frame .. first_frame + num_frames - 1``, relative to
+    ``first_frame`` (the first and last may be partial chunks). Plain integers: no device sync."""
+    def chunk_of(f: int) -> int:
+        if first_frame_chunk:
+            return 0 if f == 0 else (f - 1) // chunk_frames + 1
+        return f // chunk_frames
+
+    spans: list[tuple[int, int]] = []
+    for i in range(num_frames):
+        if spans and chunk_of(first_frame + i) == chunk_of(first_frame + spans[-1][0]):
+            spans[-1] = (spans[-1][0], i + 1)
+        else:
+            spans.append((i, i + 1))
+    return spans
+
+
+def teacher_forcing_mask(first_frame: int, num_clean: int, num_frames: int, chunk_frames: int,
+                         first_frame_chunk: bool, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(Tc + T, Tc + T) bool temporal mask of the teacher-forcing layout ``[clean frames 0..Tc-1 | noisy frames
+    0..T-1]`` (both copies numbered from ``first_frame``), True = attend.
+
+    Clean frames are block-causal among themselves (as conditioning is at inference) and never see noisy frames; a
+    noisy frame sees the clean frames of strictly earlier chunks and the noisy frames of its own chunk.
+    """
+    clean = chunk_ids(torch.arange(first_frame, first_frame + num_clean, device=device), chunk_frames,
+                      first_frame_chunk)  # (Tc,)
+    noisy = chunk_ids(torch.arange(first_frame, first_frame + num_frames, device=device), chunk_frames,
+                      first_frame_chunk)  # (T,)
+    top = torch.cat([clean[None, :] <= clean[:, None], clean.new_zeros(num_clean, num_frames, dtype=torch.bool)], 1)
+    bottom = torch.cat([clean[None, :] < noisy[:, None], noisy[None, :] == noisy[:, None]], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
 #################################################################################
 #                          Periodic rotary embedding                            #
 #################################################################################

@@ -7,27 +7,35 @@ records the model config (and optional calibration data such as TeaCache coeffic
 single path is all inference needs. Directories are written under a temporary name (``.tmp-step_<N>``), flushed to
 disk and renamed when complete, so ``latest`` never picks a half-written one; old checkpoints are renamed out of the
 way (``.trash-step_<N>``) before they are deleted, so a kill during pruning never leaves a half-deleted ``step_<N>``.
-Every failure to read a checkpoint raises :class:`CheckpointError` naming the file.
+Every failure to read a checkpoint raises :class:`CheckpointError` naming the file. A training run holds
+:class:`RunLock` on its output directory, so two runs never write into one.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
+
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, ModelConfig, to_dict, validate_model
+from .config import ConfigError, ModelConfig, TrainConfig, to_dict, validate_model
 from .model import CausalVideoDiT
 
 WEIGHTS_NAME = "ema.safetensors"
 TRAINING_WEIGHTS_NAME = "model.safetensors"  # accelerate's raw (non-EMA) weights in a training checkpoint
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _RUNTIME_FIELDS = {"attention_backend"}  # model config fields that may differ between a checkpoint and its use
+# train config fields a resumed run cannot change: the optimizer, schedule and EMA state restored from a checkpoint
+# were built from them (a new value would be ignored), and the data order and per-step noise follow from them.
+FIXED_ON_RESUME = ("seed", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "ema_decay", "init_from")
+LOCK_NAME = "train.lock"
 logger = logging.getLogger("ca2vdm.checkpoint")
 
 
@@ -39,13 +47,21 @@ class CheckpointWriteError(RuntimeError):
     """Writing a training checkpoint failed (disk full, permissions, ...); earlier checkpoints are untouched."""
 
 
+class RunLockedError(RuntimeError):
+    """Another training run is using the output directory."""
+
+
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], model_cfg: ModelConfig,
                  extra: dict | None = None) -> None:
-    """Write weights + config metadata atomically (temporary file, then rename)."""
+    """Write a video model's weights + config metadata atomically."""
+    save_tensors(path, state_dict, {"model_config": to_dict(model_cfg), **(extra or {})})
+
+
+def save_tensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Write tensors + JSON-encoded metadata atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"model_config": json.dumps(to_dict(model_cfg))}
-    metadata.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    metadata = {k: json.dumps(v) for k, v in metadata.items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
@@ -79,7 +95,7 @@ def read_metadata(path: str | Path) -> dict:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e})") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or "model_config" not in metadata:
+    if not isinstance(metadata, dict) or not {"model_config", "autoencoder_config"} & metadata.keys():
         raise CheckpointError(f"checkpoint {path} is corrupt or was not written by ca2vdm (no model_config in its "
                               "metadata); pass a file saved by ca2vdm training or scripts/export_checkpoint.py")
     return {k: _decode(v) for k, v in metadata.items()}
@@ -88,7 +104,11 @@ def read_metadata(path: str | Path) -> dict:
 def model_config_of(path: str | Path) -> ModelConfig:
     """The validated model config recorded in a weights file (or a checkpoint directory's EMA weights)."""
     path = weights_file(path)
-    recorded = read_metadata(path)["model_config"]
+    metadata = read_metadata(path)
+    if "model_config" not in metadata:
+        raise CheckpointError(f"checkpoint {path} holds an autoencoder (train/train_autoencoder.py), not a video "
+                              "model; use its autoencoder/ folder as codec.path with codec.kind=autoencoder")
+    recorded = metadata["model_config"]
     if not isinstance(recorded, dict):
         raise CheckpointError(f"checkpoint {path} has a corrupt model_config in its metadata: {recorded!r}")
     try:
@@ -137,6 +157,21 @@ def check_compatible(path: str | Path, model_cfg: ModelConfig) -> None:
                               "use the config it was trained with, or start a new train.output_dir")
 
 
+def check_resumable(path: str | Path, train_cfg: TrainConfig) -> None:
+    """Raise CheckpointError if ``train_cfg`` changes a field of :data:`FIXED_ON_RESUME` from the value the checkpoint
+    at ``path`` was trained with (checkpoints written before this record existed are not checked)."""
+    path = weights_file(path)
+    recorded = read_metadata(path).get("train_config")
+    if not isinstance(recorded, dict):
+        return
+    diff = [f"train.{k}={getattr(train_cfg, k)!r} (checkpoint: {recorded[k]!r})" for k in FIXED_ON_RESUME
+            if k in recorded and recorded[k] != getattr(train_cfg, k)]
+    if diff:
+        raise CheckpointError(f"cannot resume {path.parent} with {', '.join(diff)}: its optimizer, schedule and data "
+                              "order depend on them; rerun --resume with the checkpoint's values (train.max_steps may "
+                              f"change), or fine-tune in a new train.output_dir with train.init_from={path.parent}")
+
+
 def step_dirs(root: str | Path) -> list[Path]:
     """Published checkpoint directories (``step_<N>``) under ``root``, oldest first; temporary ones are ignored."""
     root = Path(root)
@@ -169,8 +204,7 @@ def resolve_resume(spec: str, root: str | Path) -> Path:
             if not missing:
                 return path
             logger.warning("--resume latest: skipping incomplete checkpoint %s (missing %s)", path, ", ".join(missing))
-        found = f"only incomplete checkpoints ({', '.join(p.name for p in dirs)})" if dirs else "no checkpoint"
-        raise CheckpointError(f"--resume latest: {found} under {root}; train first, or pass a checkpoint directory")
+        raise CheckpointError(_nothing_to_resume(Path(root), dirs))
     path = Path(spec)
     if not path.is_dir():
         raise CheckpointError(f"--resume {spec}: not a checkpoint directory; pass 'latest' or "
@@ -180,6 +214,19 @@ def resolve_resume(spec: str, root: str | Path) -> Path:
         raise CheckpointError(f"--resume {spec}: checkpoint {path} is incomplete (missing {', '.join(missing)}); "
                               "pass another checkpoint directory or 'latest'")
     return path
+
+
+def _nothing_to_resume(root: Path, dirs: list[Path]) -> str:
+    """Why ``--resume latest`` finds nothing under ``root``, and what to do instead."""
+    if dirs:
+        return (f"--resume latest: only incomplete checkpoints ({', '.join(p.name for p in dirs)}) under {root}; "
+                "move them away and start fresh (rerun without --resume), or pass a complete checkpoint directory")
+    partial = sorted(p.name for p in root.glob(".tmp-step_*"))
+    if partial:
+        return (f"--resume latest: no complete checkpoint under {root}: the run was stopped while writing its first "
+                f"one ({', '.join(partial)}), so there is nothing to resume; start fresh: rerun without --resume")
+    return f"--resume latest: no checkpoint under {root}; train first (rerun without --resume), or pass a checkpoint " \
+        "directory"
 
 
 def staging_dir(final: str | Path) -> Path:
@@ -235,6 +282,94 @@ def prune(root: str | Path, keep_last: int) -> None:
         discard(stale)
     for old in step_dirs(root)[:-keep_last]:
         discard(old)
+
+
+class RunLock:
+    """Exclusive lock on a training output directory, held for the whole run (a context manager).
+
+    ``<output_dir>/train.lock`` names its owner (pid and host) and is ``flock``-ed by it, so the kernel drops the lock
+    however the owner ends, SIGKILL included. A lock file that nobody holds was left by a killed run: it is stale and
+    taken over with a warning. One naming another host is refused, since its owner cannot be checked from here.
+    :meth:`release` deletes the file, and the output directory too if the lock created it and it is still empty.
+    """
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / LOCK_NAME
+        self._fd: int | None = None
+        self._made_dir = False
+
+    def acquire(self) -> None:
+        """Take the lock; raise :class:`RunLockedError` naming the owner if another run holds it."""
+        folder = self.path.parent
+        made_dir = not folder.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = _flock(self.path)
+        except OSError as e:
+            raise CheckpointWriteError(f"cannot create {self.path}: {e.strerror or e}; fix the permissions of "
+                                       "train.output_dir or choose another") from e
+        owner = _owner(self.path)
+        here = socket.gethostname()
+        if fd is None or owner.get("host", here) != here:
+            if fd is not None:
+                os.close(fd)
+            ended = f"; if that run has ended, delete {self.path}" if fd is not None else ""
+            raise RunLockedError(f"train.output_dir {folder} is in use by another training run (pid "
+                                 f"{owner.get('pid', '?')} on {owner.get('host', here)}, lock file {self.path}); wait "
+                                 f"for it to end or choose another train.output_dir{ended}")
+        if owner:
+            logger.warning("%s: taking over the stale lock of pid %s (no longer running)", self.path,
+                           owner.get("pid"))
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": here}).encode())
+        self._fd, self._made_dir = fd, made_dir
+
+    def release(self) -> None:
+        """Delete the lock file and let go of the lock (a no-op if not held)."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still holding it: a waiting run then locks a new file
+        os.close(self._fd)
+        self._fd = None
+        if self._made_dir:
+            try:
+                self.path.parent.rmdir()  # a run refused before any work leaves no trace
+            except OSError:
+                pass  # not empty: the run wrote its files
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _flock(path: Path) -> int | None:
+    """A descriptor holding an exclusive ``flock`` on the file now at ``path`` (created if missing); None if another
+    process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder deleted the file while we locked it: lock the new one
+
+
+def _owner(path: Path) -> dict:
+    """The pid and host recorded in a lock file ({} if empty or unreadable)."""
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
 
 
 def export_weights(src: str | Path, dst: str | Path, dtype: torch.dtype = torch.float16,

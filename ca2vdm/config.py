@@ -14,6 +14,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .codec import CODEC_KINDS, CodecConfig
+
 
 @dataclass
 class ModelConfig:
@@ -54,6 +56,9 @@ MODEL_CONFIGS: dict[str, dict] = {
 }
 
 
+OBJECTIVES = ("all", "chunk")  # diffusion.objective: every chunk per step (teacher forcing) | one random chunk
+
+
 @dataclass
 class DiffusionConfig:
     steps: int = 16             # Euler steps per chunk
@@ -61,6 +66,7 @@ class DiffusionConfig:
     cond_noise: float = 0.05    # prefix perturbation t_p applied to conditioning frames (model still told t=0)
     cfg_scale: float = 1.0      # classifier-free guidance scale at inference; 1 = off
     label_dropout: float = 0.1  # training: probability of replacing the label by the null label
+    objective: str = "chunk"    # training loss: chunk (one random chunk) | all (every chunk, teacher forcing)
 
 
 @dataclass
@@ -70,6 +76,7 @@ class DataConfig:
     frame_stride: int = 1
     clips_per_video: int = 1    # items per video in an epoch (many clips fit in a long video)
     num_workers: int = 0
+    latents: Optional[str] = None   # a directory of encoded latents (scripts/encode_latents.py): no video decoding
 
 
 @dataclass
@@ -93,11 +100,26 @@ class TrainConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    """Our own per-frame autoencoder (``train/train_autoencoder.py``): a diffusers architecture trained here."""
+    architecture: str = "AutoencoderKL"     # AutoencoderKL | AutoencoderTiny
+    resolution: int = 128                   # pixel size of the training frames
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])  # down-sampling 2^(n-1)
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    kl_weight: float = 1.0e-6               # AutoencoderKL only: weight of the KL term
+    frames_per_clip: int = 4                # frames per training item (each frame is encoded on its own)
+    holdout_every: int = 8                  # every n-th video is held out for the reconstruction PSNR
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)  # pixels <-> the model's space (in_channels, resolution)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # train/train_autoencoder.py only
 
 
 class ConfigError(ValueError):
@@ -162,8 +184,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read: {e}") from None
     if not isinstance(file_cfg, DictConfig):
-        raise ConfigError(f"config file {path} must be a mapping of sections (model:, diffusion:, data:, train:), "
-                          f"got a {type(file_cfg).__name__}")
+        raise ConfigError(f"config file {path} must be a mapping of sections (model:, diffusion:, data:, train:, "
+                          f"codec:), got a {type(file_cfg).__name__}")
     try:
         raw = OmegaConf.merge(file_cfg, OmegaConf.from_dotlist(overrides))
         name = OmegaConf.select(raw, "model.name", default="tiny")
@@ -193,8 +215,13 @@ def _validate_rest(c: Config) -> None:
         value = getattr(getattr(c, section), name)
         if not isinstance(value, str) or not value.strip():
             problems.append(f"{key} is required (a folder path), got {value!r}")
-    if c.model.in_channels != 3:
-        problems.append(f"model.in_channels must be 3 for training (videos are read as RGB), got {c.model.in_channels}")
+    if c.codec.kind not in CODEC_KINDS:
+        problems.append(f"codec.kind must be one of {', '.join(CODEC_KINDS)}, got {c.codec.kind!r}")
+    elif c.codec.kind == "pixel" and c.model.in_channels != 3:
+        problems.append(f"model.in_channels must be 3 with codec.kind=pixel (videos are RGB), got "
+                        f"{c.model.in_channels}; use an autoencoder codec for latent channels")
+    elif c.codec.kind != "pixel" and not c.codec.path:
+        problems.append(f"codec.path is required with codec.kind={c.codec.kind} (a save_pretrained directory)")
     for key in ("train.save_every", "train.log_every", "train.keep_last", "data.frame_stride", "data.clips_per_video"):
         section, name = key.split(".")
         if getattr(getattr(c, section), name) < 1:
@@ -217,6 +244,8 @@ def _validate_rest(c: Config) -> None:
         problems.append(f"diffusion.steps must be >= 1, got {c.diffusion.steps}")
     if not 0 <= c.diffusion.cond_noise < 1:
         problems.append(f"diffusion.cond_noise must be in [0, 1), got {c.diffusion.cond_noise}")
+    if c.diffusion.objective not in OBJECTIVES:
+        problems.append(f"diffusion.objective must be one of {', '.join(OBJECTIVES)}, got {c.diffusion.objective!r}")
     if c.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         problems.append(f"train.mixed_precision must be auto, no, bf16 or fp16, got {c.train.mixed_precision!r}")
     if c.train.nonfinite not in ("stop", "skip"):

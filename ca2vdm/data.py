@@ -21,17 +21,30 @@ DEFAULT_MANIFEST = "labels.jsonl"
 _REASONS_SHOWN = 3
 
 
-def find_videos(root: Path, extensions: tuple[str, ...]) -> list[Path]:
-    """All files under `root` with one of `extensions`, sorted; hidden files/folders ignored."""
-    suffixes = {ext.lower() for ext in extensions}
-    found = [
-        path
-        for path in root.rglob("*")
-        if path.suffix.lower() in suffixes
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-        and path.is_file()
-    ]
+def visible_files(root: Path) -> list[Path]:
+    """Files under `root`, sorted by their path relative to it; hidden files/folders ignored.
+
+    Symbolic links to folders are followed, each real folder once (in sorted order), so a folder linked twice is
+    listed once and a link to an ancestor does not loop.
+    """
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        identity = os.stat(folder)
+        if (identity.st_dev, identity.st_ino) in seen:
+            subfolders.clear()
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        found += [Path(folder, name) for name in files if not name.startswith(".")]
+    found = [path for path in found if path.is_file()]
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
+
+
+def find_videos(root: Path, extensions: tuple[str, ...]) -> list[Path]:
+    """All files under `root` with one of `extensions`, as :func:`visible_files` lists them."""
+    suffixes = {ext.lower() for ext in extensions}
+    return [path for path in visible_files(root) if path.suffix.lower() in suffixes]
 
 
 def load_labels(manifest: Path) -> dict[str, int]:
@@ -77,19 +90,43 @@ def _summarise(skipped: list[tuple[str, str]]) -> str:
     return shown + more
 
 
-class VideoFolderDataset(Dataset):
+class ClipDataset(Dataset):
+    """Clip sampling shared by the video and latent datasets: item i of an epoch is a clip of video i % n (n videos,
+    ``clips_per_video`` items each) at a position drawn from (seed, epoch, i)."""
+    videos: list
+    clips_per_video: int
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch that seeds clip positions."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.clips_per_video
+
+    def clip_position(self, index: int) -> float:
+        """Where item ``index``'s clip starts, as a fraction in [0, 1) of the possible start frames."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        return np.random.default_rng([self.seed, self.epoch, index]).random()
+
+
+class VideoFolderDataset(ClipDataset):
     """Clips of `num_frames` frames (every `frame_stride`-th frame) from videos under `root`.
 
-    Files are found recursively by extension (`extensions`); other files and
-    hidden files/folders are ignored. A file with a video extension that cannot
-    be opened (corrupt, truncated, not a video) or that is shorter than one clip
-    is skipped and recorded in `self.skipped` as (path, reason); one warning
-    summarises them.
+    Files are found recursively by extension (`extensions`), following symlinked
+    folders; other files and hidden files/folders are ignored. A file with a video
+    extension that cannot be opened (corrupt, truncated, not a video) or that is
+    shorter than one clip is skipped and recorded in `self.skipped` as (path,
+    reason); one warning summarises them unless `report_skipped` is False (the
+    caller reports them, as `train()` does).
 
     Labels come from `manifest` (JSONL lines {"file": ..., "label": int} or a
     CSV with header `file,label`, paths relative to `root`; a relative manifest
     path is also looked up under `root`), else from `root/labels.jsonl` if
-    present. Videos missing from the manifest get label 0.
+    present; `self.manifest` is the file used (None: no manifest, every label is
+    0). Videos missing from the manifest get label 0.
 
     The clip start for item i is drawn from np.random.default_rng([seed, epoch, i]),
     so clips are reproducible given (seed, epoch, i); call `set_epoch` every epoch.
@@ -100,6 +137,9 @@ class VideoFolderDataset(Dataset):
     (in the process that hit it) and the item falls back to the next usable
     video in order, at the same relative clip position, so the result depends
     only on (seed, epoch, i) and which files are broken.
+
+    With `holdout_every` = n > 0 the usable videos are split by file order: every
+    n-th is held out; `holdout` selects the held-out part instead of the rest.
     """
 
     def __init__(
@@ -112,6 +152,9 @@ class VideoFolderDataset(Dataset):
         extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
         seed: int = 0,
         clips_per_video: int = 1,
+        report_skipped: bool = True,
+        holdout_every: int = 0,
+        holdout: bool = False,
     ) -> None:
         if clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
@@ -150,21 +193,22 @@ class VideoFolderDataset(Dataset):
         candidates = find_videos(self.root, tuple(extensions))
         for path in candidates:
             self._probe(path)
-        if self.skipped:
+        if self.skipped and report_skipped:
             logger.warning(
                 "skipped %d of %d video files under %s: %s",
                 len(self.skipped), len(candidates), self.root, _summarise(self.skipped),
             )
         if not candidates:
-            others = sorted(
-                p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
-            )
+            others = [p.relative_to(self.root).as_posix() for p in visible_files(self.root)]
             seen = f"; it holds {len(others)} other files, e.g. {', '.join(others[:3])}" if others else ""
             raise DataError(
                 f"no video files in {self.root}: looking for extensions {', '.join(extensions)}{seen}. Fix: "
                 f"point data.root at a folder of videos, or run scripts/make_synthetic_videos.py --out {self.root}"
             )
+        if holdout_every:  # a split by file order: every holdout_every-th usable video is held out
+            keep = [(i % holdout_every == holdout_every - 1) == holdout for i in range(len(self.videos))]
+            self.videos = [v for v, k in zip(self.videos, keep) if k]
+            self.lengths = [n for n, k in zip(self.lengths, keep) if k]
         if not self.videos:
             details = f" ({_summarise(self.skipped)})" if self.skipped else ""
             raise DataError(
@@ -173,7 +217,8 @@ class VideoFolderDataset(Dataset):
                 f"scripts/make_synthetic_videos.py --out {self.root} or point data.root at a folder "
                 f"of videos at least {self.clip_span} frames long"
             )
-        self.labels, self.num_classes = self._load_labels(manifest)
+        self.manifest = self._find_manifest(manifest)
+        self.labels, self.num_classes = self._load_labels(self.manifest)
 
     def _probe(self, path: Path) -> None:
         try:
@@ -191,17 +236,20 @@ class VideoFolderDataset(Dataset):
         self.videos.append(path)
         self.lengths.append(length)
 
-    def _load_labels(self, manifest: str | None) -> tuple[list[int], int]:
+    def _find_manifest(self, manifest: str | None) -> Path | None:
         if manifest is None:
             path = self.root / DEFAULT_MANIFEST
-            if not path.is_file():
-                return [0] * len(self.videos), 0
-        else:
-            path = Path(manifest)
-            if not path.is_file() and not path.is_absolute() and (self.root / path).is_file():
-                path = self.root / path
-            if not path.is_file():
-                raise DataError(f"label manifest {manifest} not found (also looked under {self.root})")
+            return path if path.is_file() else None
+        path = Path(manifest)
+        if not path.is_file() and not path.is_absolute() and (self.root / path).is_file():
+            path = self.root / path
+        if not path.is_file():
+            raise DataError(f"label manifest {manifest} not found (also looked under {self.root})")
+        return path
+
+    def _load_labels(self, path: Path | None) -> tuple[list[int], int]:
+        if path is None:
+            return [0] * len(self.videos), 0
         try:
             table = load_labels(path)
         except ValueError as error:
@@ -216,19 +264,9 @@ class VideoFolderDataset(Dataset):
         num_classes = max(table.values()) + 1 if table else 0
         return [table.get(name, 0) for name in names], num_classes
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch that seeds clip positions."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.videos) * self.clips_per_video
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """Return {"video": (3, T, R, R) float32 in [-1, 1], "label": long scalar}."""
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} clips")
-        # One uniform draw places the clip in whichever video ends up being read.
-        position = np.random.default_rng([self.seed, self.epoch, index]).random()
+        position = self.clip_position(index)  # one draw places the clip in whichever video ends up being read
         for offset in range(len(self.videos)):
             j = (index % len(self.videos) + offset) % len(self.videos)
             if j in self._failed:

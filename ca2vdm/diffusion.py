@@ -1,9 +1,17 @@
-"""Rectified-flow diffusion: schedule, causal training loss and the Euler sampler.
+"""Rectified-flow diffusion: schedule, causal training losses and the Euler sampler.
 
 Convention: ``x_t = (1 - t) * x_0 + t * noise`` with t in [0, 1] (t = 1 is pure noise); the model predicts the
 velocity ``noise - x_0``. Conditioning frames are clean (t = 0) but lightly perturbed to ``x_{t_p}`` with
 ``t_p = cond_noise`` while the model is still told t = 0 (Ca2-VDM's prefix perturbation), in training and at
 inference alike.
+
+Two training objectives (``diffusion.objective``):
+* ``chunk`` (:func:`causal_flow_loss`): one chunk of the clip is noisy, the frames before it condition it; only that
+  chunk carries loss;
+* ``all`` (:func:`teacher_forcing_flow_loss`, the default): teacher forcing as in CausVid / Self-Forcing. One
+  sequence holds the perturbed clean clip and its noisy copy; every noisy chunk sees exactly what it would see as the
+  noisy chunk of ``chunk`` (the clean chunks before it), so each chunk's loss term equals that objective's for the
+  same noise and time, and every chunk carries loss in every step.
 """
 from __future__ import annotations
 
@@ -36,18 +44,28 @@ def sample(denoise: Denoiser, noise: torch.Tensor, steps: int, shift: float = 1.
     return x
 
 
+def logit_normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Noise times ``sigmoid(N(0, 1))`` (SD3's logit-normal), float32."""
+    return torch.sigmoid(torch.randn(shape, generator=generator, device=device))
+
+
 def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int,
-                     num_noisy: int, cond_noise: float, generator: torch.Generator | None = None) -> torch.Tensor:
+                     num_noisy: int, cond_noise: float, generator: torch.Generator | None = None, *,
+                     noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
     """Flow-matching loss on the noisy chunk that follows ``num_cond`` clean conditioning frames.
 
     video: (B, C, T, H, W) with T >= num_cond + num_noisy; frames after the noisy chunk are dropped.
     Noise times are logit-normal (SD3), one per sample; the loss is masked to the noisy frames.
+    noise: (B, C, num_cond + num_noisy, H, W) and t: (B,) replace the random draws (the conditioning frames are
+    perturbed with noise[:, :, :num_cond]).
     """
     x0 = video[:, :, :num_cond + num_noisy]
     B, T = x0.shape[0], x0.shape[2]
     device = x0.device
-    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
-    t = torch.sigmoid(torch.randn(B, generator=generator, device=device))  # (B,)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+    if t is None:
+        t = logit_normal((B,), generator, device)  # (B,)
     t_frames = torch.zeros(B, T, device=device)
     t_frames[:, num_cond:] = t[:, None]
     noise_level = torch.full((B, T), cond_noise, device=device)  # conditioning: perturbed, told t=0
@@ -56,6 +74,49 @@ def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.
     pred = model(x_t, t_frames, labels, num_cond_frames=num_cond)
     target = noise - x0
     return F.mse_loss(pred[:, :, num_cond:].float(), target[:, :, num_cond:].float())
+
+
+def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor | None,
+                              chunks: list[tuple[int, int]], cond_noise: float,
+                              generator: torch.Generator | None = None, *, noise: torch.Tensor | None = None,
+                              cond_eps: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                              per_chunk: bool = False) -> torch.Tensor:
+    """Flow-matching loss on every chunk of a clip at once (teacher forcing; ``diffusion.objective=all``).
+
+    video: (B, C, T, H, W), its first frame at a chunk boundary of the model's layout; chunks: (start, length) of
+    the clip's chunks in that layout (``training.chunk_layout``), ending at T. The model sees
+    ``[clean frames 0..Tc-1 | noisy frames 0..T-1]``, Tc = the last chunk's start (the last clean chunk conditions
+    nothing): clean frames perturbed with ``cond_eps`` to ``cond_noise`` and told t=0, as conditioning frames are
+    everywhere; noisy chunk k at its own logit-normal time ``t[:, k]`` (one per sample and chunk: more varied signal
+    per step than one per sample).
+
+    noise (B, C, T, H, W), cond_eps (B, C, Tc, H, W) and t (B, K) replace the random draws (drawn in that order).
+    Returns the mean over chunks of each chunk's mean squared error, or with ``per_chunk`` those K terms: term k
+    equals :func:`causal_flow_loss` for chunk k with noise ``cat(cond_eps[:, :, :start_k], noise[:, :, chunk k])``
+    and time ``t[:, k]``.
+    """
+    num_clean, T = chunks[-1][0], chunks[-1][0] + chunks[-1][1]
+    x0 = video[:, :, :T]
+    if x0.shape[2] != T:
+        raise ValueError(f"the chunks cover {T} frames but the video has only {x0.shape[2]}")
+    B, device, dtype = x0.shape[0], x0.device, x0.dtype
+    lengths = torch.tensor([n for _, n in chunks], device=device, dtype=torch.float32)  # (K,)
+    chunk_index = torch.tensor([k for k, (_, n) in enumerate(chunks) for _ in range(n)], device=device)  # (T,)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=dtype)
+    if cond_eps is None:
+        cond_eps = torch.randn((B, x0.shape[1], num_clean, *x0.shape[3:]), generator=generator, device=device,
+                               dtype=dtype)
+    if t is None:
+        t = logit_normal((B, len(chunks)), generator, device)  # (B, K)
+    t_frames = t[:, chunk_index]  # (B, T): each frame its chunk's time
+    clean = perturb(x0[:, :, :num_clean], cond_eps, cond_noise)  # (B, C, Tc, H, W)
+    noisy = perturb(x0, noise, t_frames[:, None, :, None, None].to(dtype))  # (B, C, T, H, W)
+    times = torch.cat([torch.zeros(B, num_clean, device=device), t_frames], dim=1)  # (B, Tc + T)
+    pred = model(torch.cat([clean, noisy], dim=2), times, labels, num_cond_frames=num_clean, teacher_forcing=True)
+    err = (pred[:, :, num_clean:].float() - (noise - x0).float()).square().mean(dim=(0, 1, 3, 4))  # (T,) per frame
+    terms = torch.zeros(len(chunks), device=device).index_add_(0, chunk_index, err) / lengths  # (K,)
+    return terms if per_chunk else terms.mean()
 
 
 def guidance(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:

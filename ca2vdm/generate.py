@@ -1,29 +1,45 @@
 """Long-video generation to a file: load a checkpoint, stream chunks into an mp4, report per-chunk cost.
 
-Memory is flat in the number of chunks: each chunk is encoded as soon as it is denoised, the KV cache is
-preallocated, and the optional contact sheet keeps at most ``PREVIEW_CHUNKS`` chunks of thumbnails.
+Memory is flat in the number of chunks and in the length of a given first video: each chunk is encoded as soon as
+it is denoised, the KV cache is preallocated, a given video is streamed into the output and only the frames that can
+still influence the next chunk are committed (:func:`conditioning_start`), and the optional contact sheet keeps at
+most ``PREVIEW_CHUNKS`` chunks of thumbnails.
+
+Options and paths are checked before any work: an output never replaces the checkpoint, the input, a device or
+another output of the same run, and an existing video is replaced only with ``overwrite``. A stop (SIGINT or SIGTERM
+under :class:`StopSignals`) keeps the finished chunks as a playable mp4.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import signal
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_model
-from .pipeline import LongVideoPipeline
+from .checkpoint import load_model, weights_file
+from .codec import Codec, CodecError, build_codec
+from .config import ModelConfig
+from .pipeline import ChunkResult, GenerationState, LongVideoPipeline
 from .step_cache import build_step_cache
-from .video_io import VideoWriter, read_video, save_contact_sheet, to_uint8
+from .video_io import VideoWriter, check_input_file, save_contact_sheet, stream_video, to_uint8
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
+DEFAULT_OUT = Path("outputs") / "long_video.mp4"  # the CLI's scratch output, replaced by every run
+VIDEO_NAME = "long_video.mp4"  # the file written into an output directory
 PREVIEW_CHUNKS = 20     # chunks shown in the contact sheet, evenly spaced
-PREVIEW_SCALE = 4       # thumbnails are upscaled (nearest) so that 32-pixel frames are visible
+PREVIEW_PIXELS = 128    # thumbnails are upscaled (nearest, by a whole factor) to about this size to be visible
+SEED_MAX = 2 ** 64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -41,80 +57,338 @@ class GenerationOptions:
     fps: int = 8
     preview: bool = False
     verbose: bool = False
+    overwrite: bool = False         # replace an existing output video (and its contact sheet)
+    stats: str | None = None        # JSON file for the stats (replaced if it exists)
+    codec_path: str | None = None   # the autoencoder's folder, when not where the checkpoint recorded it
+
+
+class Stopped(KeyboardInterrupt):
+    """generate_video was stopped by ``signum``. ``stats`` describes the finished chunks, kept as a playable mp4
+    (``stats["video"]``), or is None when it stopped before the first chunk was finished (nothing written)."""
+
+    def __init__(self, signum: int, stats: dict | None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.stats = signum, stats
+
+
+class StopSignals:
+    """``with StopSignals() as stop``: SIGINT and SIGTERM request a stop instead of ending the process at once.
+
+    ``generate_video(..., stop=stop)`` polls it after every denoising step and decoded batch, so a chunk is never cut
+    in half in the file. Signals the process was started to ignore stay ignored; the old handlers come back on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            if self._previous[sig] is not signal.SIG_IGN:
+                signal.signal(sig, self._request)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler or signal.SIG_DFL)  # None: a handler not set from Python
+
+    def _request(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a stop was requested."""
+        if self.signum is not None:
+            raise KeyboardInterrupt(signal.Signals(self.signum).name)
 
 
 def resolve_device(name: str) -> torch.device:
-    """A torch device, with a clear error for CUDA requested on a machine without it."""
+    """cpu, cuda or cuda:N as a torch device; a clear error for anything else and for CUDA where there is none."""
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise ValueError(f"--device {name}: not supported; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
+
+
+def check_options(opts: GenerationOptions) -> None:
+    """Refuse option values that would fail later or be silently wrong; each message names the flag."""
+    if opts.chunks < 1:
+        raise ValueError(f"--chunks must be a positive number of chunks, got {opts.chunks}")
+    if opts.cfg_scale is not None and not math.isfinite(opts.cfg_scale):
+        raise ValueError(f"--cfg-scale must be a finite number, got {opts.cfg_scale}")
+    if not 0 <= opts.seed <= SEED_MAX:
+        raise ValueError(f"--seed must be in 0 .. 2**64 - 1 ({SEED_MAX}), got {opts.seed}")
+    if not (math.isfinite(opts.teacache_thresh) and opts.teacache_thresh >= 0):
+        raise ValueError(f"--teacache-thresh must be a finite number >= 0 (0 = compute every step), "
+                         f"got {opts.teacache_thresh}")
+
+
+def check_label(label: int | None, num_classes: int) -> None:
+    """A label must be one of the model's classes (its null label, ``num_classes``, is for guidance only)."""
+    if label is None:
+        return
+    if num_classes == 0:
+        raise ValueError(f"--label {label}: this model is unconditional; omit --label")
+    if not 0 <= label < num_classes:
+        raise ValueError(f"--label {label} is out of range: this model's labels are 0 to {num_classes - 1} "
+                         "(omit --label for an unconditional video)")
+
+
+def output_path(out: str | Path) -> Path:
+    """The video file ``out`` names: a trailing slash or an existing directory means ``VIDEO_NAME`` inside it."""
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        return Path(out) / VIDEO_NAME
+    return Path(out)
+
+
+def preview_path(out: Path) -> Path:
+    """The contact sheet written beside the video ``out``."""
+    return out.with_suffix(".png")
+
+
+def check_paths(checkpoint: str | Path, out: Path, opts: GenerationOptions) -> None:
+    """Refuse, before any work, a --first-frame that is not a file and outputs that would destroy something: the
+    checkpoint (or a file in a checkpoint directory), the input, a device or pipe, each other, or (without
+    ``opts.overwrite``) an existing video or contact sheet."""
+    if opts.first_frame:
+        try:
+            check_input_file(opts.first_frame)
+        except ValueError as e:
+            raise ValueError(f"--first-frame: {e}") from None
+    outputs = {"--out": out, "the --preview sheet": preview_path(out) if opts.preview else None,
+               "--stats": Path(opts.stats) if opts.stats else None}
+    outputs = {what: path for what, path in outputs.items() if path is not None}
+    for what, path in outputs.items():
+        _check_output(what, path, Path(checkpoint), opts.first_frame)
+    seen: dict[Path, str] = {}
+    for what, path in outputs.items():
+        other = seen.setdefault(path.resolve(), what)
+        if other != what:
+            hint = " (the --preview sheet is --out with the suffix .png)" if "preview" in what + other else ""
+            raise ValueError(f"{what} {path} is the same file as {other}; give each its own path{hint}")
+    for what in ("--out", "the --preview sheet"):
+        if what in outputs and outputs[what].exists() and not opts.overwrite:
+            raise ValueError(f"{what} {outputs[what]} already exists; pass --overwrite to replace it, or choose "
+                             "another --out")
+
+
+def _check_output(what: str, path: Path, checkpoint: Path, first_frame: str | None) -> None:
+    """An output must be (or become) a regular file that is neither the checkpoint nor the input."""
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; choose a file path")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{what} {path} exists and is not a regular file (a device, pipe or socket); choose a "
+                         "file path")
+    if checkpoint.is_dir() and path.resolve().is_relative_to(checkpoint.resolve()):
+        raise ValueError(f"{what} {path} is inside the checkpoint directory {checkpoint}; write it elsewhere")
+    if _same_file(path, checkpoint):
+        raise ValueError(f"{what} {path} is the checkpoint (--checkpoint); writing it would destroy the weights: "
+                         "choose another path")
+    if first_frame and _same_file(path, Path(first_frame)):
+        raise ValueError(f"{what} {path} is the --first-frame input; choose another path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _reach(cfg: ModelConfig) -> int:
+    """How many frames back a given frame can still influence the next chunk (see :func:`conditioning_start`)."""
+    return cfg.max_context_frames + (cfg.depth - 1) * (cfg.max_context_frames + cfg.chunk_frames - 1)
+
+
+def conditioning_start(pipe: LongVideoPipeline, total: int) -> int:
+    """The first frame of a ``total``-frame given video that can still influence the chunks after it; the frames
+    before it need not be committed (``LongVideoPipeline.start(frames_before=...)``).
+
+    The next chunk attends to the last ``max_context_frames`` frames. With the KV cache, a frame's keys in layer l
+    were computed by attending to the window before its chunk in layer l - 1, so the influence reaches back
+    ``depth`` windows, each widened by up to a chunk for alignment. The result is a chunk boundary; 0 in mode full.
+    """
+    cfg = pipe.model.cfg
+    if pipe.cache_mode == "full":
+        return 0
+    start, first = max(0, total - _reach(cfg)), int(cfg.first_frame_chunk)
+    return start if start < first else start - (start - first) % cfg.chunk_frames
+
+
+def load_codec(meta: dict, checkpoint: str | Path, codec_path: str | None, device: torch.device) -> Codec:
+    """The codec a checkpoint recorded (pixels when it recorded none). Its autoencoder is looked up at the recorded
+    path, then relative to the checkpoint's folder (shipped weights travel together); ``codec_path`` replaces it."""
+    recorded = meta.get("codec") or {"kind": "pixel"}
+    if recorded["kind"] == "pixel":
+        return build_codec(None)
+    path = codec_path or recorded.get("path") or ""
+    beside = weights_file(checkpoint).parent / path
+    found = next((p for p in (Path(path), beside) if p.exists()), None) if path else None
+    try:
+        return build_codec({**recorded, "path": str(found or path)}, device)
+    except CodecError as e:
+        looked = f"{path}" + ("" if codec_path or Path(path).is_absolute() else f" (also looked in {beside})")
+        raise CodecError(f"checkpoint {checkpoint} decodes through a {recorded.get('class', recorded['kind'])} "
+                         f"autoencoder at {looked} that cannot be loaded: {e}. Pass --codec-path DIR with the "
+                         "autoencoder's save_pretrained folder") from None
+
+
+def pixel_size(pipe: LongVideoPipeline, codec: Codec) -> int:
+    """Height and width of the video's frames: the model's resolution times the codec's down-sampling."""
+    return pipe.model.cfg.resolution * codec.factor
+
+
+def model_input(codec: Codec, pixels: torch.Tensor) -> torch.Tensor:
+    """(3, T, H, W) pixels in [-1, 1] at :func:`pixel_size` -> the (1, C, T, h, w) frames the model is conditioned
+    on: the one place where given frames enter the model."""
+    return codec.encode(pixels[None])
+
+
+def model_output(codec: Codec, frames: torch.Tensor) -> np.ndarray:
+    """A chunk's (1, C, L, h, w) frames -> (L, H, W, 3) uint8 for the video: the one place where frames leave it."""
+    return to_uint8(codec.decode(frames.float())[0])
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOptions) -> dict:
-    """Generate ``opts.chunks`` chunks into the mp4 ``out`` (written atomically); return the stats dict.
+@dataclass
+class _Output:
+    """What one generate_video call writes: the video, thumbnails for the contact sheet, the stats."""
+    path: Path
+    writer: VideoWriter
+    codec: Codec                    # frames leave the model (and given frames enter it) through this
+    stats: dict
+    preview: list[np.ndarray] = field(default_factory=list)
+    tic: float = field(default_factory=time.perf_counter)
+
+
+def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOptions,
+                   stop: StopSignals | None = None) -> dict:
+    """Generate ``opts.chunks`` chunks into the mp4 ``out`` (written atomically; see :func:`output_path`); return
+    the stats dict, also written to ``opts.stats``.
 
     The video holds the first frame(s) (given, or drawn by the model when it has a first-frame chunk) followed by
-    ``opts.chunks * chunk_frames`` generated frames.
+    ``opts.chunks * chunk_frames`` generated frames. Raises ValueError (naming the flag) before any work for bad
+    options and paths; on a stop (``stop``, or KeyboardInterrupt) raises :class:`Stopped` after keeping the
+    finished chunks.
     """
-    if opts.chunks < 1:
-        raise ValueError(f"--chunks must be a positive number of chunks, got {opts.chunks}")
-    if opts.cfg_scale is not None and not math.isfinite(opts.cfg_scale):
-        raise ValueError(f"--cfg-scale must be a finite number, got {opts.cfg_scale}")
-    if Path(out).is_dir():
-        raise ValueError(f"--out {out} is a directory; pass a file name such as {Path(out) / 'video.mp4'}")
+    check_options(opts)
+    out = output_path(out)
+    check_paths(checkpoint, out, opts)
     device = resolve_device(opts.device)
     model, meta = load_model(checkpoint, device)
+    codec = load_codec(meta, checkpoint, opts.codec_path, device)
+    check_label(opts.label, model.cfg.num_classes)
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
     step_cache = build_step_cache(opts.step_cache, opts.teacache_thresh, meta.get("teacache_coefficients"))
     pipe = LongVideoPipeline.from_metadata(model, meta, steps=opts.steps, cfg_scale=opts.cfg_scale,
                                            cache_mode=opts.cache, step_cache=step_cache)
-    first = None
+    poll = stop.check if stop is not None else lambda: None
+    stats = {"checkpoint": str(checkpoint), "video": str(out), "chunks": [], "frames": 0, "cache": opts.cache,
+             "steps": pipe.steps, "cfg_scale": pipe.cfg_scale, "step_cache": opts.step_cache}
+    output = _Output(out, VideoWriter(out, fps=opts.fps), codec, stats)
+    try:
+        state = _first_frames(pipe, opts, output, poll)
+        _chunks(pipe, state, opts, output, poll)
+    except KeyboardInterrupt:
+        signum = getattr(stop, "signum", None) or signal.SIGINT  # a plain KeyboardInterrupt: Ctrl-C
+        if not stats["chunks"]:
+            output.writer.abort()
+            raise Stopped(signum, None) from None
+        stats["stopped_by"] = signal.Signals(signum).name
+        raise Stopped(signum, _finish(output, opts, model.cfg, device)) from None
+    except BaseException:
+        output.writer.abort()
+        raise
+    return _finish(output, opts, model.cfg, device)
+
+
+def _first_frames(pipe: LongVideoPipeline, opts: GenerationOptions, output: _Output,
+                  poll: Callable[[], None]) -> GenerationState:
+    """Start the video with the given image or video (streamed) or, for a first-frame-chunk model, a frame it draws."""
     if opts.first_frame:
-        first = read_video(opts.first_frame, size=model.cfg.resolution)  # all of it goes into the output
-        first = first[None]  # (1, C, T0, H, W)
-    out = Path(out)
-    stats = {"checkpoint": str(checkpoint), "chunks": [], "frames": 0, "cache": opts.cache, "steps": pipe.steps,
-             "cfg_scale": pipe.cfg_scale, "step_cache": opts.step_cache}
+        kept, frames_before = _copy_given(pipe, opts.first_frame, output, poll)
+        output.preview.append(to_uint8(kept[:, -2 * pipe.model.cfg.chunk_frames:]))  # one row of the contact sheet
+        return pipe.start(label=opts.label, seed=opts.seed, first_frames=model_input(output.codec, kept),
+                          frames_before=frames_before)
+    state = pipe.start(label=opts.label, seed=opts.seed)
+    if pipe.model.cfg.first_frame_chunk:  # the model draws the first frame itself
+        image = model_output(output.codec, pipe.next_chunk(state, on_step=lambda i: poll()).frames)
+        output.writer.write(image)
+        output.preview.append(image)
+    return state
+
+
+def _copy_given(pipe: LongVideoPipeline, path: str, output: _Output,
+                poll: Callable[[], None]) -> tuple[torch.Tensor, int]:
+    """Stream a given image or video into the output at the model's resolution, holding only the frames that can
+    still influence the next chunk; return those (3, T, H, W) and how many frames came before them."""
+    cfg = pipe.model.cfg
+    most = _reach(cfg) + cfg.chunk_frames - 1  # the most frames conditioning_start keeps
+    kept: deque[torch.Tensor] = deque(maxlen=None if pipe.cache_mode == "full" else most)
+    total = 0
+    for pixels in stream_video(path, size=pixel_size(pipe, output.codec)):  # (3, T, H, W) batches
+        poll()
+        output.writer.write(to_uint8(pixels))
+        kept.extend(pixels.unbind(1))
+        total += pixels.shape[1]
+    start = conditioning_start(pipe, total)
+    return torch.stack(list(kept)[start - total:], dim=1), start
+
+
+def _chunks(pipe: LongVideoPipeline, state: GenerationState, opts: GenerationOptions, output: _Output,
+            poll: Callable[[], None]) -> None:
+    """Generate the chunks, writing each to the video as soon as it is denoised."""
     keep_every = math.ceil(opts.chunks / PREVIEW_CHUNKS)
-    preview: list[np.ndarray] = []
-    tic = time.perf_counter()
-    with VideoWriter(out, fps=opts.fps) as writer:
-        if first is not None:
-            writer.write(to_uint8(first[0]))
-            preview.append(to_uint8(first[0]))
-        state = pipe.start(label=opts.label, seed=opts.seed, first_frames=first)
-        if first is None and model.cfg.first_frame_chunk:  # the model draws the first frame itself
-            image = to_uint8(pipe.next_chunk(state).frames[0].float())
-            writer.write(image)
-            preview.append(image)
-        for index in tqdm(range(opts.chunks), desc="chunks", unit="chunk", dynamic_ncols=True):
-            chunk_tic = time.perf_counter()
-            with tqdm(total=pipe.steps, desc=f"chunk {index}", leave=False, disable=not opts.verbose) as steps:
-                chunk = pipe.next_chunk(state, on_step=lambda i: steps.update(1))
-            frames = to_uint8(chunk.frames[0].float())  # (L, H, W, 3)
-            writer.write(frames)
-            stats["chunks"].append({"index": index, "seconds": time.perf_counter() - chunk_tic,
-                                    "model_evals": chunk.model_evals, "skipped_evals": chunk.skipped_evals})
+    with tqdm(total=opts.chunks, desc="chunks", unit="chunk", dynamic_ncols=True) as progress:
+        for index in range(opts.chunks):
+            tic = time.perf_counter()
+            chunk = _denoise(pipe, state, index, opts.verbose, poll)
+            frames = model_output(output.codec, chunk.frames)
+            output.writer.write(frames)
+            output.stats["chunks"].append({"index": index, "seconds": time.perf_counter() - tic,
+                                           "model_evals": chunk.model_evals, "skipped_evals": chunk.skipped_evals})
             if opts.preview and index % keep_every == 0:
-                preview.append(frames)
-        stats["frames"] = writer.frames_written
-    stats["seconds"] = time.perf_counter() - tic
+                output.preview.append(frames)
+            progress.update(1)
+
+
+def _denoise(pipe: LongVideoPipeline, state: GenerationState, index: int, verbose: bool,
+             poll: Callable[[], None]) -> ChunkResult:
+    """The next chunk (a progress bar per step if ``verbose``), polling for a stop after every step."""
+    with tqdm(total=pipe.steps, desc=f"chunk {index}", leave=False, disable=not verbose) as steps:
+        def on_step(i: int) -> None:
+            steps.update(1)
+            poll()
+
+        return pipe.next_chunk(state, on_step=on_step)
+
+
+def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: torch.device) -> dict:
+    """Close the video (moving it into place), then write the contact sheet and the stats; return the stats."""
+    stats = output.stats
+    stats["frames"] = output.writer.frames_written
+    output.writer.close()
+    stats["seconds"] = time.perf_counter() - output.tic
     stats["peak_rss_mb"] = peak_rss_mb()
     if device.type == "cuda":
         stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     if opts.preview:
-        sheet = np.concatenate(preview).repeat(PREVIEW_SCALE, axis=1).repeat(PREVIEW_SCALE, axis=2)
-        save_contact_sheet(sheet, out.with_suffix(".png"), frames_per_row=2 * model.cfg.chunk_frames)
-        stats["preview"] = str(out.with_suffix(".png"))
+        scale = max(1, PREVIEW_PIXELS // output.preview[0].shape[1])
+        sheet = np.concatenate(output.preview).repeat(scale, axis=1).repeat(scale, axis=2)
+        save_contact_sheet(sheet, preview_path(output.path), frames_per_row=2 * cfg.chunk_frames)
+        stats["preview"] = str(preview_path(output.path))
+    if opts.stats:
+        write_stats(stats, opts.stats)
     return stats
 
 

@@ -10,8 +10,14 @@ block-causal temporal attention along T for every spatial token, MLP; all three 
 per-frame condition. Temporal attention is causal across chunks, so a conditioning frame's keys and values never
 depend on later frames and :class:`~ca2vdm.kv_cache.KVCache` can hold them for every later denoising step.
 
-Two ways to run the same weights:
-* full sequence (``cache=None``): training and the recompute baselines; the block-causal mask is applied;
+Three ways to run the same weights:
+* full sequence (``cache=None``): the one-chunk training objective and the recompute baselines; the block-causal
+  mask is applied;
+* teacher forcing (``cache=None, teacher_forcing=True``): the all-chunk training objective. ``x`` is
+  ``[clean frames 0..Tc-1 | noisy frames 0..T-1]``: both copies get the same temporal positions, noisy chunk j sees
+  the clean chunks before j and itself (:func:`~ca2vdm.attention.teacher_forcing_mask`), and its prefix-enhanced
+  spatial attention reads the last ``prefix_frames`` clean frames before chunk j. Each noisy chunk's output equals
+  the full-sequence pass over ``[clean frames before j | noisy chunk j]`` (``tests/test_diffusion.py``);
 * cached (``cache=KVCache``): ``x`` is one chunk; temporal attention reads the cached conditioning K/V.
   With ``commit=True`` the chunk is a finished conditioning chunk (t=0) whose K/V are appended.
 """
@@ -25,7 +31,8 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .attention import apply_rope, attention, block_causal_mask, resolve_backend, rope_table
+from .attention import (apply_rope, attention, block_causal_mask, chunk_spans, resolve_backend, rope_table,
+                        teacher_forcing_mask)
 from .config import ModelConfig, validate_model
 from .kv_cache import KVCache
 
@@ -39,12 +46,16 @@ class ForwardContext:
     """What every attention layer needs to know about the current forward pass."""
     cos: torch.Tensor                 # (T, Dh/2) rotary phase of each frame
     sin: torch.Tensor
-    mask: torch.Tensor | None         # (T, T) block-causal mask; None when reading a KV cache
+    mask: torch.Tensor | None         # (T, T) temporal mask (block-causal or teacher forcing); None with a KV cache
     cache: KVCache | None
     commit: bool                      # cached pass over a finished conditioning chunk
-    num_cond_frames: int              # full-sequence pass: leading frames that are conditioning
+    num_cond_frames: int              # full-sequence pass: leading frames that are conditioning (clean)
     prefix_frames: int                # prefix-enhanced spatial attention over this many conditioning frames
     backend: str
+    # full-sequence pass, prefix-enhanced spatial attention: (query start, query stop, prefix start, prefix stop)
+    # frame ranges, in order, tiling the sequence's tail; the query frames also attend to the prefix frames' tokens.
+    # Frames before the first range attend only to themselves.
+    spatial_prefix: tuple[tuple[int, int, int, int], ...] = ()
 
 
 #################################################################################
@@ -112,34 +123,34 @@ class SpatialAttention(SelfAttention):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, layer: int) -> torch.Tensor:
         q, k, v = self.qkv_heads(x)  # (B, T, S, H, Dh)
-        num_plain, prefix = self._prefix(k, v, ctx, layer)
-        out = attention(*(rearrange(a[:, :num_plain], "b t s h d -> (b t) s h d") for a in (q, k, v)),
-                        backend=ctx.backend)
-        out = rearrange(out, "(b t) s h d -> b t s (h d)", b=x.shape[0])
-        if num_plain < x.shape[1]:
+        num_plain, groups = self._prefix(k, v, ctx, layer)
+        outs = []
+        if num_plain:
+            plain = attention(*(rearrange(a[:, :num_plain], "b t s h d -> (b t) s h d") for a in (q, k, v)),
+                              backend=ctx.backend)
+            outs.append(rearrange(plain, "(b t) s h d -> b t s (h d)", b=x.shape[0]))
+        for start, stop, prefix in groups:
             kp, vp = (rearrange(a, "b n s h d -> b 1 (n s) h d") for a in prefix)  # (B, 1, n*S, H, Dh)
-            qn, kn, vn = q[:, num_plain:], k[:, num_plain:], v[:, num_plain:]
+            qn, kn, vn = q[:, start:stop], k[:, start:stop], v[:, start:stop]
             kn = torch.cat([kp.expand(-1, qn.shape[1], -1, -1, -1), kn], dim=2)  # (B, Tn, (n+1)*S, H, Dh)
             vn = torch.cat([vp.expand(-1, qn.shape[1], -1, -1, -1), vn], dim=2)
             noisy = attention(*(rearrange(a, "b t s h d -> (b t) s h d") for a in (qn, kn, vn)), backend=ctx.backend)
-            out = torch.cat([out, rearrange(noisy, "(b t) s h d -> b t s (h d)", b=x.shape[0])], dim=1)
-        return self.proj(out)
+            outs.append(rearrange(noisy, "(b t) s h d -> b t s (h d)", b=x.shape[0]))
+        return self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
 
     @staticmethod
     def _prefix(k, v, ctx: ForwardContext, layer: int):
-        """How many leading frames attend only to themselves, and the prefix K/V (B, n, S, H, Dh) for the rest."""
+        """How many leading frames attend only to themselves, and for the frames after them the groups
+        (query start, query stop, prefix K/V (B, n, S, H, Dh)), in order, covering frames num_plain..T-1."""
         cache, T = ctx.cache, k.shape[1]
         if cache is None:
-            n_cond, n_prefix = ctx.num_cond_frames, ctx.prefix_frames
-            if n_prefix == 0 or n_cond == 0 or n_cond == T:
-                return T, None
-            start = max(0, n_cond - n_prefix)
-            return n_cond, (k[:, start:n_cond], v[:, start:n_cond])
+            groups = [(qs, qe, (k[:, ps:pe], v[:, ps:pe])) for qs, qe, ps, pe in ctx.spatial_prefix]
+            return (groups[0][0] if groups else T), groups
         if ctx.commit:
             cache.store_prefix(layer, k, v)
-            return T, None
+            return T, []
         prefix = cache.prefix(layer)
-        return (T, None) if prefix is None else (0, prefix)
+        return (T, []) if prefix is None else (0, [(0, T, prefix)])
 
 
 class TemporalAttention(SelfAttention):
@@ -292,32 +303,63 @@ class CausalVideoDiT(nn.Module):
         return tokens, c
 
     def context(self, num_frames: int, device: torch.device, cache: KVCache | None = None, commit: bool = False,
-                frame_offset: int = 0, num_cond_frames: int = 0) -> ForwardContext:
-        """Positions, mask and cache handles for a forward pass over ``num_frames`` frames."""
+                frame_offset: int = 0, num_cond_frames: int = 0, teacher_forcing: bool = False) -> ForwardContext:
+        """Positions, mask and cache handles for a forward pass over ``num_frames`` frames (with
+        ``teacher_forcing``: ``num_cond_frames`` clean frames followed by the noisy copy of the clip)."""
+        if teacher_forcing:
+            return self._teacher_forcing_context(num_frames, device, frame_offset, num_cond_frames)
         cfg = self.cfg
         if cache is not None:
             frame_offset = cache.frames_committed
         pos = torch.arange(frame_offset, frame_offset + num_frames, device=device) % cfg.rope_period
         mask = None if cache is not None else block_causal_mask(frame_offset, num_frames, cfg.chunk_frames,
                                                                   cfg.first_frame_chunk, device)
+        n_cond, n_prefix = num_cond_frames, cfg.prefix_frames
+        spatial_prefix = ((n_cond, num_frames, max(0, n_cond - n_prefix), n_cond),) \
+            if cache is None and n_prefix and 0 < n_cond < num_frames else ()
         return ForwardContext(self.rope_cos[pos], self.rope_sin[pos], mask, cache, commit, num_cond_frames,
-                              cfg.prefix_frames, resolve_backend(cfg.attention_backend, device))
+                              cfg.prefix_frames, resolve_backend(cfg.attention_backend, device), spatial_prefix)
+
+    def _teacher_forcing_context(self, total_frames: int, device: torch.device, frame_offset: int,
+                                 num_clean: int) -> ForwardContext:
+        """The layout ``[clean frames 0..Tc-1 | noisy frames 0..T-1]`` with Tc = ``num_clean``, T = total - Tc.
+
+        Both copies take positions ``frame_offset + i``; noisy chunk j sees clean chunks < j and itself; its spatial
+        prefix is the last ``prefix_frames`` clean frames before it, as in a cached or ``num_cond_frames`` pass.
+        """
+        cfg, T = self.cfg, total_frames - num_clean
+        spans = chunk_spans(frame_offset, T, cfg.chunk_frames, cfg.first_frame_chunk)  # noisy chunks, local frames
+        if T < 1 or not spans[-1][0] <= num_clean <= T:
+            raise ValueError(f"teacher forcing: {total_frames} frames split into num_cond_frames={num_clean} clean "
+                             f"and {T} noisy frames; the clean frames must cover every noisy chunk but the last, "
+                             f"i.e. from {spans[-1][0] if T >= 1 else 0} to {max(T, 0)} of them")
+        local = torch.arange(frame_offset, frame_offset + T, device=device)
+        pos = torch.cat([local[:num_clean], local]) % cfg.rope_period  # (Tc + T,): noisy i shares clean i's place
+        mask = teacher_forcing_mask(frame_offset, num_clean, T, cfg.chunk_frames, cfg.first_frame_chunk, device)
+        P = cfg.prefix_frames
+        spatial_prefix = tuple((num_clean + s, num_clean + e, max(0, s - P), s) for s, e in spans if P and s > 0)
+        return ForwardContext(self.rope_cos[pos], self.rope_sin[pos], mask, None, False, num_clean, P,
+                              resolve_backend(cfg.attention_backend, device), spatial_prefix)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, commit: bool = False, frame_offset: int = 0,
-                num_cond_frames: int = 0) -> torch.Tensor:
+                num_cond_frames: int = 0, teacher_forcing: bool = False) -> torch.Tensor:
         """Velocity prediction (B, C, T, H, W).
 
         x: (B, C, T, H, W); t: (B, T). Full-sequence pass when ``cache`` is None (``frame_offset`` = absolute
         index of x's first frame, ``num_cond_frames`` = leading conditioning frames, used by prefix-enhanced
         spatial attention); otherwise x is one chunk placed after the cache's committed frames.
+        ``teacher_forcing=True`` (no cache): x is ``num_cond_frames`` clean frames followed by the noisy copy of the
+        clip they start, numbered from ``frame_offset`` again (see the module docstring).
         """
         B, C, T, H, W = x.shape
         if H != self.cfg.resolution or W != self.cfg.resolution or C != self.cfg.in_channels:
             raise ValueError(f"expected video (B, {self.cfg.in_channels}, T, {self.cfg.resolution}, "
                              f"{self.cfg.resolution}), got {tuple(x.shape)}")
+        if teacher_forcing and cache is not None:
+            raise ValueError("teacher_forcing is a full-sequence (training) layout; it takes no KV cache")
         tokens, c = self.embed(x, t, y)
-        ctx = self.context(T, x.device, cache, commit, frame_offset, num_cond_frames)
+        ctx = self.context(T, x.device, cache, commit, frame_offset, num_cond_frames, teacher_forcing)
         tokens = self.stack(tokens, c, ctx)  # (B, T, S, D)
         out = self.final_layer(tokens, c)
         p = self.cfg.patch_size

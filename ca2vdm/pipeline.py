@@ -85,12 +85,12 @@ class LongVideoPipeline:
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model, **settings)
 
-    @property
-    def guided(self) -> bool:
-        return self.cfg_scale != 1.0 and self.model.null_label is not None
+    def guided(self, label: int | torch.Tensor | None) -> bool:
+        """Guidance runs a second (unconditional) branch only when there is a label to guide towards."""
+        return self.cfg_scale != 1.0 and self.model.null_label is not None and label is not None
 
     def _conditioning(self, batch: int, label: int | torch.Tensor | None, device: torch.device) -> Conditioning:
-        null = self.model.null_label
+        null, groups = self.model.null_label, 2 if self.guided(label) else 1
         if null is None:
             if label is not None:
                 raise ValueError("this model is unconditional: do not pass a label")
@@ -100,7 +100,6 @@ class LongVideoPipeline:
             labels = torch.as_tensor(label, device=device).long().expand(batch).clone()
             if labels.min() < 0 or labels.max() > null:
                 raise ValueError(f"label must be in [0, {null - 1}] (or omitted for the null label), got {label}")
-        groups = 2 if self.guided else 1
         if groups == 2:
             labels = torch.cat([labels, torch.full_like(labels, null)])
         cache = self.model.new_cache(groups * batch, device) if self.cache_mode == "kv" else None
@@ -135,18 +134,30 @@ class LongVideoPipeline:
 
     @torch.no_grad()
     def start(self, *, batch: int = 1, label: int | torch.Tensor | None = None, seed: int = 0,
-              first_frames: torch.Tensor | None = None) -> GenerationState:
+              first_frames: torch.Tensor | None = None, frames_before: int = 0) -> GenerationState:
         """Set up a video: labels (both guidance branches), the KV cache, the noise generator, the first frames.
 
         first_frames: optional (B, C, T0, H, W) video in [-1, 1] to continue (an image is T0 = 1); it is committed
-        as conditioning and not yielded.
+        as conditioning and not yielded. frames_before: the given video had this many earlier frames, left out
+        because they can no longer influence what follows (``generate.conditioning_start``). They keep their place
+        (chunk alignment, the commit noise they would have drawn) without running the model. It must end on a chunk
+        boundary, and be 0 in cache mode ``full``. The KV cache then numbers the kept frames from 0: with the periodic
+        temporal RoPE only relative positions matter, so attention is the same up to float rounding.
         """
+        cfg = self.model.cfg
+        boundary = (frames_before - int(cfg.first_frame_chunk)) % cfg.chunk_frames == 0
+        if frames_before and (first_frames is None or self.cache_mode == "full" or not boundary):
+            raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary and a cache mode "
+                             "other than full")
         device, dtype = self.model.x_embedder.weight.device, self.model.x_embedder.weight.dtype
         state = GenerationState(self._conditioning(batch, label, device),
                                 torch.Generator(device=device).manual_seed(seed), batch)
         if first_frames is not None:
-            first_frames = first_frames.to(device, dtype)
-            for part in first_frames.split(self._chunk_lengths(0, first_frames.shape[2]), dim=2):
+            first_frames, shape = first_frames.to(device, dtype), first_frames.shape
+            for n in self._chunk_lengths(0, frames_before):  # the noise their commits would have drawn
+                torch.randn((*shape[:2], n, *shape[3:]), generator=state.generator, device=device, dtype=dtype)
+            state.frames = frames_before
+            for part in first_frames.split(self._chunk_lengths(frames_before, shape[2]), dim=2):
                 self._commit(state, part)
         return state
 

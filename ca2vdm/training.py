@@ -8,6 +8,12 @@ a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter 
 Faults lose nothing: checkpoints are published atomically (see :mod:`ca2vdm.checkpoint`), a run killed at any
 point (even SIGKILL while saving) resumes from its newest complete checkpoint, and the metrics log is cut back to
 that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted run's.
+
+One run per output directory: the main rank holds its :class:`~ca2vdm.checkpoint.RunLock` for the whole run, and a
+second run (fresh or resumed) is refused on every rank before it reads or writes anything. A resumed run keeps the
+settings its checkpoint's state was built from (:data:`~ca2vdm.checkpoint.FIXED_ON_RESUME`, checked before any
+work); other settings, ``train.max_steps`` included, apply from the resume step on, so ``config.yaml`` always records
+what governs the run.
 """
 from __future__ import annotations
 
@@ -22,15 +28,17 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import skip_first_batches
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .codec import build_codec, check_model_fits
 from .config import Config, validate
-from .data import DataError, VideoFolderDataset
-from .diffusion import causal_flow_loss
+from .data import DEFAULT_MANIFEST, DataError, VideoFolderDataset
+from .diffusion import causal_flow_loss, teacher_forcing_flow_loss
+from .latents import LatentClipDataset
 from .model import CausalVideoDiT
 
 
@@ -93,31 +101,146 @@ def _mixed_precision(setting: str) -> str:
     return setting
 
 
-def train(config: Config, resume: str | None = None, progress_bar: bool = True) -> Path:
-    """Train ``config``; returns the output directory. ``resume``: None, 'latest' or a checkpoint directory."""
-    tc, mc = config.train, config.model
+class DiffusionTask:
+    """What :func:`train` trains by default: the causal video DiT on clips that cross into the model's space through
+    the codec (``codec`` section), or on latents encoded once (``data.latents``). A task supplies the data, the
+    model, the loss, the published weights and the periodic samples; the loop, checkpoints and resume are shared
+    (``ca2vdm.autoencoder.AutoencoderTask`` trains our own autoencoder with the same loop)."""
+
+    def __init__(self, config: Config, device: torch.device):
+        self.codec = build_codec(config.codec, device)
+        check_model_fits(self.codec, config.model.in_channels)
+        self.chunks = chunk_layout(config.model)
+
+    def check_resume(self, path: Path, config: Config) -> None:
+        """The model config and the codec (the space the weights work in) cannot change on resume."""
+        ckpt.check_compatible(path, config.model)
+        recorded = ckpt.read_metadata(path).get("codec", {"kind": "pixel"})
+        current = self.codec.metadata()
+        if any(recorded.get(k) != current.get(k) for k in ("kind", "path", "scaling_factor", "shift_factor")):
+            raise ckpt.CheckpointError(f"checkpoint {path} was trained with codec {recorded}, the config's codec is "
+                                       f"{current}; resume with the codec it was trained with")
+
+    def dataset(self, config: Config) -> VideoFolderDataset | LatentClipDataset:
+        mc, dc, seed = config.model, config.data, config.train.seed
+        if dc.latents:
+            dataset = LatentClipDataset(dc.latents, mc.clip_frames, dc.frame_stride, seed, dc.clips_per_video)
+            dataset.check_fits(mc.in_channels, mc.resolution, self.codec.metadata())
+        else:  # frames are decoded at the codec's pixel size and encoded on the training device
+            dataset = VideoFolderDataset(dc.root, num_frames=mc.clip_frames, frame_stride=dc.frame_stride,
+                                         resolution=mc.resolution * self.codec.factor, manifest=dc.manifest, seed=seed,
+                                         clips_per_video=dc.clips_per_video, report_skipped=False)
+        where = dc.latents or dc.root
+        if mc.num_classes and dataset.manifest is None:
+            raise DataError(f"model.num_classes={mc.num_classes} but {where} has no labels manifest "
+                            f"({DEFAULT_MANIFEST}, or data.manifest), so every video would get label 0; add one "
+                            '(lines {"file": "relative/path.mp4", "label": 0}), or set model.num_classes=0 to train '
+                            "unconditionally")
+        if mc.num_classes and dataset.num_classes > mc.num_classes:
+            raise DataError(f"the labels in {where} go up to {dataset.num_classes - 1} but model.num_classes="
+                            f"{mc.num_classes}; raise model.num_classes")
+        return dataset
+
+    def build_model(self, config: Config, resume: str | None) -> torch.nn.Module:
+        model = CausalVideoDiT(config.model)
+        init_from = config.train.init_from
+        if init_from and not resume:
+            try:
+                model.load_state_dict(ckpt.load_model(init_from)[0].state_dict())
+            except RuntimeError as e:  # tensors of another shape or set: the checkpoint is fine, the pairing is not
+                raise ckpt.CheckpointError(f"train.init_from={init_from} does not fit this model config "
+                                           f"({str(e).strip().splitlines()[-1].strip()}); use the model config it "
+                                           "was trained with (its sizes, depth and num_classes)") from None
+        return model
+
+    def loss(self, model, batch: dict, config: Config, gen: torch.Generator) -> torch.Tensor:
+        """``diffusion.objective``: ``all`` trains every chunk of the clip (teacher forcing), ``chunk`` one chunk
+        drawn at random; the same expected objective (mean over chunks), ``all`` with every chunk's signal per step."""
+        mc = config.model
+        video = batch["video"].to(gen.device)  # (B, C, T, H, W): pixels, or latents with data.latents
+        if not config.data.latents:
+            video = self.codec.encode(video)
+        labels = None
+        if mc.num_classes:
+            labels = batch["label"].to(gen.device)
+            drop = torch.rand(labels.shape, generator=gen, device=labels.device) < config.diffusion.label_dropout
+            labels = torch.where(drop, mc.num_classes, labels)
+        if config.diffusion.objective == "all":
+            return teacher_forcing_flow_loss(model, video, labels, self.chunks, config.diffusion.cond_noise,
+                                             generator=gen)
+        start, length = self.chunks[int(torch.randint(len(self.chunks), (1,), generator=gen, device=gen.device))]
+        return causal_flow_loss(model, video, labels, start, length, config.diffusion.cond_noise, generator=gen)
+
+    def save_weights(self, directory: Path, ema: EMA, config: Config, step: int) -> None:
+        ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, config.model,
+                          {"step": step, "diffusion_config": dataclasses.asdict(config.diffusion),
+                           "train_config": dataclasses.asdict(config.train), "codec": self.codec.metadata()})
+
+    def sample(self, ema: EMA, config: Config, out: Path, step: int, chunks: int = 4) -> None:
+        """A short video from the EMA weights, decoded through the codec, into ``out/samples/step_N.mp4``."""
+        from .pipeline import LongVideoPipeline
+        from .video_io import VideoWriter, to_uint8
+
+        model = CausalVideoDiT(config.model).to(next(iter(ema.shadow.values())).device)
+        model.load_state_dict(ema.shadow)
+        pipe = LongVideoPipeline(model, steps=config.diffusion.steps, shift=config.diffusion.shift,
+                                 cond_noise=config.diffusion.cond_noise)
+        label = 0 if config.model.num_classes else None
+        with VideoWriter(out / "samples" / f"step_{step:06d}.mp4", fps=8) as writer:
+            for chunk in pipe.generate(chunks, label=label, seed=0):
+                writer.write(to_uint8(self.codec.decode(chunk.frames)[0]))
+
+
+def train(config: Config, resume: str | None = None, progress_bar: bool = True, task_type=DiffusionTask) -> Path:
+    """Train ``config``; returns the output directory. ``resume``: None, 'latest' or a checkpoint directory.
+    ``task_type(config, device)`` says what is trained (default: the video DiT).
+
+    Raises :class:`~ca2vdm.checkpoint.RunLockedError` (on every rank) if another run is using ``train.output_dir``.
+    """
     validate(config)  # a Config built in code gets the same checks as one from load_config
+    # cpu=True on a machine without CUDA makes a multi-process launch a gloo process group (MULTI_CPU).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=_mixed_precision(config.train.mixed_precision),
+                              gradient_accumulation_steps=config.train.grad_accum)
+    lock = ckpt.RunLock(config.train.output_dir)
+    _lock_on_all_ranks(accelerator, lock)
+    try:
+        return _train(config, resume, progress_bar, accelerator, task_type)
+    finally:
+        lock.release()
+
+
+def _lock_on_all_ranks(accelerator: Accelerator, lock: ckpt.RunLock) -> None:
+    """The main rank takes ``lock``; every rank raises its error, so a multi-process launch fails as a whole (no rank
+    is left waiting for the others)."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except Exception as e:  # whatever it is, the other ranks must stop too
+            error = e
+    [error] = broadcast_object_list([error])
+    if error is not None:
+        raise error
+
+
+def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: Accelerator, task_type) -> Path:
+    tc = config.train
+    task = task_type(config, accelerator.device)
     out = Path(tc.output_dir)
     ckpt_root = out / "checkpoints"
     resume_path = None
-    if resume:  # bad --resume and a changed model config are reported before any work starts
+    if resume:  # bad --resume and a changed model or optimizer config are reported before any work starts
         resume_path = ckpt.resolve_resume(resume, ckpt_root)
-        ckpt.check_compatible(resume_path, mc)
+        task.check_resume(resume_path, config)
+        ckpt.check_resumable(resume_path, tc)
     elif ckpt.step_dirs(ckpt_root):  # a fresh start would wipe metrics.jsonl and overwrite those checkpoints
         raise ckpt.CheckpointError(f"train.output_dir {out} already holds checkpoints "
                                    f"({', '.join(p.name for p in ckpt.step_dirs(ckpt_root))}); pass --resume latest "
                                    "to continue that run, or choose a new train.output_dir")
-    # cpu=True on a machine without CUDA makes a multi-process launch a gloo process group (MULTI_CPU).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_mixed_precision(tc.mixed_precision),
-                              gradient_accumulation_steps=tc.grad_accum)
     set_seed(tc.seed)
 
-    dataset = VideoFolderDataset(config.data.root, num_frames=mc.clip_frames, frame_stride=config.data.frame_stride,
-                                 resolution=mc.resolution, manifest=config.data.manifest, seed=tc.seed,
-                                 clips_per_video=config.data.clips_per_video)
-    if mc.num_classes and dataset.num_classes > mc.num_classes:
-        raise DataError(f"the labels in {config.data.root} go up to {dataset.num_classes - 1} but model.num_classes="
-                        f"{mc.num_classes}; raise model.num_classes")
+    dataset = task.dataset(config)
     sampler = DistributedSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
                                  shuffle=True, seed=tc.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
@@ -130,14 +253,7 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True) 
     sampler.set_epoch(0)
     print(f"rank {accelerator.process_index} of world size {accelerator.num_processes} on {accelerator.device}: "
           f"{len(sampler)} of {len(dataset)} clips per epoch, epoch 0 starts with {list(sampler)[:8]}", flush=True)
-    model = CausalVideoDiT(mc)
-    if tc.init_from and not resume:
-        try:
-            model.load_state_dict(ckpt.load_model(tc.init_from)[0].state_dict())
-        except RuntimeError as e:  # tensors of another shape or set: the checkpoint is fine, the pairing is not
-            raise ckpt.CheckpointError(f"train.init_from={tc.init_from} does not fit this model config "
-                                       f"({str(e).strip().splitlines()[-1].strip()}); use the model config it was "
-                                       "trained with (its sizes, depth and num_classes)") from None
+    model = task.build_model(config, resume)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -159,7 +275,6 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True) 
         _report_skipped(dataset.skipped, out / SKIPPED_LOG, accelerator, len(dataset.skipped) + len(dataset.videos))
     skipped_at_start = len(dataset.skipped)
 
-    chunks = chunk_layout(mc)
     bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (progress_bar and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     model.train()
@@ -173,12 +288,12 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True) 
             gen = torch.Generator(device=accelerator.device).manual_seed(
                 _step_seed(tc.seed, progress.step, micro % tc.grad_accum, accelerator.process_index))
             with accelerator.accumulate(model):
-                loss = _loss(model, batch, chunks, config, accelerator, gen)
+                with accelerator.autocast():
+                    loss = task.loss(model, batch, config, gen)
                 if not torch.isfinite(loss):
                     if tc.nonfinite == "stop":
-                        raise NonFiniteLossError(
-                            f"loss is {loss.item()} at step {progress.step}; training stopped, the last good "
-                            f"checkpoint is kept under {ckpt_root}. Lower train.lr, or set train.nonfinite=skip")
+                        raise NonFiniteLossError(f"loss is {loss.item()} at step {progress.step}; "
+                                                 + _after_nonfinite(ckpt_root))
                     optimizer.zero_grad(set_to_none=True)
                     accelerator.print(f"step {progress.step}: non-finite loss, batch skipped")
                 else:
@@ -201,9 +316,9 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True) 
                      steps_per_s=tc.log_every / (time.perf_counter() - tic))
                 tic = time.perf_counter()
             if progress.step % tc.save_every == 0 or progress.step == tc.max_steps:
-                save_checkpoint(accelerator, ema, config, ckpt_root, progress.step)
+                save_checkpoint(accelerator, ema, config, ckpt_root, progress.step, task)
             if tc.sample_every and progress.step % tc.sample_every == 0 and accelerator.is_main_process:
-                _sample_video(ema, mc, config, out / "samples" / f"step_{progress.step:06d}.mp4")
+                task.sample(ema, config, out, progress.step)
             if progress.step >= tc.max_steps:
                 break
     bar.close()
@@ -233,6 +348,16 @@ def _report_skipped(skipped: list[tuple[str, str]], path: Path, accelerator: Acc
     accelerator.print(f"data: {what} (all listed in {path}): {first}", flush=True)
 
 
+def _after_nonfinite(root: Path) -> str:
+    """What a run stopped by a non-finite loss keeps, and what to do next."""
+    previous = ckpt.step_dirs(root)
+    if previous:
+        return (f"training stopped, the last good checkpoint {previous[-1]} is kept. Lower train.lr, or set "
+                "train.nonfinite=skip")
+    return (f"training stopped before its first checkpoint, so no checkpoint was written under {root}. Lower "
+            "train.lr (or set train.nonfinite=skip) and start again without --resume")
+
+
 def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -244,21 +369,8 @@ def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 131 + micro) * 1009 + rank
 
 
-def _loss(model, batch, chunks, config: Config, accelerator: Accelerator, gen: torch.Generator) -> torch.Tensor:
-    mc = config.model
-    video = batch["video"].to(accelerator.device)  # (B, C, T, H, W)
-    labels = None
-    if mc.num_classes:
-        labels = batch["label"].to(accelerator.device)
-        drop = torch.rand(labels.shape, generator=gen, device=labels.device) < config.diffusion.label_dropout
-        labels = torch.where(drop, mc.num_classes, labels)
-    start, length = chunks[int(torch.randint(len(chunks), (1,), generator=gen, device=gen.device))]
-    with accelerator.autocast():
-        return causal_flow_loss(model, video, labels, start, length, config.diffusion.cond_noise, generator=gen)
-
-
-def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Path, step: int) -> Path:
-    """Full training state + EMA weights into ``root/step_<step>``, atomically; prune old ones."""
+def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Path, step: int, task) -> Path:
+    """Full training state + the task's published weights into ``root/step_<step>``, atomically; prune old ones."""
     final = root / f"step_{step:06d}"
     staging = ckpt.staging_dir(final)
     try:
@@ -268,8 +380,7 @@ def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Pa
         accelerator.save_state(str(staging))  # every rank writes its RNG state, the main rank the rest
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            ckpt.save_weights(staging / ckpt.WEIGHTS_NAME, ema.shadow, config.model,
-                              {"step": step, "diffusion_config": dataclasses.asdict(config.diffusion)})
+            task.save_weights(staging, ema, config, step)
             ckpt.publish(staging, final)
     except Exception as e:
         ckpt.discard(staging)
@@ -308,17 +419,3 @@ def _truncate_log(path: Path, step: int) -> None:
         if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
             kept.append(line)
     _write_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _sample_video(ema: EMA, model_cfg, config: Config, path: Path, chunks: int = 4) -> None:
-    from .pipeline import LongVideoPipeline
-    from .video_io import VideoWriter, to_uint8
-
-    model = CausalVideoDiT(model_cfg)
-    model.load_state_dict(ema.shadow)
-    pipe = LongVideoPipeline(model, steps=config.diffusion.steps, shift=config.diffusion.shift,
-                             cond_noise=config.diffusion.cond_noise)
-    label = 0 if model_cfg.num_classes else None
-    with VideoWriter(path, fps=8) as writer:
-        for chunk in pipe.generate(chunks, label=label, seed=0):
-            writer.write(to_uint8(chunk.frames[0]))

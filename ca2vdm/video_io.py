@@ -7,7 +7,7 @@ videos are float tensors shaped (C, T, H, W) in [-1, 1].
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,7 @@ from PIL import Image
 KEYFRAME_INTERVAL = 16  # frames between keyframes in written videos
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _DECODE_ERRORS = (RuntimeError, decord.DECORDError)
+UNREADABLE = "damaged, truncated or not a video file"
 
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
@@ -38,8 +39,8 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
     return rearrange(pixels, "c t h w -> t h w c").numpy()
 
 
-def _uint8_to_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(T, H, W, C), (T, H, W) or (H, W) uint8 -> (3, T, H, W) float in [-1, 1]."""
+def _as_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(T, H, W, C), (T, H, W) or (H, W) uint8 -> a (T, H, W, 3) uint8 tensor (a view where possible)."""
     if not isinstance(frames, torch.Tensor):
         frames = torch.from_numpy(np.require(frames, requirements="W"))  # copy only if read-only
     if frames.dtype != torch.uint8:
@@ -54,9 +55,12 @@ def _uint8_to_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
             f"got {tuple(frames.shape)}"
         )
     frames = frames[..., :3]  # drop alpha
-    if frames.shape[-1] == 1:
-        frames = repeat(frames, "t h w 1 -> t h w c", c=3)
-    return rearrange(frames.float() / 127.5 - 1.0, "t h w c -> c t h w")
+    return repeat(frames, "t h w 1 -> t h w c", c=3) if frames.shape[-1] == 1 else frames
+
+
+def _uint8_to_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(T, H, W, C), (T, H, W) or (H, W) uint8 -> (3, T, H, W) float in [-1, 1]."""
+    return rearrange(_as_frames(frames).float().div_(127.5).sub_(1.0), "t h w c -> c t h w")
 
 
 def resize_center_crop(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
@@ -65,15 +69,16 @@ def resize_center_crop(frames: np.ndarray | torch.Tensor, size: int) -> torch.Te
     Takes uint8 frames (numpy or torch) shaped (T, H, W, C) with C in 1/3/4,
     grayscale (T, H, W), or a single grayscale frame (H, W). Returns a
     (3, T, size, size) float32 tensor in [-1, 1]. Resizing is bilinear with
-    antialiasing.
+    antialiasing. Frames are cropped before they are converted to float, which
+    keeps the float copy (the peak memory of decoding a video) small.
     """
     if size <= 0:
         raise ValueError(f"size must be a positive integer, got {size}")
-    video = _uint8_to_float(frames)  # (3, T, H, W)
-    height, width = video.shape[-2:]
+    frames = _as_frames(frames)  # (T, H, W, 3)
+    height, width = frames.shape[1:3]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    video = video[..., top : top + side, left : left + side]  # (3, T, side, side)
+    video = _uint8_to_float(frames[:, top : top + side, left : left + side])  # (3, T, side, side)
     if side == size:
         return video.contiguous()
     resized = F.interpolate(
@@ -86,11 +91,21 @@ def resize_center_crop(frames: np.ndarray | torch.Tensor, size: int) -> torch.Te
     return rearrange(resized, "t c h w -> c t h w").clamp(-1, 1).contiguous()
 
 
+def check_input_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is an existing regular file; otherwise ValueError saying what it is instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an image or video file")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device, pipe or socket); pass an image or video file")
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
 def open_video(path: str | os.PathLike) -> decord.VideoReader:
     """Open a video with decord, raising ValueError naming the file if it cannot be opened."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"video file not found: {path}")
+    path = check_input_file(path)
     try:  # decord reports every failure alike; say plainly when the file itself cannot be read
         with open(path, "rb") as f:
             head = f.read(16)
@@ -103,11 +118,18 @@ def open_video(path: str | os.PathLike) -> decord.VideoReader:
         raise ValueError(f"video {path} is empty (0 bytes); delete it or replace it with the full file")
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    except _DECODE_ERRORS as error:
-        raise ValueError(f"cannot open video {path}: not a readable video ({error})") from error
+    except _DECODE_ERRORS as error:  # decord's message is about its own sources, not the file: leave it out
+        raise ValueError(f"cannot open video {path}: not a readable video ({UNREADABLE})") from error
     if len(reader) == 0:
         raise ValueError(f"video {path} contains no frames")
     return reader
+
+
+def _av_problem(error: Exception) -> str:
+    """What went wrong, without FFmpeg's error number and the repeated file name."""
+    if isinstance(error, IndexError):
+        return "it has no video stream"
+    return f"{getattr(error, 'strerror', None) or 'not a readable video'} ({UNREADABLE})"
 
 
 def _decode_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
@@ -124,7 +146,7 @@ def _decode_with_pyav(path: Path, indices: list[int]) -> np.ndarray:
                 if len(found) == len(wanted):
                     break
     except (av.FFmpegError, IndexError) as error:
-        raise ValueError(f"cannot decode video {path}: {error}") from error
+        raise ValueError(f"cannot decode video {path}: {_av_problem(error)}") from error
     missing = sorted(wanted - found.keys())
     if missing:
         raise ValueError(f"video {path} has no frame {missing[0]}: only {decoded} frames decode")
@@ -176,8 +198,7 @@ def read_video(
     path = Path(path)
     if num_frames is not None and num_frames <= 0:
         raise ValueError(f"num_frames must be positive or None, got {num_frames}")
-    if not path.is_file():
-        raise ValueError(f"file not found: {path}")
+    check_input_file(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         frames = _read_image(path)
     else:
@@ -186,6 +207,48 @@ def read_video(
         start = 0 if num_frames is None else max(0, total - num_frames)
         frames = read_frames(path, range(start, total), reader)
     return _uint8_to_float(frames) if size is None else resize_center_crop(frames, size)
+
+
+def stream_video(path: str | os.PathLike, size: int, batch_frames: int = 4) -> Iterator[torch.Tensor]:
+    """Decode a video (or an image) in order, yielding (3, T <= batch_frames, size, size) float tensors in [-1, 1].
+
+    Each batch is resized and center-cropped (as :func:`resize_center_crop`) as soon as it is decoded, so memory
+    does not grow with the video's length. Raises ValueError naming the file and the problem.
+    """
+    path = check_input_file(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); pass the full image or video file")
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        yield resize_center_crop(_read_image(path), size)
+        return
+    batch: list[np.ndarray] = []
+    count = 0
+    for count, frame in enumerate(_decode_frames(path), 1):
+        batch.append(frame)
+        if len(batch) == batch_frames:
+            yield resize_center_crop(np.stack(batch), size)
+            batch = []
+    if count == 0:
+        raise ValueError(f"video {path} contains no frames")
+    if batch:
+        yield resize_center_crop(np.stack(batch), size)
+
+
+def _decode_frames(path: Path) -> Iterator[np.ndarray]:
+    """Every frame of a video as (H, W, 3) uint8, decoded one at a time with PyAV; ValueError if fewer decode than
+    the container declares (a file cut short)."""
+    decoded = 0
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+                decoded += 1
+            declared = stream.frames
+    except (av.FFmpegError, IndexError) as error:
+        raise ValueError(f"cannot read video {path}: {_av_problem(error)}") from error
+    if decoded < declared:
+        raise ValueError(f"video {path} is truncated or damaged: only {decoded} of its {declared} frames decode")
 
 
 def save_contact_sheet(

@@ -2,8 +2,16 @@
 
     python infer/long_video.py --chunks 20                      # shipped checkpoint -> outputs/long_video.mp4
     python infer/long_video.py --checkpoint runs/demo/checkpoints/step_003000 --label 2 --preview
+
+Outputs: without --out the video goes to outputs/long_video.mp4, this tool's scratch file, replaced by every run.
+A file given with --out that exists is refused unless --overwrite. An output is never the checkpoint (or a file in
+a checkpoint directory), the --first-frame input, a device, or another output of the run.
+
+Ctrl-C or SIGTERM stops after the current denoising step and keeps the finished chunks as a playable mp4
+(exit status 130 or 143).
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -11,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from ca2vdm.checkpoint import CheckpointError  # noqa: E402
 from ca2vdm.step_cache import POLICIES  # noqa: E402
-from ca2vdm.generate import DEFAULT_CHECKPOINT, GenerationOptions, generate_video, write_stats  # noqa: E402
+from ca2vdm.generate import (DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME, GenerationOptions, StopSignals,  # noqa: E402
+                              Stopped, generate_video)
 
 
 def positive_int(text: str) -> int:
@@ -25,13 +34,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                    help="weights (.safetensors) or a training checkpoint directory (default: the shipped demo model)")
-    p.add_argument("--out", default="outputs/long_video.mp4", help="output mp4 (written atomically)")
+    p.add_argument("--out", default=None,
+                   help=f"output mp4, written atomically; an existing file is refused unless --overwrite. A "
+                        f"directory (or a path ending in /) gets {VIDEO_NAME} inside it, created if needed. Default: "
+                        f"{DEFAULT_OUT}, the scratch output that every run without --out replaces")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out video (and its --preview sheet)")
     p.add_argument("--chunks", type=positive_int, default=20, help="number of chunks to generate (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same video)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0 .. 2**64 - 1 (same seed, same video)")
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps per chunk (default: checkpoint's)")
-    p.add_argument("--first-frame", default=None, help="image or video to continue (image-to-video)")
+    p.add_argument("--first-frame", default=None,
+                   help="image or video to continue; a video is streamed into the output, and only its last frames "
+                        "(those that can still influence the next chunk) are run through the model")
     p.add_argument("--label", type=int, default=None, help="class label (demo model: 0 circle, 1 square, 2 triangle)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off); only with --label: without a label there is "
+                        "nothing to guide, and one branch runs")
     p.add_argument("--cache", choices=["kv", "none"], default="kv",
                    help="kv: shared KV cache (Ca2-VDM); none: recompute the conditioning window at every step")
     p.add_argument("--step-cache", choices=list(POLICIES), default="none",
@@ -40,7 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="TeaCache threshold on the accumulated rescaled change (0 = compute every step)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--fps", type=positive_int, default=8, help="frame rate of the mp4")
-    p.add_argument("--stats", default=None, help="write per-chunk timings and model evaluations to this JSON file")
+    p.add_argument("--codec-path", default=None,
+                   help="the autoencoder's save_pretrained folder, if not where the checkpoint recorded it")
+    p.add_argument("--stats", default=None,
+                   help="write per-chunk timings and model evaluations to this JSON file (replaced if it exists)")
     p.add_argument("--preview", action="store_true", help="also write a contact sheet PNG beside the mp4")
     p.add_argument("--verbose", action="store_true", help="a progress bar per denoising step too")
     return p.parse_args(argv)
@@ -51,15 +71,28 @@ def main(argv=None) -> None:
     opts = GenerationOptions(chunks=args.chunks, seed=args.seed, steps=args.steps, cfg_scale=args.cfg_scale,
                              label=args.label, cache=args.cache, first_frame=args.first_frame, device=args.device,
                              step_cache=args.step_cache, teacache_thresh=args.teacache_thresh, fps=args.fps,
-                             preview=args.preview, verbose=args.verbose)
-    try:
-        stats = generate_video(args.checkpoint, args.out, opts)
-    except (CheckpointError, ValueError, OSError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
-    if args.stats:
-        write_stats(stats, args.stats)
-    print(f"wrote {args.out}: {stats['frames']} frames in {stats['seconds']:.1f}s "
+                             preview=args.preview, verbose=args.verbose, stats=args.stats, codec_path=args.codec_path,
+                             overwrite=args.overwrite or args.out is None)
+    with StopSignals() as stop:
+        try:
+            stats = generate_video(args.checkpoint, args.out or DEFAULT_OUT, opts, stop)
+        except Stopped as stopped:
+            print(stopped_message(stopped, args.chunks), file=sys.stderr)
+            sys.exit(128 + stopped.signum)
+        except (CheckpointError, ValueError, OSError, FloatingPointError) as e:
+            sys.exit(f"error: {e}")
+    print(f"wrote {stats['video']}: {stats['frames']} frames in {stats['seconds']:.1f}s "
           f"(peak RSS {stats['peak_rss_mb']:.0f} MB)" + (f", preview {stats['preview']}" if args.preview else ""))
+
+
+def stopped_message(stopped: Stopped, chunks: int) -> str:
+    """One line: which signal stopped the run, and what was kept where."""
+    name = signal.Signals(stopped.signum).name
+    if stopped.stats is None:
+        return f"stopped by {name} before the first chunk was finished; nothing written"
+    stats = stopped.stats
+    return (f"stopped by {name}: kept {len(stats['chunks'])} of {chunks} chunks ({stats['frames']} frames) in "
+            f"{stats['video']}")
 
 
 if __name__ == "__main__":

@@ -64,21 +64,23 @@ def teacache_mode(threshold: float) -> str:
     return f"kv+teacache@{threshold:g}"
 
 
-def new_run(model, meta, mode: str, seed: int, batch: int):
+def new_run(model, meta, mode: str, seed: int, batch: int, label: int | None):
     """A pipeline on its own copy of the model (step caches attach to a model) and its started state."""
     model = copy.deepcopy(model)
     step_cache = None
     if mode.startswith("kv+teacache@"):
         step_cache = TeaCache(float(mode.split("@")[1]), meta.get("teacache_coefficients") or IDENTITY)
     pipe = LongVideoPipeline.from_metadata(model, meta, cache_mode=mode.split("+")[0], step_cache=step_cache)
-    state = pipe.start(batch=batch, seed=seed)
+    state = pipe.start(batch=batch, seed=seed, label=label)
     pipe.next_chunk(state)  # the first frame (and warm-up); not timed
     return pipe, state
 
 
-def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 1) -> dict[str, list[dict]]:
-    """Per-chunk seconds and FLOPs of every mode (``batch`` videos at once), the modes interleaved chunk by chunk."""
-    runs = {mode: new_run(model, meta, mode, seed, batch) for mode in modes}
+def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 1,
+            label: int | None = 0) -> dict[str, list[dict]]:
+    """Per-chunk seconds and FLOPs of every mode (``batch`` videos at once), the modes interleaved chunk by chunk.
+    With a label (and the checkpoint's guidance scale) both guidance branches run, as in class-conditional use."""
+    runs = {mode: new_run(model, meta, mode, seed, batch, label) for mode in modes}
     rows = {mode: [] for mode in modes}
     sync = torch.cuda.synchronize if model.x_embedder.weight.is_cuda else (lambda: None)
     for index in range(chunks):
@@ -119,6 +121,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, default=0, help="class label (-1: none, one guidance branch)")
     p.add_argument("--batch", type=int, default=1, help="videos generated together (rows per pass)")
     p.add_argument("--repeats", type=int, default=2, help="runs per mode; each chunk's fastest time is kept")
     p.add_argument("--teacache-thresh", type=float, nargs="*", default=[0.2, 0.3, 0.5],
@@ -132,7 +135,8 @@ def main() -> None:
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
     modes = list(MODES) + [teacache_mode(t) for t in args.teacache_thresh]
-    runs = [measure(model, meta, modes, args.chunks, args.seed, args.batch) for _ in range(args.repeats)]
+    runs = [measure(model, meta, modes, args.chunks, args.seed, args.batch,
+                    None if args.label < 0 else args.label) for _ in range(args.repeats)]
     # per chunk, the fastest of the repeats: timings on shared machines are noisy
     results = {mode: [min(rows, key=lambda r: r["seconds"]) for rows in zip(*(run[mode] for run in runs))]
                for mode in modes}

@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", type=int, default=None)
+    p.add_argument("--label", type=int, default=0, help="class label; guidance (and so FasterCache) needs one")
     p.add_argument("--out-dir", default="outputs/bench")
     args = p.parse_args()
     torch.set_grad_enabled(False)

@@ -107,3 +107,20 @@ def test_read_time_failure_falls_back_to_next_video(tmp_path):
     assert torch.equal(ds[0]["video"], item["video"])  # same fallback clip again
     assert ds[1]["video"].shape == (3, 4, 8, 8)
     assert [p.split("/")[-1] for p, _ in ds.skipped] == ["a.mp4"]
+
+
+def test_symlinked_subfolder_is_followed_once(tmp_path):
+    """A symlinked folder of videos is searched (its files keep their path through the link, as manifests name them);
+    a link back to an ancestor does not loop, and a folder reached twice is read once."""
+    elsewhere, root = tmp_path / "elsewhere", tmp_path / "root"
+    elsewhere.mkdir()
+    root.mkdir()
+    write_video(elsewhere / "linked.mp4", 6)
+    write_video(root / "own.mp4", 6)
+    (root / "shared").symlink_to(elsewhere, target_is_directory=True)
+    (root / "shared_again").symlink_to(elsewhere, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "labels.jsonl").write_text('{"file": "shared/linked.mp4", "label": 1}\n{"file": "own.mp4", "label": 0}\n')
+    ds = VideoFolderDataset(root, num_frames=4, resolution=8)
+    assert [p.relative_to(root).as_posix() for p in ds.videos] == ["own.mp4", "shared/linked.mp4"]
+    assert ds.labels == [0, 1]

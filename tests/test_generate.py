@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -75,7 +76,8 @@ def test_video_frame_count_and_stats(checkpoint, tmp_path):
 
 
 def test_steps_and_guidance_set_model_evals(checkpoint, tmp_path):
-    stats = generate_video(checkpoint, tmp_path / "v.mp4", GenerationOptions(chunks=2, steps=2, cfg_scale=2.5))
+    opts = GenerationOptions(chunks=2, steps=2, cfg_scale=2.5, label=0)  # guidance needs a label to guide towards
+    stats = generate_video(checkpoint, tmp_path / "v.mp4", opts)
     assert [c["model_evals"] for c in stats["chunks"]] == [2 * 2, 2 * 2]  # 2 steps x 2 guidance branches
 
 
@@ -85,7 +87,8 @@ def test_kv_and_none_caches_agree_while_window_not_full(checkpoint, tmp_path):
     window, where the modes legitimately differ, which shows the option reaches the pipeline."""
     def run(cache: str, chunks: int, seed: int = 0) -> Path:
         out = tmp_path / f"{cache}{chunks}-{seed}.mp4"
-        stats = generate_video(checkpoint, out, GenerationOptions(chunks=chunks, seed=seed, label=1, cache=cache))
+        opts = GenerationOptions(chunks=chunks, seed=seed, label=1, cache=cache, overwrite=True)  # runs repeat
+        stats = generate_video(checkpoint, out, opts)
         assert stats["cache"] == cache
         return out
 
@@ -212,3 +215,73 @@ def test_preview_png_beside_video(checkpoint, tmp_path):
     assert stats["preview"] == str(sheet)
     with Image.open(sheet) as image:
         assert image.format == "PNG" and image.width > 16 and image.height >= 16
+
+
+def test_given_video_commits_only_what_can_still_matter(checkpoint, tmp_path, monkeypatch):
+    """A 30-frame given video is streamed; only the frames from conditioning_start on are committed (their earlier
+    neighbours keep their chunk alignment and noise), and the continuation equals committing every frame (same seed)
+    to float precision. Committing one chunk fewer changes it: with the KV cache a kept frame's deeper-layer keys
+    carry the window before it, so the last max_context_frames frames alone are not enough."""
+    from ca2vdm.codec import PixelCodec
+    from ca2vdm.generate import conditioning_start, model_input
+
+    given = tmp_path / "given.mp4"
+    with VideoWriter(given, fps=8) as writer:
+        writer.write(np.random.default_rng(0).integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
+    model, meta = load_model(checkpoint)
+    pipe = LongVideoPipeline.from_metadata(model, meta)
+    video = model_input(PixelCodec(), read_video(given, size=16))  # (1, 3, 30, 16, 16)
+
+    def continuation(frames_before: int) -> torch.Tensor:
+        state = pipe.start(label=1, seed=5, first_frames=video[:, :, frames_before:], frames_before=frames_before)
+        return torch.cat([pipe.next_chunk(state).frames for _ in range(3)], dim=2)
+
+    start = conditioning_start(pipe, 30)
+    assert 0 < start and 30 - start < 30 - model.cfg.max_context_frames  # skips some, keeps more than the window
+    every = continuation(0)
+    assert (continuation(start) - every).abs().max() < 1e-5
+    assert (continuation(start + CHUNK) - every).abs().max() > 1e-5
+
+    calls = []
+    original = LongVideoPipeline.start
+    monkeypatch.setattr(LongVideoPipeline, "start", lambda self, **kw: calls.append(kw) or original(self, **kw))
+    out = tmp_path / "out.mp4"
+    generate_video(checkpoint, out, GenerationOptions(chunks=2, label=1, seed=5, first_frame=str(given)))
+    assert calls[0]["frames_before"] == start and calls[0]["first_frames"].shape[2] == 30 - start
+    assert torch.equal(calls[0]["first_frames"], video[:, :, start:])
+    assert read_video(out).shape[1] == 30 + 2 * CHUNK  # every given frame is copied into the output
+
+
+def _write_long_video(path: Path, frames: int, height: int = 240, width: int = 320) -> None:
+    """A fast-to-encode (MPEG-4 part 2) moving gradient."""
+    x = np.linspace(0, 6, width)[None, :]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for t in range(frames):
+            frame = np.zeros((height, width, 3), np.uint8)
+            frame[..., 0] = 127 + 100 * np.sin(x + 0.2 * t)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def test_memory_is_flat_in_the_length_of_a_given_video(checkpoint, tmp_path):
+    """Peak RSS (ru_maxrss, one fresh process each) continuing a 600-frame 320x240 video stays within 1.2x of
+    continuing a 320x240 image: decoded whole, the video alone would take 138 MB as uint8 and 553 MB as floats."""
+    video, image = tmp_path / "long.mp4", tmp_path / "still.png"
+    _write_long_video(video, 600)
+    Image.fromarray(np.full((240, 320, 3), 90, np.uint8)).save(image)
+    runs = {}
+    for given in (video, image):
+        stats = tmp_path / f"{given.suffix[1:]}.json"
+        argv = [sys.executable, str(CLI_PATH), "--checkpoint", str(checkpoint), "--chunks", "1", "--first-frame",
+                str(given), "--out", str(tmp_path / f"{given.suffix[1:]}.mp4"), "--stats", str(stats)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        runs[given] = stats, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peaks = {}
+    for given, (stats, proc) in runs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        peaks[given.suffix] = json.loads(stats.read_text())["peak_rss_mb"]
+    assert json.loads(runs[video][0].read_text())["frames"] == 600 + CHUNK
+    assert peaks[".mp4"] <= 1.2 * peaks[".png"], peaks

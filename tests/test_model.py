@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ca2vdm.attention import chunk_ids
 from ca2vdm.config import ConfigError, model_config
 from ca2vdm.model import CausalVideoDiT
 from helpers import random_model
@@ -70,3 +71,28 @@ def test_config_validation_errors():
         model_config("tiny", max_context_frames=1)
     with pytest.raises(ConfigError, match="unknown model name"):
         model_config("huge")
+
+
+@pytest.mark.parametrize("first_frame_chunk,frame_offset,prefix_frames", [(True, 0, 2), (True, 3, 2), (False, 4, 1)])
+def test_teacher_forcing_equals_full_pass_per_chunk(first_frame_chunk, frame_offset, prefix_frames):
+    """Each noisy chunk of the teacher-forcing layout [clean | noisy] gets the output the full-sequence pass gives
+    it after the clean frames before it (same positions, mask and spatial prefix), at any frame offset."""
+    model = random_model(num_classes=2, prefix_frames=prefix_frames, first_frame_chunk=first_frame_chunk,
+                         max_context_frames=5 if first_frame_chunk else 4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)  # stronger weights: a wrong position or prefix moves the output by far more than the tolerance
+    T = model.cfg.clip_frames
+    ids = chunk_ids(torch.arange(frame_offset, frame_offset + T), model.cfg.chunk_frames, first_frame_chunk)
+    starts = [i for i in range(T) if i == 0 or ids[i] != ids[i - 1]] + [T]
+    Tc = starts[-2]  # the last chunk's clean copy conditions nothing
+    clean, noisy, y = torch.randn(2, 3, Tc, 16, 16), torch.randn(2, 3, T, 16, 16), torch.tensor([0, 2])
+    t = torch.rand(2, T)
+    tf = model(torch.cat([clean, noisy], dim=2), torch.cat([torch.zeros(2, Tc), t], dim=1), y,
+               frame_offset=frame_offset, num_cond_frames=Tc, teacher_forcing=True)[:, :, Tc:]
+    for s, e in zip(starts[:-1], starts[1:]):
+        times = torch.cat([torch.zeros(2, s), t[:, s:e]], dim=1)
+        ref = model(torch.cat([clean[:, :, :s], noisy[:, :, s:e]], dim=2), times, y, frame_offset=frame_offset,
+                    num_cond_frames=s)[:, :, s:]
+        assert (tf[:, :, s:e] - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert len(starts) > 3

@@ -77,3 +77,17 @@ def test_pipeline_from_checkpoint_metadata():
     assert (pipe.steps, pipe.shift, pipe.cond_noise, pipe.cfg_scale, pipe.cache_mode) == (5, 2.0, 0.1, 3.0, "none")
     assert LongVideoPipeline.from_metadata(model, meta, steps=2, cfg_scale=1.0).steps == 2
     assert LongVideoPipeline.from_metadata(model, {}).steps == 16  # nothing recorded: the defaults
+
+
+def test_no_label_runs_one_branch_and_ignores_the_guidance_scale():
+    """Without a label both guidance branches would be the null label: nothing to guide, so one branch runs."""
+    model = random_model(num_classes=3)
+    results = {}
+    for scale in (1.0, 1.5, -5.0):
+        pipe = LongVideoPipeline(model, steps=3, cfg_scale=scale)
+        chunks = list(pipe.generate(2, seed=0))
+        assert [c.model_evals for c in chunks] == [3, 3]
+        results[scale] = torch.cat([c.frames for c in chunks], dim=2)
+    assert torch.equal(results[1.5], results[1.0]) and torch.equal(results[-5.0], results[1.0])
+    guided = list(LongVideoPipeline(model, steps=3, cfg_scale=1.5).generate(2, label=0, seed=0))
+    assert [c.model_evals for c in guided] == [6, 6]  # with a label: both branches

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 import ca2vdm.data as data_module
@@ -27,7 +28,7 @@ from ca2vdm.checkpoint import CheckpointError, CheckpointWriteError, load_model,
 from ca2vdm.config import ConfigError, ModelConfig, load_config, model_config, to_dict
 from ca2vdm.data import DataError, VideoFolderDataset
 from ca2vdm.synthetic import write_dataset
-from ca2vdm.training import SKIPPED_LOG, train
+from ca2vdm.training import SKIPPED_LOG, _lr_factor, train
 from ca2vdm.video_io import VideoWriter
 from tests.helpers import random_model
 
@@ -163,6 +164,90 @@ def test_failed_or_killed_checkpoint_write_loses_nothing(shapes, reference, tmp_
     _assert_same_run(tmp_path, reference)
 
 
+# 3. One run per output directory; what a resume may change ----------------------------------------------------------
+
+def _wait_for(condition, proc, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None and time.monotonic() < deadline, f"{what} never happened (exit code {proc.poll()})"
+        time.sleep(0.05)
+
+
+def test_second_run_on_a_busy_output_dir_is_refused(shapes, tmp_path, one_thread, caplog):
+    """A fresh start or a --resume beside a running job is refused naming its pid, before touching anything; the
+    lock left by a SIGKILLed run is stale and taken over."""
+    out = tmp_path / "run"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(_cli(*_overrides(shapes, out, max_steps=10_000, save_every=10_000)), env=ENV,
+                                 stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size, first,
+                  "the first run's first logged step")
+        second = load_config(TINY, _overrides(shapes, out, max_steps=2, save_every=2))
+        busy = rf"train.output_dir {re.escape(str(out))} is in use by another training run \(pid {first.pid} on "
+        for resume in (None, "latest"):
+            with pytest.raises(ckpt.RunLockedError, match=busy):
+                train(second, resume=resume, progress_bar=False)
+        assert "max_steps: 10000" in (out / "config.yaml").read_text()  # not the second run's
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    steps = [r["step"] for r in _records(out)]
+    assert steps == list(range(1, len(steps) + 1))  # one run's log: no duplicated or interleaved lines
+    assert json.loads((out / ckpt.LOCK_NAME).read_text())["pid"] == first.pid  # SIGKILL leaves the file
+    with caplog.at_level("WARNING", logger="ca2vdm.checkpoint"):
+        train(load_config(TINY, _overrides(shapes, out, max_steps=1, save_every=1)), progress_bar=False)
+    assert f"stale lock of pid {first.pid}" in caplog.text
+    assert not (out / ckpt.LOCK_NAME).exists()  # released at the end
+    # A lock naming another host cannot be checked from here: refused, with how to clear it.
+    (out / ckpt.LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(ckpt.RunLockedError, match=r"\(pid 1 on elsewhere, .*if that run has ended, delete "):
+        ckpt.RunLock(out).acquire()
+
+
+def test_resume_refuses_changed_optimizer_settings(shapes, tmp_path, one_thread):
+    """A checkpoint's optimizer, schedule and EMA state were built from these settings, and the data order from seed
+    and batch size: resuming with other values is refused (config.yaml would record values the run does not use).
+    train.max_steps may change: the cosine schedule then follows the new length, and config.yaml records it."""
+    out = tmp_path / "run"
+    args = _overrides(shapes, out, max_steps=2, save_every=2, warmup_steps=1)
+    train(load_config(TINY, args), progress_bar=False)
+    recorded = (out / "config.yaml").read_text()
+    for change in ("train.lr=0.002", "train.weight_decay=0.1", "train.warmup_steps=2", "train.seed=1",
+                   "train.batch_size=4", "train.grad_accum=2", "train.ema_decay=0.9"):
+        with pytest.raises(CheckpointError, match=rf"{re.escape(change)} \(checkpoint: .*--resume .*init_from"):
+            train(load_config(TINY, [*args, change]), resume="latest", progress_bar=False)
+    assert (out / "config.yaml").read_text() == recorded
+    assert not (out / ckpt.LOCK_NAME).exists()  # released on errors
+
+    train(load_config(TINY, _overrides(shapes, out, max_steps=4, save_every=2, warmup_steps=1)), resume="latest",
+          progress_bar=False)
+    assert OmegaConf.load(out / "config.yaml").train.max_steps == 4
+    lrs = [r["lr"] for r in _records(out)]
+    assert lrs[2:] == pytest.approx([1e-3 * _lr_factor(step, 1, 4) for step in (3, 4)])
+    assert lrs[:2] == pytest.approx([1e-3 * _lr_factor(step, 1, 2) for step in (1, 2)])
+
+
+def test_run_killed_in_its_first_save_says_start_fresh(shapes, tmp_path, one_thread):
+    """With no complete checkpoint there is nothing to resume: --resume latest says to start fresh, and that works."""
+    out = tmp_path / "run"
+    root = out / "checkpoints"
+    staging = ckpt.staging_dir(root / "step_000004")  # what SIGKILL during the first save leaves
+    staging.mkdir(parents=True)
+    (staging / "model.safetensors").write_bytes(b"\0" * 64)
+    config = load_config(TINY, _overrides(shapes, out, max_steps=2, save_every=2))
+    with pytest.raises(CheckpointError, match=r"no complete checkpoint .*stopped while writing its first one "
+                                              r"\(\.tmp-step_000004\).*start fresh: rerun without --resume"):
+        train(config, resume="latest", progress_bar=False)
+    (root / "step_000004").mkdir()  # a partial step_ directory (copied by hand, an older version)
+    with pytest.raises(CheckpointError, match=r"only incomplete checkpoints \(step_000004\).*move them away and "
+                                              r"start fresh"):
+        train(config, resume="latest", progress_bar=False)
+    (root / "step_000004").rmdir()
+    train(config, progress_bar=False)  # the advice works
+    assert step_dirs(root) == [root / "step_000002"] and not staging.exists()
+
+
 # 4. Data -------------------------------------------------------------------------------------------------------------
 
 def _write_video(path, num_frames, height=16, width=16, gray=False):
@@ -174,7 +259,7 @@ def _write_video(path, num_frames, height=16, width=16, gray=False):
         writer.write(frames)
 
 
-def test_training_skips_bad_videos_and_reports_them(shapes, tmp_path, monkeypatch, one_thread, capsys):
+def test_training_skips_bad_videos_and_reports_them(shapes, tmp_path, monkeypatch, one_thread, capsys, caplog):
     data = tmp_path / "data"
     shutil.copytree(shapes, data)
     whole = (data / "video_00000.mp4").read_bytes()
@@ -200,8 +285,21 @@ def test_training_skips_bad_videos_and_reports_them(shapes, tmp_path, monkeypatc
     reasons = {Path(r["file"]).name: r["reason"] for r in report}
     assert "too short: 3 frames" in reasons["short.mp4"] and "0 bytes" in reasons["empty.mp4"]
     assert "failed at read time" in reasons["video_00003.mp4"]
-    stdout = capsys.readouterr().out
-    assert "data: skipped 4 of 17 video files" in stdout and "failed to decode while training" in stdout
+    printed = capsys.readouterr()
+    assert "data: skipped 4 of 17 video files" in printed.out and "failed to decode while training" in printed.out
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "\n".join([printed.out, printed.err, logged]).count("skipped 4 of 17") == 1  # reported once, not twice
+
+
+def test_class_conditional_model_without_labels_is_refused(shapes, tmp_path):
+    """Without a labels manifest every video would silently get label 0."""
+    data = tmp_path / "data"
+    shutil.copytree(shapes, data)
+    (data / "labels.jsonl").unlink()
+    with pytest.raises(DataError, match=rf"model.num_classes=3 but {re.escape(str(data))} has no labels manifest.*"
+                                        r"label 0.*model.num_classes=0"):
+        train(load_config(TINY, _overrides(data, tmp_path / "run", max_steps=1)), progress_bar=False)
+    assert not (tmp_path / "run").exists()  # refused before any work
 
 
 def test_folder_without_usable_videos_is_one_clear_error(tmp_path):

@@ -145,3 +145,18 @@ def test_one_policy_at_a_time():
         model.enable_cache(AdaCache())
     model.disable_cache()
     model.enable_cache(AdaCache())
+
+
+@pytest.mark.parametrize("make_policy", [lambda: TeaCache(0.1),
+                                         lambda: AdaCache(codebook=((0.5, 3), (float("inf"), 1)))])
+def test_indicator_sees_the_noisy_chunk_only_in_every_cache_mode(make_policy):
+    """While the window is not full, modes kv and none compute the same chunk, so a policy must skip the same
+    steps in both: its indicator may not look at the conditioning frames that mode none re-runs."""
+    skipped = {}
+    for mode in ("kv", "none"):
+        model = random_model(num_classes=3)
+        pipe = LongVideoPipeline(model, steps=10, cfg_scale=2.0, cache_mode=mode, step_cache=make_policy())
+        skipped[mode] = [r.skipped_evals for r in pipe.generate(4, label=1, seed=0)]
+        model.disable_cache()
+    assert 0 < sum(skipped["kv"]) < 4 * 2 * 10 - 4 * 2 * 2  # skips some steps, not all it may
+    assert skipped["none"] == skipped["kv"]

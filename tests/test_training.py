@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ca2vdm import checkpoint as ckpt
 from ca2vdm.checkpoint import load_model, step_dirs
 from ca2vdm.config import ConfigError, load_config
 from ca2vdm.synthetic import write_dataset
 from ca2vdm import training
-from ca2vdm.diffusion import causal_flow_loss
 from ca2vdm.training import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,21 +63,29 @@ def test_keep_last_and_atomic_layout(shapes, tmp_path):
 
 def _nan_from_call(monkeypatch, first_bad_call):
     calls = []
+    task_loss = training.DiffusionTask.loss  # whichever diffusion.objective it computes
 
     def loss(*args, **kwargs):
         calls.append(1)
-        value = causal_flow_loss(*args, **kwargs)
+        value = task_loss(*args, **kwargs)
         return value * float("nan") if len(calls) >= first_bad_call else value
 
-    monkeypatch.setattr(training, "causal_flow_loss", loss)
+    monkeypatch.setattr(training.DiffusionTask, "loss", loss)
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(shapes, tmp_path, monkeypatch):
     _nan_from_call(monkeypatch, first_bad_call=4)
-    with pytest.raises(NonFiniteLossError, match="at step 3"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 3; .*checkpoint \S*step_000002 is kept"):
         train(_config(shapes, tmp_path, max_steps=6, save_every=2), progress_bar=False)
     assert [d.name for d in step_dirs(tmp_path / "checkpoints")] == ["step_000002"]  # last good one kept
     load_model(tmp_path / "checkpoints/step_000002")
+
+
+def test_nonfinite_loss_before_any_checkpoint_says_there_is_none(shapes, tmp_path):
+    """lr=1e30 blows up on the first update: the error must not promise a checkpoint that was never written."""
+    with pytest.raises(NonFiniteLossError, match=r"at step 1; .*no checkpoint was written.*without --resume") as info:
+        train(_config(shapes, tmp_path, max_steps=4, save_every=2, lr=1e30), progress_bar=False)
+    assert "kept" not in str(info.value) and not step_dirs(tmp_path / "checkpoints")
 
 
 def test_nonfinite_loss_skip_policy(shapes, tmp_path, monkeypatch):
@@ -95,15 +103,20 @@ def test_unknown_config_key_is_reported(shapes, tmp_path):
     assert proc.returncode == 2 and "lrr" in proc.stderr
 
 
-def test_two_processes_on_cpu(shapes, tmp_path):
-    """accelerate launch --multi_gpu --num_processes 2 on a CPU machine: two gloo ranks, one checkpoint."""
+def _launch_two_ranks(shapes, out) -> subprocess.CompletedProcess:
+    """accelerate launch --multi_gpu --num_processes 2 on a CPU machine: two gloo ranks, 3 steps."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            str(ROOT / "train/train.py"), "--config", str(ROOT / "configs/tiny.yaml"), "--no-progress",
-           f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.batch_size=2", "train.max_steps=3",
+           f"data.root={shapes}", f"train.output_dir={out}", "train.batch_size=2", "train.max_steps=3",
            "train.save_every=3", "train.log_every=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_two_processes_on_cpu(shapes, tmp_path):
+    """Two gloo ranks train on different clips and write one log and one checkpoint."""
+    proc = _launch_two_ranks(shapes, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = re.findall(r"rank (\d) of world size 2 [^[]*starts with \[([\d, ]+)\]", proc.stdout)  # lines may interleave
     assert sorted(r for r, _ in ranks) == ["0", "1"], proc.stdout[-2000:]
@@ -112,6 +125,17 @@ def test_two_processes_on_cpu(shapes, tmp_path):
     assert len(_losses(tmp_path)) == 3  # one log, written by the main rank only
     assert [d.name for d in step_dirs(tmp_path / "checkpoints")] == ["step_000003"]
     assert len(list((tmp_path / "checkpoints/step_000003").glob("random_states_*.pkl"))) == 2
+
+
+def test_busy_output_dir_stops_every_rank(shapes, tmp_path):
+    """Only the main rank takes the output directory's lock, but every rank stops with the same one-line error."""
+    with ckpt.RunLock(tmp_path):  # another run (this process) holds train.output_dir
+        proc = _launch_two_ranks(shapes, tmp_path)
+        assert json.loads((tmp_path / ckpt.LOCK_NAME).read_text())["pid"] == os.getpid()  # still the holder's
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 2, proc.stderr[-3000:]
+    assert all(f"{tmp_path} is in use by another training run (pid {os.getpid()} on " in e for e in errors), errors
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
 
 
 def test_periodic_sample_video(shapes, tmp_path):

@@ -1,3 +1,6 @@
+import re
+
+import av
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,7 @@ from ca2vdm.video_io import (
     read_video,
     resize_center_crop,
     save_contact_sheet,
+    stream_video,
     to_uint8,
 )
 
@@ -125,3 +129,44 @@ def test_read_frames_survives_decord_width_bug(tmp_path):
     out = read_frames(path, [1, 4, 4])
     assert out.shape == (3, 16, 16, 3) and out.dtype == np.uint8
     assert np.abs(out.astype(int) - frames[[1, 4, 4]]).mean() < 10
+
+
+def test_stream_video_equals_read_video_batch_by_batch(tmp_path):
+    path = tmp_path / "clip.mp4"
+    with VideoWriter(path, fps=8) as writer:
+        writer.write(smooth_frames(11, height=24, width=40))
+    batches = list(stream_video(path, size=16, batch_frames=4))
+    assert [b.shape for b in batches] == [(3, 4, 16, 16)] * 2 + [(3, 3, 16, 16)]
+    assert torch.equal(torch.cat(batches, dim=1), read_video(path, size=16))
+    image = tmp_path / "frame.png"
+    Image.fromarray(smooth_frames(1, 20, 40)[0]).save(image)
+    assert torch.equal(torch.cat(list(stream_video(image, size=8)), dim=1), read_video(image, size=8))
+
+
+def test_input_that_is_not_a_file_says_what_it_is(tmp_path):
+    for read in (read_video, lambda p: list(stream_video(p, size=8))):
+        with pytest.raises(ValueError, match="is a directory"):
+            read(tmp_path)
+        with pytest.raises(ValueError, match="is not a regular file"):
+            read("/dev/null")
+        with pytest.raises(ValueError, match="file not found"):
+            read(tmp_path / "missing.mp4")
+
+
+def test_decoder_internals_stay_out_of_messages(tmp_path):
+    """An H.264 file cut after its header opens and then fails: decord's message named its own source file
+    (video_reader.cc) and PyAV's an error number; the messages name the user's file and the problem."""
+    full = tmp_path / "full.mp4"
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for t in range(40):
+            frame = np.random.default_rng(t).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    for read in (read_video, lambda p: list(stream_video(p, size=8))):
+        with pytest.raises(ValueError) as error:
+            read(cut)
+        assert str(cut) in str(error.value) and not re.search(r"\.cc|github|Errno|\[\d", str(error.value))

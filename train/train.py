@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ca2vdm.checkpoint import CheckpointError, CheckpointWriteError  # noqa: E402
+from ca2vdm.checkpoint import CheckpointError, CheckpointWriteError, RunLockedError  # noqa: E402
 from ca2vdm.config import ConfigError, load_config  # noqa: E402
 from ca2vdm.data import DataError  # noqa: E402
 from ca2vdm.training import NonFiniteLossError, train  # noqa: E402
@@ -31,7 +31,7 @@ def main() -> None:
         out = train(config, resume=args.resume, progress_bar=not args.no_progress)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
-    except (DataError, CheckpointError, CheckpointWriteError, NonFiniteLossError) as e:  # one clear line, no traceback
+    except (DataError, CheckpointError, CheckpointWriteError, NonFiniteLossError, RunLockedError) as e:  # one line
         parser.exit(1, f"error: {e}\n")
     print(f"done: checkpoints in {out / 'checkpoints'}")
 

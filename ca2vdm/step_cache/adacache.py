@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import StackFn, StepCache, relative_l1
+from .base import StackFn, StepCache, noisy, relative_l1
 
 # (upper bound of the regularised change rate, steps until the next computation); the last bound is +inf.
 DEFAULT_CODEBOOK = ((0.03, 4), (0.06, 3), (0.12, 2), (float("inf"), 1))
@@ -45,9 +45,9 @@ class AdaCache(StepCache):
             return x + st["residual"], True
         out = stack_forward(x, c, ctx)
         residual = out - x
-        m = motion(residual).item()
+        m = motion(noisy(residual, ctx)).item()  # rates and motion over the noisy chunk only
         if "residual" in st:
-            rate = relative_l1(residual, st["residual"]).item() / (self.index - st["step"])
+            rate = relative_l1(noisy(residual, ctx), noisy(st["residual"], ctx)).item() / (self.index - st["step"])
             rate *= 1 + self.motion_weight * m + self.growth_weight * max(m - st["motion"], 0.0)
             st["next"] = self.index + self.schedule(rate)
         else:

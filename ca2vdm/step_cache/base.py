@@ -24,6 +24,13 @@ from ..diffusion import guidance
 StackFn = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
+def noisy(x: torch.Tensor, ctx) -> torch.Tensor:
+    """The frames being denoised of a (B, T, ...) stack input or output: a recompute pass (cache modes ``none`` and
+    ``full``) leads with ``ctx.num_cond_frames`` conditioning frames, which no indicator may look at, so that a
+    policy decides alike in every cache mode."""
+    return x[:, ctx.num_cond_frames:]
+
+
 def relative_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """mean|a - b| / mean|b| as a 0-dim tensor (no host sync)."""
     return (a - b).abs().mean() / b.abs().mean().clamp_min(1e-12)

@@ -1,9 +1,9 @@
 """TeaCache (Liu et al., arXiv 2411.19108): skip the block stack while the modulated input barely changes.
 
 At every denoising step the indicator is the first block's normalised, timestep-modulated input ``m_t`` (the
-noisy chunk's tokens). Its relative L1 change ``d = mean|m_t - m_prev| / mean|m_prev|`` is rescaled by a
-polynomial fitted per checkpoint (``scripts/calibrate_teacache.py``) to predict the change of the stack's output,
-and accumulated. While the sum stays below ``threshold`` the stack is skipped and its last residual
+noisy chunk's tokens only, in every cache mode). Its relative L1 change ``d = mean|m_t - m_prev| / mean|m_prev|``
+is rescaled by a polynomial fitted per checkpoint (``scripts/calibrate_teacache.py``) to predict the change of the
+stack's output, and accumulated. While the sum stays below ``threshold`` the stack is skipped and its last residual
 (output - input) is added instead; otherwise the stack runs, its residual is stored and the sum resets. The first
 and last steps are always computed. Rescaled changes are clamped at 0, so ``threshold=0`` computes every step.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import StackFn, StepCache, relative_l1
+from .base import StackFn, StepCache, noisy, relative_l1
 
 IDENTITY = (0.0, 0.0, 0.0, 1.0, 0.0)  # poly(d) = d: used when a checkpoint has no calibration
 
@@ -43,7 +43,7 @@ class TeaCache(StepCache):
         return True
 
     def run_stack(self, stack_forward: StackFn, x: torch.Tensor, c: torch.Tensor, ctx) -> tuple[torch.Tensor, bool]:
-        modulated = self.model.stack.blocks[0].modulated_input(x, c)
+        modulated = self.model.stack.blocks[0].modulated_input(noisy(x, ctx), noisy(c, ctx))
         if not self.should_compute(modulated):
             return x + self.branch_state["residual"], True
         out = stack_forward(x, c, ctx)
@@ -59,12 +59,13 @@ class TeaCacheRecorder(StepCache):
         self.pairs: list[tuple[float, float]] = []
 
     def run_stack(self, stack_forward: StackFn, x: torch.Tensor, c: torch.Tensor, ctx) -> tuple[torch.Tensor, bool]:
-        modulated = self.model.stack.blocks[0].modulated_input(x, c)
+        modulated = self.model.stack.blocks[0].modulated_input(noisy(x, ctx), noisy(c, ctx))
         out = stack_forward(x, c, ctx)
         st = self.branch_state
         if "modulated" in st:
-            self.pairs.append((relative_l1(modulated, st["modulated"]).item(), relative_l1(out, st["out"]).item()))
-        st["modulated"], st["out"] = modulated, out
+            self.pairs.append((relative_l1(modulated, st["modulated"]).item(),
+                               relative_l1(noisy(out, ctx), st["out"]).item()))
+        st["modulated"], st["out"] = modulated, noisy(out, ctx)
         return out, False
 
 

@@ -1,0 +1,141 @@
+"""Latents computed once: a video folder encoded into safetensors shards, and the dataset that trains from them.
+
+Layout of a latent directory (written by ``scripts/encode_latents.py``)::
+
+    index.json            codec metadata, pixel and latent size, labels, and where each video's latents live
+    shard_00000.safetensors  ...  one (C, T, h, w) float16 tensor per video, every frame of it
+
+Whole videos are stored, not fixed clips, so training draws a new clip position every epoch exactly as the video
+dataset does (same seed -> same positions); no video is decoded and no autoencoder runs while training.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .codec import Codec
+from .data import ClipDataset, DataError, VideoFolderDataset
+from .video_io import read_frames, resize_center_crop
+
+INDEX_NAME = "index.json"
+SHARD_BYTES = 256 * 2 ** 20   # a shard is closed once it holds this many bytes of latents
+DECODE_FRAMES = 64            # frames decoded and encoded at a time: memory does not grow with video length
+
+
+@torch.no_grad()
+def encode_video(codec: Codec, path: Path, length: int, pixel_resolution: int, device: torch.device) -> torch.Tensor:
+    """Every frame of a video, resized and center-cropped to ``pixel_resolution``, encoded: (C, T, h, w) float16."""
+    parts = []
+    for start in range(0, length, DECODE_FRAMES):
+        frames = read_frames(path, range(start, min(length, start + DECODE_FRAMES)))  # (t, H, W, 3) uint8
+        pixels = resize_center_crop(frames, pixel_resolution)[None].to(device)  # (1, 3, t, R, R)
+        parts.append(codec.encode(pixels)[0].half().cpu())
+    return torch.cat(parts, dim=1)
+
+
+def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec, pixel_resolution: int,
+                  manifest: str | None = None, device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Encode every usable video under ``root`` into shards in ``out``; return the index (also written)."""
+    out = Path(out)
+    if (out / INDEX_NAME).exists():
+        raise DataError(f"{out} already holds encoded latents ({INDEX_NAME}); choose another --out or delete it")
+    if pixel_resolution % codec.factor:
+        raise DataError(f"pixel resolution {pixel_resolution} is not divisible by the codec's down-sampling "
+                        f"factor {codec.factor}")
+    videos = VideoFolderDataset(root, num_frames=1, resolution=pixel_resolution, manifest=manifest)
+    out.mkdir(parents=True, exist_ok=True)
+    index = {"codec": codec.metadata(), "pixel_resolution": pixel_resolution,
+             "resolution": pixel_resolution // codec.factor, "channels": codec.channels,
+             "num_classes": videos.num_classes, "manifest": None if videos.manifest is None else str(videos.manifest),
+             "videos": [], "skipped": [list(s) for s in videos.skipped]}
+    shard, shard_bytes, shard_count = {}, 0, 0
+    for path, length, label in tqdm(list(zip(videos.videos, videos.lengths, videos.labels)), desc="encode",
+                                    unit="video", disable=not progress):
+        try:
+            latents = encode_video(codec, path, length, pixel_resolution, torch.device(device))
+        except ValueError as error:  # probed fine, fails to decode: skipped and counted like the video dataset
+            index["skipped"].append([str(path), f"failed while encoding: {error}"])
+            continue
+        key = f"video_{len(index['videos']):06d}"
+        shard[key] = latents.contiguous()
+        shard_bytes += latents.numel() * latents.element_size()
+        index["videos"].append({"file": path.relative_to(videos.root).as_posix(), "key": key, "label": label,
+                                "frames": latents.shape[1], "shard": _shard_name(shard_count)})
+        if shard_bytes >= SHARD_BYTES:
+            save_file(shard, str(out / _shard_name(shard_count)))
+            shard, shard_bytes, shard_count = {}, 0, shard_count + 1
+    if shard:
+        save_file(shard, str(out / _shard_name(shard_count)))
+    tmp = out / f".{INDEX_NAME}.tmp"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(tmp, out / INDEX_NAME)  # the index appears last: a killed run leaves no usable-looking directory
+    return index
+
+
+def _shard_name(number: int) -> str:
+    return f"shard_{number:05d}.safetensors"
+
+
+def read_index(root: str | os.PathLike) -> dict:
+    """The index of a latent directory, with a clear error when it is not one."""
+    path = Path(root) / INDEX_NAME
+    if not path.is_file():
+        raise DataError(f"data.latents={root} holds no {INDEX_NAME}; write it with scripts/encode_latents.py "
+                        f"--config CONFIG --out {root}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} cannot be read ({error}); re-encode with scripts/encode_latents.py") from None
+
+
+class LatentClipDataset(ClipDataset):
+    """Clips of ``num_frames`` latent frames (every ``frame_stride``-th) from an encoded latent directory.
+
+    Same item contract and clip positions as :class:`~ca2vdm.data.VideoFolderDataset`: {"video": (C, T, h, w)
+    float32 latents, "label": long}; the start of item i is a function of (seed, epoch, i).
+    """
+
+    def __init__(self, root: str | os.PathLike, num_frames: int, frame_stride: int = 1, seed: int = 0,
+                 clips_per_video: int = 1):
+        self.root = Path(root)
+        self.index = read_index(root)
+        self.num_frames, self.frame_stride, self.seed = num_frames, frame_stride, seed
+        self.clips_per_video, self.epoch = clips_per_video, 0
+        self.clip_span = (num_frames - 1) * frame_stride + 1
+        self.entries = [v for v in self.index["videos"] if v["frames"] >= self.clip_span]
+        self.skipped = [tuple(s) for s in self.index["skipped"]] + [
+            (v["file"], f"too short: {v['frames']} frames, a clip needs {self.clip_span}")
+            for v in self.index["videos"] if v["frames"] < self.clip_span]
+        self.videos = [v["file"] for v in self.entries]
+        self.labels = [v["label"] for v in self.entries]
+        self.num_classes, self.manifest = self.index["num_classes"], self.index.get("manifest")
+        if not self.entries:
+            raise DataError(f"no latent video in {self.root} has the {self.clip_span} frames a clip needs "
+                            f"({len(self.index['videos'])} encoded)")
+
+    def check_fits(self, channels: int, resolution: int, codec_metadata: dict) -> None:
+        """The latents must be what the model and codec of the config expect."""
+        ix = self.index
+        if (ix["channels"], ix["resolution"]) != (channels, resolution):
+            raise DataError(f"latents in {self.root} are {ix['channels']} channels x {ix['resolution']}^2 but the "
+                            f"model expects {channels} x {resolution}^2; set model.in_channels and model.resolution "
+                            "to match, or re-encode")
+        recorded = {k: ix["codec"].get(k) for k in ("kind", "path", "scaling_factor", "shift_factor")}
+        wanted = {k: codec_metadata.get(k) for k in recorded}
+        if recorded != wanted:
+            raise DataError(f"latents in {self.root} were encoded with codec {recorded}, the config's codec is "
+                            f"{wanted}; set the codec section to the one used, or re-encode")
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        position = self.clip_position(index)
+        entry = self.entries[index % len(self.entries)]
+        start = int(position * (entry["frames"] - self.clip_span + 1))
+        with safe_open(str(self.root / entry["shard"]), framework="pt") as f:
+            clip = f.get_slice(entry["key"])[:, start:start + self.clip_span]  # (C, span, h, w)
+        return {"video": clip[:, ::self.frame_stride].float(), "label": torch.tensor(entry["label"])}

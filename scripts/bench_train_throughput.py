@@ -1,0 +1,59 @@
+"""Training steps per second of one config under different data paths, measured in one run.
+
+    # latent model: videos decoded and encoded every step vs latents encoded once (scripts/encode_latents.py)
+    python scripts/bench_train_throughput.py --config configs/latent-demo.yaml \
+        --variant videos: --variant latents:data.latents=data/shapes128-latents
+
+Each variant is ``NAME:key=value,key=value`` (overrides of the config). The variants run one after the other,
+``--steps`` training steps each in a fresh temporary output directory; the first ``--warmup`` steps are not timed.
+Prints steps/s per variant and the ratio to the first, and writes ``<out-dir>/train_throughput.json``.
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from ca2vdm.config import load_config  # noqa: E402
+from ca2vdm.training import train  # noqa: E402
+
+
+def steps_per_second(config_path: str, overrides: list[str], steps: int, warmup: int) -> float:
+    """Median steps/s over the logged steps after ``warmup`` (one metrics line per step)."""
+    with tempfile.TemporaryDirectory() as out:
+        config = load_config(config_path, [*overrides, f"train.output_dir={out}", f"train.max_steps={steps}",
+                                           "train.log_every=1", f"train.save_every={steps}", "train.sample_every=0"])
+        train(config, progress_bar=False)
+        rates = [json.loads(line)["steps_per_s"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(rates[warmup:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--variant", action="append", required=True, help="NAME:key=value,key=value (repeatable)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--out-dir", default="outputs/bench")
+    args = p.parse_args()
+    results = {}
+    for spec in args.variant:
+        name, _, text = spec.partition(":")
+        overrides = [o for o in text.split(",") if o]
+        results[name] = {"overrides": overrides,
+                         "steps_per_s": steps_per_second(args.config, overrides, args.steps, args.warmup)}
+    first = next(iter(results.values()))["steps_per_s"]
+    for name, r in results.items():
+        r["ratio_to_first"] = r["steps_per_s"] / first
+        print(f"{name:12} {r['steps_per_s']:7.3f} steps/s  {r['ratio_to_first']:5.2f}x  {' '.join(r['overrides'])}")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_throughput.json").write_text(json.dumps({"config": args.config, "steps": args.steps,
+                                                           "warmup": args.warmup, "variants": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+
+from ca2vdm.codec import CodecConfig, CodecError, PixelCodec, build_codec, check_model_fits
+from helpers import save_tiny_autoencoder
+
+
+@pytest.mark.parametrize("architecture", ["AutoencoderKL", "AutoencoderTiny"])
+def test_diffusers_codec_encodes_each_frame_with_the_config_factors(tmp_path, architecture):
+    ae = save_tiny_autoencoder(tmp_path, architecture)
+    codec = build_codec(CodecConfig(kind="diffusers", path=str(tmp_path)))
+    assert (codec.channels, codec.factor) == (4, 2)
+    video = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    latents = codec.encode(video)
+    assert latents.shape == (2, 4, 3, 8, 8)
+    frame = video[1, :, 2][None]  # frames are encoded independently: one frame alone gives the same latent
+    out = ae.encode(frame)
+    raw = out.latent_dist.mode() if architecture == "AutoencoderKL" else out.latents
+    scale, shift = ae.config.scaling_factor, ae.config.shift_factor or 0.0
+    torch.testing.assert_close(latents[1, :, 2], ((raw - shift) * scale)[0], atol=1e-5, rtol=1e-5)
+    pixels = codec.decode(latents)
+    assert pixels.shape == video.shape and pixels.abs().max() <= 1
+    torch.testing.assert_close(pixels[1, :, 2], ae.decode(raw).sample[0].clamp(-1, 1), atol=1e-5, rtol=1e-5)
+    assert codec.metadata()["class"] == architecture and codec.metadata()["factor"] == 2
+
+
+def test_config_overrides_the_autoencoder_scaling(tmp_path):
+    save_tiny_autoencoder(tmp_path)
+    default = build_codec(CodecConfig(kind="diffusers", path=str(tmp_path)))
+    scaled = build_codec(CodecConfig(kind="diffusers", path=str(tmp_path), scaling_factor=1.0, shift_factor=0.0))
+    video = torch.rand(1, 3, 2, 16, 16) * 2 - 1
+    torch.testing.assert_close(default.encode(video), (scaled.encode(video) - 0.1) * 0.5)
+
+
+def test_pixel_codec_is_the_identity():
+    codec = build_codec(None)
+    video = torch.rand(1, 3, 2, 8, 8) * 2 - 1
+    assert isinstance(codec, PixelCodec) and torch.equal(codec.encode(video), video)
+    assert codec.metadata() == {"kind": "pixel"}
+
+
+def test_missing_or_wrong_autoencoders_give_one_clear_error(tmp_path):
+    with pytest.raises(CodecError, match="needs codec.path"):
+        build_codec(CodecConfig(kind="diffusers"))
+    with pytest.raises(CodecError, match="no autoencoder config.json"):
+        build_codec(CodecConfig(kind="diffusers", path=str(tmp_path)))
+    with pytest.raises(CodecError, match="not a local directory"):
+        build_codec(CodecConfig(kind="diffusers", path=str(tmp_path / "missing")))
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", "z_dim": 16}))
+    with pytest.raises(CodecError, match="temporal compression"):
+        build_codec(CodecConfig(kind="diffusers", path=str(tmp_path)))
+    with pytest.raises(CodecError, match="kind"):
+        build_codec(CodecConfig(kind="vqgan", path=str(tmp_path)))
+
+
+def test_weights_missing_beside_a_valid_config(tmp_path):
+    save_tiny_autoencoder(tmp_path)
+    for weights in tmp_path.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(CodecError, match="weights cannot be loaded"):
+        build_codec(CodecConfig(kind="diffusers", path=str(tmp_path)))
+
+
+def test_model_channels_must_match_the_codec(tmp_path):
+    save_tiny_autoencoder(tmp_path)
+    codec = build_codec(CodecConfig(kind="diffusers", path=str(tmp_path)))
+    check_model_fits(codec, 4)
+    with pytest.raises(CodecError, match="model.in_channels=3 .* 4 channels; set model.in_channels=4"):
+        check_model_fits(codec, 3)

@@ -1,0 +1,160 @@
+"""The training objectives: the all-chunk (teacher-forcing) loss against the one-chunk loss, its layout's
+causality, and that it trains."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from einops import rearrange
+
+from ca2vdm.config import ConfigError, load_config
+from ca2vdm.diffusion import causal_flow_loss, teacher_forcing_flow_loss
+from ca2vdm.model import CausalVideoDiT
+from ca2vdm.synthetic import SHAPES, render_shape_video
+from ca2vdm.training import DiffusionTask, chunk_layout
+from helpers import random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def strong_model(**overrides) -> CausalVideoDiT:
+    """A random tiny model with weights scaled up, so that a wrong mask, position or prefix moves the loss by ~0.2
+    instead of ~1e-4 (far above the ~1e-6 float error of a correct layout)."""
+    model = random_model(num_classes=3, **overrides)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    return model
+
+
+def draws(chunks, batch=2, size=16, seed=0):
+    """A video (B, 3, T, H, W), its noise, the clean frames' perturbation noise and per-chunk times."""
+    g = torch.Generator().manual_seed(seed)
+    T, Tc = chunks[-1][0] + chunks[-1][1], chunks[-1][0]
+    video = torch.randn(batch, 3, T, size, size, generator=g)
+    return (video, torch.randn(video.shape, generator=g), torch.randn(batch, 3, Tc, size, size, generator=g),
+            torch.rand(batch, len(chunks), generator=g))
+
+
+@pytest.mark.parametrize("prefix_frames,first_frame_chunk", [(0, True), (2, True), (3, False)])
+def test_all_chunk_terms_equal_the_one_chunk_objective(prefix_frames, first_frame_chunk):
+    """Same noise and time: the all-chunk loss's term for chunk k equals causal_flow_loss on chunk k."""
+    model = strong_model(prefix_frames=prefix_frames, first_frame_chunk=first_frame_chunk,
+                         max_context_frames=5 if first_frame_chunk else 4)
+    chunks = chunk_layout(model.cfg)
+    video, noise, cond_eps, t = draws(chunks)
+    y = torch.tensor([0, 2])
+    with torch.no_grad():
+        terms = teacher_forcing_flow_loss(model, video, y, chunks, 0.05, noise=noise, cond_eps=cond_eps, t=t,
+                                          per_chunk=True)
+        mean = teacher_forcing_flow_loss(model, video, y, chunks, 0.05, noise=noise, cond_eps=cond_eps, t=t)
+        ref = torch.stack([causal_flow_loss(model, video, y, s, n, 0.05, t=t[:, k],
+                                            noise=torch.cat([cond_eps[:, :, :s], noise[:, :, s:s + n]], dim=2))
+                           for k, (s, n) in enumerate(chunks)])
+    assert terms.shape == (len(chunks),)
+    torch.testing.assert_close(terms, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mean, ref.mean(), rtol=1e-5, atol=1e-6)  # mean over chunks, not over frames
+    assert ref.std() > 1e-3  # the chunks' terms differ, so a mix-up of chunks would show
+
+
+@pytest.mark.parametrize("prefix_frames", [0, 2])
+def test_teacher_forcing_layout_is_causal(prefix_frames):
+    """Noisy chunk j depends only on clean chunks < j and on itself; clean frames never see noisy ones."""
+    model = strong_model(prefix_frames=prefix_frames)
+    chunks = chunk_layout(model.cfg)  # [0] [1 2] [3 4] [5 6]
+    Tc = chunks[-1][0]  # clean frames 0..4, then noisy frames 0..6
+    x, t = torch.randn(1, 3, Tc + 7, 16, 16), torch.rand(1, Tc + 7)
+    t[:, :Tc] = 0
+    y = torch.tensor([1])
+
+    def change(frame: int) -> torch.Tensor:
+        """Largest output change per frame (Tc + T,) when ``frame`` of the sequence is perturbed."""
+        x2 = x.clone()
+        x2[:, :, frame] += 1.0
+        with torch.no_grad():
+            out = model(x2, t, y, num_cond_frames=Tc, teacher_forcing=True)
+        return (out - base).abs().amax(dim=(0, 1, 3, 4))
+
+    with torch.no_grad():
+        base = model(x, t, y, num_cond_frames=Tc, teacher_forcing=True)
+    for j, (s, n) in enumerate(chunks):
+        noisy = change(Tc + s)  # the noisy copy of chunk j
+        own = slice(Tc + s, Tc + s + n)
+        assert torch.all(noisy[:own.start] == 0) and torch.all(noisy[own.stop:] == 0)
+        assert noisy[own].min() > 1e-3  # bidirectional inside the chunk
+        if s < Tc:
+            clean = change(s)  # the clean copy of chunk j
+            assert torch.all(clean[:s] == 0)  # earlier clean chunks
+            assert torch.all(clean[Tc:Tc + s + n] == 0)  # noisy chunks <= j
+            assert clean[s:Tc].min() > 1e-3  # clean chunks >= j: block-causal among the clean frames
+            assert clean[Tc + s + n:].min() > 1e-3  # every later noisy chunk sees it
+
+
+def test_teacher_forcing_rejects_bad_layouts():
+    model = random_model()
+    x, t = torch.randn(1, 3, 9, 16, 16), torch.zeros(1, 9)
+    with pytest.raises(ValueError, match="num_cond_frames=2 clean"):  # clean part ends before the last chunk starts
+        model(x, t, num_cond_frames=2, teacher_forcing=True)
+    with pytest.raises(ValueError, match="takes no KV cache"):
+        model(x[:, :, :2], t[:, :2], cache=model.new_cache(1), teacher_forcing=True)
+
+
+def shapes_batch(batch: int, frames: int, size: int = 16, seed: int = 0) -> dict:
+    """A batch of synthetic bouncing-shape clips in [-1, 1] with their labels, as the data loader yields it."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(len(SHAPES), size=batch)
+    videos = [render_shape_video(rng, frames, size, SHAPES[k]) for k in labels]
+    video = torch.from_numpy(np.stack(videos)).float() / 127.5 - 1
+    return {"video": rearrange(video, "b t h w c -> b c t h w"), "label": torch.from_numpy(labels)}
+
+
+def test_objective_config_selects_the_loss():
+    """diffusion.objective routes DiffusionTask.loss; an unknown value is an error naming the key."""
+    with pytest.raises(ConfigError, match="diffusion.objective"):
+        load_config(ROOT / "configs/tiny.yaml", ["diffusion.objective=every"])
+    config = load_config(ROOT / "configs/tiny.yaml", ["diffusion.objective=all"])
+    assert load_config(ROOT / "configs/tiny.yaml").diffusion.objective == "chunk"  # measured no faster on CPU
+    task, model = DiffusionTask(config, torch.device("cpu")), strong_model()
+    batch = shapes_batch(2, config.model.clip_frames)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    with torch.no_grad():
+        got = task.loss(model, batch, config, gen())
+        g = gen()
+        drop = torch.rand(2, generator=g) < config.diffusion.label_dropout  # the task's label dropout draw
+        labels = torch.where(drop, 3, batch["label"])
+        want = teacher_forcing_flow_loss(model, batch["video"], labels, task.chunks, config.diffusion.cond_noise,
+                                         generator=g)
+        config.diffusion.objective = "chunk"
+        one = task.loss(model, batch, config, gen())
+    assert torch.equal(got, want)
+    assert not torch.isclose(one, got)
+
+
+def test_all_chunk_objective_trains():
+    """Gradients reach every parameter, and a few steps on a fixed batch lower the fixed-noise loss."""
+    config = load_config(ROOT / "configs/tiny.yaml", ["diffusion.label_dropout=0"])
+    task = DiffusionTask(config, torch.device("cpu"))
+    batch = shapes_batch(4, config.model.clip_frames)
+    torch.manual_seed(0)
+    model = CausalVideoDiT(config.model)
+    g = torch.Generator().manual_seed(1)
+    fixed = dict(noise=torch.randn(batch["video"].shape, generator=g),
+                 cond_eps=torch.randn(*batch["video"][:, :, :task.chunks[-1][0]].shape, generator=g),
+                 t=torch.rand(4, len(task.chunks), generator=g))
+
+    def evaluate() -> float:
+        with torch.no_grad():
+            return teacher_forcing_flow_loss(model, batch["video"], batch["label"], task.chunks, 0.05,
+                                             **fixed).item()
+
+    before = evaluate()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(12):
+        loss = task.loss(model, batch, config, torch.Generator().manual_seed(step))
+        loss.backward()
+        if step == 2:  # adaLN-Zero: after two updates every branch is open, so every parameter gets a gradient
+            assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+                       for p in model.parameters())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert evaluate() < 0.8 * before  # 1.73 -> 1.18 here; a fresh model predicts zero
