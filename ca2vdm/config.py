@@ -32,6 +32,7 @@ class ModelConfig:
     first_frame_chunk: bool = True  # frame 0 is a chunk of its own (image-to-video condition)
     max_context_frames: int = 5     # conditioning frames kept in the KV cache (training clip = this + a chunk)
     prefix_frames: int = 0          # prefix-enhanced spatial attention over the last k conditioning frames; 0 = off
+    sink_frames: int = 0            # attention sinks: the video's first k frames are never evicted; 0 = off
     attention_backend: str = "auto"  # auto | sdpa | flash
 
     @property
@@ -162,6 +163,11 @@ def validate_model(m: ModelConfig) -> ModelConfig:
                         "end on a chunk boundary")
     if not 0 <= m.prefix_frames <= m.max_context_frames:
         problems.append(f"model.prefix_frames={m.prefix_frames} must be in [0, max_context_frames]")
+    if m.sink_frames and not (0 < m.sink_frames < m.max_context_frames
+                              and (m.sink_frames - int(m.first_frame_chunk)) % m.chunk_frames == 0):
+        layout = "1 + n * chunk_frames" if m.first_frame_chunk else "n * chunk_frames"
+        problems.append(f"model.sink_frames={m.sink_frames} must be 0 (off) or whole chunks, {layout}, below "
+                        f"model.max_context_frames={m.max_context_frames}")
     if m.attention_backend not in ("auto", "sdpa", "flash"):
         problems.append(f"model.attention_backend={m.attention_backend!r} must be auto, sdpa or flash")
     if problems:

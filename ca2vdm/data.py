@@ -96,7 +96,10 @@ class ClipDataset(Dataset):
     videos: list
     clips_per_video: int
     seed: int
+    num_frames: int
+    frame_stride: int
     epoch: int = 0
+    sink_frames: int = 0        # attention sinks: every clip starts with the video's first sink_frames frames
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch that seeds clip positions."""
@@ -110,6 +113,20 @@ class ClipDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
         return np.random.default_rng([self.seed, self.epoch, index]).random()
+
+    def clip_segments(self, position: float, length: int) -> list[tuple[int, int]]:
+        """Frame ranges (start, stop) of a clip in a video of ``length`` frames, each read every ``frame_stride``-th
+        frame: one range at ``position``, or with ``sink_frames`` = k the video's first k frames and then a run of the
+        clip's other frames at ``position`` among the starts after them (the layout of the KV cache with sinks).
+        Every clip covers ``clip_span`` frames of the video."""
+        first, stride = self.sink_frames * self.frame_stride, self.frame_stride
+        run = (self.num_frames - self.sink_frames - 1) * stride + 1
+        start = first + int(position * (length - first - run + 1))
+        return ([(0, first)] if first else []) + [(start, start + run)]
+
+    def clip_indices(self, position: float, length: int) -> list[int]:
+        """The frame indices of :meth:`clip_segments`."""
+        return [i for a, b in self.clip_segments(position, length) for i in range(a, b, self.frame_stride)]
 
 
 class VideoFolderDataset(ClipDataset):
@@ -155,9 +172,12 @@ class VideoFolderDataset(ClipDataset):
         report_skipped: bool = True,
         holdout_every: int = 0,
         holdout: bool = False,
+        sink_frames: int = 0,
     ) -> None:
         if clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+        if not 0 <= sink_frames < num_frames:
+            raise ValueError(f"sink_frames must be in [0, num_frames={num_frames}), got {sink_frames}")
         if num_frames < 1 or frame_stride < 1 or resolution < 1:
             raise ValueError(
                 "num_frames, frame_stride and resolution must all be >= 1, got "
@@ -182,6 +202,7 @@ class VideoFolderDataset(ClipDataset):
         self.frame_stride = frame_stride
         self.resolution = resolution
         self.seed = seed
+        self.sink_frames = sink_frames
         self.clips_per_video = clips_per_video  # items per video per epoch (long videos hold many clips)
         self.epoch = 0
         self.clip_span = (num_frames - 1) * frame_stride + 1  # frames one clip covers
@@ -271,10 +292,8 @@ class VideoFolderDataset(ClipDataset):
             j = (index % len(self.videos) + offset) % len(self.videos)
             if j in self._failed:
                 continue
-            start = int(position * (self.lengths[j] - self.clip_span + 1))
-            indices = range(start, start + self.clip_span, self.frame_stride)
             try:
-                frames = read_frames(self.videos[j], indices)  # (T, H, W, 3)
+                frames = read_frames(self.videos[j], self.clip_indices(position, self.lengths[j]))  # (T, H, W, 3)
             except ValueError as error:
                 self._failed.add(j)
                 self.skipped.append((str(self.videos[j]), f"failed at read time: {error}"))

@@ -6,12 +6,12 @@ velocity ``noise - x_0``. Conditioning frames are clean (t = 0) but lightly pert
 inference alike.
 
 Two training objectives (``diffusion.objective``):
-* ``chunk`` (:func:`causal_flow_loss`): one chunk of the clip is noisy, the frames before it condition it; only that
-  chunk carries loss;
-* ``all`` (:func:`teacher_forcing_flow_loss`, the default): teacher forcing as in CausVid / Self-Forcing. One
-  sequence holds the perturbed clean clip and its noisy copy; every noisy chunk sees exactly what it would see as the
-  noisy chunk of ``chunk`` (the clean chunks before it), so each chunk's loss term equals that objective's for the
-  same noise and time, and every chunk carries loss in every step.
+* ``chunk`` (:func:`causal_flow_loss`, the default): one chunk of the clip is noisy, the frames before it condition
+  it; only that chunk carries loss;
+* ``all`` (:func:`teacher_forcing_flow_loss`): teacher forcing as in CausVid / Self-Forcing. One sequence holds the
+  perturbed clean clip and its noisy copy; every noisy chunk sees exactly what it would see as the noisy chunk of
+  ``chunk`` (the clean chunks before it), so each chunk's loss term equals that objective's for the same noise and
+  time, and every chunk carries loss in every step.
 """
 from __future__ import annotations
 

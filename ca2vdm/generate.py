@@ -213,12 +213,15 @@ def conditioning_start(pipe: LongVideoPipeline, total: int) -> int:
     The next chunk attends to the last ``max_context_frames`` frames. With the KV cache, a frame's keys in layer l
     were computed by attending to the window before its chunk in layer l - 1, so the influence reaches back
     ``depth`` windows, each widened by up to a chunk for alignment. The result is a chunk boundary; 0 in mode full.
+    Attention sinks (``model.sink_frames``) are kept besides (``LongVideoPipeline.start``): the result is then 0 or
+    past them.
     """
     cfg = pipe.model.cfg
     if pipe.cache_mode == "full":
         return 0
     start, first = max(0, total - _reach(cfg)), int(cfg.first_frame_chunk)
-    return start if start < first else start - (start - first) % cfg.chunk_frames
+    start = start if start < first else start - (start - first) % cfg.chunk_frames
+    return start if start > cfg.sink_frames else 0
 
 
 def load_codec(meta: dict, checkpoint: str | Path, codec_path: str | None, device: torch.device) -> Codec:
@@ -331,18 +334,22 @@ def _first_frames(pipe: LongVideoPipeline, opts: GenerationOptions, output: _Out
 def _copy_given(pipe: LongVideoPipeline, path: str, output: _Output,
                 poll: Callable[[], None]) -> tuple[torch.Tensor, int]:
     """Stream a given image or video into the output at the model's resolution, holding only the frames that can
-    still influence the next chunk; return those (3, T, H, W) and how many frames came before them."""
+    still influence the next chunk; return those (3, T, H, W), the attention sinks first, and how many frames came
+    before the others."""
     cfg = pipe.model.cfg
     most = _reach(cfg) + cfg.chunk_frames - 1  # the most frames conditioning_start keeps
     kept: deque[torch.Tensor] = deque(maxlen=None if pipe.cache_mode == "full" else most)
+    sinks: list[torch.Tensor] = []
     total = 0
     for pixels in stream_video(path, size=pixel_size(pipe, output.codec)):  # (3, T, H, W) batches
         poll()
         output.writer.write(to_uint8(pixels))
-        kept.extend(pixels.unbind(1))
+        frames = pixels.unbind(1)
+        sinks += frames[:cfg.sink_frames - len(sinks)]
+        kept.extend(frames)
         total += pixels.shape[1]
     start = conditioning_start(pipe, total)
-    return torch.stack(list(kept)[start - total:], dim=1), start
+    return torch.stack((sinks if start else []) + list(kept)[start - total:], dim=1), start
 
 
 def _chunks(pipe: LongVideoPipeline, state: GenerationState, opts: GenerationOptions, output: _Output,

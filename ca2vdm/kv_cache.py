@@ -20,6 +20,18 @@ Life cycle (one cache per video, its rows holding both guidance branches; alloca
 3. Eviction: once ``frames_committed + L`` exceeds the window, the next chunk's slots are those of the oldest
    frames, which are thereby evicted; the noisy chunk always sees exactly the last ``max_context_frames``
    committed frames. No allocation happens after construction (slot indices are memoised per chunk).
+
+Attention sinks (``sink_frames`` = k > 0, as in StreamingLLM and LongLive)
+-------------------------------------------------------------------------
+The first k frames (the image condition and, optionally, whole chunks after it) live in slots ``0..k-1`` and are
+never evicted; later frames rotate through the other ``window - k`` slots, so a chunk sees the k sinks and the last
+``max_context_frames - k`` committed frames: the same number of keys as without sinks. Positions: a sink is placed
+directly before the oldest frame still in the ring, sink i at ``r0 - k + i``, so the visible frames always form one
+contiguous run of positions, exactly the layout of a training clip whose first k frames are the video's first k
+frames followed by a later run of frames (``ClipDataset.clip_segments``). The largest query-key distance stays
+``window - 1`` however long the video gets. Sink keys are kept as written (rotated to their own positions
+``0..k-1``) and, when a chunk starts, rotated by ``r0 - k`` more into their slots: rotary phases add, and the
+periodic table covers every shift. Until the ring first wraps, ``r0 = k`` and the sinks sit at their true positions.
 """
 from __future__ import annotations
 
@@ -27,13 +39,20 @@ import copy
 
 import torch
 
+from .attention import apply_rope
+
 
 class KVCache:
     """Ring buffer of per-layer temporal K/V (and optional spatial prefix K/V) for conditioning frames."""
 
     def __init__(self, depth: int, batch: int, tokens: int, heads: int, head_dim: int, max_context_frames: int,
                  chunk_frames: int, prefix_frames: int = 0, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, sink_frames: int = 0,
+                 rope: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``rope``: the model's (period, head_dim / 2) cos and sin tables, needed to move sinks (``sink_frames``)."""
+        if sink_frames and (rope is None or not 0 < sink_frames < max_context_frames):
+            raise ValueError(f"sink_frames={sink_frames} needs the rotary tables and must be in [1, "
+                             f"max_context_frames={max_context_frames})")
         self.window = max_context_frames + chunk_frames
         self.batch = batch
         self.max_context_frames = max_context_frames
@@ -43,6 +62,10 @@ class KVCache:
         prefix_shape = (depth, batch, prefix_frames, tokens, heads, head_dim)
         self.prefix_k = torch.zeros(prefix_shape, device=device, dtype=dtype) if prefix_frames else None
         self.prefix_v = torch.zeros_like(self.prefix_k) if prefix_frames else None
+        self.sink_frames = sink_frames
+        self.sink_k = self.k[:, :, :sink_frames].clone()  # (depth, B*S*H, k, Dh) sink keys at positions 0..k-1
+        self._sink_slots = self.k[:, :, :sink_frames]  # where they are read, every row (row views keep it)
+        self.rope = rope
         self.frames_committed = 0
         self.commits = 0
         self._slots_key: tuple[int, int] | None = None
@@ -61,18 +84,26 @@ class KVCache:
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (constant over the cache's life)."""
-        tensors = [self.k, self.v] + ([self.prefix_k, self.prefix_v] if self.prefix_frames else [])
+        tensors = [self.k, self.v, self.sink_k] + ([self.prefix_k, self.prefix_v] if self.prefix_frames else [])
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _slot_index(self, num_frames: int) -> torch.Tensor:
         key = (self.frames_committed, num_frames)
         if key != self._slots_key:
-            if num_frames > self.window - self.max_context_frames:
+            chunk, F, k = self.window - self.max_context_frames, self.frames_committed, self.sink_frames
+            if num_frames > chunk:
                 raise ValueError(f"a chunk of {num_frames} frames does not fit the cache, which was built for chunks "
-                                 f"of at most {self.window - self.max_context_frames}")
-            start = self.frames_committed % self.window
-            self._slots = (torch.arange(num_frames, device=self.k.device) + start) % self.window
+                                 f"of at most {chunk}")
+            if F < k < F + num_frames:
+                raise ValueError(f"frames {F}..{F + num_frames - 1} straddle the {k} sink frames; sinks are whole "
+                                 "chunks")
+            frames = torch.arange(F, F + num_frames, device=self.k.device)
+            self._slots = frames if F < k else k + (frames - k) % (self.window - k)
             self._slots_key = key
+            if F >= k > 0:  # place the sinks before the oldest frame in the ring: r0 - k = F + L - window (or 0)
+                shift = max(0, F + num_frames - self.window)
+                cos, sin = (table[shift % table.shape[0]] for table in self.rope)  # (Dh/2,)
+                self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view
         return self._slots
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +131,10 @@ class KVCache:
             buf[:, :kept.shape[1]].copy_(kept)
 
     def commit(self, num_frames: int) -> None:
-        """Mark the chunk just run with ``commit=True`` as conditioning: advance the write position."""
+        """Mark the chunk just run with ``commit=True`` as conditioning: advance the write position (a sink chunk's
+        keys are also kept as written)."""
+        F = self.frames_committed
+        if F < self.sink_frames:
+            self.sink_k[:, :, F:F + num_frames] = self.k[:, :, F:F + num_frames]
         self.frames_committed += num_frames
         self.commits += 1

@@ -102,10 +102,10 @@ class LatentClipDataset(ClipDataset):
     """
 
     def __init__(self, root: str | os.PathLike, num_frames: int, frame_stride: int = 1, seed: int = 0,
-                 clips_per_video: int = 1):
+                 clips_per_video: int = 1, sink_frames: int = 0):
         self.root = Path(root)
         self.index = read_index(root)
-        self.num_frames, self.frame_stride, self.seed = num_frames, frame_stride, seed
+        self.num_frames, self.frame_stride, self.seed, self.sink_frames = num_frames, frame_stride, seed, sink_frames
         self.clips_per_video, self.epoch = clips_per_video, 0
         self.clip_span = (num_frames - 1) * frame_stride + 1
         self.entries = [v for v in self.index["videos"] if v["frames"] >= self.clip_span]
@@ -135,7 +135,8 @@ class LatentClipDataset(ClipDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         position = self.clip_position(index)
         entry = self.entries[index % len(self.entries)]
-        start = int(position * (entry["frames"] - self.clip_span + 1))
         with safe_open(str(self.root / entry["shard"]), framework="pt") as f:
-            clip = f.get_slice(entry["key"])[:, start:start + self.clip_span]  # (C, span, h, w)
-        return {"video": clip[:, ::self.frame_stride].float(), "label": torch.tensor(entry["label"])}
+            frames = f.get_slice(entry["key"])
+            clip = torch.cat([frames[:, a:b][:, ::self.frame_stride]
+                              for a, b in self.clip_segments(position, entry["frames"])], dim=1)  # (C, T, h, w)
+        return {"video": clip.float(), "label": torch.tensor(entry["label"])}

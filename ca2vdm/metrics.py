@@ -1,4 +1,4 @@
-"""Video quality and drift metrics: PSNR, SSIM, colour histograms, sharpness, motion, foreground fraction.
+"""Video quality and drift metrics: PSNR, SSIM, colour histograms, sharpness, motion, foreground fraction and shape.
 
 Every function takes a video in either repository convention: uint8 frames shaped (..., T, H, W, 3) (numpy or
 torch), or a float tensor shaped (..., C, T, H, W) in [-1, 1] with C = 1 or 3. Leading dimensions (a batch) are
@@ -123,12 +123,30 @@ def motion(video: Video) -> float:
     return (frames[1:] - frames[:-1]).abs().mean().item() if len(frames) > 1 else math.nan
 
 
+def _foreground(video: Video, margin: float) -> torch.Tensor:
+    """(N, H, W) bool: pixels whose brightness (largest channel) exceeds their frame's median by ``margin``."""
+    bright = to_frames(video).amax(dim=1)  # (N, H, W)
+    background = bright.flatten(1).median(dim=1).values[:, None, None]
+    return bright > background + margin
+
+
 def foreground_fraction(video: Video, margin: float = 0.25) -> float:
     """Fraction of pixels clearly brighter than the background.
 
     Brightness is the largest channel; a frame's background brightness is its median (the background covers
     most of the frame), and a pixel is foreground when it exceeds that by more than ``margin``.
     """
-    bright = to_frames(video).amax(dim=1).flatten(1)  # (N, H * W)
-    background = bright.median(dim=1, keepdim=True).values
-    return (bright > background + margin).float().mean().item()
+    return _foreground(video, margin).float().mean().item()
+
+
+def shape_descriptor(video: Video, margin: float = 0.25) -> np.ndarray:
+    """(fill, aspect) of the foreground (as :func:`foreground_fraction`) averaged over the frames that have one:
+    fill = foreground pixels / bounding-box area (disc ~0.79, square ~1, upright triangle ~0.5), aspect = box
+    width / height; both independent of position and size. NaN where no frame has 4 foreground pixels."""
+    features = []
+    for mask in _foreground(video, margin):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(ys) >= 4:
+            height, width = (ys.max() - ys.min() + 1).item(), (xs.max() - xs.min() + 1).item()
+            features.append((len(ys) / (height * width), width / height))
+    return np.mean(features, axis=0) if features else np.full(2, math.nan)

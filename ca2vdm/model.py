@@ -289,7 +289,8 @@ class CausalVideoDiT(nn.Module):
         weight = self.x_embedder.weight
         return KVCache(self.cfg.depth, batch, self.grid ** 2, self.cfg.num_heads, self.head_dim,
                        self.cfg.max_context_frames, self.cfg.chunk_frames, self.cfg.prefix_frames,
-                       device=device or weight.device, dtype=dtype or weight.dtype)
+                       device=device or weight.device, dtype=dtype or weight.dtype, sink_frames=self.cfg.sink_frames,
+                       rope=(self.rope_cos, self.rope_sin))
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch tokens (B, T, S, D) and per-frame condition (B, T, D)."""

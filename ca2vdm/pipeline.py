@@ -5,8 +5,9 @@ Three ways to condition a chunk (``cache_mode``), all sampling the same noise fo
 * ``kv``: Ca2-VDM. Conditioning K/V live in one :class:`~ca2vdm.kv_cache.KVCache` (guidance rows batched), computed
   once per chunk by a commit pass and shared by every denoising step of the following chunks. Cost per chunk is
   constant.
-* ``none``: the usual autoregressive baseline; the last ``max_context_frames`` frames are re-run through the model
-  with the chunk at every denoising step. Equal to ``kv`` while the window is not full.
+* ``none``: the usual autoregressive baseline; the last ``max_context_frames`` frames (with ``model.sink_frames`` =
+  k: the first k frames and the last ``max_context_frames - k``, at contiguous positions as in the KV cache) are
+  re-run through the model with the chunk at every denoising step. Equal to ``kv`` while the window is not full.
 * ``full``: re-run all previous frames at every step (extendable context; quadratic total cost, a benchmark
   baseline). Equal to ``kv`` while the window is not full; past the window it attends beyond the trained range.
 """
@@ -47,6 +48,7 @@ class Conditioning:
     groups: int                             # guidance branches batched together: 1 or 2
     cache: KVCache | None                   # mode kv: one cache for all G * B rows
     context: list[torch.Tensor] = field(default_factory=list)  # modes none/full: perturbed frames (B, C, n, H, W)
+    sinks: list[torch.Tensor] = field(default_factory=list)    # mode none: the first sink_frames frames
 
 
 @dataclass
@@ -115,7 +117,7 @@ class LongVideoPipeline:
         if cond.cache is not None:
             cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
             return self.model(x, torch.full((rows, L), t, device=x.device), labels, cache=cache)
-        ctx = torch.cat([_repeat_rows(f, groups) for f in cond.context] + [x], dim=2)
+        ctx = torch.cat([_repeat_rows(f, groups) for f in cond.sinks + cond.context] + [x], dim=2)
         n = ctx.shape[2] - L
         t_frames = torch.zeros(rows, n + L, device=x.device)
         t_frames[:, n:] = t
@@ -142,22 +144,28 @@ class LongVideoPipeline:
         because they can no longer influence what follows (``generate.conditioning_start``). They keep their place
         (chunk alignment, the commit noise they would have drawn) without running the model. It must end on a chunk
         boundary, and be 0 in cache mode ``full``. The KV cache then numbers the kept frames from 0: with the periodic
-        temporal RoPE only relative positions matter, so attention is the same up to float rounding.
+        temporal RoPE only relative positions matter, so attention is the same up to float rounding. With
+        ``model.sink_frames`` = k the sinks are never left out: first_frames is then the video's first k frames
+        followed by its frames from ``frames_before`` (>= k) on.
         """
         cfg = self.model.cfg
         boundary = (frames_before - int(cfg.first_frame_chunk)) % cfg.chunk_frames == 0
-        if frames_before and (first_frames is None or self.cache_mode == "full" or not boundary):
-            raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary and a cache mode "
-                             "other than full")
+        if frames_before and (first_frames is None or self.cache_mode == "full" or not boundary
+                              or frames_before < cfg.sink_frames):
+            raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary, at least "
+                             f"model.sink_frames={cfg.sink_frames} and a cache mode other than full")
         device, dtype = self.model.x_embedder.weight.device, self.model.x_embedder.weight.dtype
         state = GenerationState(self._conditioning(batch, label, device),
                                 torch.Generator(device=device).manual_seed(seed), batch)
         if first_frames is not None:
             first_frames, shape = first_frames.to(device, dtype), first_frames.shape
-            for n in self._chunk_lengths(0, frames_before):  # the noise their commits would have drawn
+            sinks = cfg.sink_frames if frames_before else 0
+            for part in first_frames[:, :, :sinks].split(self._chunk_lengths(0, sinks), dim=2):
+                self._commit(state, part)
+            for n in self._chunk_lengths(sinks, frames_before - sinks):  # the noise their commits would have drawn
                 torch.randn((*shape[:2], n, *shape[3:]), generator=state.generator, device=device, dtype=dtype)
             state.frames = frames_before
-            for part in first_frames.split(self._chunk_lengths(frames_before, shape[2]), dim=2):
+            for part in first_frames[:, :, sinks:].split(self._chunk_lengths(frames_before, shape[2] - sinks), dim=2):
                 self._commit(state, part)
         return state
 
@@ -216,10 +224,13 @@ class LongVideoPipeline:
             self.model(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
                        commit=True)
             cond.cache.commit(L)
+        elif self.cache_mode == "none" and state.frames < self.model.cfg.sink_frames:
+            cond.sinks.append(frames)
         else:
             cond.context.append(frames)
             if self.cache_mode == "none":
-                cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -self.model.cfg.max_context_frames:]]
+                cfg = self.model.cfg
+                cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -(cfg.max_context_frames - cfg.sink_frames):]]
         state.frames += L
 
     def _guided_velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,

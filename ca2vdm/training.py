@@ -124,12 +124,14 @@ class DiffusionTask:
     def dataset(self, config: Config) -> VideoFolderDataset | LatentClipDataset:
         mc, dc, seed = config.model, config.data, config.train.seed
         if dc.latents:
-            dataset = LatentClipDataset(dc.latents, mc.clip_frames, dc.frame_stride, seed, dc.clips_per_video)
+            dataset = LatentClipDataset(dc.latents, mc.clip_frames, dc.frame_stride, seed, dc.clips_per_video,
+                                        mc.sink_frames)
             dataset.check_fits(mc.in_channels, mc.resolution, self.codec.metadata())
         else:  # frames are decoded at the codec's pixel size and encoded on the training device
             dataset = VideoFolderDataset(dc.root, num_frames=mc.clip_frames, frame_stride=dc.frame_stride,
                                          resolution=mc.resolution * self.codec.factor, manifest=dc.manifest, seed=seed,
-                                         clips_per_video=dc.clips_per_video, report_skipped=False)
+                                         clips_per_video=dc.clips_per_video, report_skipped=False,
+                                         sink_frames=mc.sink_frames)
         where = dc.latents or dc.root
         if mc.num_classes and dataset.manifest is None:
             raise DataError(f"model.num_classes={mc.num_classes} but {where} has no labels manifest "

@@ -217,38 +217,49 @@ def test_preview_png_beside_video(checkpoint, tmp_path):
         assert image.format == "PNG" and image.width > 16 and image.height >= 16
 
 
-def test_given_video_commits_only_what_can_still_matter(checkpoint, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sink_frames", [0, 1])
+def test_given_video_commits_only_what_can_still_matter(checkpoint, tmp_path, monkeypatch, sink_frames):
     """A 30-frame given video is streamed; only the frames from conditioning_start on are committed (their earlier
     neighbours keep their chunk alignment and noise), and the continuation equals committing every frame (same seed)
     to float precision. Committing one chunk fewer changes it: with the KV cache a kept frame's deeper-layer keys
-    carry the window before it, so the last max_context_frames frames alone are not enough."""
+    carry the window before it, so the last max_context_frames frames alone are not enough. Attention sinks are
+    kept besides."""
     from ca2vdm.codec import PixelCodec
     from ca2vdm.generate import conditioning_start, model_input
 
+    if sink_frames:
+        model = random_model(num_classes=3, sink_frames=sink_frames)
+        checkpoint = tmp_path / "sinks.safetensors"
+        save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": STEPS}})
     given = tmp_path / "given.mp4"
     with VideoWriter(given, fps=8) as writer:
         writer.write(np.random.default_rng(0).integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
     model, meta = load_model(checkpoint)
     pipe = LongVideoPipeline.from_metadata(model, meta)
     video = model_input(PixelCodec(), read_video(given, size=16))  # (1, 3, 30, 16, 16)
+    sinks = video[:, :, :sink_frames]
 
-    def continuation(frames_before: int) -> torch.Tensor:
-        state = pipe.start(label=1, seed=5, first_frames=video[:, :, frames_before:], frames_before=frames_before)
+    def continuation(frames_before: int, sink_values: torch.Tensor = sinks) -> torch.Tensor:
+        given = torch.cat([sink_values, video[:, :, frames_before:]], dim=2) if frames_before else video
+        state = pipe.start(label=1, seed=5, first_frames=given, frames_before=frames_before)
         return torch.cat([pipe.next_chunk(state).frames for _ in range(3)], dim=2)
 
     start = conditioning_start(pipe, 30)
     assert 0 < start and 30 - start < 30 - model.cfg.max_context_frames  # skips some, keeps more than the window
     every = continuation(0)
     assert (continuation(start) - every).abs().max() < 1e-5
-    assert (continuation(start + CHUNK) - every).abs().max() > 1e-5
+    if sink_frames:  # the sinks still matter 30 frames later
+        assert (continuation(start, torch.zeros_like(sinks)) - every).abs().max() > 1e-5
+    else:
+        assert (continuation(start + CHUNK) - every).abs().max() > 1e-5
 
     calls = []
     original = LongVideoPipeline.start
     monkeypatch.setattr(LongVideoPipeline, "start", lambda self, **kw: calls.append(kw) or original(self, **kw))
     out = tmp_path / "out.mp4"
     generate_video(checkpoint, out, GenerationOptions(chunks=2, label=1, seed=5, first_frame=str(given)))
-    assert calls[0]["frames_before"] == start and calls[0]["first_frames"].shape[2] == 30 - start
-    assert torch.equal(calls[0]["first_frames"], video[:, :, start:])
+    assert calls[0]["frames_before"] == start and calls[0]["first_frames"].shape[2] == sink_frames + 30 - start
+    assert torch.equal(calls[0]["first_frames"], torch.cat([sinks, video[:, :, start:]], dim=2))
     assert read_video(out).shape[1] == 30 + 2 * CHUNK  # every given frame is copied into the output
 
 

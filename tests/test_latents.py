@@ -33,11 +33,14 @@ def test_shards_hold_every_frame_with_labels_and_codec(encoded):
     assert [s[0].split("/")[-1] for s in index["skipped"]] == ["broken.mp4"]
 
 
-def test_latent_clips_equal_encoded_video_clips(encoded):
-    """Same (seed, epoch, item) -> the latent dataset's clip is the video dataset's clip, encoded."""
+@pytest.mark.parametrize("sink_frames", [0, 1])
+def test_latent_clips_equal_encoded_video_clips(encoded, sink_frames):
+    """Same (seed, epoch, item) -> the latent dataset's clip is the video dataset's clip, encoded (with attention
+    sinks too: the first frame, then a later run)."""
     root, out, codec, _ = encoded
-    videos = VideoFolderDataset(root, num_frames=5, frame_stride=2, resolution=16, seed=3, clips_per_video=2)
-    latents = LatentClipDataset(out, num_frames=5, frame_stride=2, seed=3, clips_per_video=2)
+    videos = VideoFolderDataset(root, num_frames=5, frame_stride=2, resolution=16, seed=3, clips_per_video=2,
+                                sink_frames=sink_frames)
+    latents = LatentClipDataset(out, num_frames=5, frame_stride=2, seed=3, clips_per_video=2, sink_frames=sink_frames)
     assert len(latents) == len(videos) == 10
     for epoch in (0, 1):
         videos.set_epoch(epoch), latents.set_epoch(epoch)

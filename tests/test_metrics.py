@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ca2vdm.metrics import (color_histogram, foreground_fraction, histogram_distance, motion,
+from ca2vdm.metrics import (color_histogram, foreground_fraction, histogram_distance, motion, shape_descriptor,
                             nearest_histogram_distance, psnr, sharpness, ssim, to_frames)
 from ca2vdm.synthetic import render_shape_video
 
@@ -83,3 +83,12 @@ def test_foreground_fraction_of_a_known_square():
     assert foreground_fraction(frame) == 64 / 1024
     assert foreground_fraction(_as_float(frame)) == 64 / 1024
     assert foreground_fraction(frame // 8) == 0  # too dim to count as foreground
+
+
+def test_shape_descriptor_separates_the_classes_at_any_size_and_place():
+    """fill of the bounding box: disc ~0.79, square ~1, triangle ~0.5, whatever the radius, colour and position."""
+    fills = {shape: [shape_descriptor(render_shape_video(np.random.default_rng(seed), 3, 32, shape))[0]
+                     for seed in range(6)] for shape in ("circle", "square", "triangle")}
+    assert max(fills["triangle"]) < 0.6 < min(fills["circle"]) <= max(fills["circle"]) < 0.9 < min(fills["square"])
+    blank = np.full((2, 32, 32, 3), 10, np.uint8)
+    assert np.isnan(shape_descriptor(blank)).all()  # no shape, no descriptor

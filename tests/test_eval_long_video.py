@@ -1,0 +1,57 @@
+"""The long-video drift bar (scripts/eval_long_video.py): per-chunk rows, the class probe and the goals."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ca2vdm.synthetic import render_shape_video, write_dataset
+from ca2vdm.video_io import VideoWriter
+
+_SPEC = importlib.util.spec_from_file_location(
+    "eval_long_video", Path(__file__).resolve().parents[1] / "scripts" / "eval_long_video.py")
+evaluation = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = evaluation  # its dataclass looks its module up
+_SPEC.loader.exec_module(evaluation)
+
+
+def _as_model_video(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (3, T, H, W) in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+
+
+def test_a_training_like_video_passes_and_a_fading_one_fails(tmp_path):
+    data = tmp_path / "shapes"
+    write_dataset(data, num_videos=9, num_frames=40, size=32, seed=0)
+    training, ref = evaluation.reference(data, 32, 4, samples=9, exclude=tmp_path / "none.mp4")
+    assert ref["class_accuracy"] == 1.0  # the probe names every training chunk's class from the other videos
+
+    square = render_shape_video(np.random.default_rng(99), 1 + 4 * 80, 32, "square")  # 80 chunks, unseen video
+    rows = evaluation.evaluate(_as_model_video(square), training, ref, first_frames=1, chunk_frames=4)
+    assert len(rows) == 81 and {r["class"] for r in rows[1:]} == {1}
+    summary = evaluation.summarize(rows, ref)
+    video_goals = {k: v for k, v in summary["goals"].items() if k.startswith("video") or "class" in k}
+    assert all(video_goals.values()), summary
+
+    fading = square.astype(np.float32) * np.linspace(1, 0.3, len(square))[:, None, None, None]  # fades to 30 %
+    rows = evaluation.evaluate(_as_model_video(fading.astype(np.uint8)), training, ref, 1, 4)
+    summary = evaluation.summarize(rows, ref)
+    assert not summary["goals"]["video brightness within 15%"] and not summary["goals"]["video contrast >= 0.85x"]
+    assert summary["worst"]["brightness"]["vs_chunk0"] < 0.5
+    text = evaluation.format_summary(summary, ref)
+    assert "FAIL  video brightness within 15%" in text and "worst brightness after chunk 20" in text
+
+
+def test_cli_prints_the_summary_and_writes_json(tmp_path, capsys):
+    data = tmp_path / "shapes"
+    write_dataset(data, num_videos=3, num_frames=20, size=32, seed=1)
+    video = tmp_path / "gen.mp4"
+    with VideoWriter(video, fps=8) as writer:
+        writer.write(render_shape_video(np.random.default_rng(5), 1 + 4 * 30, 32, "circle"))
+    evaluation.main([str(video), "--data", str(data), "--json", str(tmp_path / "eval.json"), "--summary-only"])
+    out = capsys.readouterr().out
+    assert "last 30 vs first 10 chunks" in out and "class kept" in out and "chunk   frames" not in out
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert len(report["chunks"]) == 31 and report["summary"]["model"]["first_class"] == 0
