@@ -76,7 +76,7 @@ class DataConfig:
     manifest: Optional[str] = None
     frame_stride: int = 1
     clips_per_video: int = 1    # items per video in an epoch (many clips fit in a long video)
-    num_workers: int = 0
+    num_workers: int = -1       # DataLoader workers per process; -1 = auto (0 on a CPU-only run, else up to 8)
     latents: Optional[str] = None   # a directory of encoded latents (scripts/encode_latents.py): no video decoding
 
 
@@ -232,7 +232,9 @@ def _validate_rest(c: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(c, section), name) < 1:
             problems.append(f"{key} must be >= 1, got {getattr(getattr(c, section), name)}")
-    for key in ("train.sample_every", "train.warmup_steps", "data.num_workers"):
+    if c.data.num_workers < -1:
+        problems.append(f"data.num_workers must be >= 0, or -1 for auto, got {c.data.num_workers}")
+    for key in ("train.sample_every", "train.warmup_steps"):
         section, name = key.split(".")
         if getattr(getattr(c, section), name) < 0:
             problems.append(f"{key} must be >= 0, got {getattr(getattr(c, section), name)}")

@@ -95,6 +95,17 @@ def chunk_layout(model_cfg) -> list[tuple[int, int]]:
     return chunks
 
 
+def data_workers(setting: int, device: torch.device, processes: int) -> int:
+    """``data.num_workers``, with -1 (auto) resolved: 0 when the model trains on the CPU, where decoding workers take
+    the cores the model needs (2 cores, real 1280x720 / 640x272 videos: 0.53 steps/s without workers, 0.49 with one,
+    0.51 with two; docs/benchmarks.md); otherwise one fewer than this process's share of the cores, at most 8."""
+    if setting >= 0:
+        return setting
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) // processes - 1))
+
+
 def _mixed_precision(setting: str) -> str:
     if setting == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
@@ -245,8 +256,9 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
     dataset = task.dataset(config)
     sampler = DistributedSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
                                  shuffle=True, seed=tc.seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=config.data.num_workers, pin_memory=torch.cuda.is_available())
+    workers = data_workers(config.data.num_workers, accelerator.device, accelerator.num_processes)
+    loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+                        pin_memory=torch.cuda.is_available())
     if len(loader) == 0:
         raise DataError(f"{len(dataset)} usable clips in {config.data.root} give no full batch of train.batch_size="
                         f"{tc.batch_size} on {accelerator.num_processes} process(es); lower train.batch_size, raise "

@@ -14,8 +14,9 @@ The `train` row holds the same metrics averaged over chunks of a sample of train
 Summary (issue 13's drift bar): the worst chunk after chunk 20 for every metric, relative to chunk 0 and to the
 training data; the model goals (last 50 chunks: sharpness within 15 % of training chunks of the same colour (a dark
 shape has softer edges), foreground within 15 % of the training data's, motion never below 0.1x training, the class
-kept: the most frequent class of the first 10 chunks is the last 50's) and the video goals (last 50 chunks against the first 10: brightness within 15 %, contrast and sharpness >= 0.85x,
-motion >= 0.5x). Training videos differ among themselves (colour, size): the summary prints their spread.
+kept: the most frequent class of the first 10 chunks is the last 50's) and the video goals (last 50 chunks against
+the first 10: brightness within 15 %, contrast and sharpness >= 0.85x, motion >= 0.5x). Training videos differ
+among themselves (colour, size): the summary prints their spread. With several videos, one comparison line each.
 """
 from __future__ import annotations
 
@@ -94,8 +95,8 @@ class TrainingChunks:
 def reference(data: Path, size: int, chunk_frames: int, samples: int,
               exclude: Path) -> tuple[TrainingChunks, dict]:
     """All chunks of ``samples`` training videos (evenly spaced, ``exclude`` left out) and the reference row:
-    per-chunk metrics averaged over those chunks (``nn``: to the nearest chunk of another video; ``spread``: 5th and 95th percentile of the
-    per-video means, how much training videos differ among themselves)."""
+    per-chunk metrics averaged over those chunks (``nn``: to the nearest chunk of another video; ``spread``: 5th and
+    95th percentile of the per-video means, how much training videos differ among themselves)."""
     if not data.is_dir():
         raise ValueError(f"training data folder {data} not found; make it with "
                          f"`python scripts/make_synthetic_videos.py --out {data}` or pass --data")
@@ -133,6 +134,7 @@ def reference(data: Path, size: int, chunk_frames: int, samples: int,
 
 START = 10  # chunks that define how a video starts (its colour and class)
 VANISHED_FG = 0.02  # a chunk with less foreground has lost its shape (training shapes cover 0.10-0.20)
+BEYOND_BAR = ("shape never vanishes", "colour kept (last 50 within 2x training's own change)")
 
 
 def _from_start(histograms: np.ndarray) -> list[float]:
@@ -202,8 +204,8 @@ def summarize(rows: list[dict], ref: dict, after: int = 20, first: int = 10, las
         "video sharpness >= 0.85x": v["sharpness"] >= 0.85,
         "video motion >= 0.5x": v["motion_abs"] >= 0.5,
         # beyond the issue's bar: the failures seen in long videos (the shape vanishes, another colour comes back)
-        "shape never vanishes": m["vanished_chunks"] == 0,
-        "colour kept (last 50 within 2x training's own change)": m["colour_vs_start"] <= 2 * ref["hist_start"]}
+        BEYOND_BAR[0]: m["vanished_chunks"] == 0,
+        BEYOND_BAR[1]: m["colour_vs_start"] <= 2 * ref["hist_start"]}
     return summary
 
 
@@ -229,7 +231,8 @@ def format_summary(summary: dict, ref: dict) -> str:
                  f"{m['sharpness_vs_train_colour']:.2f}x training chunks of its colour), foreground "
                  f"{m['fg_vs_train']:.2f}x (training videos {ref['fg_spread'][0]:.2f}-{ref['fg_spread'][1]:.2f}x), "
                  f"lowest motion {m['min_motion_vs_train']:.2f}x; class {m['first_class']} (first 10) -> "
-                 f"{m['last_class']} (share {m['last_class_share']:.2f}, probe accuracy {ref['class_accuracy'] or math.nan:.2f})")
+                 f"{m['last_class']} (share {m['last_class_share']:.2f}, probe accuracy "
+                 f"{ref['class_accuracy'] or math.nan:.2f})")
     lines.append(f"shape vanished (foreground < {VANISHED_FG}) in {m['vanished_chunks']} chunks; colour distance to "
                  f"the first {START} chunks: last {last} {m['colour_vs_start']:.3f}, worst "
                  f"{m['worst_colour_vs_start']:.3f} (training videos {ref['hist_start']:.3f})")
@@ -258,35 +261,52 @@ def _nan_to_none(row: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
+def compare_line(name: str, summary: dict) -> str:
+    """One line per video for comparing models and seeds: the issue's goals passed, then the numbers behind them."""
+    goals, m, v = summary["goals"], summary["model"], summary["video"]
+    issue = [ok for goal, ok in goals.items() if goal not in BEYOND_BAR]
+    return (f"{name:<36} {sum(issue)}/{len(issue)} goals, vanished {m['vanished_chunks']:3d}, colour "
+            f"{m['colour_vs_start']:.3f}, class share {m['last_class_share']:.2f}, sharp "
+            f"{m['sharpness_vs_train_colour']:.2f}, fg {m['fg_vs_train']:.2f}, motion>= {m['min_motion_vs_train']:.2f}"
+            f" | last/first: bright {v['brightness']:.2f} contr {v['contrast']:.2f} sharp {v['sharpness']:.2f} "
+            f"motion {v['motion_abs']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("video", type=Path, help="generated mp4")
+    p.add_argument("videos", type=Path, nargs="+", help="generated mp4 files (several: one comparison line each)")
     p.add_argument("--data", type=Path, default=Path("data/shapes"), help="training videos (default data/shapes)")
     p.add_argument("--chunk-frames", type=int, default=4, help="frames per generated chunk (demo model: 4)")
     p.add_argument("--first-frames", type=int, default=1, help="frames before the first chunk (default 1)")
     p.add_argument("--samples", type=int, default=30, help="training videos in the reference (default 30)")
-    p.add_argument("--json", type=Path, default=None, help="also write the rows and the reference to this file")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows, summary and reference to this file "
+                   "(several videos: a list of their summaries and references)")
     p.add_argument("--summary-only", action="store_true", help="print the summary, not the per-chunk table")
     args = p.parse_args(argv)
     if args.chunk_frames < 1 or args.first_frames < 0 or args.samples < 1:
         p.error("--chunk-frames and --samples must be >= 1 and --first-frames >= 0")
-    try:
-        video = read_video(args.video)  # (3, T, H, W)
-        training, ref = reference(args.data, min(video.shape[-2:]), args.chunk_frames, args.samples, args.video)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    rows = evaluate(video, training, ref, args.first_frames, args.chunk_frames)
-    print(f"{args.video}: {video.shape[1]} frames; reference: {ref['chunks']} chunks of {ref['videos']} videos "
-          f"under {args.data} (sharpness {ref['sharpness']:.4f}, motion {ref['motion']:.4f} per pixel)")
-    if not args.summary_only:
-        print(format_table(rows, ref, args.chunk_frames))
-    summary = summarize(rows, ref)
-    print(format_summary(summary, ref))
+    reports, lines = [], []
+    for path in args.videos:
+        try:
+            video = read_video(path)  # (3, T, H, W)
+            training, ref = reference(args.data, min(video.shape[-2:]), args.chunk_frames, args.samples, path)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        rows = evaluate(video, training, ref, args.first_frames, args.chunk_frames)
+        print(f"{path}: {video.shape[1]} frames; reference: {ref['chunks']} chunks of {ref['videos']} videos "
+              f"under {args.data} (sharpness {ref['sharpness']:.4f}, motion {ref['motion']:.4f} per pixel)")
+        if not args.summary_only:
+            print(format_table(rows, ref, args.chunk_frames))
+        summary = summarize(rows, ref)
+        print(format_summary(summary, ref))
+        lines.append(compare_line(path.name, summary))
+        report = {"video": str(path), "data": str(args.data), "reference": _nan_to_none(ref), "summary": summary}
+        reports.append(report if len(args.videos) > 1 else {**report, "chunks": [_nan_to_none(r) for r in rows]})
+    if len(args.videos) > 1:
+        print("\n".join(["", "comparison (goals: the issue's eight; the numbers as in the summaries above)"] + lines))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        report = {"video": str(args.video), "data": str(args.data), "reference": _nan_to_none(ref),
-                  "summary": summary, "chunks": [_nan_to_none(r) for r in rows]}
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,9 @@ def test_cli_prints_the_summary_and_writes_json(tmp_path, capsys):
     assert "last 30 vs first 10 chunks" in out and "class kept" in out and "chunk   frames" not in out
     report = json.loads((tmp_path / "eval.json").read_text())
     assert len(report["chunks"]) == 31 and report["summary"]["model"]["first_class"] == 0
+
+    evaluation.main([str(video), str(video), "--data", str(data), "--json", str(tmp_path / "two.json"),
+                     "--summary-only"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("gen.mp4") and "goals, vanished   0" in lines[-1] and lines[-1] == lines[-2]
+    assert len(json.loads((tmp_path / "two.json").read_text())) == 2

@@ -144,3 +144,16 @@ def test_periodic_sample_video(shapes, tmp_path):
     out = train(_config(shapes, tmp_path, max_steps=2, save_every=2, sample_every=2), progress_bar=False)
     video = read_video(out / "samples/step_000002.mp4")
     assert video.shape[1] == 1 + 3 * 2  # first frame + 3 chunks of the tiny model's 2 frames
+
+
+def test_data_workers_auto_is_none_on_the_cpu_and_explicit_values_win(monkeypatch):
+    """-1 (the default) gives no decoding workers when the model trains on the CPU (they would take its cores), a
+    share of the cores on a GPU; an explicit count is kept; below -1 is a config error."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert load_config(ROOT / "configs/tiny.yaml").data.num_workers == -1
+    assert training.data_workers(-1, torch.device("cpu"), 1) == 0
+    assert training.data_workers(-1, torch.device("cuda"), 1) == 8
+    assert training.data_workers(-1, torch.device("cuda"), 4) == 3
+    assert training.data_workers(2, torch.device("cpu"), 1) == 2
+    with pytest.raises(ConfigError, match="data.num_workers must be >= 0, or -1 for auto"):
+        load_config(ROOT / "configs/tiny.yaml", ["data.num_workers=-2"])
