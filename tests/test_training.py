@@ -157,3 +157,21 @@ def test_data_workers_auto_is_none_on_the_cpu_and_explicit_values_win(monkeypatc
     assert training.data_workers(2, torch.device("cpu"), 1) == 2
     with pytest.raises(ConfigError, match="data.num_workers must be >= 0, or -1 for auto"):
         load_config(ROOT / "configs/tiny.yaml", ["data.num_workers=-2"])
+
+
+def test_training_with_sinks_records_them_and_generates_past_the_window(shapes, tmp_path):
+    """model.sink_frames travels through training (clips laid out with the sinks, all-chunk objective) into the
+    checkpoint, and the trained model generates past the window with the sink kept."""
+    from ca2vdm.pipeline import LongVideoPipeline
+
+    config = load_config(ROOT / "configs/tiny.yaml", [
+        f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.batch_size=2", "train.max_steps=3",
+        "train.save_every=3", "model.sink_frames=1", "diffusion.objective=all"])
+    out = train(config, progress_bar=False)
+    model, _ = load_model(out / "checkpoints/step_000003")
+    assert model.cfg.sink_frames == 1
+    pipe = LongVideoPipeline(model, steps=2)
+    state = pipe.start(label=0, seed=0)
+    for _ in range(6):  # 11 frames through a window of 5
+        assert torch.isfinite(pipe.next_chunk(state).frames).all()
+    assert state.conditioning.cache.sink_frames == 1 and state.conditioning.cache.frames_committed == 11
