@@ -98,11 +98,16 @@ def histogram_distance(h1: np.ndarray, h2: np.ndarray) -> float:
     return float(_tv(h1, h2))
 
 
-def nearest_histogram_distance(h: np.ndarray, bank: np.ndarray) -> float:
-    """Smallest :func:`histogram_distance` from ``h`` (3, bins) to any histogram of ``bank`` (N, 3, bins)."""
+def histogram_distances(h: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """(N,) :func:`histogram_distance` from ``h`` (3, bins) to every histogram of ``bank`` (N, 3, bins)."""
     if bank.ndim != 3 or bank.shape[1:] != h.shape or len(bank) == 0:
         raise ValueError(f"bank must be a non-empty (N, {', '.join(map(str, h.shape))}) array, got {bank.shape}")
-    return float(_tv(bank, h).min())
+    return _tv(bank, h)
+
+
+def nearest_histogram_distance(h: np.ndarray, bank: np.ndarray) -> float:
+    """Smallest :func:`histogram_distance` from ``h`` (3, bins) to any histogram of ``bank`` (N, 3, bins)."""
+    return float(histogram_distances(h, bank).min())
 
 
 def sharpness(video: Video) -> float:

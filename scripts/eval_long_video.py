@@ -33,8 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from ca2vdm.data import DEFAULT_MANIFEST, VIDEO_EXTENSIONS, find_videos, load_labels  # noqa: E402
-from ca2vdm.metrics import (color_histogram, foreground_fraction, histogram_distance, motion,  # noqa: E402
-                            nearest_histogram_distance, shape_descriptor, sharpness, to_frames)
+from ca2vdm.metrics import (color_histogram, foreground_fraction, histogram_distance,  # noqa: E402
+                            histogram_distances, motion, nearest_histogram_distance, shape_descriptor, sharpness,
+                            to_frames)
 
 METRICS = ("sharpness", "motion", "fg", "brightness", "contrast")
 ROW_KEY = {"motion": "motion_abs"}  # where a row holds a metric's absolute value (its "motion" is the ratio)
@@ -63,14 +64,19 @@ class ShapeBank:
     def __init__(self, shapes: np.ndarray, labels: np.ndarray, owner: np.ndarray):
         keep = ~np.isnan(shapes).any(axis=1)
         self.shapes, self.labels, self.owner = shapes[keep], labels[keep], owner[keep]
+        self.points = self._scaled(self.shapes)  # (N, 2)
+
+    @staticmethod
+    def _scaled(shape: np.ndarray) -> np.ndarray:
+        """(fill, aspect) -> (fill, log aspect): a wide and a tall box equally far from a square one."""
+        return np.stack([shape[..., 0], np.log(shape[..., 1])], axis=-1)
 
     def classify(self, shape: np.ndarray, exclude_owner: int = -1) -> int | None:
         """Label of the nearest training chunk (in fill and log aspect), or None without a shape."""
         others = self.owner != exclude_owner
         if np.isnan(shape).any() or not others.any():
             return None
-        scaled = lambda s: np.stack([s[..., 0], np.log(s[..., 1])], axis=-1)  # noqa: E731
-        distance = np.linalg.norm(scaled(self.shapes[others]) - scaled(shape), axis=1)
+        distance = np.linalg.norm(self.points[others] - self._scaled(shape), axis=1)
         return int(self.labels[others][distance.argmin()])
 
     def accuracy(self) -> float:
@@ -88,7 +94,7 @@ class TrainingChunks:
 
     def colour_matched_sharpness(self, histogram: np.ndarray, count: int = 20) -> float:
         """Mean sharpness of the ``count`` training chunks nearest in colour (a dark shape has softer edges)."""
-        distance = 0.5 * np.abs(self.histograms - histogram).sum(axis=-1).mean(axis=-1)  # (N,)
+        distance = histogram_distances(histogram, self.histograms)  # (N,)
         return float(self.sharpness[np.argsort(distance)[:count]].mean())
 
 
