@@ -68,6 +68,9 @@ class DiffusionConfig:
     cfg_scale: float = 1.0      # classifier-free guidance scale at inference; 1 = off
     label_dropout: float = 0.1  # training: probability of replacing the label by the null label
     objective: str = "chunk"    # training loss: chunk (one random chunk) | all (every chunk, teacher forcing)
+    self_rollout: float = 0.0   # share of training steps conditioned on the model's own samples (ca2vdm.rollout)
+    rollout_t: float = 0.6      # a rolled-out chunk starts from the real one perturbed to this time (1 = free)
+    rollout_steps: int = 8      # Euler steps per rolled-out chunk
 
 
 @dataclass
@@ -252,6 +255,12 @@ def _validate_rest(c: Config) -> None:
         problems.append(f"diffusion.steps must be >= 1, got {c.diffusion.steps}")
     if not 0 <= c.diffusion.cond_noise < 1:
         problems.append(f"diffusion.cond_noise must be in [0, 1), got {c.diffusion.cond_noise}")
+    if not 0 <= c.diffusion.self_rollout <= 1:
+        problems.append(f"diffusion.self_rollout must be in [0, 1] (a share of steps), got {c.diffusion.self_rollout}")
+    if not 0 < c.diffusion.rollout_t <= 1:
+        problems.append(f"diffusion.rollout_t must be in (0, 1], got {c.diffusion.rollout_t}")
+    if c.diffusion.rollout_steps < 1:
+        problems.append(f"diffusion.rollout_steps must be >= 1, got {c.diffusion.rollout_steps}")
     if c.diffusion.objective not in OBJECTIVES:
         problems.append(f"diffusion.objective must be one of {', '.join(OBJECTIVES)}, got {c.diffusion.objective!r}")
     if c.train.mixed_precision not in ("auto", "no", "bf16", "fp16"):

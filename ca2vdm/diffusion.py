@@ -12,6 +12,9 @@ Two training objectives (``diffusion.objective``):
   perturbed clean clip and its noisy copy; every noisy chunk sees exactly what it would see as the noisy chunk of
   ``chunk`` (the clean chunks before it), so each chunk's loss term equals that objective's for the same noise and
   time, and every chunk carries loss in every step.
+
+Both take an optional ``context``: conditioning frames that replace the clip's own while the targets stay the
+clip's (self-rollout, :mod:`ca2vdm.rollout`).
 """
 from __future__ import annotations
 
@@ -35,10 +38,10 @@ def perturb(x0: torch.Tensor, noise: torch.Tensor, t: float | torch.Tensor) -> t
     return (1 - t) * x0 + t * noise
 
 
-def sample(denoise: Denoiser, noise: torch.Tensor, steps: int, shift: float = 1.0) -> torch.Tensor:
-    """Euler integration of the flow from t=1 (``noise``) to t=0; one ``denoise`` call per step."""
-    ts = timesteps(steps, shift)
-    x = noise
+def sample(denoise: Denoiser, x: torch.Tensor, steps: int, shift: float = 1.0, start_t: float = 1.0) -> torch.Tensor:
+    """Euler integration of the flow from ``x`` at t=``start_t`` (1: pure noise) to t=0; one ``denoise`` call per
+    step. With ``start_t`` < 1 the schedule is compressed into [0, start_t] (SDEdit from partly noised frames)."""
+    ts = [start_t * t for t in timesteps(steps, shift)]
     for i in range(steps):
         x = x + (ts[i + 1] - ts[i]) * denoise(x, ts[i], i)
     return x
@@ -51,13 +54,15 @@ def logit_normal(shape: tuple[int, ...], generator: torch.Generator | None, devi
 
 def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int,
                      num_noisy: int, cond_noise: float, generator: torch.Generator | None = None, *,
-                     noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+                     noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                     context: torch.Tensor | None = None) -> torch.Tensor:
     """Flow-matching loss on the noisy chunk that follows ``num_cond`` clean conditioning frames.
 
     video: (B, C, T, H, W) with T >= num_cond + num_noisy; frames after the noisy chunk are dropped.
     Noise times are logit-normal (SD3), one per sample; the loss is masked to the noisy frames.
     noise: (B, C, num_cond + num_noisy, H, W) and t: (B,) replace the random draws (the conditioning frames are
-    perturbed with noise[:, :, :num_cond]).
+    perturbed with noise[:, :, :num_cond]). context: (B, C, >= num_cond, H, W) conditioning frames to use instead of
+    the video's (self-rollout: the model's own samples); the target stays the video's chunk.
     """
     x0 = video[:, :, :num_cond + num_noisy]
     B, T = x0.shape[0], x0.shape[2]
@@ -70,7 +75,8 @@ def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.
     t_frames[:, num_cond:] = t[:, None]
     noise_level = torch.full((B, T), cond_noise, device=device)  # conditioning: perturbed, told t=0
     noise_level[:, num_cond:] = t[:, None]
-    x_t = perturb(x0, noise, noise_level[:, None, :, None, None].to(x0.dtype))
+    inputs = x0 if context is None else torch.cat([context[:, :, :num_cond], x0[:, :, num_cond:]], dim=2)
+    x_t = perturb(inputs, noise, noise_level[:, None, :, None, None].to(x0.dtype))
     pred = model(x_t, t_frames, labels, num_cond_frames=num_cond)
     target = noise - x0
     return F.mse_loss(pred[:, :, num_cond:].float(), target[:, :, num_cond:].float())
@@ -80,7 +86,7 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
                               chunks: list[tuple[int, int]], cond_noise: float,
                               generator: torch.Generator | None = None, *, noise: torch.Tensor | None = None,
                               cond_eps: torch.Tensor | None = None, t: torch.Tensor | None = None,
-                              per_chunk: bool = False) -> torch.Tensor:
+                              context: torch.Tensor | None = None, per_chunk: bool = False) -> torch.Tensor:
     """Flow-matching loss on every chunk of a clip at once (teacher forcing; ``diffusion.objective=all``).
 
     video: (B, C, T, H, W), its first frame at a chunk boundary of the model's layout; chunks: (start, length) of
@@ -91,6 +97,7 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
     per step than one per sample).
 
     noise (B, C, T, H, W), cond_eps (B, C, Tc, H, W) and t (B, K) replace the random draws (drawn in that order).
+    context: (B, C, >= Tc, H, W) clean frames to use instead of the video's (self-rollout); targets stay the video's.
     Returns the mean over chunks of each chunk's mean squared error, or with ``per_chunk`` those K terms: term k
     equals :func:`causal_flow_loss` for chunk k with noise ``cat(cond_eps[:, :, :start_k], noise[:, :, chunk k])``
     and time ``t[:, k]``.
@@ -110,7 +117,7 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
     if t is None:
         t = logit_normal((B, len(chunks)), generator, device)  # (B, K)
     t_frames = t[:, chunk_index]  # (B, T): each frame its chunk's time
-    clean = perturb(x0[:, :, :num_clean], cond_eps, cond_noise)  # (B, C, Tc, H, W)
+    clean = perturb((x0 if context is None else context)[:, :, :num_clean], cond_eps, cond_noise)  # (B, C, Tc, H, W)
     noisy = perturb(x0, noise, t_frames[:, None, :, None, None].to(dtype))  # (B, C, T, H, W)
     times = torch.cat([torch.zeros(B, num_clean, device=device), t_frames], dim=1)  # (B, Tc + T)
     pred = model(torch.cat([clean, noisy], dim=2), times, labels, num_cond_frames=num_clean, teacher_forcing=True)

@@ -29,7 +29,7 @@ CACHE_MODES = ("kv", "none", "full")
 @dataclass
 class ChunkResult:
     """One generated chunk and what it cost."""
-    frames: torch.Tensor        # (B, C, L, H, W) in [-1, 1]
+    frames: torch.Tensor        # (B, C, L, H, W) in the model's space: pixels in [-1, 1], or latents
     index: int                  # chunk number, 0-based
     model_evals: int            # block-stack evaluations computed while denoising (all guidance branches)
     skipped_evals: int = 0      # evaluations a step-caching policy skipped
@@ -65,14 +65,17 @@ class LongVideoPipeline:
     """Chunk-by-chunk generation with a causal video DiT."""
 
     def __init__(self, model: CausalVideoDiT, steps: int = 16, shift: float = 1.0, cond_noise: float = 0.05,
-                 cfg_scale: float = 1.0, cache_mode: str = "kv", step_cache: StepCache | None = None):
+                 cfg_scale: float = 1.0, cache_mode: str = "kv", step_cache: StepCache | None = None,
+                 pixel_space: bool = True):
+        """``pixel_space``: the model works on pixels, so sampled chunks are clamped to [-1, 1]; a latent model's
+        chunks are not clamped (unit-variance latents go well beyond 1; the codec clamps the decoded pixels)."""
         if cache_mode not in CACHE_MODES:
             raise ValueError(f"cache_mode must be one of {CACHE_MODES}, got {cache_mode!r}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.model = model.eval()
         self.steps, self.shift, self.cond_noise = steps, shift, cond_noise
-        self.cfg_scale, self.cache_mode = cfg_scale, cache_mode
+        self.cfg_scale, self.cache_mode, self.pixel_space = cfg_scale, cache_mode, pixel_space
         model.disable_cache()
         if step_cache is not None:
             model.enable_cache(step_cache)
@@ -80,10 +83,11 @@ class LongVideoPipeline:
 
     @classmethod
     def from_metadata(cls, model: CausalVideoDiT, metadata: dict, **overrides) -> LongVideoPipeline:
-        """A pipeline with the sampler settings a checkpoint recorded (its ``diffusion_config``), then ``overrides``
-        (constructor keywords; None values are ignored)."""
+        """A pipeline with the sampler settings a checkpoint recorded (its ``diffusion_config``, and its codec: pixel
+        or latent space), then ``overrides`` (constructor keywords; None values are ignored)."""
         recorded = metadata.get("diffusion_config", {})
         settings = {k: recorded[k] for k in ("steps", "shift", "cond_noise", "cfg_scale") if k in recorded}
+        settings["pixel_space"] = metadata.get("codec", {}).get("kind", "pixel") == "pixel"
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model, **settings)
 
@@ -171,17 +175,21 @@ class LongVideoPipeline:
 
     @torch.no_grad()
     def next_chunk(self, state: GenerationState, on_step: Callable[[int], None] | None = None,
-                   commit_frames: torch.Tensor | None = None) -> ChunkResult:
+                   commit_frames: torch.Tensor | None = None, start_from: torch.Tensor | None = None,
+                   start_t: float = 1.0) -> ChunkResult:
         """Denoise the next chunk, append it to the conditioning, return it. ``on_step(i)`` follows each step.
 
         ``commit_frames`` conditions the following chunks on these frames instead of the sampled ones (teacher
-        forcing: evaluations that compare samplers on a shared context).
+        forcing: evaluations that compare samplers on a shared context). ``start_from`` (B, C, L, H, W): denoise
+        these frames perturbed to ``start_t`` instead of pure noise (SDEdit; the self-rollout of training).
         """
         cfg = self.model.cfg
         weight = self.model.x_embedder.weight
         L = self._chunk_lengths(state.frames, cfg.chunk_frames)[0]
         shape = (state.batch, cfg.in_channels, L, cfg.resolution, cfg.resolution)
         noise = torch.randn(shape, generator=state.generator, device=weight.device, dtype=weight.dtype)
+        if start_from is not None:
+            noise = perturb(start_from.to(noise.dtype), noise, start_t)
         frames_before = state.frames
         if self.step_cache is not None:
             self.step_cache.begin_chunk()
@@ -192,11 +200,12 @@ class LongVideoPipeline:
                 on_step(i)
             return v
 
-        x0 = sample(denoise, noise, self.steps, self.shift)
+        x0 = sample(denoise, noise, self.steps, self.shift, start_t if start_from is not None else 1.0)
         if not torch.isfinite(x0).all():
             raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks}; the weights may be "
                                      "damaged (check the checkpoint) or the sampler settings unstable")
-        x0 = x0.clamp(-1, 1)
+        if self.pixel_space:
+            x0 = x0.clamp(-1, 1)
         self._commit(state, x0 if commit_frames is None else commit_frames)
         state.chunks += 1
         if self.step_cache is None:

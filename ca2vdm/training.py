@@ -40,6 +40,8 @@ from .data import DEFAULT_MANIFEST, DataError, VideoFolderDataset
 from .diffusion import causal_flow_loss, teacher_forcing_flow_loss
 from .latents import LatentClipDataset
 from .model import CausalVideoDiT
+from .pipeline import LongVideoPipeline
+from .rollout import rollout_context
 
 
 class NonFiniteLossError(RuntimeError):
@@ -168,7 +170,8 @@ class DiffusionTask:
 
     def loss(self, model, batch: dict, config: Config, gen: torch.Generator) -> torch.Tensor:
         """``diffusion.objective``: ``all`` trains every chunk of the clip (teacher forcing), ``chunk`` one chunk
-        drawn at random; the same expected objective (mean over chunks), ``all`` with every chunk's signal per step."""
+        drawn at random; the same expected objective (mean over chunks), ``all`` with every chunk's signal per step.
+        With ``diffusion.self_rollout`` a share of the steps is conditioned on the model's own samples."""
         mc = config.model
         video = batch["video"].to(gen.device)  # (B, C, T, H, W): pixels, or latents with data.latents
         if not config.data.latents:
@@ -178,11 +181,27 @@ class DiffusionTask:
             labels = batch["label"].to(gen.device)
             drop = torch.rand(labels.shape, generator=gen, device=labels.device) < config.diffusion.label_dropout
             labels = torch.where(drop, mc.num_classes, labels)
-        if config.diffusion.objective == "all":
-            return teacher_forcing_flow_loss(model, video, labels, self.chunks, config.diffusion.cond_noise,
-                                             generator=gen)
+        dc = config.diffusion
+        if dc.objective == "all":
+            context = self.own_context(model, video, labels, self.chunks[-1][0], config, gen)
+            return teacher_forcing_flow_loss(model, video, labels, self.chunks, dc.cond_noise, generator=gen,
+                                             context=context)
         start, length = self.chunks[int(torch.randint(len(self.chunks), (1,), generator=gen, device=gen.device))]
-        return causal_flow_loss(model, video, labels, start, length, config.diffusion.cond_noise, generator=gen)
+        context = self.own_context(model, video, labels, start, config, gen)
+        return causal_flow_loss(model, video, labels, start, length, dc.cond_noise, generator=gen, context=context)
+
+    def own_context(self, model, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int, config: Config,
+                    gen: torch.Generator) -> torch.Tensor | None:
+        """For a share ``diffusion.self_rollout`` of the steps, the clip with its first ``num_cond`` frames (after
+        the given ones) made by the model itself (:mod:`ca2vdm.rollout`); otherwise None (real context). Draws
+        nothing from ``gen`` when self-rollout is off, so such runs are unchanged."""
+        dc = config.diffusion
+        if not dc.self_rollout or torch.rand((), generator=gen, device=gen.device) >= dc.self_rollout:
+            return None
+        seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))
+        return rollout_context(getattr(model, "module", model), video, labels, num_cond, start_t=dc.rollout_t,
+                               steps=dc.rollout_steps, shift=dc.shift, cond_noise=dc.cond_noise, seed=seed,
+                               pixel_space=config.codec.kind == "pixel")
 
     def save_weights(self, directory: Path, ema: EMA, config: Config, step: int) -> None:
         ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, config.model,
@@ -191,13 +210,12 @@ class DiffusionTask:
 
     def sample(self, ema: EMA, config: Config, out: Path, step: int, chunks: int = 4) -> None:
         """A short video from the EMA weights, decoded through the codec, into ``out/samples/step_N.mp4``."""
-        from .pipeline import LongVideoPipeline
         from .video_io import VideoWriter, to_uint8
 
         model = CausalVideoDiT(config.model).to(next(iter(ema.shadow.values())).device)
         model.load_state_dict(ema.shadow)
         pipe = LongVideoPipeline(model, steps=config.diffusion.steps, shift=config.diffusion.shift,
-                                 cond_noise=config.diffusion.cond_noise)
+                                 cond_noise=config.diffusion.cond_noise, pixel_space=config.codec.kind == "pixel")
         label = 0 if config.model.num_classes else None
         with VideoWriter(out / "samples" / f"step_{step:06d}.mp4", fps=8) as writer:
             for chunk in pipe.generate(chunks, label=label, seed=0):

@@ -1,8 +1,16 @@
 """Export a training checkpoint's EMA weights (with config metadata) to one small safetensors file.
 
     python scripts/export_checkpoint.py runs/demo/checkpoints/step_003000 checkpoints/demo.safetensors
+    python scripts/export_checkpoint.py runs/latent-demo/checkpoints/step_004400 checkpoints/latent-demo.safetensors \
+        --autoencoder checkpoints/ae-shapes128
+
+A latent model's autoencoder must travel with it: ``--autoencoder DIR`` copies the autoencoder the checkpoint
+recorded (its save_pretrained folder) to DIR and records DIR relative to the exported file, so the pair works from
+any clone (``infer/long_video.py`` looks for the autoencoder beside the weights).
 """
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,15 +18,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ca2vdm.checkpoint import export_weights  # noqa: E402
+from ca2vdm.checkpoint import export_weights, read_metadata  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def ship_autoencoder(src: str, dst: Path, directory: Path) -> dict:
+    """Copy the recorded autoencoder folder to ``directory``; the codec metadata with its path relative to dst."""
+    codec = read_metadata(src).get("codec") or {"kind": "pixel"}
+    if codec["kind"] == "pixel":
+        sys.exit(f"{src} is a pixel model: it has no autoencoder to ship (drop --autoencoder)")
+    if not Path(codec["path"]).is_dir():
+        sys.exit(f"{src} recorded its autoencoder at {codec['path']}, which is not a directory here")
+    if directory.resolve() != Path(codec["path"]).resolve():
+        shutil.copytree(codec["path"], directory, dirs_exist_ok=True)
+    return {**codec, "path": os.path.relpath(directory, dst.parent)}
+
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="checkpoint directory or .safetensors file")
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    p.add_argument("--autoencoder", type=Path, help="latent models: copy their autoencoder to this directory and "
+                                                   "record it relative to dst")
     args = p.parse_args()
-    out = export_weights(args.src, args.dst, DTYPES[args.dtype])
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    extra = {"codec": ship_autoencoder(args.src, Path(args.dst), args.autoencoder)} if args.autoencoder else None
+    out = export_weights(args.src, args.dst, DTYPES[args.dtype], extra)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)" + (f", autoencoder in {args.autoencoder}"
+                                                               if args.autoencoder else ""))

@@ -36,25 +36,52 @@ def draws(chunks, batch=2, size=16, seed=0):
             torch.rand(batch, len(chunks), generator=g))
 
 
-@pytest.mark.parametrize("prefix_frames,first_frame_chunk", [(0, True), (2, True), (3, False)])
-def test_all_chunk_terms_equal_the_one_chunk_objective(prefix_frames, first_frame_chunk):
-    """Same noise and time: the all-chunk loss's term for chunk k equals causal_flow_loss on chunk k."""
+@pytest.mark.parametrize("prefix_frames,first_frame_chunk,own_context", [(0, True, False), (2, True, False),
+                                                                         (3, False, False), (2, True, True)])
+def test_all_chunk_terms_equal_the_one_chunk_objective(prefix_frames, first_frame_chunk, own_context):
+    """Same noise and time: the all-chunk loss's term for chunk k equals causal_flow_loss on chunk k, also when the
+    conditioning frames come from another context (self-rollout) while the targets stay the video's."""
     model = strong_model(prefix_frames=prefix_frames, first_frame_chunk=first_frame_chunk,
                          max_context_frames=5 if first_frame_chunk else 4)
     chunks = chunk_layout(model.cfg)
     video, noise, cond_eps, t = draws(chunks)
+    context = draws(chunks, seed=1)[0] if own_context else None
     y = torch.tensor([0, 2])
     with torch.no_grad():
         terms = teacher_forcing_flow_loss(model, video, y, chunks, 0.05, noise=noise, cond_eps=cond_eps, t=t,
-                                          per_chunk=True)
-        mean = teacher_forcing_flow_loss(model, video, y, chunks, 0.05, noise=noise, cond_eps=cond_eps, t=t)
-        ref = torch.stack([causal_flow_loss(model, video, y, s, n, 0.05, t=t[:, k],
+                                          context=context, per_chunk=True)
+        mean = teacher_forcing_flow_loss(model, video, y, chunks, 0.05, noise=noise, cond_eps=cond_eps, t=t,
+                                         context=context)
+        ref = torch.stack([causal_flow_loss(model, video, y, s, n, 0.05, t=t[:, k], context=context,
                                             noise=torch.cat([cond_eps[:, :, :s], noise[:, :, s:s + n]], dim=2))
                            for k, (s, n) in enumerate(chunks)])
+        real = teacher_forcing_flow_loss(model, video, y, chunks, 0.05, noise=noise, cond_eps=cond_eps, t=t,
+                                         per_chunk=True)
     assert terms.shape == (len(chunks),)
     torch.testing.assert_close(terms, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mean, ref.mean(), rtol=1e-5, atol=1e-6)  # mean over chunks, not over frames
     assert ref.std() > 1e-3  # the chunks' terms differ, so a mix-up of chunks would show
+    if own_context:  # the first chunk has no conditioning; every later chunk's term sees the other context
+        torch.testing.assert_close(terms[0], real[0])
+        assert ((terms[1:] - real[1:]).abs() > 1e-3).all()
+
+
+def test_context_replaces_only_the_conditioning_frames():
+    """causal_flow_loss(context=...): the conditioning frames come from the context, the noisy chunk and the target
+    from the video; context frames from the noisy chunk on are ignored."""
+    model = strong_model()
+    chunks = chunk_layout(model.cfg)
+    video, noise, _, t = draws(chunks)
+    s, n = chunks[2]
+    noise, t = noise[:, :, :s + n], t[:, 0]
+    y = torch.tensor([0, 2])
+    loss = lambda **kw: causal_flow_loss(model, video, y, s, n, 0.05, noise=noise, t=t, **kw)  # noqa: E731
+    later_differs = torch.cat([video[:, :, :s], -video[:, :, s:]], dim=2)
+    with torch.no_grad():
+        base = loss()
+        assert torch.equal(loss(context=video), base)
+        assert torch.equal(loss(context=later_differs), base)
+        assert not torch.isclose(loss(context=torch.flip(video, dims=[2])), base)
 
 
 @pytest.mark.parametrize("prefix_frames", [0, 2])

@@ -108,3 +108,25 @@ def test_missing_codec_weights_is_one_clear_error(run, tmp_path):
     assert "Traceback" not in result.stderr
     assert str(tmp / "ae") in result.stderr and "--codec-path" in result.stderr
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_exported_latent_model_ships_with_its_autoencoder(run, tmp_path):
+    """scripts/export_checkpoint.py --autoencoder: the weights and the autoencoder travel together; the pair works
+    from another folder with the original autoencoder gone, and gives the training checkpoint's video."""
+    tmp, _, checkpoint = run
+    shipped = tmp_path / "shipped"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/export_checkpoint.py"), str(checkpoint),
+                             str(shipped / "latent.safetensors"), "--dtype", "fp32", "--autoencoder",
+                             str(shipped / "ae")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert read_metadata(shipped / "latent.safetensors")["codec"]["path"] == "ae"
+    moved = tmp_path / "moved"
+    shipped.rename(moved)
+    (tmp / "ae").rename(tmp / "ae-gone")
+    try:
+        got = _infer("--checkpoint", moved / "latent.safetensors", "--chunks", 2, "--out", tmp_path / "a.mp4")
+    finally:
+        (tmp / "ae-gone").rename(tmp / "ae")
+    want = _infer("--checkpoint", checkpoint, "--chunks", 2, "--out", tmp_path / "b.mp4")
+    assert got.returncode == 0 and want.returncode == 0, got.stderr + want.stderr
+    assert torch.equal(read_video(tmp_path / "a.mp4"), read_video(tmp_path / "b.mp4"))

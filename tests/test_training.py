@@ -26,9 +26,9 @@ def shapes(tmp_path_factory):
     return root
 
 
-def _config(shapes, out, **train):
+def _config(shapes, out, extra=(), **train):
     overrides = [f"data.root={shapes}", f"train.output_dir={out}", "train.batch_size=2", "train.log_every=1",
-                 *(f"train.{k}={v}" for k, v in train.items())]
+                 *(f"train.{k}={v}" for k, v in train.items()), *extra]
     return load_config(ROOT / "configs/tiny.yaml", overrides)
 
 
@@ -36,10 +36,12 @@ def _losses(out):
     return [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_is_exact(shapes, tmp_path):
-    full = train(_config(shapes, tmp_path / "full", max_steps=8, save_every=4), progress_bar=False)
-    half = train(_config(shapes, tmp_path / "half", max_steps=4, save_every=4), progress_bar=False)
-    train(_config(shapes, tmp_path / "half", max_steps=8, save_every=4), resume="latest", progress_bar=False)
+@pytest.mark.parametrize("extra", [(), ("diffusion.self_rollout=0.5", "diffusion.rollout_steps=2")],
+                         ids=["real-context", "self-rollout"])
+def test_resume_is_exact(shapes, tmp_path, extra):
+    full = train(_config(shapes, tmp_path / "full", extra, max_steps=8, save_every=4), progress_bar=False)
+    half = train(_config(shapes, tmp_path / "half", extra, max_steps=4, save_every=4), progress_bar=False)
+    train(_config(shapes, tmp_path / "half", extra, max_steps=8, save_every=4), resume="latest", progress_bar=False)
     assert len(_losses(full)) == 8
     assert _losses(full) == _losses(half)  # bit-identical loss sequence
     for name in ("ema.safetensors", "model.safetensors"):
