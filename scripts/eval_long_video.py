@@ -174,6 +174,12 @@ def evaluate(video: torch.Tensor, training: TrainingChunks, ref: dict, first_fra
     return rows
 
 
+def _ratio(value: float, reference: float) -> float:
+    """value / reference; NaN (printed as nan, goal failed) where the reference is 0, e.g. a first chunk without
+    a shape or without motion."""
+    return value / reference if reference else math.nan
+
+
 def summarize(rows: list[dict], ref: dict, after: int = 20, first: int = 10, last: int = 50) -> dict:
     """The drift bar over the generated chunks (the 'first' row left out); see the module docstring."""
     chunks = [r for r in rows if r["chunk"] != "first"]
@@ -184,7 +190,7 @@ def summarize(rows: list[dict], ref: dict, after: int = 20, first: int = 10, las
         column = ROW_KEY.get(key, key)
         if late:
             worst = min(late, key=lambda r: math.inf if math.isnan(r[column]) else r[column])
-            summary["worst"][key] = {"chunk": worst["chunk"], "vs_chunk0": worst[column] / chunks[0][column],
+            summary["worst"][key] = {"chunk": worst["chunk"], "vs_chunk0": _ratio(worst[column], chunks[0][column]),
                                      "vs_train": worst[column] / ref[key]}
     tail, head = chunks[-last:], chunks[:first]
     first_class, _ = _majority(head)
@@ -197,7 +203,7 @@ def summarize(rows: list[dict], ref: dict, after: int = 20, first: int = 10, las
         "first_class": first_class, "last_class": last_class, "last_class_share": share,
         "vanished_chunks": sum(r["fg"] < VANISHED_FG for r in chunks),
         "colour_vs_start": mean(tail, "hist_start"), "worst_colour_vs_start": max(r["hist_start"] for r in chunks)}
-    summary["video"] = {key: mean(tail, key) / mean(head, key) for key in
+    summary["video"] = {key: _ratio(mean(tail, key), mean(head, key)) for key in
                         ("brightness", "contrast", "sharpness", "motion_abs")}
     m, v = summary["model"], summary["video"]
     summary["goals"] = {

@@ -44,6 +44,21 @@ def test_a_training_like_video_passes_and_a_fading_one_fails(tmp_path):
     assert "FAIL  video brightness within 15%" in text and "worst brightness after chunk 20" in text
 
 
+def test_a_first_chunk_without_a_shape_does_not_stop_the_summary(tmp_path):
+    """Ratios against a zero first chunk (here: no shape in the first generated chunk) are NaN and print as nan;
+    nothing raises, so one such video does not stop the evaluation of the others."""
+    data = tmp_path / "shapes"
+    write_dataset(data, num_videos=3, num_frames=20, size=32, seed=1)
+    training, ref = evaluation.reference(data, 32, 4, samples=3, exclude=tmp_path / "none.mp4")
+    video = render_shape_video(np.random.default_rng(7), 1 + 4 * 30, 32, "circle")
+    video[1:5] = video[0, 0, 0]  # chunk 0 (after the first frame): background only
+    rows = evaluation.evaluate(_as_model_video(video), training, ref, first_frames=1, chunk_frames=4)
+    assert rows[0]["chunk"] == "first" and rows[1]["fg"] == 0
+    summary = evaluation.summarize(rows, ref)
+    assert np.isnan(summary["worst"]["fg"]["vs_chunk0"]) and summary["worst"]["fg"]["vs_train"] > 0.5
+    assert "nanx chunk 0" in evaluation.format_summary(summary, ref)
+
+
 def test_cli_prints_the_summary_and_writes_json(tmp_path, capsys):
     data = tmp_path / "shapes"
     write_dataset(data, num_videos=3, num_frames=20, size=32, seed=1)
