@@ -41,8 +41,9 @@ class CodecConfig:
 
 
 class Codec(Protocol):
-    channels: int   # channels of the encoded tensor (the model's in_channels)
-    factor: int     # spatial down-sampling of encode
+    channels: int       # channels of the encoded tensor (the model's in_channels)
+    factor: int         # spatial down-sampling of encode
+    pixel_space: bool   # the model works on pixels in [-1, 1] (generated chunks are clamped), not on latents
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) pixels in [-1, 1] -> (B, channels, T, H / factor, W / factor)."""
@@ -58,6 +59,7 @@ class PixelCodec:
     """Identity codec: the model works on pixels."""
     channels = 3
     factor = 1
+    pixel_space = True
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         return video
@@ -71,6 +73,7 @@ class PixelCodec:
 
 class DiffusersCodec:
     """A per-frame diffusers autoencoder, frozen, with its latent scaling."""
+    pixel_space = False
 
     def __init__(self, autoencoder: torch.nn.Module, config: CodecConfig):
         self.autoencoder = autoencoder.eval().requires_grad_(False)

@@ -201,7 +201,7 @@ class DiffusionTask:
         seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))
         return rollout_context(getattr(model, "module", model), video, labels, num_cond, start_t=dc.rollout_t,
                                steps=dc.rollout_steps, shift=dc.shift, cond_noise=dc.cond_noise, seed=seed,
-                               pixel_space=config.codec.kind == "pixel")
+                               pixel_space=self.codec.pixel_space)
 
     def save_weights(self, directory: Path, ema: EMA, config: Config, step: int) -> None:
         ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, config.model,
@@ -215,7 +215,7 @@ class DiffusionTask:
         model = CausalVideoDiT(config.model).to(next(iter(ema.shadow.values())).device)
         model.load_state_dict(ema.shadow)
         pipe = LongVideoPipeline(model, steps=config.diffusion.steps, shift=config.diffusion.shift,
-                                 cond_noise=config.diffusion.cond_noise, pixel_space=config.codec.kind == "pixel")
+                                 cond_noise=config.diffusion.cond_noise, pixel_space=self.codec.pixel_space)
         label = 0 if config.model.num_classes else None
         with VideoWriter(out / "samples" / f"step_{step:06d}.mp4", fps=8) as writer:
             for chunk in pipe.generate(chunks, label=label, seed=0):

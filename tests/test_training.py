@@ -38,10 +38,20 @@ def _losses(out):
 
 @pytest.mark.parametrize("extra", [(), ("diffusion.self_rollout=0.5", "diffusion.rollout_steps=2")],
                          ids=["real-context", "self-rollout"])
-def test_resume_is_exact(shapes, tmp_path, extra):
+def test_resume_is_exact(shapes, tmp_path, extra, monkeypatch):
+    rollouts = []  # frames each self-rollout made, per run
+    rollout = training.rollout_context
+    monkeypatch.setattr(training, "rollout_context",
+                        lambda model, video, labels, num_cond, **kw: rollouts.append(num_cond) or rollout(
+                            model, video, labels, num_cond, **kw))
     full = train(_config(shapes, tmp_path / "full", extra, max_steps=8, save_every=4), progress_bar=False)
+    in_full, rollouts[:] = list(rollouts), []
     half = train(_config(shapes, tmp_path / "half", extra, max_steps=4, save_every=4), progress_bar=False)
+    in_first_half, rollouts[:] = list(rollouts), []
     train(_config(shapes, tmp_path / "half", extra, max_steps=8, save_every=4), resume="latest", progress_bar=False)
+    assert in_first_half + rollouts == in_full  # the same rollouts, before and after the resume
+    if extra:  # the resumed steps really condition on the model's own chunks
+        assert any(n > 1 for n in rollouts)
     assert len(_losses(full)) == 8
     assert _losses(full) == _losses(half)  # bit-identical loss sequence
     for name in ("ema.safetensors", "model.safetensors"):
