@@ -11,8 +11,10 @@ Self-Forcing rolls out freely and trains with a distribution-matching loss again
 a free rollout that leaves the real clip's motion is asked to jump back to the real chunk. Each rolled-out chunk
 therefore starts from the real chunk perturbed to ``diffusion.rollout_t`` (SDEdit). 1 (the default) is a free
 rollout from the first frame. Lower values keep the real trajectory and let only the model's own errors (detail,
-colour, size) accumulate. Measured at 200 chunks on 12 seeds, the free rollout scored best and the anchored one
-(0.6) did not help (docs/benchmarks.md).
+colour, size) accumulate. Measured at 200 chunks on 12 seeds (docs/benchmarks.md), neither helps yet: the free
+rollout met the most drift goals only by ignoring its context (its chunks jump at every seam, 2.6x the in-chunk
+change), and the anchored one (0.6) jumped less but vanished more. A target consistent with the rolled-out context
+(a teacher) is what is missing; off by default.
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@
 For every policy setting the same video (seed, label) is generated; block-stack evaluations and wall time are
 compared with the run without a policy, and PSNR / SSIM with its frames. Because a chunk conditions on the ones
 before, a small error early moves the whole rest of the video; ``chunk PSNR`` therefore also reports each chunk
-sampled from the reference's own context (capped at 100 dB), the error of the step cache itself. Writes ``step_cache.json`` and
-``step_cache.png`` (speed-up vs PSNR) to ``--out-dir`` and prints a table.
+sampled from the reference's own context (capped at 100 dB), the error of the step cache itself. Writes
+``step_cache.json`` and ``step_cache.png`` (speed-up vs PSNR) to ``--out-dir`` and prints a table.
 """
 import argparse
 import copy

@@ -76,3 +76,26 @@ def test_cli_prints_the_summary_and_writes_json(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("gen.mp4") and "goals, vanished   0" in lines[-1] and lines[-1] == lines[-2]
     assert len(json.loads((tmp_path / "two.json").read_text())) == 2
+
+
+def test_chunks_that_do_not_continue_each_other_fail_the_seam_goal(tmp_path):
+    """A video whose chunks each come from another moment (a model ignoring its context) jumps at every seam; the
+    same frames in their own order join as smoothly as training videos do."""
+    data = tmp_path / "shapes"
+    write_dataset(data, num_videos=6, num_frames=40, size=32, seed=2)
+    training, ref = evaluation.reference(data, 32, 4, samples=6, exclude=tmp_path / "none.mp4")
+    assert 0.7 < ref["seam"] < 1.3  # a training video's chunk seams are ordinary frame steps
+    goal = evaluation.BEYOND_BAR[2]
+
+    smooth = render_shape_video(np.random.default_rng(3), 1 + 4 * 40, 32, "circle")
+    summary = evaluation.summarize(evaluation.evaluate(_as_model_video(smooth), training, ref, 1, 4), ref)
+    assert summary["goals"][goal] and summary["model"]["seam_vs_train"] < 1.25
+
+    chunks = smooth[1:].reshape(40, 4, *smooth.shape[1:])
+    shuffled = np.concatenate([smooth[:1], chunks[np.random.default_rng(4).permutation(40)].reshape(-1,
+                                                                                                    *smooth.shape[1:])])
+    rows = evaluation.evaluate(_as_model_video(shuffled), training, ref, 1, 4)
+    summary = evaluation.summarize(rows, ref)
+    assert not summary["goals"][goal] and summary["model"]["seam_vs_train"] > 2
+    assert np.isnan(rows[0]["seam"]) and rows[1]["seam"] > 0  # the given first frame has no seam before it
+    assert f"FAIL  {goal}" in evaluation.format_summary(summary, ref)

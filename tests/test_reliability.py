@@ -27,7 +27,6 @@ from ca2vdm import video_io
 from ca2vdm.checkpoint import CheckpointError, CheckpointWriteError, load_model, resolve_resume, save_weights, step_dirs
 from ca2vdm.config import ConfigError, ModelConfig, load_config, model_config, to_dict
 from ca2vdm.data import DataError, VideoFolderDataset
-from ca2vdm.synthetic import write_dataset
 from ca2vdm.training import SKIPPED_LOG, _lr_factor, train
 from ca2vdm.video_io import VideoWriter
 from tests.helpers import random_model
@@ -37,13 +36,6 @@ TINY = ROOT / "configs/tiny.yaml"
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 STEPS, EVERY = 40, 4  # the reference run: 40 steps, a checkpoint every 4
 FINAL = f"checkpoints/step_{STEPS:06d}"
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    write_dataset(root, num_videos=12, num_frames=20, size=16, seed=0)
-    return root
 
 
 @pytest.fixture

@@ -12,18 +12,10 @@ from safetensors.torch import load_file
 from ca2vdm import checkpoint as ckpt
 from ca2vdm.checkpoint import load_model, step_dirs
 from ca2vdm.config import ConfigError, load_config
-from ca2vdm.synthetic import write_dataset
 from ca2vdm import training
 from ca2vdm.training import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    write_dataset(root, num_videos=12, num_frames=20, size=16, seed=0)
-    return root
 
 
 def _config(shapes, out, extra=(), **train):
