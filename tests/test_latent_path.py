@@ -130,3 +130,16 @@ def test_exported_latent_model_ships_with_its_autoencoder(run, tmp_path):
     want = _infer("--checkpoint", checkpoint, "--chunks", 2, "--out", tmp_path / "b.mp4")
     assert got.returncode == 0 and want.returncode == 0, got.stderr + want.stderr
     assert torch.equal(read_video(tmp_path / "a.mp4"), read_video(tmp_path / "b.mp4"))
+
+
+def test_shipped_latent_demo_generates_128_pixel_frames(tmp_path):
+    """checkpoints/latent-demo.safetensors finds its autoencoder beside it (checkpoints/ae-shapes128) from a clone:
+    two chunks of a square decode to 128x128 frames with a bright shape on the dark background."""
+    shipped = ROOT / "checkpoints/latent-demo.safetensors"
+    assert read_metadata(shipped)["codec"]["path"] == "ae-shapes128"
+    result = _infer("--checkpoint", shipped, "--chunks", 2, "--label", 1, "--out", tmp_path / "v.mp4")
+    assert result.returncode == 0, result.stderr
+    video = read_video(tmp_path / "v.mp4")  # (3, T, H, W) in [-1, 1]
+    assert video.shape == (3, 1 + 2 * 4, 128, 128)  # the first frame, then two chunks of 4
+    brightest = video.amax(dim=0)[1:]  # (T, H, W) generated frames
+    assert (brightest > 0).float().mean() > 0.02 and brightest.median() < -0.5
