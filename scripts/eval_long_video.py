@@ -134,7 +134,7 @@ def reference(data: Path, size: int, chunk_frames: int, samples: int,
         per_video = [np.nanmean([c[key] for c, o in zip(chunks, owner) if o == i]) for i in range(len(picked))]
         ref[f"{key}_spread"] = [float(v) / ref[key] for v in np.percentile(per_video, [5, 95])]
     ref["class_accuracy"] = shapes.accuracy() if shapes else None
-    ref["seam"] = seam_ratio(chunks)
+    ref["seam"] = seam_ratio([c["seam"] for c in chunks], [c["motion"] for c in chunks])
     later = [d for i in range(len(picked)) for d in _from_start(bank[owner == i])[START:]]
     ref["hist_start"] = float(np.mean(later)) if later else math.nan  # how much a training video's colour changes
     ref["hist"] = float(np.mean([histogram_distance(h, mean_hist) for h in bank]))
@@ -156,11 +156,11 @@ def seam(video: torch.Tensor, start: int) -> float:
     return motion(video[:, start - 1:start + 1]) if start > 0 else math.nan
 
 
-def seam_ratio(chunks: list[dict]) -> float:
-    """Mean change across chunk seams / mean frame-to-frame change inside chunks (``seam``, ``motion`` of raw
-    metrics; rows without a seam left out)."""
-    joined = [c for c in chunks if not math.isnan(c["seam"])]
-    return _ratio(float(np.nanmean([c["seam"] for c in joined])), float(np.nanmean([c["motion"] for c in joined])))
+def seam_ratio(seams: list[float], motions: list[float]) -> float:
+    """Mean change across chunk seams / mean frame-to-frame change inside those chunks (chunks without a seam, the
+    video's first, left out)."""
+    joined = [(s, m) for s, m in zip(seams, motions) if not math.isnan(s)]
+    return _ratio(float(np.nanmean([s for s, _ in joined])), float(np.nanmean([m for _, m in joined])))
 
 
 def _from_start(histograms: np.ndarray) -> list[float]:
@@ -225,7 +225,7 @@ def summarize(rows: list[dict], ref: dict, after: int = 20, first: int = 10, las
         "first_class": first_class, "last_class": last_class, "last_class_share": share,
         "vanished_chunks": sum(r["fg"] < VANISHED_FG for r in chunks),
         "colour_vs_start": mean(tail, "hist_start"), "worst_colour_vs_start": max(r["hist_start"] for r in chunks),
-        "seam_vs_train": _ratio(seam_ratio([{"seam": r["seam_abs"], "motion": r["motion_abs"]} for r in chunks]),
+        "seam_vs_train": _ratio(seam_ratio([r["seam_abs"] for r in chunks], [r["motion_abs"] for r in chunks]),
                                 ref["seam"])}
     summary["video"] = {key: _ratio(mean(tail, key), mean(head, key)) for key in
                         ("brightness", "contrast", "sharpness", "motion_abs")}

@@ -18,47 +18,48 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
+def short_shapes(tmp_path_factory):
+    """8 short videos (6 frames): the autoencoder trains on frames, so clips need not be long."""
+    root = tmp_path_factory.mktemp("short_shapes")
     write_dataset(root, num_videos=8, num_frames=6, size=16, seed=0)
     return root
 
 
-def _config(shapes, out, *overrides):
-    return load_config(ROOT / "configs/ae-tiny.yaml", [f"data.root={shapes}", f"train.output_dir={out}", *overrides])
+def _config(short_shapes, out, *overrides):
+    return load_config(ROOT / "configs/ae-tiny.yaml", [f"data.root={short_shapes}", f"train.output_dir={out}", *overrides])
 
 
-def test_resume_is_exact_and_every_checkpoint_exports_a_codec(shapes, tmp_path):
+def test_resume_is_exact_and_every_checkpoint_exports_a_codec(short_shapes, tmp_path):
     """Stopped after step 2 (inside the warm-up, where max_steps does not change the schedule) and resumed."""
     warm = "train.warmup_steps=2"
-    straight = train(_config(shapes, tmp_path / "a", warm), progress_bar=False, task_type=AutoencoderTask)
-    train(_config(shapes, tmp_path / "b", warm, "train.max_steps=2"), progress_bar=False, task_type=AutoencoderTask)
-    resumed = train(_config(shapes, tmp_path / "b", warm), resume="latest", progress_bar=False,
+    straight = train(_config(short_shapes, tmp_path / "a", warm), progress_bar=False, task_type=AutoencoderTask)
+    train(_config(short_shapes, tmp_path / "b", warm, "train.max_steps=2"), progress_bar=False, task_type=AutoencoderTask)
+    resumed = train(_config(short_shapes, tmp_path / "b", warm), resume="latest", progress_bar=False,
                     task_type=AutoencoderTask)
     a, b = (load_file(str(step_dirs(d / "checkpoints")[-1] / "ema.safetensors")) for d in (straight, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     exported = step_dirs(straight / "checkpoints")[-1] / EXPORT_DIR
     codec = build_codec(CodecConfig(kind="autoencoder", path=str(exported)))
     assert (codec.channels, codec.factor) == (4, 2)
-    config = _config(shapes, straight)
+    config = _config(short_shapes, straight)
     clips = AutoencoderTask(config, "cpu").dataset(config)
     latents = codec.encode(torch.stack([clips[i]["video"] for i in range(4)]))
     assert latents.shape == (4, 4, 2, 8, 8)
     assert abs(latents.std().item() - 1) < 0.5  # the exported scale makes the latents about unit variance
 
 
-def test_resume_with_another_architecture_is_refused(shapes, tmp_path):
-    train(_config(shapes, tmp_path, "train.max_steps=2"), progress_bar=False, task_type=AutoencoderTask)
+def test_resume_with_another_architecture_is_refused(short_shapes, tmp_path):
+    train(_config(short_shapes, tmp_path, "train.max_steps=2"), progress_bar=False, task_type=AutoencoderTask)
     with pytest.raises(CheckpointError, match="autoencoder config"):
-        train(_config(shapes, tmp_path, "autoencoder.latent_channels=8"), resume="latest", progress_bar=False,
+        train(_config(short_shapes, tmp_path, "autoencoder.latent_channels=8"), resume="latest", progress_bar=False,
               task_type=AutoencoderTask)
     with pytest.raises(CheckpointError, match="holds an autoencoder"):
         load_model(step_dirs(tmp_path / "checkpoints")[-1])
 
 
-def test_cli_reports_heldout_psnr(shapes, tmp_path):
+def test_cli_reports_heldout_psnr(short_shapes, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train/train_autoencoder.py"), "--config",
-                             str(ROOT / "configs/ae-tiny.yaml"), f"data.root={shapes}", f"train.output_dir={tmp_path}",
+                             str(ROOT / "configs/ae-tiny.yaml"), f"data.root={short_shapes}", f"train.output_dir={tmp_path}",
                              "train.sample_every=2", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "reconstruction.json").read_text())
