@@ -47,6 +47,7 @@ class GenerationOptions:
     chunks: int = 20
     seed: int = 0
     steps: int | None = None        # None: the checkpoint's training config
+    shift: float | None = None      # timestep shift of the sampler; None: the checkpoint's
     cfg_scale: float | None = None
     label: int | None = None
     cache: str = "kv"               # kv | none (recompute the window at every step) | full
@@ -123,6 +124,8 @@ def check_options(opts: GenerationOptions) -> None:
     """Refuse option values that would fail later or be silently wrong; each message names the flag."""
     if opts.chunks < 1:
         raise ValueError(f"--chunks must be a positive number of chunks, got {opts.chunks}")
+    if opts.shift is not None and not (math.isfinite(opts.shift) and opts.shift > 0):
+        raise ValueError(f"--shift must be a finite number > 0 (1 = evenly spaced steps), got {opts.shift}")
     if opts.cfg_scale is not None and not math.isfinite(opts.cfg_scale):
         raise ValueError(f"--cfg-scale must be a finite number, got {opts.cfg_scale}")
     if not 0 <= opts.seed <= SEED_MAX:
@@ -293,11 +296,11 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
     step_cache = build_step_cache(opts.step_cache, opts.teacache_thresh, meta.get("teacache_coefficients"))
-    pipe = LongVideoPipeline.from_metadata(model, meta, steps=opts.steps, cfg_scale=opts.cfg_scale,
+    pipe = LongVideoPipeline.from_metadata(model, meta, steps=opts.steps, shift=opts.shift, cfg_scale=opts.cfg_scale,
                                            cache_mode=opts.cache, step_cache=step_cache)
     poll = stop.check if stop is not None else lambda: None
     stats = {"checkpoint": str(checkpoint), "video": str(out), "chunks": [], "frames": 0, "cache": opts.cache,
-             "steps": pipe.steps, "cfg_scale": pipe.cfg_scale, "step_cache": opts.step_cache}
+             "steps": pipe.steps, "shift": pipe.shift, "cfg_scale": pipe.cfg_scale, "step_cache": opts.step_cache}
     output = _Output(out, VideoWriter(out, fps=opts.fps), codec, stats)
     try:
         state = _first_frames(pipe, opts, output, poll)

@@ -43,11 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunks", type=positive_int, default=20, help="number of chunks to generate (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed, 0 .. 2**64 - 1 (same seed, same video)")
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps per chunk (default: checkpoint's)")
+    p.add_argument("--shift", type=float, default=None,
+                   help="timestep shift of the sampler: > 1 spends more of the steps at high noise, where a chunk's "
+                        "layout and brightness are decided (default: the checkpoint's)")
     p.add_argument("--first-frame", default=None,
                    help="image or video to continue; a video is streamed into the output, and only its last frames "
                         "(those that can still influence the next chunk) are run through the model")
     p.add_argument("--label", type=int, default=None, help="class label (demo model: 0 circle, 1 square, 2 triangle)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off); only with --label: without a label there is "
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale (1 = off); only with --label: without a label there is "
                         "nothing to guide, and one branch runs")
     p.add_argument("--cache", choices=["kv", "none"], default="kv",
                    help="kv: shared KV cache (Ca2-VDM); none: recompute the conditioning window at every step")
@@ -68,8 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    opts = GenerationOptions(chunks=args.chunks, seed=args.seed, steps=args.steps, cfg_scale=args.cfg_scale,
-                             label=args.label, cache=args.cache, first_frame=args.first_frame, device=args.device,
+    opts = GenerationOptions(chunks=args.chunks, seed=args.seed, steps=args.steps, shift=args.shift,
+                             cfg_scale=args.cfg_scale, label=args.label, cache=args.cache,
+                             first_frame=args.first_frame, device=args.device,
                              step_cache=args.step_cache, teacache_thresh=args.teacache_thresh, fps=args.fps,
                              preview=args.preview, verbose=args.verbose, stats=args.stats, codec_path=args.codec_path,
                              overwrite=args.overwrite or args.out is None)

@@ -221,6 +221,7 @@ def summarize(rows: list[dict], ref: dict, after: int = 20, first: int = 10, las
         "sharpness_vs_train": mean(tail, "sharpness") / ref["sharpness"],
         "sharpness_vs_train_colour": mean(tail, "sharp_colour"),
         "fg_vs_train": mean(tail, "fg") / ref["fg"],
+        "brightness_vs_train": mean(tail, "brightness") / ref["brightness"],
         "min_motion_vs_train": float(np.nanmin([r["motion"] for r in chunks])),
         "first_class": first_class, "last_class": last_class, "last_class_share": share,
         "vanished_chunks": sum(r["fg"] < VANISHED_FG for r in chunks),
@@ -268,6 +269,8 @@ def format_summary(summary: dict, ref: dict) -> str:
                  f"{ref['sharpness_spread'][0]:.2f}-{ref['sharpness_spread'][1]:.2f}x; "
                  f"{m['sharpness_vs_train_colour']:.2f}x training chunks of its colour), foreground "
                  f"{m['fg_vs_train']:.2f}x (training videos {ref['fg_spread'][0]:.2f}-{ref['fg_spread'][1]:.2f}x), "
+                 f"brightness {m['brightness_vs_train']:.2f}x (training videos {ref['brightness_spread'][0]:.2f}-"
+                 f"{ref['brightness_spread'][1]:.2f}x), "
                  f"lowest motion {m['min_motion_vs_train']:.2f}x; class {m['first_class']} (first 10) -> "
                  f"{m['last_class']} (share {m['last_class_share']:.2f}, probe accuracy "
                  f"{ref['class_accuracy'] or math.nan:.2f})")

@@ -1,5 +1,8 @@
-"""The benchmark scripts' bookkeeping: analytic FLOPs and the lockstep measurement (no timing is asserted)."""
+"""The benchmark scripts' bookkeeping: analytic FLOPs, the lockstep measurement and the sampler-drift runs (no timing is
+asserted)."""
+import argparse
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,35 @@ def test_lockstep_measure_runs_every_mode_on_the_same_chunks():
         assert all(r["seconds"] > 0 and r["flops"] > 0 for r in rows[mode])
     assert all(t["flops"] <= k["flops"] for t, k in zip(rows[modes[3]], rows["kv"]))
     assert model.step_cache is None  # each mode ran on its own copy of the model
+
+
+_DRIFT_SPEC = importlib.util.spec_from_file_location(
+    "bench_sampler_drift", Path(__file__).resolve().parents[1] / "scripts" / "bench_sampler_drift.py")
+sampler_drift = importlib.util.module_from_spec(_DRIFT_SPEC)
+_DRIFT_SPEC.loader.exec_module(sampler_drift)
+
+
+def test_sampler_drift_teacher_forces_every_chunk_after_the_first(shapes, tmp_path):
+    from ca2vdm.checkpoint import save_weights
+
+    model = random_model(num_classes=3)
+    checkpoint, out = tmp_path / "tiny.safetensors", tmp_path / "drift.json"
+    save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 2, "cond_noise": 0.05}})
+    sampler_drift.main(["--checkpoint", str(checkpoint), "--data", str(shapes), "--every", "3", "--chunks", "3",
+                        "--settings", "2:1", "2:3", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert [(r["steps"], r["shift"], r["mode"]) for r in results] == [
+        (2, 1.0, "teacher"), (2, 1.0, "free"), (2, 3.0, "teacher"), (2, 3.0, "free")]
+    for teacher, free in (results[:2], results[2:]):
+        rows = teacher["chunks"], free["chunks"]
+        assert [len(r) for r in rows] == [3, 3]
+        assert all(0 < row[k] < 10 for r in rows for row in r for k in ("brightness", "contrast"))
+        assert rows[0][0] == rows[1][0]  # chunk 0 sees only the real first frame in both modes, with the same noise
+        assert rows[0][2] != rows[1][2]  # later chunks see real frames in one mode and the model's own in the other
+    assert results[0]["chunks"] != results[2]["chunks"]  # the shift reaches the sampler
+
+
+def test_sampler_setting_is_steps_colon_shift():
+    assert sampler_drift.setting("16:3") == (16, 3.0)
+    with pytest.raises(argparse.ArgumentTypeError, match="steps:shift"):
+        sampler_drift.setting("16")

@@ -34,12 +34,15 @@ def test_a_training_like_video_passes_and_a_fading_one_fails(tmp_path):
     summary = evaluation.summarize(rows, ref)
     video_goals = {k: v for k, v in summary["goals"].items() if k.startswith("video") or "class" in k}
     assert all(video_goals.values()), summary
+    low, high = ref["brightness_spread"]
+    assert low <= summary["model"]["brightness_vs_train"] <= high  # as bright as a training video
 
     fading = square.astype(np.float32) * np.linspace(1, 0.3, len(square))[:, None, None, None]  # fades to 30 %
     rows = evaluation.evaluate(_as_model_video(fading.astype(np.uint8)), training, ref, 1, 4)
     summary = evaluation.summarize(rows, ref)
     assert not summary["goals"]["video brightness within 15%"] and not summary["goals"]["video contrast >= 0.85x"]
     assert summary["worst"]["brightness"]["vs_chunk0"] < 0.5
+    assert summary["model"]["brightness_vs_train"] < low  # darker than any training video
     text = evaluation.format_summary(summary, ref)
     assert "FAIL  video brightness within 15%" in text and "worst brightness after chunk 20" in text
 

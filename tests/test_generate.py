@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI_PATH = ROOT / "infer" / "long_video.py"
 CHUNK = 2  # tiny chunk_frames
 STEPS = 3  # the checkpoint's diffusion steps
-OPTIONS = ("--checkpoint", "--out", "--seed", "--steps", "--chunks", "--first-frame", "--label", "--cfg-scale",
-           "--cache", "--device", "--fps", "--stats", "--preview", "--verbose")
+OPTIONS = ("--checkpoint", "--out", "--seed", "--steps", "--shift", "--chunks", "--first-frame", "--label",
+           "--cfg-scale", "--cache", "--device", "--fps", "--stats", "--preview", "--verbose")
 
 _spec = importlib.util.spec_from_file_location("long_video_cli", CLI_PATH)
 cli = importlib.util.module_from_spec(_spec)
@@ -79,6 +79,21 @@ def test_steps_and_guidance_set_model_evals(checkpoint, tmp_path):
     opts = GenerationOptions(chunks=2, steps=2, cfg_scale=2.5, label=0)  # guidance needs a label to guide towards
     stats = generate_video(checkpoint, tmp_path / "v.mp4", opts)
     assert [c["model_evals"] for c in stats["chunks"]] == [2 * 2, 2 * 2]  # 2 steps x 2 guidance branches
+
+
+def test_shift_overrides_the_checkpoints_sampler_schedule(checkpoint, tmp_path):
+    recorded = generate_video(checkpoint, tmp_path / "a.mp4", GenerationOptions(chunks=2, label=0))
+    shifted = generate_video(checkpoint, tmp_path / "b.mp4", GenerationOptions(chunks=2, label=0, shift=3.0))
+    assert (recorded["shift"], shifted["shift"]) == (1.0, 3.0)  # the checkpoint's, then the option's
+    assert (read_video(tmp_path / "a.mp4") - read_video(tmp_path / "b.mp4")).abs().max() > 0.05  # same noise
+
+
+@pytest.mark.parametrize("shift", ["0", "-1", "nan"])
+def test_bad_shift_is_an_error(checkpoint, tmp_path, capsys, shift):
+    out = tmp_path / "o.mp4"
+    assert "--shift must be a finite number > 0" in cli_error(capsys, "--checkpoint", checkpoint, "--out", out,
+                                                              "--shift", shift)
+    assert not out.exists()
 
 
 def test_kv_and_none_caches_agree_while_window_not_full(checkpoint, tmp_path):

@@ -136,7 +136,11 @@ def test_shipped_latent_demo_generates_128_pixel_frames(tmp_path):
     """checkpoints/latent-demo.safetensors finds its autoencoder beside it (checkpoints/ae-shapes128) from a clone:
     two chunks of a square decode to 128x128 frames with a bright shape on the dark background."""
     shipped = ROOT / "checkpoints/latent-demo.safetensors"
-    assert read_metadata(shipped)["codec"]["path"] == "ae-shapes128"
+    meta = read_metadata(shipped)
+    assert meta["codec"]["path"] == "ae-shapes128"
+    sampler = ("steps", "shift", "cond_noise", "cfg_scale")  # what generation reads: the config documents the file
+    config = load_config(ROOT / "configs/latent-demo.yaml").diffusion
+    assert {k: meta["diffusion_config"][k] for k in sampler} == {k: getattr(config, k) for k in sampler}
     result = _infer("--checkpoint", shipped, "--chunks", 2, "--label", 1, "--out", tmp_path / "v.mp4")
     assert result.returncode == 0, result.stderr
     video = read_video(tmp_path / "v.mp4")  # (3, T, H, W) in [-1, 1]

@@ -1,0 +1,104 @@
+"""How much each sampler setting dims a chunk, teacher-forced and free-running, against the real continuation.
+
+    python scripts/bench_sampler_drift.py --settings 16:1 16:3 32:3 --json docs/results/sampler_drift.json
+
+For a set of training videos (every ``--every``-th of ``--data``), the model continues each video's first frame for
+``--chunks`` chunks with every setting ``steps:shift`` (the Euler sampler's step count and timestep shift), as the main
+command does (unconditional, the checkpoint's other settings, KV cache):
+* teacher-forced: every chunk is conditioned on the real frames before it, so its ratio to the real chunk is the
+  error one chunk adds;
+* free-running: every chunk is conditioned on the model's own chunks, so the errors compound.
+Per chunk it prints the ratio of the generated chunks' mean brightness (pixels in [0, 1]) and contrast (pixel std)
+to the real chunks' at the same frames, pooled over the videos (1 = no drift; the shapes move, but a training video
+keeps its colour and size). Same noise for every setting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from ca2vdm.checkpoint import load_model  # noqa: E402
+from ca2vdm.data import VIDEO_EXTENSIONS, find_videos  # noqa: E402
+from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
+from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
+from ca2vdm.video_io import read_video  # noqa: E402
+
+MODES = ("teacher", "free")
+
+
+def setting(text: str) -> tuple[int, float]:
+    """'16:3' -> (16 steps, shift 3.0)."""
+    try:
+        steps, shift = text.split(":")
+        return int(steps), float(shift)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a setting is steps:shift, e.g. 16:3, got {text!r}") from None
+
+
+def brightness_contrast(frames: torch.Tensor) -> tuple[float, float]:
+    """Mean and std of (B, C, T, H, W) pixels in [-1, 1], mapped to [0, 1]."""
+    pixels = (frames.float() + 1) / 2
+    return pixels.mean().item(), pixels.std().item()
+
+
+def continue_videos(pipe: LongVideoPipeline, videos: torch.Tensor, chunks: int, teacher: bool,
+                    seed: int) -> list[dict]:
+    """Ratios to the real chunks, per chunk, of continuing every video's first frame. videos: (B, 3, T, H, W)."""
+    frames = pipe.model.cfg.chunk_frames
+    state = pipe.start(batch=videos.shape[0], seed=seed, first_frames=videos[:, :, :1])
+    rows = []
+    for k in range(chunks):
+        real = videos[:, :, 1 + frames * k:1 + frames * (k + 1)]  # (B, 3, frames, H, W)
+        made = pipe.next_chunk(state, commit_frames=real if teacher else None).frames
+        (mb, mc), (rb, rc) = brightness_contrast(made), brightness_contrast(real)
+        rows.append({"chunk": k, "brightness": mb / rb, "contrast": mc / rc})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file (default: the shipped model)")
+    p.add_argument("--data", default="data/shapes", help="training videos (scripts/make_synthetic_videos.py)")
+    p.add_argument("--every", type=int, default=8, help="take every n-th video of --data (default 8)")
+    p.add_argument("--videos", type=int, default=24, help="at most this many videos, continued as one batch")
+    p.add_argument("--chunks", type=int, default=10, help="chunks per video (the videos must be long enough)")
+    p.add_argument("--settings", type=setting, nargs="+", default=None,
+                   help="steps:shift pairs (default: 16:1 16:3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    settings = args.settings or [setting("16:1"), setting("16:3")]
+
+    model, meta = load_model(args.checkpoint)
+    files = sorted(find_videos(Path(args.data), VIDEO_EXTENSIONS))[::args.every][:args.videos]
+    needed = 1 + args.chunks * model.cfg.chunk_frames
+    videos = torch.stack([read_video(f, size=model.cfg.resolution)[:, :needed] for f in files])  # (B, 3, T, H, W)
+    if not files or videos.shape[2] < needed:
+        raise SystemExit(f"need videos of at least {needed} frames under {args.data} (got {len(files)} videos, "
+                         f"{videos.shape[2] if files else 0} frames): fewer --chunks or longer videos")
+    results = []
+    print(f"{len(files)} videos of {args.data}, {args.chunks} chunks; ratio of generated to real, per chunk")
+    for steps, shift in settings:
+        pipe = LongVideoPipeline.from_metadata(model, meta, steps=steps, shift=shift)
+        for mode in MODES:
+            rows = continue_videos(pipe, videos, args.chunks, mode == "teacher", args.seed)
+            results.append({"steps": steps, "shift": shift, "mode": mode, "chunks": rows})
+            for key in ("brightness", "contrast"):
+                values = " ".join(f"{r[key]:.3f}" for r in rows)
+                print(f"{steps:3d} steps, shift {shift:4.1f}, {mode:7s} {key:10s} {values}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
+                                               "videos": [f.name for f in files], "seed": args.seed,
+                                               "threads": torch.get_num_threads(), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
