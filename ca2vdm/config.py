@@ -71,7 +71,6 @@ class DiffusionConfig:
     self_rollout: float = 0.0   # share of training steps conditioned on the model's own samples (ca2vdm.rollout)
     rollout_t: float = 1.0      # a rolled-out chunk starts from the real one perturbed to this time (1 = free)
     rollout_steps: int = 8      # Euler steps per rolled-out chunk
-    context_jitter: float = 0.0  # conditioning frames after the given ones: per-channel gain 1 +- this (ca2vdm.rollout)
 
 
 @dataclass
@@ -260,12 +259,6 @@ def _validate_rest(c: Config) -> None:
         problems.append(f"diffusion.self_rollout must be in [0, 1] (a share of steps), got {c.diffusion.self_rollout}")
     if not 0 < c.diffusion.rollout_t <= 1:
         problems.append(f"diffusion.rollout_t must be in (0, 1], got {c.diffusion.rollout_t}")
-    if not 0 <= c.diffusion.context_jitter < 1:
-        problems.append(f"diffusion.context_jitter must be in [0, 1) (a gain of 1 +- it), "
-                        f"got {c.diffusion.context_jitter}")
-    elif c.diffusion.context_jitter and c.codec.kind != "pixel":
-        problems.append(f"diffusion.context_jitter scales pixel intensities, but codec.kind={c.codec.kind} trains on "
-                        "latents: set diffusion.context_jitter=0")
     if c.diffusion.rollout_steps < 1:
         problems.append(f"diffusion.rollout_steps must be >= 1, got {c.diffusion.rollout_steps}")
     if c.diffusion.objective not in OBJECTIVES:

@@ -1,5 +1,4 @@
-"""Training on context other than the real clip: the model's own samples (self-rollout, the idea of Self-Forcing,
-arXiv 2506.08009), or the real context recoloured (context jitter).
+"""Self-rollout: training on the model's own generated context (the idea of Self-Forcing, arXiv 2506.08009).
 
 At inference every chunk is conditioned on frames the model made, with their errors; with teacher forcing the model
 only ever sees real frames, so small errors (a shape a little smaller, a little darker) compound over hundreds of
@@ -16,12 +15,6 @@ colour, size) accumulate. Measured at 200 chunks on 12 seeds (docs/benchmarks.md
 rollout met the most drift goals only by ignoring its context (its chunks jump at every seam, 2.6x the in-chunk
 change), and the anchored one (0.6) jumped less but vanished more. A target consistent with the rolled-out context
 (a teacher) is what is missing; off by default.
-
-Context jitter (``diffusion.context_jitter``, pixel models) attacks the drift seen at 200 chunks, where a shape's
-colour wanders a little with every chunk: :func:`jitter_context` scales the colours of the conditioning frames after
-the given ones (first frame, sinks) by a random per-channel gain, while the given frames and the target stay real,
-so a model with an attention sink can learn to take the colour from the first frame instead of following its
-recent context.
 """
 from __future__ import annotations
 
@@ -64,17 +57,3 @@ def rollout_context(model: CausalVideoDiT, video: torch.Tensor, labels: torch.Te
     if state.frames != num_cond:
         raise ValueError(f"num_cond={num_cond} is not a chunk boundary of the model's layout")
     return torch.cat(parts + [video[:, :, num_cond:]], dim=2)
-
-
-def jitter_context(video: torch.Tensor, given: int, num_cond: int, amount: float,
-                   generator: torch.Generator) -> torch.Tensor:
-    """``video`` (B, C, T, H, W), pixels in [-1, 1], with frames ``given`` .. ``num_cond`` - 1 recoloured: their
-    intensities (in [0, 1]) times a gain drawn per sample and channel from [1 - amount, 1 + amount], clamped. The
-    given frames (first frame, sinks) and the frames from ``num_cond`` on (the targets) stay real, so the model learns
-    to take colour and brightness from the first frame rather than follow a drift of its recent context."""
-    if num_cond <= given:
-        return video
-    B, C = video.shape[:2]
-    gain = 1 + amount * (2 * torch.rand((B, C, 1, 1, 1), generator=generator, device=video.device) - 1)
-    recoloured = ((video[:, :, given:num_cond] + 1) * gain.to(video.dtype) - 1).clamp(-1, 1)
-    return torch.cat([video[:, :, :given], recoloured, video[:, :, num_cond:]], dim=2)

@@ -41,7 +41,7 @@ from .diffusion import causal_flow_loss, teacher_forcing_flow_loss
 from .latents import LatentClipDataset
 from .model import CausalVideoDiT
 from .pipeline import LongVideoPipeline
-from .rollout import given_frames, jitter_context, rollout_context
+from .rollout import rollout_context
 
 
 class NonFiniteLossError(RuntimeError):
@@ -193,20 +193,15 @@ class DiffusionTask:
     def own_context(self, model, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int, config: Config,
                     gen: torch.Generator) -> torch.Tensor | None:
         """For a share ``diffusion.self_rollout`` of the steps, the clip with its first ``num_cond`` frames (after
-        the given ones) made by the model itself (:mod:`ca2vdm.rollout`), then with ``diffusion.context_jitter``
-        those frames' colours scaled at random; None (real context) without either. Draws nothing from ``gen`` for
-        what is off, so such runs are unchanged."""
+        the given ones) made by the model itself (:mod:`ca2vdm.rollout`); otherwise None (real context). Draws
+        nothing from ``gen`` when self-rollout is off, so such runs are unchanged."""
         dc = config.diffusion
-        context = None
-        if dc.self_rollout and torch.rand((), generator=gen, device=gen.device) < dc.self_rollout:
-            seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))
-            context = rollout_context(getattr(model, "module", model), video, labels, num_cond, start_t=dc.rollout_t,
-                                      steps=dc.rollout_steps, shift=dc.shift, cond_noise=dc.cond_noise, seed=seed,
-                                      pixel_space=self.codec.pixel_space)
-        if dc.context_jitter:
-            context = jitter_context(video if context is None else context, given_frames(config.model), num_cond,
-                                     dc.context_jitter, gen)
-        return context
+        if not dc.self_rollout or torch.rand((), generator=gen, device=gen.device) >= dc.self_rollout:
+            return None
+        seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))
+        return rollout_context(getattr(model, "module", model), video, labels, num_cond, start_t=dc.rollout_t,
+                               steps=dc.rollout_steps, shift=dc.shift, cond_noise=dc.cond_noise, seed=seed,
+                               pixel_space=self.codec.pixel_space)
 
     def save_weights(self, directory: Path, ema: EMA, config: Config, step: int) -> None:
         ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, config.model,

@@ -1,6 +1,5 @@
 """Self-rollout (ca2vdm.rollout): the context the model makes for itself is exactly what inference makes, anchored
-to the real clip by rollout_t, with the given frames real; training with it is deterministic and resumable. Context
-jitter recolours only the frames between the given ones and the targets."""
+to the real clip by rollout_t, with the given frames real; training with it is deterministic and resumable."""
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 from ca2vdm.config import ConfigError, load_config
 from ca2vdm.pipeline import LongVideoPipeline
-from ca2vdm.rollout import given_frames, jitter_context, rollout_context
+from ca2vdm.rollout import given_frames, rollout_context
 from ca2vdm.training import DiffusionTask, chunk_layout
 from helpers import random_model
 
@@ -91,34 +90,3 @@ def test_self_rollout_share_of_steps_and_config_errors():
         own = loss()
         assert own == loss()  # the rollout's noise comes from the step's generator
     assert abs(own - real) > 1e-4 and model.training
-
-
-@pytest.mark.parametrize("sink_frames", [0, 3])
-def test_context_jitter_recolours_only_the_context_after_the_given_frames(sink_frames):
-    model = random_model(num_classes=3, sink_frames=sink_frames)
-    video = clip(model, batch=4) * 0.5  # intensities in [0.25, 0.75]: a gain up to 1.3 is never clamped
-    given, num_cond = given_frames(model.cfg), chunk_layout(model.cfg)[-1][0]
-    out = jitter_context(video, given, num_cond, 0.3, torch.Generator().manual_seed(0))
-    assert torch.equal(out[:, :, :given], video[:, :, :given]) and torch.equal(out[:, :, num_cond:],
-                                                                            video[:, :, num_cond:])
-    gain = (out[:, :, given:num_cond] + 1) / (video[:, :, given:num_cond] + 1)  # (B, C, n, H, W)
-    per_channel = gain.flatten(2)  # one gain per sample and channel, the same on every recoloured pixel
-    torch.testing.assert_close(per_channel, per_channel[:, :, :1].expand_as(per_channel))
-    assert ((per_channel >= 0.7 - 1e-6) & (per_channel <= 1.3 + 1e-6)).all() and per_channel.std() > 0.05
-    assert torch.equal(jitter_context(video, num_cond, num_cond, 0.3, torch.Generator()), video)  # nothing between
-
-
-def test_context_jitter_changes_the_loss_and_is_refused_for_latent_models():
-    with pytest.raises(ConfigError, match="diffusion.context_jitter"):
-        load_config(ROOT / "configs/tiny.yaml", ["diffusion.context_jitter=1"])
-    config = load_config(ROOT / "configs/tiny.yaml", ["diffusion.objective=all"])
-    task, model = DiffusionTask(config, torch.device("cpu")), random_model(num_classes=3)
-    batch = {"video": clip(model, 2), "label": torch.tensor([0, 1])}
-    loss = lambda: task.loss(model, batch, config, torch.Generator().manual_seed(3)).item()  # noqa: E731
-    with torch.no_grad():
-        real = loss()
-        config.diffusion.context_jitter = 0.3
-        assert abs(loss() - real) > 1e-5 and loss() == loss()
-    with pytest.raises(ConfigError, match="context_jitter scales pixel intensities"):
-        load_config(ROOT / "configs/tiny.yaml", ["diffusion.context_jitter=0.1", "codec.kind=autoencoder",
-                                                  "codec.path=unused", "model.in_channels=4"])
