@@ -77,12 +77,19 @@ def main(argv: list[str] | None = None) -> None:
     settings = args.settings or [setting("16:1"), setting("16:3")]
 
     model, meta = load_model(args.checkpoint)
+    if meta.get("codec", {}).get("kind", "pixel") != "pixel":
+        raise SystemExit(f"{args.checkpoint} works on latents; this measurement compares pixels (a pixel model only)")
     files = sorted(find_videos(Path(args.data), VIDEO_EXTENSIONS))[::args.every][:args.videos]
+    if not files:
+        raise SystemExit(f"no videos under {args.data}: write them with scripts/make_synthetic_videos.py, or pass "
+                         "--data")
     needed = 1 + args.chunks * model.cfg.chunk_frames
-    videos = torch.stack([read_video(f, size=model.cfg.resolution)[:, :needed] for f in files])  # (B, 3, T, H, W)
-    if not files or videos.shape[2] < needed:
-        raise SystemExit(f"need videos of at least {needed} frames under {args.data} (got {len(files)} videos, "
-                         f"{videos.shape[2] if files else 0} frames): fewer --chunks or longer videos")
+    clips = [read_video(f, size=model.cfg.resolution)[:, :needed] for f in files]  # (3, <= needed, H, W) each
+    short = [f.name for f, c in zip(files, clips) if c.shape[1] < needed]
+    if short:
+        raise SystemExit(f"{len(short)} of the videos are shorter than the {needed} frames that --chunks "
+                         f"{args.chunks} needs (e.g. {short[0]}): use fewer --chunks")
+    videos = torch.stack(clips)  # (B, 3, T, H, W)
     results = []
     print(f"{len(files)} videos of {args.data}, {args.chunks} chunks; ratio of generated to real, per chunk")
     for steps, shift in settings:

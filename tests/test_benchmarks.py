@@ -71,6 +71,19 @@ def test_sampler_drift_teacher_forces_every_chunk_after_the_first(shapes, tmp_pa
     assert results[0]["chunks"] != results[2]["chunks"]  # the shift reaches the sampler
 
 
+def test_sampler_drift_refuses_videos_too_short_for_the_chunks(shapes, tmp_path):
+    from ca2vdm.checkpoint import save_weights
+
+    model = random_model(num_classes=3)
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 2}})
+    frames = 1 + 10 * model.cfg.chunk_frames  # the fixture's videos have 20 frames
+    with pytest.raises(SystemExit, match=f"shorter than the {frames} frames that --chunks 10 needs"):
+        sampler_drift.main(["--checkpoint", str(checkpoint), "--data", str(shapes), "--chunks", "10"])
+    with pytest.raises(SystemExit, match="no videos under"):
+        sampler_drift.main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "empty"), "--chunks", "1"])
+
+
 def test_sampler_setting_is_steps_colon_shift():
     assert sampler_drift.setting("16:3") == (16, 3.0)
     with pytest.raises(argparse.ArgumentTypeError, match="steps:shift"):
