@@ -1,6 +1,6 @@
 """How much each sampler setting dims a chunk, teacher-forced and free-running, against the real continuation.
 
-    python scripts/bench_sampler_drift.py --settings 16:1 16:3 32:3 --json docs/results/sampler_drift.json
+    python scripts/bench_sampler_drift.py --chunks 20 --settings 16:1 32:1 16:3 8:3 --json docs/results/sampler_drift.json
 
 For a set of training videos (every ``--every``-th of ``--data``), the model continues each video's first frame for
 ``--chunks`` chunks with every setting ``steps:shift`` (the Euler sampler's step count and timestep shift), as the main
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = args.settings or [setting("16:1"), setting("16:3")]
 
     model, meta = load_model(args.checkpoint)
-    if meta.get("codec", {}).get("kind", "pixel") != "pixel":
+    if not LongVideoPipeline.from_metadata(model, meta).pixel_space:
         raise SystemExit(f"{args.checkpoint} works on latents; this measurement compares pixels (a pixel model only)")
     files = sorted(find_videos(Path(args.data), VIDEO_EXTENSIONS))[::args.every][:args.videos]
     if not files:
