@@ -90,9 +90,16 @@ def _summarise(skipped: list[tuple[str, str]]) -> str:
     return shown + more
 
 
+# With attention sinks, the share of clips whose run starts right after the sinks. Only these show the layout of a
+# video's first chunks, where the ring of the KV cache is not yet full and no frame lies between sinks and ring
+# (``training.chunk_weights`` trains those chunks on them alone); the others show a ring at any distance.
+CONTIGUOUS_SHARE = 0.5
+
+
 class ClipDataset(Dataset):
     """Clip sampling shared by the video and latent datasets: item i of an epoch is a clip of video i % n (n videos,
-    ``clips_per_video`` items each) at a position drawn from (seed, epoch, i)."""
+    ``clips_per_video`` items each) at a position drawn from (seed, epoch, i). Items hold "video", "label" and
+    "contiguous" (:meth:`contiguous`)."""
     videos: list
     clips_per_video: int
     seed: int
@@ -109,10 +116,19 @@ class ClipDataset(Dataset):
         return len(self.videos) * self.clips_per_video
 
     def clip_position(self, index: int) -> float:
-        """Where item ``index``'s clip starts, as a fraction in [0, 1) of the possible start frames."""
+        """Where item ``index``'s clip starts, as a fraction in [0, 1) of the possible start frames; with sinks, 0 (the
+        run right after them) for a share ``CONTIGUOUS_SHARE`` of the items."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} clips")
-        return np.random.default_rng([self.seed, self.epoch, index]).random()
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.sink_frames and rng.random() < CONTIGUOUS_SHARE:
+            return 0.0
+        return rng.random()
+
+    def contiguous(self, position: float) -> bool:
+        """Whether the clip at ``position`` is a run of consecutive (every ``frame_stride``-th) frames: always without
+        sinks, with sinks when the run starts right after them."""
+        return not self.sink_frames or position == 0.0
 
     def clip_segments(self, position: float, length: int) -> list[tuple[int, int]]:
         """Frame ranges (start, stop) of a clip in a video of ``length`` frames, each read every ``frame_stride``-th
@@ -286,7 +302,7 @@ class VideoFolderDataset(ClipDataset):
         return [table.get(name, 0) for name in names], num_classes
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        """Return {"video": (3, T, R, R) float32 in [-1, 1], "label": long scalar}."""
+        """Return {"video": (3, T, R, R) float32 in [-1, 1], "label": long scalar, "contiguous": bool scalar}."""
         position = self.clip_position(index)  # one draw places the clip in whichever video ends up being read
         for offset in range(len(self.videos)):
             j = (index % len(self.videos) + offset) % len(self.videos)
@@ -302,6 +318,7 @@ class VideoFolderDataset(ClipDataset):
             return {
                 "video": resize_center_crop(frames, self.resolution),  # (3, T, R, R)
                 "label": torch.tensor(self.labels[j], dtype=torch.long),
+                "contiguous": torch.tensor(self.contiguous(position)),
             }
         raise RuntimeError(
             f"none of the {len(self.videos)} videos in {self.root} could be decoded; "

@@ -55,14 +55,15 @@ def logit_normal(shape: tuple[int, ...], generator: torch.Generator | None, devi
 def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int,
                      num_noisy: int, cond_noise: float, generator: torch.Generator | None = None, *,
                      noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
-                     context: torch.Tensor | None = None) -> torch.Tensor:
+                     context: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Flow-matching loss on the noisy chunk that follows ``num_cond`` clean conditioning frames.
 
     video: (B, C, T, H, W) with T >= num_cond + num_noisy; frames after the noisy chunk are dropped.
     Noise times are logit-normal (SD3), one per sample; the loss is masked to the noisy frames.
     noise: (B, C, num_cond + num_noisy, H, W) and t: (B,) replace the random draws (the conditioning frames are
     perturbed with noise[:, :, :num_cond]). context: (B, C, >= num_cond, H, W) conditioning frames to use instead of
-    the video's (self-rollout: the model's own samples); the target stays the video's chunk.
+    the video's (self-rollout: the model's own samples); the target stays the video's chunk. weight: (B,) 0/1, the
+    samples that carry loss (``training.chunk_weights``); the loss is their mean (0 if there are none).
     """
     x0 = video[:, :, :num_cond + num_noisy]
     B, T = x0.shape[0], x0.shape[2]
@@ -79,14 +80,18 @@ def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.
     x_t = perturb(inputs, noise, noise_level[:, None, :, None, None].to(x0.dtype))
     pred = model(x_t, t_frames, labels, num_cond_frames=num_cond)
     target = noise - x0
-    return F.mse_loss(pred[:, :, num_cond:].float(), target[:, :, num_cond:].float())
+    if weight is None:
+        return F.mse_loss(pred[:, :, num_cond:].float(), target[:, :, num_cond:].float())
+    err = (pred[:, :, num_cond:].float() - target[:, :, num_cond:].float()).square().mean(dim=(1, 2, 3, 4))  # (B,)
+    return (err * weight).sum() / weight.sum().clamp(min=1)
 
 
 def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor | None,
                               chunks: list[tuple[int, int]], cond_noise: float,
                               generator: torch.Generator | None = None, *, noise: torch.Tensor | None = None,
                               cond_eps: torch.Tensor | None = None, t: torch.Tensor | None = None,
-                              context: torch.Tensor | None = None, per_chunk: bool = False) -> torch.Tensor:
+                              context: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                              per_chunk: bool = False) -> torch.Tensor:
     """Flow-matching loss on every chunk of a clip at once (teacher forcing; ``diffusion.objective=all``).
 
     video: (B, C, T, H, W), its first frame at a chunk boundary of the model's layout; chunks: (start, length) of
@@ -98,9 +103,10 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
 
     noise (B, C, T, H, W), cond_eps (B, C, Tc, H, W) and t (B, K) replace the random draws (drawn in that order).
     context: (B, C, >= Tc, H, W) clean frames to use instead of the video's (self-rollout); targets stay the video's.
+    weight: (B, K) 0/1, the samples whose chunk k carries loss (``training.chunk_weights``).
     Returns the mean over chunks of each chunk's mean squared error, or with ``per_chunk`` those K terms: term k
-    equals :func:`causal_flow_loss` for chunk k with noise ``cat(cond_eps[:, :, :start_k], noise[:, :, chunk k])``
-    and time ``t[:, k]``.
+    equals :func:`causal_flow_loss` for chunk k with noise ``cat(cond_eps[:, :, :start_k], noise[:, :, chunk k])``,
+    time ``t[:, k]`` and weight ``weight[:, k]``.
     """
     num_clean, T = chunks[-1][0], chunks[-1][0] + chunks[-1][1]
     x0 = video[:, :, :T]
@@ -121,8 +127,12 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
     noisy = perturb(x0, noise, t_frames[:, None, :, None, None].to(dtype))  # (B, C, T, H, W)
     times = torch.cat([torch.zeros(B, num_clean, device=device), t_frames], dim=1)  # (B, Tc + T)
     pred = model(torch.cat([clean, noisy], dim=2), times, labels, num_cond_frames=num_clean, teacher_forcing=True)
-    err = (pred[:, :, num_clean:].float() - (noise - x0).float()).square().mean(dim=(0, 1, 3, 4))  # (T,) per frame
-    terms = torch.zeros(len(chunks), device=device).index_add_(0, chunk_index, err) / lengths  # (K,)
+    err = (pred[:, :, num_clean:].float() - (noise - x0).float()).square().mean(dim=(1, 3, 4))  # (B, T)
+    terms = torch.zeros(B, len(chunks), device=device).index_add_(1, chunk_index, err) / lengths  # (B, K)
+    if weight is None:
+        terms = terms.mean(dim=0)  # (K,)
+    else:
+        terms = (terms * weight).sum(dim=0) / weight.sum(dim=0).clamp(min=1)  # (K,)
     return terms if per_chunk else terms.mean()
 
 

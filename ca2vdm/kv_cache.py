@@ -32,6 +32,10 @@ frames followed by a later run of frames (``ClipDataset.clip_segments``). The la
 ``window - 1`` however long the video gets. Sink keys are kept as written (rotated to their own positions
 ``0..k-1``) and, when a chunk starts, rotated by ``r0 - k`` more into their slots: rotary phases add, and the
 periodic table covers every shift. Until the ring first wraps, ``r0 = k`` and the sinks sit at their true positions.
+The positions cannot tell how far the ring is from the sinks, but the fill of the window can: a ring that does not
+yet fill it happens only at a video's start, right after the sinks. So training shows chunks with less than a full
+window of context only in clips whose run starts right after the sinks (``training.chunk_weights``); a model
+trained on them after gaps too blurred the first chunks of every video (``scripts/bench_sampler_drift.py``).
 """
 from __future__ import annotations
 

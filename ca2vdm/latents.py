@@ -98,7 +98,7 @@ class LatentClipDataset(ClipDataset):
     """Clips of ``num_frames`` latent frames (every ``frame_stride``-th) from an encoded latent directory.
 
     Same item contract and clip positions as :class:`~ca2vdm.data.VideoFolderDataset`: {"video": (C, T, h, w)
-    float32 latents, "label": long}; the start of item i is a function of (seed, epoch, i).
+    float32 latents, "label": long, "contiguous": bool}; the start of item i is a function of (seed, epoch, i).
     """
 
     def __init__(self, root: str | os.PathLike, num_frames: int, frame_stride: int = 1, seed: int = 0,
@@ -139,4 +139,5 @@ class LatentClipDataset(ClipDataset):
             frames = f.get_slice(entry["key"])
             clip = torch.cat([frames[:, a:b][:, ::self.frame_stride]
                               for a, b in self.clip_segments(position, entry["frames"])], dim=1)  # (C, T, h, w)
-        return {"video": clip.float(), "label": torch.tensor(entry["label"])}
+        return {"video": clip.float(), "label": torch.tensor(entry["label"]),
+                "contiguous": torch.tensor(self.contiguous(position))}

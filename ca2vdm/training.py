@@ -97,6 +97,15 @@ def chunk_layout(model_cfg) -> list[tuple[int, int]]:
     return chunks
 
 
+def chunk_weights(chunks: list[tuple[int, int]], contiguous: torch.Tensor, model_cfg) -> torch.Tensor:
+    """(B, K) 0/1 for a model with sinks: which chunk k of which clip b carries loss. A chunk whose
+    context does not fill the KV cache's window is a video's first chunks at inference, right after the sinks: it
+    is trained only on clips that show that (``contiguous``, ``data.CONTIGUOUS_SHARE``), never after a gap the model
+    could not see (it would learn to blur the first chunks over every distance it might be at)."""
+    full = torch.tensor([start >= model_cfg.max_context_frames for start, _ in chunks], device=contiguous.device)
+    return (contiguous.bool()[:, None] | full[None]).float()  # (B, K)
+
+
 def data_workers(setting: int, device: torch.device, processes: int) -> int:
     """``data.num_workers``, with -1 (auto) resolved: 0 when the model trains on the CPU, where decoding workers take
     the cores the model needs (2 cores, real 1280x720 / 640x272 videos: 0.53 steps/s without workers, 0.49 with one,
@@ -182,13 +191,16 @@ class DiffusionTask:
             drop = torch.rand(labels.shape, generator=gen, device=labels.device) < config.diffusion.label_dropout
             labels = torch.where(drop, mc.num_classes, labels)
         dc = config.diffusion
+        weight = chunk_weights(self.chunks, batch["contiguous"].to(gen.device), mc) if mc.sink_frames else None
         if dc.objective == "all":
             context = self.own_context(model, video, labels, self.chunks[-1][0], config, gen)
             return teacher_forcing_flow_loss(model, video, labels, self.chunks, dc.cond_noise, generator=gen,
-                                             context=context)
-        start, length = self.chunks[int(torch.randint(len(self.chunks), (1,), generator=gen, device=gen.device))]
+                                             context=context, weight=weight)
+        k = int(torch.randint(len(self.chunks), (1,), generator=gen, device=gen.device))
+        start, length = self.chunks[k]
         context = self.own_context(model, video, labels, start, config, gen)
-        return causal_flow_loss(model, video, labels, start, length, dc.cond_noise, generator=gen, context=context)
+        return causal_flow_loss(model, video, labels, start, length, dc.cond_noise, generator=gen, context=context,
+                                weight=None if weight is None else weight[:, k])
 
     def own_context(self, model, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int, config: Config,
                     gen: torch.Generator) -> torch.Tensor | None:

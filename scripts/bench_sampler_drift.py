@@ -10,7 +10,11 @@ command does (unconditional, the checkpoint's other settings, KV cache):
 * free-running: every chunk is conditioned on the model's own chunks, so the errors compound.
 Per chunk it prints the ratio of the generated chunks' mean brightness (pixels in [0, 1]) and contrast (pixel std)
 to the real chunks' at the same frames, pooled over the videos (1 = no drift; the shapes move, but a training video
-keeps its colour and size). Same noise for every setting.
+keeps its colour and size), and the shape's colour: per video, the mean colour of the foreground pixels
+(``metrics.foreground_colour``) against the real chunk's, as the hue error (half the L1 distance of the
+chromaticities r, g, b / (r + g + b): 0 = the same hue, 1 = disjoint) and the difference per channel (generated -
+real, pixels in [0, 1]), averaged over the videos where both chunks show the shape: a systematic bias shows in the
+channel differences, a random walk only in the hue error. Same noise for every setting.
 """
 from __future__ import annotations
 
@@ -22,11 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ca2vdm.checkpoint import load_model  # noqa: E402
 from ca2vdm.data import VIDEO_EXTENSIONS, find_videos  # noqa: E402
 from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
+from ca2vdm.metrics import foreground_colour  # noqa: E402
 from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
 from ca2vdm.video_io import read_video  # noqa: E402
 
@@ -48,6 +54,20 @@ def brightness_contrast(frames: torch.Tensor) -> tuple[float, float]:
     return pixels.mean().item(), pixels.std().item()
 
 
+def shape_colour(made: torch.Tensor, real: torch.Tensor) -> dict:
+    """Hue error and per-channel difference of the shape's colour, made - real (B, 3, T, H, W), mean over the videos
+    where both show the shape (None if none does)."""
+    pairs = np.array([(foreground_colour(m), foreground_colour(r)) for m, r in zip(made, real)])  # (B, 2, 3)
+    pairs = pairs[~np.isnan(pairs).any(axis=(1, 2))]  # (V, 2, 3): made, real
+    if not len(pairs):
+        return {"hue_error": None, "red": None, "green": None, "blue": None, "shapes": 0}
+    chroma = pairs / pairs.sum(axis=2, keepdims=True)
+    hue_error = np.abs(chroma[:, 0] - chroma[:, 1]).sum(axis=1).mean() / 2
+    red, green, blue = (pairs[:, 0] - pairs[:, 1]).mean(axis=0)
+    return {"hue_error": float(hue_error), "red": float(red), "green": float(green), "blue": float(blue),
+            "shapes": len(pairs)}
+
+
 def continue_videos(pipe: LongVideoPipeline, videos: torch.Tensor, chunks: int, teacher: bool,
                     seed: int) -> list[dict]:
     """Ratios to the real chunks, per chunk, of continuing every video's first frame. videos: (B, 3, T, H, W)."""
@@ -58,7 +78,7 @@ def continue_videos(pipe: LongVideoPipeline, videos: torch.Tensor, chunks: int, 
         real = videos[:, :, 1 + frames * k:1 + frames * (k + 1)]  # (B, 3, frames, H, W)
         made = pipe.next_chunk(state, commit_frames=real if teacher else None).frames
         (mb, mc), (rb, rc) = brightness_contrast(made), brightness_contrast(real)
-        rows.append({"chunk": k, "brightness": mb / rb, "contrast": mc / rc})
+        rows.append({"chunk": k, "brightness": mb / rb, "contrast": mc / rc, **shape_colour(made, real)})
     return rows
 
 
@@ -97,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         for mode in MODES:
             rows = continue_videos(pipe, videos, args.chunks, mode == "teacher", args.seed)
             results.append({"steps": steps, "shift": shift, "mode": mode, "chunks": rows})
-            for key in ("brightness", "contrast"):
-                values = " ".join(f"{r[key]:.3f}" for r in rows)
+            for key in ("brightness", "contrast", "hue_error", "red", "green", "blue"):
+                values = " ".join("  -  " if r[key] is None else f"{r[key]:.3f}" for r in rows)
                 print(f"{steps:3d} steps, shift {shift:4.1f}, {mode:7s} {key:10s} {values}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

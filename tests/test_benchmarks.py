@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import random_model
 
@@ -66,9 +67,25 @@ def test_sampler_drift_teacher_forces_every_chunk_after_the_first(shapes, tmp_pa
         rows = teacher["chunks"], free["chunks"]
         assert [len(r) for r in rows] == [3, 3]
         assert all(0 < row[k] < 10 for r in rows for row in r for k in ("brightness", "contrast"))
+        assert all(row["hue_error"] is None or 0 <= row["hue_error"] <= 1 for r in rows for row in r)
         assert rows[0][0] == rows[1][0]  # chunk 0 sees only the real first frame in both modes, with the same noise
         assert rows[0][2] != rows[1][2]  # later chunks see real frames in one mode and the model's own in the other
     assert results[0]["chunks"] != results[2]["chunks"]  # the shift reaches the sampler
+
+
+def test_shape_colour_measures_hue_and_channel_bias():
+    real = torch.full((2, 3, 4, 16, 16), -0.9)  # (B, C, T, H, W): dark background, a yellow square in each video
+    real[:, :, :, 4:10, 4:10] = torch.tensor([0.8, 0.6, -0.8])[:, None, None, None]
+    same = sampler_drift.shape_colour(real, real)
+    assert same == {"hue_error": 0.0, "red": 0.0, "green": 0.0, "blue": 0.0, "shapes": 2}
+    redder = real.clone()
+    redder[:, 0, :, 4:10, 4:10] += 0.2  # +0.1 on the [0, 1] scale, the shape only
+    shifted = sampler_drift.shape_colour(redder, real)
+    assert shifted["hue_error"] > 0.01 and shifted["red"] == pytest.approx(0.1)
+    assert shifted["green"] == shifted["blue"] == 0
+    redder[1] = -0.9  # the shape vanished in one video: only the other is compared
+    assert sampler_drift.shape_colour(redder, real)["shapes"] == 1
+    assert sampler_drift.shape_colour(torch.full_like(real, -0.9), real)["hue_error"] is None
 
 
 def test_sampler_drift_refuses_videos_too_short_for_the_chunks(shapes, tmp_path):

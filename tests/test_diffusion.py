@@ -66,6 +66,33 @@ def test_all_chunk_terms_equal_the_one_chunk_objective(prefix_frames, first_fram
         assert ((terms[1:] - real[1:]).abs() > 1e-3).all()
 
 
+def test_weights_keep_only_the_chosen_samples_in_both_objectives():
+    """A 0/1 weight per sample (and chunk) gives the loss of the chosen samples alone; the all-chunk terms still
+    equal the one-chunk losses with the same weights."""
+    model = strong_model()
+    chunks = chunk_layout(model.cfg)
+    video, noise, cond_eps, t = draws(chunks, batch=3)
+    y = torch.tensor([0, 2, 1])
+    weight = torch.tensor([[1.0, 0, 1, 1], [0, 0, 1, 1], [1, 0, 0, 1]])  # (B, K); chunk 1: no sample
+    with torch.no_grad():
+        terms = teacher_forcing_flow_loss(model, video, y, chunks, 0.05, noise=noise, cond_eps=cond_eps, t=t,
+                                          weight=weight, per_chunk=True)
+        for k, (s, n) in enumerate(chunks):
+            one = lambda rows, w=None: causal_flow_loss(  # noqa: E731
+                model, video[rows], y[rows], s, n, 0.05, t=t[rows, k], weight=w,
+                noise=torch.cat([cond_eps[rows, :, :s], noise[rows, :, s:s + n]], dim=2))
+            weighted = one(slice(None), weight[:, k])
+            torch.testing.assert_close(terms[k], weighted, rtol=1e-5, atol=1e-6)
+            chosen = weight[:, k].bool()
+            if chosen.any():
+                torch.testing.assert_close(weighted, one(chosen), rtol=1e-5, atol=1e-6)
+            else:
+                assert weighted == 0
+        unweighted = teacher_forcing_flow_loss(model, video, y, chunks, 0.05, noise=noise, cond_eps=cond_eps, t=t,
+                                               per_chunk=True)
+    assert ((terms - unweighted).abs() > 1e-4).any()  # the weights matter
+
+
 def test_context_replaces_only_the_conditioning_frames():
     """causal_flow_loss(context=...): the conditioning frames come from the context, the noisy chunk and the target
     from the video; context frames from the noisy chunk on are ignored."""
@@ -155,6 +182,26 @@ def test_objective_config_selects_the_loss():
         one = task.loss(model, batch, config, gen())
     assert torch.equal(got, want)
     assert not torch.isclose(one, got)
+
+
+def test_with_sinks_the_task_weights_chunks_by_where_the_clip_starts():
+    """model.sink_frames > 0: DiffusionTask.loss passes the batch's "contiguous" flags through chunk_weights."""
+    config = load_config(ROOT / "configs/tiny.yaml", ["diffusion.objective=all", "model.sink_frames=1",
+                                                     "model.num_classes=3"])
+    task, model = DiffusionTask(config, torch.device("cpu")), strong_model()
+    batch = {**shapes_batch(2, config.model.clip_frames), "contiguous": torch.tensor([True, False])}
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    with torch.no_grad():
+        got = task.loss(model, batch, config, gen())
+        g = gen()
+        drop = torch.rand(2, generator=g) < config.diffusion.label_dropout
+        labels = torch.where(drop, 3, batch["label"])
+        weight = torch.tensor([[1.0] * len(task.chunks), [0.0] * (len(task.chunks) - 1) + [1.0]])
+        want = teacher_forcing_flow_loss(model, batch["video"], labels, task.chunks, config.diffusion.cond_noise,
+                                         generator=g, weight=weight)
+        unweighted = task.loss(model, {**batch, "contiguous": torch.tensor([True, True])}, config, gen())
+    assert torch.equal(got, want)
+    assert not torch.isclose(got, unweighted)
 
 
 def test_all_chunk_objective_trains():

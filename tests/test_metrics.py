@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ca2vdm.metrics import (color_histogram, foreground_fraction, histogram_distance, motion, shape_descriptor,
+from ca2vdm.metrics import (color_histogram, foreground_colour, foreground_fraction, histogram_distance, motion,
+                            shape_descriptor,
                             nearest_histogram_distance, psnr, sharpness, ssim, to_frames)
 from ca2vdm.synthetic import render_shape_video
 
@@ -83,6 +84,16 @@ def test_foreground_fraction_of_a_known_square():
     assert foreground_fraction(frame) == 64 / 1024
     assert foreground_fraction(_as_float(frame)) == 64 / 1024
     assert foreground_fraction(frame // 8) == 0  # too dim to count as foreground
+
+
+def test_foreground_colour_is_the_shapes_colour():
+    frame = np.empty((2, 32, 32, 3), np.uint8)
+    frame[:] = (12, 25, 8)
+    frame[0, 4:12, 10:18] = (40, 200, 60)  # the shape moves and changes colour between the two frames
+    frame[1, 20:28, 2:10] = (240, 210, 30)
+    np.testing.assert_allclose(foreground_colour(frame), np.array([140, 205, 45]) / 255, atol=1e-6)
+    np.testing.assert_allclose(foreground_colour(_as_float(frame[:1])), np.array([40, 200, 60]) / 255, atol=1e-2)
+    assert np.isnan(foreground_colour(frame // 8)).all()  # no shape, no colour
 
 
 def test_shape_descriptor_separates_the_classes_at_any_size_and_place():

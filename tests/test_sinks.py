@@ -1,5 +1,6 @@
 """Attention sinks (model.sink_frames): never evicted, always at a trained position, exact against recomputation."""
 import pytest
+import numpy as np
 import torch
 
 from ca2vdm.attention import apply_rope, rope_table
@@ -103,3 +104,30 @@ def test_training_clips_start_with_the_sinks(tmp_path):
         starts.add(indices[3])
     assert min(starts) == 6 and max(starts) > 20  # from right after the sinks to deep into the video
     assert data[0]["video"].shape == (3, 7, 16, 16)
+    # about CONTIGUOUS_SHARE of the clips are the video's first frames, and say so; the others say they are not
+    flags = [bool(data[i]["contiguous"]) for i in range(len(data))]
+    assert flags == [data.clip_indices(data.clip_position(i), 40) == list(range(0, 14, 2)) for i in range(len(data))]
+    assert 0.3 < np.mean(flags) < 0.7
+
+
+def test_clips_without_sinks_are_unchanged_and_contiguous(tmp_path):
+    """The share of contiguous clips draws nothing without sinks: clip positions stay those of earlier versions."""
+    from ca2vdm.data import VideoFolderDataset
+    from ca2vdm.synthetic import write_dataset
+
+    write_dataset(tmp_path, num_videos=2, num_frames=40, size=16, seed=0)
+    data = VideoFolderDataset(tmp_path, num_frames=7, resolution=16, clips_per_video=5)
+    assert [data.clip_position(i) for i in range(3)] == [np.random.default_rng([0, 0, i]).random() for i in range(3)]
+    assert all(data[i]["contiguous"] for i in range(len(data)))
+
+
+def test_chunks_before_the_window_fills_train_only_on_clips_that_start_at_the_sinks():
+    """Inference shows a sink with a partly filled ring only at the start of a video, right after the sinks; after a
+    gap only the chunk whose context fills the window is a layout the model meets."""
+    from ca2vdm.config import ModelConfig
+    from ca2vdm.training import chunk_layout, chunk_weights
+
+    cfg = ModelConfig(name="demo", sink_frames=1)  # chunks start at frames 0, 1, 5, 9; window 9
+    chunks = chunk_layout(cfg)
+    weights = chunk_weights(chunks, torch.tensor([True, False]), cfg)
+    assert weights.tolist() == [[1, 1, 1, 1], [0, 0, 0, 1]]
