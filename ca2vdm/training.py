@@ -98,10 +98,11 @@ def chunk_layout(model_cfg) -> list[tuple[int, int]]:
 
 
 def chunk_weights(chunks: list[tuple[int, int]], contiguous: torch.Tensor, model_cfg) -> torch.Tensor:
-    """(B, K) 0/1 for a model with sinks: which chunk k of which clip b carries loss. A chunk whose
-    context does not fill the KV cache's window is a video's first chunks at inference, right after the sinks: it
-    is trained only on clips that show that (``contiguous``, ``data.CONTIGUOUS_SHARE``), never after a gap the model
-    could not see (it would learn to blur the first chunks over every distance it might be at)."""
+    """(B, K) 0/1 for a model with sinks: which chunk k of which clip b carries loss. A chunk whose context does not
+    fill the KV cache's window is, at inference, one of a video's first chunks, right after the sinks: it is trained
+    only on clips that show that (``contiguous``, ``ca2vdm.data.CONTIGUOUS_SHARE``), never after a gap the positions
+    cannot show (the model would learn the blurred average over every distance). This includes the first-frame
+    chunk, which would be valid in any clip: it keeps half of its samples."""
     full = torch.tensor([start >= model_cfg.max_context_frames for start, _ in chunks], device=contiguous.device)
     return (contiguous.bool()[:, None] | full[None]).float()  # (B, K)
 

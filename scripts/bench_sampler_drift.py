@@ -1,4 +1,4 @@
-"""How much each sampler setting dims a chunk, teacher-forced and free-running, against the real continuation.
+"""How much a chunk darkens and changes colour per sampler setting (or checkpoint), teacher-forced and free-running.
 
     python scripts/bench_sampler_drift.py --chunks 20 --settings 16:1 32:1 16:3 8:3 --json docs/results/sampler_drift.json
 
