@@ -35,7 +35,7 @@ periodic table covers every shift. Until the ring first wraps, ``r0 = k`` and th
 The positions cannot tell how far the ring is from the sinks, but the fill of the window can: a ring that does not
 yet fill it happens only at a video's start, right after the sinks. So training shows chunks with less than a full
 window of context only in clips whose run starts right after the sinks (``training.chunk_weights``); a model
-trained on them after gaps too blurred the first chunks of every video (``scripts/bench_sampler_drift.py``).
+trained on them after gaps too blurred the first chunks of every video (``scripts/experiments/bench_sampler_drift.py``).
 """
 from __future__ import annotations
 

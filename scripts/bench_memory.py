@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
-    p.add_argument("--chunks", type=int, nargs="+", default=[10, 20, 40, 80])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out-dir", default="outputs/bench")
+    p.add_argument("--chunks", type=int, nargs="+", default=[10, 20, 40, 80],
+                   help="video lengths to measure, in chunks (one process per length)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out-dir", default="outputs/bench", help="folder for the JSON (and plot)")
     args = p.parse_args()
     key = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     rows = []

@@ -33,11 +33,11 @@ def steps_per_second(config_path: str, overrides: list[str], steps: int, warmup:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", required=True, help="training config (YAML) every variant starts from")
     p.add_argument("--variant", action="append", required=True, help="NAME:key=value,key=value (repeatable)")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--out-dir", default="outputs/bench")
+    p.add_argument("--steps", type=int, default=30, help="training steps per variant, warm-up included")
+    p.add_argument("--warmup", type=int, default=5, help="first steps of each variant left out of the timing")
+    p.add_argument("--out-dir", default="outputs/bench", help="folder for the JSON")
     args = p.parse_args()
     results = {}
     for spec in args.variant:

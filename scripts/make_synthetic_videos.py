@@ -17,11 +17,11 @@ from ca2vdm.synthetic import SHAPES, write_dataset  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--num-videos", type=int, default=200)
+    parser.add_argument("--num-videos", type=int, default=200, help="how many videos to write")
     parser.add_argument("--frames", type=int, default=128, help="frames per video")
     parser.add_argument("--size", type=int, default=32, help="frame height and width in pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="seed of shapes, colours and motions")
+    parser.add_argument("--fps", type=int, default=8, help="frame rate written into the mp4 files")
     args = parser.parse_args(argv)
     count = write_dataset(args.out, args.num_videos, args.frames, args.size, args.seed, fps=args.fps)
     print(

@@ -39,9 +39,9 @@ def label_modules(model) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--chunks", type=int, default=5)
-    p.add_argument("--out-dir", default="outputs/bench")
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
+    p.add_argument("--chunks", type=int, default=5, help="cached chunks profiled after the warm-up")
+    p.add_argument("--out-dir", default="outputs/bench", help="folder for the profile JSON")
     args = p.parse_args()
     torch.set_grad_enabled(False)
     model, meta = load_model(args.checkpoint)

@@ -47,7 +47,7 @@ def test_lockstep_measure_runs_every_mode_on_the_same_chunks():
 
 
 _DRIFT_SPEC = importlib.util.spec_from_file_location(
-    "bench_sampler_drift", Path(__file__).resolve().parents[1] / "scripts" / "bench_sampler_drift.py")
+    "bench_sampler_drift", Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "bench_sampler_drift.py")
 sampler_drift = importlib.util.module_from_spec(_DRIFT_SPEC)
 _DRIFT_SPEC.loader.exec_module(sampler_drift)
 

@@ -1,7 +1,7 @@
 """Training objectives compared by wall-clock: ``diffusion.objective=chunk`` (one random chunk per clip) against
 ``all`` (every chunk per step, teacher forcing), on the same config, data, initial weights and held-out batch.
 
-    python scripts/bench_objective.py --config configs/tiny.yaml --seconds 240 train.batch_size=16
+    python scripts/experiments/bench_objective.py --config configs/tiny.yaml --seconds 240 train.batch_size=16
 
 The two runs alternate slices of ``--slice`` seconds of training until each has trained ``--seconds`` seconds, so
 both see the same machine load (on a shared machine that matters more than anything else). The clock counts the
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
@@ -242,15 +242,17 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. train.batch_size=16)")
-    p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"))
+    p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"), help="training config both objectives use")
     p.add_argument("--data", type=Path, help="video folder (written with make_synthetic_videos.py if missing)")
     p.add_argument("--seconds", type=float, default=240, help="training compute seconds per objective")
     p.add_argument("--slice", type=float, default=15, help="seconds per alternating slice")
     p.add_argument("--eval-clips", type=int, default=32, help="held-out clips (each evaluated --eval-repeats times)")
     p.add_argument("--eval-repeats", type=int, default=2, help="independent fixed draws per held-out clip")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out-dir", type=Path, default=ROOT / "outputs/bench")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "outputs/bench",
+                   help="folder for objective.json and the plot")
     p.add_argument("--plot-only", type=Path, help="redraw the plot of this objective.json into --out-dir and stop")
     args = p.parse_args(argv)
     if args.plot_only:

@@ -1,6 +1,6 @@
 """How much a chunk darkens and changes colour per sampler setting (or checkpoint), teacher-forced and free-running.
 
-    python scripts/bench_sampler_drift.py --chunks 20 --settings 16:1 32:1 16:3 8:3 --json docs/results/sampler_drift.json
+    python scripts/experiments/bench_sampler_drift.py --chunks 20 --settings 16:1 32:1 16:3 8:3 --json docs/results/sampler_drift.json
 
 For a set of training videos (every ``--every``-th of ``--data``), the model continues each video's first frame for
 ``--chunks`` chunks with every setting ``steps:shift`` (the Euler sampler's step count and timestep shift), as the main
@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunks", type=int, default=10, help="chunks per video (the videos must be long enough)")
     p.add_argument("--settings", type=setting, nargs="+", default=None,
                    help="steps:shift pairs (default: 16:1 16:3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (the same for every setting)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     settings = args.settings or [setting("16:1"), setting("16:3")]
