@@ -8,7 +8,7 @@ from .kv_cache import KVCache
 from .model import CausalVideoDiT
 from .pipeline import LongVideoPipeline
 
-_API = ("load_pipeline", "write_video", "Pipeline", "Chunk")  # from .api, which imports the video and codec stack
+_API = ("load_pipeline", "write_video", "VideoWriter", "Pipeline", "Chunk")  # from .api (video and codec stack)
 
 
 def __getattr__(name: str):
