@@ -23,7 +23,7 @@ from einops import rearrange
 from .checkpoint import load_model, weights_file
 from .codec import Codec, CodecError, build_codec
 from .model import CausalVideoDiT
-from .pipeline import LongVideoPipeline
+from .pipeline import GenerationState, LongVideoPipeline
 from .step_cache import StepCache, build_step_cache
 from .video_io import VideoWriter, resize_center_crop, to_uint8
 
@@ -54,8 +54,8 @@ def load_codec(meta: dict, checkpoint: str | Path, codec_path: str | None, devic
     except CodecError as e:
         looked = f"{path}" + ("" if codec_path or Path(path).is_absolute() else f" (also looked in {beside})")
         raise CodecError(f"checkpoint {checkpoint} decodes through a {recorded.get('class', recorded['kind'])} "
-                         f"autoencoder at {looked} that cannot be loaded: {e}. Pass --codec-path DIR with the "
-                         "autoencoder's save_pretrained folder") from None
+                         f"autoencoder at {looked} that cannot be loaded: {e}. Pass --codec-path DIR (in Python: "
+                         "codec_path=DIR) with the autoencoder's save_pretrained folder") from None
 
 
 def pixel_size(pipe: LongVideoPipeline, codec: Codec) -> int:
@@ -121,39 +121,44 @@ class Pipeline:
         return {"steps": p.steps, "shift": p.shift, "cfg_scale": p.cfg_scale, "cond_noise": p.cond_noise,
                 "cache": p.cache_mode, "step_cache": type(p.step_cache).__name__ if p.step_cache else "none"}
 
-    def first_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Frames to continue -> the (B, C, T, h, w) model frames: uint8 (T, H, W, 3) or (B, T, H, W, 3) (any size:
-        resized and centre-cropped to :attr:`size`, as the command line does), or float (3, T, H, W) or
-        (B, 3, T, H, W) in [-1, 1] at :attr:`size`."""
-        frames = torch.as_tensor(frames)
+    def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames to continue -> the (B, C, T, h, w) model frames, on the model's device: uint8 (T, H, W, 3) or
+        (B, T, H, W, 3) (any size: resized and centre-cropped to :attr:`size`, as the command line does), or float
+        (3, T, H, W) or (B, 3, T, H, W) in [-1, 1] at :attr:`size`."""
+        frames, device = torch.as_tensor(frames), self.model.x_embedder.weight.device
         if frames.dtype == torch.uint8:
             rows = frames[None] if frames.ndim == 4 else frames
             if rows.ndim != 5 or rows.shape[-1] != 3:
                 raise ValueError(f"first_frames: uint8 frames must be (T, H, W, 3) or (B, T, H, W, 3), got "
                                  f"{tuple(frames.shape)}")
-            return self.codec.encode(torch.stack([resize_center_crop(row, self.size) for row in rows]))
+            return self.codec.encode(torch.stack([resize_center_crop(row, self.size) for row in rows]).to(device))
         video = frames[None] if frames.ndim == 4 else frames
         if not frames.is_floating_point() or video.ndim != 5 or video.shape[1] != 3 or video.shape[3:] != (
                 self.size, self.size):
             raise ValueError(f"first_frames: expected uint8 (B, T, H, W, 3) frames or float (B, 3, T, {self.size}, "
                              f"{self.size}) in [-1, 1], got {frames.dtype} {tuple(frames.shape)}")
-        return self.codec.encode(video)
+        return self.codec.encode(video.to(device))
 
     def generate(self, num_chunks: int | None = None, *, label: int | None = None, seed: int = 0,
                  first_frames: np.ndarray | torch.Tensor | None = None, batch: int = 1, frames_before: int = 0,
                  on_step: Callable[[int], None] | None = None) -> Iterator[Chunk]:
         """Yield ``num_chunks`` chunks (None: until the caller stops iterating), each as soon as it is denoised.
 
-        Nothing runs before the first ``next``, and nothing after the last chunk taken: breaking out of the loop (or
-        closing the generator) stops it between chunks. Without ``first_frames`` a model that draws its first frame
-        yields it first, as chunk -1 (not counted in ``num_chunks``); given ``first_frames`` (see
-        :meth:`first_frames`) are conditioned on and not yielded; their ``B`` replaces ``batch``. ``frames_before``:
-        see :meth:`LongVideoPipeline.start`. ``on_step(i)`` is called after every denoising step (raise in it to
-        stop mid-chunk).
+        Nothing runs before the first ``next`` (a bad ``num_chunks`` is refused at once), and nothing after the last
+        chunk taken: breaking out of the loop (or closing the generator) stops it between chunks. Without
+        ``first_frames`` a model that draws its first frame yields it first, as chunk -1 (not counted in
+        ``num_chunks``); given ``first_frames`` (see :meth:`encode`) are conditioned on and not yielded; their ``B``
+        replaces ``batch``. ``frames_before``: see :meth:`LongVideoPipeline.start`. ``on_step(i)`` is called after
+        every denoising step (raise in it to stop mid-chunk).
         """
         if num_chunks is not None and num_chunks < 1:
             raise ValueError(f"num_chunks must be >= 1 (or None for no end), got {num_chunks}")
-        given = None if first_frames is None else self.first_frames(first_frames)
+        return self._chunks(num_chunks, label, seed, first_frames, batch, frames_before, on_step)
+
+    def _chunks(self, num_chunks: int | None, label: int | None, seed: int,
+                first_frames: np.ndarray | torch.Tensor | None, batch: int, frames_before: int,
+                on_step: Callable[[int], None] | None) -> Iterator[Chunk]:
+        given = None if first_frames is None else self.encode(first_frames)
         batch = batch if given is None else given.shape[0]
         state = self.pipeline.start(batch=batch, label=label, seed=seed, first_frames=given,
                                     frames_before=frames_before)
@@ -162,7 +167,7 @@ class Pipeline:
         for index in itertools.count() if num_chunks is None else range(num_chunks):
             yield self._next(state, index, on_step)
 
-    def _next(self, state, index: int, on_step: Callable[[int], None] | None) -> Chunk:
+    def _next(self, state: GenerationState, index: int, on_step: Callable[[int], None] | None) -> Chunk:
         tic, start_frame = time.perf_counter(), state.frames
         result = self.pipeline.next_chunk(state, on_step=on_step)
         pixels = to_pixels(self.codec, result.frames)

@@ -1,5 +1,9 @@
 """Long-video generation to a file: load a checkpoint, stream chunks into an mp4, report per-chunk cost.
 
+The chunks come from the Python API's loop (:meth:`ca2vdm.api.Pipeline.generate`); this module adds the file: the
+given video streamed in, the output paths checked (:mod:`ca2vdm.output_paths`), stops (:mod:`ca2vdm.stopping`),
+the contact sheet and the stats.
+
 Memory is flat in the number of chunks and in the length of a given first video: each chunk is encoded as soon as
 it is denoised, the KV cache is preallocated, a given video is streamed into the output and only the frames that can
 still influence the next chunk are committed (:func:`conditioning_start`), and the optional contact sheet keeps at

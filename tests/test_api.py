@@ -115,7 +115,7 @@ def test_breaking_out_stops_generating(checkpoint, monkeypatch):
     chunks.close()
     assert next(chunks, None) is None and len(computed) == 6
     with pytest.raises(ValueError, match="num_chunks"):
-        next(load_pipeline(checkpoint, "cpu").generate(0))
+        load_pipeline(checkpoint, "cpu").generate(0)  # refused at the call, not at the first chunk
 
 
 def test_write_video_keeps_finished_chunks_and_refuses_an_existing_file(checkpoint, tmp_path):
