@@ -97,13 +97,13 @@ class Pipeline:
 
     @classmethod
     def from_model(cls, model: CausalVideoDiT, metadata: dict, checkpoint: str | Path, device: torch.device, *,
-                   steps: int | None = None, shift: float | None = None, cfg_scale: float | None = None,
-                   cond_noise: float | None = None, cache: str = "kv", step_cache: str | StepCache | None = "none",
-                   teacache_thresh: float = 0.1, codec_path: str | None = None) -> Pipeline:
+                   dtype: torch.dtype | None = None, steps: int | None = None, shift: float | None = None,
+                   cfg_scale: float | None = None, cond_noise: float | None = None, cache: str = "kv",
+                   step_cache: str | StepCache | None = "none", teacache_thresh: float = 0.1,
+                   codec_path: str | None = None) -> Pipeline:
         """A loaded checkpoint (``checkpoint.load_model``) with its codec and settings; see :func:`load_pipeline`."""
         codec = load_codec(metadata, checkpoint, codec_path, device)
-        if device.type == "cuda":
-            model = model.to(torch.bfloat16)
+        model = model.to(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
         if isinstance(step_cache, str):
             step_cache = build_step_cache(step_cache, teacache_thresh, metadata.get("teacache_coefficients"))
         pipe = LongVideoPipeline.from_metadata(model, metadata, steps=steps, shift=shift, cfg_scale=cfg_scale,
@@ -175,21 +175,22 @@ class Pipeline:
                      result.skipped_evals)
 
 
-def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None, *, steps: int | None = None,
-                  shift: float | None = None, cfg_scale: float | None = None, cond_noise: float | None = None,
-                  cache: str = "kv", step_cache: str | StepCache | None = "none", teacache_thresh: float = 0.1,
+def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None, *,
+                  dtype: torch.dtype | None = None, steps: int | None = None, shift: float | None = None,
+                  cfg_scale: float | None = None, cond_noise: float | None = None, cache: str = "kv",
+                  step_cache: str | StepCache | None = "none", teacache_thresh: float = 0.1,
                   codec_path: str | None = None) -> Pipeline:
     """Load a checkpoint (weights ``.safetensors`` or a training checkpoint directory) as ``infer/long_video.py`` does.
 
-    ``device``: None picks CUDA when there is one (the model then runs in bfloat16, as on the command line), else
-    the CPU. The codec (pixels, or the autoencoder the checkpoint recorded, looked up beside it; ``codec_path``
-    replaces it) and the sampler settings (steps, shift, cfg_scale, cond_noise) come from the checkpoint; a keyword
-    that is not None overrides one. ``cache``: kv | none | full; ``step_cache``: none | teacache | fastercache |
-    adacache, or a :class:`~ca2vdm.step_cache.StepCache`.
+    ``device``: None (or "auto") picks CUDA when there is one, else the CPU. ``dtype`` of the weights and KV cache:
+    None is bfloat16 on CUDA and float32 on the CPU, as on the command line. The codec (pixels, or the autoencoder
+    the checkpoint recorded, looked up beside it; ``codec_path`` replaces it) and the sampler settings (steps, shift,
+    cfg_scale, cond_noise) come from the checkpoint; a keyword that is not None overrides one. ``cache``: kv | none |
+    full; ``step_cache``: none | teacache | fastercache | adacache, or a :class:`~ca2vdm.step_cache.StepCache`.
     """
-    device = default_device() if device is None else torch.device(device)
+    device = default_device() if device in (None, "auto") else torch.device(device)
     model, meta = load_model(path, device)
-    return Pipeline.from_model(model, meta, path, device, steps=steps, shift=shift, cfg_scale=cfg_scale,
+    return Pipeline.from_model(model, meta, path, device, dtype=dtype, steps=steps, shift=shift, cfg_scale=cfg_scale,
                                cond_noise=cond_noise, cache=cache, step_cache=step_cache,
                                teacache_thresh=teacache_thresh, codec_path=codec_path)
 

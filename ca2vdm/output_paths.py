@@ -1,5 +1,8 @@
-"""Output-path safety for generation: an output never replaces the checkpoint, the input, a device or another output
-of the same run, and an existing video is replaced only with ``overwrite``. Checked before any work."""
+"""Where generation writes, and the checks that keep an output from destroying anything.
+
+An output never replaces the checkpoint (or a file in a checkpoint directory), the --first-frame input, a device or
+pipe, or another output of the same run; an existing video or contact sheet is replaced only with ``overwrite``.
+"""
 from __future__ import annotations
 
 import os
@@ -70,3 +73,4 @@ def _check_output(what: str, path: Path, checkpoint: Path, first_frame: str | No
 
 def _same_file(a: Path, b: Path) -> bool:
     return a.exists() and b.exists() and os.path.samefile(a, b)
+

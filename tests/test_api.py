@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import ca2vdm
@@ -177,3 +178,14 @@ def test_python_api_snippet_runs(doc, tmp_path, monkeypatch):
     for path in videos:
         video = read_video(path)
         assert video.shape[0] == 3 and video.shape[1] >= 4 and video.shape[2:] == (128, 128) and video.std() > 0.02
+
+
+def test_dtype_and_automatic_device(checkpoint):
+    """device None or "auto" is CUDA when present; dtype sets the weights' (and so the chunks') precision."""
+    pipe = load_pipeline(checkpoint, "auto", dtype=torch.bfloat16)
+    weight = pipe.model.x_embedder.weight
+    assert weight.dtype == torch.bfloat16 and weight.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    chunk = next(pipe.generate(1, seed=0))
+    assert chunk.latents.dtype == torch.bfloat16 and chunk.pixels.dtype == np.uint8 and chunk.pixels.std() > 5
+    assert load_pipeline(checkpoint).model.x_embedder.weight.dtype == (
+        torch.bfloat16 if torch.cuda.is_available() else torch.float32)
