@@ -73,8 +73,7 @@ class Stopped(KeyboardInterrupt):
 
 
 class StopSignals:
-    """``with StopSignals() as stop``: SIGINT and SIGTERM (or the given ``signals``) request a stop instead of ending
-    the process at once.
+    """``with StopSignals() as stop``: SIGINT and SIGTERM (or ``signals``) request a stop instead of ending at once.
 
     ``generate_video(..., stop=stop)`` polls it after every denoising step and decoded batch, so a chunk is never cut
     in half in the file. Signals the process was started to ignore stay ignored; the old handlers come back on exit.

@@ -7,7 +7,8 @@ a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter 
 
 Faults lose nothing: checkpoints are published atomically (see :mod:`ca2vdm.checkpoint`), a run killed at any
 point (even SIGKILL while saving) resumes from its newest complete checkpoint, and the metrics log is cut back to
-that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted run's.
+that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted run's. SIGTERM and
+SIGUSR1 stop a run after the current step, with a checkpoint of that step (:mod:`ca2vdm.run_guard`).
 
 One run per output directory: the main rank holds its :class:`~ca2vdm.checkpoint.RunLock` for the whole run, and a
 second run (fresh or resumed) is refused on every rank before it reads or writes anything. A resumed run keeps the
@@ -298,10 +299,10 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
         accelerator.print(f"resumed from {resume_path} at step {progress.step}")
     epoch, offset = divmod(progress.step * tc.grad_accum, len(loader))
     sampler.set_epoch(epoch)
-    print(f"rank {accelerator.process_index} of world size {accelerator.num_processes} on "
-          f"{'cpu' if accelerator.device.type == 'cpu' else accelerator.device}: {len(sampler)} of {len(dataset)} clips "
-          f"per epoch, epoch {epoch}{f' (resuming at batch {offset})' if offset else ''} starts with "
-          f"{list(sampler)[:8]}", flush=True)
+    device = "cpu" if accelerator.device.type == "cpu" else accelerator.device  # accelerate: cpu:0 on every rank
+    print(f"rank {accelerator.process_index} of world size {accelerator.num_processes} on {device}: {len(sampler)} of "
+          f"{len(dataset)} clips per epoch, epoch {epoch}{f' (resuming at batch {offset})' if offset else ''} starts "
+          f"with {list(sampler)[:8]}", flush=True)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
