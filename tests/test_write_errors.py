@@ -7,6 +7,8 @@ import errno
 import hashlib
 import json
 import re
+import runpy
+import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from ca2vdm import checkpoint as ckpt
-from ca2vdm import write_errors
+from ca2vdm import training, write_errors
 from ca2vdm.checkpoint import CheckpointWriteError, load_model, step_dirs
 from ca2vdm.config import load_config
 from ca2vdm.training import train
@@ -78,3 +80,25 @@ def test_write_errors_are_named(tmp_path, monkeypatch, error, free, says):
     assert problem.startswith(says), problem
     if re.match(r"No space|disk quota", problem):
         assert str(tmp_path / "not/made/yet") in problem and "another train.output_dir" in fix
+
+
+def test_full_disk_while_logging_is_one_line(shapes, tmp_path, monkeypatch, capsys):
+    """Not only checkpoints: a full disk under the metrics log ends the run with one error line, no traceback."""
+    log = training._log
+
+    def disk_full_at_step_2(path, **values):
+        if values["step"] == 2:
+            _free(monkeypatch, 0)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        log(path, **values)
+
+    monkeypatch.setattr(training, "_log", disk_full_at_step_2)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(ROOT / "configs/tiny.yaml"), "--no-progress",
+                                      f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.batch_size=2"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / "train/train.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and err == (f"error: No space left on device in {tmp_path} (0.0 MiB free) while "
+                                            "training; checkpoints already saved are intact. Free space on that disk "
+                                            "or choose another train.output_dir, then rerun with --resume latest\n")
+    assert not (tmp_path / ckpt.LOCK_NAME).exists()
