@@ -124,14 +124,17 @@ def test_sigusr1_stops_the_autoencoder_too_and_resume_is_exact(tmp_path, monkeyp
     assert _same_weights(straight / final, resumed / final)
 
 
-def _rank_pid(launcher: int, rank: int) -> int | None:
-    for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+def _rank_pid(launcher: int, rank: int) -> int:
+    """The process of ``rank`` among the children of the ``accelerate launch`` process ``launcher``."""
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                return int(pid)
-        except OSError:
+            parent = re.search(r"^PPid:\s*(\d+)", (proc / "status").read_text(), re.M)
+            if parent and int(parent.group(1)) == launcher and \
+                    f"RANK={rank}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:  # a process that ended meanwhile
             continue
-    return None
+    raise AssertionError(f"no rank {rank} process under pid {launcher}")
 
 
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(shapes, tmp_path):
