@@ -17,18 +17,19 @@ class Stopped(KeyboardInterrupt):
 
 
 class StopSignals:
-    """``with StopSignals() as stop``: SIGINT and SIGTERM request a stop instead of ending the process at once.
+    """``with StopSignals() as stop``: SIGINT and SIGTERM (or ``signals``) request a stop instead of ending at once.
 
     ``generate_video(..., stop=stop)`` polls it after every denoising step and decoded batch, so a chunk is never cut
     in half in the file. Signals the process was started to ignore stay ignored; the old handlers come back on exit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
         self.signum: int | None = None
+        self.signals = signals
         self._previous: dict = {}
 
     def __enter__(self) -> StopSignals:
-        for sig in STOP_SIGNALS:
+        for sig in self.signals:
             self._previous[sig] = signal.getsignal(sig)
             if self._previous[sig] is not signal.SIG_IGN:
                 signal.signal(sig, self._request)

@@ -7,7 +7,8 @@ a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter 
 
 Faults lose nothing: checkpoints are published atomically (see :mod:`ca2vdm.checkpoint`), a run killed at any
 point (even SIGKILL while saving) resumes from its newest complete checkpoint, and the metrics log is cut back to
-that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted run's.
+that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted run's. SIGTERM and
+SIGUSR1 stop a run after the current step, with a checkpoint of that step (:mod:`ca2vdm.run_guard`).
 
 One run per output directory: the main rank holds its :class:`~ca2vdm.checkpoint.RunLock` for the whole run, and a
 second run (fresh or resumed) is refused on every rank before it reads or writes anything. A resumed run keeps the
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import skip_first_batches
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -42,6 +43,8 @@ from .latents import LatentClipDataset
 from .model import CausalVideoDiT
 from .pipeline import LongVideoPipeline
 from .rollout import rollout_context
+from .run_guard import Preempted, RunGuard
+from .write_errors import describe_write_error
 
 
 class NonFiniteLossError(RuntimeError):
@@ -239,36 +242,20 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True, 
     """Train ``config``; returns the output directory. ``resume``: None, 'latest' or a checkpoint directory.
     ``task_type(config, device)`` says what is trained (default: the video DiT).
 
-    Raises :class:`~ca2vdm.checkpoint.RunLockedError` (on every rank) if another run is using ``train.output_dir``.
+    Raises :class:`~ca2vdm.checkpoint.RunLockedError` (on every rank) if another run is using ``train.output_dir``,
+    and :class:`~ca2vdm.run_guard.Preempted` after a stop signal, once the step's checkpoint is saved.
     """
     validate(config)  # a Config built in code gets the same checks as one from load_config
     # cpu=True on a machine without CUDA makes a multi-process launch a gloo process group (MULTI_CPU).
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision=_mixed_precision(config.train.mixed_precision),
                               gradient_accumulation_steps=config.train.grad_accum)
-    lock = ckpt.RunLock(config.train.output_dir)
-    _lock_on_all_ranks(accelerator, lock)
-    try:
-        return _train(config, resume, progress_bar, accelerator, task_type)
-    finally:
-        lock.release()
+    with RunGuard(accelerator, config.train.output_dir) as guard:
+        return _train(config, resume, progress_bar, accelerator, task_type, guard)
 
 
-def _lock_on_all_ranks(accelerator: Accelerator, lock: ckpt.RunLock) -> None:
-    """The main rank takes ``lock``; every rank raises its error, so a multi-process launch fails as a whole (no rank
-    is left waiting for the others)."""
-    error = None
-    if accelerator.is_main_process:
-        try:
-            lock.acquire()
-        except Exception as e:  # whatever it is, the other ranks must stop too
-            error = e
-    [error] = broadcast_object_list([error])
-    if error is not None:
-        raise error
-
-
-def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: Accelerator, task_type) -> Path:
+def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: Accelerator, task_type,
+           guard: RunGuard) -> Path:
     tc = config.train
     task = task_type(config, accelerator.device)
     out = Path(tc.output_dir)
@@ -295,9 +282,6 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
                         f"{tc.batch_size} on {accelerator.num_processes} process(es); lower train.batch_size, raise "
                         "data.clips_per_video or add videos")
 
-    sampler.set_epoch(0)
-    print(f"rank {accelerator.process_index} of world size {accelerator.num_processes} on {accelerator.device}: "
-          f"{len(sampler)} of {len(dataset)} clips per epoch, epoch 0 starts with {list(sampler)[:8]}", flush=True)
     model = task.build_model(config, resume)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
@@ -313,6 +297,12 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
             raise ckpt.CheckpointError(f"checkpoint {resume_path} cannot be resumed: {type(e).__name__}: {e}; "
                                        "pass an earlier checkpoint directory with --resume") from e
         accelerator.print(f"resumed from {resume_path} at step {progress.step}")
+    epoch, offset = divmod(progress.step * tc.grad_accum, len(loader))
+    sampler.set_epoch(epoch)
+    device = "cpu" if accelerator.device.type == "cpu" else accelerator.device  # accelerate: cpu:0 on every rank
+    print(f"rank {accelerator.process_index} of world size {accelerator.num_processes} on {device}: {len(sampler)} of "
+          f"{len(dataset)} clips per epoch, epoch {epoch}{f' (resuming at batch {offset})' if offset else ''} starts "
+          f"with {list(sampler)[:8]}", flush=True)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
@@ -323,8 +313,8 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
     bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (progress_bar and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     model.train()
-    tic = time.perf_counter()
-    while progress.step < tc.max_steps:
+    tic, stop = time.perf_counter(), 0
+    while progress.step < tc.max_steps and not stop:
         micro = progress.step * tc.grad_accum
         epoch, offset = divmod(micro, len(loader))
         sampler.set_epoch(epoch)
@@ -353,24 +343,26 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
                 continue
             ema.update(accelerator.unwrap_model(model), progress.step)
             progress.step += 1
-            loss_value = accelerator.reduce(loss.detach(), "mean").item()
+            loss_value, stop = guard.agree(loss)  # stop: a signal any rank received, all ranks stop here
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if progress.step % tc.log_every == 0 and accelerator.is_main_process:
                 _log(out / "metrics.jsonl", step=progress.step, loss=loss_value, lr=scheduler.get_last_lr()[0],
                      steps_per_s=tc.log_every / (time.perf_counter() - tic))
                 tic = time.perf_counter()
-            if progress.step % tc.save_every == 0 or progress.step == tc.max_steps:
-                save_checkpoint(accelerator, ema, config, ckpt_root, progress.step, task)
-            if tc.sample_every and progress.step % tc.sample_every == 0 and accelerator.is_main_process:
-                task.sample(ema, config, out, progress.step)
-            if progress.step >= tc.max_steps:
+            if stop or progress.step % tc.save_every == 0 or progress.step == tc.max_steps:
+                saved = save_checkpoint(accelerator, ema, config, ckpt_root, progress.step, task)
+            if tc.sample_every and progress.step % tc.sample_every == 0 and accelerator.is_main_process and not stop:
+                task.sample(ema, config, out, progress.step)  # skipped on a stop: the grace period goes to the save
+            if stop or progress.step >= tc.max_steps:
                 break
     bar.close()
     if accelerator.is_main_process and len(dataset.skipped) > skipped_at_start:  # decode failures while training
         _report_skipped(dataset.skipped[skipped_at_start:], out / SKIPPED_LOG, accelerator, None)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if stop and progress.step < tc.max_steps:
+        raise Preempted(stop, progress.step, saved)
     return out
 
 
@@ -428,11 +420,12 @@ def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Pa
             task.save_weights(staging, ema, config, step)
             ckpt.publish(staging, final)
     except Exception as e:
+        problem, fix = describe_write_error(e, root, "another train.output_dir")  # before the discard frees space
         ckpt.discard(staging)
         previous = ckpt.step_dirs(root)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        raise ckpt.CheckpointWriteError(f"could not write checkpoint {final}: {type(e).__name__}: {e}; {kept}. "
-                                        "Free disk space or fix permissions, then rerun with --resume latest") from e
+        raise ckpt.CheckpointWriteError(f"could not write checkpoint {final}: {problem}; {kept}. {fix}, then rerun "
+                                        "with --resume latest") from e
     if accelerator.is_main_process:
         ckpt.prune(root, config.train.keep_last)
     accelerator.wait_for_everyone()

@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--out", required=True, help="new directory for the shards and index.json")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("overrides", nargs="*", help="config overrides as key=value")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()  # key=value overrides anywhere
     try:
         config = load_config(args.config, args.overrides)
         codec = build_codec(config.codec, args.device)

@@ -129,6 +129,18 @@ def test_two_processes_on_cpu(shapes, tmp_path):
     assert len(_losses(tmp_path)) == 3  # one log, written by the main rank only
     assert [d.name for d in step_dirs(tmp_path / "checkpoints")] == ["step_000003"]
     assert len(list((tmp_path / "checkpoints/step_000003").glob("random_states_*.pkl"))) == 2
+    assert proc.stdout.count("done:") == 1  # the run's last line, once (not once per rank)
+    assert "cpu:0" not in proc.stdout  # the ranks share the CPU; accelerate names it cpu:0 on both
+    assert "warning: accelerate launch" not in proc.stderr  # the launch started the processes it asked for
+
+
+def test_a_resumed_run_names_the_epoch_it_is_in(shapes, tmp_path, capsys):
+    """12 clips in batches of 2 make 6 steps an epoch: resumed after step 7, the run is one batch into epoch 1."""
+    train(_config(shapes, tmp_path, max_steps=7, save_every=7), progress_bar=False)
+    capsys.readouterr()
+    train(_config(shapes, tmp_path, max_steps=8, save_every=7), resume="latest", progress_bar=False)
+    printed = capsys.readouterr().out
+    assert "epoch 1 (resuming at batch 1) starts with [" in printed and "epoch 0" not in printed, printed
 
 
 def test_busy_output_dir_stops_every_rank(shapes, tmp_path):

@@ -6,8 +6,8 @@ Same loop, checkpoints, lock and exact resume as train/train.py. Each checkpoint
 (save_pretrained, with the measured latent scale): train the video model on it with
 ``codec.kind=autoencoder codec.path=<run>/checkpoints/step_N/autoencoder``. At the end the reconstruction PSNR on
 held-out videos (every ``autoencoder.holdout_every``-th file) is printed and written to ``<run>/reconstruction.json``.
+SIGTERM or SIGUSR1 stops the run after the current step with a checkpoint (exit 128 + the signal's number).
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,27 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from accelerate import PartialState  # noqa: E402
 
 from ca2vdm.autoencoder import EXPORT_DIR, AutoencoderTask, heldout_psnr  # noqa: E402
-from ca2vdm.checkpoint import CheckpointError, CheckpointWriteError, RunLockedError, step_dirs  # noqa: E402
+from ca2vdm.checkpoint import step_dirs  # noqa: E402
+from ca2vdm.cli import load_trainer_config, run_trainer, trainer_parser  # noqa: E402
 from ca2vdm.codec import CodecConfig, build_codec  # noqa: E402
-from ca2vdm.config import ConfigError, load_config  # noqa: E402
-from ca2vdm.data import DataError  # noqa: E402
-from ca2vdm.training import NonFiniteLossError, train  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="OmegaConf YAML with autoencoder, data and train sections")
-    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint directory")
-    parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
-    parser.add_argument("overrides", nargs="*", help="config overrides as key=value, e.g. train.max_steps=100")
-    args = parser.parse_args()
-    try:
-        config = load_config(args.config, args.overrides)
-        out = train(config, resume=args.resume, progress_bar=not args.no_progress, task_type=AutoencoderTask)
-    except ConfigError as e:
-        parser.exit(2, f"error: {e}\n")
-    except (DataError, CheckpointError, CheckpointWriteError, NonFiniteLossError, RunLockedError) as e:
-        parser.exit(1, f"error: {e}\n")
+    parser = trainer_parser(__doc__, "OmegaConf YAML with autoencoder, data and train sections, e.g. "
+                            "configs/ae-tiny.yaml")
+    args = parser.parse_intermixed_args()  # key=value overrides anywhere on the line
+    config = load_trainer_config(parser, args, "autoencoder")
+    out = run_trainer(parser, args, config, AutoencoderTask)
     if not PartialState().is_main_process:
         return
     exported = step_dirs(out / "checkpoints")[-1] / EXPORT_DIR

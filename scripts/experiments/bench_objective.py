@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-dir", type=Path, default=ROOT / "outputs/bench",
                    help="folder for objective.json and the plot")
     p.add_argument("--plot-only", type=Path, help="redraw the plot of this objective.json into --out-dir and stop")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides anywhere
     if args.plot_only:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         plot(json.loads(args.plot_only.read_text()), args.out_dir / "objective.png")
