@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from . import checkpoint as ckpt
-from .generate import StopSignals
+from .stopping import StopSignals
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
