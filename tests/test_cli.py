@@ -50,7 +50,7 @@ def test_overrides_after_a_flag_are_applied(monkeypatch, capsys, tmp_path, shape
 
 
 def test_overrides_after_a_flag_in_bench_objective():
-    bench = runpy.run_path(str(ROOT / "scripts/bench_objective.py"))
+    bench = runpy.run_path(str(ROOT / "scripts/experiments/bench_objective.py"))
     with pytest.raises(ConfigError, match="Key 'lrr' not in 'TrainConfig'"):
         bench["main"](["train.max_steps=1", "--seconds", "1", "train.lrr=1"])
 
