@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ca2vdm import trackers
-from ca2vdm.checkpoint import load_model
+from ca2vdm.checkpoint import CheckpointError, load_model
 from ca2vdm.config import ConfigError, load_config
 from ca2vdm.diffusion import teacher_forcing_flow_loss
 from ca2vdm.model import CausalVideoDiT
@@ -64,6 +64,16 @@ def test_fsdp_in_one_process_is_one_clear_error(shapes, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_resume_cannot_switch_fsdp(shapes, tmp_path):
+    """A sharded run's optimizer state is saved in another form: train.fsdp is fixed on resume, before any work."""
+    overrides = [f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.batch_size=2", "train.max_steps=1",
+                 "train.save_every=1"]
+    train(load_config(TINY, overrides), progress_bar=False)
+    with pytest.raises(CheckpointError, match=r"train.fsdp=True \(checkpoint: False\)"):
+        train(load_config(TINY, [*overrides, "train.max_steps=2", "train.fsdp=true"]), resume="latest",
+              progress_bar=False)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["train.log_with=mlflow"], "train.log_with must be one of none, tensorboard, wandb"),
     (["train.fsdp=true", "train.mixed_precision=fp16"], "train.fsdp=true does not take train.mixed_precision=fp16"),
@@ -74,12 +84,16 @@ def test_bad_scaling_settings_are_config_errors(overrides, message):
         load_config(TINY, ["data.root=x", *overrides])
 
 
-def _launch(shapes, out, steps, *extra):
-    """accelerate launch --multi_gpu --num_processes 2 on the CPU (two gloo ranks), tiny config."""
+ACCELERATE = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _launch(shapes, out, steps, *extra, launcher=ACCELERATE):
+    """Two gloo ranks on the CPU (accelerate launch --multi_gpu --num_processes 2, or torchrun), tiny config."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(ROOT / "train/train.py"), "--config", str(TINY), "--no-progress", f"data.root={shapes}",
+    cmd = [sys.executable, *launcher, str(ROOT / "train/train.py"), "--config", str(TINY), "--no-progress",
+           f"data.root={shapes}",
            f"train.output_dir={out}", "train.batch_size=2", f"train.max_steps={steps}", "train.save_every=4",
            "train.log_every=1", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -93,16 +107,18 @@ def _losses(out):
 
 def test_fsdp_two_processes_shard_resume_exactly_and_match_ddp(shapes, tmp_path):
     """train.fsdp=true on 2 processes: each rank holds half of the block parameters; 8 steps straight equal 4 steps +
-    --resume latest + 4 (losses, raw weights, EMA); the losses equal an unsharded (DDP) 2-process run within float
-    tolerance; the checkpoint is full safetensors that one process loads."""
+    --resume latest + 4 (losses, raw weights, EMA), here with activation checkpointing and the resume under torchrun;
+    the losses equal an unsharded (DDP) 2-process run within float tolerance; the checkpoint is full safetensors that
+    one process loads."""
     proc = _launch(shapes, tmp_path / "full", 8, "train.fsdp=true")
     held = {int(r): (int(n), int(t)) for r, n, t in re.findall(r"rank (\d): FSDP holds (\d+) of (\d+) block",
                                                                 proc.stdout)}
     assert sorted(held) == [0, 1], proc.stdout[-2000:]
     assert all(abs(n - t / 2) <= 0.05 * t for n, t in held.values())  # about half each (dim-0 shards)
     assert sum(n for n, _ in held.values()) == held[0][1]
-    _launch(shapes, tmp_path / "half", 4, "train.fsdp=true")
-    _launch(shapes, tmp_path / "half", 8, "train.fsdp=true", "--resume", "latest")
+    scaled = ("train.fsdp=true", "train.activation_checkpointing=true")
+    _launch(shapes, tmp_path / "half", 4, *scaled)
+    _launch(shapes, tmp_path / "half", 8, *scaled, "--resume", "latest", launcher=TORCHRUN)
     full, half = _losses(tmp_path / "full"), _losses(tmp_path / "half")
     assert len(full) == 8 and full == half
     for name in ("ema.safetensors", "model.safetensors"):
