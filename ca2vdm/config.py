@@ -54,6 +54,9 @@ MODEL_CONFIGS: dict[str, dict] = {
                   max_context_frames=25, prefix_frames=3),
     "base": dict(resolution=128, patch_size=4, hidden_size=768, depth=12, num_heads=12, chunk_frames=8,
                  max_context_frames=25, prefix_frames=3),
+    # Ca2-VDM's published scale (CausalSTDiT2-XL/2): SD-VAE latents of 256x256 frames (4 x 32 x 32), 256 tokens a frame
+    "ca2vdm-xl": dict(in_channels=4, resolution=32, patch_size=2, hidden_size=1152, depth=28, num_heads=16,
+                      chunk_frames=8, max_context_frames=25, prefix_frames=3),
 }
 
 

@@ -96,3 +96,22 @@ def test_teacher_forcing_equals_full_pass_per_chunk(first_frame_chunk, frame_off
                     num_cond_frames=s)[:, :, s:]
         assert (tf[:, :, s:e] - ref).abs().max() <= 1e-4 * ref.abs().max()
     assert len(starts) > 3
+
+
+def test_ca2vdm_xl_preset_has_the_published_size():
+    """The XL preset (configs/ca2vdm-xl.yaml) validates and has 600-1000M parameters (paper: ~724M), counted on the
+    meta device (no memory); it works on the 4 x 32 x 32 SD-VAE latents of 256x256 frames."""
+    from pathlib import Path
+
+    from ca2vdm.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "ca2vdm-xl.yaml")
+    m = config.model
+    assert (m.name, m.depth, m.hidden_size, m.num_heads, m.patch_size) == ("ca2vdm-xl", 28, 1152, 16, 2)
+    assert (m.in_channels, m.resolution, m.chunk_frames, m.max_context_frames, m.prefix_frames) == (4, 32, 8, 25, 3)
+    assert config.codec.kind == "diffusers" and config.codec.path
+    with torch.device("meta"):
+        model = CausalVideoDiT(m)
+    count = sum(p.numel() for p in model.parameters())
+    assert 600e6 <= count <= 1000e6, count
+    assert model.grid ** 2 == 256  # tokens per frame
