@@ -25,8 +25,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ca2vdm.checkpoint import load_model  # noqa: E402
 from ca2vdm.generate import DEFAULT_CHECKPOINT, resolve_device  # noqa: E402
+from ca2vdm.model import CausalVideoDiT  # noqa: E402
 from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
 from ca2vdm.precision import DTYPES  # noqa: E402
+
+
+def measure(model: CausalVideoDiT, meta: dict, dtypes: list[str], chunks: int, label: int | None,
+            seed: int) -> tuple[dict, dict]:
+    """Per precision: (summary, per-chunk rows of seconds and worst / mean |difference from fp32|)."""
+    pipes = {name: LongVideoPipeline.from_metadata(copy.deepcopy(model).to(DTYPES[name]), meta)
+             for name in ["fp32"] + [d for d in dtypes if d != "fp32"]}
+    states = {name: pipe.start(label=label, seed=seed) for name, pipe in pipes.items()}
+    rows = {name: [] for name in pipes}
+    others = list(pipes)[1:]
+    for i in range(int(model.cfg.first_frame_chunk) + chunks):
+        tic = time.perf_counter()
+        reference = pipes["fp32"].next_chunk(states["fp32"]).frames  # (1, C, L, H, W): every precision's context
+        rows["fp32"].append({"seconds": time.perf_counter() - tic, "max_abs": 0.0, "mean_abs": 0.0})
+        for name in others[i % len(others):] + others[:i % len(others)] if others else []:
+            tic = time.perf_counter()
+            frames = pipes[name].next_chunk(states[name], commit_frames=reference).frames
+            error = (frames - reference).abs()
+            rows[name].append({"seconds": time.perf_counter() - tic, "max_abs": error.max().item(),
+                               "mean_abs": error.mean().item()})
+    first = int(model.cfg.first_frame_chunk)  # the first-frame chunk is one frame: left out of the timing
+    median = {name: statistics.median(r["seconds"] for r in rows[name][first:]) for name in pipes}
+    summary = {name: {"median_seconds_per_chunk": median[name], "speed_vs_fp32": median["fp32"] / median[name],
+                      "kv_cache_bytes": pipe.model.new_cache(1).nbytes(),
+                      "max_abs_vs_fp32": max(r["max_abs"] for r in rows[name]),
+                      "mean_abs_vs_fp32": statistics.mean(r["mean_abs"] for r in rows[name])}
+               for name, pipe in pipes.items()}
+    return summary, rows
 
 
 def main() -> None:
@@ -41,28 +70,8 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device)
-    label = args.label if model.cfg.num_classes else None
-    pipes = {name: LongVideoPipeline.from_metadata(copy.deepcopy(model).to(DTYPES[name]), meta)
-             for name in ["fp32"] + [d for d in args.dtypes if d != "fp32"]}
-    states = {name: pipe.start(label=label, seed=args.seed) for name, pipe in pipes.items()}
-    rows = {name: [] for name in pipes}  # per chunk: seconds, worst and mean |difference from fp32|
-    others = list(pipes)[1:]
-    for i in range(int(model.cfg.first_frame_chunk) + args.chunks):
-        tic = time.perf_counter()
-        reference = pipes["fp32"].next_chunk(states["fp32"]).frames  # (1, C, L, H, W): every precision's context
-        rows["fp32"].append({"seconds": time.perf_counter() - tic, "max_abs": 0.0, "mean_abs": 0.0})
-        for name in others[i % len(others):] + others[:i % len(others)] if others else []:
-            tic = time.perf_counter()
-            frames = pipes[name].next_chunk(states[name], commit_frames=reference).frames
-            error = (frames - reference).abs()
-            rows[name].append({"seconds": time.perf_counter() - tic, "max_abs": error.max().item(),
-                               "mean_abs": error.mean().item()})
-    cache = {name: pipe.model.new_cache(1).nbytes() for name, pipe in pipes.items()}
-    first = int(model.cfg.first_frame_chunk)  # the first-frame chunk is one frame: left out of the timing
-    median = {name: statistics.median(r["seconds"] for r in rows[name][first:]) for name in pipes}
-    summary = {name: {"median_seconds_per_chunk": median[name], "speed_vs_fp32": median["fp32"] / median[name],
-                      "kv_cache_bytes": cache[name], "max_abs_vs_fp32": max(r["max_abs"] for r in rows[name]),
-                      "mean_abs_vs_fp32": statistics.mean(r["mean_abs"] for r in rows[name])} for name in pipes}
+    summary, rows = measure(model, meta, args.dtypes, args.chunks, args.label if model.cfg.num_classes else None,
+                            args.seed)
     print(f"{'dtype':6s} {'s/chunk':>8s} {'speed vs fp32':>14s} {'KV cache MB':>12s} {'max |diff|':>11s} "
           f"{'mean |diff|':>12s}")
     for name, row in summary.items():
