@@ -18,12 +18,12 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from .checkpoint import load_model, weights_file
 from .codec import Codec, CodecError, build_codec
 from .model import CausalVideoDiT
 from .pipeline import GenerationState, LongVideoPipeline
+from .precision import resolve_dtype
 from .step_cache import StepCache, build_step_cache
 from .video_io import VideoWriter, resize_center_crop, to_uint8
 
@@ -103,7 +103,7 @@ class Pipeline:
                    codec_path: str | None = None) -> Pipeline:
         """A loaded checkpoint (``checkpoint.load_model``) with its codec and settings; see :func:`load_pipeline`."""
         codec = load_codec(metadata, checkpoint, codec_path, device)
-        model = model.to(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
+        model = model.to(dtype or resolve_dtype(None, device))  # rotary tables and sampler state stay float32
         if isinstance(step_cache, str):
             step_cache = build_step_cache(step_cache, teacache_thresh, metadata.get("teacache_coefficients"))
         pipe = LongVideoPipeline.from_metadata(model, metadata, steps=steps, shift=shift, cfg_scale=cfg_scale,

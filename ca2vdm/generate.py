@@ -37,6 +37,7 @@ from .output_paths import VIDEO_NAME, check_paths, output_path, preview_path  # 
 from .pipeline import LongVideoPipeline
 from .stopping import STOP_SIGNALS, StopSignals, Stopped  # noqa: F401 (re-exported)
 from .video_io import VideoWriter, save_contact_sheet, stream_video, to_uint8
+from .precision import dtype_name, resolve_dtype
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
 DEFAULT_OUT = Path("outputs") / "long_video.mp4"  # the CLI's scratch output, replaced by every run
@@ -55,7 +56,8 @@ class GenerationOptions:
     label: int | None = None
     cache: str = "kv"               # kv | none (recompute the window at every step) | full
     first_frame: str | None = None  # image or video to continue
-    device: str = "cpu"
+    device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
+    dtype: str | None = None        # fp32 | bf16 | fp16 (weights, KV cache); None: bf16 on CUDA, fp32 on CPU
     step_cache: str = "none"        # none | teacache | fastercache | adacache
     teacache_thresh: float = 0.1
     fps: int = 8
@@ -67,13 +69,16 @@ class GenerationOptions:
 
 
 def resolve_device(name: str) -> torch.device:
-    """cpu, cuda or cuda:N as a torch device; a clear error for anything else and for CUDA where there is none."""
+    """auto (CUDA when present), cpu, cuda or cuda:N as a torch device; a clear error for anything else and for CUDA
+    where there is none."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
-        raise ValueError(f"--device {name}: not supported; use cpu, cuda or cuda:N")
+        raise ValueError(f"--device {name}: not supported; use cpu, cuda or cuda:N (or auto)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
@@ -93,6 +98,7 @@ def check_options(opts: GenerationOptions) -> None:
         raise ValueError(f"--cfg-scale must be a finite number, got {opts.cfg_scale}")
     if not 0 <= opts.seed <= SEED_MAX:
         raise ValueError(f"--seed must be in 0 .. 2**64 - 1 ({SEED_MAX}), got {opts.seed}")
+    resolve_dtype(opts.dtype, "cpu")  # a bad name is refused before any work
     if not (math.isfinite(opts.teacache_thresh) and opts.teacache_thresh >= 0):
         raise ValueError(f"--teacache-thresh must be a finite number >= 0 (0 = compute every step), "
                          f"got {opts.teacache_thresh}")
@@ -161,16 +167,17 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     out = output_path(out)
     check_paths(checkpoint, out, opts)
     device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
     model, meta = load_model(checkpoint, device)
     pipe = Pipeline.from_model(model, meta, checkpoint, device, steps=opts.steps, shift=opts.shift,
                                cfg_scale=opts.cfg_scale, cache=opts.cache, step_cache=opts.step_cache,
-                               teacache_thresh=opts.teacache_thresh, codec_path=opts.codec_path)
+                               teacache_thresh=opts.teacache_thresh, codec_path=opts.codec_path, dtype=dtype)
     check_label(opts.label, model.cfg.num_classes)
     poll = stop.check if stop is not None else lambda: None
     settings = pipe.settings
     stats = {"checkpoint": str(checkpoint), "video": str(out), "chunks": [], "frames": 0, "cache": opts.cache,
              "steps": settings["steps"], "shift": settings["shift"], "cfg_scale": settings["cfg_scale"],
-             "step_cache": opts.step_cache}
+             "step_cache": opts.step_cache, "device": str(device), "dtype": dtype_name(dtype)}
     output = _Output(out, VideoWriter(out, fps=opts.fps), pipe.codec, stats)
     try:
         _write_chunks(pipe, opts, output, poll)
