@@ -8,8 +8,10 @@ latents of training frames are measured and the autoencoder config gets ``scalin
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -103,7 +105,20 @@ def export_autoencoder(autoencoder: torch.nn.Module, directory: str | Path, shif
     """save_pretrained into ``directory`` with the measured latent ``scaling_factor`` and ``shift_factor``."""
     autoencoder.register_to_config(scaling_factor=1.0 / std, shift_factor=shift)
     autoencoder.save_pretrained(str(directory))
+    drop_unused_config_keys(Path(directory) / "config.json", type(autoencoder))
     return Path(directory)
+
+
+def drop_unused_config_keys(path: Path, model_class: type) -> None:
+    """Rewrite a save_pretrained ``config.json`` without the keys ``model_class`` does not take (AutoencoderTiny
+    records ``block_out_channels``, which diffusers then warns about on every load)."""
+    accepted = inspect.signature(model_class.__init__).parameters
+    config = json.loads(path.read_text())
+    kept = {k: v for k, v in config.items() if k.startswith("_") or k in accepted}
+    if kept != config:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
 
 
 class AutoencoderTask:
