@@ -23,6 +23,7 @@ from . import checkpoint as ckpt
 from .codec import CodecConfig, DiffusersCodec
 from .config import AutoencoderConfig, ConfigError
 from .data import VideoFolderDataset
+from .export import check_training_weights
 from .metrics import psnr
 
 ARCHITECTURES = ("AutoencoderKL", "AutoencoderTiny")
@@ -134,6 +135,7 @@ class AutoencoderTask:
         self.train_data = None
 
     def check_resume(self, path: Path, config) -> None:
+        check_training_weights(path, "autoencoder_config")
         recorded = ckpt.read_metadata(path).get("autoencoder_config")
         if recorded != asdict(config.autoencoder):
             raise ckpt.CheckpointError(f"checkpoint {path} was trained with autoencoder config {recorded}, not "
