@@ -2,7 +2,7 @@
 
 safetensors creates its files mode 0600 whatever the umask, so weights and latent shards came out private while
 everything else a run writes (config.yaml, metrics.jsonl, videos) is 0644. Every tensor file ca2vdm writes goes
-through :func:`save_tensors_atomic`, and :func:`honour_umask` fixes files written by other libraries (accelerate).
+through :func:`save_tensors_atomic` (text files through :func:`write_text_atomic`), and :func:`honour_umask` fixes files written by other libraries (accelerate).
 """
 from __future__ import annotations
 
@@ -32,4 +32,12 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     honour_umask(tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file under a temporary name beside ``path``, then rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
