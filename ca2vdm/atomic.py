@@ -2,7 +2,8 @@
 
 safetensors creates its files mode 0600 whatever the umask, so weights and latent shards came out private while
 everything else a run writes (config.yaml, metrics.jsonl, videos) is 0644. Every tensor file ca2vdm writes goes
-through :func:`save_tensors_atomic` (text files through :func:`write_text_atomic`), and :func:`honour_umask` fixes files written by other libraries (accelerate).
+through :func:`save_tensors_atomic` (text files through :func:`write_text_atomic`), and :func:`honour_umask` fixes
+files written by other libraries (accelerate, diffusers).
 """
 from __future__ import annotations
 
