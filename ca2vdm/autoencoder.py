@@ -8,8 +8,10 @@ latents of training frames are measured and the autoencoder config gets ``scalin
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from . import checkpoint as ckpt
 from .codec import CodecConfig, DiffusersCodec
 from .config import AutoencoderConfig, ConfigError
 from .data import VideoFolderDataset
+from .export import check_training_weights
 from .metrics import psnr
 
 ARCHITECTURES = ("AutoencoderKL", "AutoencoderTiny")
@@ -103,7 +106,20 @@ def export_autoencoder(autoencoder: torch.nn.Module, directory: str | Path, shif
     """save_pretrained into ``directory`` with the measured latent ``scaling_factor`` and ``shift_factor``."""
     autoencoder.register_to_config(scaling_factor=1.0 / std, shift_factor=shift)
     autoencoder.save_pretrained(str(directory))
+    drop_unused_config_keys(Path(directory) / "config.json", type(autoencoder))
     return Path(directory)
+
+
+def drop_unused_config_keys(path: Path, model_class: type) -> None:
+    """Rewrite a save_pretrained ``config.json`` without the keys ``model_class`` does not take (AutoencoderTiny
+    records ``block_out_channels``, which diffusers then warns about on every load)."""
+    accepted = inspect.signature(model_class.__init__).parameters
+    config = json.loads(path.read_text())
+    kept = {k: v for k, v in config.items() if k.startswith("_") or k in accepted}
+    if kept != config:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(kept, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
 
 
 class AutoencoderTask:
@@ -119,6 +135,7 @@ class AutoencoderTask:
         self.train_data = None
 
     def check_resume(self, path: Path, config) -> None:
+        check_training_weights(path, "autoencoder_config")
         recorded = ckpt.read_metadata(path).get("autoencoder_config")
         if recorded != asdict(config.autoencoder):
             raise ckpt.CheckpointError(f"checkpoint {path} was trained with autoencoder config {recorded}, not "

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .atomic import honour_umask, save_tensors_atomic
 from .config import ConfigError, ModelConfig, TrainConfig, to_dict, validate_model
 from .model import CausalVideoDiT
 
@@ -63,10 +64,7 @@ def save_tensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata
     """Write tensors + JSON-encoded metadata atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {k: json.dumps(v) for k, v in metadata.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_tensors_atomic(path, state_dict, {k: json.dumps(v) for k, v in metadata.items()})
 
 
 def weights_file(path: str | Path) -> Path:
@@ -267,8 +265,9 @@ def _fsync(path: Path) -> None:
 def publish(staging: str | Path, final: str | Path) -> None:
     """Flush a completely written checkpoint directory to disk and atomically move it to its final name."""
     staging, final = Path(staging), Path(final)
-    for f in staging.iterdir():
+    for f in staging.rglob("*"):
         if f.is_file():
+            honour_umask(f)  # safetensors files (accelerate's, diffusers') are created 0600
             _fsync(f)
     _fsync(staging)
     if final.exists():

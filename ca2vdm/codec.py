@@ -22,13 +22,16 @@ from typing import Optional, Protocol
 import torch
 from einops import rearrange
 
+from .data import DataError
+
 CODEC_KINDS = ("pixel", "diffusers", "autoencoder")
 PER_FRAME_AUTOENCODERS = ("AutoencoderKL", "AutoencoderTiny")
 FRAMES_PER_CALL = 16  # frames encoded or decoded per autoencoder call: bounds activation memory
 
 
-class CodecError(ValueError):
-    """A codec that cannot be built or does not fit the model, reported before any work starts."""
+class CodecError(DataError):
+    """A codec that cannot be built or does not fit the model, reported before any work starts (a
+    :class:`~ca2vdm.data.DataError`, so every entry point prints it as one ``error:`` line)."""
 
 
 @dataclass
@@ -124,9 +127,15 @@ def autoencoder_config(config: CodecConfig) -> tuple[str, dict]:
     if not config.path:
         raise CodecError(f"codec.kind={config.kind} needs codec.path: a directory written by save_pretrained")
     local = Path(config.path) / (config.subfolder or "")
+    if not Path(config.path).exists() and _looks_local(config.path):
+        raise CodecError(f"codec.path={config.path} is not a local directory (it does not exist); point it at an "
+                         "autoencoder directory written by save_pretrained (e.g. checkpoints/ae-shapes128, or "
+                         "<run>/checkpoints/step_N/autoencoder of train/train_autoencoder.py)")
     if Path(config.path).exists() and not (local / "config.json").is_file():
-        raise CodecError(f"codec.path={config.path}: no autoencoder config.json in {local}; point codec.path at a "
-                         "directory written by save_pretrained (and codec.subfolder at its autoencoder, e.g. vae)")
+        inner = [d.name for d in (local.iterdir() if local.is_dir() else []) if (d / "config.json").is_file()]
+        hint = f" (it has {', '.join(sorted(inner))}/ inside: point codec.path there)" if inner else ""
+        raise CodecError(f"codec.path={config.path}: no autoencoder config.json in {local}{hint}; point codec.path at "
+                         "a directory written by save_pretrained (and codec.subfolder at its autoencoder, e.g. vae)")
     try:
         ae_config = AutoencoderKL.load_config(config.path, subfolder=config.subfolder)  # any class's config.json
     except (OSError, ValueError, json.JSONDecodeError) as e:
@@ -141,6 +150,11 @@ def autoencoder_config(config: CodecConfig) -> tuple[str, dict]:
                          "with temporal compression (AutoencoderKLWan, ...) would need chunks aligned to their "
                          "temporal groups, which ca2vdm does not implement")
     return name, ae_config
+
+
+def _looks_local(path: str) -> bool:
+    """A path no model hub id can be (hub ids are ``name`` or ``org/name``)."""
+    return Path(path).is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
 
 
 def build_codec(config: CodecConfig | dict | None, device: torch.device | str = "cpu",

@@ -1,9 +1,9 @@
 """Latents computed once: a video folder encoded into safetensors shards, and the dataset that trains from them.
 
-Layout of a latent directory (written by ``scripts/encode_latents.py``)::
+Layout of a latent directory (written by ``scripts/encode_latents.py``, see :mod:`ca2vdm.latent_encoding`)::
 
     index.json            codec metadata, pixel and latent size, labels, and where each video's latents live
-    shard_00000.safetensors  ...  one (C, T, h, w) float16 tensor per video, every frame of it
+    shard_<rank>-<n>.safetensors  ...  one (C, T, h, w) float16 tensor per video, every frame of it
 
 Whole videos are stored, not fixed clips, so training draws a new clip position every epoch exactly as the video
 dataset does (same seed -> same positions); no video is decoded and no autoencoder runs while training.
@@ -16,70 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
-from tqdm import tqdm
 
-from .codec import Codec
-from .data import ClipDataset, DataError, VideoFolderDataset
-from .video_io import read_frames, resize_center_crop
+from .data import ClipDataset, DataError
 
 INDEX_NAME = "index.json"
-SHARD_BYTES = 256 * 2 ** 20   # a shard is closed once it holds this many bytes of latents
-DECODE_FRAMES = 64            # frames decoded and encoded at a time: memory does not grow with video length
-
-
-@torch.no_grad()
-def encode_video(codec: Codec, path: Path, length: int, pixel_resolution: int, device: torch.device) -> torch.Tensor:
-    """Every frame of a video, resized and center-cropped to ``pixel_resolution``, encoded: (C, T, h, w) float16."""
-    parts = []
-    for start in range(0, length, DECODE_FRAMES):
-        frames = read_frames(path, range(start, min(length, start + DECODE_FRAMES)))  # (t, H, W, 3) uint8
-        pixels = resize_center_crop(frames, pixel_resolution)[None].to(device)  # (1, 3, t, R, R)
-        parts.append(codec.encode(pixels)[0].half().cpu())
-    return torch.cat(parts, dim=1)
-
-
-def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec, pixel_resolution: int,
-                  manifest: str | None = None, device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """Encode every usable video under ``root`` into shards in ``out``; return the index (also written)."""
-    out = Path(out)
-    if (out / INDEX_NAME).exists():
-        raise DataError(f"{out} already holds encoded latents ({INDEX_NAME}); choose another --out or delete it")
-    if pixel_resolution % codec.factor:
-        raise DataError(f"pixel resolution {pixel_resolution} is not divisible by the codec's down-sampling "
-                        f"factor {codec.factor}")
-    videos = VideoFolderDataset(root, num_frames=1, resolution=pixel_resolution, manifest=manifest)
-    out.mkdir(parents=True, exist_ok=True)
-    index = {"codec": codec.metadata(), "pixel_resolution": pixel_resolution,
-             "resolution": pixel_resolution // codec.factor, "channels": codec.channels,
-             "num_classes": videos.num_classes, "manifest": None if videos.manifest is None else str(videos.manifest),
-             "videos": [], "skipped": [list(s) for s in videos.skipped]}
-    shard, shard_bytes, shard_count = {}, 0, 0
-    for path, length, label in tqdm(list(zip(videos.videos, videos.lengths, videos.labels)), desc="encode",
-                                    unit="video", disable=not progress):
-        try:
-            latents = encode_video(codec, path, length, pixel_resolution, torch.device(device))
-        except ValueError as error:  # probed fine, fails to decode: skipped and counted like the video dataset
-            index["skipped"].append([str(path), f"failed while encoding: {error}"])
-            continue
-        key = f"video_{len(index['videos']):06d}"
-        shard[key] = latents.contiguous()
-        shard_bytes += latents.numel() * latents.element_size()
-        index["videos"].append({"file": path.relative_to(videos.root).as_posix(), "key": key, "label": label,
-                                "frames": latents.shape[1], "shard": _shard_name(shard_count)})
-        if shard_bytes >= SHARD_BYTES:
-            save_file(shard, str(out / _shard_name(shard_count)))
-            shard, shard_bytes, shard_count = {}, 0, shard_count + 1
-    if shard:
-        save_file(shard, str(out / _shard_name(shard_count)))
-    tmp = out / f".{INDEX_NAME}.tmp"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out / INDEX_NAME)  # the index appears last: a killed run leaves no usable-looking directory
-    return index
-
-
-def _shard_name(number: int) -> str:
-    return f"shard_{number:05d}.safetensors"
 
 
 def read_index(root: str | os.PathLike) -> dict:

@@ -41,6 +41,7 @@ from .config import Config, validate
 from .data import DEFAULT_MANIFEST, DataError, VideoFolderDataset
 from .diffusion import causal_flow_loss, teacher_forcing_flow_loss
 from .ema import EMA
+from .export import check_training_weights
 from .latents import LatentClipDataset
 from .model import CausalVideoDiT
 from .parallelize import parallelize
@@ -118,6 +119,7 @@ class DiffusionTask:
 
     def check_resume(self, path: Path, config: Config) -> None:
         """The model config and the codec (the space the weights work in) cannot change on resume."""
+        check_training_weights(path, "model_config")
         ckpt.check_compatible(path, config.model)
         recorded = ckpt.read_metadata(path).get("codec", {"kind": "pixel"})
         current = self.codec.metadata()

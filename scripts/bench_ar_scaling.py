@@ -30,6 +30,7 @@ from ca2vdm.checkpoint import load_model  # noqa: E402
 from ca2vdm.config import ModelConfig  # noqa: E402
 from ca2vdm.generate import DEFAULT_CHECKPOINT, resolve_device  # noqa: E402
 from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
+from ca2vdm.plotting import plot_or_skip  # noqa: E402
 from ca2vdm.step_cache import TeaCache  # noqa: E402
 from ca2vdm.step_cache.teacache import IDENTITY  # noqa: E402
 
@@ -169,8 +170,8 @@ def main() -> None:
         {"checkpoint": args.checkpoint, "device": str(device), "chunks": args.chunks, "batch": args.batch,
          "repeats": args.repeats,
          "torch_threads": torch.get_num_threads(), "summary": summary, "per_chunk": results}, indent=2) + "\n")
-    plot(results, out / "ar_scaling.png")
-    print(f"wrote {out / 'ar_scaling.json'} and {out / 'ar_scaling.png'}")
+    drawn = plot_or_skip(plot, results, path=out / "ar_scaling.png")
+    print(f"wrote {out / 'ar_scaling.json'}" + (f" and {out / 'ar_scaling.png'}" if drawn else ""))
 
 
 if __name__ == "__main__":

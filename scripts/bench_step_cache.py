@@ -24,6 +24,7 @@ from ca2vdm.checkpoint import load_model  # noqa: E402
 from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
 from ca2vdm.metrics import psnr, ssim  # noqa: E402
 from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
+from ca2vdm.plotting import plot_or_skip  # noqa: E402
 from ca2vdm.step_cache import AdaCache, FasterCache, TeaCache  # noqa: E402
 from ca2vdm.step_cache.teacache import IDENTITY  # noqa: E402
 
@@ -65,8 +66,6 @@ def shared_context_psnr(model, meta, policy, args) -> float:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
@@ -113,8 +112,8 @@ def main() -> None:
     result = {"checkpoint": args.checkpoint, "chunks": args.chunks, "seed": args.seed, "label": args.label,
               "teacache_coefficients": coefficients, "torch_threads": torch.get_num_threads(), "rows": rows}
     (out_dir / "step_cache.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    plot(rows, out_dir / "step_cache.png")
-    print(f"wrote {out_dir / 'step_cache.json'} and {out_dir / 'step_cache.png'}")
+    drawn = plot_or_skip(plot, rows, path=out_dir / "step_cache.png")
+    print(f"wrote {out_dir / 'step_cache.json'}" + (f" and {out_dir / 'step_cache.png'}" if drawn else ""))
 
 
 if __name__ == "__main__":

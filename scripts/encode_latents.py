@@ -1,10 +1,14 @@
 """Encode a video folder into latent shards once, so that training runs with no video decoding.
 
     python scripts/encode_latents.py --config configs/latent-demo.yaml --out data/shapes128-latents
+    accelerate launch scripts/encode_latents.py --config ... --out ...   # videos split across processes / GPUs
+    python scripts/encode_latents.py --config ... --out data/shapes128-latents --resume   # after a kill
     # then train from them:  python train/train.py --config configs/latent-demo.yaml data.latents=data/shapes128-latents
 
 Reads ``data.root`` (and ``data.manifest``) and the ``codec`` section of the config; frames are resized and
 center-cropped to the pixel size ``model.resolution * codec factor``. Unreadable videos are skipped and counted.
+Shards are written as they fill (``--shard-size``), so memory does not grow with the number of videos; ``--out``
+must be a new or empty folder (nothing of yours is overwritten), and ``index.json`` appears last.
 """
 import argparse
 import sys
@@ -13,31 +17,51 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
+from accelerate import PartialState  # noqa: E402
 
 from ca2vdm.codec import CodecError, build_codec, check_model_fits  # noqa: E402
 from ca2vdm.config import ConfigError, load_config  # noqa: E402
 from ca2vdm.data import DataError  # noqa: E402
-from ca2vdm.latents import encode_folder  # noqa: E402
+from ca2vdm.latent_encoding import encode_folder, parse_size  # noqa: E402
+
+
+def shard_size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="training config (data, codec and model sections are used)")
-    p.add_argument("--out", required=True, help="new directory for the shards and index.json")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", required=True, help="new (or empty) directory for the shards and index.json")
+    p.add_argument("--shard-size", type=shard_size, default="256MB", help="close a shard once it holds this much "
+                   "latent data (e.g. 256MB, 1GB); memory use is about one shard")
+    p.add_argument("--resume", action="store_true", help="continue an encoding that was stopped, keeping its "
+                   "finished shards (same config)")
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    p.add_argument("--device", default=None, help="default: this process's accelerator (cuda:N), else cpu")
     p.add_argument("overrides", nargs="*", help="config overrides as key=value")
     args = p.parse_intermixed_args()  # key=value overrides anywhere
+    # cpu=True without CUDA makes a multi-process launch a gloo process group, as in training
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    device = args.device or state.device
     try:
         config = load_config(args.config, args.overrides)
-        codec = build_codec(config.codec, args.device)
+        codec = build_codec(config.codec, device)
         check_model_fits(codec, config.model.in_channels)
         index = encode_folder(config.data.root, args.out, codec, config.model.resolution * codec.factor,
-                              manifest=config.data.manifest, device=args.device)
+                              manifest=config.data.manifest, device=device, progress=not args.no_progress,
+                              shard_bytes=args.shard_size, resume=args.resume, rank=state.process_index,
+                              world=state.num_processes, barrier=state.wait_for_everyone)
     except (ConfigError, CodecError, DataError) as e:
         sys.exit(f"error: {e}")
-    frames = sum(v["frames"] for v in index["videos"])
-    print(f"wrote {len(index['videos'])} videos ({frames} frames of {index['channels']}x{index['resolution']}^2 "
-          f"latents) to {args.out}; skipped {len(index['skipped'])}")
+    if state.is_main_process:
+        frames = sum(v["frames"] for v in index["videos"])
+        shards = len({v["shard"] for v in index["videos"]})
+        print(f"wrote {len(index['videos'])} videos ({frames} frames of {index['channels']}x{index['resolution']}^2 "
+              f"latents, {shards} shards) to {args.out}; skipped {len(index['skipped'])}")
 
 
 if __name__ == "__main__":

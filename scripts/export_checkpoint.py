@@ -7,6 +7,9 @@
 A latent model's autoencoder must travel with it: ``--autoencoder DIR`` copies the autoencoder the checkpoint
 recorded (its save_pretrained folder) to DIR and records DIR relative to the exported file, so the pair works from
 any clone (``infer/long_video.py`` looks for the autoencoder beside the weights).
+
+An existing dst is replaced only with ``--overwrite``; the source itself and any file inside a training checkpoint
+folder are always refused (:mod:`ca2vdm.export`).
 """
 import argparse
 import os
@@ -17,17 +20,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ca2vdm.checkpoint import export_weights, read_metadata  # noqa: E402
+from ca2vdm.checkpoint import CheckpointError, export_weights, read_metadata  # noqa: E402
+from ca2vdm.export import ExportError, check_autoencoder_destination, check_export_destination  # noqa: E402
 from ca2vdm.precision import DTYPES  # noqa: E402
 
 
-def ship_autoencoder(src: str, dst: Path, directory: Path) -> dict:
+def ship_autoencoder(src: str, dst: Path, directory: Path, overwrite: bool) -> dict:
     """Copy the recorded autoencoder folder to ``directory``; the codec metadata with its path relative to dst."""
     codec = read_metadata(src).get("codec") or {"kind": "pixel"}
     if codec["kind"] == "pixel":
         sys.exit(f"{src} is a pixel model: it has no autoencoder to ship (drop --autoencoder)")
     if not Path(codec["path"]).is_dir():
         sys.exit(f"{src} recorded its autoencoder at {codec['path']}, which is not a directory here")
+    check_autoencoder_destination(directory, codec["path"], overwrite)
     if directory.resolve() != Path(codec["path"]).resolve():
         shutil.copytree(codec["path"], directory, dirs_exist_ok=True)
     return {**codec, "path": os.path.relpath(directory, dst.parent)}
@@ -40,8 +45,15 @@ if __name__ == "__main__":
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     p.add_argument("--autoencoder", type=Path, help="latent models: copy their autoencoder to this directory and "
                                                    "record it relative to dst")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dst (never the source itself nor "
+                                                            "a file inside a training checkpoint folder)")
     args = p.parse_args()
-    extra = {"codec": ship_autoencoder(args.src, Path(args.dst), args.autoencoder)} if args.autoencoder else None
-    out = export_weights(args.src, args.dst, DTYPES[args.dtype], extra)
+    try:
+        check_export_destination(args.src, args.dst, args.overwrite)
+        extra = {"codec": ship_autoencoder(args.src, Path(args.dst), args.autoencoder, args.overwrite)} \
+            if args.autoencoder else None
+        out = export_weights(args.src, args.dst, DTYPES[args.dtype], extra)
+    except (ExportError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)" + (f", autoencoder in {args.autoencoder}"
                                                                if args.autoencoder else ""))

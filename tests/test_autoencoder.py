@@ -75,3 +75,31 @@ def test_bad_autoencoder_configs_name_the_key():
     with pytest.raises(ConfigError, match="AutoencoderTiny needs the same channel count"):
         tiny = ["autoencoder.architecture=AutoencoderTiny", "autoencoder.block_out_channels=[8,16]"]
         build_autoencoder(load_config(ROOT / "configs/ae-tiny.yaml", tiny).autoencoder)
+
+
+@pytest.mark.parametrize("architecture", ["AutoencoderTiny", "AutoencoderKL"])
+def test_exported_autoencoder_loads_without_warnings_and_identically(tmp_path, caplog, architecture):
+    """The export (and the shipped checkpoints/ae-shapes128) records no config key its class ignores, so diffusers
+    warns of nothing on load (AutoencoderTiny used to record block_out_channels); the weights load unchanged."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from ca2vdm.autoencoder import export_autoencoder
+    from ca2vdm.config import AutoencoderConfig
+
+    torch.manual_seed(0)
+    ae = build_autoencoder(AutoencoderConfig(architecture=architecture, block_out_channels=[8, 8], resolution=16,
+                                             latent_channels=4, layers_per_block=1)).eval()
+    export_autoencoder(ae, tmp_path / "ae", shift=0.1, std=2.0)
+    recorded = json.loads((tmp_path / "ae/config.json").read_text())
+    assert ("block_out_channels" in recorded) == (architecture == "AutoencoderKL")  # a real AutoencoderKL argument
+    diffusers_logging.enable_propagation()  # diffusers logs to its own handler; let caplog see it too
+    try:
+        with caplog.at_level("WARNING"):
+            codec = build_codec(CodecConfig(kind="autoencoder", path=str(tmp_path / "ae")))
+            build_codec(CodecConfig(kind="autoencoder", path=str(ROOT / "checkpoints/ae-shapes128")))
+    finally:
+        diffusers_logging.disable_propagation()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("diffusers")] == []
+    state = codec.autoencoder.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ae.state_dict().items()) and state.keys() == ae.state_dict().keys()
+    assert (codec.scaling, codec.shift, codec.factor) == (0.5, 0.1, 2)

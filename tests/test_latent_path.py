@@ -12,7 +12,7 @@ from PIL import Image
 from ca2vdm.checkpoint import load_model, read_metadata, step_dirs
 from ca2vdm.codec import build_codec
 from ca2vdm.config import load_config
-from ca2vdm.latents import encode_folder
+from ca2vdm.latent_encoding import encode_folder
 from ca2vdm.pipeline import LongVideoPipeline
 from ca2vdm.synthetic import write_dataset
 from ca2vdm.training import train

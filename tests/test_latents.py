@@ -5,7 +5,8 @@ import torch
 
 from ca2vdm.codec import CodecConfig, build_codec
 from ca2vdm.data import DataError, VideoFolderDataset
-from ca2vdm.latents import INDEX_NAME, LatentClipDataset, encode_folder
+from ca2vdm.latent_encoding import encode_folder
+from ca2vdm.latents import INDEX_NAME, LatentClipDataset
 from ca2vdm.synthetic import write_dataset
 from helpers import save_tiny_autoencoder
 

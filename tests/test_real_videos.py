@@ -14,12 +14,23 @@ SIZES = {"bigbuckbunny.mp4": (720, 1280), "bikes.mp4": (272, 640), "carphone_dis
 
 
 @pytest.fixture(scope="module")
-def real_videos(tmp_path_factory) -> Path:
+def fetched(tmp_path_factory) -> tuple[Path, str]:
+    """The fetched folder and what the script printed."""
     out = tmp_path_factory.mktemp("real")
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_real_videos.py"), "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    return out
+    return out, result.stdout
+
+
+@pytest.fixture(scope="module")
+def real_videos(fetched) -> Path:
+    return fetched[0]
+
+
+def test_fetch_says_which_num_classes_the_labels_need(fetched):
+    """Its labels have 4 classes, the shipped configs 3: the output names the setting to use."""
+    assert "model.num_classes=4" in fetched[1] and "model.num_classes=0" in fetched[1]
 
 
 def test_fetch_extracts_the_four_videos_with_labels(real_videos):

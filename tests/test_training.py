@@ -191,3 +191,16 @@ def test_training_with_sinks_records_them_and_generates_past_the_window(shapes, 
     for _ in range(6):  # 11 frames through a window of 5
         assert torch.isfinite(pipe.next_chunk(state).frames).all()
     assert state.conditioning.cache.sink_frames == 1 and state.conditioning.cache.frames_committed == 11
+
+
+def test_checkpoint_files_follow_the_umask(shapes, tmp_path):
+    """Under umask 022 every file of a run is 0644: ema.safetensors and accelerate's model.safetensors included
+    (safetensors creates its files 0600)."""
+    umask = os.umask(0o022)
+    try:
+        out = train(_config(shapes, tmp_path, max_steps=2, save_every=2), progress_bar=False)
+    finally:
+        os.umask(umask)
+    modes = {str(p.relative_to(out)): oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()}
+    assert "checkpoints/step_000002/ema.safetensors" in modes and "checkpoints/step_000002/model.safetensors" in modes
+    assert set(modes.values()) == {"0o644"}, modes

@@ -170,3 +170,18 @@ def test_decoder_internals_stay_out_of_messages(tmp_path):
         with pytest.raises(ValueError) as error:
             read(cut)
         assert str(cut) in str(error.value) and not re.search(r"\.cc|github|Errno|\[\d", str(error.value))
+
+
+def test_unreadable_videos_print_no_raw_decoder_lines(tmp_path, capfd):
+    """A non-video and a truncated mp4 give our ValueError and nothing else: decord's C++ log and FFmpeg's own
+    lines ("moov atom not found") no longer reach stderr before the tool's message."""
+    with VideoWriter(tmp_path / "whole.mp4", fps=8) as writer:
+        writer.write(smooth_frames(24))
+    data = (tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.mp4").write_text("not a video")
+    capfd.readouterr()
+    for name in ("text.mp4", "truncated.mp4"):
+        with pytest.raises(ValueError, match=name):
+            read_frames(tmp_path / name, range(24))
+    assert capfd.readouterr().err == ""

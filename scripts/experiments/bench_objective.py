@@ -39,6 +39,7 @@ from ca2vdm.config import Config, load_config  # noqa: E402
 from ca2vdm.data import ClipDataset, VideoFolderDataset  # noqa: E402
 from ca2vdm.diffusion import teacher_forcing_flow_loss  # noqa: E402
 from ca2vdm.model import CausalVideoDiT  # noqa: E402
+from ca2vdm.plotting import plot_or_skip  # noqa: E402
 from ca2vdm.training import EMA, DiffusionTask  # noqa: E402
 from ca2vdm.video_io import read_frames, resize_center_crop  # noqa: E402
 
@@ -207,8 +208,6 @@ def summarise(runs: dict[str, Run], key: str) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     """Eval loss vs training seconds and vs steps (raw weights solid, EMA dashed), and the final loss per chunk."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax, sx, bx) = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [2, 1.4, 1]})
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_intermixed_args(argv)  # key=value overrides anywhere
     if args.plot_only:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        plot(json.loads(args.plot_only.read_text()), args.out_dir / "objective.png")
+        plot_or_skip(plot, json.loads(args.plot_only.read_text()), path=args.out_dir / "objective.png")
         return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -312,13 +311,13 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "objective.json").write_text(json.dumps(result, indent=1))
-    plot(result, args.out_dir / "objective.png")
+    drawn = plot_or_skip(plot, result, path=args.out_dir / "objective.png")
     for kind, s in result["summary"].items():
         ratio = "never" if s["ratio"] is None else f"after {s['ratio']:.2f} of chunk's time"
         print(f"[{kind}] chunk final {s['chunk_final']:.4f} ({s['chunk_seconds']:.0f}s); all final "
               f"{s['all_final']:.4f}; all reaches chunk's final {ratio}; at half time all = "
               f"{s['all_at_half_time']:.4f} -> reached in half the time: {s['reached_in_half_time']}")
-    print(f"wrote {args.out_dir / 'objective.json'} and {args.out_dir / 'objective.png'}")
+    print(f"wrote {args.out_dir / 'objective.json'}" + (f" and {args.out_dir / 'objective.png'}" if drawn else ""))
 
 
 if __name__ == "__main__":
