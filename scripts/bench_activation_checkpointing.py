@@ -65,9 +65,10 @@ def step(preset: str, batch: int, checkpointing: bool, device: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", help="model registry name (ca2vdm.config.MODEL_CONFIGS)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", default="outputs/bench/activation_checkpointing.json")
+    p.add_argument("--batch", type=int, default=1, help="clips per training step")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where to train (peak RSS on cpu, allocator peak on cuda)")
+    p.add_argument("--out", default="outputs/bench/activation_checkpointing.json", help="JSON file for the figures")
     p.add_argument("--child", choices=["off", "on"], help=argparse.SUPPRESS)  # one mode, in this process
     args = p.parse_args()
     if args.child:

@@ -60,13 +60,14 @@ def measure(model: CausalVideoDiT, meta: dict, dtypes: list[str], chunks: int, l
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    p.add_argument("--chunks", type=int, default=8)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES),
+                   help="precisions compared with fp32")
+    p.add_argument("--chunks", type=int, default=8, help="chunks per precision, each teacher-forced on the fp32 chunks")
     p.add_argument("--label", type=int, default=0, help="class label (the demo model has 3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", default="outputs/bench")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--out-dir", default="outputs/bench", help="folder for precision.json")
     args = p.parse_args()
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device)

@@ -42,7 +42,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="checkpoint directory or .safetensors file")
     p.add_argument("dst", help="output .safetensors file")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="precision of the exported weights")
     p.add_argument("--autoencoder", type=Path, help="latent models: copy their autoencoder to this directory and "
                                                    "record it relative to dst")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dst (never the source itself nor "
