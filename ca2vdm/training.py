@@ -5,10 +5,11 @@ dropout) comes from a generator seeded by (seed, step, rank), not from a global 
 a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter are restored by accelerate's
 ``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k.
 
-Faults lose nothing: checkpoints are published atomically (see :mod:`ca2vdm.checkpoint`), a run killed at any
-point (even SIGKILL while saving) resumes from its newest complete checkpoint, and the metrics log is cut back to
-that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted run's. SIGTERM and
-SIGUSR1 stop a run after the current step, with a checkpoint of that step (:mod:`ca2vdm.run_guard`).
+Faults lose nothing: checkpoints are published atomically (:mod:`ca2vdm.run_files`, :mod:`ca2vdm.checkpoint`), a
+run killed at any point (even SIGKILL while saving) resumes from its newest complete checkpoint, and the metrics log
+is cut back to that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted
+run's. SIGTERM and SIGUSR1 stop a run after the current step, with a checkpoint of that step
+(:mod:`ca2vdm.run_guard`).
 
 One run per output directory: the main rank holds its :class:`~ca2vdm.checkpoint.RunLock` for the whole run, and a
 second run (fresh or resumed) is refused on every rank before it reads or writes anything. A resumed run keeps the
@@ -19,7 +20,6 @@ what governs the run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import sharded_state, trackers
+from . import run_files, sharded_state, trackers
+from .atomic import write_text_atomic
 from .codec import build_codec, check_model_fits
 from .config import Config, validate
 from .data import DEFAULT_MANIFEST, DataError, VideoFolderDataset
@@ -48,7 +49,6 @@ from .parallelize import parallelize
 from .pipeline import LongVideoPipeline
 from .rollout import rollout_context
 from .run_guard import Preempted, RunGuard
-from .write_errors import describe_write_error
 
 
 class NonFiniteLossError(RuntimeError):
@@ -289,10 +289,11 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
           f"with {list(sampler)[:8]}", flush=True)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
-        _truncate_log(out / "metrics.jsonl", progress.step)
+        write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
+        run_files.truncate_log(out / "metrics.jsonl", progress.step)
         trackers.start(accelerator, config)
-        _report_skipped(dataset.skipped, out / SKIPPED_LOG, accelerator, len(dataset.skipped) + len(dataset.videos))
+        run_files.report_skipped(dataset.skipped, out / run_files.SKIPPED_LOG, accelerator,
+                                 len(dataset.skipped) + len(dataset.videos))
     skipped_at_start = len(dataset.skipped)
 
     bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (progress_bar and accelerator.is_main_process),
@@ -313,7 +314,7 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
                 if not torch.isfinite(loss):
                     if tc.nonfinite == "stop":
                         raise NonFiniteLossError(f"loss is {loss.item()} at step {progress.step}; "
-                                                 + _after_nonfinite(ckpt_root))
+                                                 + run_files.after_nonfinite(ckpt_root))
                     optimizer.zero_grad(set_to_none=True)
                     accelerator.print(f"step {progress.step}: non-finite loss, batch skipped")
                 else:
@@ -335,11 +336,11 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
             if progress.step % tc.log_every == 0 and accelerator.is_main_process:
                 values = dict(loss=loss_value, lr=scheduler.get_last_lr()[0],
                               steps_per_s=tc.log_every / (time.perf_counter() - tic))
-                _log(out / "metrics.jsonl", step=progress.step, **values)
+                run_files.log_metrics(out / "metrics.jsonl", step=progress.step, **values)
                 accelerator.log(values, step=progress.step)  # train.log_with's trackers
                 tic = time.perf_counter()
             if stop or progress.step % tc.save_every == 0 or progress.step == tc.max_steps:
-                saved = save_checkpoint(accelerator, ema, config, ckpt_root, progress.step, task, sharded)
+                saved = run_files.save_checkpoint(accelerator, ema, config, ckpt_root, progress.step, task, sharded)
             if tc.sample_every and progress.step % tc.sample_every == 0 and not stop:
                 published = ema.gathered()  # every rank takes part when the EMA is sharded
                 if accelerator.is_main_process:  # skipped on a stop: the grace period goes to the save
@@ -348,41 +349,13 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
                 break
     bar.close()
     if accelerator.is_main_process and len(dataset.skipped) > skipped_at_start:  # decode failures while training
-        _report_skipped(dataset.skipped[skipped_at_start:], out / SKIPPED_LOG, accelerator, None)
+        run_files.report_skipped(dataset.skipped[skipped_at_start:], out / run_files.SKIPPED_LOG, accelerator,
+                                 None)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if stop and progress.step < tc.max_steps:
         raise Preempted(stop, progress.step, saved)
     return out
-
-
-SKIPPED_LOG = "skipped_videos.jsonl"
-
-
-def _report_skipped(skipped: list[tuple[str, str]], path: Path, accelerator: Accelerator, total: int | None) -> None:
-    """Print one line about unusable video files and list them all in ``path`` (rewritten at start, appended to
-    for files that fail while training)."""
-    if total is not None:
-        path.unlink(missing_ok=True)
-    if not skipped:
-        return
-    with open(path, "a") as f:
-        for file, reason in skipped:
-            f.write(json.dumps({"file": file, "reason": reason}) + "\n")
-    first = "; ".join(f"{file}: {reason}" for file, reason in skipped[:3])
-    what = f"skipped {len(skipped)} of {total} video files" if total is not None else \
-        f"{len(skipped)} video files failed to decode while training and were replaced by the next video"
-    accelerator.print(f"data: {what} (all listed in {path}): {first}", flush=True)
-
-
-def _after_nonfinite(root: Path) -> str:
-    """What a run stopped by a non-finite loss keeps, and what to do next."""
-    previous = ckpt.step_dirs(root)
-    if previous:
-        return (f"training stopped, the last good checkpoint {previous[-1]} is kept. Lower train.lr, or set "
-                "train.nonfinite=skip")
-    return (f"training stopped before its first checkpoint, so no checkpoint was written under {root}. Lower "
-            "train.lr (or set train.nonfinite=skip) and start again without --resume")
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -394,61 +367,3 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 131 + micro) * 1009 + rank
-
-
-def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Path, step: int, task,
-                    sharded: sharded_state.ShardedState | None = None) -> Path:
-    """Full training state + the task's published weights into ``root/step_<step>``, atomically; prune old ones.
-    ``sharded``: the model and optimizer of an FSDP run, gathered into the same files an unsharded run writes."""
-    final = root / f"step_{step:06d}"
-    staging = ckpt.staging_dir(final)
-    try:
-        if accelerator.is_main_process:
-            ckpt.discard(staging)  # left over by a run killed while saving
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging))  # every rank writes its RNG state, the main rank the rest
-        if sharded is not None:
-            sharded.save(staging, accelerator.is_main_process)
-        published = ema.gathered()
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            task.save_weights(staging, published, config, step)
-            ckpt.publish(staging, final)
-    except Exception as e:
-        problem, fix = describe_write_error(e, root, "another train.output_dir")  # before the discard frees space
-        ckpt.discard(staging)
-        previous = ckpt.step_dirs(root)
-        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        raise ckpt.CheckpointWriteError(f"could not write checkpoint {final}: {problem}; {kept}. {fix}, then rerun "
-                                        "with --resume latest") from e
-    if accelerator.is_main_process:
-        ckpt.prune(root, config.train.keep_last)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _log(path: Path, **values) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(values) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines up to ``step`` (a killed run may have logged beyond its checkpoint, and a kill during a
-    write leaves a torn last line); rewritten atomically so a second kill loses nothing."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # torn line
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-    _write_atomic(path, "".join(line + "\n" for line in kept))

@@ -27,7 +27,8 @@ from ca2vdm import video_io
 from ca2vdm.checkpoint import CheckpointError, CheckpointWriteError, load_model, resolve_resume, save_weights, step_dirs
 from ca2vdm.config import ConfigError, ModelConfig, load_config, model_config, to_dict
 from ca2vdm.data import DataError, VideoFolderDataset
-from ca2vdm.training import SKIPPED_LOG, _lr_factor, train
+from ca2vdm.run_files import SKIPPED_LOG
+from ca2vdm.training import _lr_factor, train
 from ca2vdm.video_io import VideoWriter
 from tests.helpers import random_model
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ca2vdm import checkpoint as ckpt
-from ca2vdm import training, write_errors
+from ca2vdm import run_files, write_errors
 from ca2vdm.checkpoint import CheckpointWriteError, load_model, step_dirs
 from ca2vdm.config import load_config
 from ca2vdm.training import train
@@ -84,7 +84,7 @@ def test_write_errors_are_named(tmp_path, monkeypatch, error, free, says):
 
 def test_full_disk_while_logging_is_one_line(shapes, tmp_path, monkeypatch, capsys):
     """Not only checkpoints: a full disk under the metrics log ends the run with one error line, no traceback."""
-    log = training._log
+    log = run_files.log_metrics
 
     def disk_full_at_step_2(path, **values):
         if values["step"] == 2:
@@ -92,7 +92,7 @@ def test_full_disk_while_logging_is_one_line(shapes, tmp_path, monkeypatch, caps
             raise OSError(errno.ENOSPC, "No space left on device")
         log(path, **values)
 
-    monkeypatch.setattr(training, "_log", disk_full_at_step_2)
+    monkeypatch.setattr(run_files, "log_metrics", disk_full_at_step_2)
     monkeypatch.setattr(sys, "argv", ["train.py", "--config", str(ROOT / "configs/tiny.yaml"), "--no-progress",
                                       f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.batch_size=2"])
     with pytest.raises(SystemExit) as info:
