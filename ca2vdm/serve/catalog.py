@@ -1,0 +1,75 @@
+"""The checkpoints a server offers: loaded once at start-up, named for the page, never chosen by path from a client."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_model, weights_file
+from ..codec import Codec
+from ..config import ModelConfig
+from ..generate import GenerationOptions, load_codec, resolve_device
+from ..step_cache import POLICIES
+
+FPS = GenerationOptions.fps  # the video's frame rate: the command line's default
+
+
+@dataclass
+class Offered:
+    """One checkpoint the server offers under ``name``, with its model and codec loaded on the server's device."""
+    name: str
+    path: Path
+    model: object               # CausalVideoDiT, its step cache set per generation
+    meta: dict                  # the checkpoint's metadata (sampler settings, TeaCache coefficients)
+    codec: Codec
+    class_names: list[str]      # one per label; [] for an unconditional model
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.model.cfg
+
+    @property
+    def size(self) -> int:
+        """Height and width of the frames in pixels."""
+        return self.cfg.resolution * self.codec.factor
+
+    def describe(self) -> dict:
+        """What the page needs to offer this model: its labels (named where the checkpoint names them), frame size
+        and rate, and how many frames a chunk has."""
+        return {"name": self.name, "labels": self.class_names, "size": self.size, "fps": FPS,
+                "chunk_frames": self.cfg.chunk_frames, "first_frame_chunk": bool(self.cfg.first_frame_chunk)}
+
+
+def class_names(meta: dict, num_classes: int) -> list[str]:
+    """The checkpoint's ``class_names`` metadata when it has one name per class, else the label numbers."""
+    names = meta.get("class_names")
+    if isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names):
+        return names
+    return [str(i) for i in range(num_classes)]
+
+
+def offered_names(paths: list[str | Path]) -> list[str]:
+    """A name per checkpoint for the page: the file (or folder) stem, or the path as given where stems repeat."""
+    stems = [weights_file(p).stem if Path(p).suffix == ".safetensors" else Path(p).name for p in paths]
+    return [stem if stems.count(stem) == 1 else str(path) for stem, path in zip(stems, paths)]
+
+
+def load_catalog(paths: list[str | Path], device: str) -> dict[str, Offered]:
+    """Load every checkpoint in ``paths`` on ``device``; errors (CheckpointError, ValueError) name the file."""
+    if len({Path(p).resolve() for p in paths}) != len(paths):
+        raise ValueError("--checkpoint lists the same checkpoint twice; give each once")
+    torch_device = resolve_device(device)
+    catalog = {}
+    for name, path in zip(offered_names(paths), paths):
+        model, meta = load_model(path, torch_device)
+        if torch_device.type == "cuda":
+            model = model.to(torch.bfloat16)  # as the command line does
+        codec = load_codec(meta, path, None, torch_device)
+        catalog[name] = Offered(name, Path(path), model, meta, codec, class_names(meta, model.cfg.num_classes))
+    return catalog
+
+
+def step_cache_choices() -> list[str]:
+    """The step-caching policies a generation may use: the registry's names."""
+    return list(POLICIES)
