@@ -1,5 +1,9 @@
 """Long-video generation to a file: load a checkpoint, stream chunks into an mp4, report per-chunk cost.
 
+The chunks come from the Python API's loop (:meth:`ca2vdm.api.Pipeline.generate`); this module adds the file: the
+given video streamed in, the output paths checked (:mod:`ca2vdm.output_paths`), stops (:mod:`ca2vdm.stopping`),
+the contact sheet and the stats.
+
 Memory is flat in the number of chunks and in the length of a given first video: each chunk is encoded as soon as
 it is denoised, the KV cache is preallocated, a given video is streamed into the output and only the frames that can
 still influence the next chunk are committed (:func:`conditioning_start`), and the optional contact sheet keeps at
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import signal
 import time
@@ -26,20 +29,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_model, weights_file
-from .codec import Codec, CodecError, build_codec
+from .api import Pipeline, load_codec, model_input, model_output, pixel_size  # noqa: F401 (re-exported)
+from .checkpoint import load_model
+from .codec import Codec
 from .config import ModelConfig
-from .pipeline import ChunkResult, GenerationState, LongVideoPipeline
-from .step_cache import build_step_cache
-from .video_io import VideoWriter, check_input_file, save_contact_sheet, stream_video, to_uint8
+from .output_paths import VIDEO_NAME, check_paths, output_path, preview_path  # noqa: F401 (re-exported)
+from .pipeline import LongVideoPipeline
+from .stopping import STOP_SIGNALS, StopSignals, Stopped  # noqa: F401 (re-exported)
+from .video_io import VideoWriter, save_contact_sheet, stream_video, to_uint8
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
 DEFAULT_OUT = Path("outputs") / "long_video.mp4"  # the CLI's scratch output, replaced by every run
-VIDEO_NAME = "long_video.mp4"  # the file written into an output directory
 PREVIEW_CHUNKS = 20     # chunks shown in the contact sheet, evenly spaced
 PREVIEW_PIXELS = 128    # thumbnails are upscaled (nearest, by a whole factor) to about this size to be visible
 SEED_MAX = 2 ** 64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -61,46 +64,6 @@ class GenerationOptions:
     overwrite: bool = False         # replace an existing output video (and its contact sheet)
     stats: str | None = None        # JSON file for the stats (replaced if it exists)
     codec_path: str | None = None   # the autoencoder's folder, when not where the checkpoint recorded it
-
-
-class Stopped(KeyboardInterrupt):
-    """generate_video was stopped by ``signum``. ``stats`` describes the finished chunks, kept as a playable mp4
-    (``stats["video"]``), or is None when it stopped before the first chunk was finished (nothing written)."""
-
-    def __init__(self, signum: int, stats: dict | None):
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.stats = signum, stats
-
-
-class StopSignals:
-    """``with StopSignals() as stop``: SIGINT and SIGTERM request a stop instead of ending the process at once.
-
-    ``generate_video(..., stop=stop)`` polls it after every denoising step and decoded batch, so a chunk is never cut
-    in half in the file. Signals the process was started to ignore stay ignored; the old handlers come back on exit.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopSignals:
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.getsignal(sig)
-            if self._previous[sig] is not signal.SIG_IGN:
-                signal.signal(sig, self._request)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler or signal.SIG_DFL)  # None: a handler not set from Python
-
-    def _request(self, signum: int, frame) -> None:
-        self.signum = self.signum or signum
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt if a stop was requested."""
-        if self.signum is not None:
-            raise KeyboardInterrupt(signal.Signals(self.signum).name)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -146,64 +109,6 @@ def check_label(label: int | None, num_classes: int) -> None:
                          "(omit --label for an unconditional video)")
 
 
-def output_path(out: str | Path) -> Path:
-    """The video file ``out`` names: a trailing slash or an existing directory means ``VIDEO_NAME`` inside it."""
-    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
-        return Path(out) / VIDEO_NAME
-    return Path(out)
-
-
-def preview_path(out: Path) -> Path:
-    """The contact sheet written beside the video ``out``."""
-    return out.with_suffix(".png")
-
-
-def check_paths(checkpoint: str | Path, out: Path, opts: GenerationOptions) -> None:
-    """Refuse, before any work, a --first-frame that is not a file and outputs that would destroy something: the
-    checkpoint (or a file in a checkpoint directory), the input, a device or pipe, each other, or (without
-    ``opts.overwrite``) an existing video or contact sheet."""
-    if opts.first_frame:
-        try:
-            check_input_file(opts.first_frame)
-        except ValueError as e:
-            raise ValueError(f"--first-frame: {e}") from None
-    outputs = {"--out": out, "the --preview sheet": preview_path(out) if opts.preview else None,
-               "--stats": Path(opts.stats) if opts.stats else None}
-    outputs = {what: path for what, path in outputs.items() if path is not None}
-    for what, path in outputs.items():
-        _check_output(what, path, Path(checkpoint), opts.first_frame)
-    seen: dict[Path, str] = {}
-    for what, path in outputs.items():
-        other = seen.setdefault(path.resolve(), what)
-        if other != what:
-            hint = " (the --preview sheet is --out with the suffix .png)" if "preview" in what + other else ""
-            raise ValueError(f"{what} {path} is the same file as {other}; give each its own path{hint}")
-    for what in ("--out", "the --preview sheet"):
-        if what in outputs and outputs[what].exists() and not opts.overwrite:
-            raise ValueError(f"{what} {outputs[what]} already exists; pass --overwrite to replace it, or choose "
-                             "another --out")
-
-
-def _check_output(what: str, path: Path, checkpoint: Path, first_frame: str | None) -> None:
-    """An output must be (or become) a regular file that is neither the checkpoint nor the input."""
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a directory; choose a file path")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{what} {path} exists and is not a regular file (a device, pipe or socket); choose a "
-                         "file path")
-    if checkpoint.is_dir() and path.resolve().is_relative_to(checkpoint.resolve()):
-        raise ValueError(f"{what} {path} is inside the checkpoint directory {checkpoint}; write it elsewhere")
-    if _same_file(path, checkpoint):
-        raise ValueError(f"{what} {path} is the checkpoint (--checkpoint); writing it would destroy the weights: "
-                         "choose another path")
-    if first_frame and _same_file(path, Path(first_frame)):
-        raise ValueError(f"{what} {path} is the --first-frame input; choose another path")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a.exists() and b.exists() and os.path.samefile(a, b)
-
-
 def _reach(cfg: ModelConfig) -> int:
     """How many frames back a given frame can still influence the next chunk (see :func:`conditioning_start`)."""
     return cfg.max_context_frames + (cfg.depth - 1) * (cfg.max_context_frames + cfg.chunk_frames - 1)
@@ -225,40 +130,6 @@ def conditioning_start(pipe: LongVideoPipeline, total: int) -> int:
     start, first = max(0, total - _reach(cfg)), int(cfg.first_frame_chunk)
     start = start if start < first else start - (start - first) % cfg.chunk_frames
     return start if start > cfg.sink_frames else 0
-
-
-def load_codec(meta: dict, checkpoint: str | Path, codec_path: str | None, device: torch.device) -> Codec:
-    """The codec a checkpoint recorded (pixels when it recorded none). Its autoencoder is looked up at the recorded
-    path, then relative to the checkpoint's folder (shipped weights travel together); ``codec_path`` replaces it."""
-    recorded = meta.get("codec") or {"kind": "pixel"}
-    if recorded["kind"] == "pixel":
-        return build_codec(None)
-    path = codec_path or recorded.get("path") or ""
-    beside = weights_file(checkpoint).parent / path
-    found = next((p for p in (Path(path), beside) if p.exists()), None) if path else None
-    try:
-        return build_codec({**recorded, "path": str(found or path)}, device)
-    except CodecError as e:
-        looked = f"{path}" + ("" if codec_path or Path(path).is_absolute() else f" (also looked in {beside})")
-        raise CodecError(f"checkpoint {checkpoint} decodes through a {recorded.get('class', recorded['kind'])} "
-                         f"autoencoder at {looked} that cannot be loaded: {e}. Pass --codec-path DIR with the "
-                         "autoencoder's save_pretrained folder") from None
-
-
-def pixel_size(pipe: LongVideoPipeline, codec: Codec) -> int:
-    """Height and width of the video's frames: the model's resolution times the codec's down-sampling."""
-    return pipe.model.cfg.resolution * codec.factor
-
-
-def model_input(codec: Codec, pixels: torch.Tensor) -> torch.Tensor:
-    """(3, T, H, W) pixels in [-1, 1] at :func:`pixel_size` -> the (1, C, T, h, w) frames the model is conditioned
-    on: the one place where given frames enter the model."""
-    return codec.encode(pixels[None])
-
-
-def model_output(codec: Codec, frames: torch.Tensor) -> np.ndarray:
-    """A chunk's (1, C, L, h, w) frames -> (L, H, W, 3) uint8 for the video: the one place where frames leave it."""
-    return to_uint8(codec.decode(frames.float())[0])
 
 
 def peak_rss_mb() -> float:
@@ -291,20 +162,18 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     check_paths(checkpoint, out, opts)
     device = resolve_device(opts.device)
     model, meta = load_model(checkpoint, device)
-    codec = load_codec(meta, checkpoint, opts.codec_path, device)
+    pipe = Pipeline.from_model(model, meta, checkpoint, device, steps=opts.steps, shift=opts.shift,
+                               cfg_scale=opts.cfg_scale, cache=opts.cache, step_cache=opts.step_cache,
+                               teacache_thresh=opts.teacache_thresh, codec_path=opts.codec_path)
     check_label(opts.label, model.cfg.num_classes)
-    if device.type == "cuda":
-        model = model.to(torch.bfloat16)
-    step_cache = build_step_cache(opts.step_cache, opts.teacache_thresh, meta.get("teacache_coefficients"))
-    pipe = LongVideoPipeline.from_metadata(model, meta, steps=opts.steps, shift=opts.shift, cfg_scale=opts.cfg_scale,
-                                           cache_mode=opts.cache, step_cache=step_cache)
     poll = stop.check if stop is not None else lambda: None
+    settings = pipe.settings
     stats = {"checkpoint": str(checkpoint), "video": str(out), "chunks": [], "frames": 0, "cache": opts.cache,
-             "steps": pipe.steps, "shift": pipe.shift, "cfg_scale": pipe.cfg_scale, "step_cache": opts.step_cache}
-    output = _Output(out, VideoWriter(out, fps=opts.fps), codec, stats)
+             "steps": settings["steps"], "shift": settings["shift"], "cfg_scale": settings["cfg_scale"],
+             "step_cache": opts.step_cache}
+    output = _Output(out, VideoWriter(out, fps=opts.fps), pipe.codec, stats)
     try:
-        state = _first_frames(pipe, opts, output, poll)
-        _chunks(pipe, state, opts, output, poll)
+        _write_chunks(pipe, opts, output, poll)
     except KeyboardInterrupt:
         signum = getattr(stop, "signum", None) or signal.SIGINT  # a plain KeyboardInterrupt: Ctrl-C
         if not stats["chunks"]:
@@ -316,22 +185,6 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
         output.writer.abort()
         raise
     return _finish(output, opts, model.cfg, device)
-
-
-def _first_frames(pipe: LongVideoPipeline, opts: GenerationOptions, output: _Output,
-                  poll: Callable[[], None]) -> GenerationState:
-    """Start the video with the given image or video (streamed) or, for a first-frame-chunk model, a frame it draws."""
-    if opts.first_frame:
-        kept, frames_before = _copy_given(pipe, opts.first_frame, output, poll)
-        output.preview.append(to_uint8(kept[:, -2 * pipe.model.cfg.chunk_frames:]))  # one row of the contact sheet
-        return pipe.start(label=opts.label, seed=opts.seed, first_frames=model_input(output.codec, kept),
-                          frames_before=frames_before)
-    state = pipe.start(label=opts.label, seed=opts.seed)
-    if pipe.model.cfg.first_frame_chunk:  # the model draws the first frame itself
-        image = model_output(output.codec, pipe.next_chunk(state, on_step=lambda i: poll()).frames)
-        output.writer.write(image)
-        output.preview.append(image)
-    return state
 
 
 def _copy_given(pipe: LongVideoPipeline, path: str, output: _Output,
@@ -355,32 +208,33 @@ def _copy_given(pipe: LongVideoPipeline, path: str, output: _Output,
     return torch.stack((sinks if start else []) + list(kept)[start - total:], dim=1), start
 
 
-def _chunks(pipe: LongVideoPipeline, state: GenerationState, opts: GenerationOptions, output: _Output,
-            poll: Callable[[], None]) -> None:
-    """Generate the chunks, writing each to the video as soon as it is denoised."""
+def _write_chunks(pipe: Pipeline, opts: GenerationOptions, output: _Output, poll: Callable[[], None]) -> None:
+    """Open the video with the given image or video (streamed), then write each chunk (the model's first frame
+    included) as soon as it is denoised, polling for a stop after every step."""
+    given, frames_before = None, 0
+    if opts.first_frame:
+        given, frames_before = _copy_given(pipe.pipeline, opts.first_frame, output, poll)
+        output.preview.append(to_uint8(given[:, -2 * pipe.model.cfg.chunk_frames:]))  # one row of the contact sheet
     keep_every = math.ceil(opts.chunks / PREVIEW_CHUNKS)
-    with tqdm(total=opts.chunks, desc="chunks", unit="chunk", dynamic_ncols=True) as progress:
-        for index in range(opts.chunks):
-            tic = time.perf_counter()
-            chunk = _denoise(pipe, state, index, opts.verbose, poll)
-            frames = model_output(output.codec, chunk.frames)
-            output.writer.write(frames)
-            output.stats["chunks"].append({"index": index, "seconds": time.perf_counter() - tic,
-                                           "model_evals": chunk.model_evals, "skipped_evals": chunk.skipped_evals})
-            if opts.preview and index % keep_every == 0:
-                output.preview.append(frames)
-            progress.update(1)
-
-
-def _denoise(pipe: LongVideoPipeline, state: GenerationState, index: int, verbose: bool,
-             poll: Callable[[], None]) -> ChunkResult:
-    """The next chunk (a progress bar per step if ``verbose``), polling for a stop after every step."""
-    with tqdm(total=pipe.steps, desc=f"chunk {index}", leave=False, disable=not verbose) as steps:
+    with (tqdm(total=opts.chunks, desc="chunks", unit="chunk", dynamic_ncols=True) as progress,
+          tqdm(total=pipe.pipeline.steps, desc="steps", leave=False, disable=not opts.verbose) as steps):
         def on_step(i: int) -> None:
             steps.update(1)
             poll()
 
-        return pipe.next_chunk(state, on_step=on_step)
+        for chunk in pipe.generate(opts.chunks, label=opts.label, seed=opts.seed, first_frames=given,
+                                   frames_before=frames_before, on_step=on_step):
+            steps.reset()
+            frames = chunk.pixels[0]  # (L, H, W, 3)
+            output.writer.write(frames)
+            if chunk.index < 0:  # the first frame the model drew
+                output.preview.append(frames)
+                continue
+            output.stats["chunks"].append({"index": chunk.index, "seconds": chunk.seconds,
+                                           "model_evals": chunk.model_evals, "skipped_evals": chunk.skipped_evals})
+            if opts.preview and chunk.index % keep_every == 0:
+                output.preview.append(frames)
+            progress.update(1)
 
 
 def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: torch.device) -> dict:
