@@ -4,12 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ..checkpoint import load_model, weights_file
-from ..codec import Codec
+from ..api import Pipeline, load_pipeline
 from ..config import ModelConfig
-from ..generate import GenerationOptions, load_codec, resolve_device
+from ..generate import GenerationOptions, resolve_device
 from ..step_cache import POLICIES
 
 FPS = GenerationOptions.fps  # the video's frame rate: the command line's default
@@ -17,27 +14,20 @@ FPS = GenerationOptions.fps  # the video's frame rate: the command line's defaul
 
 @dataclass
 class Offered:
-    """One checkpoint the server offers under ``name``, with its model and codec loaded on the server's device."""
+    """One checkpoint the server offers under ``name``, loaded on the server's device as the command line loads it."""
     name: str
     path: Path
-    model: object               # CausalVideoDiT, its step cache set per generation
-    meta: dict                  # the checkpoint's metadata (sampler settings, TeaCache coefficients)
-    codec: Codec
+    pipe: Pipeline              # model, codec and recorded sampler settings; the step cache is set per generation
     class_names: list[str]      # one per label; [] for an unconditional model
 
     @property
     def cfg(self) -> ModelConfig:
-        return self.model.cfg
-
-    @property
-    def size(self) -> int:
-        """Height and width of the frames in pixels."""
-        return self.cfg.resolution * self.codec.factor
+        return self.pipe.model.cfg
 
     def describe(self) -> dict:
         """What the page needs to offer this model: its labels (named where the checkpoint names them), frame size
         and rate, and how many frames a chunk has."""
-        return {"name": self.name, "labels": self.class_names, "size": self.size, "fps": FPS,
+        return {"name": self.name, "labels": self.class_names, "size": self.pipe.size, "fps": FPS,
                 "chunk_frames": self.cfg.chunk_frames, "first_frame_chunk": bool(self.cfg.first_frame_chunk)}
 
 
@@ -51,22 +41,20 @@ def class_names(meta: dict, num_classes: int) -> list[str]:
 
 def offered_names(paths: list[str | Path]) -> list[str]:
     """A name per checkpoint for the page: the file (or folder) stem, or the path as given where stems repeat."""
-    stems = [weights_file(p).stem if Path(p).suffix == ".safetensors" else Path(p).name for p in paths]
+    stems = [Path(p).stem if Path(p).suffix == ".safetensors" else Path(p).name for p in paths]
     return [stem if stems.count(stem) == 1 else str(path) for stem, path in zip(stems, paths)]
 
 
 def load_catalog(paths: list[str | Path], device: str) -> dict[str, Offered]:
-    """Load every checkpoint in ``paths`` on ``device``; errors (CheckpointError, ValueError) name the file."""
+    """Load every checkpoint in ``paths`` on ``device``; errors (CheckpointError, CodecError, ValueError) name the
+    file or the flag."""
     if len({Path(p).resolve() for p in paths}) != len(paths):
         raise ValueError("--checkpoint lists the same checkpoint twice; give each once")
     torch_device = resolve_device(device)
     catalog = {}
     for name, path in zip(offered_names(paths), paths):
-        model, meta = load_model(path, torch_device)
-        if torch_device.type == "cuda":
-            model = model.to(torch.bfloat16)  # as the command line does
-        codec = load_codec(meta, path, None, torch_device)
-        catalog[name] = Offered(name, Path(path), model, meta, codec, class_names(meta, model.cfg.num_classes))
+        pipe = load_pipeline(path, torch_device)
+        catalog[name] = Offered(name, Path(path), pipe, class_names(pipe.metadata, pipe.model.cfg.num_classes))
     return catalog
 
 
