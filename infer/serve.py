@@ -56,7 +56,7 @@ def main(argv=None) -> None:
         models = load_catalog(args.checkpoint, args.device)
     except (CheckpointError, CodecError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    app = create_app(models, max_chunks=args.max_chunks, max_queue=args.max_queue)
+    app = create_app(models, max_chunks=args.max_chunks, max_queue=args.max_queue, device=args.device)
     print(f"serving {', '.join(models)} on {args.device} at http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, ws_max_size=MAX_UPLOAD_BYTES + 2 ** 20, log_level="warning")
 

@@ -40,18 +40,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label", type=int, default=None, help="class label (default none: the page's default)")
     p.add_argument("--chunks", type=int, default=20, help="chunks per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per setting")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS for the started server (default: inherited). On a busy machine 1 thread "
+                        "avoids OpenMP spin-waiting on a core another process holds")
     p.add_argument("--out", default="docs/results/serve.json", help="JSON with the figures")
     return p.parse_args(argv)
 
 
-def start_server(checkpoint: str | None) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: str | None, threads: int | None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, str(ROOT / "infer" / "serve.py"), "--port", str(port)]
     command += ["--checkpoint", checkpoint] if checkpoint else []
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT),
+                                 **({"OMP_NUM_THREADS": str(threads)} if threads else {})})
     line = proc.stdout.readline()  # "serving ... at http://..." once the models are loaded
     if not line.startswith("serving"):
         proc.kill()
@@ -107,7 +111,8 @@ def summary(runs: list[dict]) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    proc, url = (None, args.url) if args.url else start_server(args.checkpoint)
+    load = os.getloadavg()
+    proc, url = (None, args.url) if args.url else start_server(args.checkpoint, args.threads)
     try:
         with connect(url) as ws:
             hello = json.loads(ws.recv())
@@ -134,7 +139,8 @@ def main(argv=None) -> None:
         result["meets_playback_rate"] = result["median_fps"] >= PLAYBACK_FPS
     report = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
               "model": model, "label": args.label, "chunks": args.chunks, "repeats": args.repeats,
-              "playback_fps": PLAYBACK_FPS, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+              "playback_fps": PLAYBACK_FPS, "device": hello["device"], "torch_threads": hello["threads"],
+              "cpus": os.cpu_count(), "load_average_before": load, "load_average_after": os.getloadavg(),
               "settings": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -43,8 +43,9 @@ class PacedSource:
             self._allowed.release()
 
     def __call__(self, offered, *, poll, **request):
+        given = request["first_frame"]
         self.calls.append({"model": offered.describe()["name"], **request,
-                           "first_frame_existed": request["first_frame"] is not None and request["first_frame"].exists()})
+                           "first_frame_existed": given is not None and given.exists()})
         for index in count() if request["chunks"] is None else range(request["chunks"]):
             self.started += 1
             try:

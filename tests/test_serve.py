@@ -29,6 +29,7 @@ def test_hello_offers_the_servers_models_and_the_registrys_policies(paced):
     assert [m["name"] for m in hello["models"]] == ["fake"]
     assert hello["models"][0]["labels"] == ["circle", "square", "triangle"]
     assert hello["policies"] == list(POLICIES) and hello["max_chunks"] == 50
+    assert hello["device"] == "cpu" and hello["threads"] >= 1
 
 
 def test_each_chunk_arrives_before_the_next_is_computed(paced):
@@ -133,7 +134,8 @@ def test_other_pages_queue_with_their_position_and_a_full_queue_is_refused(paced
         a.send_json({"type": "stop"})
         assert receive_until(a, "done")[0]["reason"] == "stopped"
         assert receive(c)[0] == "started"  # one generation per device: c starts only once a has ended
-        assert [call["chunks"] for call in source.calls] == [50, 1]  # a (until stopped: --max-chunks), then c; b left the queue unrun
+        # a (until stopped: up to --max-chunks), then c; b left the queue without running
+        assert [call["chunks"] for call in source.calls] == [50, 1]
         source.allow(1)
         assert receive_until(c, "done")[0]["reason"] == "finished"
     assert source.finished == 1 and len(source.calls) == 2

@@ -54,7 +54,7 @@ def test_page_streams_frames_stops_and_downloads_what_was_shown(server_url, tmp_
     assert CHROMIUM, "the browser test needs Debian's Chromium: apt-get install -y chromium (.ci/run installs it)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = browser.new_page(accept_downloads=True, viewport={"width": 1000, "height": 720})
+        page = browser.new_page(accept_downloads=True, viewport={"width": 1000, "height": 760})
         page.goto(server_url)
         generate, stop, status = (page.get_by_test_id(t) for t in ("generate", "stop", "status"))
         count, download, error = (page.get_by_test_id(t) for t in ("frame-count", "download", "error"))

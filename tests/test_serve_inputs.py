@@ -157,3 +157,20 @@ def test_shipped_model_continues_an_uploaded_image():
         done, chunks, _ = receive_until(ws, "done")
     assert [h["kind"] for h, _ in chunks] == ["given", "chunk"] and done["frames"] == 5
     np.testing.assert_array_equal(chunks[0][1], image[None])  # shown first, exactly as given
+
+
+def test_serve_cli_defaults_and_one_line_errors(capsys):
+    from infer.serve import main, parse_args
+
+    args = parse_args([])
+    assert (args.host, args.port, args.device) == ("127.0.0.1", 7860, "cpu")
+    assert [p.rsplit("/", 1)[-1] for p in args.checkpoint] == ["demo.safetensors"]
+    with pytest.raises(SystemExit) as missing:
+        main(["--checkpoint", "checkpoints/no-such-model.safetensors"])
+    assert str(missing.value).startswith("error: ") and "no-such-model.safetensors" in str(missing.value)
+    with pytest.raises(SystemExit) as twice:
+        main(["--checkpoint", "checkpoints/demo.safetensors", "checkpoints/demo.safetensors"])
+    assert str(twice.value) == "error: --checkpoint lists the same checkpoint twice; give each once"
+    with pytest.raises(SystemExit):
+        parse_args(["--max-queue", "-1"])
+    assert "--max-queue: must be 0 or more, got -1" in capsys.readouterr().err

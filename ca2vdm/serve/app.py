@@ -18,13 +18,14 @@ from .session import ServerState, Session, Source
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(models: dict, max_chunks: int | None = None, max_queue: int = 4,
+def create_app(models: dict, max_chunks: int | None = None, max_queue: int = 4, device: str = "cpu",
                source: Source = pixel_chunks) -> FastAPI:
-    """The demo server for ``models`` (name -> ``catalog.Offered``, see ``catalog.load_catalog``); ``source`` makes
+    """The demo server for ``models`` (name -> ``catalog.Offered``, see ``catalog.load_catalog``, all on ``device``),
+    with at most ``max_chunks`` per generation and ``max_queue`` generations waiting for the device; ``source`` makes
     the frames (``frames.pixel_chunks``; tests pass a stand-in). Temporary files live in one folder, removed when
     the application shuts down."""
     temp_root = Path(tempfile.mkdtemp(prefix="ca2vdm-serve-"))
-    state = ServerState(models, source, DeviceQueue(max_queue), max_chunks, step_cache_choices(), temp_root)
+    state = ServerState(models, source, DeviceQueue(max_queue), max_chunks, step_cache_choices(), temp_root, device)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -68,12 +68,14 @@ def _integer(message: dict, key: str, what: str) -> int | None:
     return value
 
 
-def parse_start(message: dict, models: dict[str, dict], policies: list[str], max_chunks: int | None) -> GenerationRequest:
+def parse_start(message: dict, models: dict[str, dict], policies: list[str],
+                max_chunks: int | None) -> GenerationRequest:
     """Check a ``start`` message against the models the server offers (``describe()`` by name), the step-caching
     policies and ``--max-chunks``; ProtocolError naming the field and the fix."""
     unknown = sorted(set(message) - START_FIELDS)
     if unknown:
-        raise ProtocolError(f"unknown field(s) {', '.join(unknown)} in 'start'; allowed: {', '.join(sorted(START_FIELDS))}")
+        raise ProtocolError(f"unknown field(s) {', '.join(unknown)} in 'start'; allowed: "
+                            f"{', '.join(sorted(START_FIELDS))}")
     name = message.get("model")
     if name not in models:
         raise ProtocolError(f"model {name!r} is not offered by this server; choose one of: {', '.join(models)}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import torch
 from fastapi import WebSocket
 
 from ..generate import GenerationOptions
@@ -42,12 +43,15 @@ class ServerState:
     max_chunks: int | None
     policies: list[str]
     temp_root: Path
+    device: str = "cpu"
     downloads: dict[str, tuple[Path, str]] = field(default_factory=dict)  # token -> (file, name to save it as)
 
     def hello(self) -> dict:
+        """The first message to a page: what it may ask for, and where the frames are made."""
         return {"type": "hello", "models": [m.describe() for m in self.models.values()], "policies": self.policies,
-                "threshold": GenerationOptions.teacache_thresh, "max_chunks": self.max_chunks, "max_upload_bytes": MAX_UPLOAD_BYTES,
-                "lead_frames": LEAD_FRAMES}
+                "threshold": GenerationOptions.teacache_thresh, "max_chunks": self.max_chunks,
+                "max_upload_bytes": MAX_UPLOAD_BYTES, "lead_frames": LEAD_FRAMES, "device": self.device,
+                "threads": torch.get_num_threads()}
 
 
 class Session:

@@ -66,6 +66,7 @@ function onHello(msg) {
   if (msg.max_chunks) $("chunks").max = msg.max_chunks;
   fillLabels();
   $("generate").disabled = false;
+  $("device").textContent = `${msg.device}, ${msg.threads} thread${msg.threads === 1 ? "" : "s"}`;
   setStatus("ready");
 }
 
