@@ -68,8 +68,19 @@ def start_server(checkpoint: str | None, threads: int | None) -> tuple[subproces
     return proc, f"ws://127.0.0.1:{port}/ws"
 
 
-def one_run(url: str, start: dict) -> dict:
-    """One generation: client-side wall times and the server's per-chunk figures."""
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def one_run(url: str, start: dict, pid: int | None) -> dict:
+    """One generation: client-side wall times, the server's per-chunk figures and (for a server this script
+    started) the CPU time the server used."""
+    cpu = cpu_seconds(pid)
     with connect(url, max_size=MAX_UPLOAD_BYTES) as ws:
         json.loads(ws.recv())  # hello
         tic = time.perf_counter()
@@ -92,19 +103,21 @@ def one_run(url: str, start: dict) -> dict:
             elif message["type"] == "done":
                 break
     wall = now - started
+    cpu = None if cpu is None else cpu_seconds(pid) - cpu
     model = sum(c["seconds"] for c in chunks)
     encode = sum(c["encode_seconds"] for c in chunks)
     return {"frames": message["frames"], "wall_seconds": wall, "fps": message["frames"] / wall,
             "first_frame_seconds": first - tic, "server_first_frame_seconds": message["first_frame_seconds"],
             "model_seconds": model, "encode_seconds": encode, "transport_and_other_seconds": wall - model - encode,
             "computed": chunks[-1]["computed_total"], "skipped": chunks[-1]["skipped_total"],
+            "server_cpu_seconds": cpu, "frames_per_server_cpu_second": cpu and message["frames"] / cpu,
             "seconds_per_chunk": [c["seconds"] for c in chunks if c["kind"] == "chunk"]}
 
 
 def summary(runs: list[dict]) -> dict:
     keys = ("fps", "first_frame_seconds", "server_first_frame_seconds", "wall_seconds", "model_seconds",
-            "encode_seconds", "transport_and_other_seconds")
-    out = {f"median_{k}": statistics.median(r[k] for r in runs) for k in keys}
+            "encode_seconds", "transport_and_other_seconds", "frames_per_server_cpu_second")
+    out = {f"median_{k}": statistics.median(r[k] for r in runs) if runs[0][k] is not None else None for k in keys}
     out["evals_computed"], out["evals_skipped"] = runs[0]["computed"], runs[0]["skipped"]
     return {**out, "runs": runs}
 
@@ -122,11 +135,12 @@ def main(argv=None) -> None:
         settings = {"none": {"step_cache": "none"}}
         settings.update({f"{args.policy}@{t}": {"step_cache": args.policy, "threshold": t} for t in args.thresholds})
         base = {"model": model, "label": args.label, "seed": 0, "chunks": args.chunks}
-        one_run(url, {**base, "chunks": 2})  # warm-up
+        pid = proc.pid if proc is not None else None
+        one_run(url, {**base, "chunks": 2}, pid)  # warm-up
         runs: dict[str, list[dict]] = {name: [] for name in settings}
         for repeat in range(args.repeats):
             for name, setting in settings.items():
-                runs[name].append(one_run(url, {**base, "seed": repeat, **setting}))
+                runs[name].append(one_run(url, {**base, "seed": repeat, **setting}, pid))
                 print(f"{name:>16} run {repeat}: {runs[name][-1]['fps']:.2f} frames/s, first frame "
                       f"{runs[name][-1]['first_frame_seconds']:.2f} s", flush=True)
     finally:
@@ -148,7 +162,8 @@ def main(argv=None) -> None:
         print(f"{name:>16}: {r['median_fps']:.2f} frames/s ({r['speedup_vs_none']:.2f}x), first frame "
               f"{r['median_first_frame_seconds']:.2f} s; model {r['median_model_seconds']:.2f} s, encode "
               f"{r['median_encode_seconds']:.2f} s, transport+other {r['median_transport_and_other_seconds']:.2f} s "
-              f"of {r['median_wall_seconds']:.2f} s")
+              f"of {r['median_wall_seconds']:.2f} s" + (f"; {r['median_frames_per_server_cpu_second']:.2f} frames per "
+              "server CPU second" if r["median_frames_per_server_cpu_second"] else ""))
     print(f"wrote {args.out}")
 
 

@@ -109,7 +109,7 @@ def test_a_second_start_while_generating_is_refused(server):
     (b"just some text, not a picture", "the upload is not an image or video that can be read"),
     (b"\x00\x00\x00\x18ftypmp42" + bytes(200), "the upload is not an image or video that can be read"),
     (b"", "the upload is empty (0 bytes)"),
-    (bytes(MAX_UPLOAD_BYTES + 1), "the upload is 8.0 MiB, over the limit of 8 MiB"),
+    (bytes(MAX_UPLOAD_BYTES + 1), "the upload is 8.0 MiB (8388609 bytes), over the limit of 8 MiB (8388608 bytes)"),
 ], ids=["text", "broken-mp4", "empty", "oversized"])
 def test_a_bad_upload_is_refused_and_nothing_is_kept(server, data, message):
     client, source, state = server

@@ -18,8 +18,9 @@ def save_upload(data: bytes, folder: Path) -> tuple[Path, str]:
     for old in folder.glob("upload.*"):
         old.unlink()
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ProtocolError(f"the upload is {len(data) / 2 ** 20:.1f} MiB, over the limit of "
-                            f"{MAX_UPLOAD_BYTES // 2 ** 20} MiB; choose a smaller image or a shorter video")
+        raise ProtocolError(f"the upload is {len(data) / 2 ** 20:.1f} MiB ({len(data)} bytes), over the limit of "
+                            f"{MAX_UPLOAD_BYTES // 2 ** 20} MiB ({MAX_UPLOAD_BYTES} bytes); choose a smaller image "
+                            "or a shorter video")
     if not data:
         raise ProtocolError("the upload is empty (0 bytes); choose an image or video file")
     try:
