@@ -130,10 +130,12 @@ def main(argv=None) -> None:
         with connect(url) as ws:
             hello = json.loads(ws.recv())
         model = args.model or hello["models"][0]["name"]
-        if args.policy not in hello["policies"]:
-            sys.exit(f"error: --policy {args.policy} is not one of the server's: {', '.join(hello['policies'])}")
+        names = [p["name"] for p in hello["policies"]]
+        if args.policy not in names:
+            sys.exit(f"error: --policy {args.policy} is not one of the server's: {', '.join(names)}")
         settings = {"none": {"step_cache": "none"}}
-        settings.update({f"{args.policy}@{t}": {"step_cache": args.policy, "threshold": t} for t in args.thresholds})
+        settings.update({f"{args.policy}@{t}": {"step_cache": args.policy, "step_cache_options": {"threshold": t}}
+                         for t in args.thresholds})
         base = {"model": model, "label": args.label, "seed": 0, "chunks": args.chunks}
         pid = proc.pid if proc is not None else None
         one_run(url, {**base, "chunks": 2}, pid)  # warm-up

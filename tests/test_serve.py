@@ -10,7 +10,7 @@ from ca2vdm.serve import create_app, load_catalog
 from ca2vdm.serve.catalog import FPS
 from ca2vdm.serve.protocol import CHUNK_FIELDS
 from ca2vdm.step_cache import POLICIES
-from serve_helpers import WAIT, FakeModel, PacedSource, receive, receive_until, start, wait_for
+from serve_helpers import FakeModel, PacedSource, receive, receive_until, start, wait_for
 
 
 @pytest.fixture
@@ -28,7 +28,8 @@ def test_hello_offers_the_servers_models_and_the_registrys_policies(paced):
     assert kind == "hello"
     assert [m["name"] for m in hello["models"]] == ["fake"]
     assert hello["models"][0]["labels"] == ["circle", "square", "triangle"]
-    assert hello["policies"] == list(POLICIES) and hello["max_chunks"] == 50
+    assert [p["name"] for p in hello["policies"]] == list(POLICIES) and hello["max_chunks"] == 50
+    assert {p["name"]: p["options"] for p in hello["policies"]}["teacache"] == {"threshold": 0.1}
     assert hello["device"] == "cpu" and hello["threads"] >= 1
 
 
@@ -36,7 +37,7 @@ def test_each_chunk_arrives_before_the_next_is_computed(paced):
     client, source, _ = paced
     with client.websocket_connect("/ws") as ws:
         receive(ws)
-        start(ws, chunks=3, label=2, seed="7", step_cache="teacache", threshold=0.2)
+        start(ws, chunks=3, label=2, seed="7", step_cache="teacache", step_cache_options={"threshold": 0.2})
         assert receive(ws)[0] == "started"
         source.allow(1)
         kind, header, pixels = receive(ws)
@@ -51,7 +52,8 @@ def test_each_chunk_arrives_before_the_next_is_computed(paced):
     assert (done["reason"], done["frames"], done["chunks"]) == ("finished", 12, 3)
     assert chunks[-1][0]["computed_total"] == 9 and chunks[-1][0]["skipped_total"] == 3
     assert source.calls[0] == {"model": "fake", "label": 2, "seed": 7, "chunks": 3, "step_cache": "teacache",
-                               "threshold": 0.2, "first_frame": None, "first_frame_existed": False}
+                               "step_cache_options": {"threshold": 0.2}, "first_frame": None,
+                               "first_frame_existed": False}
 
 
 def test_the_server_stays_at_most_lead_frames_ahead_of_the_page(paced):
@@ -167,7 +169,7 @@ def test_shipped_model_streams_the_command_lines_video(shipped):
         kind, hello, _ = receive(ws)
         assert hello["models"][0]["labels"] == ["circle", "square", "triangle"]  # named in the checkpoint
         ws.send_json({"type": "start", "model": "demo", "label": 1, "seed": 3, "chunks": 2, "step_cache": "teacache",
-                      "threshold": 0.2})
+                      "step_cache_options": {"threshold": 0.2}})
         done, chunks, _ = receive_until(ws, "done")
         video = client.get(done["download"]).content
     assert [h["kind"] for h, _ in chunks] == ["first", "chunk", "chunk"]

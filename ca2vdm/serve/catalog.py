@@ -58,6 +58,7 @@ def load_catalog(paths: list[str | Path], device: str) -> dict[str, Offered]:
     return catalog
 
 
-def step_cache_choices() -> list[str]:
-    """The step-caching policies a generation may use: the registry's names."""
-    return list(POLICIES)
+def step_cache_choices() -> dict[str, dict[str, float | int]]:
+    """The step-caching policies of the registry, each with the settings a page may give and their defaults (today
+    TeaCache's threshold, as ``--teacache-thresh``)."""
+    return {name: {"threshold": GenerationOptions.teacache_thresh} if name == "teacache" else {} for name in POLICIES}

@@ -27,16 +27,20 @@ class PixelChunk:
 
 
 def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int | None, step_cache: str,
-                 threshold: float, first_frame: Path | None, poll: Callable[[], None]) -> Iterator[PixelChunk]:
+                 step_cache_options: dict, first_frame: Path | None,
+                 poll: Callable[[], None]) -> Iterator[PixelChunk]:
     """The video as ``ca2vdm.load_pipeline(...).generate`` (and so the command line) makes it, with the step cache
-    ``step_cache`` at ``threshold``: the given first frames or the model's first frame, then ``chunks`` chunks
+    ``step_cache`` and its settings (``catalog.step_cache_choices``): the given first frames or the model's first
+    frame, then ``chunks`` chunks
     (None: until the caller stops iterating).
 
     ``poll()`` runs after every denoising step; it raises to abandon the chunk in progress. A given video
     contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first.
     """
     shared = offered.pipe
-    policy = build_step_cache(step_cache, threshold, shared.metadata.get("teacache_coefficients"))
+    settings = {"teacache_thresh": step_cache_options["threshold"]} if "threshold" in step_cache_options else {}
+    policy = build_step_cache(step_cache, teacache_coefficients=shared.metadata.get("teacache_coefficients"),
+                              **settings)
     pipe = Pipeline(LongVideoPipeline.from_metadata(shared.model, shared.metadata, step_cache=policy), shared.codec,
                     shared.metadata)
     given = None

@@ -4,7 +4,7 @@ Client to server: a binary message is an upload (an image or video to continue; 
 text messages are JSON objects with a ``type``:
 
 * ``{"type": "start", "model": NAME, "label": INT | null, "seed": INT, "chunks": INT | null (until stopped),
-  "step_cache": POLICY, "threshold": FLOAT, "first_frame": BOOL}``
+  "step_cache": POLICY, "step_cache_options": {SETTING: NUMBER}, "first_frame": BOOL}``
 * ``{"type": "stop"}``: end the generation (or leave the queue) within one chunk;
 * ``{"type": "shown", "frames": INT}``: how many frames the page has shown (the server stays at most
   ``LEAD_FRAMES`` ahead).
@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..generate import SEED_MAX, GenerationOptions, check_label
+from ..generate import SEED_MAX, check_label
 
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # uploads above this are refused; the server's WebSocket allows 1 MiB more
 LEAD_FRAMES = 16                # generate at most this many frames ahead of what the page has shown (2 s at 8 fps)
 CHUNK_FIELDS = ("kind", "index", "frames", "height", "width", "seconds", "encode_seconds", "computed", "skipped",
                 "total_frames", "chunks_done", "fps", "computed_total", "skipped_total", "first_frame_seconds")
-START_FIELDS = {"type", "model", "label", "seed", "chunks", "step_cache", "threshold", "first_frame"}
+START_FIELDS = {"type", "model", "label", "seed", "chunks", "step_cache", "step_cache_options", "first_frame"}
 
 
 class ProtocolError(ValueError):
@@ -43,7 +43,7 @@ class GenerationRequest:
     seed: int
     chunks: int | None          # None: until stopped (or --max-chunks)
     step_cache: str
-    threshold: float
+    step_cache_options: dict    # the policy's settings, typed as their defaults
     first_frame: bool
 
 
@@ -68,10 +68,11 @@ def _integer(message: dict, key: str, what: str) -> int | None:
     return value
 
 
-def parse_start(message: dict, models: dict[str, dict], policies: list[str],
+def parse_start(message: dict, models: dict[str, dict], policies: dict[str, dict],
                 max_chunks: int | None) -> GenerationRequest:
     """Check a ``start`` message against the models the server offers (``describe()`` by name), the step-caching
-    policies and ``--max-chunks``; ProtocolError naming the field and the fix."""
+    policies (name -> settings with their defaults) and ``--max-chunks``; ProtocolError naming the field and the
+    fix."""
     unknown = sorted(set(message) - START_FIELDS)
     if unknown:
         raise ProtocolError(f"unknown field(s) {', '.join(unknown)} in 'start'; allowed: "
@@ -97,14 +98,28 @@ def parse_start(message: dict, models: dict[str, dict], policies: list[str],
     policy = message.get("step_cache", "none")
     if policy not in policies:
         raise ProtocolError(f"unknown step cache {policy!r}; choose one of: {', '.join(policies)}")
-    threshold = message.get("threshold", GenerationOptions.teacache_thresh)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
-            or threshold < 0:
-        raise ProtocolError(f"threshold must be a number >= 0 (0 = compute every step), got {threshold!r}")
+    options = _step_cache_options(policy, message.get("step_cache_options", {}), policies[policy])
     first_frame = message.get("first_frame", False)
     if not isinstance(first_frame, bool):
         raise ProtocolError(f"first_frame must be true or false, got {first_frame!r}")
-    return GenerationRequest(name, label, seed, chunks, policy, float(threshold), first_frame)
+    return GenerationRequest(name, label, seed, chunks, policy, options, first_frame)
+
+
+def _step_cache_options(policy: str, options, defaults: dict) -> dict:
+    """The settings given for ``policy``, each a finite number >= 0 of its default's type."""
+    if not isinstance(options, dict):
+        raise ProtocolError(f"step_cache_options must be an object of settings, got {options!r}")
+    typed = {}
+    for key, value in options.items():
+        if key not in defaults:
+            raise ProtocolError(f"step cache {policy} has no setting {key!r}; its settings: "
+                                f"{', '.join(defaults) or '(none)'}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ProtocolError(f"{key} must be a number >= 0, got {value!r}")
+        if isinstance(defaults[key], int) and not float(value).is_integer():
+            raise ProtocolError(f"{key} must be a whole number, got {value!r}")
+        typed[key] = type(defaults[key])(value)
+    return typed
 
 
 def parse_shown(message: dict) -> int:

@@ -20,7 +20,6 @@ from typing import Callable, Iterator
 import torch
 from fastapi import WebSocket
 
-from ..generate import GenerationOptions
 from ..video_io import VideoWriter
 from .catalog import FPS
 from .frames import PixelChunk
@@ -41,15 +40,16 @@ class ServerState:
     source: Source
     queue: DeviceQueue
     max_chunks: int | None
-    policies: list[str]
+    policies: dict[str, dict]  # step-cache policy -> its settings and their defaults
     temp_root: Path
     device: str = "cpu"
     downloads: dict[str, tuple[Path, str]] = field(default_factory=dict)  # token -> (file, name to save it as)
 
     def hello(self) -> dict:
         """The first message to a page: what it may ask for, and where the frames are made."""
-        return {"type": "hello", "models": [m.describe() for m in self.models.values()], "policies": self.policies,
-                "threshold": GenerationOptions.teacache_thresh, "max_chunks": self.max_chunks,
+        return {"type": "hello", "models": [m.describe() for m in self.models.values()],
+                "policies": [{"name": name, "options": options} for name, options in self.policies.items()],
+                "max_chunks": self.max_chunks,
                 "max_upload_bytes": MAX_UPLOAD_BYTES, "lead_frames": LEAD_FRAMES, "device": self.device,
                 "threads": torch.get_num_threads()}
 
@@ -166,7 +166,8 @@ class Session:
             try:
                 chunks = self.server.source(
                     self.server.models[request.model], label=request.label, seed=request.seed, chunks=limit,
-                    step_cache=request.step_cache, threshold=request.threshold, first_frame=upload, poll=control.poll)
+                    step_cache=request.step_cache, step_cache_options=request.step_cache_options,
+                    first_frame=upload, poll=control.poll)
                 produce(chunks, writer, control, emit, figures)
             except Cancelled:
                 outcome = "stopped"

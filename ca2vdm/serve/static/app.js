@@ -60,8 +60,8 @@ function onMessage(msg) {
 function onHello(msg) {
   hello = msg;
   $("model").replaceChildren(...msg.models.map((m) => new Option(`${m.name} (${m.size}x${m.size})`, m.name)));
-  $("step-cache").replaceChildren(...msg.policies.map((p) => new Option(p, p)));
-  $("threshold").value = msg.threshold;
+  $("step-cache").replaceChildren(...msg.policies.map((p) => new Option(p.name, p.name)));
+  fillStepCacheOptions();
   $("upload-limit").textContent = (msg.max_upload_bytes / 2 ** 20).toFixed(0);
   if (msg.max_chunks) $("chunks").max = msg.max_chunks;
   fillLabels();
@@ -77,6 +77,28 @@ function fillLabels() {
   const options = [new Option(labels.length ? "none (unguided)" : "none (unconditional model)", "")];
   labels.forEach((name, i) => options.push(new Option(name === String(i) ? name : `${i}: ${name}`, String(i))));
   $("label").replaceChildren(...options);
+}
+
+function fillStepCacheOptions() {
+  // one number input per setting of the chosen policy, at its default (the server's step-cache registry)
+  const options = hello.policies.find((p) => p.name === $("step-cache").value).options;
+  $("step-cache-options").replaceChildren(...Object.entries(options).map(([key, value]) => {
+    const label = document.createElement("label");
+    const input = Object.assign(document.createElement("input"), {
+      id: `opt-${key}`, type: "number", min: "0", value: String(value), step: Number.isInteger(value) ? "1" : "0.05",
+    });
+    input.dataset.key = key;
+    label.append(key.replaceAll("_", " "), input);
+    return label;
+  }));
+}
+
+function stepCacheOptions() {
+  const options = {};
+  for (const input of $("step-cache-options").querySelectorAll("input")) {
+    options[input.dataset.key] = Number(input.value);
+  }
+  return options;
 }
 
 async function generate() {
@@ -101,7 +123,7 @@ async function generate() {
   socket.send(JSON.stringify({
     type: "start", model: $("model").value, label: label === "" ? null : Number(label),
     seed: $("seed").value.trim(), chunks: chunks === null ? null : (Number.isInteger(+chunks) ? +chunks : chunks),
-    step_cache: $("step-cache").value, threshold: Number($("threshold").value), first_frame: Boolean(file),
+    step_cache: $("step-cache").value, step_cache_options: stepCacheOptions(), first_frame: Boolean(file),
   }));
   setStatus("waiting for the device\u2026");
 }
@@ -187,6 +209,7 @@ function finish() {
 }
 
 $("model").addEventListener("change", fillLabels);
+$("step-cache").addEventListener("change", fillStepCacheOptions);
 $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => {
   socket.send(JSON.stringify({ type: "stop" }));
