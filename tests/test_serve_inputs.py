@@ -176,3 +176,22 @@ def test_serve_cli_defaults_and_one_line_errors(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--max-queue", "-1"])
     assert "--max-queue: must be 0 or more, got -1" in capsys.readouterr().err
+
+
+def test_a_generation_that_cannot_start_is_reported_and_frees_the_device(server, monkeypatch):
+    from ca2vdm.serve import session
+
+    client, source, state = server
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with client.websocket_connect("/ws") as ws:
+        receive(ws)
+        monkeypatch.setattr(session, "VideoWriter", full_disk)
+        start(ws, chunks=1)
+        done, _, others = receive_until(ws, "done")
+        assert others == [{"type": "error", "message": "generation failed: [Errno 28] No space left on device"}]
+        assert (done["reason"], done["frames"], state.queue.busy) == ("error", 0, False)
+        monkeypatch.undo()
+        still_serving(ws, source)

@@ -92,7 +92,10 @@ class Session:
         if self.busy:
             raise ProtocolError("a generation is running in this tab; upload after it has ended (or press Stop)")
         self.upload = None
-        self.upload, kind = await asyncio.to_thread(save_upload, data, self.folder)
+        try:
+            self.upload, kind = await asyncio.to_thread(save_upload, data, self.folder)
+        except OSError as e:
+            raise ProtocolError(f"the upload could not be stored on the server: {e}") from None
         await self.send({"type": "upload", "kind": kind, "bytes": len(data)})
 
     async def on_text(self, text: str) -> None:
@@ -138,6 +141,10 @@ class Session:
                 self.queued = False
             try:
                 await self.generate(request, upload, control)
+            except Exception as e:  # before the worker started (e.g. the mp4 cannot be created): tell the page
+                log.exception("generation could not start")
+                await self.send({"type": "error", "message": f"generation failed: {e}"})
+                await self.send({"type": "done", "reason": "error", "frames": 0, "chunks": 0, "download": None})
             finally:
                 control.stop()  # a no-op unless this task was cancelled (the server shutting down)
                 self.server.queue.release()
