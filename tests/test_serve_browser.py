@@ -66,8 +66,9 @@ def test_page_streams_frames_stops_and_downloads_what_was_shown(server_url, tmp_
         page.select_option("#step-cache", "teacache")
         generate.click()
 
-        seen = [0]
+        seen, deadline = [0], time.monotonic() + START_SECONDS
         while seen[-1] < SHOWN_BEFORE_STOP:  # frames appear while the run goes on, not at its end
+            assert time.monotonic() < deadline, f"frames stopped at {seen}: {status.inner_text()} {error.inner_text()}"
             shown = int(count.inner_text())
             if shown != seen[-1]:
                 assert status.inner_text().startswith("generating"), status.inner_text()
