@@ -1,0 +1,52 @@
+"""Where the server's frames come from: an offered checkpoint's pipeline, as uint8 pixels, one chunk at a time.
+
+This is the only place the server touches the model; everything else sees :class:`PixelChunk` values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..api import Pipeline
+from ..pipeline import LongVideoPipeline
+from ..step_cache import build_step_cache
+from ..video_io import read_video, to_uint8
+from .catalog import Offered
+
+
+@dataclass
+class PixelChunk:
+    """Frames ready to show, and what computing them cost."""
+    pixels: np.ndarray          # (L, H, W, 3) uint8
+    kind: str                   # "given" (the uploaded first frames), "first" (the model's first frame) or "chunk"
+    computed: int = 0           # block-stack evaluations run
+    skipped: int = 0            # evaluations a step-caching policy skipped
+
+
+def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int | None, step_cache: str,
+                 step_cache_options: dict, first_frame: Path | None,
+                 poll: Callable[[], None]) -> Iterator[PixelChunk]:
+    """The video as ``ca2vdm.load_pipeline(...).generate`` (and so the command line) makes it, with the step cache
+    ``step_cache`` and its settings (``catalog.step_cache_choices``): the given first frames or the model's first
+    frame, then ``chunks`` chunks
+    (None: until the caller stops iterating).
+
+    ``poll()`` runs after every denoising step; it raises to abandon the chunk in progress. A given video
+    contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first.
+    """
+    shared = offered.pipe
+    settings = {"teacache_thresh": step_cache_options["threshold"]} if "threshold" in step_cache_options else {}
+    policy = build_step_cache(step_cache, teacache_coefficients=shared.metadata.get("teacache_coefficients"),
+                              **settings)
+    pipe = Pipeline(LongVideoPipeline.from_metadata(shared.model, shared.metadata, step_cache=policy), shared.codec,
+                    shared.metadata)
+    given = None
+    if first_frame is not None:
+        given = read_video(first_frame, num_frames=offered.cfg.max_context_frames, size=pipe.size)  # (3, T, H, W)
+        yield PixelChunk(to_uint8(given), "given")
+    for chunk in pipe.generate(chunks, label=label, seed=seed, first_frames=given, on_step=lambda i: poll()):
+        yield PixelChunk(chunk.pixels[0], "first" if chunk.index < 0 else "chunk", chunk.model_evals,
+                         chunk.skipped_evals)

@@ -1,0 +1,101 @@
+"""One generation on the worker thread: pull chunks while the page keeps up, write them to the mp4, hand them on.
+
+The thread and the WebSocket's event loop share only a :class:`RunControl` (stop, frames shown) and the ``emit``
+callback; a stop is seen after the current denoising step, so no further chunk is computed.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..video_io import VideoWriter
+from .frames import PixelChunk
+from .protocol import LEAD_FRAMES
+
+
+class Cancelled(Exception):
+    """The page pressed Stop or went away."""
+
+
+class RunControl:
+    """Stop requests and the page's progress, shared between the event loop and the worker thread."""
+
+    def __init__(self, lead_frames: int = LEAD_FRAMES):
+        self.lead_frames = lead_frames
+        self._changed = threading.Condition()
+        self.stopped = False
+        self.shown = 0
+
+    def stop(self) -> None:
+        with self._changed:
+            self.stopped = True
+            self._changed.notify_all()
+
+    def set_shown(self, frames: int) -> None:
+        with self._changed:
+            self.shown = max(self.shown, frames)
+            self._changed.notify_all()
+
+    def poll(self) -> None:
+        """Raise Cancelled if a stop was requested (called after every denoising step)."""
+        if self.stopped:
+            raise Cancelled
+
+    def wait_for_page(self, sent: int) -> None:
+        """Block while the page is more than ``lead_frames`` frames behind the ``sent`` frames; Cancelled on stop."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.stopped or sent - self.shown <= self.lead_frames)
+        self.poll()
+
+
+@dataclass
+class Figures:
+    """The live figures of one generation (also sent with every chunk)."""
+    chunks_done: int = 0        # chunks of the model's chunk length (not the first frame or given frames)
+    total_frames: int = 0       # frames sent, given ones included
+    generated: int = 0          # frames the model made
+    busy: float = 0.0           # seconds spent generating and encoding (not waiting for the page)
+    computed: int = 0
+    skipped: int = 0
+    first_frame_seconds: float | None = None  # from the start of the generation to the first frame
+    tic: float = field(default_factory=time.perf_counter)
+
+    @property
+    def fps(self) -> float | None:
+        """Frames the model made per second of work."""
+        return self.generated / self.busy if self.busy > 0 and self.generated else None
+
+
+def produce(chunks: Iterator[PixelChunk], writer: VideoWriter, control: RunControl,
+            emit: Callable[[dict, np.ndarray], None], figures: Figures) -> None:
+    """Pull ``chunks`` one at a time, each only once the page has caught up, write it to ``writer`` and ``emit`` its
+    header and frames. Raises Cancelled on a stop; the writer is left to the caller."""
+    while True:
+        control.wait_for_page(figures.total_frames)
+        tic = time.perf_counter()
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        model_seconds = time.perf_counter() - tic
+        writer.write(chunk.pixels)
+        encode_seconds = time.perf_counter() - tic - model_seconds
+        figures.total_frames += len(chunk.pixels)
+        if chunk.kind != "given":
+            figures.generated += len(chunk.pixels)
+            figures.busy += model_seconds + encode_seconds
+        figures.chunks_done += chunk.kind == "chunk"
+        figures.computed += chunk.computed
+        figures.skipped += chunk.skipped
+        if figures.first_frame_seconds is None:
+            figures.first_frame_seconds = time.perf_counter() - figures.tic
+        frames, height, width = chunk.pixels.shape[:3]
+        emit({"kind": chunk.kind, "index": figures.chunks_done - 1 if chunk.kind == "chunk" else None,
+              "frames": frames, "height": height, "width": width, "seconds": model_seconds,
+              "encode_seconds": encode_seconds, "computed": chunk.computed, "skipped": chunk.skipped,
+              "total_frames": figures.total_frames, "chunks_done": figures.chunks_done, "fps": figures.fps,
+              "computed_total": figures.computed, "skipped_total": figures.skipped,
+              "first_frame_seconds": figures.first_frame_seconds}, chunk.pixels)

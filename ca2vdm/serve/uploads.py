@@ -1,0 +1,41 @@
+"""Uploaded first frames: checked (size, image or video) and kept in a session's temporary folder until used."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..video_io import open_video
+from .protocol import MAX_UPLOAD_BYTES, ProtocolError
+
+NOT_MEDIA = "the upload is not an image or video that can be read; choose a png/jpg image or an mp4/webm video"
+
+
+def save_upload(data: bytes, folder: Path) -> tuple[Path, str]:
+    """Delete an earlier upload in ``folder``; write ``data`` there if it is an image or a readable video; return the
+    file and its kind ("image" or "video"). ProtocolError otherwise, leaving no file behind."""
+    for old in folder.glob("upload.*"):
+        old.unlink()
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ProtocolError(f"the upload is {len(data) / 2 ** 20:.1f} MiB ({len(data)} bytes), over the limit of "
+                            f"{MAX_UPLOAD_BYTES // 2 ** 20} MiB ({MAX_UPLOAD_BYTES} bytes); choose a smaller image "
+                            "or a shorter video")
+    if not data:
+        raise ProtocolError("the upload is empty (0 bytes); choose an image or video file")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            path = folder / "upload.png"  # re-encoded: the reader goes by the suffix
+            image.convert("RGB").save(path)
+            return path, "image"
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        pass
+    path = folder / "upload.video"
+    path.write_bytes(data)
+    try:
+        open_video(path)
+    except ValueError:
+        path.unlink()
+        raise ProtocolError(NOT_MEDIA) from None
+    return path, "video"

@@ -1,0 +1,98 @@
+"""The live demo in a real browser: Debian's headless Chromium driven by Playwright against infer/serve.py.
+
+Needs the ``serve`` extra and the ``chromium`` Debian package (scripts/setup.sh and .ci/run install both); it fails,
+never skips, without them. Set SERVE_SCREENSHOT=docs/images/serve.png to refresh the README's screenshot.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import decord
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium")
+START_SECONDS = 120  # liveness bound for the server to load the model on a busy machine
+SHOWN_BEFORE_STOP = 12  # frames to watch (and the screenshot's moment) before pressing Stop
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "infer" / "serve.py"), "--port", str(port), "--max-chunks",
+                             "200"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"infer/serve.py did not start: {proc.communicate()[0]}")
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_page_streams_frames_stops_and_downloads_what_was_shown(server_url, tmp_path):
+    assert CHROMIUM, "the browser test needs Debian's Chromium: apt-get install -y chromium (.ci/run installs it)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(accept_downloads=True, viewport={"width": 1000, "height": 760})
+        page.goto(server_url)
+        generate, stop, status = (page.get_by_test_id(t) for t in ("generate", "stop", "status"))
+        count, download, error = (page.get_by_test_id(t) for t in ("frame-count", "download", "error"))
+        expect(generate).to_be_enabled()
+        assert page.locator("#model option").all_inner_texts() == ["demo (32x32)"]
+        assert page.locator("#label option").all_inner_texts()[1:] == ["0: circle", "1: square", "2: triangle"]
+        page.select_option("#label", "1")
+        page.check("#until-stopped")
+        page.select_option("#step-cache", "teacache")
+        generate.click()
+
+        seen, deadline = [0], time.monotonic() + START_SECONDS
+        while seen[-1] < SHOWN_BEFORE_STOP:  # frames appear while the run goes on, not at its end
+            assert time.monotonic() < deadline, f"frames stopped at {seen}: {status.inner_text()} {error.inner_text()}"
+            shown = int(count.inner_text())
+            if shown != seen[-1]:
+                assert status.inner_text().startswith("generating"), status.inner_text()
+                seen.append(shown)
+            page.wait_for_timeout(20)
+        assert len(seen) >= 4 and seen == sorted(seen)  # at least three rises before the run ended
+        page.screenshot(path=os.environ.get("SERVE_SCREENSHOT", str(tmp_path / "serve.png")))
+        assert page.locator("#first-frame").inner_text().endswith(" s")
+        assert float(page.locator("#fps").inner_text().split()[0]) > 0
+
+        stop.click()
+        expect(download).to_be_visible(timeout=60_000)
+        assert status.inner_text().startswith("stopped: ")
+        shown = int(count.inner_text())
+        assert shown >= SHOWN_BEFORE_STOP and download.get_attribute("download") == "ca2vdm-demo-seed0.mp4"
+        with page.expect_download() as saved:
+            download.click()
+        path = tmp_path / "shown.mp4"
+        saved.value.save_as(path)
+        video = decord.VideoReader(str(path))
+        assert len(video) == shown and video[0].shape == (32, 32, 3)  # exactly the frames the page showed
+
+        page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}])
+        generate.click()
+        expect(error).to_contain_text("the upload is not an image or video")
+        expect(generate).to_be_enabled()
+        browser.close()

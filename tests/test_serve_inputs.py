@@ -1,0 +1,197 @@
+"""Bad input to the live demo server: each gets one clear message on the page, and the server goes on serving;
+uploads are checked, used and deleted."""
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from ca2vdm.serve import create_app, load_catalog
+from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES
+from ca2vdm.video_io import VideoWriter
+from serve_helpers import FakeModel, PacedSource, receive, receive_until, start
+
+BAD_STARTS = [
+    ({"model": "../../etc/passwd"}, "model '../../etc/passwd' is not offered by this server; choose one of: fake"),
+    ({"label": 3}, "label 3 is out of range: this model's labels are 0 to 2"),
+    ({"label": -1}, "label -1 is out of range"),
+    ({"label": "square"}, "label must be a whole number, got 'square'"),
+    ({"chunks": 51}, "chunks 51 is beyond this server's limit of 50 (--max-chunks); ask for at most 50"),
+    ({"chunks": 0}, "chunks must be at least 1"),
+    ({"chunks": 2.5}, "chunks must be a whole number"),
+    ({"seed": -4}, "seed must be in 0 .. 2**64 - 1, got -4"),
+    ({"seed": 2 ** 64}, "seed must be in 0 .. 2**64 - 1"),
+    ({"seed": "abc"}, "seed must be a whole number, got 'abc'"),
+    ({"step_cache": "warp"}, "unknown step cache 'warp'; choose one of: none, teacache"),
+    ({"step_cache": "teacache", "step_cache_options": {"threshold": -0.1}}, "threshold must be a number >= 0"),
+    ({"step_cache": "teacache", "step_cache_options": {"threshold": "high"}}, "threshold must be a number >= 0"),
+    ({"step_cache_options": {"threshold": 0.2}}, "step cache none has no setting 'threshold'; its settings: (none)"),
+    ({"step_cache_options": [0.2]}, "step_cache_options must be an object of settings"),
+    ({"first_frame": "yes"}, "first_frame must be true or false"),
+    ({"first_frame": True}, "first_frame is set but no image or video was uploaded"),
+    ({"resolution": 512}, "unknown field(s) resolution in 'start'"),
+]
+BAD_MESSAGES = [
+    ("hello there", "malformed message (not JSON)"),
+    ("[1, 2]", "malformed message: unknown type 'list'"),
+    ('{"type": "explode"}', "malformed message: unknown type 'explode'"),
+    ('{"frames": 3}', "malformed message: unknown type None"),
+    ('{"type": "shown", "frames": -1}', "'shown' needs frames >= 0"),
+    ("[" * 100000, "malformed message (not JSON)"),
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    source = PacedSource()
+    app = create_app({"fake": FakeModel(), "plain": FakeModel("plain", labels=[])}, max_chunks=50, source=source)
+    with TestClient(app) as client:
+        yield client, source, app.state.serve
+
+
+def still_serving(ws, source) -> None:
+    """After a refused message the same page can still generate."""
+    start(ws, chunks=1)
+    assert receive(ws)[0] == "started"
+    source.allow(1)
+    assert receive_until(ws, "done")[0]["reason"] == "finished"
+
+
+def png_bytes(size: int = 40) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size + 8, 3), 200, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fields,message", BAD_STARTS, ids=[next(iter(f)) + str(i) for i, (f, _) in
+                                                             enumerate(BAD_STARTS)])
+def test_a_bad_start_is_refused_with_a_clear_message(server, fields, message):
+    client, source, _ = server
+    with client.websocket_connect("/ws") as ws:
+        receive(ws)
+        start(ws, **fields)
+        kind, error, _ = receive(ws)
+        assert kind == "error" and error["message"].startswith(message)
+        still_serving(ws, source)
+
+
+@pytest.mark.parametrize("text,message", BAD_MESSAGES, ids=range(len(BAD_MESSAGES)))
+def test_a_malformed_message_is_refused_with_a_clear_message(server, text, message):
+    client, source, _ = server
+    with client.websocket_connect("/ws") as ws:
+        receive(ws)
+        ws.send_text(text)
+        kind, error, _ = receive(ws)
+        assert kind == "error" and error["message"].startswith(message)
+        still_serving(ws, source)
+
+
+def test_a_label_for_an_unconditional_model_is_refused(server):
+    client, _, _ = server
+    with client.websocket_connect("/ws") as ws:
+        receive(ws)
+        ws.send_json({"type": "start", "model": "plain", "label": 0})
+        assert receive(ws)[1]["message"] == "label 0: this model is unconditional; choose no label"
+
+
+def test_a_second_start_while_generating_is_refused(server):
+    client, source, _ = server
+    with client.websocket_connect("/ws") as ws:
+        receive(ws)
+        start(ws, chunks=1)
+        receive(ws)
+        start(ws, chunks=1)
+        assert receive(ws)[1]["message"] == "a generation is already running in this tab; press Stop first"
+        source.allow(1)
+        assert receive_until(ws, "done")[0]["reason"] == "finished"
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"just some text, not a picture", "the upload is not an image or video that can be read"),
+    (b"\x00\x00\x00\x18ftypmp42" + bytes(200), "the upload is not an image or video that can be read"),
+    (b"", "the upload is empty (0 bytes)"),
+    (bytes(MAX_UPLOAD_BYTES + 1), "the upload is 8.0 MiB (8388609 bytes), over the limit of 8 MiB (8388608 bytes)"),
+], ids=["text", "broken-mp4", "empty", "oversized"])
+def test_a_bad_upload_is_refused_and_nothing_is_kept(server, data, message):
+    client, source, state = server
+    with client.websocket_connect("/ws") as ws:
+        receive(ws)
+        ws.send_bytes(png_bytes())
+        assert receive(ws)[1] == {"type": "upload", "kind": "image", "bytes": len(png_bytes())}
+        ws.send_bytes(data)  # replaces the good upload, and is refused
+        kind, error, _ = receive(ws)
+        assert kind == "error" and error["message"].startswith(message)
+        assert [p.name for p in state.temp_root.glob("*/upload.*")] == []
+        start(ws, first_frame=True)
+        assert "no image or video was uploaded" in receive(ws)[1]["message"]
+        still_serving(ws, source)
+
+
+def test_an_upload_is_used_once_then_deleted(server, tmp_path):
+    client, source, state = server
+    video = tmp_path / "given.mp4"
+    with VideoWriter(video, fps=8) as writer:
+        writer.write(np.full((6, 32, 32, 3), 90, np.uint8))
+    with client.websocket_connect("/ws") as ws:
+        receive(ws)
+        ws.send_bytes(video.read_bytes())
+        assert receive(ws)[1]["kind"] == "video"
+        assert len(list(state.temp_root.glob("*/upload.*"))) == 1
+        start(ws, chunks=1, first_frame=True)
+        receive(ws)
+        source.allow(1)
+        assert receive_until(ws, "done")[0]["reason"] == "finished"
+        assert source.calls[-1]["first_frame_existed"]
+        assert list(state.temp_root.glob("*/upload.*")) == []  # deleted after its generation
+
+
+def test_shipped_model_continues_an_uploaded_image():
+    with TestClient(create_app(load_catalog(["checkpoints/demo.safetensors"], "cpu"), max_chunks=2)) as client, \
+            client.websocket_connect("/ws") as ws:
+        receive(ws)
+        image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        ws.send_bytes(buffer.getvalue())
+        receive(ws)
+        ws.send_json({"type": "start", "model": "demo", "chunks": 1, "first_frame": True})
+        done, chunks, _ = receive_until(ws, "done")
+    assert [h["kind"] for h, _ in chunks] == ["given", "chunk"] and done["frames"] == 5
+    np.testing.assert_array_equal(chunks[0][1], image[None])  # shown first, exactly as given
+
+
+def test_serve_cli_defaults_and_one_line_errors(capsys):
+    from infer.serve import main, parse_args
+
+    args = parse_args([])
+    assert (args.host, args.port, args.device) == ("127.0.0.1", 7860, "cpu")
+    assert [p.rsplit("/", 1)[-1] for p in args.checkpoint] == ["demo.safetensors"]
+    with pytest.raises(SystemExit) as missing:
+        main(["--checkpoint", "checkpoints/no-such-model.safetensors"])
+    assert str(missing.value).startswith("error: ") and "no-such-model.safetensors" in str(missing.value)
+    with pytest.raises(SystemExit) as twice:
+        main(["--checkpoint", "checkpoints/demo.safetensors", "checkpoints/demo.safetensors"])
+    assert str(twice.value) == "error: --checkpoint lists the same checkpoint twice; give each once"
+    with pytest.raises(SystemExit):
+        parse_args(["--max-queue", "-1"])
+    assert "--max-queue: must be 0 or more, got -1" in capsys.readouterr().err
+
+
+def test_a_generation_that_cannot_start_is_reported_and_frees_the_device(server, monkeypatch):
+    from ca2vdm.serve import session
+
+    client, source, state = server
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with client.websocket_connect("/ws") as ws:
+        receive(ws)
+        monkeypatch.setattr(session, "VideoWriter", full_disk)
+        start(ws, chunks=1)
+        done, _, others = receive_until(ws, "done")
+        assert others == [{"type": "error", "message": "generation failed: [Errno 28] No space left on device"}]
+        assert (done["reason"], done["frames"], state.queue.busy) == ("error", 0, False)
+        monkeypatch.undo()
+        still_serving(ws, source)
