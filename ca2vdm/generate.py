@@ -53,8 +53,9 @@ class GenerationOptions:
     cache: str = "kv"               # kv | none (recompute the window at every step) | full
     first_frame: str | None = None  # image or video to continue
     device: str = "cpu"
-    step_cache: str = "none"        # none | teacache | fastercache | adacache
+    step_cache: str = "none"        # none or a name of ca2vdm.step_cache.POLICIES
     teacache_thresh: float = 0.1
+    step_cache_options: dict = field(default_factory=dict)  # the policy's settings (step_cache.parse_options)
     fps: int = 8
     preview: bool = False
     verbose: bool = False
@@ -295,7 +296,8 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     check_label(opts.label, model.cfg.num_classes)
     if device.type == "cuda":
         model = model.to(torch.bfloat16)
-    step_cache = build_step_cache(opts.step_cache, opts.teacache_thresh, meta.get("teacache_coefficients"))
+    settings = {"threshold": opts.teacache_thresh} if opts.step_cache == "teacache" else {}
+    step_cache = build_step_cache(opts.step_cache, meta, str(checkpoint), **{**settings, **opts.step_cache_options})
     pipe = LongVideoPipeline.from_metadata(model, meta, steps=opts.steps, shift=opts.shift, cfg_scale=opts.cfg_scale,
                                            cache_mode=opts.cache, step_cache=step_cache)
     poll = stop.check if stop is not None else lambda: None
