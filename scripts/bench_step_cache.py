@@ -7,10 +7,11 @@ Every policy setting samples the same chunks (model, seed, label) **teacher-forc
 the reference video's own context and noise (the reference: no policy), so its PSNR against the reference chunk is
 the error of the step cache itself, not the divergence that autoregression compounds (a free-running video moves
 away after 2-3 chunks whatever the policy). Per setting: ``eval_ratio`` = block-stack evaluations (per guidance
-branch, commit passes excluded) of the reference / of the setting; ``speedup`` = the reference's wall time for
-all chunks / the setting's (denoising plus the one commit pass per chunk; other jobs on the machine add noise);
-``cpu_speedup`` the same with process CPU time (robust to other jobs; use OMP_NUM_THREADS=1 for it to mean
-anything); ``chunk_psnr_mean`` / ``chunk_psnr_min`` over the chunks (capped at 100 dB).
+branch, commit passes excluded) of the reference / of the setting; ``speedup`` = the reference's wall time of the
+denoising (all steps of all chunks) / the setting's, the reference re-run in lockstep (chunk by chunk, alternating)
+so that both see the same load from other jobs; ``chunk_speedup`` the same for whole chunks (with the one commit
+pass per chunk that writes the KV cache); ``cpu_speedup`` / ``chunk_cpu_speedup`` with process CPU time instead
+(immune to other jobs; run with OMP_NUM_THREADS=1 so that it means time); ``chunk_psnr_mean`` / ``chunk_psnr_min`` over the chunks (capped at 100 dB).
 
 ``--drift-chunks N`` also generates an N-chunk free-running video without a policy and with each policy's best
 setting (the most evaluations saved at mean chunk PSNR >= 35 dB and worst chunk >= 30 dB) and compares the
@@ -21,6 +22,7 @@ Writes ``step_cache.json`` (after every setting, so an interrupted run keeps wha
 message without matplotlib), and prints a table.
 """
 import argparse
+import copy
 import json
 import sys
 import time
@@ -65,23 +67,48 @@ def make_policy(policy: str, options: dict, meta: dict, checkpoint: str):
     return build_step_cache(policy, meta, checkpoint, **options)
 
 
-def teacher_forced(model, meta, policy, chunks: int, label, seed: int,
-                   truth: list[torch.Tensor] | None = None) -> dict:
-    """Sample ``chunks`` chunks, each committing ``truth[i]`` (the reference's chunk) when given; per-chunk frames,
-    wall and CPU seconds, and evaluation counts."""
+def timed_chunk(pipe: LongVideoPipeline, state, commit: torch.Tensor | None) -> tuple:
+    """One chunk; (result, [denoising wall s, whole chunk wall s, denoising CPU s, whole chunk CPU s]). The
+    denoising ends at the last step's velocity; the whole chunk adds the Euler update and the commit pass."""
+    marks = []
+    tic, cpu = time.perf_counter(), time.process_time()
+    result = pipe.next_chunk(state, on_step=lambda i: marks.append((time.perf_counter(), time.process_time())),
+                             commit_frames=commit)
+    toc, cpu_end = time.perf_counter(), time.process_time()
+    return result, [marks[-1][0] - tic, toc - tic, marks[-1][1] - cpu, cpu_end - cpu]
+
+
+def free_running(model, meta, policy, chunks: int, label, seed: int) -> list[torch.Tensor]:
+    """The frames of a free-running video, chunk by chunk."""
     pipe = LongVideoPipeline.from_metadata(model, meta, step_cache=policy)
-    state = pipe.start(label=label, seed=seed)
-    out = {"frames": [], "seconds": [], "cpu_seconds": [], "evals": 0, "skipped": 0}
-    for i in range(chunks):
-        tic, cpu = time.perf_counter(), time.process_time()
-        result = pipe.next_chunk(state, commit_frames=None if truth is None else truth[i])
-        out["seconds"].append(time.perf_counter() - tic)
-        out["cpu_seconds"].append(time.process_time() - cpu)
+    frames = [c.frames for c in pipe.generate(chunks, label=label, seed=seed)]
+    model.disable_cache()
+    return frames
+
+
+def lockstep(model, reference_model, meta, policy, truth: list[torch.Tensor], label, seed: int) -> dict:
+    """The policy's chunks, each committing the reference's chunk (teacher forcing), timed in lockstep with the
+    reference (no policy, on its own copy of the model) re-run chunk by chunk, so both see the same load."""
+    reference = LongVideoPipeline.from_metadata(reference_model, meta)
+    cached = LongVideoPipeline.from_metadata(model, meta, step_cache=policy)
+    ref_state, state = reference.start(label=label, seed=seed), cached.start(label=label, seed=seed)
+    out = {"frames": [], "times": [], "ref_times": [], "evals": 0, "skipped": 0, "ref_evals": 0}
+    for commit in truth:
+        ref_result, ref_times = timed_chunk(reference, ref_state, None)
+        result, times = timed_chunk(cached, state, commit)
         out["frames"].append(result.frames)
+        out["times"].append(times)
+        out["ref_times"].append(ref_times)
         out["evals"] += result.model_evals
         out["skipped"] += result.skipped_evals
+        out["ref_evals"] += ref_result.model_evals
     model.disable_cache()
     return out
+
+
+def ratio(run: dict, column: int) -> float:
+    """Reference time / policy time summed over the chunks, for one timing column of :func:`timed_chunk`."""
+    return sum(t[column] for t in run["ref_times"]) / sum(t[column] for t in run["times"])
 
 
 def video_stats(frames: list[torch.Tensor]) -> dict:
@@ -111,12 +138,10 @@ def best_settings(rows: list[dict]) -> dict[str, dict]:
 
 def drift(model, meta, rows: list[dict], options: dict, args) -> dict:
     """Free-running ``args.drift_chunks`` chunks without a policy and with each policy's best setting."""
-    result = {"off": video_stats(teacher_forced(model, meta, None, args.drift_chunks, args.label, args.seed)["frames"])}
+    result = {"off": video_stats(free_running(model, meta, None, args.drift_chunks, args.label, args.seed))}
     for policy, row in best_settings(rows).items():
-        frames = teacher_forced(model, meta, make_policy(policy, options[(policy, row["setting"])], meta,
-                                                         args.checkpoint), args.drift_chunks, args.label,
-                                args.seed)["frames"]
-        stats = video_stats(frames)
+        made = make_policy(policy, options[(policy, row["setting"])], meta, args.checkpoint)
+        stats = video_stats(free_running(model, meta, made, args.drift_chunks, args.label, args.seed))
         result[policy] = {"setting": row["setting"], "last_vs_first": stats,
                           "vs_off": {k: stats[k] / result["off"][k] for k in stats}}
         print(f"drift {policy} ({row['setting']}): last {DRIFT_LAST} vs first {DRIFT_FIRST} chunks, policy on / off: "
@@ -150,7 +175,7 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--chunks", type=int, default=9)
@@ -161,7 +186,7 @@ def main() -> None:
                         "each policy's best setting on and off (0: skip; 200 takes long)")
     p.add_argument("--policies", nargs="*", default=None, help="only these policies (default: all)")
     p.add_argument("--out-dir", default="outputs/bench")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.drift_chunks and args.drift_chunks <= DRIFT_FIRST + DRIFT_LAST:
         p.error(f"--drift-chunks must exceed {DRIFT_FIRST + DRIFT_LAST} (first {DRIFT_FIRST} vs last {DRIFT_LAST})")
     torch.set_grad_enabled(False)
@@ -169,15 +194,15 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "step_cache.json"
-    teacher_forced(model, meta, None, 1, args.label, args.seed)  # warm-up, not timed
-    reference = teacher_forced(model, meta, None, args.chunks, args.label, args.seed)
-    truth = [f.clone() for f in reference["frames"]]
+    free_running(model, meta, None, 1, args.label, args.seed)  # warm-up, not timed
+    truth = free_running(model, meta, None, args.chunks, args.label, args.seed)
+    reference_model = copy.deepcopy(model)
     result = {"checkpoint": args.checkpoint, "chunks": args.chunks, "seed": args.seed, "label": args.label,
               "steps": LongVideoPipeline.from_metadata(model, meta).steps,
               "torch_threads": torch.get_num_threads(), "rows": []}
     options = {}
-    print(f"{'policy':11} {'setting':28} {'evals':>5} {'evals x':>7} {'speed x':>7} {'cpu x':>6} {'PSNR mean':>9} "
-          f"{'PSNR min':>8}")
+    print(f"{'policy':11} {'setting':31} {'evals':>5} {'evals x':>7} {'speed x':>7} {'cpu x':>6} {'chunk x':>7} "
+          f"{'PSNR mean':>9} {'PSNR min':>8}")
     for policy, setting, opts in settings():
         if args.policies and policy not in args.policies and policy != "none":
             continue
@@ -187,18 +212,18 @@ def main() -> None:
             print(f"{policy:11} skipped: {e}")
             continue
         options[(policy, setting)] = opts
-        run = teacher_forced(model, meta, made, args.chunks, args.label, args.seed, truth)
+        run = lockstep(model, reference_model, meta, made, truth, args.label, args.seed)
         scores = [min(psnr(a, b), 100.0) for a, b in zip(run["frames"], truth)]
         row = {"policy": policy, "setting": setting, "model_evals": run["evals"], "skipped_evals": run["skipped"],
-               "eval_ratio": reference["evals"] / run["evals"],
-               "speedup": sum(reference["seconds"]) / sum(run["seconds"]),
-               "cpu_speedup": sum(reference["cpu_seconds"]) / sum(run["cpu_seconds"]),
+               "eval_ratio": run["ref_evals"] / run["evals"], "speedup": ratio(run, 0), "chunk_speedup": ratio(run, 1),
+               "cpu_speedup": ratio(run, 2), "chunk_cpu_speedup": ratio(run, 3),
                "chunk_psnr_mean": sum(scores) / len(scores), "chunk_psnr_min": min(scores), "chunk_psnr": scores,
-               "seconds": sum(run["seconds"])}
+               "seconds": sum(t[1] for t in run["times"])}
         result["rows"].append(row)
         json_path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"{policy:11} {setting:28} {run['evals']:5d} {row['eval_ratio']:7.2f} {row['speedup']:7.2f} "
-              f"{row['cpu_speedup']:6.2f} {row['chunk_psnr_mean']:9.1f} {row['chunk_psnr_min']:8.1f}", flush=True)
+        print(f"{policy:11} {setting:31} {run['evals']:5d} {row['eval_ratio']:7.2f} {row['speedup']:7.2f} "
+              f"{row['cpu_speedup']:6.2f} {row['chunk_speedup']:7.2f} {row['chunk_psnr_mean']:9.1f} "
+              f"{row['chunk_psnr_min']:8.1f}", flush=True)
     if args.drift_chunks:
         result["drift"] = {"chunks": args.drift_chunks, **drift(model, meta, result["rows"], options, args)}
         json_path.write_text(json.dumps(result, indent=2) + "\n")
