@@ -11,7 +11,8 @@ branch, commit passes excluded) of the reference / of the setting; ``speedup`` =
 denoising (all steps of all chunks) / the setting's, the reference re-run in lockstep (chunk by chunk, alternating)
 so that both see the same load from other jobs; ``chunk_speedup`` the same for whole chunks (with the one commit
 pass per chunk that writes the KV cache); ``cpu_speedup`` / ``chunk_cpu_speedup`` with process CPU time instead
-(immune to other jobs; run with OMP_NUM_THREADS=1 so that it means time); ``chunk_psnr_mean`` / ``chunk_psnr_min`` over the chunks (capped at 100 dB).
+(immune to other jobs; run with OMP_NUM_THREADS=1 so that it means time); ``chunk_psnr_mean`` / ``chunk_psnr_min``
+over the chunks (capped at 100 dB).
 
 ``--drift-chunks N`` also generates an N-chunk free-running video without a policy and with each policy's best
 setting (the most evaluations saved at mean chunk PSNR >= 35 dB and worst chunk >= 30 dB) and compares the

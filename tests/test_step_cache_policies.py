@@ -47,7 +47,8 @@ def test_commit_passes_always_run_in_full(make_policy, monkeypatch):
     """Aggressive settings skip most denoising passes, never a commit pass (which writes the KV cache)."""
     commits = []
     forward = BlockStack.forward
-    monkeypatch.setattr(BlockStack, "forward", lambda self, x, c, ctx: commits.append(ctx.commit) or forward(self, x, c, ctx))
+    monkeypatch.setattr(BlockStack, "forward",
+                        lambda self, x, c, ctx: commits.append(ctx.commit) or forward(self, x, c, ctx))
     out, results = _video(make_policy(), chunks=4, steps=8)
     assert sum(commits) == 4  # one commit pass per chunk ran the block stack
     assert sum(r.skipped_evals for r in results) > 0 and torch.isfinite(out).all()

@@ -108,7 +108,8 @@ class ChunkCache(StepCache):
 
     def calibrating(self) -> bool:
         """Whether the current chunk computes every step for the record."""
-        return self.chunk < self.calibrate or not self.errors or max(key[2] for key in self.errors) != self.num_steps - 1
+        recorded_steps = max(key[2] for key in self.errors) + 1 if self.errors else 0
+        return self.chunk < self.calibrate or recorded_steps != self.num_steps
 
     def _plan(self) -> None:
         """At a chunk's first call: every step while calibrating, else the planned schedule."""
