@@ -60,8 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacache-thresh", type=float, default=0.1,
                    help="TeaCache threshold on the accumulated rescaled change (0 = compute every step)")
     p.add_argument("--step-cache-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting of the --step-cache policy, repeatable (e.g. threshold=0.3; see "
-                        "docs/step-caching.md for each policy's settings)")
+                   help="settings of the --step-cache policy, repeatable or comma-separated (e.g. "
+                        "interval=2,growth=1; see docs/step-caching.md for each policy's settings)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--fps", type=positive_int, default=8, help="frame rate of the mp4")
     p.add_argument("--codec-path", default=None,

@@ -16,7 +16,8 @@ over the chunks (capped at 100 dB).
 
 ``--drift-chunks N`` also generates an N-chunk free-running video without a policy and with each policy's best
 setting (the most evaluations saved at mean chunk PSNR >= 35 dB and worst chunk >= 30 dB) and compares the
-statistics (brightness, contrast, sharpness, motion) of its last 50 chunks against its first 10, policy on vs off.
+statistics (brightness, contrast, sharpness, motion) of its last 50 chunks against its first 10, policy on vs off;
+as the yardstick of how much two rollouts differ anyway, the same for the video without a policy at the next seed.
 
 Writes ``step_cache.json`` (after every setting, so an interrupted run keeps what it measured), then
 ``step_cache.png`` (speed-up and evaluations saved vs mean chunk PSNR, one curve per policy; skipped with a
@@ -140,6 +141,11 @@ def best_settings(rows: list[dict]) -> dict[str, dict]:
 def drift(model, meta, rows: list[dict], options: dict, args) -> dict:
     """Free-running ``args.drift_chunks`` chunks without a policy and with each policy's best setting."""
     result = {"off": video_stats(free_running(model, meta, None, args.drift_chunks, args.label, args.seed))}
+    # how far two policy-free rollouts already differ: the same video with the next seed
+    other = video_stats(free_running(model, meta, None, args.drift_chunks, args.label, args.seed + 1))
+    result["off_next_seed"] = {"last_vs_first": other, "vs_off": {k: other[k] / result["off"][k] for k in other}}
+    print(f"drift without a policy, seed {args.seed + 1} / seed {args.seed}: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in result["off_next_seed"]["vs_off"].items()), flush=True)
     for policy, row in best_settings(rows).items():
         made = make_policy(policy, options[(policy, row["setting"])], meta, args.checkpoint)
         stats = video_stats(free_running(model, meta, made, args.drift_chunks, args.label, args.seed))
@@ -148,6 +154,11 @@ def drift(model, meta, rows: list[dict], options: dict, args) -> dict:
         print(f"drift {policy} ({row['setting']}): last {DRIFT_LAST} vs first {DRIFT_FIRST} chunks, policy on / off: "
               + ", ".join(f"{k} {v:.3f}" for k, v in result[policy]["vs_off"].items()), flush=True)
     return result
+
+
+def curve(row: dict) -> str:
+    """The plot's curve for a row: its policy; TaylorSeer with our growing intervals apart from the paper's."""
+    return row["policy"] + (" (growth)" if "growth=" in row["setting"] else "")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -163,9 +174,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, label in ((axes[0], "speedup", "wall-clock speed-up vs no policy (x)"),
                            (axes[1], "eval_ratio", "block-stack evaluations saved (x fewer)")):
-        for policy in dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none"):
-            pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r[key])
-            ax.plot([r[key] for r in pts], [min(r["chunk_psnr_mean"], 60) for r in pts], "o-", label=policy)
+        for name in dict.fromkeys(curve(r) for r in rows if r["policy"] != "none"):
+            pts = sorted((r for r in rows if curve(r) == name), key=lambda r: r[key])
+            ax.plot([r[key] for r in pts], [min(r["chunk_psnr_mean"], 60) for r in pts], "o-", label=name)
         ax.axhline(GOAL_MEAN, color="gray", lw=0.8, ls="--")
         ax.axvline(3.0 if key == "eval_ratio" else 2.5, color="gray", lw=0.8, ls=":")
         ax.set(xlabel=label, title="teacher-forced chunks vs no policy")

@@ -189,6 +189,7 @@ def test_chunkcache_refreshes_the_record_from_computed_steps():
 def test_registry_offers_every_policy_and_parses_settings():
     assert set(POLICIES) == {"none", "teacache", "fastercache", "adacache", "magcache", "taylorseer", "chunkcache"}
     assert parse_options("taylorseer", ["interval=3", "growth=1"]) == {"interval": 3, "growth": 1}
+    assert parse_options("taylorseer", ["interval=3,cfg_reuse=1"]) == {"interval": 3, "cfg_reuse": 1}
     assert parse_options("chunkcache", ["threshold=2"]) == {"threshold": 2.0}
     with pytest.raises(ValueError, match="KEY one of interval, order, warmup, growth, cfg_reuse"):
         parse_options("taylorseer", ["threshold=3"])
@@ -239,3 +240,18 @@ def test_guide_sees_the_current_step_index():
     policy.seen = []
     _video(policy, chunks=2)
     assert policy.seen == list(range(STEPS)) * 2
+
+
+def test_generate_video_builds_the_policy_with_its_settings_and_refuses_an_uncalibrated_magcache(tmp_path):
+    from ca2vdm.checkpoint import save_weights
+    from ca2vdm.generate import GenerationOptions, generate_video
+
+    model = random_model(num_classes=3)
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 8, "cfg_scale": 1.0}})
+    opts = GenerationOptions(chunks=2, label=1, step_cache="taylorseer", step_cache_options={"interval": 3})
+    stats = generate_video(checkpoint, tmp_path / "out.mp4", opts)
+    assert [c["model_evals"] for c in stats["chunks"]] == [len(schedule(8, 3, 2))] * 2  # steps 0, 1, 4, 7
+    with pytest.raises(ValueError, match="no MagCache calibration"):
+        generate_video(checkpoint, tmp_path / "out2.mp4", GenerationOptions(chunks=1, step_cache="magcache"))
+    assert not (tmp_path / "out2.mp4").exists()

@@ -31,13 +31,14 @@ def option_defaults(name: str) -> dict[str, float | int]:
 
 
 def parse_options(name: str, pairs: list[str]) -> dict[str, float | int]:
-    """``["threshold=0.2", "max_skip=2"]`` -> typed options of policy ``name``; ValueError naming the fix."""
+    """``["threshold=0.2", "max_skip=2"]`` (or ``["threshold=0.2,max_skip=2"]``) -> typed options of policy
+    ``name``; ValueError naming the fix."""
     if name == "none":
         if pairs:
             raise ValueError("--step-cache-opt needs a --step-cache policy (it is none)")
         return {}
     defaults, options = option_defaults(name), {}
-    for pair in pairs:
+    for pair in (item for group in pairs for item in group.split(",")):
         key, sep, value = pair.partition("=")
         if not sep or key not in defaults:
             raise ValueError(f"--step-cache-opt {pair!r}: expected KEY=VALUE with KEY one of "
