@@ -187,6 +187,7 @@ def plot(rows: list[dict], path: Path) -> None:
     print(f"wrote {path}")
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -201,7 +202,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.drift_chunks and args.drift_chunks <= DRIFT_FIRST + DRIFT_LAST:
         p.error(f"--drift-chunks must exceed {DRIFT_FIRST + DRIFT_LAST} (first {DRIFT_FIRST} vs last {DRIFT_LAST})")
-    torch.set_grad_enabled(False)
     model, meta = load_model(args.checkpoint)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
