@@ -163,6 +163,9 @@ def curve(row: dict) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Speed-up and evaluations saved against mean chunk PSNR, one curve per policy."""
+    if all(r["policy"] == "none" for r in rows):
+        print("no policy rows: no plot")
+        return
     try:
         import matplotlib
     except ImportError:

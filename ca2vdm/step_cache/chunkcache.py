@@ -83,7 +83,7 @@ class ChunkCache(StepCache):
 
     name, options = "chunkcache", ("threshold", "warmup", "calibrate", "momentum", "cfg_reuse")
 
-    def __init__(self, threshold: float = 0.5, warmup: int = 2, calibrate: int = 1, momentum: float = 0.5,
+    def __init__(self, threshold: float = 1.0, warmup: int = 2, calibrate: int = 1, momentum: float = 0.5,
                  cfg_reuse: int = 1):
         super().__init__()
         if threshold < 0 or warmup < 1 or calibrate < 1 or not 0 <= momentum <= 1 or cfg_reuse not in (0, 1):
