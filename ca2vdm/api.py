@@ -100,12 +100,14 @@ class Pipeline:
                    dtype: torch.dtype | None = None, steps: int | None = None, shift: float | None = None,
                    cfg_scale: float | None = None, cond_noise: float | None = None, cache: str = "kv",
                    step_cache: str | StepCache | None = "none", teacache_thresh: float = 0.1,
-                   codec_path: str | None = None) -> Pipeline:
+                   step_cache_options: dict | None = None, codec_path: str | None = None) -> Pipeline:
         """A loaded checkpoint (``checkpoint.load_model``) with its codec and settings; see :func:`load_pipeline`."""
         codec = load_codec(metadata, checkpoint, codec_path, device)
         model = model.to(dtype or resolve_dtype(None, device))  # rotary tables and sampler state stay float32
         if isinstance(step_cache, str):
-            step_cache = build_step_cache(step_cache, teacache_thresh, metadata.get("teacache_coefficients"))
+            settings = {"threshold": teacache_thresh} if step_cache == "teacache" else {}
+            step_cache = build_step_cache(step_cache, metadata, str(checkpoint),
+                                          **{**settings, **(step_cache_options or {})})
         pipe = LongVideoPipeline.from_metadata(model, metadata, steps=steps, shift=shift, cfg_scale=cfg_scale,
                                                cond_noise=cond_noise, cache_mode=cache, step_cache=step_cache)
         return cls(pipe, codec, metadata)
@@ -179,20 +181,23 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
                   dtype: torch.dtype | None = None, steps: int | None = None, shift: float | None = None,
                   cfg_scale: float | None = None, cond_noise: float | None = None, cache: str = "kv",
                   step_cache: str | StepCache | None = "none", teacache_thresh: float = 0.1,
-                  codec_path: str | None = None) -> Pipeline:
+                  step_cache_options: dict | None = None, codec_path: str | None = None) -> Pipeline:
     """Load a checkpoint (weights ``.safetensors`` or a training checkpoint directory) as ``infer/long_video.py`` does.
 
     ``device``: None (or "auto") picks CUDA when there is one, else the CPU. ``dtype`` of the weights and KV cache:
     None is bfloat16 on CUDA and float32 on the CPU, as on the command line. The codec (pixels, or the autoencoder
     the checkpoint recorded, looked up beside it; ``codec_path`` replaces it) and the sampler settings (steps, shift,
     cfg_scale, cond_noise) come from the checkpoint; a keyword that is not None overrides one. ``cache``: kv | none |
-    full; ``step_cache``: none | teacache | fastercache | adacache, or a :class:`~ca2vdm.step_cache.StepCache`.
+    full; ``step_cache``: a name of ``ca2vdm.step_cache.POLICIES`` (none, teacache, magcache, taylorseer, chunkcache,
+    fastercache, adacache) with its settings in ``step_cache_options`` (e.g. ``{"interval": 2}``; TeaCache's
+    threshold also as ``teacache_thresh``), or a :class:`~ca2vdm.step_cache.StepCache`.
     """
     device = default_device() if device in (None, "auto") else torch.device(device)
     model, meta = load_model(path, device)
     return Pipeline.from_model(model, meta, path, device, dtype=dtype, steps=steps, shift=shift, cfg_scale=cfg_scale,
                                cond_noise=cond_noise, cache=cache, step_cache=step_cache,
-                               teacache_thresh=teacache_thresh, codec_path=codec_path)
+                               teacache_thresh=teacache_thresh, step_cache_options=step_cache_options,
+                               codec_path=codec_path)
 
 
 def write_video(chunks: Iterable[Chunk], path: str | os.PathLike, fps: int = 8, *, row: int = 0,

@@ -58,8 +58,9 @@ class GenerationOptions:
     first_frame: str | None = None  # image or video to continue
     device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
     dtype: str | None = None        # fp32 | bf16 | fp16 (weights, KV cache); None: bf16 on CUDA, fp32 on CPU
-    step_cache: str = "none"        # none | teacache | fastercache | adacache
+    step_cache: str = "none"        # none or a name of ca2vdm.step_cache.POLICIES
     teacache_thresh: float = 0.1
+    step_cache_options: dict = field(default_factory=dict)  # the policy's settings (step_cache.parse_options)
     fps: int = 8
     preview: bool = False
     verbose: bool = False
@@ -171,7 +172,8 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     model, meta = load_model(checkpoint, device)
     pipe = Pipeline.from_model(model, meta, checkpoint, device, steps=opts.steps, shift=opts.shift,
                                cfg_scale=opts.cfg_scale, cache=opts.cache, step_cache=opts.step_cache,
-                               teacache_thresh=opts.teacache_thresh, codec_path=opts.codec_path, dtype=dtype)
+                               teacache_thresh=opts.teacache_thresh, step_cache_options=opts.step_cache_options,
+                               codec_path=opts.codec_path, dtype=dtype)
     check_label(opts.label, model.cfg.num_classes)
     poll = stop.check if stop is not None else lambda: None
     settings = pipe.settings

@@ -261,5 +261,6 @@ class LongVideoPipeline:
             return velocity(1, "cond")
         both = lambda: velocity(2, "cond+uncond").chunk(2)  # noqa: E731
         if policy is not None:
-            return policy.guide(both, lambda: velocity(1, "cond"), self.cfg_scale)
+            with policy.step("cond+uncond", index, self.steps, branches=2):  # guide() decides for this step
+                return policy.guide(both, lambda: velocity(1, "cond"), self.cfg_scale)
         return guidance(*both(), self.cfg_scale)

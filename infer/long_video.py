@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from ca2vdm.checkpoint import CheckpointError  # noqa: E402
 from ca2vdm.precision import DTYPES  # noqa: E402
-from ca2vdm.step_cache import POLICIES  # noqa: E402
+from ca2vdm.step_cache import POLICIES, parse_options  # noqa: E402
 from ca2vdm.generate import (DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME, GenerationOptions, StopSignals,  # noqa: E402
                               Stopped, generate_video)
 
@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip denoising passes inside each chunk (see README 'Step caching')")
     p.add_argument("--teacache-thresh", type=float, default=0.1,
                    help="TeaCache threshold on the accumulated rescaled change (0 = compute every step)")
+    p.add_argument("--step-cache-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="settings of the --step-cache policy, repeatable or comma-separated (e.g. "
+                        "interval=2,growth=1; see docs/step-caching.md for each policy's settings)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="precision of the weights and the KV cache (rotary phases and softmax statistics stay fp32); "
@@ -71,7 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write per-chunk timings and model evaluations to this JSON file (replaced if it exists)")
     p.add_argument("--preview", action="store_true", help="also write a contact sheet PNG beside the mp4")
     p.add_argument("--verbose", action="store_true", help="a progress bar per denoising step too")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.step_cache_options = parse_options(args.step_cache, args.step_cache_opt)
+    except ValueError as e:
+        p.error(str(e))
+    return args
 
 
 def main(argv=None) -> None:
@@ -80,6 +88,7 @@ def main(argv=None) -> None:
                              cfg_scale=args.cfg_scale, label=args.label, cache=args.cache,
                              first_frame=args.first_frame, device=args.device, dtype=args.dtype,
                              step_cache=args.step_cache, teacache_thresh=args.teacache_thresh, fps=args.fps,
+                             step_cache_options=args.step_cache_options,
                              preview=args.preview, verbose=args.verbose, stats=args.stats, codec_path=args.codec_path,
                              overwrite=args.overwrite or args.out is None)
     with StopSignals() as stop:

@@ -1,13 +1,27 @@
-"""Step-caching policies head to head on one checkpoint: evaluations, speed-up and quality vs the full video.
+"""Step-caching policies head to head on one checkpoint: evaluations saved, speed-up and per-chunk quality.
 
-    python scripts/bench_step_cache.py                      # shipped checkpoint, 20 chunks
-    python scripts/bench_step_cache.py --chunks 5 --out-dir /tmp/bench
+    OMP_NUM_THREADS=1 python scripts/bench_step_cache.py --chunks 9 --out-dir outputs/bench
+    OMP_NUM_THREADS=1 python scripts/bench_step_cache.py --chunks 9 --drift-chunks 200   # + free-running drift
 
-For every policy setting the same video (seed, label) is generated; block-stack evaluations and wall time are
-compared with the run without a policy, and PSNR / SSIM with its frames. Because a chunk conditions on the ones
-before, a small error early moves the whole rest of the video; ``chunk PSNR`` therefore also reports each chunk
-sampled from the reference's own context (capped at 100 dB), the error of the step cache itself. Writes
-``step_cache.json`` and ``step_cache.png`` (speed-up vs PSNR) to ``--out-dir`` and prints a table.
+Every policy setting samples the same chunks (model, seed, label) **teacher-forced**: each chunk is denoised from
+the reference video's own context and noise (the reference: no policy), so its PSNR against the reference chunk is
+the error of the step cache itself, not the divergence that autoregression compounds (a free-running video moves
+away after 2-3 chunks whatever the policy). Per setting: ``eval_ratio`` = block-stack evaluations (per guidance
+branch, commit passes excluded) of the reference / of the setting; ``speedup`` = the reference's wall time of the
+denoising (all steps of all chunks) / the setting's, the reference re-run in lockstep (chunk by chunk, alternating)
+so that both see the same load from other jobs; ``chunk_speedup`` the same for whole chunks (with the one commit
+pass per chunk that writes the KV cache); ``cpu_speedup`` / ``chunk_cpu_speedup`` with process CPU time instead
+(immune to other jobs; run with OMP_NUM_THREADS=1 so that it means time); ``chunk_psnr_mean`` / ``chunk_psnr_min``
+over the chunks (capped at 100 dB).
+
+``--drift-chunks N`` also generates an N-chunk free-running video without a policy and with each policy's best
+setting (the most evaluations saved at mean chunk PSNR >= 35 dB and worst chunk >= 30 dB) and compares the
+statistics (brightness, contrast, sharpness, motion) of its last 50 chunks against its first 10, policy on vs off;
+as the yardstick of how much two rollouts differ anyway, the same for the video without a policy at the next seed.
+
+Writes ``step_cache.json`` (after every setting, so an interrupted run keeps what it measured), then
+``step_cache.png`` (speed-up and evaluations saved vs mean chunk PSNR, one curve per policy; skipped with a
+message without matplotlib), and prints a table.
 """
 import argparse
 import copy
@@ -22,98 +36,209 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ca2vdm.checkpoint import load_model  # noqa: E402
 from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
-from ca2vdm.metrics import psnr, ssim  # noqa: E402
+from ca2vdm.metrics import motion, psnr, sharpness, to_frames  # noqa: E402
 from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
 from ca2vdm.plotting import plot_or_skip  # noqa: E402
-from ca2vdm.step_cache import AdaCache, FasterCache, TeaCache  # noqa: E402
-from ca2vdm.step_cache.teacache import IDENTITY  # noqa: E402
+from ca2vdm.step_cache import AdaCache, build_step_cache  # noqa: E402
+
+GOAL_MEAN, GOAL_MIN = 35.0, 30.0  # dB: mean and worst chunk PSNR a setting must keep to count as "good"
+DRIFT_FIRST, DRIFT_LAST = 10, 50  # chunks compared by --drift-chunks
 
 
-def settings(coefficients) -> list[tuple[str, str, object]]:
-    """(policy, setting, factory) for every configuration compared."""
-    rows = [("none", "-", lambda: None)]
-    rows += [("teacache", f"thresh={t}", lambda t=t: TeaCache(t, coefficients)) for t in (0.05, 0.1, 0.2, 0.3, 0.5)]
-    rows += [("fastercache", f"cfg_every={k}", lambda k=k: FasterCache(cfg_every=k)) for k in (2, 3, 5)]
-    rows += [("adacache", "default codebook", lambda: AdaCache()),
-             ("adacache", "aggressive", lambda: AdaCache(codebook=((0.1, 4), (0.2, 3), (0.4, 2),
-                                                                  (float("inf"), 1))))]
+def settings() -> list[tuple[str, str, dict]]:
+    """(policy, setting label, options for build_step_cache) of every configuration compared."""
+    rows = [("none", "-", {})]
+    rows += [("teacache", f"threshold={t}", {"threshold": t}) for t in (0.1, 0.2, 0.3, 0.5)]
+    rows += [("fastercache", f"cfg_every={k}", {"cfg_every": k}) for k in (2, 3)]
+    rows += [("adacache", "default codebook", {}), ("adacache", "aggressive", {"aggressive": True})]
+    rows += [("magcache", f"threshold={t}", {"threshold": t}) for t in (0.06, 0.12, 0.25, 0.5)]
+    rows += [("magcache", "threshold=0.5,retention=0.1", {"threshold": 0.5, "retention": 0.1})]
+    rows += [("taylorseer", f"interval={n},order={m}", {"interval": n, "order": m})
+             for n, m in ((2, 1), (3, 1), (4, 1), (5, 1), (4, 2))]
+    rows += [("taylorseer", "interval=2,growth=1", {"interval": 2, "growth": 1}),
+             ("taylorseer", "interval=2,growth=1,cfg_reuse=1", {"interval": 2, "growth": 1, "cfg_reuse": 1}),
+             ("taylorseer", "interval=3,growth=1,cfg_reuse=1", {"interval": 3, "growth": 1, "cfg_reuse": 1})]
+    rows += [("chunkcache", f"threshold={t}", {"threshold": t}) for t in (0.7, 1.0, 1.5, 2.5)]
+    rows += [("chunkcache", "threshold=1.0,cfg_reuse=0", {"threshold": 1.0, "cfg_reuse": 0})]
     return rows
 
 
-def run(model, meta, policy, args) -> tuple[torch.Tensor, int, int, float]:
+def make_policy(policy: str, options: dict, meta: dict, checkpoint: str):
+    """A fresh policy object (None for ``none``)."""
+    if options.get("aggressive"):
+        return AdaCache(codebook=((0.1, 4), (0.2, 3), (0.4, 2), (float("inf"), 1)))
+    return build_step_cache(policy, meta, checkpoint, **options)
+
+
+def timed_chunk(pipe: LongVideoPipeline, state, commit: torch.Tensor | None) -> tuple:
+    """One chunk; (result, [denoising wall s, whole chunk wall s, denoising CPU s, whole chunk CPU s]). The
+    denoising ends at the last step's velocity; the whole chunk adds the Euler update and the commit pass."""
+    marks = []
+    tic, cpu = time.perf_counter(), time.process_time()
+    result = pipe.next_chunk(state, on_step=lambda i: marks.append((time.perf_counter(), time.process_time())),
+                             commit_frames=commit)
+    toc, cpu_end = time.perf_counter(), time.process_time()
+    return result, [marks[-1][0] - tic, toc - tic, marks[-1][1] - cpu, cpu_end - cpu]
+
+
+def free_running(model, meta, policy, chunks: int, label, seed: int) -> list[torch.Tensor]:
+    """The frames of a free-running video, chunk by chunk."""
     pipe = LongVideoPipeline.from_metadata(model, meta, step_cache=policy)
-    tic = time.perf_counter()
-    chunks = list(pipe.generate(args.chunks, label=args.label, seed=args.seed))
-    seconds = time.perf_counter() - tic
+    frames = [c.frames for c in pipe.generate(chunks, label=label, seed=seed)]
     model.disable_cache()
-    video = torch.cat([c.frames for c in chunks], dim=2)[0]  # (C, T, H, W)
-    return video, sum(c.model_evals for c in chunks), sum(c.skipped_evals for c in chunks), seconds
+    return frames
 
 
-def shared_context_psnr(model, meta, policy, args) -> float:
-    """Mean per-chunk PSNR when every chunk is sampled from the reference video's context (teacher forcing): the
-    step cache's own error, without the divergence that autoregression compounds."""
-    reference_model = copy.deepcopy(model)
+def lockstep(model, reference_model, meta, policy, truth: list[torch.Tensor], label, seed: int) -> dict:
+    """The policy's chunks, each committing the reference's chunk (teacher forcing), timed in lockstep with the
+    reference (no policy, on its own copy of the model) re-run chunk by chunk, so both see the same load."""
     reference = LongVideoPipeline.from_metadata(reference_model, meta)
     cached = LongVideoPipeline.from_metadata(model, meta, step_cache=policy)
-    ref_state, state = reference.start(label=args.label, seed=args.seed), cached.start(label=args.label, seed=args.seed)
-    scores = []
-    for _ in range(args.chunks):
-        truth = reference.next_chunk(ref_state).frames
-        scores.append(psnr(cached.next_chunk(state, commit_frames=truth).frames, truth))
+    ref_state, state = reference.start(label=label, seed=seed), cached.start(label=label, seed=seed)
+    out = {"frames": [], "times": [], "ref_times": [], "evals": 0, "skipped": 0, "ref_evals": 0}
+    for commit in truth:
+        ref_result, ref_times = timed_chunk(reference, ref_state, None)
+        result, times = timed_chunk(cached, state, commit)
+        out["frames"].append(result.frames)
+        out["times"].append(times)
+        out["ref_times"].append(ref_times)
+        out["evals"] += result.model_evals
+        out["skipped"] += result.skipped_evals
+        out["ref_evals"] += ref_result.model_evals
     model.disable_cache()
-    return sum(min(s, 100.0) for s in scores) / len(scores)
+    return out
+
+
+def ratio(run: dict, column: int) -> float:
+    """Reference time / policy time summed over the chunks, for one timing column of :func:`timed_chunk`."""
+    return sum(t[column] for t in run["ref_times"]) / sum(t[column] for t in run["times"])
+
+
+def video_stats(frames: list[torch.Tensor]) -> dict:
+    """Brightness, contrast, sharpness and motion of the last DRIFT_LAST chunks relative to the first DRIFT_FIRST
+    full-length chunks of a free-running video (frames: (B, C, L, H, W) per chunk)."""
+    chunks = [f[0] for f in frames if f.shape[2] == max(g.shape[2] for g in frames)]  # (C, L, H, W) each
+
+    def stats(group: list[torch.Tensor]) -> dict:
+        video = torch.cat(group, dim=1)
+        pixels = to_frames(video)
+        return {"brightness": pixels.mean().item(), "contrast": pixels.std().item(), "sharpness": sharpness(video),
+                "motion": motion(video)}
+
+    first, last = stats(chunks[:DRIFT_FIRST]), stats(chunks[-DRIFT_LAST:])
+    return {key: last[key] / first[key] for key in first}
+
+
+def best_settings(rows: list[dict]) -> dict[str, dict]:
+    """Per policy, the setting with the most evaluations saved that meets the quality goals."""
+    best = {}
+    for row in rows:
+        good = row["chunk_psnr_mean"] >= GOAL_MEAN and row["chunk_psnr_min"] >= GOAL_MIN
+        if row["policy"] != "none" and good and row["eval_ratio"] > best.get(row["policy"], {}).get("eval_ratio", 0):
+            best[row["policy"]] = row
+    return best
+
+
+def drift(model, meta, rows: list[dict], options: dict, args) -> dict:
+    """Free-running ``args.drift_chunks`` chunks without a policy and with each policy's best setting."""
+    result = {"off": video_stats(free_running(model, meta, None, args.drift_chunks, args.label, args.seed))}
+    # how far two policy-free rollouts already differ: the same video with the next seed
+    other = video_stats(free_running(model, meta, None, args.drift_chunks, args.label, args.seed + 1))
+    result["off_next_seed"] = {"last_vs_first": other, "vs_off": {k: other[k] / result["off"][k] for k in other}}
+    print(f"drift without a policy, seed {args.seed + 1} / seed {args.seed}: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in result["off_next_seed"]["vs_off"].items()), flush=True)
+    for policy, row in best_settings(rows).items():
+        made = make_policy(policy, options[(policy, row["setting"])], meta, args.checkpoint)
+        stats = video_stats(free_running(model, meta, made, args.drift_chunks, args.label, args.seed))
+        result[policy] = {"setting": row["setting"], "last_vs_first": stats,
+                          "vs_off": {k: stats[k] / result["off"][k] for k in stats}}
+        print(f"drift {policy} ({row['setting']}): last {DRIFT_LAST} vs first {DRIFT_FIRST} chunks, policy on / off: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in result[policy]["vs_off"].items()), flush=True)
+    return result
+
+
+def curve(row: dict) -> str:
+    """The plot's curve for a row: its policy; TaylorSeer with our growing intervals apart from the paper's."""
+    return row["policy"] + (" (growth)" if "growth=" in row["setting"] else "")
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib.pyplot as plt
+    """Speed-up and evaluations saved against mean chunk PSNR, one curve per policy."""
+    if all(r["policy"] == "none" for r in rows):
+        print("no policy rows: no plot")
+        return
+    import matplotlib.pyplot as plt  # called through plot_or_skip: matplotlib is there, with the Agg backend
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
-    for ax, key, title in ((axes[0], "psnr", "whole video vs full (free-running)"),
-                           (axes[1], "chunk_psnr_shared_context", "per chunk, shared context")):
-        for policy in dict.fromkeys(r["policy"] for r in rows if r["policy"] != "none"):
-            pts = [r for r in rows if r["policy"] == policy]
-            ax.plot([r["speedup"] for r in pts], [min(r[key], 60) for r in pts], "o-", label=policy)
-        ax.axhline(30, color="gray", lw=0.8, ls="--")
-        ax.set(xlabel="wall-clock speed-up vs no policy (x)", ylabel="PSNR (dB, capped at 60)", title=title)
-    axes[0].legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in ((axes[0], "speedup", "wall-clock speed-up vs no policy (x)"),
+                           (axes[1], "eval_ratio", "block-stack evaluations saved (x fewer)")):
+        for name in dict.fromkeys(curve(r) for r in rows if r["policy"] != "none"):
+            pts = sorted((r for r in rows if curve(r) == name), key=lambda r: r[key])
+            ax.plot([r[key] for r in pts], [min(r["chunk_psnr_mean"], 60) for r in pts], "o-", label=name)
+        ax.axhline(GOAL_MEAN, color="gray", lw=0.8, ls="--")
+        ax.axvline(3.0 if key == "eval_ratio" else 2.5, color="gray", lw=0.8, ls=":")
+        ax.set(xlabel=label, title="teacher-forced chunks vs no policy")
+    axes[0].set_ylabel("mean chunk PSNR (dB, capped at 60)")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
-def main() -> None:
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--chunks", type=int, default=20)
+    p.add_argument("--chunks", type=int, default=9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, default=0, help="class label; guidance (and so FasterCache) needs one")
+    p.add_argument("--drift-chunks", type=int, default=0,
+                   help=f"also compare a free-running video of this many chunks (> {DRIFT_FIRST + DRIFT_LAST}) with "
+                        "each policy's best setting on and off (0: skip; 200 takes long)")
+    p.add_argument("--policies", nargs="*", default=None, help="only these policies (default: all)")
     p.add_argument("--out-dir", default="outputs/bench")
-    args = p.parse_args()
-    torch.set_grad_enabled(False)
+    args = p.parse_args(argv)
+    if args.drift_chunks and args.drift_chunks <= DRIFT_FIRST + DRIFT_LAST:
+        p.error(f"--drift-chunks must exceed {DRIFT_FIRST + DRIFT_LAST} (first {DRIFT_FIRST} vs last {DRIFT_LAST})")
     model, meta = load_model(args.checkpoint)
-    coefficients = meta.get("teacache_coefficients") or IDENTITY
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run(model, meta, None, argparse.Namespace(**{**vars(args), "chunks": 1}))  # warm-up, not timed
-    rows, reference = [], None
-    print(f"{'policy':12} {'setting':18} {'evals':>6} {'skipped':>7} {'evals x':>7} {'speed x':>7} {'PSNR':>6} "
-          f"{'SSIM':>6} {'chunk PSNR':>10}")
-    for policy, setting, factory in settings(coefficients):
-        video, evals, skipped, seconds = run(model, meta, factory(), args)
-        if reference is None:
-            reference = (video, evals, seconds)
-        row = {"policy": policy, "setting": setting, "model_evals": evals, "skipped_evals": skipped,
-               "seconds": seconds, "eval_ratio": reference[1] / evals, "speedup": reference[2] / seconds,
-               "psnr": psnr(video, reference[0]), "ssim": ssim(video, reference[0]),
-               "chunk_psnr_shared_context": shared_context_psnr(model, meta, factory(), args)}
-        rows.append(row)
-        print(f"{policy:12} {setting:18} {evals:6d} {skipped:7d} {row['eval_ratio']:7.2f} {row['speedup']:7.2f} "
-              f"{row['psnr']:6.1f} {row['ssim']:6.3f} {row['chunk_psnr_shared_context']:10.1f}", flush=True)
+    json_path = out_dir / "step_cache.json"
+    free_running(model, meta, None, 1, args.label, args.seed)  # warm-up, not timed
+    truth = free_running(model, meta, None, args.chunks, args.label, args.seed)
+    reference_model = copy.deepcopy(model)
     result = {"checkpoint": args.checkpoint, "chunks": args.chunks, "seed": args.seed, "label": args.label,
-              "teacache_coefficients": coefficients, "torch_threads": torch.get_num_threads(), "rows": rows}
-    (out_dir / "step_cache.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    drawn = plot_or_skip(plot, rows, path=out_dir / "step_cache.png")
-    print(f"wrote {out_dir / 'step_cache.json'}" + (f" and {out_dir / 'step_cache.png'}" if drawn else ""))
+              "steps": LongVideoPipeline.from_metadata(model, meta).steps,
+              "torch_threads": torch.get_num_threads(), "rows": []}
+    options = {}
+    print(f"{'policy':11} {'setting':31} {'evals':>5} {'evals x':>7} {'speed x':>7} {'cpu x':>6} {'chunk x':>7} "
+          f"{'PSNR mean':>9} {'PSNR min':>8}")
+    for policy, setting, opts in settings():
+        if args.policies and policy not in args.policies and policy != "none":
+            continue
+        try:
+            made = make_policy(policy, opts, meta, args.checkpoint)
+        except ValueError as e:
+            print(f"{policy:11} skipped: {e}")
+            continue
+        options[(policy, setting)] = opts
+        run = lockstep(model, reference_model, meta, made, truth, args.label, args.seed)
+        scores = [min(psnr(a, b), 100.0) for a, b in zip(run["frames"], truth)]
+        row = {"policy": policy, "setting": setting, "model_evals": run["evals"], "skipped_evals": run["skipped"],
+               "eval_ratio": run["ref_evals"] / run["evals"], "speedup": ratio(run, 0), "chunk_speedup": ratio(run, 1),
+               "cpu_speedup": ratio(run, 2), "chunk_cpu_speedup": ratio(run, 3),
+               "chunk_psnr_mean": sum(scores) / len(scores), "chunk_psnr_min": min(scores), "chunk_psnr": scores,
+               "seconds": sum(t[1] for t in run["times"])}
+        result["rows"].append(row)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"{policy:11} {setting:31} {run['evals']:5d} {row['eval_ratio']:7.2f} {row['speedup']:7.2f} "
+              f"{row['cpu_speedup']:6.2f} {row['chunk_speedup']:7.2f} {row['chunk_psnr_mean']:9.1f} "
+              f"{row['chunk_psnr_min']:8.1f}", flush=True)
+    if args.drift_chunks:
+        result["drift"] = {"chunks": args.drift_chunks, **drift(model, meta, result["rows"], options, args)}
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    plot_or_skip(plot, result["rows"], path=out_dir / "step_cache.png")
 
 
 if __name__ == "__main__":

@@ -105,3 +105,33 @@ def test_sampler_setting_is_steps_colon_shift():
     assert sampler_drift.setting("16:3") == (16, 3.0)
     with pytest.raises(argparse.ArgumentTypeError, match="steps:shift"):
         sampler_drift.setting("16")
+
+
+_STEP_CACHE_SPEC = importlib.util.spec_from_file_location(
+    "bench_step_cache", Path(__file__).resolve().parents[1] / "scripts" / "bench_step_cache.py")
+step_cache_bench = importlib.util.module_from_spec(_STEP_CACHE_SPEC)
+_STEP_CACHE_SPEC.loader.exec_module(step_cache_bench)
+
+
+def test_step_cache_bench_writes_its_rows_without_matplotlib(tmp_path, monkeypatch, capsys):
+    """Teacher-forced rows with today's keys and the new ones; a missing matplotlib skips only the plot."""
+    import sys
+
+    from ca2vdm.checkpoint import save_weights
+
+    model = random_model(num_classes=3)
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 8, "cfg_scale": 2.0}})
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    step_cache_bench.main(["--checkpoint", str(checkpoint), "--chunks", "2", "--policies", "taylorseer",
+                           "--out-dir", str(tmp_path / "out")])
+    rows = json.loads((tmp_path / "out" / "step_cache.json").read_text())["rows"]
+    assert "skipped the plot" in capsys.readouterr().out and not (tmp_path / "out" / "step_cache.png").exists()
+    assert {r["policy"] for r in rows} == {"none", "taylorseer"}
+    for row in rows:
+        assert {"policy", "setting", "eval_ratio", "speedup", "chunk_psnr_mean", "chunk_psnr_min"} <= set(row)
+        assert row["chunk_psnr_min"] <= row["chunk_psnr_mean"] <= 100
+    none = rows[0]
+    assert none["eval_ratio"] == 1 and none["chunk_psnr_min"] == 100  # no policy: the reference itself
+    growth = next(r for r in rows if r["setting"] == "interval=2,growth=1,cfg_reuse=1")
+    assert growth["eval_ratio"] == pytest.approx(2 * 8 * 2 / (2 * (2 * 5 - 1)))  # steps 0,1,3,6,7; 3 cond only

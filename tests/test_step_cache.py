@@ -88,7 +88,7 @@ def test_recorder_and_polynomial_fit():
     _video(recorder, chunks=2)
     assert len(recorder.pairs) == 2 * (6 - 1)  # 2 chunks x 5 step-to-step changes (branches batched)
     assert all(a > 0 and b > 0 for a, b in recorder.pairs)
-    xs = np.linspace(0.01, 0.5, 40)
+    xs = np.linspace(0.01, 0.5, 60)
     coefficients, r2 = fit_polynomial(list(zip(xs, 3 * xs ** 2 + 0.1 * xs)), degree=4)
     assert r2 > 0.999 and np.allclose(np.polyval(coefficients, 0.3), 3 * 0.09 + 0.03, atol=1e-6)
 

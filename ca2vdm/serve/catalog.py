@@ -7,7 +7,7 @@ from pathlib import Path
 from ..api import Pipeline, load_pipeline
 from ..config import ModelConfig
 from ..generate import GenerationOptions, resolve_device
-from ..step_cache import POLICIES
+from ..step_cache import POLICIES, option_defaults
 
 FPS = GenerationOptions.fps  # the video's frame rate: the command line's default
 
@@ -59,6 +59,6 @@ def load_catalog(paths: list[str | Path], device: str) -> dict[str, Offered]:
 
 
 def step_cache_choices() -> dict[str, dict[str, float | int]]:
-    """The step-caching policies of the registry, each with the settings a page may give and their defaults (today
-    TeaCache's threshold, as ``--teacache-thresh``)."""
-    return {name: {"threshold": GenerationOptions.teacache_thresh} if name == "teacache" else {} for name in POLICIES}
+    """The step-caching policies of the registry, each with the settings a page may give (``--step-cache-opt``) and
+    their defaults."""
+    return {name: {} if name == "none" else option_defaults(name) for name in POLICIES}

@@ -38,9 +38,7 @@ def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int 
     contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first.
     """
     shared = offered.pipe
-    settings = {"teacache_thresh": step_cache_options["threshold"]} if "threshold" in step_cache_options else {}
-    policy = build_step_cache(step_cache, teacache_coefficients=shared.metadata.get("teacache_coefficients"),
-                              **settings)
+    policy = build_step_cache(step_cache, shared.metadata, str(offered.path), **step_cache_options)
     pipe = Pipeline(LongVideoPipeline.from_metadata(shared.model, shared.metadata, step_cache=policy), shared.codec,
                     shared.metadata)
     given = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import StackFn, StepCache, noisy, relative_l1
+from .registry import register
 
 # (upper bound of the regularised change rate, steps until the next computation); the last bound is +inf.
 DEFAULT_CODEBOOK = ((0.03, 4), (0.06, 3), (0.12, 2), (float("inf"), 1))
@@ -25,8 +26,11 @@ def motion(residual: torch.Tensor) -> torch.Tensor:
     return relative_l1(residual[:, 1:], residual[:, :-1])
 
 
+@register
 class AdaCache(StepCache):
     """Adaptive residual reuse: the more the residual changes (and the more motion), the sooner it is recomputed."""
+
+    name, options = "adacache", ("motion_weight", "growth_weight")
 
     def __init__(self, codebook: tuple[tuple[float, int], ...] = DEFAULT_CODEBOOK, motion_weight: float = 1.0,
                  growth_weight: float = 1.0):

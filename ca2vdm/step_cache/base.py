@@ -37,7 +37,19 @@ def relative_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class StepCache:
-    """Base policy: computes every step. Subclasses override :meth:`run_stack` (and maybe :meth:`guide`)."""
+    """Base policy: computes every step. Subclasses override :meth:`run_stack` (and maybe :meth:`guide`).
+
+    A policy offered by ``--step-cache`` names itself (``name``), lists the constructor arguments a user may set
+    (``options``, each a number) and registers itself with :func:`ca2vdm.step_cache.registry.register`.
+    """
+
+    name = "none"
+    options: tuple[str, ...] = ()
+
+    @classmethod
+    def from_checkpoint(cls, metadata: dict, checkpoint: str, **options) -> "StepCache":
+        """The policy for a checkpoint (its metadata may hold a calibration); ``options`` as in ``options``."""
+        return cls(**options)
 
     def __init__(self):
         self.model: nn.Module | None = None
@@ -93,6 +105,22 @@ class StepCache:
               scale: float) -> torch.Tensor:
         """Classifier-free guidance: ``both()`` runs the two branches batched, ``cond()`` the conditional only."""
         return guidance(*both(), scale)
+
+    def guide_reusing_uncond(self, both: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                             cond: Callable[[], torch.Tensor], scale: float, cond_only: bool,
+                             keep: bool) -> torch.Tensor:
+        """Guidance that may skip the unconditional branch (FasterCache's CFG-Cache without the frequency split):
+        with ``cond_only`` (and a kept difference), run the conditional branch alone and take ``v_uncond = v_cond +
+        kept``; otherwise run both and, with ``keep``, keep ``v_uncond - v_cond`` for the next such step."""
+        kept = self.state["kept uncond - cond"]
+        if cond_only and "bias" in kept:
+            v_cond = cond()
+            self.skipped += 1  # the unconditional evaluation that did not run
+            return guidance(v_cond, v_cond + kept["bias"], scale)
+        v_cond, v_uncond = both()
+        if keep:
+            kept["bias"] = v_uncond - v_cond
+        return guidance(v_cond, v_uncond, scale)
 
     @property
     def branch_state(self) -> dict:

@@ -15,6 +15,7 @@ import torch
 
 from ..diffusion import guidance
 from .base import StepCache
+from .registry import register
 
 
 def low_frequency_mask(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -35,8 +36,11 @@ def from_spectrum(spectrum: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real
 
 
+@register
 class FasterCache(StepCache):
     """CFG-Cache and attention-output reuse; ``cfg_every=1`` and ``reuse_from=1`` turn both off."""
+
+    name, options = "fastercache", ("cfg_every", "cfg_warmup", "low_boost", "high_boost", "reuse_from")
 
     def __init__(self, cfg_every: int = 3, cfg_warmup: int = 2, low_boost: float = 0.0, high_boost: float = 0.0,
                  reuse_from: float = 0.5):

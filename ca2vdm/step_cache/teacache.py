@@ -9,16 +9,35 @@ and last steps are always computed. Rescaled changes are clamped at 0, so ``thre
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from .base import StackFn, StepCache, noisy, relative_l1
+from .registry import register
 
 IDENTITY = (0.0, 0.0, 0.0, 1.0, 0.0)  # poly(d) = d: used when a checkpoint has no calibration
+PAIRS_PER_COEFFICIENT = 10  # fewer (input, output change) pairs per fitted coefficient than this: warn
 
 
+@register
 class TeaCache(StepCache):
     """Training-free step skipping on the accumulated, rescaled change of the modulated input."""
+
+    name, options = "teacache", ("threshold",)
+
+    @classmethod
+    def from_checkpoint(cls, metadata: dict, checkpoint: str, **options) -> "TeaCache":
+        """TeaCache with the checkpoint's fitted polynomial; without one, the identity, and a warning that says
+        how to calibrate."""
+        coefficients = metadata.get("teacache_coefficients")
+        if coefficients is None:
+            warnings.warn(f"{checkpoint} has no TeaCache calibration, so --step-cache teacache rescales with the "
+                          "generic poly(d) = d and its threshold means little; calibrate once with: python "
+                          f"scripts/calibrate_teacache.py --checkpoint {checkpoint}", stacklevel=2)
+            coefficients = IDENTITY
+        return cls(coefficients=tuple(coefficients), **options)
 
     def __init__(self, threshold: float = 0.1, coefficients: tuple[float, ...] = IDENTITY):
         super().__init__()
@@ -70,7 +89,12 @@ class TeaCacheRecorder(StepCache):
 
 
 def fit_polynomial(pairs: list[tuple[float, float]], degree: int = 4) -> tuple[list[float], float]:
-    """Least-squares polynomial mapping input change to output change; returns (coefficients, R^2)."""
+    """Least-squares polynomial mapping input change to output change; returns (coefficients, R^2). Warns when
+    there are fewer than ``PAIRS_PER_COEFFICIENT`` pairs per coefficient (the fit then chases noise)."""
+    if len(pairs) < PAIRS_PER_COEFFICIENT * (degree + 1):
+        warnings.warn(f"fitting a degree-{degree} polynomial from only {len(pairs)} (input, output change) pairs: the "
+                      f"coefficients are unreliable; sample more (at least {PAIRS_PER_COEFFICIENT * (degree + 1)} "
+                      "pairs: raise --seeds or --chunks) or lower --degree", stacklevel=2)
     x, y = np.array(pairs).T
     coefficients = np.polyfit(x, y, degree)
     residual = y - np.polyval(coefficients, x)
