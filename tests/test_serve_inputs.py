@@ -23,7 +23,8 @@ BAD_STARTS = [
     ({"seed": -4}, "seed must be in 0 .. 2**64 - 1, got -4"),
     ({"seed": 2 ** 64}, "seed must be in 0 .. 2**64 - 1"),
     ({"seed": "abc"}, "seed must be a whole number, got 'abc'"),
-    ({"step_cache": "warp"}, "unknown step cache 'warp'; choose one of: none, teacache"),
+    ({"step_cache": "warp"}, "unknown step cache 'warp'; choose one of: none, adacache, chunkcache, fastercache, "
+                             "magcache, taylorseer, teacache"),
     ({"step_cache": "teacache", "step_cache_options": {"threshold": -0.1}}, "threshold must be a number >= 0"),
     ({"step_cache": "teacache", "step_cache_options": {"threshold": "high"}}, "threshold must be a number >= 0"),
     ({"step_cache_options": {"threshold": 0.2}}, "step cache none has no setting 'threshold'; its settings: (none)"),
