@@ -19,7 +19,7 @@ from test_generate import CHUNK, checkpoint, cli  # noqa: F401 (checkpoint is a 
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENT_DEMO = ROOT / "checkpoints" / "latent-demo.safetensors"
-SNIPPET_FILES = [ROOT / "docs" / "api.md"]  # documents whose "Python API" section must run as shown
+SNIPPET_FILES = [ROOT / "docs" / "api.md", ROOT / "README.md"]  # documents whose "Python API" section must run as shown
 
 
 @pytest.fixture

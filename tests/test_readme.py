@@ -1,0 +1,92 @@
+"""The README is the front page: short, the two set-up commands first, and every command in it runs.
+
+Each command of the README's ```bash blocks is run here, in order, in a scratch folder laid out like the checkout,
+with tiny settings (one chunk, two training steps); the set-up and test commands are what CI runs (``.ci/run``), and
+commands that need several processes or a server are run by the tests named in ``ELSEWHERE``.
+"""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SETUP = "bash scripts/setup.sh"
+TEST = ".venv/bin/python -m pytest -q tests"
+# command prefix -> (test file that runs it, what that file must contain to run the same thing)
+ELSEWHERE = {
+    "accelerate launch --multi_gpu --num_processes 2 train/train.py": ("test_parallelize.py", "train.fsdp=true"),
+    "accelerate launch --multi_gpu --num_processes 2 infer/long_video.py": ("test_multi_video.py", "--num-videos"),
+    ".venv/bin/python infer/serve.py": ("test_serve_browser.py", "infer/serve.py"),
+}
+# tiny settings per tool, appended or replacing the README's
+TINY_TRAIN = ["model.name=tiny", "model.num_classes=3", "train.batch_size=2", "train.log_every=1", "train.save_every=1",
+              "train.warmup_steps=1", "data.clips_per_video=2", "--no-progress"]
+
+
+def readme_commands(text: str) -> list[str]:
+    """Every command of the ```bash blocks, continuation lines joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" # ")[0].strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def test_readme_is_a_front_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 180, "README.md is the front page: at most 180 lines (the rest goes to docs/)"
+    first = readme_commands(text)[:2]
+    assert first[0].startswith(f"{SETUP} && .venv/bin/python infer/long_video.py"), first
+    assert first[1] == f"{SETUP} && {TEST}", first
+    ci = (ROOT / ".ci/run").read_text()
+    assert SETUP in ci and TEST in ci, "CI must run the README's test command"
+    for link in re.findall(r"\]\(((?:docs|checkpoints)/[^)#]+)", text):
+        assert (ROOT / link).exists(), f"README links to a missing file: {link}"
+
+
+def _tiny(argv: list[str], trained: int) -> list[str]:
+    """The README's command with tiny settings: one chunk, two denoising steps, a few training steps."""
+    script = argv[0]
+    if script == "infer/long_video.py":
+        argv = [a for a in argv if a != "--preview"]
+        if "--chunks" in argv:
+            argv[argv.index("--chunks") + 1] = "1"
+        argv += ["--chunks", "1", "--steps", "2"] if "--chunks" not in argv else ["--steps", "2"]
+    elif script == "scripts/make_synthetic_videos.py":
+        argv += ["--num-videos", "6", "--frames", "24"]
+    elif script == "train/train.py":
+        argv += TINY_TRAIN + [f"train.max_steps={trained + 1}"]
+    return argv
+
+
+def test_every_readme_command_runs(tmp_path):
+    for name in ("ca2vdm", "checkpoints", "configs", "infer", "scripts", "train"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    trained = 0
+    ran = []
+    for command in readme_commands(README.read_text()):
+        if command.startswith(f"{SETUP} && "):  # CI runs the set-up (and the test command) itself
+            command = command.split(" && ", 1)[1]
+            if command == TEST:
+                continue
+        prefix = next((p for p in ELSEWHERE if command.startswith(p)), None)
+        if prefix:
+            test_file, needle = ELSEWHERE[prefix]
+            assert needle in (ROOT / "tests" / test_file).read_text(), (command, test_file)
+            continue
+        argv = shlex.split(command)
+        assert argv[0] == ".venv/bin/python", f"README commands run the set-up's interpreter: {command}"
+        argv = _tiny(argv[1:], trained)
+        if argv[0] == "infer/long_video.py" and "--checkpoint" in argv:  # the README's step: the newest checkpoint
+            i = argv.index("--checkpoint") + 1
+            runs = sorted((tmp_path / Path(argv[i]).parent).glob("step_*"))
+            argv[i] = str(runs[-1])
+        result = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        trained += argv[0] == "train/train.py"
+        ran.append(argv[0])
+    assert {"infer/long_video.py", "train/train.py", "scripts/make_synthetic_videos.py"} <= set(ran), ran
