@@ -28,14 +28,15 @@ from tqdm import tqdm
 
 from .checkpoint import load_model, weights_file
 from .codec import Codec, CodecError, build_codec
+from .compile import warm_up
 from .config import ModelConfig
+from .output_paths import VIDEO_NAME, check_paths, output_path, preview_path  # noqa: F401 (VIDEO_NAME: the CLI's)
 from .pipeline import ChunkResult, GenerationState, LongVideoPipeline
 from .step_cache import build_step_cache
-from .video_io import VideoWriter, check_input_file, save_contact_sheet, stream_video, to_uint8
+from .video_io import VideoWriter, save_contact_sheet, stream_video, to_uint8
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
 DEFAULT_OUT = Path("outputs") / "long_video.mp4"  # the CLI's scratch output, replaced by every run
-VIDEO_NAME = "long_video.mp4"  # the file written into an output directory
 PREVIEW_CHUNKS = 20     # chunks shown in the contact sheet, evenly spaced
 PREVIEW_PIXELS = 128    # thumbnails are upscaled (nearest, by a whole factor) to about this size to be visible
 SEED_MAX = 2 ** 64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
@@ -61,6 +62,7 @@ class GenerationOptions:
     overwrite: bool = False         # replace an existing output video (and its contact sheet)
     stats: str | None = None        # JSON file for the stats (replaced if it exists)
     codec_path: str | None = None   # the autoencoder's folder, when not where the checkpoint recorded it
+    compile: bool = False           # compile the blocks once per process (ca2vdm.compile); seconds in the stats
 
 
 class Stopped(KeyboardInterrupt):
@@ -146,64 +148,6 @@ def check_label(label: int | None, num_classes: int) -> None:
                          "(omit --label for an unconditional video)")
 
 
-def output_path(out: str | Path) -> Path:
-    """The video file ``out`` names: a trailing slash or an existing directory means ``VIDEO_NAME`` inside it."""
-    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
-        return Path(out) / VIDEO_NAME
-    return Path(out)
-
-
-def preview_path(out: Path) -> Path:
-    """The contact sheet written beside the video ``out``."""
-    return out.with_suffix(".png")
-
-
-def check_paths(checkpoint: str | Path, out: Path, opts: GenerationOptions) -> None:
-    """Refuse, before any work, a --first-frame that is not a file and outputs that would destroy something: the
-    checkpoint (or a file in a checkpoint directory), the input, a device or pipe, each other, or (without
-    ``opts.overwrite``) an existing video or contact sheet."""
-    if opts.first_frame:
-        try:
-            check_input_file(opts.first_frame)
-        except ValueError as e:
-            raise ValueError(f"--first-frame: {e}") from None
-    outputs = {"--out": out, "the --preview sheet": preview_path(out) if opts.preview else None,
-               "--stats": Path(opts.stats) if opts.stats else None}
-    outputs = {what: path for what, path in outputs.items() if path is not None}
-    for what, path in outputs.items():
-        _check_output(what, path, Path(checkpoint), opts.first_frame)
-    seen: dict[Path, str] = {}
-    for what, path in outputs.items():
-        other = seen.setdefault(path.resolve(), what)
-        if other != what:
-            hint = " (the --preview sheet is --out with the suffix .png)" if "preview" in what + other else ""
-            raise ValueError(f"{what} {path} is the same file as {other}; give each its own path{hint}")
-    for what in ("--out", "the --preview sheet"):
-        if what in outputs and outputs[what].exists() and not opts.overwrite:
-            raise ValueError(f"{what} {outputs[what]} already exists; pass --overwrite to replace it, or choose "
-                             "another --out")
-
-
-def _check_output(what: str, path: Path, checkpoint: Path, first_frame: str | None) -> None:
-    """An output must be (or become) a regular file that is neither the checkpoint nor the input."""
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a directory; choose a file path")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{what} {path} exists and is not a regular file (a device, pipe or socket); choose a "
-                         "file path")
-    if checkpoint.is_dir() and path.resolve().is_relative_to(checkpoint.resolve()):
-        raise ValueError(f"{what} {path} is inside the checkpoint directory {checkpoint}; write it elsewhere")
-    if _same_file(path, checkpoint):
-        raise ValueError(f"{what} {path} is the checkpoint (--checkpoint); writing it would destroy the weights: "
-                         "choose another path")
-    if first_frame and _same_file(path, Path(first_frame)):
-        raise ValueError(f"{what} {path} is the --first-frame input; choose another path")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return a.exists() and b.exists() and os.path.samefile(a, b)
-
-
 def _reach(cfg: ModelConfig) -> int:
     """How many frames back a given frame can still influence the next chunk (see :func:`conditioning_start`)."""
     return cfg.max_context_frames + (cfg.depth - 1) * (cfg.max_context_frames + cfg.chunk_frames - 1)
@@ -256,9 +200,9 @@ def model_input(codec: Codec, pixels: torch.Tensor) -> torch.Tensor:
     return codec.encode(pixels[None])
 
 
-def model_output(codec: Codec, frames: torch.Tensor) -> np.ndarray:
-    """A chunk's (1, C, L, h, w) frames -> (L, H, W, 3) uint8 for the video: the one place where frames leave it."""
-    return to_uint8(codec.decode(frames.float())[0])
+def model_output(codec: Codec, frames: torch.Tensor) -> list[np.ndarray]:
+    """A chunk's (B, C, L, h, w) frames -> per video (L, H, W, 3) uint8: the one place where frames leave the model."""
+    return [to_uint8(video) for video in codec.decode(frames.float())]
 
 
 def peak_rss_mb() -> float:
@@ -267,13 +211,11 @@ def peak_rss_mb() -> float:
 
 @dataclass
 class _Output:
-    """What one generate_video call writes: the video, thumbnails for the contact sheet, the stats."""
+    """What is written for one video: the file, thumbnails for the contact sheet, the stats."""
     path: Path
     writer: VideoWriter
-    codec: Codec                    # frames leave the model (and given frames enter it) through this
     stats: dict
     preview: list[np.ndarray] = field(default_factory=list)
-    tic: float = field(default_factory=time.perf_counter)
 
 
 def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOptions,
@@ -286,9 +228,26 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     options and paths; on a stop (``stop``, or KeyboardInterrupt) raises :class:`Stopped` after keeping the
     finished chunks.
     """
-    check_options(opts)
     out = output_path(out)
+    check_options(opts)
     check_paths(checkpoint, out, opts)
+    pipe, codec, compile_seconds = load_pipeline(checkpoint, opts)
+    try:
+        stats = generate_batch(pipe, codec, {opts.seed: out}, opts, stop,
+                               {"checkpoint": str(checkpoint), "compile_seconds": compile_seconds})[0]
+    except Stopped as stopped:
+        if stopped.stats and opts.stats:
+            write_stats(stopped.stats[0], opts.stats)
+        raise Stopped(stopped.signum, stopped.stats[0] if stopped.stats else None) from None
+    if opts.stats:
+        write_stats(stats, opts.stats)
+    return stats
+
+
+def load_pipeline(checkpoint: str | Path, opts: GenerationOptions, batch: int = 1) -> tuple[LongVideoPipeline, Codec,
+                                                                                          float | None]:
+    """The pipeline and codec ``opts`` ask for; with ``opts.compile`` the blocks are compiled now, for ``batch``
+    videos at a time (their seconds are returned, else None)."""
     device = resolve_device(opts.device)
     model, meta = load_model(checkpoint, device)
     codec = load_codec(meta, checkpoint, opts.codec_path, device)
@@ -297,46 +256,67 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
         model = model.to(torch.bfloat16)
     step_cache = build_step_cache(opts.step_cache, opts.teacache_thresh, meta.get("teacache_coefficients"))
     pipe = LongVideoPipeline.from_metadata(model, meta, steps=opts.steps, shift=opts.shift, cfg_scale=opts.cfg_scale,
-                                           cache_mode=opts.cache, step_cache=step_cache)
+                                           cache_mode=opts.cache, step_cache=step_cache, compile=opts.compile)
+    return pipe, codec, warm_up(pipe, batch, opts.label) if opts.compile else None
+
+
+def generate_batch(pipe: LongVideoPipeline, codec: Codec, outs: dict[int, Path], opts: GenerationOptions,
+                   stop: StopSignals | None = None, extra_stats: dict | None = None) -> list[dict]:
+    """Generate one video per seed of ``outs`` (seed -> mp4 path, already checked), all in one batch; return their
+    stats (each starting with ``extra_stats``). Each video's noise comes from its own seed's generator, so it equals
+    the video generated alone. On a stop, raises :class:`Stopped` whose ``stats`` lists the videos' stats after
+    keeping their finished chunks (None: nothing was finished)."""
     poll = stop.check if stop is not None else lambda: None
-    stats = {"checkpoint": str(checkpoint), "video": str(out), "chunks": [], "frames": 0, "cache": opts.cache,
-             "steps": pipe.steps, "shift": pipe.shift, "cfg_scale": pipe.cfg_scale, "step_cache": opts.step_cache}
-    output = _Output(out, VideoWriter(out, fps=opts.fps), codec, stats)
+    device = pipe.model.x_embedder.weight.device
+    outputs = []
+    for seed, path in outs.items():
+        stats = {**(extra_stats or {}), "video": str(path), "seed": seed, "chunks": [], "frames": 0,
+                 "cache": opts.cache, "steps": pipe.steps, "shift": pipe.shift, "cfg_scale": pipe.cfg_scale,
+                 "step_cache": opts.step_cache}
+        outputs.append(_Output(path, VideoWriter(path, fps=opts.fps), stats))
+    tic = time.perf_counter()
     try:
-        state = _first_frames(pipe, opts, output, poll)
-        _chunks(pipe, state, opts, output, poll)
+        state = _first_frames(pipe, opts, list(outs), codec, outputs, poll)
+        _chunks(pipe, state, opts, codec, outputs, poll)
     except KeyboardInterrupt:
         signum = getattr(stop, "signum", None) or signal.SIGINT  # a plain KeyboardInterrupt: Ctrl-C
-        if not stats["chunks"]:
-            output.writer.abort()
+        if not outputs[0].stats["chunks"]:
+            for output in outputs:
+                output.writer.abort()
             raise Stopped(signum, None) from None
-        stats["stopped_by"] = signal.Signals(signum).name
-        raise Stopped(signum, _finish(output, opts, model.cfg, device)) from None
+        for output in outputs:
+            output.stats["stopped_by"] = signal.Signals(signum).name
+        raise Stopped(signum, [_finish(output, opts, pipe.model.cfg, device, tic) for output in outputs]) from None
     except BaseException:
-        output.writer.abort()
+        for output in outputs:
+            output.writer.abort()
         raise
-    return _finish(output, opts, model.cfg, device)
+    return [_finish(output, opts, pipe.model.cfg, device, tic) for output in outputs]
 
 
-def _first_frames(pipe: LongVideoPipeline, opts: GenerationOptions, output: _Output,
-                  poll: Callable[[], None]) -> GenerationState:
-    """Start the video with the given image or video (streamed) or, for a first-frame-chunk model, a frame it draws."""
+def _first_frames(pipe: LongVideoPipeline, opts: GenerationOptions, seeds: list[int], codec: Codec,
+                  outputs: list[_Output], poll: Callable[[], None]) -> GenerationState:
+    """Start the videos with the given image or video (streamed) or, for a first-frame-chunk model, a frame it
+    draws."""
     if opts.first_frame:
-        kept, frames_before = _copy_given(pipe, opts.first_frame, output, poll)
-        output.preview.append(to_uint8(kept[:, -2 * pipe.model.cfg.chunk_frames:]))  # one row of the contact sheet
-        return pipe.start(label=opts.label, seed=opts.seed, first_frames=model_input(output.codec, kept),
-                          frames_before=frames_before)
-    state = pipe.start(label=opts.label, seed=opts.seed)
+        kept, frames_before = _copy_given(pipe, opts.first_frame, codec, outputs, poll)
+        for output in outputs:
+            output.preview.append(to_uint8(kept[:, -2 * pipe.model.cfg.chunk_frames:]))  # a contact sheet row
+        first = model_input(codec, kept)  # (1, C, T, h, w)
+        return pipe.start(batch=len(seeds), label=opts.label, seed=seeds, frames_before=frames_before,
+                          first_frames=first.expand(len(seeds), *first.shape[1:]))
+    state = pipe.start(batch=len(seeds), label=opts.label, seed=seeds)
     if pipe.model.cfg.first_frame_chunk:  # the model draws the first frame itself
-        image = model_output(output.codec, pipe.next_chunk(state, on_step=lambda i: poll()).frames)
-        output.writer.write(image)
-        output.preview.append(image)
+        images = model_output(codec, pipe.next_chunk(state, on_step=lambda i: poll()).frames)
+        for output, image in zip(outputs, images):
+            output.writer.write(image)
+            output.preview.append(image)
     return state
 
 
-def _copy_given(pipe: LongVideoPipeline, path: str, output: _Output,
+def _copy_given(pipe: LongVideoPipeline, path: str, codec: Codec, outputs: list[_Output],
                 poll: Callable[[], None]) -> tuple[torch.Tensor, int]:
-    """Stream a given image or video into the output at the model's resolution, holding only the frames that can
+    """Stream a given image or video into the outputs at the model's resolution, holding only the frames that can
     still influence the next chunk; return those (3, T, H, W), the attention sinks first, and how many frames came
     before the others."""
     cfg = pipe.model.cfg
@@ -344,9 +324,10 @@ def _copy_given(pipe: LongVideoPipeline, path: str, output: _Output,
     kept: deque[torch.Tensor] = deque(maxlen=None if pipe.cache_mode == "full" else most)
     sinks: list[torch.Tensor] = []
     total = 0
-    for pixels in stream_video(path, size=pixel_size(pipe, output.codec)):  # (3, T, H, W) batches
+    for pixels in stream_video(path, size=pixel_size(pipe, codec)):  # (3, T, H, W) batches
         poll()
-        output.writer.write(to_uint8(pixels))
+        for output in outputs:
+            output.writer.write(to_uint8(pixels))
         frames = pixels.unbind(1)
         sinks += frames[:cfg.sink_frames - len(sinks)]
         kept.extend(frames)
@@ -355,20 +336,22 @@ def _copy_given(pipe: LongVideoPipeline, path: str, output: _Output,
     return torch.stack((sinks if start else []) + list(kept)[start - total:], dim=1), start
 
 
-def _chunks(pipe: LongVideoPipeline, state: GenerationState, opts: GenerationOptions, output: _Output,
-            poll: Callable[[], None]) -> None:
-    """Generate the chunks, writing each to the video as soon as it is denoised."""
+def _chunks(pipe: LongVideoPipeline, state: GenerationState, opts: GenerationOptions, codec: Codec,
+            outputs: list[_Output], poll: Callable[[], None]) -> None:
+    """Generate the chunks, writing each to the videos as soon as it is denoised."""
     keep_every = math.ceil(opts.chunks / PREVIEW_CHUNKS)
     with tqdm(total=opts.chunks, desc="chunks", unit="chunk", dynamic_ncols=True) as progress:
         for index in range(opts.chunks):
             tic = time.perf_counter()
             chunk = _denoise(pipe, state, index, opts.verbose, poll)
-            frames = model_output(output.codec, chunk.frames)
-            output.writer.write(frames)
-            output.stats["chunks"].append({"index": index, "seconds": time.perf_counter() - tic,
-                                           "model_evals": chunk.model_evals, "skipped_evals": chunk.skipped_evals})
-            if opts.preview and index % keep_every == 0:
-                output.preview.append(frames)
+            videos = model_output(codec, chunk.frames)
+            seconds = time.perf_counter() - tic
+            for output, frames in zip(outputs, videos):
+                output.writer.write(frames)
+                output.stats["chunks"].append({"index": index, "seconds": seconds, "model_evals": chunk.model_evals,
+                                               "skipped_evals": chunk.skipped_evals})
+                if opts.preview and index % keep_every == 0:
+                    output.preview.append(frames)
             progress.update(1)
 
 
@@ -383,12 +366,12 @@ def _denoise(pipe: LongVideoPipeline, state: GenerationState, index: int, verbos
         return pipe.next_chunk(state, on_step=on_step)
 
 
-def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: torch.device) -> dict:
-    """Close the video (moving it into place), then write the contact sheet and the stats; return the stats."""
+def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: torch.device, tic: float) -> dict:
+    """Close the video (moving it into place), then write the contact sheet; return the stats."""
     stats = output.stats
     stats["frames"] = output.writer.frames_written
     output.writer.close()
-    stats["seconds"] = time.perf_counter() - output.tic
+    stats["seconds"] = time.perf_counter() - tic
     stats["peak_rss_mb"] = peak_rss_mb()
     if device.type == "cuda":
         stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -397,8 +380,6 @@ def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: 
         sheet = np.concatenate(output.preview).repeat(scale, axis=1).repeat(scale, axis=2)
         save_contact_sheet(sheet, preview_path(output.path), frames_per_row=2 * cfg.chunk_frames)
         stats["preview"] = str(preview_path(output.path))
-    if opts.stats:
-        write_stats(stats, opts.stats)
     return stats
 
 
