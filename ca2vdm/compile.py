@@ -25,12 +25,14 @@ import torch
 from .model import CausalVideoDiT
 
 
-def compile_blocks(model: CausalVideoDiT) -> CausalVideoDiT:
-    """Compile every transformer block of ``model`` in place (idempotent); returns the model."""
+def compile_blocks(model: CausalVideoDiT, backend: str = "inductor") -> CausalVideoDiT:
+    """Compile every transformer block of ``model`` in place with ``backend`` (inductor; ``aot_eager`` traces the
+    same graphs without code generation, for quick checks of graph breaks and guards); idempotent; returns the
+    model."""
     torch._dynamo.config.allow_unspec_int_on_nn_module = True  # one set of graphs for all blocks (block index)
     for block in model.stack.blocks:
         if getattr(block, "_compiled_call_impl", None) is None:
-            block.compile()
+            block.compile(backend=backend)
     return model
 
 
