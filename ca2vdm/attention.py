@@ -18,30 +18,50 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+from . import flex
 
 try:  # optional dependency: pip install ca2vdm[flash]
     from flash_attn import flash_attn_func
 except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_func = None
 
-BACKENDS = ("auto", "sdpa", "flash")
+BACKENDS = ("auto", "sdpa", "flash", "flex")
 
 
-def resolve_backend(name: str, device: torch.device | str) -> str:
-    """Map a configured backend ('auto' | 'sdpa' | 'flash') to the kernel actually used on ``device``."""
+def resolve_backend(name: str, device: torch.device | str, training: bool = False) -> str:
+    """Map a configured backend ('auto' | 'sdpa' | 'flash' | 'flex') to the kernel actually used on ``device``.
+
+    'auto': FlexAttention block masks when training on CUDA (the masked passes); otherwise flash-attn when installed
+    and on CUDA, else SDPA. Unmasked calls (spatial attention, every cached pass) never need a mask kernel: with
+    'flex' they take SDPA. ``training``: gradients will flow (a training step, not a no-grad pass).
+    """
     if name not in BACKENDS:
         raise ValueError(f"attention_backend must be one of {BACKENDS}, got {name!r}")
     on_cuda = torch.device(device).type == "cuda"
     if name == "flash" and (flash_attn_func is None or not on_cuda):
         raise ValueError("attention_backend='flash' needs flash-attn installed (pip install ca2vdm[flash]) and a "
                          "CUDA device; use 'auto' to fall back to PyTorch SDPA")
+    if name == "flex" and training and not on_cuda:
+        raise ValueError("attention_backend='flex' trains on CUDA only (torch's FlexAttention has no backward pass "
+                         "on CPU); use 'auto' or 'sdpa' to train on the CPU")
     if name == "auto":
+        if on_cuda and training:
+            return "flex"
         return "flash" if flash_attn_func is not None and on_cuda else "sdpa"
     return name
+
+
+def kernel_mask(build: Callable[[torch.device | str], torch.Tensor], backend: str,
+                device: torch.device | str) -> torch.Tensor | flex.BlockMask:
+    """The (Lq, Lk) bool mask ``build(device)`` makes, in the form ``backend``'s kernel takes: for 'flex' a cached
+    FlexAttention block mask (built on the CPU, where its content is the cache key), else the tensor on ``device``."""
+    return flex.block_mask(build("cpu"), device) if backend == "flex" else build(device)
 
 
 # On CPU, SDPA's kernel pays a large fixed cost per sequence: for the temporal attention of a cached chunk (512
@@ -50,13 +70,17 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
 CPU_MATMUL_MAX_KEYS = 32
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | flex.BlockMask | None = None,
               backend: str = "sdpa") -> torch.Tensor:
-    """Softmax attention. q: (N, Lq, H, Dh); k, v: (N, Lk, H, Dh); mask: bool (Lq, Lk), True = attend.
+    """Softmax attention. q: (N, Lq, H, Dh); k, v: (N, Lk, H, Dh); mask: bool (Lq, Lk), True = attend, or a
+    FlexAttention block mask (:func:`kernel_mask`). Softmax statistics are float32 at every input precision.
 
     flash-attn takes no arbitrary mask and only half precision, so masked or fp32 calls use SDPA; short key
-    sequences on CPU use :func:`matmul_attention`.
+    sequences on CPU use :func:`matmul_attention`. Unmasked calls let SDPA pick its flash / cuDNN /
+    memory-efficient kernels on CUDA.
     """
+    if isinstance(mask, flex.BlockMask):
+        return flex.attention(q, k, v, mask)
     if backend == "flash" and mask is None and q.dtype in (torch.float16, torch.bfloat16):
         return flash_attn_func(q, k, v)
     if q.device.type == "cpu" and k.shape[1] <= CPU_MATMUL_MAX_KEYS:
@@ -70,14 +94,15 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """The same attention as two batched matmuls with the heads folded into the batch (shapes as :func:`attention`).
 
     The softmax is written out: torch's softmax over a short last dimension is slower on CPU than its three ops.
+    Scores, maximum and sum are float32 for half-precision inputs too (as in the fused kernels).
     """
     N, Lq, H, Dh = q.shape
     q, k, v = (rearrange(a, "n l h d -> (n h) l d") for a in (q, k, v))
-    scores = torch.bmm(q, k.transpose(1, 2)) * Dh ** -0.5  # (N*H, Lq, Lk)
+    scores = torch.bmm(q.float(), k.float().transpose(1, 2)) * Dh ** -0.5  # (N*H, Lq, Lk) float32
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = (scores - scores.amax(-1, keepdim=True)).exp()
-    out = torch.bmm(weights / weights.sum(-1, keepdim=True), v)  # (N*H, Lq, Dh)
+    out = torch.bmm((weights / weights.sum(-1, keepdim=True)).to(v.dtype), v)  # (N*H, Lq, Dh)
     return rearrange(out, "(n h) l d -> n l h d", h=H)
 
 

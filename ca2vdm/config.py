@@ -33,7 +33,7 @@ class ModelConfig:
     max_context_frames: int = 5     # conditioning frames kept in the KV cache (training clip = this + a chunk)
     prefix_frames: int = 0          # prefix-enhanced spatial attention over the last k conditioning frames; 0 = off
     sink_frames: int = 0            # attention sinks: the video's first k frames are never evicted; 0 = off
-    attention_backend: str = "auto"  # auto | sdpa | flash
+    attention_backend: str = "auto"  # auto (flex to train on CUDA, else flash or sdpa) | sdpa | flash | flex
 
     @property
     def clip_frames(self) -> int:
@@ -54,6 +54,9 @@ MODEL_CONFIGS: dict[str, dict] = {
                   max_context_frames=25, prefix_frames=3),
     "base": dict(resolution=128, patch_size=4, hidden_size=768, depth=12, num_heads=12, chunk_frames=8,
                  max_context_frames=25, prefix_frames=3),
+    # Ca2-VDM's published scale (CausalSTDiT2-XL/2): SD-VAE latents of 256x256 frames (4 x 32 x 32), 256 tokens a frame
+    "ca2vdm-xl": dict(in_channels=4, resolution=32, patch_size=2, hidden_size=1152, depth=28, num_heads=16,
+                      chunk_frames=8, max_context_frames=25, prefix_frames=3),
 }
 
 
@@ -171,8 +174,8 @@ def validate_model(m: ModelConfig) -> ModelConfig:
         layout = "1 + n * chunk_frames" if m.first_frame_chunk else "n * chunk_frames"
         problems.append(f"model.sink_frames={m.sink_frames} must be 0 (off) or whole chunks, {layout}, below "
                         f"model.max_context_frames={m.max_context_frames}")
-    if m.attention_backend not in ("auto", "sdpa", "flash"):
-        problems.append(f"model.attention_backend={m.attention_backend!r} must be auto, sdpa or flash")
+    if m.attention_backend not in ("auto", "sdpa", "flash", "flex"):
+        problems.append(f"model.attention_backend={m.attention_backend!r} must be auto, sdpa, flash or flex")
     if problems:
         raise ConfigError("invalid model config: " + "; ".join(problems))
     return m

@@ -32,6 +32,7 @@ from .compile import warm_up
 from .config import ModelConfig
 from .output_paths import VIDEO_NAME, check_paths, output_path, preview_path  # noqa: F401 (VIDEO_NAME: the CLI's)
 from .pipeline import ChunkResult, GenerationState, LongVideoPipeline
+from .precision import dtype_name, resolve_dtype
 from .step_cache import build_step_cache
 from .video_io import VideoWriter, save_contact_sheet, stream_video, to_uint8
 
@@ -53,7 +54,8 @@ class GenerationOptions:
     label: int | None = None
     cache: str = "kv"               # kv | none (recompute the window at every step) | full
     first_frame: str | None = None  # image or video to continue
-    device: str = "cpu"
+    device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
+    dtype: str | None = None        # fp32 | bf16 | fp16 (weights, KV cache); None: bf16 on CUDA, fp32 on CPU
     step_cache: str = "none"        # none | teacache | fastercache | adacache
     teacache_thresh: float = 0.1
     fps: int = 8
@@ -106,13 +108,16 @@ class StopSignals:
 
 
 def resolve_device(name: str) -> torch.device:
-    """cpu, cuda or cuda:N as a torch device; a clear error for anything else and for CUDA where there is none."""
+    """auto (CUDA when present), cpu, cuda or cuda:N as a torch device; a clear error for anything else and for CUDA
+    where there is none."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
-        raise ValueError(f"--device {name}: not supported; use cpu, cuda or cuda:N")
+        raise ValueError(f"--device {name}: not supported; use cpu, cuda or cuda:N (or auto)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
@@ -132,6 +137,7 @@ def check_options(opts: GenerationOptions) -> None:
         raise ValueError(f"--cfg-scale must be a finite number, got {opts.cfg_scale}")
     if not 0 <= opts.seed <= SEED_MAX:
         raise ValueError(f"--seed must be in 0 .. 2**64 - 1 ({SEED_MAX}), got {opts.seed}")
+    resolve_dtype(opts.dtype, "cpu")  # a bad name is refused before any work
     if not (math.isfinite(opts.teacache_thresh) and opts.teacache_thresh >= 0):
         raise ValueError(f"--teacache-thresh must be a finite number >= 0 (0 = compute every step), "
                          f"got {opts.teacache_thresh}")
@@ -249,11 +255,11 @@ def load_pipeline(checkpoint: str | Path, opts: GenerationOptions, batch: int = 
     """The pipeline and codec ``opts`` ask for; with ``opts.compile`` the blocks are compiled now, for ``batch``
     videos at a time (their seconds are returned, else None)."""
     device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
     model, meta = load_model(checkpoint, device)
     codec = load_codec(meta, checkpoint, opts.codec_path, device)
     check_label(opts.label, model.cfg.num_classes)
-    if device.type == "cuda":
-        model = model.to(torch.bfloat16)
+    model = model.to(dtype)  # weights and KV cache; rotary tables and softmax statistics stay float32
     step_cache = build_step_cache(opts.step_cache, opts.teacache_thresh, meta.get("teacache_coefficients"))
     pipe = LongVideoPipeline.from_metadata(model, meta, steps=opts.steps, shift=opts.shift, cfg_scale=opts.cfg_scale,
                                            cache_mode=opts.cache, step_cache=step_cache, compile=opts.compile)
@@ -272,7 +278,8 @@ def generate_batch(pipe: LongVideoPipeline, codec: Codec, outs: dict[int, Path],
     for seed, path in outs.items():
         stats = {**(extra_stats or {}), "video": str(path), "seed": seed, "chunks": [], "frames": 0,
                  "cache": opts.cache, "steps": pipe.steps, "shift": pipe.shift, "cfg_scale": pipe.cfg_scale,
-                 "step_cache": opts.step_cache}
+                 "step_cache": opts.step_cache, "device": str(device),
+                 "dtype": dtype_name(pipe.model.x_embedder.weight.dtype)}
         outputs.append(_Output(path, VideoWriter(path, fps=opts.fps), stats))
     tic = time.perf_counter()
     try:

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn as nn
 from einops import rearrange
 
-from .attention import (apply_rope, attention, block_causal_mask, chunk_spans, resolve_backend, rope_table,
-                        teacher_forcing_mask)
+from .attention import (apply_rope, attention, block_causal_mask, chunk_spans, kernel_mask, resolve_backend,
+                        rope_table, teacher_forcing_mask)
 from .config import ModelConfig, validate_model
+from .flex import BlockMask
 from .kv_cache import KVCache
 
 
@@ -46,7 +48,8 @@ class ForwardContext:
     """What every attention layer needs to know about the current forward pass."""
     cos: torch.Tensor                 # (T, Dh/2) rotary phase of each frame
     sin: torch.Tensor
-    mask: torch.Tensor | None         # (T, T) temporal mask (block-causal or teacher forcing); None with a KV cache
+    mask: torch.Tensor | BlockMask | None  # (T, T) temporal mask (block-causal or teacher forcing; a FlexAttention
+    #                                        block mask with backend flex); None with a KV cache: no mask at all
     cache: KVCache | None
     commit: bool                      # cached pass over a finished conditioning chunk
     num_cond_frames: int              # full-sequence pass: leading frames that are conditioning (clean)
@@ -249,6 +252,15 @@ class CausalVideoDiT(nn.Module):
         self.step_cache = None  # an attached ca2vdm.step_cache policy
         self.initialize_weights()
 
+    def _apply(self, fn, recurse: bool = True):
+        """Casts (``model.to(torch.bfloat16)``, ``.half()``) change weights and buffers, but the rotary tables are
+        rebuilt in float32 on the new device: temporal phases stay float32 at every precision."""
+        super()._apply(fn, recurse)
+        if self.rope_cos.device.type != "meta":
+            tables = rope_table(self.head_dim, self.cfg.rope_period)
+            self.rope_cos, self.rope_sin = (table.to(self.rope_cos.device) for table in tables)
+        return self
+
     def initialize_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -295,7 +307,8 @@ class CausalVideoDiT(nn.Module):
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch tokens (B, T, S, D) and per-frame condition (B, T, D)."""
         p = self.cfg.patch_size
-        tokens = self.x_embedder(rearrange(x, "b c t (h p) (w q) -> b t (h w) (p q c)", p=p, q=p)) + self.pos_embed
+        patches = rearrange(x, "b c t (h p) (w q) -> b t (h w) (p q c)", p=p, q=p).to(self.x_embedder.weight.dtype)
+        tokens = self.x_embedder(patches) + self.pos_embed
         c = self.t_embedder(t)  # (B, T, D)
         if self.y_embedder is not None:
             if y is None:
@@ -313,13 +326,19 @@ class CausalVideoDiT(nn.Module):
         if cache is not None:
             frame_offset = cache.frames_committed
         pos = torch.arange(frame_offset, frame_offset + num_frames, device=device) % cfg.rope_period
-        mask = None if cache is not None else block_causal_mask(frame_offset, num_frames, cfg.chunk_frames,
-                                                                  cfg.first_frame_chunk, device)
+        backend = self._backend(device)
+        mask = None if cache is not None else kernel_mask(
+            partial(block_causal_mask, frame_offset, num_frames, cfg.chunk_frames, cfg.first_frame_chunk), backend,
+            device)
         n_cond, n_prefix = num_cond_frames, cfg.prefix_frames
         spatial_prefix = ((n_cond, num_frames, max(0, n_cond - n_prefix), n_cond),) \
             if cache is None and n_prefix and 0 < n_cond < num_frames else ()
         return ForwardContext(self.rope_cos[pos], self.rope_sin[pos], mask, cache, commit, num_cond_frames,
-                              cfg.prefix_frames, resolve_backend(cfg.attention_backend, device), spatial_prefix)
+                              cfg.prefix_frames, backend, spatial_prefix)
+
+    def _backend(self, device: torch.device) -> str:
+        """The attention kernel of this pass (FlexAttention block masks by default when training on CUDA)."""
+        return resolve_backend(self.cfg.attention_backend, device, training=self.training and torch.is_grad_enabled())
 
     def _teacher_forcing_context(self, total_frames: int, device: torch.device, frame_offset: int,
                                  num_clean: int) -> ForwardContext:
@@ -336,11 +355,13 @@ class CausalVideoDiT(nn.Module):
                              f"i.e. from {spans[-1][0] if T >= 1 else 0} to {max(T, 0)} of them")
         local = torch.arange(frame_offset, frame_offset + T, device=device)
         pos = torch.cat([local[:num_clean], local]) % cfg.rope_period  # (Tc + T,): noisy i shares clean i's place
-        mask = teacher_forcing_mask(frame_offset, num_clean, T, cfg.chunk_frames, cfg.first_frame_chunk, device)
+        backend = self._backend(device)
+        mask = kernel_mask(partial(teacher_forcing_mask, frame_offset, num_clean, T, cfg.chunk_frames,
+                                   cfg.first_frame_chunk), backend, device)
         P = cfg.prefix_frames
         spatial_prefix = tuple((num_clean + s, num_clean + e, max(0, s - P), s) for s, e in spans if P and s > 0)
-        return ForwardContext(self.rope_cos[pos], self.rope_sin[pos], mask, None, False, num_clean, P,
-                              resolve_backend(cfg.attention_backend, device), spatial_prefix)
+        return ForwardContext(self.rope_cos[pos], self.rope_sin[pos], mask, None, False, num_clean, P, backend,
+                              spatial_prefix)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, commit: bool = False, frame_offset: int = 0,

@@ -6,7 +6,7 @@ own seed's generator, so it equals the video that seed gives alone, whatever the
 
 Under ``accelerate launch --multi_gpu --num_processes P`` (or ``torchrun --nproc_per_node P``) every process reads
 its rank from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), takes the seeds ``rank, rank + P, ...``
-and, with ``--device cuda``, the GPU ``cuda:LOCAL_RANK``. No process group is needed: the processes share nothing
+and, with ``--device cuda`` (or ``auto`` on a GPU machine), the GPU ``cuda:LOCAL_RANK``. No process group is needed: the processes share nothing
 but the output folder. Every mp4 is written atomically (a temporary file renamed into place when finished), so a
 process that fails or is stopped leaves every video already finished, its own and the others', intact. The stats
 (``--stats``) list one entry per video; with P > 1 each process writes its own file, ``<stats stem>.rank<r>.json``.
@@ -17,8 +17,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from .generate import (SEED_MAX, GenerationOptions, StopSignals, Stopped, check_options, check_paths,
-                       generate_batch, load_pipeline, output_path, write_stats)
+                       generate_batch, load_pipeline, output_path, resolve_device, write_stats)
 
 
 def process_share() -> tuple[int, int, int]:
@@ -55,7 +57,7 @@ def generate_videos(checkpoint: str | Path, out: str | Path, opts: GenerationOpt
     if opts.seed + num_videos - 1 > SEED_MAX:
         raise ValueError(f"--seed {opts.seed} with --num-videos {num_videos} passes the largest seed {SEED_MAX}")
     rank, world, local_rank = process_share()
-    if opts.device == "cuda" and world > 1:
+    if world > 1 and resolve_device(opts.device) == torch.device("cuda"):  # auto or cuda: this process's GPU
         opts = replace(opts, device=f"cuda:{local_rank}")
     stats_file = stats_path(opts.stats, rank, world) if opts.stats else None
     seeds = assigned_seeds(opts.seed, num_videos, rank, world)

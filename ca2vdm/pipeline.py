@@ -25,6 +25,10 @@ from .model import CausalVideoDiT
 from .step_cache import StepCache
 
 CACHE_MODES = ("kv", "none", "full")
+# The sampler's state (noise, the chunk being denoised, finished frames) stays float32 at every model precision: a
+# seed draws the same noise in fp32, bf16 and fp16, and the Euler steps add in float32. The model casts its input to
+# its weights' dtype (``CausalVideoDiT.embed``); the KV cache is in the weights' dtype.
+STATE_DTYPE = torch.float32
 
 
 @dataclass
@@ -133,13 +137,13 @@ class LongVideoPipeline:
         L = x.shape[2]
         if cond.cache is not None:
             cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
-            return self.model(x, torch.full((rows, L), t, device=x.device), labels, cache=cache)
+            return self.model(x, torch.full((rows, L), t, device=x.device), labels, cache=cache).to(STATE_DTYPE)
         ctx = torch.cat([_repeat_rows(f, groups) for f in cond.sinks + cond.context] + [x], dim=2)
         n = ctx.shape[2] - L
         t_frames = torch.zeros(rows, n + L, device=x.device)
         t_frames[:, n:] = t
         out = self.model(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n)
-        return out[:, :, n:]
+        return out[:, :, n:].to(STATE_DTYPE)
 
     def _chunk_lengths(self, frames_before: int, num_frames: int) -> list[int]:
         """Split ``num_frames`` frames starting at absolute index ``frames_before`` into model chunks."""
@@ -174,7 +178,7 @@ class LongVideoPipeline:
                               or frames_before < cfg.sink_frames):
             raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary, at least "
                              f"model.sink_frames={cfg.sink_frames} and a cache mode other than full")
-        device, dtype = self.model.x_embedder.weight.device, self.model.x_embedder.weight.dtype
+        device, dtype = self.model.x_embedder.weight.device, STATE_DTYPE
         if not isinstance(seed, int) and len(seed) != batch:
             raise ValueError(f"got {len(seed)} seeds for a batch of {batch} videos; give one seed or one per video")
         generator = (torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int)
@@ -206,7 +210,7 @@ class LongVideoPipeline:
         weight = self.model.x_embedder.weight
         L = self._chunk_lengths(state.frames, cfg.chunk_frames)[0]
         shape = (state.batch, cfg.in_channels, L, cfg.resolution, cfg.resolution)
-        noise = _randn(shape, state.generator, weight.device, weight.dtype)
+        noise = _randn(shape, state.generator, weight.device, STATE_DTYPE)
         if start_from is not None:
             noise = perturb(start_from.to(noise.dtype), noise, start_t)
         frames_before = state.frames

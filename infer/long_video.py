@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ca2vdm.checkpoint import CheckpointError  # noqa: E402
+from ca2vdm.precision import DTYPES  # noqa: E402
 from ca2vdm.step_cache import POLICIES  # noqa: E402
 from ca2vdm.generate import (DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME, GenerationOptions, StopSignals,  # noqa: E402
                               Stopped, generate_video)
@@ -65,7 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip denoising passes inside each chunk (see README 'Step caching')")
     p.add_argument("--teacache-thresh", type=float, default=0.1,
                    help="TeaCache threshold on the accumulated rescaled change (0 = compute every step)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="precision of the weights and the KV cache (rotary phases and softmax statistics stay fp32); "
+                        "default: bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--fps", type=positive_int, default=8, help="frame rate of the mp4")
     p.add_argument("--codec-path", default=None,
                    help="the autoencoder's save_pretrained folder, if not where the checkpoint recorded it")
@@ -88,7 +92,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     opts = GenerationOptions(chunks=args.chunks, seed=args.seed, steps=args.steps, shift=args.shift,
                              cfg_scale=args.cfg_scale, label=args.label, cache=args.cache,
-                             first_frame=args.first_frame, device=args.device,
+                             first_frame=args.first_frame, device=args.device, dtype=args.dtype,
                              step_cache=args.step_cache, teacache_thresh=args.teacache_thresh, fps=args.fps,
                              preview=args.preview, verbose=args.verbose, stats=args.stats, codec_path=args.codec_path,
                              overwrite=args.overwrite or args.out is None, compile=args.compile)

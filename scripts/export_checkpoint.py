@@ -14,13 +14,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ca2vdm.checkpoint import export_weights, read_metadata  # noqa: E402
-
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+from ca2vdm.precision import DTYPES  # noqa: E402
 
 
 def ship_autoencoder(src: str, dst: Path, directory: Path) -> dict:

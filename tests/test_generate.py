@@ -26,7 +26,7 @@ CLI_PATH = ROOT / "infer" / "long_video.py"
 CHUNK = 2  # tiny chunk_frames
 STEPS = 3  # the checkpoint's diffusion steps
 OPTIONS = ("--checkpoint", "--out", "--seed", "--steps", "--shift", "--chunks", "--first-frame", "--label",
-           "--cfg-scale", "--cache", "--device", "--fps", "--stats", "--preview", "--verbose")
+           "--cfg-scale", "--cache", "--device", "--dtype", "--fps", "--stats", "--preview", "--verbose")
 
 _spec = importlib.util.spec_from_file_location("long_video_cli", CLI_PATH)
 cli = importlib.util.module_from_spec(_spec)

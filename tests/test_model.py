@@ -96,3 +96,52 @@ def test_teacher_forcing_equals_full_pass_per_chunk(first_frame_chunk, frame_off
                     num_cond_frames=s)[:, :, s:]
         assert (tf[:, :, s:e] - ref).abs().max() <= 1e-4 * ref.abs().max()
     assert len(starts) > 3
+
+
+def test_ca2vdm_xl_preset_has_the_published_size():
+    """The XL preset (configs/ca2vdm-xl.yaml) validates and has 600-1000M parameters (paper: ~724M), counted on the
+    meta device (no memory); it works on the 4 x 32 x 32 SD-VAE latents of 256x256 frames."""
+    from pathlib import Path
+
+    from ca2vdm.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "ca2vdm-xl.yaml")
+    m = config.model
+    assert (m.name, m.depth, m.hidden_size, m.num_heads, m.patch_size) == ("ca2vdm-xl", 28, 1152, 16, 2)
+    assert (m.in_channels, m.resolution, m.chunk_frames, m.max_context_frames, m.prefix_frames) == (4, 32, 8, 25, 3)
+    assert config.codec.kind == "diffusers" and config.codec.path
+    with torch.device("meta"):
+        model = CausalVideoDiT(m)
+    count = sum(p.numel() for p in model.parameters())
+    assert 600e6 <= count <= 1000e6, count
+    assert model.grid ** 2 == 256  # tokens per frame
+
+
+def test_cached_denoising_and_commit_passes_reach_the_kernel_without_a_mask(monkeypatch):
+    """With the KV cache no pass needs a mask (the chunk attends to every cached frame and to itself), so on CUDA SDPA
+    may pick its flash / cuDNN / memory-efficient kernels. Every attention call is routed to SDPA here (no CPU matmul
+    shortcut) and spied on: no mask on any cached pass (guided, prefix attention, sinks, a given first frame, a ring
+    that wraps); the recompute baseline does pass masks (so the spy sees them when they are there)."""
+    from ca2vdm import attention as A
+    from ca2vdm.pipeline import LongVideoPipeline
+
+    calls = []
+    sdpa = A.F.scaled_dot_product_attention
+    monkeypatch.setattr(A, "CPU_MATMUL_MAX_KEYS", 0)
+    monkeypatch.setattr(A.F, "scaled_dot_product_attention", lambda q, k, v, attn_mask=None, **kw: calls.append(
+        (phase[0], attn_mask, kw.get("is_causal", False), k.shape[-2] > q.shape[-2])) or sdpa(q, k, v, attn_mask, **kw))
+    model = random_model(num_classes=3, prefix_frames=2, sink_frames=1)
+    phase = ["denoise"]
+    model.register_forward_pre_hook(lambda m, args, kw: phase.__setitem__(0, "commit" if kw.get("commit") else
+                                                                          "denoise"), with_kwargs=True)
+    first = torch.rand(1, 3, 3, 16, 16) * 2 - 1
+    for mode in ("kv", "none"):
+        calls.clear()
+        pipe = LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache_mode=mode)
+        frames = torch.cat([c.frames for c in pipe.generate(5, label=1, first_frames=first)], dim=2)
+        assert frames.shape[2] == 5 * 2 and torch.isfinite(frames).all()
+        if mode == "kv":
+            assert {p for p, *_ in calls} == {"denoise", "commit"} and any(reads_cache for *_, reads_cache in calls)
+            assert all(mask is None and not causal for _, mask, causal, _ in calls)
+        else:
+            assert any(mask is not None for _, mask, _, _ in calls)
