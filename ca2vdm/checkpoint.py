@@ -33,8 +33,10 @@ TRAINING_WEIGHTS_NAME = "model.safetensors"  # accelerate's raw (non-EMA) weight
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _RUNTIME_FIELDS = {"attention_backend"}  # model config fields that may differ between a checkpoint and its use
 # train config fields a resumed run cannot change: the optimizer, schedule and EMA state restored from a checkpoint
-# were built from them (a new value would be ignored), and the data order and per-step noise follow from them.
-FIXED_ON_RESUME = ("seed", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "ema_decay", "init_from")
+# were built from them (a new value would be ignored), and the data order and per-step noise follow from them; a
+# sharded run's optimizer.bin holds the full state keyed by parameter name (ca2vdm.sharded_state).
+FIXED_ON_RESUME = ("seed", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "ema_decay", "init_from",
+                   "fsdp")
 LOCK_NAME = "train.lock"
 logger = logging.getLogger("ca2vdm.checkpoint")
 

@@ -61,6 +61,7 @@ MODEL_CONFIGS: dict[str, dict] = {
 
 
 OBJECTIVES = ("all", "chunk")  # diffusion.objective: every chunk per step (teacher forcing) | one random chunk
+TRACKERS = ("none", "tensorboard", "wandb")  # train.log_with: accelerate trackers beside metrics.jsonl
 
 
 @dataclass
@@ -104,6 +105,9 @@ class TrainConfig:
     sample_every: int = 0       # 0 = no periodic sample videos
     init_from: Optional[str] = None  # start from these weights (a .safetensors file or checkpoint dir): fine-tuning
     nonfinite: str = "stop"     # what to do on a NaN/inf loss: stop | skip
+    activation_checkpointing: bool = False  # recompute each block in the backward pass (ca2vdm.parallelize)
+    fsdp: bool = False          # shard the model over the launch's processes with FSDP2 (ca2vdm.parallelize)
+    log_with: str = "none"      # trackers beside metrics.jsonl: none | tensorboard | wandb (ca2vdm.trackers)
 
 
 @dataclass
@@ -270,6 +274,14 @@ def _validate_rest(c: Config) -> None:
         problems.append(f"train.mixed_precision must be auto, no, bf16 or fp16, got {c.train.mixed_precision!r}")
     if c.train.nonfinite not in ("stop", "skip"):
         problems.append(f"train.nonfinite must be stop or skip, got {c.train.nonfinite!r}")
+    if c.train.log_with not in TRACKERS:
+        problems.append(f"train.log_with must be one of {', '.join(TRACKERS)}, got {c.train.log_with!r}")
+    if c.train.fsdp and c.train.mixed_precision == "fp16":
+        problems.append("train.fsdp=true does not take train.mixed_precision=fp16 (its gradient scaler cannot see the "
+                        "shards); use bf16")
+    if c.train.fsdp and c.diffusion.self_rollout:
+        problems.append("train.fsdp=true does not take diffusion.self_rollout (each process would roll out a different "
+                        "number of sharded forward passes); set diffusion.self_rollout=0 or train.fsdp=false")
     if c.train.batch_size < 1 or c.train.grad_accum < 1 or c.train.max_steps < 1:
         problems.append("train.batch_size, train.grad_accum and train.max_steps must be >= 1")
     if problems:

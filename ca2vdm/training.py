@@ -34,43 +34,21 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from . import sharded_state, trackers
 from .codec import build_codec, check_model_fits
 from .config import Config, validate
 from .data import DEFAULT_MANIFEST, DataError, VideoFolderDataset
 from .diffusion import causal_flow_loss, teacher_forcing_flow_loss
+from .ema import EMA
 from .latents import LatentClipDataset
 from .model import CausalVideoDiT
+from .parallelize import parallelize
 from .pipeline import LongVideoPipeline
 from .rollout import rollout_context
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the loss becomes NaN or infinite and ``train.nonfinite`` is ``stop``."""
-
-
-class EMA:
-    """Exponential moving average of a model's parameters (saved and restored through accelerate).
-
-    The decay warms up as min(decay, (1 + step) / (10 + step)) so that short runs are not dominated by the
-    (zero-initialised) starting weights.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            self.shadow[k].lerp_(v.float(), 1 - decay)
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay = state["decay"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
 
 @dataclass
@@ -242,10 +220,12 @@ def train(config: Config, resume: str | None = None, progress_bar: bool = True, 
     Raises :class:`~ca2vdm.checkpoint.RunLockedError` (on every rank) if another run is using ``train.output_dir``.
     """
     validate(config)  # a Config built in code gets the same checks as one from load_config
-    # cpu=True on a machine without CUDA makes a multi-process launch a gloo process group (MULTI_CPU).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+    # cpu=True on a machine without CUDA makes a multi-process launch a gloo process group (MULTI_CPU). The schedule
+    # counts optimizer steps (accelerate's default would step it once per process, N times as fast on N processes).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
                               mixed_precision=_mixed_precision(config.train.mixed_precision),
-                              gradient_accumulation_steps=config.train.grad_accum)
+                              gradient_accumulation_steps=config.train.grad_accum,
+                              **trackers.accelerator_kwargs(config))
     lock = ckpt.RunLock(config.train.output_dir)
     _lock_on_all_ranks(accelerator, lock)
     try:
@@ -298,10 +278,10 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
     sampler.set_epoch(0)
     print(f"rank {accelerator.process_index} of world size {accelerator.num_processes} on {accelerator.device}: "
           f"{len(sampler)} of {len(dataset)} clips per epoch, epoch 0 starts with {list(sampler)[:8]}", flush=True)
-    model = task.build_model(config, resume)
+    model = parallelize(task.build_model(config, resume), config, accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler, sharded = sharded_state.prepare(accelerator, model, optimizer, scheduler)
     ema = EMA(accelerator.unwrap_model(model), tc.ema_decay)  # on the training device
     progress = Progress()
     accelerator.register_for_checkpointing(ema, progress)
@@ -309,6 +289,8 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
     if resume_path is not None:
         try:
             accelerator.load_state(str(resume_path))
+            if sharded is not None:  # model and optimizer of a sharded run: full files, cut into this rank's shards
+                sharded.load(resume_path)
         except Exception as e:  # damaged optimizer/scheduler/RNG files: name the directory, not a pickle frame
             raise ckpt.CheckpointError(f"checkpoint {resume_path} cannot be resumed: {type(e).__name__}: {e}; "
                                        "pass an earlier checkpoint directory with --resume") from e
@@ -317,6 +299,7 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
         _truncate_log(out / "metrics.jsonl", progress.step)
+        trackers.start(accelerator, config)
         _report_skipped(dataset.skipped, out / SKIPPED_LOG, accelerator, len(dataset.skipped) + len(dataset.videos))
     skipped_at_start = len(dataset.skipped)
 
@@ -346,7 +329,8 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), 1.0)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
             micro += 1
             if not accelerator.sync_gradients:
@@ -357,13 +341,17 @@ def _train(config: Config, resume: str | None, progress_bar: bool, accelerator: 
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if progress.step % tc.log_every == 0 and accelerator.is_main_process:
-                _log(out / "metrics.jsonl", step=progress.step, loss=loss_value, lr=scheduler.get_last_lr()[0],
-                     steps_per_s=tc.log_every / (time.perf_counter() - tic))
+                values = dict(loss=loss_value, lr=scheduler.get_last_lr()[0],
+                              steps_per_s=tc.log_every / (time.perf_counter() - tic))
+                _log(out / "metrics.jsonl", step=progress.step, **values)
+                accelerator.log(values, step=progress.step)  # train.log_with's trackers
                 tic = time.perf_counter()
             if progress.step % tc.save_every == 0 or progress.step == tc.max_steps:
-                save_checkpoint(accelerator, ema, config, ckpt_root, progress.step, task)
-            if tc.sample_every and progress.step % tc.sample_every == 0 and accelerator.is_main_process:
-                task.sample(ema, config, out, progress.step)
+                save_checkpoint(accelerator, ema, config, ckpt_root, progress.step, task, sharded)
+            if tc.sample_every and progress.step % tc.sample_every == 0:
+                published = ema.gathered()  # every rank takes part when the EMA is sharded
+                if accelerator.is_main_process:
+                    task.sample(published, config, out, progress.step)
             if progress.step >= tc.max_steps:
                 break
     bar.close()
@@ -414,8 +402,10 @@ def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 131 + micro) * 1009 + rank
 
 
-def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Path, step: int, task) -> Path:
-    """Full training state + the task's published weights into ``root/step_<step>``, atomically; prune old ones."""
+def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Path, step: int, task,
+                    sharded: sharded_state.ShardedState | None = None) -> Path:
+    """Full training state + the task's published weights into ``root/step_<step>``, atomically; prune old ones.
+    ``sharded``: the model and optimizer of an FSDP run, gathered into the same files an unsharded run writes."""
     final = root / f"step_{step:06d}"
     staging = ckpt.staging_dir(final)
     try:
@@ -423,9 +413,12 @@ def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Pa
             ckpt.discard(staging)  # left over by a run killed while saving
         accelerator.wait_for_everyone()
         accelerator.save_state(str(staging))  # every rank writes its RNG state, the main rank the rest
+        if sharded is not None:
+            sharded.save(staging, accelerator.is_main_process)
+        published = ema.gathered()
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            task.save_weights(staging, ema, config, step)
+            task.save_weights(staging, published, config, step)
             ckpt.publish(staging, final)
     except Exception as e:
         ckpt.discard(staging)
