@@ -6,10 +6,11 @@ own seed's generator, so it equals the video that seed gives alone, whatever the
 
 Under ``accelerate launch --multi_gpu --num_processes P`` (or ``torchrun --nproc_per_node P``) every process reads
 its rank from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), takes the seeds ``rank, rank + P, ...``
-and, with ``--device cuda`` (or ``auto`` on a GPU machine), the GPU ``cuda:LOCAL_RANK``. No process group is needed: the processes share nothing
-but the output folder. Every mp4 is written atomically (a temporary file renamed into place when finished), so a
-process that fails or is stopped leaves every video already finished, its own and the others', intact. The stats
-(``--stats``) list one entry per video; with P > 1 each process writes its own file, ``<stats stem>.rank<r>.json``.
+and, with ``--device cuda`` (or ``auto`` on a GPU machine), the GPU ``cuda:LOCAL_RANK``. No process group is
+needed: the processes share nothing but the output folder. Every mp4 is written atomically (a temporary file
+renamed into place when finished), so a process that fails or is stopped leaves every video already finished, its
+own and the others', intact. The stats (``--stats``) list one entry per video; with P > 1 each process writes its
+own file, ``<stats stem>.rank<r>.json``.
 """
 from __future__ import annotations
 

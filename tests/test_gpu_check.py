@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), "--dry-run", str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(s["name"], s["exit"]) for s in summary["steps"]] == [
