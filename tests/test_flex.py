@@ -99,3 +99,19 @@ def test_auto_backend_takes_flex_to_train_on_cuda_only():
     model = copy.deepcopy(random_model(attention_backend="flex")).train()
     with pytest.raises(ValueError, match="attention_backend='flex' trains on CUDA only"):
         model(torch.randn(1, 3, 3, 16, 16), torch.rand(1, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the compiled FlexAttention kernel (GPU check)")
+def test_compiled_flex_equals_sdpa_on_cuda():
+    mask = MASKS["teacher forcing"]
+    L = mask.shape[0]
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(64, L, 2, 72, device="cuda", requires_grad=True) for _ in range(3))  # XL's head size
+    out = A.attention(q, k, v, A.kernel_mask(lambda device: mask.to(device), "flex", "cuda"))
+    grad = torch.randn_like(out)
+    flex_grads = torch.autograd.grad(out, (q, k, v), grad)
+    sdpa = F.scaled_dot_product_attention(*(a.transpose(1, 2) for a in (q, k, v)),
+                                          attn_mask=mask.cuda()).transpose(1, 2)
+    sdpa_grads = torch.autograd.grad(sdpa, (q, k, v), grad)
+    assert (out - sdpa).abs().max() <= 1e-3
+    assert all((a - b).abs().max() <= 1e-3 for a, b in zip(flex_grads, sdpa_grads))

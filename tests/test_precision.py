@@ -79,3 +79,23 @@ def test_cli_refuses_an_unknown_dtype(checkpoint, tmp_path, capsys):
     text = cli_error(capsys, "--checkpoint", checkpoint, "--out", out, "--dtype", "fp8")
     assert "--dtype" in text and "fp8" in text and "bf16" in text and "Traceback" not in text
     assert not out.exists()
+
+
+def test_bench_precision_teacher_forces_every_precision_on_the_fp32_chunks():
+    """scripts/bench_precision.py: every precision's chunk i is conditioned on fp32's chunks before i (so a chunk's
+    difference is one chunk's rounding); the cache halves at 16 bits. No timing is asserted."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_precision", Path(__file__).resolve().parents[1] / "scripts" / "bench_precision.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = random_model(num_classes=3, prefix_frames=2)
+    summary, rows = bench.measure(model, {"diffusion_config": {"steps": 3}}, ["bf16", "fp32"], chunks=3, label=1,
+                                  seed=0)
+    assert list(summary) == ["fp32", "bf16"] and [len(r) for r in rows.values()] == [4, 4]  # first frame + 3
+    assert summary["fp32"]["max_abs_vs_fp32"] == 0
+    assert 0 < summary["bf16"]["max_abs_vs_fp32"] <= TOLERANCES[torch.bfloat16][0]
+    assert summary["bf16"]["kv_cache_bytes"] * 2 == summary["fp32"]["kv_cache_bytes"]
+    assert model.x_embedder.weight.dtype == torch.float32  # each precision ran on its own copy
