@@ -7,7 +7,7 @@ RNG states, EMA (:mod:`ca2vdm.ema`) and step still go through accelerate's ``sav
 
 A checkpoint of a sharded run has the files of an unsharded one: ``model.safetensors`` (the full raw weights) and
 ``optimizer.bin`` (the full optimizer state, keyed by parameter name); both are gathered on rank 0 at save and cut
-back into each process's shards at resume, so a run resumes exactly, and may resume on another number of processes.
+back into each process's shards at resume, so a run resumes exactly.
 """
 from __future__ import annotations
 
