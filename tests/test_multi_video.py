@@ -127,3 +127,22 @@ def test_a_failure_leaves_finished_videos_intact(checkpoint, singles, tmp_path):
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert [len(v["chunks"]) for v in stats["videos"]] == [CHUNKS, 1]
     assert stopped.value.stats["videos"][1]["stopped_by"] == "SIGTERM"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "2"], "--batch needs --num-videos"),
+    (["--num-videos", "2", "--seed", str(2 ** 64 - 1)], "passes the largest seed"),
+])
+def test_bad_many_video_options_are_one_line_before_any_work(checkpoint, tmp_path, argv, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "infer/long_video.py"), "--checkpoint", str(checkpoint),
+                           "--out", str(tmp_path / "v.mp4"), *argv], capture_output=True, text=True)
+    assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_video_of_any_seed_is_refused_before_any_work(checkpoint, tmp_path):
+    """The output-path checks of one video apply to each: seed 6's file exists, so nothing is written."""
+    video_path(tmp_path / "v.mp4", 6).write_bytes(b"keep")
+    with pytest.raises(ValueError, match="v_seed6.mp4 already exists"):
+        generate_videos(checkpoint, tmp_path / "v.mp4", GenerationOptions(chunks=1, seed=5), num_videos=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v_seed6.mp4"]
