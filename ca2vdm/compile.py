@@ -19,10 +19,14 @@ before the first real chunk, and its seconds can be reported apart from sampling
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
 from .model import CausalVideoDiT
+
+if TYPE_CHECKING:  # the pipeline imports this module
+    from .pipeline import LongVideoPipeline
 
 
 def compile_blocks(model: CausalVideoDiT, backend: str = "inductor") -> CausalVideoDiT:
@@ -48,7 +52,7 @@ def warm_up_chunks(model: CausalVideoDiT) -> int:
 
 
 @torch.no_grad()
-def warm_up(pipe, batch: int = 1, label: int | None = None) -> float:
+def warm_up(pipe: LongVideoPipeline, batch: int = 1, label: int | None = None) -> float:
     """Run a throwaway one-step video of :func:`warm_up_chunks` chunks with ``batch`` videos (and ``label``: guidance
     batches the rows) through ``pipe``, so that its compiled blocks compile now; return the seconds it took.
 
