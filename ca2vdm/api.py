@@ -100,8 +100,10 @@ class Pipeline:
                    dtype: torch.dtype | None = None, steps: int | None = None, shift: float | None = None,
                    cfg_scale: float | None = None, cond_noise: float | None = None, cache: str = "kv",
                    step_cache: str | StepCache | None = "none", teacache_thresh: float = 0.1,
-                   step_cache_options: dict | None = None, codec_path: str | None = None) -> Pipeline:
-        """A loaded checkpoint (``checkpoint.load_model``) with its codec and settings; see :func:`load_pipeline`."""
+                   step_cache_options: dict | None = None, codec_path: str | None = None,
+                   compile: bool = False) -> Pipeline:
+        """A loaded checkpoint (``checkpoint.load_model``) with its codec and settings; see :func:`load_pipeline`.
+        ``compile``: the blocks are compiled on first use (:mod:`ca2vdm.compile`)."""
         codec = load_codec(metadata, checkpoint, codec_path, device)
         model = model.to(dtype or resolve_dtype(None, device))  # rotary tables and sampler state stay float32
         if isinstance(step_cache, str):
@@ -109,7 +111,8 @@ class Pipeline:
             step_cache = build_step_cache(step_cache, metadata, str(checkpoint),
                                           **{**settings, **(step_cache_options or {})})
         pipe = LongVideoPipeline.from_metadata(model, metadata, steps=steps, shift=shift, cfg_scale=cfg_scale,
-                                               cond_noise=cond_noise, cache_mode=cache, step_cache=step_cache)
+                                               cond_noise=cond_noise, cache_mode=cache, step_cache=step_cache,
+                                               compile=compile)
         return cls(pipe, codec, metadata)
 
     @property
@@ -141,7 +144,7 @@ class Pipeline:
                              f"{self.size}) in [-1, 1], got {frames.dtype} {tuple(frames.shape)}")
         return self.codec.encode(video.to(device))
 
-    def generate(self, num_chunks: int | None = None, *, label: int | None = None, seed: int = 0,
+    def generate(self, num_chunks: int | None = None, *, label: int | None = None, seed: int | list[int] = 0,
                  first_frames: np.ndarray | torch.Tensor | None = None, batch: int = 1, frames_before: int = 0,
                  on_step: Callable[[int], None] | None = None) -> Iterator[Chunk]:
         """Yield ``num_chunks`` chunks (None: until the caller stops iterating), each as soon as it is denoised.
@@ -150,14 +153,15 @@ class Pipeline:
         chunk taken: breaking out of the loop (or closing the generator) stops it between chunks. Without
         ``first_frames`` a model that draws its first frame yields it first, as chunk -1 (not counted in
         ``num_chunks``); given ``first_frames`` (see :meth:`encode`) are conditioned on and not yielded; their ``B``
-        replaces ``batch``. ``frames_before``: see :meth:`LongVideoPipeline.start`. ``on_step(i)`` is called after
-        every denoising step (raise in it to stop mid-chunk).
+        replaces ``batch``. ``seed``: one seed, or one per video (each video's noise from its own seed, so a video
+        equals the same seed's video made alone). ``frames_before``: see :meth:`LongVideoPipeline.start`.
+        ``on_step(i)`` is called after every denoising step (raise in it to stop mid-chunk).
         """
         if num_chunks is not None and num_chunks < 1:
             raise ValueError(f"num_chunks must be >= 1 (or None for no end), got {num_chunks}")
         return self._chunks(num_chunks, label, seed, first_frames, batch, frames_before, on_step)
 
-    def _chunks(self, num_chunks: int | None, label: int | None, seed: int,
+    def _chunks(self, num_chunks: int | None, label: int | None, seed: int | list[int],
                 first_frames: np.ndarray | torch.Tensor | None, batch: int, frames_before: int,
                 on_step: Callable[[int], None] | None) -> Iterator[Chunk]:
         given = None if first_frames is None else self.encode(first_frames)

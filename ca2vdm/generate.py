@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from .api import Pipeline, load_codec, model_input, model_output, pixel_size  # noqa: F401 (re-exported)
 from .checkpoint import load_model
-from .codec import Codec
+from .compile import warm_up
 from .config import ModelConfig
 from .output_paths import VIDEO_NAME, check_paths, output_path, preview_path  # noqa: F401 (re-exported)
 from .pipeline import LongVideoPipeline
@@ -67,6 +67,7 @@ class GenerationOptions:
     overwrite: bool = False         # replace an existing output video (and its contact sheet)
     stats: str | None = None        # JSON file for the stats (replaced if it exists)
     codec_path: str | None = None   # the autoencoder's folder, when not where the checkpoint recorded it
+    compile: bool = False           # compile the blocks once per process (ca2vdm.compile); seconds in the stats
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,13 +146,11 @@ def peak_rss_mb() -> float:
 
 @dataclass
 class _Output:
-    """What one generate_video call writes: the video, thumbnails for the contact sheet, the stats."""
+    """What is written for one video: the file, thumbnails for the contact sheet, the stats."""
     path: Path
     writer: VideoWriter
-    codec: Codec                    # frames leave the model (and given frames enter it) through this
     stats: dict
     preview: list[np.ndarray] = field(default_factory=list)
-    tic: float = field(default_factory=time.perf_counter)
 
 
 def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOptions,
@@ -167,63 +166,101 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     check_options(opts)
     out = output_path(out)
     check_paths(checkpoint, out, opts)
+    pipe, compile_seconds = pipeline_for(checkpoint, opts)
+    try:
+        stats = generate_batch(pipe, {opts.seed: out}, opts, stop,
+                               {"checkpoint": str(checkpoint), "compile_seconds": compile_seconds})[0]
+    except Stopped as stopped:
+        if stopped.stats and opts.stats:
+            write_stats(stopped.stats[0], opts.stats)
+        raise Stopped(stopped.signum, stopped.stats[0] if stopped.stats else None) from None
+    if opts.stats:
+        write_stats(stats, opts.stats)
+    return stats
+
+
+def pipeline_for(checkpoint: str | Path, opts: GenerationOptions, batch: int = 1) -> tuple[Pipeline, float | None]:
+    """The pipeline (model, codec, sampler settings) ``opts`` ask for; with ``opts.compile`` the blocks are compiled
+    now, for ``batch`` videos at a time (their seconds are returned, else None)."""
     device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
     model, meta = load_model(checkpoint, device)
+    check_label(opts.label, model.cfg.num_classes)
     pipe = Pipeline.from_model(model, meta, checkpoint, device, steps=opts.steps, shift=opts.shift,
                                cfg_scale=opts.cfg_scale, cache=opts.cache, step_cache=opts.step_cache,
                                teacache_thresh=opts.teacache_thresh, step_cache_options=opts.step_cache_options,
-                               codec_path=opts.codec_path, dtype=dtype)
-    check_label(opts.label, model.cfg.num_classes)
+                               codec_path=opts.codec_path, dtype=resolve_dtype(opts.dtype, device),
+                               compile=opts.compile)
+    return pipe, warm_up(pipe.pipeline, batch, opts.label) if opts.compile else None
+
+
+def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOptions, stop: StopSignals | None = None,
+                   extra_stats: dict | None = None) -> list[dict]:
+    """Generate one video per seed of ``outs`` (seed -> mp4 path, already checked), all in one batch; return their
+    stats (each starting with ``extra_stats``). Each video's noise comes from its own seed's generator, so it equals
+    the video generated alone. On a stop, raises :class:`Stopped` whose ``stats`` lists the videos' stats after
+    keeping their finished chunks (None: nothing was finished)."""
     poll = stop.check if stop is not None else lambda: None
+    weight = pipe.model.x_embedder.weight
     settings = pipe.settings
-    stats = {"checkpoint": str(checkpoint), "video": str(out), "chunks": [], "frames": 0, "cache": opts.cache,
-             "steps": settings["steps"], "shift": settings["shift"], "cfg_scale": settings["cfg_scale"],
-             "step_cache": opts.step_cache, "device": str(device), "dtype": dtype_name(dtype)}
-    output = _Output(out, VideoWriter(out, fps=opts.fps), pipe.codec, stats)
+    outputs = []
+    for seed, path in outs.items():
+        stats = {**(extra_stats or {}), "video": str(path), "seed": seed, "chunks": [], "frames": 0,
+                 "cache": opts.cache, "steps": settings["steps"], "shift": settings["shift"],
+                 "cfg_scale": settings["cfg_scale"], "step_cache": opts.step_cache, "device": str(weight.device),
+                 "dtype": dtype_name(weight.dtype)}
+        outputs.append(_Output(path, VideoWriter(path, fps=opts.fps), stats))
+    tic = time.perf_counter()
     try:
-        _write_chunks(pipe, opts, output, poll)
+        _write_chunks(pipe, opts, list(outs), outputs, poll)
     except KeyboardInterrupt:
         signum = getattr(stop, "signum", None) or signal.SIGINT  # a plain KeyboardInterrupt: Ctrl-C
-        if not stats["chunks"]:
-            output.writer.abort()
+        if not outputs[0].stats["chunks"]:
+            for output in outputs:
+                output.writer.abort()
             raise Stopped(signum, None) from None
-        stats["stopped_by"] = signal.Signals(signum).name
-        raise Stopped(signum, _finish(output, opts, model.cfg, device)) from None
+        for output in outputs:
+            output.stats["stopped_by"] = signal.Signals(signum).name
+        raise Stopped(signum, [_finish(output, opts, pipe.model.cfg, weight.device, tic) for output in outputs]) \
+            from None
     except BaseException:
-        output.writer.abort()
+        for output in outputs:
+            output.writer.abort()
         raise
-    return _finish(output, opts, model.cfg, device)
+    return [_finish(output, opts, pipe.model.cfg, weight.device, tic) for output in outputs]
 
 
-def _copy_given(pipe: LongVideoPipeline, path: str, output: _Output,
+def _copy_given(pipe: Pipeline, path: str, outputs: list[_Output],
                 poll: Callable[[], None]) -> tuple[torch.Tensor, int]:
-    """Stream a given image or video into the output at the model's resolution, holding only the frames that can
+    """Stream a given image or video into the outputs at the model's resolution, holding only the frames that can
     still influence the next chunk; return those (3, T, H, W), the attention sinks first, and how many frames came
     before the others."""
     cfg = pipe.model.cfg
     most = _reach(cfg) + cfg.chunk_frames - 1  # the most frames conditioning_start keeps
-    kept: deque[torch.Tensor] = deque(maxlen=None if pipe.cache_mode == "full" else most)
+    kept: deque[torch.Tensor] = deque(maxlen=None if pipe.pipeline.cache_mode == "full" else most)
     sinks: list[torch.Tensor] = []
     total = 0
-    for pixels in stream_video(path, size=pixel_size(pipe, output.codec)):  # (3, T, H, W) batches
+    for pixels in stream_video(path, size=pipe.size):  # (3, T, H, W) batches
         poll()
-        output.writer.write(to_uint8(pixels))
+        for output in outputs:
+            output.writer.write(to_uint8(pixels))
         frames = pixels.unbind(1)
         sinks += frames[:cfg.sink_frames - len(sinks)]
         kept.extend(frames)
         total += pixels.shape[1]
-    start = conditioning_start(pipe, total)
+    start = conditioning_start(pipe.pipeline, total)
     return torch.stack((sinks if start else []) + list(kept)[start - total:], dim=1), start
 
 
-def _write_chunks(pipe: Pipeline, opts: GenerationOptions, output: _Output, poll: Callable[[], None]) -> None:
-    """Open the video with the given image or video (streamed), then write each chunk (the model's first frame
+def _write_chunks(pipe: Pipeline, opts: GenerationOptions, seeds: list[int], outputs: list[_Output],
+                  poll: Callable[[], None]) -> None:
+    """Open the videos with the given image or video (streamed), then write each chunk (the model's first frame
     included) as soon as it is denoised, polling for a stop after every step."""
     given, frames_before = None, 0
     if opts.first_frame:
-        given, frames_before = _copy_given(pipe.pipeline, opts.first_frame, output, poll)
-        output.preview.append(to_uint8(given[:, -2 * pipe.model.cfg.chunk_frames:]))  # one row of the contact sheet
+        kept, frames_before = _copy_given(pipe, opts.first_frame, outputs, poll)  # (3, T, H, W)
+        for output in outputs:
+            output.preview.append(to_uint8(kept[:, -2 * pipe.model.cfg.chunk_frames:]))  # a contact sheet row
+        given = kept.expand(len(seeds), *kept.shape)  # (B, 3, T, H, W): the same frames for every seed
     keep_every = math.ceil(opts.chunks / PREVIEW_CHUNKS)
     with (tqdm(total=opts.chunks, desc="chunks", unit="chunk", dynamic_ncols=True) as progress,
           tqdm(total=pipe.pipeline.steps, desc="steps", leave=False, disable=not opts.verbose) as steps):
@@ -231,27 +268,27 @@ def _write_chunks(pipe: Pipeline, opts: GenerationOptions, output: _Output, poll
             steps.update(1)
             poll()
 
-        for chunk in pipe.generate(opts.chunks, label=opts.label, seed=opts.seed, first_frames=given,
+        for chunk in pipe.generate(opts.chunks, label=opts.label, seed=seeds, batch=len(seeds), first_frames=given,
                                    frames_before=frames_before, on_step=on_step):
             steps.reset()
-            frames = chunk.pixels[0]  # (L, H, W, 3)
-            output.writer.write(frames)
-            if chunk.index < 0:  # the first frame the model drew
-                output.preview.append(frames)
-                continue
-            output.stats["chunks"].append({"index": chunk.index, "seconds": chunk.seconds,
-                                           "model_evals": chunk.model_evals, "skipped_evals": chunk.skipped_evals})
-            if opts.preview and chunk.index % keep_every == 0:
-                output.preview.append(frames)
-            progress.update(1)
+            for output, frames in zip(outputs, chunk.pixels):  # (L, H, W, 3) per video
+                output.writer.write(frames)
+                if chunk.index < 0:  # the first frame the model drew
+                    output.preview.append(frames)
+                    continue
+                output.stats["chunks"].append({"index": chunk.index, "seconds": chunk.seconds,
+                                               "model_evals": chunk.model_evals, "skipped_evals": chunk.skipped_evals})
+                if opts.preview and chunk.index % keep_every == 0:
+                    output.preview.append(frames)
+            progress.update(chunk.index >= 0)
 
 
-def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: torch.device) -> dict:
-    """Close the video (moving it into place), then write the contact sheet and the stats; return the stats."""
+def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: torch.device, tic: float) -> dict:
+    """Close the video (moving it into place), then write the contact sheet; return the stats."""
     stats = output.stats
     stats["frames"] = output.writer.frames_written
     output.writer.close()
-    stats["seconds"] = time.perf_counter() - output.tic
+    stats["seconds"] = time.perf_counter() - tic
     stats["peak_rss_mb"] = peak_rss_mb()
     if device.type == "cuda":
         stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -260,8 +297,6 @@ def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: 
         sheet = np.concatenate(output.preview).repeat(scale, axis=1).repeat(scale, axis=2)
         save_contact_sheet(sheet, preview_path(output.path), frames_per_row=2 * cfg.chunk_frames)
         stats["preview"] = str(preview_path(output.path))
-    if opts.stats:
-        write_stats(stats, opts.stats)
     return stats
 
 

@@ -110,6 +110,9 @@ class KVCache:
                 self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view
         return self._slots
 
+    # The cache's bookkeeping (write position, slots, visible frames) is plain Python that changes every chunk; under
+    # torch.compile (ca2vdm.compile) these methods run eagerly so compiled blocks never guard on it.
+    @torch.compiler.disable
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the current chunk's temporal K/V (B*S*H, L, Dh) into its slots; return all visible K/V."""
         slots = self._slot_index(k.shape[1])
@@ -118,6 +121,7 @@ class KVCache:
         visible = min(self.window, self.frames_committed + k.shape[1])
         return self.k[layer, :, :visible], self.v[layer, :, :visible]  # (B*S*H, visible, Dh)
 
+    @torch.compiler.disable
     def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Spatial K/V (B, n, S, H, Dh) of the last n <= prefix_frames committed frames, or None if none."""
         n = min(self.prefix_frames, self.frames_committed)
@@ -125,6 +129,7 @@ class KVCache:
             return None
         return self.prefix_k[layer, :, :n], self.prefix_v[layer, :, :n]
 
+    @torch.compiler.disable
     def store_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """During a commit pass: keep the spatial K/V (B, L, S, H, Dh) of the newest prefix_frames frames."""
         if not self.prefix_frames:

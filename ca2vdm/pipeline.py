@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from .compile import compile_blocks
 from .diffusion import guidance, perturb, sample
 from .kv_cache import KVCache
 from .model import CausalVideoDiT
@@ -37,6 +38,15 @@ class ChunkResult:
     index: int                  # chunk number, 0-based
     model_evals: int            # block-stack evaluations computed while denoising (all guidance branches)
     skipped_evals: int = 0      # evaluations a step-caching policy skipped
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator], device: torch.device,
+           dtype: torch.dtype) -> torch.Tensor:
+    """Gaussian noise of ``shape`` (B, ...); with one generator per video, row i from generator i alone, so a video's
+    noise does not depend on the others in its batch."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
 
 
 def _repeat_rows(video: torch.Tensor, groups: int) -> torch.Tensor:
@@ -59,7 +69,7 @@ class Conditioning:
 class GenerationState:
     """Everything one video's generation carries from chunk to chunk."""
     conditioning: Conditioning
-    generator: torch.Generator
+    generator: torch.Generator | list[torch.Generator]  # one for the batch, or one per video (a list of seeds)
     batch: int
     frames: int = 0             # frames conditioned on so far (given first frames included)
     chunks: int = 0             # chunks generated so far
@@ -70,9 +80,10 @@ class LongVideoPipeline:
 
     def __init__(self, model: CausalVideoDiT, steps: int = 16, shift: float = 1.0, cond_noise: float = 0.05,
                  cfg_scale: float = 1.0, cache_mode: str = "kv", step_cache: StepCache | None = None,
-                 pixel_space: bool = True):
+                 pixel_space: bool = True, compile: bool = False):
         """``pixel_space``: the model works on pixels, so sampled chunks are clamped to [-1, 1]; a latent model's
-        chunks are not clamped (unit-variance latents go well beyond 1; the codec clamps the decoded pixels)."""
+        chunks are not clamped (unit-variance latents go well beyond 1; the codec clamps the decoded pixels).
+        ``compile``: compile the model's blocks in place (:mod:`ca2vdm.compile`; ``compile.warm_up`` compiles now)."""
         if cache_mode not in CACHE_MODES:
             raise ValueError(f"cache_mode must be one of {CACHE_MODES}, got {cache_mode!r}")
         if steps < 1:
@@ -84,6 +95,8 @@ class LongVideoPipeline:
         if step_cache is not None:
             model.enable_cache(step_cache)
         self.step_cache = step_cache
+        if compile:
+            compile_blocks(model)
 
     @classmethod
     def from_metadata(cls, model: CausalVideoDiT, metadata: dict, **overrides) -> LongVideoPipeline:
@@ -143,9 +156,12 @@ class LongVideoPipeline:
         return lengths
 
     @torch.no_grad()
-    def start(self, *, batch: int = 1, label: int | torch.Tensor | None = None, seed: int = 0,
+    def start(self, *, batch: int = 1, label: int | torch.Tensor | None = None, seed: int | list[int] = 0,
               first_frames: torch.Tensor | None = None, frames_before: int = 0) -> GenerationState:
         """Set up a video: labels (both guidance branches), the KV cache, the noise generator, the first frames.
+
+        seed: one seed for the batch, or a list of ``batch`` seeds: then video i draws all its noise from its own
+        generator, and equals (within float rounding) the video generated alone with seed ``seed[i]``.
 
         first_frames: optional (B, C, T0, H, W) video in [-1, 1] to continue (an image is T0 = 1); it is committed
         as conditioning and not yielded. frames_before: the given video had this many earlier frames, left out
@@ -163,15 +179,18 @@ class LongVideoPipeline:
             raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary, at least "
                              f"model.sink_frames={cfg.sink_frames} and a cache mode other than full")
         device, dtype = self.model.x_embedder.weight.device, STATE_DTYPE
-        state = GenerationState(self._conditioning(batch, label, device),
-                                torch.Generator(device=device).manual_seed(seed), batch)
+        if not isinstance(seed, int) and len(seed) != batch:
+            raise ValueError(f"got {len(seed)} seeds for a batch of {batch} videos; give one seed or one per video")
+        generator = (torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int)
+                     else [torch.Generator(device=device).manual_seed(s) for s in seed])
+        state = GenerationState(self._conditioning(batch, label, device), generator, batch)
         if first_frames is not None:
             first_frames, shape = first_frames.to(device, dtype), first_frames.shape
             sinks = cfg.sink_frames if frames_before else 0
             for part in first_frames[:, :, :sinks].split(self._chunk_lengths(0, sinks), dim=2):
                 self._commit(state, part)
             for n in self._chunk_lengths(sinks, frames_before - sinks):  # the noise their commits would have drawn
-                torch.randn((*shape[:2], n, *shape[3:]), generator=state.generator, device=device, dtype=dtype)
+                _randn((*shape[:2], n, *shape[3:]), state.generator, device, dtype)
             state.frames = frames_before
             for part in first_frames[:, :, sinks:].split(self._chunk_lengths(frames_before, shape[2] - sinks), dim=2):
                 self._commit(state, part)
@@ -191,7 +210,7 @@ class LongVideoPipeline:
         weight = self.model.x_embedder.weight
         L = self._chunk_lengths(state.frames, cfg.chunk_frames)[0]
         shape = (state.batch, cfg.in_channels, L, cfg.resolution, cfg.resolution)
-        noise = torch.randn(shape, generator=state.generator, device=weight.device, dtype=STATE_DTYPE)
+        noise = _randn(shape, state.generator, weight.device, STATE_DTYPE)
         if start_from is not None:
             noise = perturb(start_from.to(noise.dtype), noise, start_t)
         frames_before = state.frames
@@ -229,7 +248,7 @@ class LongVideoPipeline:
 
     def _commit(self, state: GenerationState, frames: torch.Tensor) -> None:
         """Perturb finished frames (prefix perturbation) and append them to the conditioning of every row."""
-        noise = torch.randn(frames.shape, generator=state.generator, device=frames.device, dtype=frames.dtype)
+        noise = _randn(frames.shape, state.generator, frames.device, frames.dtype)
         frames = perturb(frames, noise, self.cond_noise)
         cond, L = state.conditioning, frames.shape[2]
         if cond.cache is not None:

@@ -9,6 +9,11 @@ a checkpoint directory), the --first-frame input, a device, or another output of
 
 Ctrl-C or SIGTERM stops after the current denoising step and keeps the finished chunks as a playable mp4
 (exit status 130 or 143).
+
+Many videos (seeds --seed .. --seed + N - 1, one mp4 each beside --out, named by seed; see ca2vdm/multi_video.py):
+
+    python infer/long_video.py --num-videos 8 --batch 4 --out outputs/many/video.mp4
+    accelerate launch --multi_gpu --num_processes 2 infer/long_video.py --num-videos 8 --out outputs/many/video.mp4
 """
 import argparse
 import signal
@@ -22,6 +27,7 @@ from ca2vdm.precision import DTYPES  # noqa: E402
 from ca2vdm.step_cache import POLICIES, parse_options  # noqa: E402
 from ca2vdm.generate import (DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME, GenerationOptions, StopSignals,  # noqa: E402
                               Stopped, generate_video)
+from ca2vdm.multi_video import generate_videos  # noqa: E402
 
 
 def positive_int(text: str) -> int:
@@ -74,6 +80,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write per-chunk timings and model evaluations to this JSON file (replaced if it exists)")
     p.add_argument("--preview", action="store_true", help="also write a contact sheet PNG beside the mp4")
     p.add_argument("--verbose", action="store_true", help="a progress bar per denoising step too")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer blocks once per process before the first chunk (its seconds "
+                        "are reported apart, as compile_seconds in --stats)")
+    p.add_argument("--num-videos", type=positive_int, default=None,
+                   help="generate N videos, seeds --seed .. --seed + N - 1, each to <out stem>_seed<seed>.mp4; under "
+                        "accelerate launch / torchrun the seeds are split across the processes")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="with --num-videos: videos generated together in one batched pass (default 1)")
     args = p.parse_args(argv)
     try:
         args.step_cache_options = parse_options(args.step_cache, args.step_cache_opt)
@@ -90,15 +104,24 @@ def main(argv=None) -> None:
                              step_cache=args.step_cache, teacache_thresh=args.teacache_thresh, fps=args.fps,
                              step_cache_options=args.step_cache_options,
                              preview=args.preview, verbose=args.verbose, stats=args.stats, codec_path=args.codec_path,
-                             overwrite=args.overwrite or args.out is None)
+                             overwrite=args.overwrite or args.out is None, compile=args.compile)
+    if args.num_videos is None and args.batch != 1:
+        sys.exit("error: --batch needs --num-videos (the number of videos to generate)")
     with StopSignals() as stop:
         try:
-            stats = generate_video(args.checkpoint, args.out or DEFAULT_OUT, opts, stop)
+            if args.num_videos is not None:
+                stats = generate_videos(args.checkpoint, args.out or DEFAULT_OUT, opts, args.num_videos, args.batch,
+                                        stop)
+            else:
+                stats = generate_video(args.checkpoint, args.out or DEFAULT_OUT, opts, stop)
         except Stopped as stopped:
             print(stopped_message(stopped, args.chunks), file=sys.stderr)
             sys.exit(128 + stopped.signum)
         except (CheckpointError, ValueError, OSError, FloatingPointError) as e:
             sys.exit(f"error: {e}")
+    if args.num_videos is not None:
+        print(f"wrote {len(stats['videos'])} videos: " + ", ".join(v["video"] for v in stats["videos"]))
+        return
     print(f"wrote {stats['video']}: {stats['frames']} frames in {stats['seconds']:.1f}s "
           f"(peak RSS {stats['peak_rss_mb']:.0f} MB)" + (f", preview {stats['preview']}" if args.preview else ""))
 
@@ -109,6 +132,9 @@ def stopped_message(stopped: Stopped, chunks: int) -> str:
     if stopped.stats is None:
         return f"stopped by {name} before the first chunk was finished; nothing written"
     stats = stopped.stats
+    if "videos" in stats:
+        return f"stopped by {name}: kept " + ", ".join(f"{len(v['chunks'])} chunks in {v['video']}"
+                                                       for v in stats["videos"])
     return (f"stopped by {name}: kept {len(stats['chunks'])} of {chunks} chunks ({stats['frames']} frames) in "
             f"{stats['video']}")
 

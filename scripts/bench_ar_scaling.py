@@ -1,22 +1,32 @@
 """Cost of autoregressive generation vs length: shared KV cache against the two recompute baselines.
 
     python scripts/bench_ar_scaling.py                 # shipped checkpoint, 20 chunks, CPU
-    python scripts/bench_ar_scaling.py --chunks 10 --device cuda
+    python scripts/bench_ar_scaling.py --chunks 20 --compile --teacache-thresh   # + compiled kv, CPU
+    python scripts/bench_ar_scaling.py --preset ca2vdm-xl --device cuda --dtype bf16 --frames 80 --steps 100
 
 Modes, same model weights, seed and noise:
   (a) kv    KV cache shared across denoising steps and chunks (Ca2-VDM)
-  (b) none  no cache: the conditioning window is recomputed at every denoising step (fixed window)
-  (c) full  no cache: all previous frames are recomputed at every step (extendable context, quadratic)
+  (b) none  no cache: the conditioning window is recomputed at every denoising step (fixed window; OS-Fix)
+  (c) full  no cache: all previous frames are recomputed at every step (extendable context, quadratic; OS-Ext)
   kv+teacache@T  (a) with TeaCache step skipping at threshold T (--teacache-thresh, several allowed; FLOPs count
                  the denoising passes actually run and every commit pass)
+  M+compile      with --compile: mode M (--compile-modes) with its blocks compiled (ca2vdm/compile.py); the compile
+                 seconds (a warm-up video before the timed chunks) are reported apart
 The modes run in lockstep: chunk i of every mode is timed before chunk i + 1 of any (in an order that rotates
 with i), so a machine that speeds up or slows down over minutes shifts all modes alike and the ratios stay
-comparable. Each chunk keeps the fastest of --repeats runs. Prints a table, writes ar_scaling.json and
-ar_scaling.png.
+comparable. Each chunk keeps the fastest of --repeats runs. --frames N: the chunks that generate N frames after the
+first frame. With --preset instead of a checkpoint the weights are random (timing and memory only; said in the output).
+
+Reported besides seconds per chunk and in total: memory (weights, the KV cache, the peak: CUDA's
+max_memory_allocated of a kv-only video; on the CPU the process's peak RSS), and the model FLOP utilisation of the
+cached denoising pass (ca2vdm/flops.py: analytic FLOPs of the kv chunks with a full window / their seconds / the
+device's dense peak, from --peak-tflops or the table of known GPUs). Writes ar_scaling.json, then ar_scaling.png
+(skipped with a message without matplotlib).
 """
 import argparse
 import copy
 import json
+import resource
 import statistics
 import sys
 import time
@@ -27,66 +37,54 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ca2vdm.checkpoint import load_model  # noqa: E402
-from ca2vdm.config import ModelConfig  # noqa: E402
+from ca2vdm.compile import compile_blocks, warm_up, warm_up_chunks  # noqa: E402
+from ca2vdm.config import MODEL_CONFIGS, model_config  # noqa: E402
+from ca2vdm.flops import chunk_flops, forward_flops, mfu, peak_tflops  # noqa: E402, F401 (forward_flops: tests)
 from ca2vdm.generate import DEFAULT_CHECKPOINT, resolve_device  # noqa: E402
+from ca2vdm.model import CausalVideoDiT  # noqa: E402
 from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
 from ca2vdm.plotting import plot_or_skip  # noqa: E402
+from ca2vdm.precision import DTYPES, dtype_name, resolve_dtype  # noqa: E402
 from ca2vdm.step_cache import TeaCache  # noqa: E402
 from ca2vdm.step_cache.teacache import IDENTITY  # noqa: E402
 
 MODES = ("kv", "none", "full")
 
 
-def forward_flops(cfg: ModelConfig, query_frames: int, key_frames: int) -> float:
-    """Multiply-add FLOPs (x2) of one forward pass over ``query_frames`` frames whose temporal attention reads
-    ``key_frames`` frames (the masked recompute passes compute the full square, so there key = query)."""
-    S, D = (cfg.resolution // cfg.patch_size) ** 2, cfg.hidden_size
-    linear = 2 * S * D * D * (8 + 2 * cfg.mlp_ratio) + 2 * 9 * D * D  # qkv+proj twice, MLP, adaLN; per frame
-    attention = 4 * S * S * D                                          # spatial, per frame
-    io = 2 * S * D * cfg.patch_size ** 2 * cfg.in_channels * 2         # patch embedding and final layer
-    temporal = 4 * S * query_frames * key_frames * D
-    return cfg.depth * (query_frames * (linear + attention) + temporal) + query_frames * io
-
-
-def chunk_flops(cfg: ModelConfig, mode: str, frames_before: int, length: int, steps: int, rows: int,
-                evaluated: float = 1.0) -> float:
-    """Analytic FLOPs of generating one chunk of ``length`` frames after ``frames_before`` frames for ``rows`` rows
-    (videos x guidance branches); a step cache computed the share ``evaluated`` of the denoising passes (the
-    commit pass always runs)."""
-    if mode == "kv":
-        visible = min(cfg.max_context_frames, frames_before) + length
-        per_step, commit = forward_flops(cfg, length, visible), forward_flops(cfg, length, visible)
-        return rows * (steps * evaluated * per_step + commit)
-    context = frames_before if mode == "full" else min(cfg.max_context_frames, frames_before)
-    return rows * steps * evaluated * forward_flops(cfg, context + length, context + length)
-
-
 def teacache_mode(threshold: float) -> str:
     return f"kv+teacache@{threshold:g}"
 
 
-def new_run(model, meta, mode: str, seed: int, batch: int, label: int | None):
-    """A pipeline on its own copy of the model (step caches attach to a model) and its started state."""
+def new_run(model, meta, mode: str, seed: int, batch: int, label: int | None, steps: int | None = None,
+            compile_backend: str = "inductor"):
+    """A pipeline on its own copy of the model (step caches attach to a model, compiling changes it), its started
+    state, and the seconds its compile warm-up took (None when not compiled)."""
     model = copy.deepcopy(model)
     step_cache = None
-    if mode.startswith("kv+teacache@"):
+    if "+teacache@" in mode:
         step_cache = TeaCache(float(mode.split("@")[1]), meta.get("teacache_coefficients") or IDENTITY)
-    pipe = LongVideoPipeline.from_metadata(model, meta, cache_mode=mode.split("+")[0], step_cache=step_cache)
+    pipe = LongVideoPipeline.from_metadata(model, meta, cache_mode=mode.split("+")[0], step_cache=step_cache,
+                                           steps=steps)
+    compile_seconds = None
+    if mode.endswith("+compile"):
+        compile_blocks(model, compile_backend)
+        compile_seconds = warm_up(pipe, batch, label)
     state = pipe.start(batch=batch, seed=seed, label=label)
     pipe.next_chunk(state)  # the first frame (and warm-up); not timed
-    return pipe, state
+    return pipe, state, compile_seconds
 
 
-def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 1,
-            label: int | None = 0) -> dict[str, list[dict]]:
+def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 1, label: int | None = 0,
+            steps: int | None = None, compile_backend: str = "inductor") -> dict[str, list[dict]]:
     """Per-chunk seconds and FLOPs of every mode (``batch`` videos at once), the modes interleaved chunk by chunk.
-    With a label (and the checkpoint's guidance scale) both guidance branches run, as in class-conditional use."""
-    runs = {mode: new_run(model, meta, mode, seed, batch, label) for mode in modes}
+    With a label (and the checkpoint's guidance scale) both guidance branches run, as in class-conditional use.
+    A compiled mode's first row also carries its ``compile_seconds``."""
+    runs = {mode: new_run(model, meta, mode, seed, batch, label, steps, compile_backend) for mode in modes}
     rows = {mode: [] for mode in modes}
     sync = torch.cuda.synchronize if model.x_embedder.weight.is_cuda else (lambda: None)
     for index in range(chunks):
         for mode in modes[index % len(modes):] + modes[:index % len(modes)]:
-            pipe, state = runs[mode]
+            pipe, state, compile_seconds = runs[mode]
             frames_before = state.frames
             sync()
             tic = time.perf_counter()
@@ -96,14 +94,33 @@ def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 
             evaluated = chunk.model_evals / (chunk.model_evals + chunk.skipped_evals)  # share of stack passes run
             flops = chunk_flops(model.cfg, mode.split("+")[0], frames_before, chunk.frames.shape[2], pipe.steps,
                                 batch * state.conditioning.groups, evaluated)
-            rows[mode].append({"chunk": index, "seconds": seconds, "flops": flops})
+            row = {"chunk": index, "seconds": seconds, "flops": flops, "frames_before": frames_before}
+            rows[mode].append(row if index or compile_seconds is None else {**row, "compile_seconds": compile_seconds})
     return rows
 
 
+def memory(model, meta, batch: int, label: int | None) -> dict:
+    """Weights and KV cache (MB) and the peak: on CUDA the most allocated while a kv video fills its window (one
+    step per chunk: the peak does not depend on the number of steps), on the CPU the process's peak RSS so far."""
+    weight = model.x_embedder.weight
+    pipe = LongVideoPipeline.from_metadata(model, meta, cache_mode="kv", steps=1)
+    mb = {"weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20}
+    if weight.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(weight.device)
+    state = pipe.start(batch=batch, seed=0, label=label)
+    for _ in range(warm_up_chunks(model)):
+        pipe.next_chunk(state)
+    mb["kv_cache_mb"] = state.conditioning.cache.nbytes() / 2 ** 20
+    if weight.is_cuda:
+        mb["peak_mb"], mb["peak_of"] = torch.cuda.max_memory_allocated(weight.device) / 2 ** 20, "kv video (CUDA)"
+    else:
+        mb["peak_mb"], mb["peak_of"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process RSS"
+    return mb
+
+
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # called through plot_or_skip: matplotlib is there, with the Agg backend
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for mode, rows in results.items():
@@ -115,60 +132,124 @@ def plot(results: dict, path: Path) -> None:
     ax1.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
-def main() -> None:
+def build(args, device: torch.device, dtype: torch.dtype) -> tuple[CausalVideoDiT, dict, str]:
+    """The model (weights in ``dtype`` on ``device``), its metadata, and where its weights came from."""
+    if args.preset:
+        with torch.device(device):
+            model = CausalVideoDiT(model_config(args.preset))
+        return model.to(dtype).eval(), {}, f"random (preset {args.preset}, no checkpoint: timing and memory only)"
+    model, meta = load_model(args.checkpoint, device)
+    return model.to(dtype), meta, f"checkpoint {args.checkpoint}"
+
+
+def summarise(results: dict, chunks: int, cfg, peak: float | None, compile_seconds: dict[str, list]) -> dict:
+    """Ratios of total time and FLOPs between the modes, the same per chunk once the window is full (medians: less
+    sensitive to a busy machine), the compile speed-ups and seconds (per repeat: the first compiles, later ones reuse
+    the process's graphs) and the kv pass's MFU."""
+    total = {m: sum(r["seconds"] for r in rows) for m, rows in results.items()}
+    flops = {m: sum(r["flops"] for r in rows) for m, rows in results.items()}
+    summary = {"seconds_total": total}
+    full_window = [i for i, r in enumerate(results["kv"]) if r["frames_before"] >= cfg.max_context_frames]
+
+    def per_chunk(slow: str, fast: str, key: str = "seconds") -> float | None:
+        ratios = [results[slow][i][key] / results[fast][i][key] for i in full_window]
+        return statistics.median(ratios) if ratios else None
+
+    for mode in ("none", "full"):
+        if mode in results:
+            summary[f"speedup_kv_over_{mode}"] = total[mode] / total["kv"]
+            summary[f"flop_ratio_{mode}_over_kv"] = flops[mode] / flops["kv"]
+    if "none" in results:
+        summary["speedup_kv_over_none_per_full_window_chunk"] = per_chunk("none", "kv")
+        summary["flop_ratio_none_over_kv_per_full_window_chunk"] = per_chunk("none", "kv", "flops")
+    last, fifth = chunks - 1, min(4, chunks - 1)
+    summary["kv_last_chunk_over_fifth"] = results["kv"][last]["seconds"] / results["kv"][fifth]["seconds"]
+    if chunks >= 12:  # the same question, less sensitive to one slow chunk: last 5 vs chunks 3-7 (medians)
+        summary["kv_last5_over_chunks3to7_median"] = (statistics.median(r["seconds"] for r in results["kv"][-5:])
+                                                      / statistics.median(r["seconds"] for r in results["kv"][2:7]))
+    for mode, rows in results.items():
+        if "+teacache@" in mode:
+            summary[f"speedup_{mode}_over_none"] = total["none"] / total[mode]
+            summary[f"flop_ratio_none_over_{mode}"] = flops["none"] / flops[mode]
+        if mode.endswith("+compile"):
+            eager = mode[:-len("+compile")]
+            summary[f"compile_seconds_{eager}"] = compile_seconds[mode][0]
+            summary[f"compile_seconds_{eager}_per_repeat"] = compile_seconds[mode]
+            summary[f"speedup_{eager}_compiled_per_full_window_chunk"] = per_chunk(eager, mode)
+    if "none+compile" in results:
+        summary["speedup_kv_over_none_compiled"] = total["none+compile"] / total["kv+compile"]
+        summary["speedup_kv_over_none_compiled_per_full_window_chunk"] = per_chunk("none+compile", "kv+compile")
+    for mode in ("kv", "kv+compile"):
+        if mode in results and full_window:
+            rows = [results[mode][i] for i in full_window]
+            summary[f"mfu_{mode}_full_window"] = mfu(sum(r["flops"] for r in rows), sum(r["seconds"] for r in rows),
+                                                     peak)
+    return summary
+
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--preset", choices=sorted(MODEL_CONFIGS), default=None,
+                   help="a registered model with random weights instead of --checkpoint (timing and memory only)")
     p.add_argument("--chunks", type=int, default=20)
+    p.add_argument("--frames", type=int, default=None, help="generate this many frames after the first (sets --chunks)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", type=int, default=0, help="class label (-1: none, one guidance branch)")
+    p.add_argument("--label", type=int, default=0, help="class label (-1: none, one guidance branch); "
+                                                        "ignored by an unconditional model")
     p.add_argument("--batch", type=int, default=1, help="videos generated together (rows per pass)")
     p.add_argument("--repeats", type=int, default=2, help="runs per mode; each chunk's fastest time is kept")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--teacache-thresh", type=float, nargs="*", default=[0.2, 0.3, 0.5],
                    help="also run kv + TeaCache at these thresholds (none: skip)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="also run the --compile-modes with compiled blocks")
+    p.add_argument("--compile-modes", nargs="+", choices=MODES, default=["kv"])
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (aot_eager: the same graphs without code generation, for dry runs)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense peak TFLOP/s at --dtype for MFU (default: a table of known GPUs)")
     p.add_argument("--out-dir", default="outputs/bench")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     device = resolve_device(args.device)
-    model, meta = load_model(args.checkpoint, device)
-    if device.type == "cuda":
-        model = model.to(torch.bfloat16)
-    modes = list(MODES) + [teacache_mode(t) for t in args.teacache_thresh]
-    runs = [measure(model, meta, modes, args.chunks, args.seed, args.batch,
-                    None if args.label < 0 else args.label) for _ in range(args.repeats)]
+    dtype = resolve_dtype(args.dtype, device)
+    model, meta, weights = build(args, device, dtype)
+    print(f"weights: {weights}; {device}, {dtype_name(dtype)}")
+    cfg = model.cfg
+    chunks = args.chunks if args.frames is None else -(-args.frames // cfg.chunk_frames)
+    label = None if args.label < 0 or model.null_label is None else args.label
+    modes = [m for m in MODES if m in args.modes] + [teacache_mode(t) for t in args.teacache_thresh]
+    modes += [f"{m}+compile" for m in args.compile_modes] if args.compile else []
+    if "kv" not in modes:
+        p.error("--modes must include kv (every ratio is against it)")
+    runs = [measure(model, meta, modes, chunks, args.seed, args.batch, label, args.steps, args.compile_backend)
+            for _ in range(args.repeats)]
     # per chunk, the fastest of the repeats: timings on shared machines are noisy
     results = {mode: [min(rows, key=lambda r: r["seconds"]) for rows in zip(*(run[mode] for run in runs))]
                for mode in modes}
-    last, fifth = args.chunks - 1, min(4, args.chunks - 1)
     print(f"{'chunk':>5} " + " ".join(f"{m + ' s':>20} {'GFLOP':>7}" for m in results))
-    for i in range(args.chunks):
+    for i in range(chunks):
         print(f"{i + 1:5d} " + " ".join(f"{rows[i]['seconds']:20.3f} {rows[i]['flops'] / 1e9:7.1f}"
                                         for rows in results.values()))
-    total = {m: sum(r["seconds"] for r in rows) for m, rows in results.items()}
-    flops = {m: sum(r["flops"] for r in rows) for m, rows in results.items()}
-    summary = {
-        "speedup_kv_over_none": total["none"] / total["kv"],
-        "flop_ratio_none_over_kv": flops["none"] / flops["kv"],
-        "speedup_kv_over_full": total["full"] / total["kv"],
-        "flop_ratio_full_over_kv": flops["full"] / flops["kv"],
-        "kv_last_chunk_over_fifth": results["kv"][last]["seconds"] / results["kv"][fifth]["seconds"],
-    }
-    if args.chunks >= 12:  # the same question, less sensitive to one slow chunk: last 5 vs chunks 3-7 (medians)
-        summary["kv_last5_over_chunks3to7_median"] = (statistics.median(r["seconds"] for r in results["kv"][-5:])
-                                                      / statistics.median(r["seconds"] for r in results["kv"][2:7]))
-    for threshold in args.teacache_thresh:
-        mode = teacache_mode(threshold)
-        summary[f"speedup_{mode}_over_none"] = total["none"] / total[mode]
-        summary[f"flop_ratio_none_over_{mode}"] = flops["none"] / flops[mode]
+    peak, peak_source = peak_tflops(device, dtype, args.peak_tflops)
+    compile_seconds = {m: [run[m][0].get("compile_seconds") for run in runs] for m in modes if m.endswith("+compile")}
+    summary = summarise(results, chunks, cfg, peak, compile_seconds)
+    summary.update(memory(model, meta, args.batch, label))
     for key, value in summary.items():
-        print(f"{key:40} {value:6.2f}")
+        print(f"{key:48} {value}" if not isinstance(value, float) else f"{key:48} {value:8.3f}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ar_scaling.json").write_text(json.dumps(
-        {"checkpoint": args.checkpoint, "device": str(device), "chunks": args.chunks, "batch": args.batch,
-         "repeats": args.repeats,
+        {"weights": weights, "checkpoint": None if args.preset else args.checkpoint, "preset": args.preset,
+         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+         "dtype": dtype_name(dtype), "chunks": chunks, "frames": args.frames, "steps": args.steps, "batch": args.batch,
+         "repeats": args.repeats, "peak_tflops": peak, "peak_tflops_source": peak_source,
          "torch_threads": torch.get_num_threads(), "summary": summary, "per_chunk": results}, indent=2) + "\n")
     drawn = plot_or_skip(plot, results, path=out / "ar_scaling.png")
     print(f"wrote {out / 'ar_scaling.json'}" + (f" and {out / 'ar_scaling.png'}" if drawn else ""))

@@ -1,0 +1,33 @@
+"""scripts/gpu_check.sh --dry-run: the GPU check's whole path (CUDA tests, XL benchmark, compile speed-up, training
+MFU, report) on the CPU with the tiny preset, so the script is known to work before a GPU is lent."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_writes_every_figure(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), "--dry-run", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(s["name"], s["exit"]) for s in summary["steps"]] == [
+        ("cuda_tests", 0), ("xl_benchmark", 0), ("compile_speedup", 0), ("train_mfu", 0)]
+    assert summary["dry_run"] and summary["failed_steps"] == []
+    tests = summary["cuda_tests"]
+    assert tests["tests"] == tests["skipped"] >= 4 and tests["failures"] == tests["errors"] == 0  # no GPU here
+    xl = summary["xl"]
+    assert set(xl["seconds_total"]) == {"kv", "none", "full"} and xl["weights"].startswith("random")
+    assert 0 < xl["kv_cache_mb"] and 0 < xl["weights_mb"] < xl["peak_mb"]
+    assert xl["flop_ratio_full_over_kv"] > 1
+    assert summary["compile"]["compile_seconds_kv"] > 0 and summary["compile"][
+        "speedup_kv_compiled_per_full_window_chunk"] > 0
+    train = summary["train"]
+    off, on = train["activation_checkpointing_off"], train["activation_checkpointing_on"]
+    assert off["loss"] == on["loss"] and off["steps_per_second"] > 0 and on["steps_per_second"] > 0
+    assert all(g["met"] is None for g in summary["goals"].values())  # a dry run judges no GPU goal
+    assert "# GPU check (dry run" in (tmp_path / "summary.md").read_text()
