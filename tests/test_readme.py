@@ -21,8 +21,8 @@ ELSEWHERE = {
     ".venv/bin/python infer/serve.py": ("test_serve_browser.py", "infer/serve.py"),
 }
 # tiny settings per tool, appended or replacing the README's
-TINY_TRAIN = ["model.name=tiny", "model.num_classes=3", "train.batch_size=2", "train.log_every=1", "train.save_every=1",
-              "train.warmup_steps=1", "data.clips_per_video=2", "--no-progress"]
+TINY_TRAIN = ["train.batch_size=2", "train.log_every=1", "train.save_every=1", "train.warmup_steps=1",
+              "data.clips_per_video=2", "--no-progress"]
 
 
 def readme_commands(text: str) -> list[str]:
@@ -59,7 +59,7 @@ def _tiny(argv: list[str], trained: int) -> list[str]:
     elif script == "scripts/make_synthetic_videos.py":
         argv += ["--num-videos", "6", "--frames", "24"]
     elif script == "train/train.py":
-        argv += TINY_TRAIN + [f"train.max_steps={trained + 1}"]
+        argv += TINY_TRAIN + [f"train.max_steps={trained + 1}"]  # a resumed run does one more step
     return argv
 
 
