@@ -25,6 +25,14 @@ SECTIONS = {"model": ("train/train.py", "a video-model config", "configs/tiny.ya
             "autoencoder": ("train/train_autoencoder.py", "an autoencoder config", "configs/ae-tiny.yaml")}
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts (chunks, ports, videos): an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def trainer_parser(doc: str, config_help: str) -> argparse.ArgumentParser:
     """--config, --resume, --no-progress and the ``key=value`` overrides of a trainer. Parse with
     ``parse_intermixed_args``, which takes overrides before, between and after the flags (``parse_args`` refuses the

@@ -23,18 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ca2vdm.checkpoint import CheckpointError  # noqa: E402
+from ca2vdm.cli import positive_int  # noqa: E402
 from ca2vdm.precision import DTYPES  # noqa: E402
 from ca2vdm.step_cache import POLICIES, parse_options  # noqa: E402
 from ca2vdm.generate import (DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME, GenerationOptions, StopSignals,  # noqa: E402
                               Stopped, generate_video)
 from ca2vdm.multi_video import generate_videos  # noqa: E402
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:

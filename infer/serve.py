@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ca2vdm.checkpoint import CheckpointError  # noqa: E402
+from ca2vdm.cli import positive_int  # noqa: E402
 from ca2vdm.codec import CodecError  # noqa: E402
 from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
 from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES  # noqa: E402
@@ -21,13 +22,6 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
