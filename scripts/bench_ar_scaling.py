@@ -192,29 +192,31 @@ def summarise(results: dict, chunks: int, cfg, peak: float | None, compile_secon
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
     p.add_argument("--preset", choices=sorted(MODEL_CONFIGS), default=None,
                    help="a registered model with random weights instead of --checkpoint (timing and memory only)")
-    p.add_argument("--chunks", type=int, default=20)
+    p.add_argument("--chunks", type=int, default=20, help="chunks per mode (--frames overrides)")
     p.add_argument("--frames", type=int, default=None, help="generate this many frames after the first (sets --chunks)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (the same for every mode)")
     p.add_argument("--label", type=int, default=0, help="class label (-1: none, one guidance branch); "
                                                         "ignored by an unconditional model")
     p.add_argument("--batch", type=int, default=1, help="videos generated together (rows per pass)")
     p.add_argument("--repeats", type=int, default=2, help="runs per mode; each chunk's fastest time is kept")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="kv: shared KV cache; none: window recompute (OS-Fix); full: all frames (OS-Ext)")
     p.add_argument("--teacache-thresh", type=float, nargs="*", default=[0.2, 0.3, 0.5],
                    help="also run kv + TeaCache at these thresholds (none: skip)")
     p.add_argument("--compile", action="store_true", help="also run the --compile-modes with compiled blocks")
-    p.add_argument("--compile-modes", nargs="+", choices=MODES, default=["kv"])
+    p.add_argument("--compile-modes", nargs="+", choices=MODES, default=["kv"],
+                   help="with --compile: the modes also timed compiled")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend (aot_eager: the same graphs without code generation, for dry runs)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on the CPU")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense peak TFLOP/s at --dtype for MFU (default: a table of known GPUs)")
-    p.add_argument("--out-dir", default="outputs/bench")
+    p.add_argument("--out-dir", default="outputs/bench", help="folder for ar_scaling.json (and the plot)")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)
     device = resolve_device(args.device)

@@ -188,15 +188,15 @@ def plot(rows: list[dict], path: Path) -> None:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--chunks", type=int, default=9)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
+    p.add_argument("--chunks", type=int, default=9, help="teacher-forced chunks per setting")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reference video and its noise")
     p.add_argument("--label", type=int, default=0, help="class label; guidance (and so FasterCache) needs one")
     p.add_argument("--drift-chunks", type=int, default=0,
                    help=f"also compare a free-running video of this many chunks (> {DRIFT_FIRST + DRIFT_LAST}) with "
                         "each policy's best setting on and off (0: skip; 200 takes long)")
     p.add_argument("--policies", nargs="*", default=None, help="only these policies (default: all)")
-    p.add_argument("--out-dir", default="outputs/bench")
+    p.add_argument("--out-dir", default="outputs/bench", help="folder for step_cache.json (and the plot)")
     args = p.parse_args(argv)
     if args.drift_chunks and args.drift_chunks <= DRIFT_FIRST + DRIFT_LAST:
         p.error(f"--drift-chunks must exceed {DRIFT_FIRST + DRIFT_LAST} (first {DRIFT_FIRST} vs last {DRIFT_LAST})")

@@ -64,14 +64,15 @@ def run(preset: str, batch: int, checkpointing: bool, device: torch.device, dtyp
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(MODEL_CONFIGS), default="ca2vdm-xl")
+    p.add_argument("--preset", choices=sorted(MODEL_CONFIGS), default="ca2vdm-xl",
+                   help="model preset (random weights)")
     p.add_argument("--batch", type=int, default=2, help="clips per step")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per mode")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="autocast dtype (default: bf16 on CUDA)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense peak TFLOP/s (default: known GPUs)")
-    p.add_argument("--out", default="outputs/bench/train_mfu.json")
+    p.add_argument("--out", default="outputs/bench/train_mfu.json", help="JSON file for the figures")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

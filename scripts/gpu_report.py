@@ -44,8 +44,8 @@ def dig(data: dict, path: tuple) -> object:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("outdir")
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("outdir", help="the folder scripts/gpu_check.sh wrote its JSON into")
+    p.add_argument("--dry-run", action="store_true", help="a CPU dry run: report the figures, judge no GPU goal")
     args = p.parse_args(argv)
     out = Path(args.outdir)
     steps = [dict(zip(("name", "exit", "seconds"), line.split("\t"))) for line in
