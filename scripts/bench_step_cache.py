@@ -18,6 +18,12 @@ over the chunks (capped at 100 dB).
 setting (the most evaluations saved at mean chunk PSNR >= 35 dB and worst chunk >= 30 dB) and compares the
 statistics (brightness, contrast, sharpness, motion) of its last 50 chunks against its first 10, policy on vs off;
 as the yardstick of how much two rollouts differ anyway, the same for the video without a policy at the next seed.
+``--drift-seeds N`` repeats that for N seeds from ``--seed`` (``drift.seeds``: each seed's statistics, policy on and
+off; ``drift.summary``: per statistic, on / off per seed with its mean, and the policy-free ratios per seed with their
+spread, max / min, as the yardstick); ``--settings`` restricts the table (and so the drift) to named settings:
+
+    OMP_NUM_THREADS=1 python scripts/bench_step_cache.py --chunks 9 --policies taylorseer \
+        --settings interval=2,growth=1,cfg_reuse=1 --drift-chunks 200 --drift-seeds 4
 
 Writes ``step_cache.json`` (after every setting, so an interrupted run keeps what it measured), then
 ``step_cache.png`` (speed-up and evaluations saved vs mean chunk PSNR, one curve per policy; skipped with a
@@ -139,22 +145,49 @@ def best_settings(rows: list[dict]) -> dict[str, dict]:
     return best
 
 
-def drift(model, meta, rows: list[dict], options: dict, args) -> dict:
-    """Free-running ``args.drift_chunks`` chunks without a policy and with each policy's best setting."""
-    result = {"off": video_stats(free_running(model, meta, None, args.drift_chunks, args.label, args.seed))}
-    # how far two policy-free rollouts already differ: the same video with the next seed
-    other = video_stats(free_running(model, meta, None, args.drift_chunks, args.label, args.seed + 1))
-    result["off_next_seed"] = {"last_vs_first": other, "vs_off": {k: other[k] / result["off"][k] for k in other}}
-    print(f"drift without a policy, seed {args.seed + 1} / seed {args.seed}: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in result["off_next_seed"]["vs_off"].items()), flush=True)
-    for policy, row in best_settings(rows).items():
-        made = make_policy(policy, options[(policy, row["setting"])], meta, args.checkpoint)
-        stats = video_stats(free_running(model, meta, made, args.drift_chunks, args.label, args.seed))
-        result[policy] = {"setting": row["setting"], "last_vs_first": stats,
-                          "vs_off": {k: stats[k] / result["off"][k] for k in stats}}
-        print(f"drift {policy} ({row['setting']}): last {DRIFT_LAST} vs first {DRIFT_FIRST} chunks, policy on / off: "
-              + ", ".join(f"{k} {v:.3f}" for k, v in result[policy]["vs_off"].items()), flush=True)
+def drift(model, meta, rows: list[dict], options: dict, args, save) -> dict:
+    """Free-running ``args.drift_chunks`` chunks without a policy and with each policy's best setting, for the seeds
+    ``args.seed`` .. ``args.seed + args.drift_seeds - 1`` (policy-free also at the next seed when there is one seed,
+    as the yardstick); ``save(result)`` after every seed, so an interrupted run keeps the seeds it finished."""
+    best = best_settings(rows)
+    entries = []
+    for seed in range(args.seed, args.seed + max(args.drift_seeds, 2)):
+        entry = {"seed": seed, "off": video_stats(free_running(model, meta, None, args.drift_chunks, args.label, seed))}
+        for policy, row in best.items() if seed < args.seed + args.drift_seeds else ():
+            made = make_policy(policy, options[(policy, row["setting"])], meta, args.checkpoint)
+            stats = video_stats(free_running(model, meta, made, args.drift_chunks, args.label, seed))
+            entry[policy] = {"setting": row["setting"], "last_vs_first": stats,
+                             "vs_off": {k: stats[k] / entry["off"][k] for k in stats}}
+            print(f"drift {policy} ({row['setting']}), seed {seed}: last {DRIFT_LAST} vs first {DRIFT_FIRST} chunks, "
+                  "policy on / off: " + ", ".join(f"{k} {v:.3f}" for k, v in entry[policy]["vs_off"].items()),
+                  flush=True)
+        entries.append(entry)
+        result = drift_summary(entries, list(best))
+        save(result)
+    if "off_next_seed" in result:
+        print(f"drift without a policy, seed {args.seed + 1} / seed {args.seed}: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in result["off_next_seed"]["vs_off"].items()), flush=True)
     return result
+
+
+def drift_summary(entries: list[dict], policies: list[str]) -> dict:
+    """The drift result from the per-seed entries: the first seed's keys as before (``off``, ``off_next_seed``, one
+    per policy), ``seeds`` (the entries) and ``summary``: per statistic, the policy-free ratio per seed with its
+    spread between seeds (max / min: the yardstick) and, per policy, on / off per seed with the mean over seeds."""
+    first = entries[0]
+    result = {"off": first["off"], **{policy: first[policy] for policy in policies if policy in first}}
+    if len(entries) > 1:
+        other = entries[1]["off"]
+        result["off_next_seed"] = {"last_vs_first": other, "vs_off": {k: other[k] / first["off"][k] for k in other}}
+    summary = {}
+    for key in first["off"]:
+        off = [e["off"][key] for e in entries]
+        summary[key] = {"off": off, "off_spread": max(off) / min(off)}
+        for policy in policies:
+            on_off = [e[policy]["vs_off"][key] for e in entries if policy in e]
+            if on_off:
+                summary[key][policy] = {"on_off": on_off, "mean": sum(on_off) / len(on_off)}
+    return {**result, "seeds": entries, "summary": summary}
 
 
 def curve(row: dict) -> str:
@@ -195,11 +228,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--drift-chunks", type=int, default=0,
                    help=f"also compare a free-running video of this many chunks (> {DRIFT_FIRST + DRIFT_LAST}) with "
                         "each policy's best setting on and off (0: skip; 200 takes long)")
+    p.add_argument("--drift-seeds", type=int, default=1,
+                   help="the drift videos for this many seeds from --seed, each with and without the policies")
     p.add_argument("--policies", nargs="*", default=None, help="only these policies (default: all)")
+    p.add_argument("--settings", nargs="*", default=None,
+                   help="only these settings of the policies, by label, e.g. interval=2,growth=1,cfg_reuse=1")
     p.add_argument("--out-dir", default="outputs/bench", help="folder for step_cache.json (and the plot)")
     args = p.parse_args(argv)
     if args.drift_chunks and args.drift_chunks <= DRIFT_FIRST + DRIFT_LAST:
         p.error(f"--drift-chunks must exceed {DRIFT_FIRST + DRIFT_LAST} (first {DRIFT_FIRST} vs last {DRIFT_LAST})")
+    if args.drift_seeds < 1:
+        p.error("--drift-seeds must be at least 1")
+    unknown = set(args.settings or ()) - {setting for _, setting, _ in settings()}
+    if unknown:
+        p.error(f"--settings: no setting {', '.join(sorted(unknown))}; the labels are those of the table's setting "
+                "column, e.g. interval=2,growth=1,cfg_reuse=1 or threshold=1.0")
     model, meta = load_model(args.checkpoint)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'policy':11} {'setting':31} {'evals':>5} {'evals x':>7} {'speed x':>7} {'cpu x':>6} {'chunk x':>7} "
           f"{'PSNR mean':>9} {'PSNR min':>8}")
     for policy, setting, opts in settings():
-        if args.policies and policy not in args.policies and policy != "none":
+        if policy != "none" and (args.policies and policy not in args.policies
+                                 or args.settings and setting not in args.settings):
             continue
         try:
             made = make_policy(policy, opts, meta, args.checkpoint)
@@ -235,8 +279,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{row['cpu_speedup']:6.2f} {row['chunk_speedup']:7.2f} {row['chunk_psnr_mean']:9.1f} "
               f"{row['chunk_psnr_min']:8.1f}", flush=True)
     if args.drift_chunks:
-        result["drift"] = {"chunks": args.drift_chunks, **drift(model, meta, result["rows"], options, args)}
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        def save(found: dict) -> None:
+            result["drift"] = {"chunks": args.drift_chunks, **found}
+            json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+        drift(model, meta, result["rows"], options, args, save)
     print(f"wrote {json_path}")
     plot_or_skip(plot, result["rows"], path=out_dir / "step_cache.png")
 

@@ -135,3 +135,43 @@ def test_step_cache_bench_writes_its_rows_without_matplotlib(tmp_path, monkeypat
     assert none["eval_ratio"] == 1 and none["chunk_psnr_min"] == 100  # no policy: the reference itself
     growth = next(r for r in rows if r["setting"] == "interval=2,growth=1,cfg_reuse=1")
     assert growth["eval_ratio"] == pytest.approx(2 * 8 * 2 / (2 * (2 * 5 - 1)))  # steps 0,1,3,6,7; 3 cond only
+
+
+def test_step_cache_drift_over_seeds_keeps_per_seed_entries_and_a_summary(tmp_path, monkeypatch):
+    """--drift-seeds N: policy-free and policy videos for N seeds, on / off per seed, their mean and the spread of
+    the policy-free videos between seeds; --settings keeps only the named setting; the first seed's keys as before."""
+    from ca2vdm.checkpoint import save_weights
+
+    model = random_model(num_classes=3)
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 4, "cfg_scale": 2.0}})
+    for name, value in (("DRIFT_FIRST", 1), ("DRIFT_LAST", 2), ("GOAL_MEAN", -1.0), ("GOAL_MIN", -1.0)):
+        monkeypatch.setattr(step_cache_bench, name, value)  # tiny videos; every setting counts as good
+    setting = "interval=2,growth=1,cfg_reuse=1"
+    step_cache_bench.main(["--checkpoint", str(checkpoint), "--chunks", "1", "--policies", "taylorseer",
+                           "--settings", setting, "--drift-chunks", "4", "--drift-seeds", "3",
+                           "--out-dir", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "step_cache.json").read_text())
+    assert [(r["policy"], r["setting"]) for r in result["rows"]] == [("none", "-"), ("taylorseer", setting)]
+    drift = result["drift"]
+    assert [e["seed"] for e in drift["seeds"]] == [0, 1, 2]
+    stats = ("brightness", "contrast", "sharpness", "motion")
+    for entry in drift["seeds"]:
+        on = entry["taylorseer"]
+        assert on["setting"] == setting and set(on["vs_off"]) == set(stats)
+        assert all(on["vs_off"][k] == pytest.approx(on["last_vs_first"][k] / entry["off"][k]) for k in stats)
+    assert drift["seeds"][0]["off"] != drift["seeds"][1]["off"]  # each seed its own video
+    assert drift["off"] == drift["seeds"][0]["off"] and drift["taylorseer"] == drift["seeds"][0]["taylorseer"]
+    assert drift["off_next_seed"]["last_vs_first"] == drift["seeds"][1]["off"]
+    for key in stats:
+        summary, off = drift["summary"][key], [e["off"][key] for e in drift["seeds"]]
+        on_off = [e["taylorseer"]["vs_off"][key] for e in drift["seeds"]]
+        assert summary["off"] == off and summary["off_spread"] == pytest.approx(max(off) / min(off))
+        assert summary["taylorseer"]["on_off"] == on_off
+        assert summary["taylorseer"]["mean"] == pytest.approx(sum(on_off) / 3)
+
+
+def test_step_cache_bench_names_an_unknown_setting(capsys):
+    with pytest.raises(SystemExit):
+        step_cache_bench.main(["--settings", "interval=2,growth=9", "--chunks", "1"])
+    assert "--settings: no setting interval=2,growth=9" in capsys.readouterr().err
