@@ -52,7 +52,6 @@ def _tiny(argv: list[str], trained: int) -> list[str]:
     """The README's command with tiny settings: one chunk, two denoising steps, a few training steps."""
     script = argv[0]
     if script == "infer/long_video.py":
-        argv = [a for a in argv if a != "--preview"]
         if "--chunks" in argv:
             argv[argv.index("--chunks") + 1] = "1"
         argv += ["--chunks", "1", "--steps", "2"] if "--chunks" not in argv else ["--steps", "2"]
