@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def step(preset: str, batch: int, checkpointing: bool, device: str) -> dict:
@@ -29,9 +28,9 @@ def step(preset: str, batch: int, checkpointing: bool, device: str) -> dict:
     import torch
 
     from ca2vdm.config import Config, model_config
-    from ca2vdm.diffusion import causal_flow_loss
-    from ca2vdm.model import CausalVideoDiT
-    from ca2vdm.parallelize import parallelize
+    from ca2vdm.models.dit import CausalVideoDiT
+    from ca2vdm.training.losses import causal_flow_loss
+    from ca2vdm.training.parallelize import parallelize
 
     torch.manual_seed(0)
     cfg = model_config(preset)

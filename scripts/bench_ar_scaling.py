@@ -28,25 +28,23 @@ import copy
 import json
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ca2vdm.checkpoint import load_model  # noqa: E402
-from ca2vdm.compile import compile_blocks, warm_up, warm_up_chunks  # noqa: E402
-from ca2vdm.config import MODEL_CONFIGS, model_config  # noqa: E402
-from ca2vdm.flops import chunk_flops, forward_flops, mfu, peak_tflops  # noqa: E402, F401 (forward_flops: tests)
-from ca2vdm.generate import DEFAULT_CHECKPOINT, resolve_device  # noqa: E402
-from ca2vdm.model import CausalVideoDiT  # noqa: E402
-from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
-from ca2vdm.plotting import plot_or_skip  # noqa: E402
-from ca2vdm.precision import DTYPES, dtype_name, resolve_dtype  # noqa: E402
-from ca2vdm.step_cache import TeaCache  # noqa: E402
-from ca2vdm.step_cache.teacache import IDENTITY  # noqa: E402
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.config import MODEL_CONFIGS, model_config
+from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+from ca2vdm.io.plotting import plot_or_skip
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.flops import chunk_flops, forward_flops, mfu, peak_tflops  # noqa: F401 (forward_flops: tests)
+from ca2vdm.runtime import DTYPES, dtype_name, resolve_device, resolve_dtype
+from ca2vdm.sampling.compile import compile_blocks, warm_up, warm_up_chunks
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.sampling.step_cache import TeaCache
+from ca2vdm.sampling.step_cache.teacache import IDENTITY
 
 MODES = ("kv", "none", "full")
 
@@ -57,13 +55,14 @@ def teacache_mode(threshold: float) -> str:
 
 def new_run(model, meta, mode: str, seed: int, batch: int, label: int | None, steps: int | None = None,
             compile_backend: str = "inductor"):
-    """A pipeline on its own copy of the model (step caches attach to a model, compiling changes it), its started
-    state, and the seconds its compile warm-up took (None when not compiled)."""
+    """A pipeline on its own copy of the model (compiling changes it), its started state, and the seconds its
+    compile warm-up took (None when not compiled)."""
     model = copy.deepcopy(model)
     step_cache = None
     if "+teacache@" in mode:
-        step_cache = TeaCache(float(mode.split("@")[1]), meta.get("teacache_coefficients") or IDENTITY)
-    pipe = LongVideoPipeline.from_metadata(model, meta, cache_mode=mode.split("+")[0], step_cache=step_cache,
+        coefficients = meta.calibration.get("teacache_coefficients") or IDENTITY
+        step_cache = TeaCache(threshold=float(mode.split("@")[1]), coefficients=coefficients)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, cache=mode.split("+")[0], step_cache=step_cache,
                                            steps=steps)
     compile_seconds = None
     if mode.endswith("+compile"):
@@ -92,7 +91,8 @@ def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 
             sync()
             seconds = time.perf_counter() - tic
             evaluated = chunk.model_evals / (chunk.model_evals + chunk.skipped_evals)  # share of stack passes run
-            flops = chunk_flops(model.cfg, mode.split("+")[0], frames_before, chunk.frames.shape[2], pipe.steps,
+            steps = pipe.settings.steps
+            flops = chunk_flops(model.cfg, mode.split("+")[0], frames_before, chunk.frames.shape[2], steps,
                                 batch * state.conditioning.groups, evaluated)
             row = {"chunk": index, "seconds": seconds, "flops": flops, "frames_before": frames_before}
             rows[mode].append(row if index or compile_seconds is None else {**row, "compile_seconds": compile_seconds})
@@ -103,7 +103,7 @@ def memory(model, meta, batch: int, label: int | None) -> dict:
     """Weights and KV cache (MB) and the peak: on CUDA the most allocated while a kv video fills its window (one
     step per chunk: the peak does not depend on the number of steps), on the CPU the process's peak RSS so far."""
     weight = model.x_embedder.weight
-    pipe = LongVideoPipeline.from_metadata(model, meta, cache_mode="kv", steps=1)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, cache="kv", steps=1)
     mb = {"weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20}
     if weight.is_cuda:
         torch.cuda.synchronize()
@@ -135,12 +135,13 @@ def plot(results: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def build(args, device: torch.device, dtype: torch.dtype) -> tuple[CausalVideoDiT, dict, str]:
+def build(args, device: torch.device, dtype: torch.dtype) -> tuple[CausalVideoDiT, CheckpointMetadata, str]:
     """The model (weights in ``dtype`` on ``device``), its metadata, and where its weights came from."""
     if args.preset:
         with torch.device(device):
             model = CausalVideoDiT(model_config(args.preset))
-        return model.to(dtype).eval(), {}, f"random (preset {args.preset}, no checkpoint: timing and memory only)"
+        meta = CheckpointMetadata(model.cfg)  # nothing recorded: the library's sampler settings
+        return model.to(dtype).eval(), meta, f"random (preset {args.preset}, no checkpoint: timing and memory only)"
     model, meta = load_model(args.checkpoint, device)
     return model.to(dtype), meta, f"checkpoint {args.checkpoint}"
 

@@ -15,25 +15,23 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.runtime import DTYPES, resolve_device
+from ca2vdm.sampling.pipeline import LongVideoPipeline
 
-from ca2vdm.checkpoint import load_model  # noqa: E402
-from ca2vdm.generate import DEFAULT_CHECKPOINT, resolve_device  # noqa: E402
-from ca2vdm.model import CausalVideoDiT  # noqa: E402
-from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
-from ca2vdm.precision import DTYPES  # noqa: E402
 
-
-def measure(model: CausalVideoDiT, meta: dict, dtypes: list[str], chunks: int, label: int | None,
+def measure(model: CausalVideoDiT, meta: CheckpointMetadata, dtypes: list[str], chunks: int, label: int | None,
             seed: int) -> tuple[dict, dict]:
     """Per precision: (summary, per-chunk rows of seconds and worst / mean |difference from fp32|)."""
-    pipes = {name: LongVideoPipeline.from_metadata(copy.deepcopy(model).to(DTYPES[name]), meta)
+    pipes = {name: LongVideoPipeline.for_checkpoint(copy.deepcopy(model).to(DTYPES[name]), meta)
              for name in ["fp32"] + [d for d in dtypes if d != "fp32"]}
     states = {name: pipe.start(label=label, seed=seed) for name, pipe in pipes.items()}
     rows = {name: [] for name in pipes}

@@ -21,9 +21,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES, read_chunk_message  # noqa: E402
+from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES, read_chunk_message
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAYBACK_FPS = 8

@@ -32,20 +32,17 @@ message without matplotlib), and prints a table.
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ca2vdm.checkpoint import load_model  # noqa: E402
-from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
-from ca2vdm.metrics import motion, psnr, sharpness, to_frames  # noqa: E402
-from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
-from ca2vdm.plotting import plot_or_skip  # noqa: E402
-from ca2vdm.step_cache import AdaCache, build_step_cache  # noqa: E402
+from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.evaluation.metrics import motion, psnr, sharpness, to_frames
+from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+from ca2vdm.io.plotting import plot_or_skip
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.sampling.step_cache import AdaCache, build_step_cache
 
 GOAL_MEAN, GOAL_MIN = 35.0, 30.0  # dB: mean and worst chunk PSNR a setting must keep to count as "good"
 DRIFT_FIRST, DRIFT_LAST = 10, 50  # chunks compared by --drift-chunks
@@ -69,11 +66,11 @@ def settings() -> list[tuple[str, str, dict]]:
     return rows
 
 
-def make_policy(policy: str, options: dict, meta: dict, checkpoint: str):
+def make_policy(policy: str, options: dict, meta, checkpoint: str):
     """A fresh policy object (None for ``none``)."""
     if options.get("aggressive"):
         return AdaCache(codebook=((0.1, 4), (0.2, 3), (0.4, 2), (float("inf"), 1)))
-    return build_step_cache(policy, meta, checkpoint, **options)
+    return build_step_cache(policy, options, meta.calibration, checkpoint)
 
 
 def timed_chunk(pipe: LongVideoPipeline, state, commit: torch.Tensor | None) -> tuple:
@@ -89,17 +86,15 @@ def timed_chunk(pipe: LongVideoPipeline, state, commit: torch.Tensor | None) -> 
 
 def free_running(model, meta, policy, chunks: int, label, seed: int) -> list[torch.Tensor]:
     """The frames of a free-running video, chunk by chunk."""
-    pipe = LongVideoPipeline.from_metadata(model, meta, step_cache=policy)
-    frames = [c.frames for c in pipe.generate(chunks, label=label, seed=seed)]
-    model.disable_cache()
-    return frames
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, step_cache=policy)
+    return [c.frames for c in pipe.generate(chunks, label=label, seed=seed)]
 
 
 def lockstep(model, reference_model, meta, policy, truth: list[torch.Tensor], label, seed: int) -> dict:
     """The policy's chunks, each committing the reference's chunk (teacher forcing), timed in lockstep with the
     reference (no policy, on its own copy of the model) re-run chunk by chunk, so both see the same load."""
-    reference = LongVideoPipeline.from_metadata(reference_model, meta)
-    cached = LongVideoPipeline.from_metadata(model, meta, step_cache=policy)
+    reference = LongVideoPipeline.for_checkpoint(reference_model, meta)
+    cached = LongVideoPipeline.for_checkpoint(model, meta, step_cache=policy)
     ref_state, state = reference.start(label=label, seed=seed), cached.start(label=label, seed=seed)
     out = {"frames": [], "times": [], "ref_times": [], "evals": 0, "skipped": 0, "ref_evals": 0}
     for commit in truth:
@@ -111,7 +106,6 @@ def lockstep(model, reference_model, meta, policy, truth: list[torch.Tensor], la
         out["evals"] += result.model_evals
         out["skipped"] += result.skipped_evals
         out["ref_evals"] += ref_result.model_evals
-    model.disable_cache()
     return out
 
 
@@ -251,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     truth = free_running(model, meta, None, args.chunks, args.label, args.seed)
     reference_model = copy.deepcopy(model)
     result = {"checkpoint": args.checkpoint, "chunks": args.chunks, "seed": args.seed, "label": args.label,
-              "steps": LongVideoPipeline.from_metadata(model, meta).steps,
+              "steps": meta.sampler.steps,
               "torch_threads": torch.get_num_threads(), "rows": []}
     options = {}
     print(f"{'policy':11} {'setting':31} {'evals':>5} {'evals x':>7} {'speed x':>7} {'cpu x':>6} {'chunk x':>7} "

@@ -12,21 +12,17 @@ device's dense peak (``--peak-tflops`` or the table of known GPUs). Memory: CUDA
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ca2vdm.config import MODEL_CONFIGS, Config, model_config  # noqa: E402
-from ca2vdm.diffusion import causal_flow_loss  # noqa: E402
-from ca2vdm.flops import mfu, peak_tflops, train_step_flops  # noqa: E402
-from ca2vdm.generate import resolve_device  # noqa: E402
-from ca2vdm.model import CausalVideoDiT  # noqa: E402
-from ca2vdm.parallelize import parallelize  # noqa: E402
-from ca2vdm.precision import DTYPES, dtype_name, resolve_dtype  # noqa: E402
+from ca2vdm.config import MODEL_CONFIGS, Config, model_config
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.flops import mfu, peak_tflops, train_step_flops
+from ca2vdm.runtime import DTYPES, dtype_name, resolve_device, resolve_dtype
+from ca2vdm.training.losses import causal_flow_loss
+from ca2vdm.training.parallelize import parallelize
 
 
 def run(preset: str, batch: int, checkpointing: bool, device: torch.device, dtype: torch.dtype, warmup: int,

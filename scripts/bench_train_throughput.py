@@ -11,14 +11,11 @@ Prints steps/s per variant and the ratio to the first, and writes ``<out-dir>/tr
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from ca2vdm.config import load_config  # noqa: E402
-from ca2vdm.training import train  # noqa: E402
+from ca2vdm.config import load_config
+from ca2vdm.training.loop import train
 
 
 def steps_per_second(config_path: str, overrides: list[str], steps: int, warmup: int) -> float:

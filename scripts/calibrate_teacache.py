@@ -13,17 +13,13 @@ weights file changes; ``--step-cache teacache`` / ``magcache`` find it there.
 """
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ca2vdm.checkpoint import load_model, update_metadata  # noqa: E402
-from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
-from ca2vdm.step_cache import MagCacheRecorder, TeaCacheRecorder, fit_polynomial  # noqa: E402
+from ca2vdm.checkpoints.weights import load_model, update_metadata
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.sampling.step_cache import MagCacheRecorder, TeaCacheRecorder, fit_polynomial
 
 
 def teacache_entries(recorder: TeaCacheRecorder, degree: int) -> dict:
@@ -58,7 +54,7 @@ def main() -> None:
 
     model, meta = load_model(args.checkpoint)
     recorder = TeaCacheRecorder() if args.policy == "teacache" else MagCacheRecorder()
-    pipe = LongVideoPipeline.from_metadata(model, meta, step_cache=recorder)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, step_cache=recorder)
     classes = model.cfg.num_classes
     for seed in range(args.seeds):
         label = seed % classes if classes else None

@@ -12,17 +12,14 @@ must be a new or empty folder (nothing of yours is overwritten), and ``index.jso
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
+from accelerate import PartialState
 
-import torch  # noqa: E402
-from accelerate import PartialState  # noqa: E402
-
-from ca2vdm.codec import CodecError, build_codec, check_model_fits  # noqa: E402
-from ca2vdm.config import ConfigError, load_config  # noqa: E402
-from ca2vdm.data import DataError  # noqa: E402
-from ca2vdm.latent_encoding import encode_folder, parse_size  # noqa: E402
+from ca2vdm.config import load_config
+from ca2vdm.data.codec import build_codec, check_model_fits
+from ca2vdm.data.latent_encoding import encode_folder, parse_size
+from ca2vdm.errors import CodecError, ConfigError, DataError
 
 
 def shard_size(text: str) -> int:

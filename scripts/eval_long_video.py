@@ -35,16 +35,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-
-from ca2vdm.data import DEFAULT_MANIFEST, VIDEO_EXTENSIONS, find_videos, load_labels  # noqa: E402
-from ca2vdm.metrics import (color_histogram, foreground_fraction, histogram_distance,  # noqa: E402
-                            histogram_distances, motion, nearest_histogram_distance, shape_descriptor, sharpness,
-                            to_frames)
+from ca2vdm.data.clips import DEFAULT_MANIFEST, VIDEO_EXTENSIONS, find_videos, load_labels
+from ca2vdm.evaluation.metrics import (
+    color_histogram,
+    foreground_fraction,
+    histogram_distance,
+    histogram_distances,
+    motion,
+    nearest_histogram_distance,
+    shape_descriptor,
+    sharpness,
+    to_frames,
+)
+from ca2vdm.io.video import read_video
 
 METRICS = ("sharpness", "motion", "fg", "brightness", "contrast")
 ROW_KEY = {"motion": "motion_abs"}  # where a row holds a metric's absolute value (its "motion" is the ratio)
-from ca2vdm.video_io import read_video  # noqa: E402
 
 
 def chunk_bounds(num_frames: int, first_frames: int, chunk_frames: int) -> list[tuple[str, int, int]]:

@@ -17,12 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ca2vdm.checkpoint import CheckpointError, export_weights, read_metadata  # noqa: E402
-from ca2vdm.export import ExportError, check_autoencoder_destination, check_export_destination  # noqa: E402
-from ca2vdm.precision import DTYPES  # noqa: E402
+from ca2vdm.checkpoints.weights import export_weights, read_metadata
+from ca2vdm.errors import CheckpointError, ExportError
+from ca2vdm.runtime import DTYPES
+from ca2vdm.training.export import check_autoencoder_destination, check_export_destination
 
 
 def ship_autoencoder(src: str, dst: Path, directory: Path, overwrite: bool) -> dict:

@@ -6,12 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-
-from ca2vdm.synthetic import SHAPES, write_dataset  # noqa: E402
+from ca2vdm.data.synthetic import SHAPES, write_dataset
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,17 +8,14 @@ writes profile.json.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ca2vdm.checkpoint import load_model  # noqa: E402
-from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
-from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
+from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 PARTS = ("spatial_attention", "temporal_attention", "mlp")
 
@@ -46,7 +43,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     model, meta = load_model(args.checkpoint)
     label_modules(model)
-    pipe = LongVideoPipeline.from_metadata(model, meta)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta)
     state = pipe.start(seed=0)
     for _ in range(4):  # warm-up and a full window
         pipe.next_chunk(state)

@@ -1,12 +1,10 @@
-import sys
-from pathlib import Path
+import pytest
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ca2vdm.checkpoints.weights import save_weights
+from ca2vdm.data.synthetic import write_dataset
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from ca2vdm.synthetic import write_dataset  # noqa: E402
+from helpers import STEPS, random_model
 
 # The test models are tiny: one thread avoids oversubscription on small CI machines (2 cores).
 torch.set_num_threads(1)
@@ -19,3 +17,13 @@ def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     write_dataset(root, num_videos=12, num_frames=20, size=16, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny 3-class model with random weights, recording STEPS denoising steps (the CLI and API tests' checkpoint)."""
+    model = random_model(num_classes=3)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_weights(path, model.state_dict(), model.cfg,
+                 {"diffusion_config": {"steps": STEPS, "shift": 1.0, "cond_noise": 0.05, "cfg_scale": 1.0}})
+    return path

@@ -1,8 +1,13 @@
-"""Shared test fixtures: tiny models with non-trivial weights."""
+"""Shared test helpers: tiny models with non-trivial weights, the command line run in-process."""
+import pytest
 import torch
 
+import ca2vdm.cli.generate as cli
 from ca2vdm.config import model_config
-from ca2vdm.model import CausalVideoDiT
+from ca2vdm.models.dit import CausalVideoDiT
+
+CHUNK = 2  # tiny chunk_frames
+STEPS = 3  # the tiny checkpoint's diffusion steps (conftest.checkpoint)
 
 
 def random_model(seed: int = 0, **overrides) -> CausalVideoDiT:
@@ -29,3 +34,12 @@ def save_tiny_autoencoder(directory, architecture: str = "AutoencoderKL", seed: 
                            sample_size=32, scaling_factor=0.5, shift_factor=0.1)
     ae.save_pretrained(str(directory))
     return ae.eval()
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the generate command line in-process, require a non-zero exit, return its error message."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main([str(a) for a in argv])
+    code = exc.value.code
+    assert code not in (0, None)
+    return code if isinstance(code, str) else capsys.readouterr().err

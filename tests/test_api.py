@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 
 import ca2vdm
-from ca2vdm import api
-from ca2vdm.api import load_pipeline, to_pixels, write_video
-from ca2vdm.codec import DiffusersCodec
-from ca2vdm.pipeline import STATE_DTYPE, LongVideoPipeline
-from ca2vdm.video_io import VideoWriter, read_video, resize_center_crop
-from test_generate import CHUNK, checkpoint, cli  # noqa: F401 (checkpoint is a fixture)
+from ca2vdm.data.codec import DiffusersCodec
+from ca2vdm.generation import api
+from ca2vdm.generation.api import load_pipeline, to_pixels, write_video
+from ca2vdm.io.video import VideoWriter, read_video, resize_center_crop
+from ca2vdm.sampling.pipeline import STATE_DTYPE, LongVideoPipeline
+
+from helpers import CHUNK, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENT_DEMO = ROOT / "checkpoints" / "latent-demo.safetensors"
@@ -46,10 +47,10 @@ def test_latent_demo_samples_with_its_recorded_settings(tmp_path, cli_writes):
     chunks come out as 128x128 pixels decoded from latents that were not clamped to [-1, 1], the frames the command
     line writes with the same settings."""
     pipe = load_pipeline(LATENT_DEMO, "cpu")
-    assert (pipe.pipeline.shift, pipe.pipeline.steps, pipe.pipeline.cfg_scale) == (3.0, 16, 1.5)
+    assert (pipe.settings.shift, pipe.settings.steps, pipe.settings.cfg_scale) == (3.0, 16, 1.5)
     assert isinstance(pipe.codec, DiffusersCodec) and not pipe.pipeline.pixel_space and pipe.size == 128
     tiny = load_pipeline(LATENT_DEMO, "cpu", shift=1.5, steps=2, cfg_scale=1.0)
-    assert (tiny.pipeline.shift, tiny.pipeline.steps, tiny.pipeline.cfg_scale) == (1.5, 2, 1.0)
+    assert (tiny.settings.shift, tiny.settings.steps, tiny.settings.cfg_scale) == (1.5, 2, 1.0)
     first, chunk = tiny.generate(1, label=1, seed=0)
     assert (first.index, chunk.index, chunk.start_frame) == (-1, 0, 1)
     assert chunk.pixels.dtype == np.uint8 and chunk.pixels.shape == (1, 4, 128, 128, 3)

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from ca2vdm import attention as A
+from ca2vdm.config import ChunkLayout
+from ca2vdm.models import attention as A
 
 
 def test_block_causal_mask_layout():
-    mask = A.block_causal_mask(0, 5, chunk_frames=2, first_frame_chunk=True)
+    mask = A.block_causal_mask(ChunkLayout(2, True), 0, 5)
     # chunks: [0], [1, 2], [3, 4]
     expected = torch.tensor([[1, 0, 0, 0, 0],
                              [1, 1, 1, 0, 0],
@@ -13,13 +14,13 @@ def test_block_causal_mask_layout():
                              [1, 1, 1, 1, 1],
                              [1, 1, 1, 1, 1]], dtype=torch.bool)
     assert torch.equal(mask, expected)
-    frame_causal = A.block_causal_mask(0, 4, chunk_frames=1, first_frame_chunk=False)
+    frame_causal = A.block_causal_mask(ChunkLayout(1, False), 0, 4)
     assert torch.equal(frame_causal, torch.ones(4, 4, dtype=torch.bool).tril())
 
 
 def test_mask_with_offset_matches_slice_of_full_mask():
-    full = A.block_causal_mask(0, 11, chunk_frames=2, first_frame_chunk=True)
-    assert torch.equal(A.block_causal_mask(3, 8, 2, True), full[3:, 3:])
+    full = A.block_causal_mask(ChunkLayout(2, True), 0, 11)
+    assert torch.equal(A.block_causal_mask(ChunkLayout(2, True), 3, 8), full[3:, 3:])
 
 
 def test_periodic_rope_scores_depend_only_on_distance():
@@ -50,7 +51,7 @@ def test_sdpa_backend_and_errors():
 @pytest.mark.parametrize("lq, lk, masked", [(4, 13, False), (13, 13, True), (1, 1, False), (9, 30, False)])
 def test_matmul_attention_matches_sdpa(lq, lk, masked):
     q, k, v = torch.randn(6, lq, 3, 8), torch.randn(6, lk, 3, 8), torch.randn(6, lk, 3, 8)
-    mask = A.block_causal_mask(lk - lq, lk, 2, True)[-lq:] if masked else None
+    mask = A.block_causal_mask(ChunkLayout(2, True), lk - lq, lk)[-lq:] if masked else None
     sdpa = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                             attn_mask=mask).transpose(1, 2)
     assert torch.allclose(A.matmul_attention(q, k, v, mask), sdpa, atol=1e-5)
@@ -59,7 +60,7 @@ def test_matmul_attention_matches_sdpa(lq, lk, masked):
 
 def test_matmul_attention_gradients_match_sdpa():
     q, k, v = (torch.randn(2, 5, 2, 4, requires_grad=True) for _ in range(3))
-    mask = A.block_causal_mask(0, 5, 2, True)
+    mask = A.block_causal_mask(ChunkLayout(2, True), 0, 5)
     A.matmul_attention(q, k, v, mask).square().sum().backward()
     grads = [a.grad.clone() for a in (q, k, v)]
     for a in (q, k, v):

@@ -7,12 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ca2vdm.autoencoder import EXPORT_DIR, AutoencoderTask, build_autoencoder
-from ca2vdm.checkpoint import CheckpointError, load_model, step_dirs
-from ca2vdm.codec import CodecConfig, build_codec
-from ca2vdm.config import ConfigError, load_config
-from ca2vdm.synthetic import write_dataset
-from ca2vdm.training import train
+from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.config import AutoencoderTrainingConfig, CodecConfig, load_config
+from ca2vdm.data.codec import build_codec
+from ca2vdm.data.synthetic import write_dataset
+from ca2vdm.errors import CheckpointError, ConfigError
+from ca2vdm.training.autoencoder import EXPORT_DIR, AutoencoderTask, build_autoencoder
+from ca2vdm.training.checkpoint_dirs import step_dirs
+from ca2vdm.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +28,11 @@ def short_shapes(tmp_path_factory):
 
 
 def _config(short_shapes, out, *overrides):
-    return load_config(ROOT / "configs/ae-tiny.yaml", [f"data.root={short_shapes}", f"train.output_dir={out}", *overrides])
+    return _load([f"data.root={short_shapes}", f"train.output_dir={out}", *overrides])
+
+
+def _load(overrides):
+    return load_config(ROOT / "configs/ae-tiny.yaml", overrides, AutoencoderTrainingConfig)
 
 
 def test_resume_is_exact_and_every_checkpoint_exports_a_codec(short_shapes, tmp_path):
@@ -71,10 +77,10 @@ def test_cli_reports_heldout_psnr(short_shapes, tmp_path):
 
 def test_bad_autoencoder_configs_name_the_key():
     with pytest.raises(ConfigError, match="autoencoder.resolution=17 must be a positive multiple of"):
-        build_autoencoder(load_config(ROOT / "configs/ae-tiny.yaml", ["autoencoder.resolution=17"]).autoencoder)
+        build_autoencoder(_load(["autoencoder.resolution=17"]).autoencoder)
     with pytest.raises(ConfigError, match="AutoencoderTiny needs the same channel count"):
         tiny = ["autoencoder.architecture=AutoencoderTiny", "autoencoder.block_out_channels=[8,16]"]
-        build_autoencoder(load_config(ROOT / "configs/ae-tiny.yaml", tiny).autoencoder)
+        build_autoencoder(_load(tiny).autoencoder)
 
 
 @pytest.mark.parametrize("architecture", ["AutoencoderTiny", "AutoencoderKL"])
@@ -83,8 +89,8 @@ def test_exported_autoencoder_loads_without_warnings_and_identically(tmp_path, c
     warns of nothing on load (AutoencoderTiny used to record block_out_channels); the weights load unchanged."""
     from diffusers.utils import logging as diffusers_logging
 
-    from ca2vdm.autoencoder import export_autoencoder
     from ca2vdm.config import AutoencoderConfig
+    from ca2vdm.training.autoencoder import export_autoencoder
 
     torch.manual_seed(0)
     ae = build_autoencoder(AutoencoderConfig(architecture=architecture, block_out_channels=[8, 8], resolution=16,

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
 import torch
 
 from helpers import random_model
@@ -35,7 +37,7 @@ def test_analytic_flops_follow_each_mode_cost_model():
 
 def test_lockstep_measure_runs_every_mode_on_the_same_chunks():
     model = random_model(num_classes=3)
-    meta = {"diffusion_config": {"steps": 3, "cfg_scale": 2.0}}
+    meta = CheckpointMetadata.from_raw({"diffusion_config": {"steps": 3, "cfg_scale": 2.0}}, model.cfg)
     modes = ["kv", "none", "full", bench.teacache_mode(0.5)]
     rows = bench.measure(model, meta, modes, chunks=3, seed=0, batch=2)
     assert list(rows) == modes
@@ -43,7 +45,7 @@ def test_lockstep_measure_runs_every_mode_on_the_same_chunks():
         assert [r["chunk"] for r in rows[mode]] == [0, 1, 2]
         assert all(r["seconds"] > 0 and r["flops"] > 0 for r in rows[mode])
     assert all(t["flops"] <= k["flops"] for t, k in zip(rows[modes[3]], rows["kv"]))
-    assert model.step_cache is None  # each mode ran on its own copy of the model
+    assert len(model.stack.hooks) == 0  # no step cache is left on the model
 
 
 _DRIFT_SPEC = importlib.util.spec_from_file_location(
@@ -53,7 +55,7 @@ _DRIFT_SPEC.loader.exec_module(sampler_drift)
 
 
 def test_sampler_drift_teacher_forces_every_chunk_after_the_first(shapes, tmp_path):
-    from ca2vdm.checkpoint import save_weights
+    from ca2vdm.checkpoints.weights import save_weights
 
     model = random_model(num_classes=3)
     checkpoint, out = tmp_path / "tiny.safetensors", tmp_path / "drift.json"
@@ -89,7 +91,7 @@ def test_shape_colour_measures_hue_and_channel_bias():
 
 
 def test_sampler_drift_refuses_videos_too_short_for_the_chunks(shapes, tmp_path):
-    from ca2vdm.checkpoint import save_weights
+    from ca2vdm.checkpoints.weights import save_weights
 
     model = random_model(num_classes=3)
     checkpoint = tmp_path / "tiny.safetensors"
@@ -117,7 +119,7 @@ def test_step_cache_bench_writes_its_rows_without_matplotlib(tmp_path, monkeypat
     """Teacher-forced rows with today's keys and the new ones; a missing matplotlib skips only the plot."""
     import sys
 
-    from ca2vdm.checkpoint import save_weights
+    from ca2vdm.checkpoints.weights import save_weights
 
     model = random_model(num_classes=3)
     checkpoint = tmp_path / "tiny.safetensors"
@@ -140,7 +142,7 @@ def test_step_cache_bench_writes_its_rows_without_matplotlib(tmp_path, monkeypat
 def test_step_cache_drift_over_seeds_keeps_per_seed_entries_and_a_summary(tmp_path, monkeypatch):
     """--drift-seeds N: policy-free and policy videos for N seeds, on / off per seed, their mean and the spread of
     the policy-free videos between seeds; --settings keeps only the named setting; the first seed's keys as before."""
-    from ca2vdm.checkpoint import save_weights
+    from ca2vdm.checkpoints.weights import save_weights
 
     model = random_model(num_classes=3)
     checkpoint = tmp_path / "tiny.safetensors"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ca2vdm.config import ConfigError
+from ca2vdm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY, AE_TINY = str(ROOT / "configs/tiny.yaml"), str(ROOT / "configs/ae-tiny.yaml")

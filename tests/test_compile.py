@@ -1,10 +1,11 @@
 """Compiled sampling (ca2vdm/compile.py): equal to eager, compiled once, graphs bounded over chunks."""
 import torch
-from helpers import random_model
 from torch._dynamo.utils import counters
 
-from ca2vdm.compile import compile_blocks, is_compiled, warm_up, warm_up_chunks
-from ca2vdm.pipeline import LongVideoPipeline
+from ca2vdm.sampling.compile import compile_blocks, is_compiled, warm_up, warm_up_chunks
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
+from helpers import random_model
 
 CHUNKS = 8  # the first frame, 2 chunks while the 5-frame window fills, then 5 chunks with the window full
 
@@ -24,12 +25,13 @@ def test_compiled_blocks_equal_eager_and_compile_once():
     torch._dynamo.reset()
     eager = video(LongVideoPipeline(random_model(num_classes=3), steps=2, cfg_scale=1.5))
     model = compile_blocks(random_model(num_classes=3), backend="aot_eager")
-    pipe = LongVideoPipeline(model, steps=2, cfg_scale=1.5, compile=True)
-    assert is_compiled(model)
-    assert warm_up(pipe, batch=1, label=1) > 0 and warm_up_chunks(model) == 1 + 3 + 1
+    pipe = LongVideoPipeline(model, steps=2, cfg_scale=1.5)
+    assert is_compiled(model) and counters["stats"]["unique_graphs"] == 0  # compiled lazily: nothing traced yet
+    warm_up(pipe, batch=1, label=1)
+    assert warm_up_chunks(model) == 1 + 3 + 1
     graphs = counters["stats"]["unique_graphs"]
-    assert graphs > 0  # the blocks really went through dynamo
+    assert graphs > 0  # the warm-up really sent the blocks through dynamo
     compiled = video(pipe)
     assert counters["stats"]["unique_graphs"] == graphs  # no recompiles: positions and slots are not guarded
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)
-    assert pipe.steps == 2  # the warm-up's one-step videos leave the pipeline as it was
+    assert pipe.settings.steps == 2  # the warm-up's one-step videos leave the pipeline as it was

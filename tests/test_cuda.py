@@ -5,11 +5,12 @@ import copy
 
 import pytest
 import torch
-from helpers import random_model
 from test_precision import TOLERANCES, _generate
 
-from ca2vdm.compile import compile_blocks, warm_up
-from ca2vdm.pipeline import LongVideoPipeline
+from ca2vdm.sampling.compile import compile_blocks, warm_up
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
+from helpers import random_model
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 FUSED_SDPA = ("aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention",

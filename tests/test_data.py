@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ca2vdm.data import VideoFolderDataset
-from ca2vdm.video_io import VideoWriter
+from ca2vdm.data.clips import VideoFolderDataset
+from ca2vdm.io.video import VideoWriter
 
 
 def write_video(path, num_frames: int, height: int = 32, width: int = 32, gray: bool = False) -> None:

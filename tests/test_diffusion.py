@@ -7,11 +7,13 @@ import pytest
 import torch
 from einops import rearrange
 
-from ca2vdm.config import ConfigError, load_config
-from ca2vdm.diffusion import causal_flow_loss, teacher_forcing_flow_loss
-from ca2vdm.model import CausalVideoDiT
-from ca2vdm.synthetic import SHAPES, render_shape_video
-from ca2vdm.training import DiffusionTask, chunk_layout
+from ca2vdm.config import load_config
+from ca2vdm.data.synthetic import SHAPES, render_shape_video
+from ca2vdm.errors import ConfigError
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.training.diffusion_task import DiffusionTask
+from ca2vdm.training.losses import causal_flow_loss, teacher_forcing_flow_loss
+
 from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +45,7 @@ def test_all_chunk_terms_equal_the_one_chunk_objective(prefix_frames, first_fram
     conditioning frames come from another context (self-rollout) while the targets stay the video's."""
     model = strong_model(prefix_frames=prefix_frames, first_frame_chunk=first_frame_chunk,
                          max_context_frames=5 if first_frame_chunk else 4)
-    chunks = chunk_layout(model.cfg)
+    chunks = model.cfg.layout.clip_chunks(model.cfg.clip_frames)
     video, noise, cond_eps, t = draws(chunks)
     context = draws(chunks, seed=1)[0] if own_context else None
     y = torch.tensor([0, 2])
@@ -70,7 +72,7 @@ def test_weights_keep_only_the_chosen_samples_in_both_objectives():
     """A 0/1 weight per sample (and chunk) gives the loss of the chosen samples alone; the all-chunk terms still
     equal the one-chunk losses with the same weights."""
     model = strong_model()
-    chunks = chunk_layout(model.cfg)
+    chunks = model.cfg.layout.clip_chunks(model.cfg.clip_frames)
     video, noise, cond_eps, t = draws(chunks, batch=3)
     y = torch.tensor([0, 2, 1])
     weight = torch.tensor([[1.0, 0, 1, 1], [0, 0, 1, 1], [1, 0, 0, 1]])  # (B, K); chunk 1: no sample
@@ -97,7 +99,7 @@ def test_context_replaces_only_the_conditioning_frames():
     """causal_flow_loss(context=...): the conditioning frames come from the context, the noisy chunk and the target
     from the video; context frames from the noisy chunk on are ignored."""
     model = strong_model()
-    chunks = chunk_layout(model.cfg)
+    chunks = model.cfg.layout.clip_chunks(model.cfg.clip_frames)
     video, noise, _, t = draws(chunks)
     s, n = chunks[2]
     noise, t = noise[:, :, :s + n], t[:, 0]
@@ -115,7 +117,7 @@ def test_context_replaces_only_the_conditioning_frames():
 def test_teacher_forcing_layout_is_causal(prefix_frames):
     """Noisy chunk j depends only on clean chunks < j and on itself; clean frames never see noisy ones."""
     model = strong_model(prefix_frames=prefix_frames)
-    chunks = chunk_layout(model.cfg)  # [0] [1 2] [3 4] [5 6]
+    chunks = model.cfg.layout.clip_chunks(model.cfg.clip_frames)  # [0] [1 2] [3 4] [5 6]
     Tc = chunks[-1][0]  # clean frames 0..4, then noisy frames 0..6
     x, t = torch.randn(1, 3, Tc + 7, 16, 16), torch.rand(1, Tc + 7)
     t[:, :Tc] = 0

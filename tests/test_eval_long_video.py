@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ca2vdm.synthetic import render_shape_video, write_dataset
-from ca2vdm.video_io import VideoWriter
+from ca2vdm.data.synthetic import render_shape_video, write_dataset
+from ca2vdm.io.video import VideoWriter
 
 _SPEC = importlib.util.spec_from_file_location(
     "eval_long_video", Path(__file__).resolve().parents[1] / "scripts" / "eval_long_video.py")

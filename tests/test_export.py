@@ -10,10 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ca2vdm.checkpoint import CheckpointError, read_metadata, save_tensors, step_dirs
+from ca2vdm.checkpoints.weights import read_metadata, save_tensors
 from ca2vdm.config import load_config
-from ca2vdm.export import check_training_weights
-from ca2vdm.training import train
+from ca2vdm.errors import CheckpointError
+from ca2vdm.training.checkpoint_dirs import step_dirs
+from ca2vdm.training.export import check_training_weights
+from ca2vdm.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

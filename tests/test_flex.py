@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ca2vdm import attention as A
-from ca2vdm import flex
+from ca2vdm.config import ChunkLayout
+from ca2vdm.models import attention as A
+from ca2vdm.models import flex
+
 from helpers import random_model
 
 FLEX_MODULE = importlib.import_module("torch.nn.attention.flex_attention")
@@ -27,9 +29,9 @@ def cpu_flex_backward(monkeypatch):
 
 
 MASKS = {
-    "block-causal": A.block_causal_mask(0, 7, chunk_frames=2, first_frame_chunk=True),
-    "block-causal at offset 4": A.block_causal_mask(4, 9, chunk_frames=4, first_frame_chunk=False),
-    "teacher forcing": A.teacher_forcing_mask(0, 5, 7, chunk_frames=2, first_frame_chunk=True),
+    "block-causal": A.block_causal_mask(ChunkLayout(2, True), 0, 7),
+    "block-causal at offset 4": A.block_causal_mask(ChunkLayout(4, False), 4, 9),
+    "teacher forcing": A.teacher_forcing_mask(ChunkLayout(2, True), 0, 5, 7),
 }
 
 

@@ -2,7 +2,6 @@
 
 tiny: 16x16 frames, first frame drawn as a chunk of its own, then chunks of 2 frames, window of 5 frames.
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,22 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from ca2vdm.checkpoint import load_model, save_weights
-from ca2vdm.generate import GenerationOptions, generate_video
-from ca2vdm.pipeline import LongVideoPipeline
-from ca2vdm.video_io import VideoWriter, read_video
-from helpers import random_model
+from ca2vdm.checkpoints.weights import load_model, save_weights
+from ca2vdm.generation.video_files import GenerationOptions, generate_video
+from ca2vdm.io.video import VideoWriter, read_video
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
+from helpers import CHUNK, STEPS, cli, cli_error, random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_PATH = ROOT / "infer" / "long_video.py"
-CHUNK = 2  # tiny chunk_frames
-STEPS = 3  # the checkpoint's diffusion steps
 OPTIONS = ("--checkpoint", "--out", "--seed", "--steps", "--shift", "--chunks", "--first-frame", "--label",
            "--cfg-scale", "--cache", "--device", "--dtype", "--fps", "--stats", "--preview", "--verbose")
-
-_spec = importlib.util.spec_from_file_location("long_video_cli", CLI_PATH)
-cli = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cli)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,24 +34,6 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    model = random_model(num_classes=3)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_weights(path, model.state_dict(), model.cfg,
-                 {"diffusion_config": {"steps": STEPS, "shift": 1.0, "cond_noise": 0.05, "cfg_scale": 1.0}})
-    return path
-
-
-def cli_error(capsys, *argv) -> str:
-    """Run the CLI in-process, require a non-zero exit, return its error message."""
-    with pytest.raises(SystemExit) as exc:
-        cli.main([str(a) for a in argv])
-    code = exc.value.code
-    assert code not in (0, None)
-    return code if isinstance(code, str) else capsys.readouterr().err
 
 
 def test_video_frame_count_and_stats(checkpoint, tmp_path):
@@ -76,14 +52,14 @@ def test_video_frame_count_and_stats(checkpoint, tmp_path):
 
 
 def test_steps_and_guidance_set_model_evals(checkpoint, tmp_path):
-    opts = GenerationOptions(chunks=2, steps=2, cfg_scale=2.5, label=0)  # guidance needs a label to guide towards
+    opts = GenerationOptions(chunks=2, label=0, sampler=dict(steps=2, cfg_scale=2.5))  # guidance needs a label to guide towards
     stats = generate_video(checkpoint, tmp_path / "v.mp4", opts)
     assert [c["model_evals"] for c in stats["chunks"]] == [2 * 2, 2 * 2]  # 2 steps x 2 guidance branches
 
 
 def test_shift_overrides_the_checkpoints_sampler_schedule(checkpoint, tmp_path):
     recorded = generate_video(checkpoint, tmp_path / "a.mp4", GenerationOptions(chunks=2, label=0))
-    shifted = generate_video(checkpoint, tmp_path / "b.mp4", GenerationOptions(chunks=2, label=0, shift=3.0))
+    shifted = generate_video(checkpoint, tmp_path / "b.mp4", GenerationOptions(chunks=2, label=0, sampler=dict(shift=3.0)))
     assert (recorded["shift"], shifted["shift"]) == (1.0, 3.0)  # the checkpoint's, then the option's
     assert (read_video(tmp_path / "a.mp4") - read_video(tmp_path / "b.mp4")).abs().max() > 0.05  # same noise
 
@@ -91,8 +67,8 @@ def test_shift_overrides_the_checkpoints_sampler_schedule(checkpoint, tmp_path):
 @pytest.mark.parametrize("shift", ["0", "-1", "nan"])
 def test_bad_shift_is_an_error(checkpoint, tmp_path, capsys, shift):
     out = tmp_path / "o.mp4"
-    assert "--shift must be a finite number > 0" in cli_error(capsys, "--checkpoint", checkpoint, "--out", out,
-                                                              "--shift", shift)
+    assert f"--shift {float(shift)}: must be a finite number in (0, 1000]" in cli_error(
+        capsys, "--checkpoint", checkpoint, "--out", out, "--shift", shift)
     assert not out.exists()
 
 
@@ -102,7 +78,7 @@ def test_kv_and_none_caches_agree_while_window_not_full(checkpoint, tmp_path):
     window, where the modes legitimately differ, which shows the option reaches the pipeline."""
     def run(cache: str, chunks: int, seed: int = 0) -> Path:
         out = tmp_path / f"{cache}{chunks}-{seed}.mp4"
-        opts = GenerationOptions(chunks=chunks, seed=seed, label=1, cache=cache, overwrite=True)  # runs repeat
+        opts = GenerationOptions(chunks=chunks, seed=seed, label=1, overwrite=True, sampler=dict(cache=cache))  # runs repeat
         stats = generate_video(checkpoint, out, opts)
         assert stats["cache"] == cache
         return out
@@ -200,7 +176,7 @@ def test_help_lists_every_option(capsys):
 
 def test_zero_chunks_is_an_error(checkpoint, tmp_path, capsys):
     assert "--chunks" in cli_error(capsys, "--checkpoint", checkpoint, "--out", tmp_path / "o.mp4", "--chunks", "0")
-    with pytest.raises(ValueError, match="--chunks"):
+    with pytest.raises(ValueError, match="chunks=0: must be a positive number of chunks"):
         generate_video(checkpoint, tmp_path / "o.mp4", GenerationOptions(chunks=0))
     assert not (tmp_path / "o.mp4").exists()
 
@@ -239,8 +215,9 @@ def test_given_video_commits_only_what_can_still_matter(checkpoint, tmp_path, mo
     to float precision. Committing one chunk fewer changes it: with the KV cache a kept frame's deeper-layer keys
     carry the window before it, so the last max_context_frames frames alone are not enough. Attention sinks are
     kept besides."""
-    from ca2vdm.codec import PixelCodec
-    from ca2vdm.generate import conditioning_start, model_input
+    from ca2vdm.data.codec import PixelCodec
+    from ca2vdm.generation.api import model_input
+    from ca2vdm.generation.given import conditioning_start
 
     if sink_frames:
         model = random_model(num_classes=3, sink_frames=sink_frames)
@@ -250,7 +227,7 @@ def test_given_video_commits_only_what_can_still_matter(checkpoint, tmp_path, mo
     with VideoWriter(given, fps=8) as writer:
         writer.write(np.random.default_rng(0).integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
     model, meta = load_model(checkpoint)
-    pipe = LongVideoPipeline.from_metadata(model, meta)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta)
     video = model_input(PixelCodec(), read_video(given, size=16))  # (1, 3, 30, 16, 16)
     sinks = video[:, :, :sink_frames]
 
@@ -259,7 +236,7 @@ def test_given_video_commits_only_what_can_still_matter(checkpoint, tmp_path, mo
         state = pipe.start(label=1, seed=5, first_frames=given, frames_before=frames_before)
         return torch.cat([pipe.next_chunk(state).frames for _ in range(3)], dim=2)
 
-    start = conditioning_start(pipe, 30)
+    start = conditioning_start(model.cfg, pipe.settings.cache, 30)
     assert 0 < start and 30 - start < 30 - model.cfg.max_context_frames  # skips some, keeps more than the window
     every = continuation(0)
     assert (continuation(start) - every).abs().max() < 1e-5

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from ca2vdm.kv_cache import KVCache
-from ca2vdm.pipeline import LongVideoPipeline
+from ca2vdm.models.kv_cache import KVCache
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
 from helpers import random_model
 
 
@@ -25,7 +26,7 @@ def test_ring_slots_and_visible_window():
 
 def test_cache_written_once_per_chunk_and_never_reallocated():
     model = random_model(num_classes=3, prefix_frames=2)
-    pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.0, cache_mode="kv")
+    pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.0, cache="kv")
     state = pipe.start(label=0, seed=0)
     pipe.next_chunk(state)
     branches = [state.conditioning]  # guidance rows share one cache
@@ -41,7 +42,7 @@ def test_cache_written_once_per_chunk_and_never_reallocated():
 
 def test_bounded_over_many_chunks():
     model = random_model()
-    pipe = LongVideoPipeline(model, steps=1, cache_mode="kv")
+    pipe = LongVideoPipeline(model, steps=1, cache="kv")
     state = pipe.start(seed=0)
     first = pipe.next_chunk(state)
     cache = state.conditioning.cache

@@ -9,14 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from ca2vdm.checkpoint import load_model, read_metadata, step_dirs
-from ca2vdm.codec import build_codec
+from ca2vdm.checkpoints.weights import read_metadata
 from ca2vdm.config import load_config
-from ca2vdm.latent_encoding import encode_folder
-from ca2vdm.pipeline import LongVideoPipeline
-from ca2vdm.synthetic import write_dataset
-from ca2vdm.training import train
-from ca2vdm.video_io import read_video
+from ca2vdm.data.codec import build_codec
+from ca2vdm.data.latent_encoding import encode_folder
+from ca2vdm.data.synthetic import write_dataset
+from ca2vdm.io.video import read_video
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.training.checkpoint_dirs import step_dirs
+from ca2vdm.training.loop import train
+
 from helpers import random_model, save_tiny_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +65,7 @@ def test_cached_equals_recomputed_in_latent_space():
     model = random_model(num_classes=3, in_channels=4, resolution=8, patch_size=2)
     outs = {}
     for mode in ("kv", "full"):
-        pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.0, cache_mode=mode)
+        pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.0, cache=mode)
         outs[mode] = torch.cat([c.frames for c in pipe.generate(4, label=1, seed=0)], dim=2)
     assert outs["kv"].shape == (1, 4, 7, 8, 8)
     assert (outs["kv"] - outs["full"]).abs().max() <= 1e-4 and outs["kv"].abs().max() > 0.05

@@ -3,11 +3,14 @@ import json
 import pytest
 import torch
 
-from ca2vdm.codec import CodecConfig, build_codec
-from ca2vdm.data import DataError, VideoFolderDataset
-from ca2vdm.latent_encoding import encode_folder
-from ca2vdm.latents import INDEX_NAME, LatentClipDataset
-from ca2vdm.synthetic import write_dataset
+from ca2vdm.config import CodecConfig
+from ca2vdm.data.clips import VideoFolderDataset
+from ca2vdm.data.codec import build_codec
+from ca2vdm.data.latent_encoding import encode_folder
+from ca2vdm.data.latents import INDEX_NAME, LatentClipDataset
+from ca2vdm.data.synthetic import write_dataset
+from ca2vdm.errors import DataError
+
 from helpers import save_tiny_autoencoder
 
 

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ca2vdm.generate as generate
-from test_generate import CHUNK, CLI_PATH, checkpoint, cli, cli_error  # noqa: F401 (checkpoint is a fixture)
+import ca2vdm.generation.api as api
+from ca2vdm.io.paths import VIDEO_NAME
+
+from helpers import CHUNK, cli, cli_error
+from test_generate import CLI_PATH
 
 
 @pytest.fixture
@@ -22,7 +25,7 @@ def no_work(monkeypatch):
     def load_model(*args, **kwargs):
         raise AssertionError("the model was loaded: the check did not come before the work")
 
-    monkeypatch.setattr(generate, "load_model", load_model)
+    monkeypatch.setattr(api, "load_model", load_model)
 
 
 def _png(path, value: int = 90):
@@ -80,7 +83,7 @@ def test_overwrite_replaces_an_existing_video(checkpoint, tmp_path):
 
 def test_trailing_slash_means_a_directory(checkpoint, tmp_path):
     cli.main(["--checkpoint", str(checkpoint), "--out", f"{tmp_path / 'new' / 'dir'}/", "--chunks", "1"])
-    assert (tmp_path / "new" / "dir").is_dir() and (tmp_path / "new" / "dir" / generate.VIDEO_NAME).is_file()
+    assert (tmp_path / "new" / "dir").is_dir() and (tmp_path / "new" / "dir" / VIDEO_NAME).is_file()
 
 
 def test_default_output_is_replaced_by_the_next_run(checkpoint, tmp_path, monkeypatch):
@@ -138,7 +141,7 @@ def test_stop_keeps_the_finished_chunks_as_a_playable_video(checkpoint, tmp_path
 @pytest.mark.parametrize("argv, message", [
     (["--seed", str(2 ** 70)], "--seed"),
     (["--seed", "-1"], "--seed"),
-    (["--device", "meta"], "--device meta: not supported; use cpu, cuda or cuda:N"),
+    (["--device", "meta"], "--device meta: not supported; use auto, cpu, cuda or cuda:N"),
     (["--device", "mps"], "--device mps"),
     (["--teacache-thresh", "nan"], "--teacache-thresh"),
     (["--teacache-thresh", "-0.5"], "--teacache-thresh"),

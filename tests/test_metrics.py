@@ -5,10 +5,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ca2vdm.metrics import (color_histogram, foreground_colour, foreground_fraction, histogram_distance, motion,
-                            shape_descriptor,
-                            nearest_histogram_distance, psnr, sharpness, ssim, to_frames)
-from ca2vdm.synthetic import render_shape_video
+from ca2vdm.data.synthetic import render_shape_video
+from ca2vdm.evaluation.metrics import (
+    color_histogram,
+    foreground_colour,
+    foreground_fraction,
+    histogram_distance,
+    motion,
+    nearest_histogram_distance,
+    psnr,
+    shape_descriptor,
+    sharpness,
+    ssim,
+    to_frames,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from ca2vdm.attention import chunk_ids
-from ca2vdm.config import ConfigError, model_config
-from ca2vdm.model import CausalVideoDiT
+from ca2vdm.config import model_config
+from ca2vdm.errors import ConfigError
+from ca2vdm.models.dit import CausalVideoDiT
+
 from helpers import random_model
 
 
@@ -83,7 +84,7 @@ def test_teacher_forcing_equals_full_pass_per_chunk(first_frame_chunk, frame_off
         for p in model.parameters():
             p.mul_(4)  # stronger weights: a wrong position or prefix moves the output by far more than the tolerance
     T = model.cfg.clip_frames
-    ids = chunk_ids(torch.arange(frame_offset, frame_offset + T), model.cfg.chunk_frames, first_frame_chunk)
+    ids = model.cfg.layout.chunk_of(torch.arange(frame_offset, frame_offset + T))
     starts = [i for i in range(T) if i == 0 or ids[i] != ids[i - 1]] + [T]
     Tc = starts[-2]  # the last chunk's clean copy conditions nothing
     clean, noisy, y = torch.randn(2, 3, Tc, 16, 16), torch.randn(2, 3, T, 16, 16), torch.tensor([0, 2])
@@ -122,8 +123,8 @@ def test_cached_denoising_and_commit_passes_reach_the_kernel_without_a_mask(monk
     may pick its flash / cuDNN / memory-efficient kernels. Every attention call is routed to SDPA here (no CPU matmul
     shortcut) and spied on: no mask on any cached pass (guided, prefix attention, sinks, a given first frame, a ring
     that wraps); the recompute baseline does pass masks (so the spy sees them when they are there)."""
-    from ca2vdm import attention as A
-    from ca2vdm.pipeline import LongVideoPipeline
+    from ca2vdm.models import attention as A
+    from ca2vdm.sampling.pipeline import LongVideoPipeline
 
     calls = []
     sdpa = A.F.scaled_dot_product_attention
@@ -137,7 +138,7 @@ def test_cached_denoising_and_commit_passes_reach_the_kernel_without_a_mask(monk
     first = torch.rand(1, 3, 3, 16, 16) * 2 - 1
     for mode in ("kv", "none"):
         calls.clear()
-        pipe = LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache_mode=mode)
+        pipe = LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache=mode)
         frames = torch.cat([c.frames for c in pipe.generate(5, label=1, first_frames=first)], dim=2)
         assert frames.shape[2] == 5 * 2 and torch.isfinite(frames).all()
         if mode == "kv":

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import random_model
 
-from ca2vdm.checkpoint import save_weights
-from ca2vdm.generate import GenerationOptions, Stopped, generate_video
-from ca2vdm.multi_video import assigned_seeds, generate_videos, video_path
-from ca2vdm.pipeline import LongVideoPipeline
-from ca2vdm.video_io import read_video
+from ca2vdm.checkpoints.weights import save_weights
+from ca2vdm.generation.many import assigned_seeds, generate_videos, video_path
+from ca2vdm.generation.video_files import GenerationOptions, Stopped, generate_video
+from ca2vdm.io.video import read_video
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
+from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNKS = 3
@@ -143,6 +144,6 @@ def test_bad_many_video_options_are_one_line_before_any_work(checkpoint, tmp_pat
 def test_an_existing_video_of_any_seed_is_refused_before_any_work(checkpoint, tmp_path):
     """The output-path checks of one video apply to each: seed 6's file exists, so nothing is written."""
     video_path(tmp_path / "v.mp4", 6).write_bytes(b"keep")
-    with pytest.raises(ValueError, match="v_seed6.mp4 already exists"):
+    with pytest.raises(ValueError, match="v_seed6.mp4: already exists"):
         generate_videos(checkpoint, tmp_path / "v.mp4", GenerationOptions(chunks=1, seed=5), num_videos=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v_seed6.mp4"]

@@ -12,13 +12,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ca2vdm import trackers
-from ca2vdm.checkpoint import CheckpointError, load_model
-from ca2vdm.config import ConfigError, load_config
-from ca2vdm.diffusion import teacher_forcing_flow_loss
-from ca2vdm.model import CausalVideoDiT
-from ca2vdm.parallelize import parallelize
-from ca2vdm.training import chunk_layout, train
+from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.config import load_config
+from ca2vdm.errors import CheckpointError, ConfigError
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.training import trackers
+from ca2vdm.training.loop import train
+from ca2vdm.training.losses import teacher_forcing_flow_loss
+from ca2vdm.training.parallelize import parallelize
 from tests.helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ TINY = ROOT / "configs/tiny.yaml"
 
 
 def _loss_and_grads(model, video, labels):
-    loss = teacher_forcing_flow_loss(model, video, labels, chunk_layout(model.cfg), 0.05,
+    loss = teacher_forcing_flow_loss(model, video, labels, model.cfg.layout.clip_chunks(model.cfg.clip_frames), 0.05,
                                      generator=torch.Generator().manual_seed(3))
     loss.backward()
     return loss.detach(), {k: p.grad for k, p in model.named_parameters()}

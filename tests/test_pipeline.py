@@ -1,12 +1,14 @@
 import pytest
 import torch
 
-from ca2vdm.pipeline import LongVideoPipeline
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
 from helpers import random_model
 
 
 def _generate(model, mode, chunks, **kw):
-    pipe = LongVideoPipeline(model, steps=3, cfg_scale=kw.pop("cfg_scale", 1.0), cache_mode=mode)
+    pipe = LongVideoPipeline(model, steps=3, cfg_scale=kw.pop("cfg_scale", 1.0), cache=mode)
     return torch.cat([c.frames for c in pipe.generate(chunks, **kw)], dim=2)
 
 
@@ -48,13 +50,13 @@ def test_deterministic_and_seed_dependent():
 
 def test_bad_arguments():
     model = random_model()
-    with pytest.raises(ValueError, match="cache_mode"):
-        LongVideoPipeline(model, cache_mode="disk")
+    with pytest.raises(ValueError, match="cache=disk: must be one of kv, none, full"):
+        LongVideoPipeline(model, cache="disk")
     with pytest.raises(ValueError, match="num_chunks"):
         next(LongVideoPipeline(model).generate(0))
     with pytest.raises(ValueError, match="unconditional"):
         next(LongVideoPipeline(model).generate(1, label=1))
-    with pytest.raises(ValueError, match="label must be"):
+    with pytest.raises(ValueError, match="label=7: out of range"):
         next(LongVideoPipeline(random_model(num_classes=3)).generate(1, label=7))
 
 
@@ -72,11 +74,14 @@ def test_commit_frames_replace_the_conditioning():
 
 def test_pipeline_from_checkpoint_metadata():
     model = random_model(num_classes=3)
-    meta = {"diffusion_config": {"steps": 5, "shift": 2.0, "cond_noise": 0.1, "cfg_scale": 3.0, "label_dropout": 0.1}}
-    pipe = LongVideoPipeline.from_metadata(model, meta, steps=None, cache_mode="none")
-    assert (pipe.steps, pipe.shift, pipe.cond_noise, pipe.cfg_scale, pipe.cache_mode) == (5, 2.0, 0.1, 3.0, "none")
-    assert LongVideoPipeline.from_metadata(model, meta, steps=2, cfg_scale=1.0).steps == 2
-    assert LongVideoPipeline.from_metadata(model, {}).steps == 16  # nothing recorded: the defaults
+    raw = {"diffusion_config": {"steps": 5, "shift": 2.0, "cond_noise": 0.1, "cfg_scale": 3.0, "label_dropout": 0.1}}
+    meta = CheckpointMetadata.from_raw(raw, model.cfg)  # a checkpoint written before metadata versions
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, steps=None, cache="none")
+    s = pipe.settings
+    assert (s.steps, s.shift, s.cond_noise, s.cfg_scale, s.cache) == (5, 2.0, 0.1, 3.0, "none")
+    assert LongVideoPipeline.for_checkpoint(model, meta, steps=2, cfg_scale=1.0).settings.steps == 2
+    empty = CheckpointMetadata.from_raw({}, model.cfg)
+    assert LongVideoPipeline.for_checkpoint(model, empty).settings.steps == 16  # nothing recorded: the defaults
 
 
 def test_no_label_runs_one_branch_and_ignores_the_guidance_scale():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ca2vdm.checkpoint import save_weights
+from ca2vdm.checkpoints.weights import save_weights
+
 from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,15 +6,16 @@ import json
 import pytest
 import torch
 
-from ca2vdm.pipeline import STATE_DTYPE, LongVideoPipeline
-from ca2vdm.precision import resolve_dtype
-from helpers import random_model
-from test_generate import checkpoint, cli, cli_error  # noqa: F401 (checkpoint is a fixture)
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.runtime import resolve_dtype
+from ca2vdm.sampling.pipeline import STATE_DTYPE, LongVideoPipeline
+
+from helpers import cli, cli_error, random_model
 
 
 def _generate(model, mode: str, seed: int = 3) -> torch.Tensor:
     """4 chunks (frames 0..6: tiny's window of 5 frames is not yet full, so kv equals recomputation), guided."""
-    pipe = LongVideoPipeline(model, steps=4, cfg_scale=2.5, cache_mode=mode)
+    pipe = LongVideoPipeline(model, steps=4, cfg_scale=2.5, cache=mode)
     return torch.cat([c.frames for c in pipe.generate(4, batch=2, label=1, seed=seed)], dim=2)  # (2, 3, 7, 16, 16)
 
 
@@ -58,7 +59,7 @@ def test_dtype_defaults_to_bf16_on_cuda_and_fp32_on_cpu():
     assert resolve_dtype(None, "cpu") == torch.float32
     assert resolve_dtype(None, "cuda") == resolve_dtype(None, torch.device("cuda", 1)) == torch.bfloat16
     assert resolve_dtype("fp16", "cpu") == torch.float16
-    with pytest.raises(ValueError, match="--dtype fp8: not supported; use fp32, bf16, fp16"):
+    with pytest.raises(ValueError, match="dtype=fp8: not supported; use fp32, bf16, fp16"):
         resolve_dtype("fp8", "cpu")
 
 
@@ -92,8 +93,8 @@ def test_bench_precision_teacher_forces_every_precision_on_the_fp32_chunks():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     model = random_model(num_classes=3, prefix_frames=2)
-    summary, rows = bench.measure(model, {"diffusion_config": {"steps": 3}}, ["bf16", "fp32"], chunks=3, label=1,
-                                  seed=0)
+    meta = CheckpointMetadata.from_raw({"diffusion_config": {"steps": 3}}, model.cfg)
+    summary, rows = bench.measure(model, meta, ["bf16", "fp32"], chunks=3, label=1, seed=0)
     assert list(summary) == ["fp32", "bf16"] and [len(r) for r in rows.values()] == [4, 4]  # first frame + 3
     assert summary["fp32"]["max_abs_vs_fp32"] == 0
     assert 0 < summary["bf16"]["max_abs_vs_fp32"] <= TOLERANCES[torch.bfloat16][0]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ca2vdm.data import VideoFolderDataset
+from ca2vdm.data.clips import VideoFolderDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"bigbuckbunny.mp4": (720, 1280), "bikes.mp4": (272, 640), "carphone_distorted.mp4": (144, 176),

@@ -21,15 +21,18 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-import ca2vdm.data as data_module
-from ca2vdm import checkpoint as ckpt
-from ca2vdm import video_io
-from ca2vdm.checkpoint import CheckpointError, CheckpointWriteError, load_model, resolve_resume, save_weights, step_dirs
-from ca2vdm.config import ConfigError, ModelConfig, load_config, model_config, to_dict
-from ca2vdm.data import DataError, VideoFolderDataset
-from ca2vdm.run_files import SKIPPED_LOG
-from ca2vdm.training import _lr_factor, train
-from ca2vdm.video_io import VideoWriter
+import ca2vdm.data.clips as data_module
+from ca2vdm.checkpoints import weights as ckpt
+from ca2vdm.checkpoints.weights import load_model, save_weights
+from ca2vdm.config import ModelConfig, load_config, model_config, to_dict
+from ca2vdm.data.clips import VideoFolderDataset
+from ca2vdm.errors import CheckpointError, CheckpointWriteError, ConfigError, DataError, RunLockedError
+from ca2vdm.io import video as video_io
+from ca2vdm.io.video import VideoWriter
+from ca2vdm.training import checkpoint_dirs, run_lock
+from ca2vdm.training.checkpoint_dirs import resolve_resume, step_dirs
+from ca2vdm.training.loop import _lr_factor, train
+from ca2vdm.training.run_files import SKIPPED_LOG
 from tests.helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,24 +121,24 @@ def test_sigkill_then_resume_latest_equals_uninterrupted_run(shapes, reference, 
 def test_failed_or_killed_checkpoint_write_loses_nothing(shapes, reference, tmp_path, monkeypatch, one_thread):
     root = tmp_path / "checkpoints"
     config = load_config(TINY, _overrides(shapes, tmp_path, max_steps=STEPS, save_every=EVERY))
-    publish = ckpt.publish
+    publish = checkpoint_dirs.publish
 
     def disk_full_at_step_8(staging, final):  # every file of step 8 is written, the rename fails
         if Path(final).name == "step_000008":
             raise OSError(28, "No space left on device")
         publish(staging, final)
 
-    monkeypatch.setattr(ckpt, "publish", disk_full_at_step_8)
+    monkeypatch.setattr(checkpoint_dirs, "publish", disk_full_at_step_8)
     with pytest.raises(CheckpointWriteError, match=r"step_000008.*No space left.*step_000004 is intact"):
         train(config, progress_bar=False)
-    monkeypatch.setattr(ckpt, "publish", publish)
+    monkeypatch.setattr(checkpoint_dirs, "publish", publish)
     assert step_dirs(root) == [root / "step_000004"]
     assert not list(root.glob(".tmp-*"))  # a failed save removes its own staging directory
     model, meta = load_model(root / "step_000004")  # the previous checkpoint is complete and loads
-    assert meta["step"] == 4 and model.cfg.depth == 2
+    assert meta.step == 4 and model.cfg.depth == 2
 
     # What SIGKILL during a save leaves behind: a half-written staging directory (it never gets a step_ name) ...
-    stale = ckpt.staging_dir(root / "step_000008")
+    stale = checkpoint_dirs.staging_dir(root / "step_000008")
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"\0" * 64)
     # ... and, from a copy by hand or an older version, a step_ directory with files missing.
@@ -179,7 +182,7 @@ def test_second_run_on_a_busy_output_dir_is_refused(shapes, tmp_path, one_thread
         second = load_config(TINY, _overrides(shapes, out, max_steps=2, save_every=2))
         busy = rf"train.output_dir {re.escape(str(out))} is in use by another training run \(pid {first.pid} on "
         for resume in (None, "latest"):
-            with pytest.raises(ckpt.RunLockedError, match=busy):
+            with pytest.raises(RunLockedError, match=busy):
                 train(second, resume=resume, progress_bar=False)
         assert "max_steps: 10000" in (out / "config.yaml").read_text()  # not the second run's
     finally:
@@ -187,15 +190,15 @@ def test_second_run_on_a_busy_output_dir_is_refused(shapes, tmp_path, one_thread
         first.wait(timeout=30)
     steps = [r["step"] for r in _records(out)]
     assert steps == list(range(1, len(steps) + 1))  # one run's log: no duplicated or interleaved lines
-    assert json.loads((out / ckpt.LOCK_NAME).read_text())["pid"] == first.pid  # SIGKILL leaves the file
+    assert json.loads((out / run_lock.LOCK_NAME).read_text())["pid"] == first.pid  # SIGKILL leaves the file
     with caplog.at_level("WARNING", logger="ca2vdm.checkpoint"):
         train(load_config(TINY, _overrides(shapes, out, max_steps=1, save_every=1)), progress_bar=False)
     assert f"stale lock of pid {first.pid}" in caplog.text
-    assert not (out / ckpt.LOCK_NAME).exists()  # released at the end
+    assert not (out / run_lock.LOCK_NAME).exists()  # released at the end
     # A lock naming another host cannot be checked from here: refused, with how to clear it.
-    (out / ckpt.LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
-    with pytest.raises(ckpt.RunLockedError, match=r"\(pid 1 on elsewhere, .*if that run has ended, delete "):
-        ckpt.RunLock(out).acquire()
+    (out / run_lock.LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
+    with pytest.raises(RunLockedError, match=r"\(pid 1 on elsewhere, .*if that run has ended, delete "):
+        run_lock.RunLock(out).acquire()
 
 
 def test_resume_refuses_changed_optimizer_settings(shapes, tmp_path, one_thread):
@@ -211,7 +214,7 @@ def test_resume_refuses_changed_optimizer_settings(shapes, tmp_path, one_thread)
         with pytest.raises(CheckpointError, match=rf"{re.escape(change)} \(checkpoint: .*--resume .*init_from"):
             train(load_config(TINY, [*args, change]), resume="latest", progress_bar=False)
     assert (out / "config.yaml").read_text() == recorded
-    assert not (out / ckpt.LOCK_NAME).exists()  # released on errors
+    assert not (out / run_lock.LOCK_NAME).exists()  # released on errors
 
     train(load_config(TINY, _overrides(shapes, out, max_steps=4, save_every=2, warmup_steps=1)), resume="latest",
           progress_bar=False)
@@ -225,7 +228,7 @@ def test_run_killed_in_its_first_save_says_start_fresh(shapes, tmp_path, one_thr
     """With no complete checkpoint there is nothing to resume: --resume latest says to start fresh, and that works."""
     out = tmp_path / "run"
     root = out / "checkpoints"
-    staging = ckpt.staging_dir(root / "step_000004")  # what SIGKILL during the first save leaves
+    staging = checkpoint_dirs.staging_dir(root / "step_000004")  # what SIGKILL during the first save leaves
     staging.mkdir(parents=True)
     (staging / "model.safetensors").write_bytes(b"\0" * 64)
     config = load_config(TINY, _overrides(shapes, out, max_steps=2, save_every=2))

@@ -5,10 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ca2vdm.config import ConfigError, load_config
-from ca2vdm.pipeline import LongVideoPipeline
-from ca2vdm.rollout import given_frames, rollout_context
-from ca2vdm.training import DiffusionTask, chunk_layout
+from ca2vdm.config import load_config
+from ca2vdm.errors import ConfigError
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.training.diffusion_task import DiffusionTask
+from ca2vdm.training.rollout import given_frames, rollout_context
+
 from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +30,7 @@ def test_free_rollout_is_inference_from_the_given_frames(sink_frames):
     frames (first frame, or the sinks) with the same seed and labels; given frames and the rest stay real."""
     model = random_model(num_classes=3, sink_frames=sink_frames).train()
     video, labels = clip(model), torch.tensor([1, 3])  # 3: the null label (label dropout)
-    num_cond = chunk_layout(model.cfg)[-1][0]
+    num_cond = model.cfg.layout.clip_chunks(model.cfg.clip_frames)[-1][0]
     given = given_frames(model.cfg)
     assert given == max(1, sink_frames)
     out = rollout_context(model, video, labels, num_cond, start_t=1.0, **SETTINGS)
@@ -46,7 +49,7 @@ def test_rollout_t_anchors_the_context_to_the_real_clip():
     """rollout_t=0 returns the real clip; the context moves further from it as rollout_t grows."""
     model = random_model(num_classes=3)
     video, labels = clip(model), torch.tensor([0, 2])
-    num_cond = chunk_layout(model.cfg)[-1][0]
+    num_cond = model.cfg.layout.clip_chunks(model.cfg.clip_frames)[-1][0]
     assert torch.equal(rollout_context(model, video, labels, num_cond, start_t=0.0, **SETTINGS), video)
     gaps = [(rollout_context(model, video, labels, num_cond, start_t=t, **SETTINGS) - video).abs().mean().item()
             for t in (0.2, 0.6, 1.0)]
@@ -65,8 +68,9 @@ def test_latent_chunks_are_not_clamped():
     """Pixels are clamped to [-1, 1]; a latent model's samples are not (unit-variance latents exceed 1), and a
     checkpoint's codec says which."""
     model = random_model()
-    latent = LongVideoPipeline.from_metadata(model, {"codec": {"kind": "autoencoder"}})
-    pixel = LongVideoPipeline.from_metadata(model, {})
+    latent = LongVideoPipeline.for_checkpoint(model, CheckpointMetadata.from_raw({"codec": {"kind": "autoencoder"}},
+                                                                                  model.cfg))
+    pixel = LongVideoPipeline.for_checkpoint(model, CheckpointMetadata.from_raw({}, model.cfg))
     assert not latent.pixel_space and pixel.pixel_space
     frames = lambda pipe: torch.cat([c.frames for c in pipe.generate(3, seed=0)], 2)  # noqa: E731
     big, clamped = frames(latent), frames(pixel)

@@ -17,13 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ca2vdm import checkpoint as ckpt
-from ca2vdm import training
-from ca2vdm.autoencoder import AutoencoderTask
-from ca2vdm.checkpoint import step_dirs
-from ca2vdm.config import load_config
-from ca2vdm.run_guard import Preempted
-from ca2vdm.synthetic import write_dataset
+from ca2vdm.config import AutoencoderTrainingConfig, load_config
+from ca2vdm.data.synthetic import write_dataset
+from ca2vdm.training import checkpoint_dirs, run_lock
+from ca2vdm.training import loop as training
+from ca2vdm.training.autoencoder import AutoencoderTask
+from ca2vdm.training.checkpoint_dirs import step_dirs
+from ca2vdm.training.run_guard import Preempted
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -78,8 +78,8 @@ def test_sigterm_saves_the_current_step_and_resume_is_exact(shapes, tmp_path):
     step = len(_records(out))  # the step the run was in when the signal came, logged and then saved
     assert 1 <= step < STEPS and [r["step"] for r in _records(out)] == list(range(1, step + 1))
     saved = out / f"checkpoints/step_{step:06d}"
-    assert step_dirs(out / "checkpoints") == [saved] and not ckpt.missing_files(saved)
-    assert not (out / ckpt.LOCK_NAME).exists() and not list((out / "checkpoints").glob(".t*-*"))
+    assert step_dirs(out / "checkpoints") == [saved] and not checkpoint_dirs.missing_files(saved)
+    assert not (out / run_lock.LOCK_NAME).exists() and not list((out / "checkpoints").glob(".t*-*"))
     line = f"stopped by SIGTERM after step {step}: checkpoint {saved} saved; continue with --resume latest"
     assert [e for e in stderr.splitlines() if e.strip()] == [line] and "Traceback" not in stdout + stderr
 
@@ -99,8 +99,8 @@ def test_sigusr1_stops_the_autoencoder_too_and_resume_is_exact(tmp_path, monkeyp
     write_dataset(data, num_videos=8, num_frames=6, size=16, seed=0)
 
     def config(out, max_steps):
-        return load_config(ROOT / "configs/ae-tiny.yaml", [f"data.root={data}", f"train.output_dir={out}",
-                                                           f"train.max_steps={max_steps}", "train.save_every=4"])
+        overrides = [f"data.root={data}", f"train.output_dir={out}", f"train.max_steps={max_steps}", "train.save_every=4"]
+        return load_config(ROOT / "configs/ae-tiny.yaml", overrides, AutoencoderTrainingConfig)
 
     straight = training.train(config(tmp_path / "a", 4), progress_bar=False, task_type=AutoencoderTask)
     calls, loss = [], AutoencoderTask.loss
@@ -147,7 +147,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(shapes, tmp_path
     assert code != 0
     step = len(_records(tmp_path))
     saved = tmp_path / f"checkpoints/step_{step:06d}"
-    assert step_dirs(tmp_path / "checkpoints") == [saved] and not ckpt.missing_files(saved), stderr[-3000:]
+    assert step_dirs(tmp_path / "checkpoints") == [saved] and not checkpoint_dirs.missing_files(saved), stderr[-3000:]
     assert sorted(p.name for p in saved.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
     assert len(re.findall(rf"stopped by SIGTERM after step {step}: checkpoint", stderr)) == 1  # the main rank's line
-    assert not (tmp_path / ckpt.LOCK_NAME).exists()
+    assert not (tmp_path / run_lock.LOCK_NAME).exists()

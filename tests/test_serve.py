@@ -6,10 +6,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 import ca2vdm
+from ca2vdm.sampling.step_cache import POLICIES
 from ca2vdm.serve import create_app, load_catalog
 from ca2vdm.serve.catalog import FPS
 from ca2vdm.serve.protocol import CHUNK_FIELDS
-from ca2vdm.step_cache import POLICIES
+
 from serve_helpers import FakeModel, PacedSource, receive, receive_until, start, wait_for
 
 

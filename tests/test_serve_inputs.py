@@ -7,15 +7,16 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from ca2vdm.io.video import VideoWriter
 from ca2vdm.serve import create_app, load_catalog
 from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES
-from ca2vdm.video_io import VideoWriter
+
 from serve_helpers import FakeModel, PacedSource, receive, receive_until, start
 
 BAD_STARTS = [
     ({"model": "../../etc/passwd"}, "model '../../etc/passwd' is not offered by this server; choose one of: fake"),
-    ({"label": 3}, "label 3 is out of range: this model's labels are 0 to 2"),
-    ({"label": -1}, "label -1 is out of range"),
+    ({"label": 3}, "label=3: out of range: this model's labels are 0 to 2"),
+    ({"label": -1}, "label=-1: out of range"),
     ({"label": "square"}, "label must be a whole number, got 'square'"),
     ({"chunks": 51}, "chunks 51 is beyond this server's limit of 50 (--max-chunks); ask for at most 50"),
     ({"chunks": 0}, "chunks must be at least 1"),
@@ -23,11 +24,13 @@ BAD_STARTS = [
     ({"seed": -4}, "seed must be in 0 .. 2**64 - 1, got -4"),
     ({"seed": 2 ** 64}, "seed must be in 0 .. 2**64 - 1"),
     ({"seed": "abc"}, "seed must be a whole number, got 'abc'"),
-    ({"step_cache": "warp"}, "unknown step cache 'warp'; choose one of: none, adacache, chunkcache, fastercache, "
-                             "magcache, taylorseer, teacache"),
-    ({"step_cache": "teacache", "step_cache_options": {"threshold": -0.1}}, "threshold must be a number >= 0"),
-    ({"step_cache": "teacache", "step_cache_options": {"threshold": "high"}}, "threshold must be a number >= 0"),
-    ({"step_cache_options": {"threshold": 0.2}}, "step cache none has no setting 'threshold'; its settings: (none)"),
+    ({"step_cache": "warp"}, "unknown step cache 'warp'; choose one of: none, teacache, magcache, taylorseer, "
+                             "chunkcache, fastercache, adacache"),
+    ({"step_cache": "teacache", "step_cache_options": {"threshold": -0.1}},
+     "step_cache_options=threshold=-0.1: teacache's threshold must be a finite number >= 0"),
+    ({"step_cache": "teacache", "step_cache_options": {"threshold": "high"}},
+     "step_cache_options=threshold=high: teacache's threshold must be a finite number >= 0"),
+    ({"step_cache_options": {"threshold": 0.2}}, "step_cache_options=threshold: needs a step cache (step_cache is none)"),
     ({"step_cache_options": [0.2]}, "step_cache_options must be an object of settings"),
     ({"first_frame": "yes"}, "first_frame must be true or false"),
     ({"first_frame": True}, "first_frame is set but no image or video was uploaded"),
@@ -93,7 +96,7 @@ def test_a_label_for_an_unconditional_model_is_refused(server):
     with client.websocket_connect("/ws") as ws:
         receive(ws)
         ws.send_json({"type": "start", "model": "plain", "label": 0})
-        assert receive(ws)[1]["message"] == "label 0: this model is unconditional; choose no label"
+        assert receive(ws)[1]["message"] == "label=0: this model is unconditional; give no label"
 
 
 def test_a_second_start_while_generating_is_refused(server):
@@ -163,7 +166,7 @@ def test_shipped_model_continues_an_uploaded_image():
 
 
 def test_serve_cli_defaults_and_one_line_errors(capsys):
-    from infer.serve import main, parse_args
+    from ca2vdm.cli.serve import main, parse_args
 
     args = parse_args([])
     assert (args.host, args.port, args.device) == ("127.0.0.1", 7860, "cpu")

@@ -1,12 +1,14 @@
 """Attention sinks (model.sink_frames): never evicted, always at a trained position, exact against recomputation."""
-import pytest
 import numpy as np
+import pytest
 import torch
 
-from ca2vdm.attention import apply_rope, rope_table
-from ca2vdm.config import ConfigError, model_config
-from ca2vdm.kv_cache import KVCache
-from ca2vdm.pipeline import LongVideoPipeline
+from ca2vdm.config import model_config
+from ca2vdm.errors import ConfigError
+from ca2vdm.models.attention import apply_rope, rope_table
+from ca2vdm.models.kv_cache import KVCache
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
 from helpers import random_model
 
 
@@ -59,7 +61,7 @@ def test_cached_equals_recomputed_with_sinks_far_past_the_window(overrides):
     kw = dict(batch=2, label=1, seed=4)
     videos = {}
     for mode in ("kv", "none"):
-        pipe = LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache_mode=mode)
+        pipe = LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache=mode)
         videos[mode] = torch.cat([c.frames for c in pipe.generate(12, **kw)], dim=2)  # 4x the window
     assert videos["kv"].shape[2] == (23 if model.cfg.first_frame_chunk else 24)
     assert (videos["kv"] - videos["none"]).abs().max() <= 1e-4
@@ -71,7 +73,7 @@ def test_cached_equals_recomputed_with_sinks_while_the_window_fills():
     model = random_model(num_classes=3, sink_frames=3, prefix_frames=1)
     out = {}
     for mode in ("kv", "none", "full"):
-        pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.5, cache_mode=mode)
+        pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.5, cache=mode)
         out[mode] = torch.cat([c.frames for c in pipe.generate(4, batch=2, label=2, seed=1)], dim=2)
     assert (out["kv"] - out["none"]).abs().max() <= 1e-4 and (out["kv"] - out["full"]).abs().max() <= 1e-4
 
@@ -81,7 +83,7 @@ def test_sinks_change_the_video_only_once_frames_are_evicted():
     videos = []
     for sinks in (0, 1):
         model = random_model(sink_frames=sinks)
-        pipe = LongVideoPipeline(model, steps=2, cache_mode="kv")
+        pipe = LongVideoPipeline(model, steps=2, cache="kv")
         videos.append(torch.cat([c.frames for c in pipe.generate(7, seed=2)], dim=2))
     per_frame = (videos[0] - videos[1]).abs().amax(dim=(0, 1, 3, 4))
     assert per_frame[:7].max() == 0  # frames 0..6: the window (5) plus a chunk never overflows
@@ -90,8 +92,8 @@ def test_sinks_change_the_video_only_once_frames_are_evicted():
 
 def test_training_clips_start_with_the_sinks(tmp_path):
     """The dataset gives clips laid out as the cache sees them: the video's first k frames, then a later run."""
-    from ca2vdm.data import VideoFolderDataset
-    from ca2vdm.synthetic import write_dataset
+    from ca2vdm.data.clips import VideoFolderDataset
+    from ca2vdm.data.synthetic import write_dataset
 
     write_dataset(tmp_path, num_videos=2, num_frames=40, size=16, seed=0)
     data = VideoFolderDataset(tmp_path, num_frames=7, frame_stride=2, resolution=16, sink_frames=3,
@@ -112,8 +114,8 @@ def test_training_clips_start_with_the_sinks(tmp_path):
 
 def test_clips_without_sinks_are_unchanged_and_contiguous(tmp_path):
     """The share of contiguous clips draws nothing without sinks: clip positions stay those of earlier versions."""
-    from ca2vdm.data import VideoFolderDataset
-    from ca2vdm.synthetic import write_dataset
+    from ca2vdm.data.clips import VideoFolderDataset
+    from ca2vdm.data.synthetic import write_dataset
 
     write_dataset(tmp_path, num_videos=2, num_frames=40, size=16, seed=0)
     data = VideoFolderDataset(tmp_path, num_frames=7, resolution=16, clips_per_video=5)
@@ -125,9 +127,9 @@ def test_chunks_before_the_window_fills_train_only_on_clips_that_start_at_the_si
     """Inference shows a sink with a partly filled ring only at the start of a video, right after the sinks; after a
     gap only the chunk whose context fills the window is a layout the model meets."""
     from ca2vdm.config import ModelConfig
-    from ca2vdm.training import chunk_layout, chunk_weights
+    from ca2vdm.training.diffusion_task import chunk_weights
 
     cfg = ModelConfig(name="demo", sink_frames=1)  # chunks start at frames 0, 1, 5, 9; window 9
-    chunks = chunk_layout(cfg)
+    chunks = cfg.layout.clip_chunks(cfg.clip_frames)
     weights = chunk_weights(chunks, torch.tensor([True, False]), cfg)
     assert weights.tolist() == [[1, 1, 1, 1], [0, 0, 0, 1]]

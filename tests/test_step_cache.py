@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from ca2vdm.pipeline import LongVideoPipeline
-from ca2vdm.step_cache import AdaCache, FasterCache, StepCache, TeaCache, TeaCacheRecorder, fit_polynomial
-from ca2vdm.step_cache.adacache import OFF
-from ca2vdm.step_cache.base import relative_l1
-from ca2vdm.step_cache.fastercache import from_spectrum, low_frequency_mask, split_bands
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.sampling.step_cache import AdaCache, FasterCache, StepCache, TeaCache, TeaCacheRecorder, fit_polynomial
+from ca2vdm.sampling.step_cache.adacache import OFF
+from ca2vdm.sampling.step_cache.base import relative_l1
+from ca2vdm.sampling.step_cache.fastercache import from_spectrum, low_frequency_mask, split_bands
+
 from helpers import random_model
 
 
@@ -14,11 +15,10 @@ def _video(policy, chunks=3, cfg_scale=2.0, steps=6, **kw):
     model = random_model(num_classes=3)
     pipe = LongVideoPipeline(model, steps=steps, cfg_scale=cfg_scale, step_cache=policy)
     results = list(pipe.generate(chunks, label=1, seed=0, **kw))
-    model.disable_cache()
     return torch.cat([r.frames for r in results], dim=2), results
 
 
-@pytest.mark.parametrize("policy", [TeaCache(0.0), FasterCache(cfg_every=1, reuse_from=1.0), AdaCache(codebook=OFF),
+@pytest.mark.parametrize("policy", [TeaCache(threshold=0.0), FasterCache(cfg_every=1, reuse_from=1.0), AdaCache(codebook=OFF),
                                     StepCache()])
 def test_off_settings_are_exact(policy):
     ref, ref_results = _video(None)
@@ -29,7 +29,7 @@ def test_off_settings_are_exact(policy):
 
 
 def test_policies_skip_and_report_counts():
-    for policy in (TeaCache(10.0), FasterCache(), AdaCache(codebook=((float("inf"), 3),))):
+    for policy in (TeaCache(threshold=10.0), FasterCache(), AdaCache(codebook=((float("inf"), 3),))):
         out, results = _video(policy, steps=8)
         for r in results:
             assert r.skipped_evals > 0
@@ -49,7 +49,7 @@ def test_teacache_decisions_follow_the_formula():
         with policy.step("cond", i, len(scales)):
             compute = policy.should_compute(base * s)
             if compute:
-                policy.branch_state["residual"] = torch.zeros(1)
+                policy.branch_state.residual = torch.zeros(1)
             decisions.append(compute)
     expected, acc = [], 0.0
     for i, s in enumerate(scales):
@@ -73,12 +73,12 @@ def test_teacache_branch_state_is_separate_and_reset_per_chunk():
     for branch in ("cond", "uncond"):
         with policy.step(branch, 0, 4):
             assert policy.should_compute(x)  # each branch's first step computes
-            policy.branch_state["residual"] = torch.zeros(1)
+            policy.branch_state.residual = torch.zeros(1)
     with policy.step("cond", 1, 4):
         assert not policy.should_compute(x * 1.01)
-    assert policy.state["cond"]["acc"] > 0 and policy.state["uncond"]["acc"] == 0
+    assert policy.states["cond"].acc > 0 and policy.states["uncond"].acc == 0
     policy.begin_chunk()
-    assert not policy.state
+    assert len(policy.states) == 0
     with policy.step("cond", 1, 4):
         assert policy.should_compute(x)  # a new chunk starts from nothing
 
@@ -118,7 +118,6 @@ def test_fastercache_attention_extrapolation():
     list(pipe.generate(2, seed=0))
     # steps 4..7 are late; 5 reuses (6 is computed, 7 is the last step): 2 attentions x 2 blocks x 2 chunks
     assert policy.attention_reused == 2 * 2 * 2
-    model.disable_cache()
     assert "forward" not in vars(model.stack) and "forward" not in vars(model.stack.blocks[0].spatial)
 
 
@@ -127,7 +126,7 @@ def test_adacache_schedule_and_motion_regularisation():
     assert [policy.schedule(r) for r in (0.01, 0.05, 0.1, 5.0)] == [4, 3, 2, 1]
     static = torch.ones(1, 4, 2, 3)
     moving = torch.arange(4.0).view(1, 4, 1, 1).expand(1, 4, 2, 3) + 1
-    from ca2vdm.step_cache.adacache import motion
+    from ca2vdm.sampling.step_cache.adacache import motion
     assert motion(static) == 0 and motion(moving) > 0
     with pytest.raises(ValueError, match="codebook"):
         AdaCache(codebook=((0.1, 2),))
@@ -147,7 +146,7 @@ def test_one_policy_at_a_time():
     model.enable_cache(AdaCache())
 
 
-@pytest.mark.parametrize("make_policy", [lambda: TeaCache(0.1),
+@pytest.mark.parametrize("make_policy", [lambda: TeaCache(threshold=0.1),
                                          lambda: AdaCache(codebook=((0.5, 3), (float("inf"), 1)))])
 def test_indicator_sees_the_noisy_chunk_only_in_every_cache_mode(make_policy):
     """While the window is not full, modes kv and none compute the same chunk, so a policy must skip the same
@@ -155,8 +154,7 @@ def test_indicator_sees_the_noisy_chunk_only_in_every_cache_mode(make_policy):
     skipped = {}
     for mode in ("kv", "none"):
         model = random_model(num_classes=3)
-        pipe = LongVideoPipeline(model, steps=10, cfg_scale=2.0, cache_mode=mode, step_cache=make_policy())
+        pipe = LongVideoPipeline(model, steps=10, cfg_scale=2.0, cache=mode, step_cache=make_policy())
         skipped[mode] = [r.skipped_evals for r in pipe.generate(4, label=1, seed=0)]
-        model.disable_cache()
-    assert 0 < sum(skipped["kv"]) < 4 * 2 * 10 - 4 * 2 * 2  # skips some steps, not all it may
+        assert 0 < sum(skipped["kv"]) < 4 * 2 * 10 - 4 * 2 * 2  # skips some steps, not all it may
     assert skipped["none"] == skipped["kv"]

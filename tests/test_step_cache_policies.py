@@ -7,13 +7,24 @@ import warnings
 import pytest
 import torch
 
-from ca2vdm.model import BlockStack
-from ca2vdm.pipeline import LongVideoPipeline
-from ca2vdm.step_cache import (POLICIES, ChunkCache, FasterCache, MagCache, MagCacheRecorder, TaylorSeer,
-                               build_step_cache, fit_polynomial, parse_options)
-from ca2vdm.step_cache.chunkcache import extrapolate, forecast_errors, plan
-from ca2vdm.step_cache.magcache import magnitude_ratio, resample_ratios
-from ca2vdm.step_cache.taylorseer import forecast, refresh_derivatives, schedule
+from ca2vdm.models.dit import BlockStack
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.sampling.step_cache import (
+    POLICIES,
+    ChunkCache,
+    FasterCache,
+    MagCache,
+    MagCacheRecorder,
+    TaylorSeer,
+    build_step_cache,
+    fit_polynomial,
+)
+from ca2vdm.config.step_caches import parse_step_cache_options
+from ca2vdm.errors import SettingError
+from ca2vdm.sampling.step_cache.chunkcache import extrapolate, forecast_errors, plan
+from ca2vdm.sampling.step_cache.magcache import magnitude_ratio, resample_ratios
+from ca2vdm.sampling.step_cache.taylorseer import forecast, refresh_derivatives, schedule
+
 from helpers import random_model
 
 STEPS = 6
@@ -23,7 +34,6 @@ def _video(policy, chunks=3, steps=STEPS, cfg_scale=2.0):
     model = random_model(num_classes=3)
     pipe = LongVideoPipeline(model, steps=steps, cfg_scale=cfg_scale, step_cache=policy)
     results = list(pipe.generate(chunks, label=1, seed=0))
-    model.disable_cache()
     return torch.cat([r.frames for r in results], dim=2), results
 
 
@@ -64,7 +74,7 @@ def test_state_resets_every_chunk(make_policy):
     skipped = [r.skipped_evals for r in results[1:]]  # chunk 0 is the shorter first-frame chunk
     assert skipped[0] > 0 and len(set(skipped)) == 1
     policy.begin_chunk()
-    assert not policy.state and policy.computed == policy.skipped == 0
+    assert len(policy.states) == 0 and policy.computed == policy.skipped == 0
 
 
 # -- MagCache -------------------------------------------------------------------------------------------------------
@@ -76,7 +86,7 @@ def test_magcache_decisions_follow_the_formula():
     for i in range(len(ratios)):
         with policy.step("cond", i, len(ratios)):
             compute = policy.should_compute()
-            policy.branch_state["residual"] = torch.zeros(1)
+            policy.branch_state.residual = torch.zeros(1)
             decisions.append(compute)
     expected, ratio, err, skipped = [], 1.0, 0.0, 0
     for i, gamma in enumerate(ratios):
@@ -105,7 +115,7 @@ def test_magcache_ratio_and_recorder():
     assert len(means) == STEPS and means[0] == 1.0 and all(m > 0 for m in means)
     assert all(len(recorder.samples[i]) == 2 for i in range(1, STEPS))  # one ratio per step and chunk
     with pytest.raises(ValueError, match="calibrate_teacache.py --policy magcache --checkpoint ck.safetensors"):
-        build_step_cache("magcache", {}, "ck.safetensors")
+        build_step_cache("magcache", {}, {}, "ck.safetensors")
 
 
 # -- TaylorSeer -----------------------------------------------------------------------------------------------------
@@ -168,11 +178,11 @@ def test_chunkcache_calibrates_on_the_first_chunk_then_follows_its_plan():
     _, results = _video(policy, chunks=4, steps=8)
     assert results[0].skipped_evals == 0 and policy.samples == 1  # the calibration chunk computes every step
     assert sum(r.skipped_evals for r in results[1:]) > 0
-    assert policy.schedule == plan(policy.errors, 8, 0.5, policy.warmup)  # the last chunk ran the record's plan
+    assert policy.schedule == plan(policy.errors, 8, 0.5, policy.config.warmup)  # the last chunk ran the record's plan
     assert results[-1].model_evals == 2 * len(policy.schedule)
     keys = set(policy.errors)
     policy.begin_chunk()
-    assert not policy.state and set(policy.errors) == keys  # per-chunk state resets, the record stays
+    assert len(policy.states) == 0 and set(policy.errors) == keys  # per-chunk state resets, the record stays
     policy.reset()
     assert not policy.errors and policy.samples == 0
 
@@ -188,39 +198,40 @@ def test_chunkcache_refreshes_the_record_from_computed_steps():
 # -- registry, settings and calibration warnings ----------------------------------------------------------------------
 def test_registry_offers_every_policy_and_parses_settings():
     assert set(POLICIES) == {"none", "teacache", "fastercache", "adacache", "magcache", "taylorseer", "chunkcache"}
-    assert parse_options("taylorseer", ["interval=3", "growth=1"]) == {"interval": 3, "growth": 1}
-    assert parse_options("taylorseer", ["interval=3,cfg_reuse=1"]) == {"interval": 3, "cfg_reuse": 1}
-    assert parse_options("chunkcache", ["threshold=2"]) == {"threshold": 2.0}
-    with pytest.raises(ValueError, match="KEY one of interval, order, warmup, growth, cfg_reuse"):
-        parse_options("taylorseer", ["threshold=3"])
-    with pytest.raises(ValueError, match="interval takes an integer"):
-        parse_options("taylorseer", ["interval=2.5"])
-    with pytest.raises(ValueError, match="needs a --step-cache policy"):
-        parse_options("none", ["threshold=1"])
-    with pytest.raises(ValueError, match="has no option bogus"):
-        build_step_cache("magcache", {"magcache_ratios": [1.0]}, bogus=1)
-    policy = build_step_cache("taylorseer", {}, interval=3)
-    assert isinstance(policy, TaylorSeer) and policy.interval == 3
+    assert parse_step_cache_options("taylorseer", ["interval=3", "growth=1"]) == {"interval": 3, "growth": 1}
+    assert parse_step_cache_options("taylorseer", ["interval=3,cfg_reuse=1"]) == {"interval": 3, "cfg_reuse": True}
+    assert parse_step_cache_options("chunkcache", ["threshold=2"]) == {"threshold": 2.0}
+    with pytest.raises(SettingError, match="its settings: interval, order, warmup, growth, cfg_reuse"):
+        parse_step_cache_options("taylorseer", ["threshold=3"])
+    with pytest.raises(SettingError, match="taylorseer's interval must be a whole number"):
+        parse_step_cache_options("taylorseer", ["interval=2.5"])
+    with pytest.raises(SettingError, match="needs a step cache"):
+        parse_step_cache_options("none", ["threshold=1"])
+    with pytest.raises(SettingError, match="step cache magcache has no such setting"):
+        build_step_cache("magcache", {"bogus": 1}, {"magcache_ratios": [1.0]})
+    policy = build_step_cache("taylorseer", {"interval": 3})
+    assert isinstance(policy, TaylorSeer) and policy.config.interval == 3
 
 
 def test_long_video_cli_rejects_a_bad_setting(capsys):
-    from infer.long_video import parse_args
+    from ca2vdm.cli.generate import parse_args
 
-    assert parse_args(["--step-cache", "chunkcache", "--step-cache-opt", "threshold=1.5"]).step_cache_options == {
-        "threshold": 1.5}
+    args = parse_args(["--step-cache", "chunkcache", "--step-cache-opt", "threshold=1.5"])
+    assert args.sampler["step_cache_options"] == {"threshold": 1.5}
     with pytest.raises(SystemExit):
         parse_args(["--step-cache", "magcache", "--step-cache-opt", "speed=9"])
-    assert "KEY one of threshold, max_skip, retention" in capsys.readouterr().err
+    assert "--step-cache-opt speed: step cache magcache has no such setting; its settings: threshold, max_skip, " \
+        "retention" in capsys.readouterr().err
 
 
 def test_teacache_on_an_uncalibrated_checkpoint_says_so_once():
     with pytest.warns(UserWarning) as caught:
-        build_step_cache("teacache", {}, "ck.safetensors", threshold=0.2)
+        build_step_cache("teacache", {"threshold": 0.2}, {}, "ck.safetensors")
     assert len(caught) == 1
     assert "python scripts/calibrate_teacache.py --checkpoint ck.safetensors" in str(caught[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        build_step_cache("teacache", {"teacache_coefficients": [0.0, 1.0]}, "ck.safetensors")
+        build_step_cache("teacache", {}, {"teacache_coefficients": [0.0, 1.0]}, "ck.safetensors")
 
 
 def test_polynomial_fit_from_too_few_pairs_warns():
@@ -243,15 +254,15 @@ def test_guide_sees_the_current_step_index():
 
 
 def test_generate_video_builds_the_policy_with_its_settings_and_refuses_an_uncalibrated_magcache(tmp_path):
-    from ca2vdm.checkpoint import save_weights
-    from ca2vdm.generate import GenerationOptions, generate_video
+    from ca2vdm.checkpoints.weights import save_weights
+    from ca2vdm.generation.video_files import GenerationOptions, generate_video
 
     model = random_model(num_classes=3)
     checkpoint = tmp_path / "tiny.safetensors"
     save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 8, "cfg_scale": 1.0}})
-    opts = GenerationOptions(chunks=2, label=1, step_cache="taylorseer", step_cache_options={"interval": 3})
+    opts = GenerationOptions(chunks=2, label=1, sampler=dict(step_cache="taylorseer", step_cache_options={"interval": 3}))
     stats = generate_video(checkpoint, tmp_path / "out.mp4", opts)
     assert [c["model_evals"] for c in stats["chunks"]] == [len(schedule(8, 3, 2))] * 2  # steps 0, 1, 4, 7
     with pytest.raises(ValueError, match="no MagCache calibration"):
-        generate_video(checkpoint, tmp_path / "out2.mp4", GenerationOptions(chunks=1, step_cache="magcache"))
+        generate_video(checkpoint, tmp_path / "out2.mp4", GenerationOptions(chunks=1, sampler=dict(step_cache="magcache")))
     assert not (tmp_path / "out2.mp4").exists()

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from ca2vdm.synthetic import SHAPES, render_shape_video, write_dataset
-from ca2vdm.video_io import read_video
+from ca2vdm.data.synthetic import SHAPES, render_shape_video, write_dataset
+from ca2vdm.io.video import read_video
 
 
 @pytest.mark.parametrize("shape", SHAPES)

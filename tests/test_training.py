@@ -9,11 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ca2vdm import checkpoint as ckpt
-from ca2vdm.checkpoint import load_model, step_dirs
-from ca2vdm.config import ConfigError, load_config
-from ca2vdm import training
-from ca2vdm.training import NonFiniteLossError, train
+from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.config import load_config
+from ca2vdm.errors import ConfigError, NonFiniteLossError
+from ca2vdm.training import diffusion_task as training
+from ca2vdm.training import run_lock
+from ca2vdm.training.checkpoint_dirs import step_dirs
+from ca2vdm.training.loop import data_workers, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +58,7 @@ def test_training_lowers_the_loss(shapes, tmp_path):
     losses = _losses(out)
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
     model, meta = load_model(out / "checkpoints/step_000060")
-    assert meta["step"] == 60 and model.cfg.num_classes == 3
+    assert meta.step == 60 and model.cfg.num_classes == 3
 
 
 def test_keep_last_and_atomic_layout(shapes, tmp_path):
@@ -145,9 +147,9 @@ def test_a_resumed_run_names_the_epoch_it_is_in(shapes, tmp_path, capsys):
 
 def test_busy_output_dir_stops_every_rank(shapes, tmp_path):
     """Only the main rank takes the output directory's lock, but every rank stops with the same one-line error."""
-    with ckpt.RunLock(tmp_path):  # another run (this process) holds train.output_dir
+    with run_lock.RunLock(tmp_path):  # another run (this process) holds train.output_dir
         proc = _launch_two_ranks(shapes, tmp_path)
-        assert json.loads((tmp_path / ckpt.LOCK_NAME).read_text())["pid"] == os.getpid()  # still the holder's
+        assert json.loads((tmp_path / run_lock.LOCK_NAME).read_text())["pid"] == os.getpid()  # still the holder's
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode != 0 and len(errors) == 2, proc.stderr[-3000:]
     assert all(f"{tmp_path} is in use by another training run (pid {os.getpid()} on " in e for e in errors), errors
@@ -155,7 +157,7 @@ def test_busy_output_dir_stops_every_rank(shapes, tmp_path):
 
 
 def test_periodic_sample_video(shapes, tmp_path):
-    from ca2vdm.video_io import read_video
+    from ca2vdm.io.video import read_video
 
     out = train(_config(shapes, tmp_path, max_steps=2, save_every=2, sample_every=2), progress_bar=False)
     video = read_video(out / "samples/step_000002.mp4")
@@ -167,10 +169,10 @@ def test_data_workers_auto_is_none_on_the_cpu_and_explicit_values_win(monkeypatc
     share of the cores on a GPU; an explicit count is kept; below -1 is a config error."""
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert load_config(ROOT / "configs/tiny.yaml").data.num_workers == -1
-    assert training.data_workers(-1, torch.device("cpu"), 1) == 0
-    assert training.data_workers(-1, torch.device("cuda"), 1) == 8
-    assert training.data_workers(-1, torch.device("cuda"), 4) == 3
-    assert training.data_workers(2, torch.device("cpu"), 1) == 2
+    assert data_workers(-1, torch.device("cpu"), 1) == 0
+    assert data_workers(-1, torch.device("cuda"), 1) == 8
+    assert data_workers(-1, torch.device("cuda"), 4) == 3
+    assert data_workers(2, torch.device("cpu"), 1) == 2
     with pytest.raises(ConfigError, match="data.num_workers must be >= 0, or -1 for auto"):
         load_config(ROOT / "configs/tiny.yaml", ["data.num_workers=-2"])
 
@@ -178,7 +180,7 @@ def test_data_workers_auto_is_none_on_the_cpu_and_explicit_values_win(monkeypatc
 def test_training_with_sinks_records_them_and_generates_past_the_window(shapes, tmp_path):
     """model.sink_frames travels through training (clips laid out with the sinks, all-chunk objective) into the
     checkpoint, and the trained model generates past the window with the sink kept."""
-    from ca2vdm.pipeline import LongVideoPipeline
+    from ca2vdm.sampling.pipeline import LongVideoPipeline
 
     config = load_config(ROOT / "configs/tiny.yaml", [
         f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.batch_size=2", "train.max_steps=3",

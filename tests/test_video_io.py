@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ca2vdm.video_io import (
+from ca2vdm.io.video import (
     VideoWriter,
     read_frames,
     read_video,

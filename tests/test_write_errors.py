@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ca2vdm import checkpoint as ckpt
-from ca2vdm import run_files, write_errors
-from ca2vdm.checkpoint import CheckpointWriteError, load_model, step_dirs
+from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.config import load_config
-from ca2vdm.training import train
-from ca2vdm.write_errors import describe_write_error
+from ca2vdm.errors import CheckpointWriteError
+from ca2vdm.io import write_errors
+from ca2vdm.io.write_errors import describe_write_error
+from ca2vdm.training import run_files, run_lock
+from ca2vdm.training.checkpoint_dirs import step_dirs
+from ca2vdm.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_FULL = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
@@ -57,10 +59,10 @@ def test_full_disk_during_a_save_says_so_and_loses_nothing(shapes, tmp_path, mon
                        "choose another train.output_dir, then rerun with --resume latest"), message
     assert before and _digest(root / "step_000004") == before  # nothing previously saved changed
     assert step_dirs(root) == [root / "step_000004"] and not list(root.glob(".t*-*"))
-    assert not (tmp_path / ckpt.LOCK_NAME).exists()
+    assert not (tmp_path / run_lock.LOCK_NAME).exists()
     monkeypatch.setattr(torch, "save", save)  # space freed: the advice works
     train(config, resume="latest", progress_bar=False)
-    assert load_model(root / "step_000008")[1]["step"] == 8
+    assert load_model(root / "step_000008")[1].step == 8
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
         list(range(1, 9))
 
@@ -101,4 +103,4 @@ def test_full_disk_while_logging_is_one_line(shapes, tmp_path, monkeypatch, caps
     assert info.value.code == 1 and err == (f"error: No space left on device in {tmp_path} (0.0 MiB free) while "
                                             "training; checkpoints already saved are intact. Free space on that disk "
                                             "or choose another train.output_dir, then rerun with --resume latest\n")
-    assert not (tmp_path / ckpt.LOCK_NAME).exists()
+    assert not (tmp_path / run_lock.LOCK_NAME).exists()

@@ -1,43 +1,8 @@
-"""Train our own per-frame autoencoder (a diffusers architecture), for latent-space video models.
+"""Train our own per-frame autoencoder: ``ca2vdm-train-autoencoder`` (ca2vdm/cli/train_autoencoder.py).
 
     accelerate launch train/train_autoencoder.py --config configs/ae-shapes128.yaml [key=value ...] [--resume latest]
-
-Same loop, checkpoints, lock and exact resume as train/train.py. Each checkpoint holds an ``autoencoder/`` folder
-(save_pretrained, with the measured latent scale): train the video model on it with
-``codec.kind=autoencoder codec.path=<run>/checkpoints/step_N/autoencoder``. At the end the reconstruction PSNR on
-held-out videos (every ``autoencoder.holdout_every``-th file) is printed and written to ``<run>/reconstruction.json``.
-SIGTERM or SIGUSR1 stops the run after the current step with a checkpoint (exit 128 + the signal's number).
 """
-import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from accelerate import PartialState  # noqa: E402
-
-from ca2vdm.autoencoder import EXPORT_DIR, AutoencoderTask, heldout_psnr  # noqa: E402
-from ca2vdm.checkpoint import step_dirs  # noqa: E402
-from ca2vdm.cli import load_trainer_config, run_trainer, trainer_parser  # noqa: E402
-from ca2vdm.codec import CodecConfig, build_codec  # noqa: E402
-
-
-def main() -> None:
-    parser = trainer_parser(__doc__, "OmegaConf YAML with autoencoder, data and train sections, e.g. "
-                            "configs/ae-tiny.yaml")
-    args = parser.parse_intermixed_args()  # key=value overrides anywhere on the line
-    config = load_trainer_config(parser, args, "autoencoder")
-    out = run_trainer(parser, args, config, AutoencoderTask)
-    if not PartialState().is_main_process:
-        return
-    exported = step_dirs(out / "checkpoints")[-1] / EXPORT_DIR
-    codec = build_codec(CodecConfig(kind="autoencoder", path=str(exported)))
-    value = heldout_psnr(codec, AutoencoderTask(config, "cpu").dataset(config, holdout=True))
-    report = {"autoencoder": str(exported), "heldout_psnr_db": value, "factor": codec.factor,
-              "latent_channels": codec.channels, "scaling_factor": codec.scaling, "shift_factor": codec.shift}
-    (out / "reconstruction.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"done: held-out reconstruction PSNR {value:.2f} dB; use codec.kind=autoencoder codec.path={exported}")
-
+from ca2vdm.cli.train_autoencoder import main
 
 if __name__ == "__main__":
     main()

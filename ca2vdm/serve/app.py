@@ -10,10 +10,10 @@ from fastapi import FastAPI, HTTPException, WebSocket
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from .catalog import step_cache_choices
-from .frames import pixel_chunks
-from .scheduler import DeviceQueue
-from .session import ServerState, Session, Source
+from ca2vdm.serve.catalog import step_cache_choices
+from ca2vdm.serve.frames import pixel_chunks
+from ca2vdm.serve.scheduler import DeviceQueue
+from ca2vdm.serve.session import ServerState, Session, Source
 
 STATIC = Path(__file__).parent / "static"
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api import Pipeline, load_pipeline
-from ..config import ModelConfig
-from ..generate import GenerationOptions, resolve_device
-from ..step_cache import POLICIES, option_defaults
-
-FPS = GenerationOptions.fps  # the video's frame rate: the command line's default
+from ca2vdm.config import STEP_CACHE_NAMES, STEP_CACHES, ModelConfig
+from ca2vdm.generation.api import Pipeline, load_pipeline
+from ca2vdm.generation.video_files import FPS
+from ca2vdm.runtime import resolve_device
 
 
 @dataclass
@@ -31,14 +29,6 @@ class Offered:
                 "chunk_frames": self.cfg.chunk_frames, "first_frame_chunk": bool(self.cfg.first_frame_chunk)}
 
 
-def class_names(meta: dict, num_classes: int) -> list[str]:
-    """The checkpoint's ``class_names`` metadata when it has one name per class, else the label numbers."""
-    names = meta.get("class_names")
-    if isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names):
-        return names
-    return [str(i) for i in range(num_classes)]
-
-
 def offered_names(paths: list[str | Path]) -> list[str]:
     """A name per checkpoint for the page: the file (or folder) stem, or the path as given where stems repeat."""
     stems = [Path(p).stem if Path(p).suffix == ".safetensors" else Path(p).name for p in paths]
@@ -46,19 +36,24 @@ def offered_names(paths: list[str | Path]) -> list[str]:
 
 
 def load_catalog(paths: list[str | Path], device: str) -> dict[str, Offered]:
-    """Load every checkpoint in ``paths`` on ``device``; errors (CheckpointError, CodecError, ValueError) name the
-    file or the flag."""
+    """Load every checkpoint in ``paths`` on ``device``; errors (CheckpointError, CodecError, SettingError) name the
+    file or the setting."""
     if len({Path(p).resolve() for p in paths}) != len(paths):
         raise ValueError("--checkpoint lists the same checkpoint twice; give each once")
     torch_device = resolve_device(device)
     catalog = {}
     for name, path in zip(offered_names(paths), paths):
         pipe = load_pipeline(path, torch_device)
-        catalog[name] = Offered(name, Path(path), pipe, class_names(pipe.metadata, pipe.model.cfg.num_classes))
+        names = pipe.metadata.class_names or [str(i) for i in range(pipe.model.cfg.num_classes)]
+        catalog[name] = Offered(name, Path(path), pipe, names)
     return catalog
 
 
-def step_cache_choices() -> dict[str, dict[str, float | int]]:
-    """The step-caching policies of the registry, each with the settings a page may give (``--step-cache-opt``) and
-    their defaults."""
-    return {name: {} if name == "none" else option_defaults(name) for name in POLICIES}
+def step_cache_choices() -> dict[str, dict]:
+    """The step-caching policies, each with the settings a page may give and their defaults."""
+    return {name: {} if name == "none" else STEP_CACHES[name]().options() for name in STEP_CACHE_NAMES}
+
+
+def step_cache_settings() -> dict[str, list[dict]]:
+    """Each policy's settings as the page shows them: name, type, default, range and help."""
+    return {name: [] if name == "none" else STEP_CACHES[name].describe() for name in STEP_CACHE_NAMES}

@@ -10,11 +10,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..api import Pipeline
-from ..pipeline import LongVideoPipeline
-from ..step_cache import build_step_cache
-from ..video_io import read_video, to_uint8
-from .catalog import Offered
+from ca2vdm.generation.api import Pipeline
+from ca2vdm.io.video import read_video, to_uint8
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.serve.catalog import Offered
 
 
 @dataclass
@@ -30,17 +29,18 @@ def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int 
                  step_cache_options: dict, first_frame: Path | None,
                  poll: Callable[[], None]) -> Iterator[PixelChunk]:
     """The video as ``ca2vdm.load_pipeline(...).generate`` (and so the command line) makes it, with the step cache
-    ``step_cache`` and its settings (``catalog.step_cache_choices``): the given first frames or the model's first
+    ``step_cache`` and its settings (checked as :func:`ca2vdm.config.step_cache_config` does): the given first frames or the model's first
     frame, then ``chunks`` chunks
     (None: until the caller stops iterating).
 
     ``poll()`` runs after every denoising step; it raises to abandon the chunk in progress. A given video
     contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first.
     """
-    shared = offered.pipe
-    policy = build_step_cache(step_cache, shared.metadata, str(offered.path), **step_cache_options)
-    pipe = Pipeline(LongVideoPipeline.from_metadata(shared.model, shared.metadata, step_cache=policy), shared.codec,
-                    shared.metadata)
+    shared = offered.pipe  # one model for every page: a pipeline never changes the model it samples
+    settings = shared.settings.replace(step_cache=step_cache, step_cache_options=step_cache_options)
+    sampler = LongVideoPipeline(shared.model, settings, calibration=shared.metadata.calibration,
+                                pixel_space=shared.metadata.pixel_space)
+    pipe = Pipeline(sampler, shared.codec, shared.metadata)
     given = None
     if first_frame is not None:
         given = read_video(first_frame, num_frames=offered.cfg.max_context_frames, size=pipe.size)  # (3, T, H, W)

@@ -16,13 +16,13 @@ a 4-byte big-endian header length, the JSON header (``CHUNK_FIELDS``), then the 
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..generate import SEED_MAX, check_label
+from ca2vdm.config import SEED_MAX, check_label, step_cache_config
+from ca2vdm.errors import SettingError
 
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # uploads above this are refused; the server's WebSocket allows 1 MiB more
 LEAD_FRAMES = 16                # generate at most this many frames ahead of what the page has shown (2 s at 8 fps)
@@ -43,7 +43,7 @@ class GenerationRequest:
     seed: int
     chunks: int | None          # None: until stopped (or --max-chunks)
     step_cache: str
-    step_cache_options: dict    # the policy's settings, typed as their defaults
+    step_cache_options: dict    # the policy's settings given, checked and typed
     first_frame: bool
 
 
@@ -83,8 +83,8 @@ def parse_start(message: dict, models: dict[str, dict], policies: dict[str, dict
     label = _integer(message, "label", "label")
     try:
         check_label(label, len(models[name]["labels"]))
-    except ValueError as e:
-        raise ProtocolError(str(e).replace("--label", "label").replace("omit label", "choose no label")) from None
+    except SettingError as e:
+        raise ProtocolError(str(e)) from None
     seed = _integer(message, "seed", "seed")
     seed = 0 if seed is None else seed
     if not 0 <= seed <= SEED_MAX:
@@ -98,28 +98,22 @@ def parse_start(message: dict, models: dict[str, dict], policies: dict[str, dict
     policy = message.get("step_cache", "none")
     if policy not in policies:
         raise ProtocolError(f"unknown step cache {policy!r}; choose one of: {', '.join(policies)}")
-    options = _step_cache_options(policy, message.get("step_cache_options", {}), policies[policy])
+    options = _step_cache_options(policy, message.get("step_cache_options", {}))
     first_frame = message.get("first_frame", False)
     if not isinstance(first_frame, bool):
         raise ProtocolError(f"first_frame must be true or false, got {first_frame!r}")
     return GenerationRequest(name, label, seed, chunks, policy, options, first_frame)
 
 
-def _step_cache_options(policy: str, options, defaults: dict) -> dict:
-    """The settings given for ``policy``, each a finite number >= 0 of its default's type."""
+def _step_cache_options(policy: str, options) -> dict:
+    """The settings given for ``policy``, checked as the command line and the API check them."""
     if not isinstance(options, dict):
         raise ProtocolError(f"step_cache_options must be an object of settings, got {options!r}")
-    typed = {}
-    for key, value in options.items():
-        if key not in defaults:
-            raise ProtocolError(f"step cache {policy} has no setting {key!r}; its settings: "
-                                f"{', '.join(defaults) or '(none)'}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ProtocolError(f"{key} must be a number >= 0, got {value!r}")
-        if isinstance(defaults[key], int) and not float(value).is_integer():
-            raise ProtocolError(f"{key} must be a whole number, got {value!r}")
-        typed[key] = type(defaults[key])(value)
-    return typed
+    try:
+        config = step_cache_config(policy, options)
+    except SettingError as e:
+        raise ProtocolError(str(e)) from None
+    return {} if config is None else {k: v for k, v in config.options().items() if k in options}
 
 
 def parse_shown(message: dict) -> int:

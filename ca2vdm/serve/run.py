@@ -12,9 +12,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..video_io import VideoWriter
-from .frames import PixelChunk
-from .protocol import LEAD_FRAMES
+from ca2vdm.io.video import VideoWriter
+from ca2vdm.serve.frames import PixelChunk
+from ca2vdm.serve.protocol import LEAD_FRAMES
 
 
 class Cancelled(Exception):

@@ -20,17 +20,26 @@ from typing import Callable, Iterator
 import torch
 from fastapi import WebSocket
 
-from ..video_io import VideoWriter
-from .catalog import FPS
-from .frames import PixelChunk
-from .protocol import (LEAD_FRAMES, MAX_UPLOAD_BYTES, GenerationRequest, ProtocolError, chunk_message,
-                       parse_message, parse_shown, parse_start)
-from .run import Cancelled, Figures, RunControl, produce
-from .scheduler import DeviceQueue, QueueFull
-from .uploads import save_upload
+from ca2vdm.io.video import VideoWriter
+from ca2vdm.serve.catalog import FPS, step_cache_settings
+from ca2vdm.serve.frames import PixelChunk
+from ca2vdm.serve.protocol import (
+    LEAD_FRAMES,
+    MAX_UPLOAD_BYTES,
+    GenerationRequest,
+    ProtocolError,
+    chunk_message,
+    parse_message,
+    parse_shown,
+    parse_start,
+)
+from ca2vdm.serve.run import Cancelled, Figures, RunControl, produce
+from ca2vdm.serve.scheduler import DeviceQueue, QueueFull
+from ca2vdm.serve.uploads import save_upload
 
 log = logging.getLogger(__name__)
 Source = Callable[..., Iterator[PixelChunk]]  # frames.pixel_chunks, or a stand-in in tests
+SETTINGS = step_cache_settings()  # each policy's settings with their types, ranges and help, for the page
 
 
 @dataclass
@@ -48,7 +57,8 @@ class ServerState:
     def hello(self) -> dict:
         """The first message to a page: what it may ask for, and where the frames are made."""
         return {"type": "hello", "models": [m.describe() for m in self.models.values()],
-                "policies": [{"name": name, "options": options} for name, options in self.policies.items()],
+                "policies": [{"name": name, "options": options, "settings": SETTINGS[name]}
+                             for name, options in self.policies.items()],
                 "max_chunks": self.max_chunks,
                 "max_upload_bytes": MAX_UPLOAD_BYTES, "lead_frames": LEAD_FRAMES, "device": self.device,
                 "threads": torch.get_num_threads()}

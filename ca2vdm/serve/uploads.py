@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..video_io import open_video
-from .protocol import MAX_UPLOAD_BYTES, ProtocolError
+from ca2vdm.io.video import open_video
+from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES, ProtocolError
 
 NOT_MEDIA = "the upload is not an image or video that can be read; choose a png/jpg image or an mp4/webm video"
 

@@ -29,19 +29,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ca2vdm.config import Config, load_config
+from ca2vdm.data.clips import ClipDataset, VideoFolderDataset
+from ca2vdm.io.plotting import plot_or_skip
+from ca2vdm.io.video import read_frames, resize_center_crop
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.training.diffusion_task import DiffusionTask
+from ca2vdm.training.ema import EMA
+from ca2vdm.training.losses import teacher_forcing_flow_loss
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
-
-from ca2vdm.config import Config, load_config  # noqa: E402
-from ca2vdm.data import ClipDataset, VideoFolderDataset  # noqa: E402
-from ca2vdm.diffusion import teacher_forcing_flow_loss  # noqa: E402
-from ca2vdm.model import CausalVideoDiT  # noqa: E402
-from ca2vdm.plotting import plot_or_skip  # noqa: E402
-from ca2vdm.training import EMA, DiffusionTask  # noqa: E402
-from ca2vdm.video_io import read_frames, resize_center_crop  # noqa: E402
 
 OBJECTIVES = ("chunk", "all")
 HOLDOUT_EVERY = 8

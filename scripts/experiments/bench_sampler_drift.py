@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.data.clips import VIDEO_EXTENSIONS, find_videos
+from ca2vdm.evaluation.metrics import foreground_colour
+from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+from ca2vdm.io.video import read_video
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from ca2vdm.checkpoint import load_model  # noqa: E402
-from ca2vdm.data import VIDEO_EXTENSIONS, find_videos  # noqa: E402
-from ca2vdm.generate import DEFAULT_CHECKPOINT  # noqa: E402
-from ca2vdm.metrics import foreground_colour  # noqa: E402
-from ca2vdm.pipeline import LongVideoPipeline  # noqa: E402
-from ca2vdm.video_io import read_video  # noqa: E402
 
 MODES = ("teacher", "free")
 
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = args.settings or [setting("16:1"), setting("16:3")]
 
     model, meta = load_model(args.checkpoint)
-    if not LongVideoPipeline.from_metadata(model, meta).pixel_space:
+    if not LongVideoPipeline.for_checkpoint(model, meta).pixel_space:
         raise SystemExit(f"{args.checkpoint} works on latents; this measurement compares pixels (a pixel model only)")
     files = sorted(find_videos(Path(args.data), VIDEO_EXTENSIONS))[::args.every][:args.videos]
     if not files:
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     print(f"{len(files)} videos of {args.data}, {args.chunks} chunks; ratio of generated to real, per chunk")
     for steps, shift in settings:
-        pipe = LongVideoPipeline.from_metadata(model, meta, steps=steps, shift=shift)
+        pipe = LongVideoPipeline.for_checkpoint(model, meta, steps=steps, shift=shift)
         for mode in MODES:
             rows = continue_videos(pipe, videos, args.chunks, mode == "teacher", args.seed)
             results.append({"steps": steps, "shift": shift, "mode": mode, "chunks": rows})

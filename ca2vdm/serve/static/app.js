@@ -80,15 +80,22 @@ function fillLabels() {
 }
 
 function fillStepCacheOptions() {
-  // one number input per setting of the chosen policy, at its default (the server's step-cache registry)
-  const options = hello.policies.find((p) => p.name === $("step-cache").value).options;
-  $("step-cache-options").replaceChildren(...Object.entries(options).map(([key, value]) => {
+  // one input per setting of the chosen policy, at its default, with its declared type and range
+  const settings = hello.policies.find((p) => p.name === $("step-cache").value).settings;
+  $("step-cache-options").replaceChildren(...settings.map((s) => {
     const label = document.createElement("label");
-    const input = Object.assign(document.createElement("input"), {
-      id: `opt-${key}`, type: "number", min: "0", value: String(value), step: Number.isInteger(value) ? "1" : "0.05",
-    });
-    input.dataset.key = key;
-    label.append(key.replaceAll("_", " "), input);
+    const input = document.createElement("input");
+    input.id = `opt-${s.name}`;
+    input.title = `${s.help} (${s.accepts})`;
+    if (s.type === "bool") {
+      Object.assign(input, { type: "checkbox", checked: s.default });
+    } else {
+      Object.assign(input, { type: "number", value: String(s.default), step: s.type === "int" ? "1" : "0.05" });
+      if (s.min !== null) input.min = String(s.min);
+      if (s.max !== null) input.max = String(s.max);
+    }
+    input.dataset.key = s.name;
+    label.append(s.name.replaceAll("_", " "), input);
     return label;
   }));
 }
@@ -96,7 +103,7 @@ function fillStepCacheOptions() {
 function stepCacheOptions() {
   const options = {};
   for (const input of $("step-cache-options").querySelectorAll("input")) {
-    options[input.dataset.key] = Number(input.value);
+    options[input.dataset.key] = input.type === "checkbox" ? input.checked : Number(input.value);
   }
   return options;
 }

@@ -1,0 +1,62 @@
+"""What the command lines share: argparse types for counts, and the sampler's flags generated from its settings.
+
+Torch-free: a parser is built and ``--help`` answers before torch loads.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from ca2vdm.config import SamplerSettings
+from ca2vdm.config.options import declared_fields
+from ca2vdm.config.sampler import TEACACHE_THRESH
+from ca2vdm.config.step_caches import parse_step_cache_options
+
+# settings whose flag is not their name with dashes (for SettingError.for_cli)
+FLAGS = {"step_cache_options": "--step-cache-opt", "num_chunks": "--chunks", "first_frames": "--first-frame"}
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts (chunks, ports, videos): an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of counts that may be 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of :class:`~ca2vdm.config.SamplerSettings` (default: the checkpoint's recorded value),
+    plus the older ``--teacache-thresh``."""
+    group = parser.add_argument_group("sampler (default: what the checkpoint recorded)")
+    for name, declared in declared_fields(SamplerSettings).items():
+        if name == "step_cache_options":
+            group.add_argument(FLAGS[name], dest=name, action="append", default=[], metavar="KEY=VALUE",
+                               help="settings of the --step-cache policy, repeatable or comma-separated (e.g. "
+                                    "interval=2,growth=1; docs/step-caching.md lists each policy's settings)")
+        elif declared.choices:
+            group.add_argument("--" + name.replace("_", "-"), choices=declared.choices, default=None,
+                               help=declared.help)
+        else:  # a number: its range is checked with the other settings, before any work, in one line
+            group.add_argument("--" + name.replace("_", "-"), type=declared.kind, default=None,
+                               metavar=name.upper(), help=f"{declared.help}; {declared.describe()}")
+    group.add_argument("--teacache-thresh", type=float, default=None,
+                       help=f"TeaCache's threshold: the older spelling of --step-cache-opt threshold=X; "
+                            f"{TEACACHE_THRESH.describe()}")
+
+
+def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler settings given on the command line (by field name); SettingError for bad step-cache settings."""
+    names = [f.name for f in dataclasses.fields(SamplerSettings) if f.name != "step_cache_options"]
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.step_cache_options:
+        overrides["step_cache_options"] = parse_step_cache_options(args.step_cache or "none", args.step_cache_options)
+    return overrides

@@ -1,0 +1,111 @@
+"""The model's configuration: its sizes, the registry of named sizes, and the checks that they fit together.
+
+Torch-free, like the rest of :mod:`ca2vdm.config`: the command lines build their parsers from it before torch loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ca2vdm.config.layout import ChunkLayout
+from ca2vdm.errors import ConfigError
+
+BACKENDS = ("auto", "sdpa", "flash", "flex")  # model.attention_backend (ca2vdm.models.attention)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    in_channels: int = 3
+    resolution: int = 16
+    patch_size: int = 4
+    hidden_size: int = 32
+    depth: int = 2
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    num_classes: int = 0            # 0: unconditional; otherwise labels 0..num_classes-1 plus a learned null label
+    chunk_frames: int = 2           # frames denoised together (bidirectional inside, causal across chunks)
+    first_frame_chunk: bool = True  # frame 0 is a chunk of its own (image-to-video condition)
+    max_context_frames: int = 5     # conditioning frames kept in the KV cache (training clip = this + a chunk)
+    prefix_frames: int = 0          # prefix-enhanced spatial attention over the last k conditioning frames; 0 = off
+    sink_frames: int = 0            # attention sinks: the video's first k frames are never evicted; 0 = off
+    attention_backend: str = "auto"  # auto (flex to train on CUDA, else flash or sdpa) | sdpa | flash | flex
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames per training clip: the longest sequence the model ever attends over."""
+        return self.max_context_frames + self.chunk_frames
+
+    @property
+    def layout(self) -> ChunkLayout:
+        """How this model's frames split into chunks."""
+        return ChunkLayout(self.chunk_frames, self.first_frame_chunk)
+
+    @property
+    def rope_period(self) -> int:
+        """Period of the temporal rotary phase; exceeds every query-key distance in the window."""
+        return self.clip_frames + self.chunk_frames
+
+
+MODEL_CONFIGS: dict[str, dict] = {
+    "tiny": {},
+    "demo": dict(resolution=32, patch_size=4, hidden_size=128, depth=4, num_heads=4, num_classes=3, chunk_frames=4,
+                 max_context_frames=9),
+    "small": dict(resolution=64, patch_size=4, hidden_size=384, depth=12, num_heads=6, chunk_frames=4,
+                  max_context_frames=25, prefix_frames=3),
+    "base": dict(resolution=128, patch_size=4, hidden_size=768, depth=12, num_heads=12, chunk_frames=8,
+                 max_context_frames=25, prefix_frames=3),
+    # Ca2-VDM's published scale (CausalSTDiT2-XL/2): SD-VAE latents of 256x256 frames (4 x 32 x 32), 256 tokens a frame
+    "ca2vdm-xl": dict(in_channels=4, resolution=32, patch_size=2, hidden_size=1152, depth=28, num_heads=16,
+                      chunk_frames=8, max_context_frames=25, prefix_frames=3),
+}
+
+
+_POSITIVE_MODEL_FIELDS = ("in_channels", "resolution", "patch_size", "hidden_size", "depth", "num_heads",
+                          "chunk_frames", "max_context_frames")
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    """A registered model configuration with optional field overrides."""
+    if name not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model name {name!r}; registered: {sorted(MODEL_CONFIGS)}")
+    return validate_model(ModelConfig(**{**MODEL_CONFIGS[name], **overrides, "name": name}))
+
+
+def validate_model(m: ModelConfig) -> ModelConfig:
+    """Check that the sizes fit together; raise ConfigError naming the field and the fix."""
+    problems = [f"model.{k} must be >= 1, got {getattr(m, k)}" for k in _POSITIVE_MODEL_FIELDS if getattr(m, k) < 1]
+    if m.num_classes < 0:
+        problems.append(f"model.num_classes must be >= 0 (0 = unconditional), got {m.num_classes}")
+    if m.mlp_ratio <= 0:
+        problems.append(f"model.mlp_ratio must be > 0, got {m.mlp_ratio}")
+    if problems:  # the size checks below would divide by zero
+        raise ConfigError("invalid model config: " + "; ".join(problems))
+    if m.resolution % m.patch_size:
+        problems.append(f"model.resolution={m.resolution} is not divisible by model.patch_size={m.patch_size}")
+    if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
+        problems.append(f"model.hidden_size={m.hidden_size} must split into model.num_heads={m.num_heads} heads of "
+                        "an even size")
+    if m.max_context_frames < m.chunk_frames:
+        problems.append(f"model.max_context_frames={m.max_context_frames} is shorter than a chunk "
+                        f"(model.chunk_frames={m.chunk_frames}); the window must hold at least one chunk")
+    elif not m.layout.is_boundary(m.max_context_frames):
+        layout = "1 + k * chunk_frames" if m.first_frame_chunk else "k * chunk_frames"
+        problems.append(f"model.max_context_frames={m.max_context_frames} must be {layout} so that training clips "
+                        "end on a chunk boundary")
+    if not 0 <= m.prefix_frames <= m.max_context_frames:
+        problems.append(f"model.prefix_frames={m.prefix_frames} must be in [0, max_context_frames]")
+    if m.sink_frames and not (0 < m.sink_frames < m.max_context_frames and m.layout.is_boundary(m.sink_frames)):
+        layout = "1 + n * chunk_frames" if m.first_frame_chunk else "n * chunk_frames"
+        problems.append(f"model.sink_frames={m.sink_frames} must be 0 (off) or whole chunks, {layout}, below "
+                        f"model.max_context_frames={m.max_context_frames}")
+    if m.attention_backend not in BACKENDS:
+        problems.append(f"model.attention_backend={m.attention_backend!r} must be one of {', '.join(BACKENDS)}")
+    if problems:
+        raise ConfigError("invalid model config: " + "; ".join(problems))
+    return m
+
+
+def to_dict(model: ModelConfig) -> dict:
+    """Plain dict of a model config (stored in checkpoints)."""
+    return dataclasses.asdict(model)

@@ -1,0 +1,84 @@
+"""Latents computed once: a video folder encoded into safetensors shards, and the dataset that trains from them.
+
+Layout of a latent directory (written by ``scripts/encode_latents.py``, see :mod:`ca2vdm.latent_encoding`)::
+
+    index.json            codec metadata, pixel and latent size, labels, and where each video's latents live
+    shard_<rank>-<n>.safetensors  ...  one (C, T, h, w) float16 tensor per video, every frame of it
+
+Whole videos are stored, not fixed clips, so training draws a new clip position every epoch exactly as the video
+dataset does (same seed -> same positions); no video is decoded and no autoencoder runs while training.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ca2vdm.data.clips import ClipDataset
+from ca2vdm.errors import DataError
+
+INDEX_NAME = "index.json"
+
+
+def read_index(root: str | os.PathLike) -> dict:
+    """The index of a latent directory, with a clear error when it is not one."""
+    path = Path(root) / INDEX_NAME
+    if not path.is_file():
+        raise DataError(f"data.latents={root} holds no {INDEX_NAME}; write it with scripts/encode_latents.py "
+                        f"--config CONFIG --out {root}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} cannot be read ({error}); re-encode with scripts/encode_latents.py") from None
+
+
+class LatentClipDataset(ClipDataset):
+    """Clips of ``num_frames`` latent frames (every ``frame_stride``-th) from an encoded latent directory.
+
+    Same item contract and clip positions as :class:`~ca2vdm.data.VideoFolderDataset`: {"video": (C, T, h, w)
+    float32 latents, "label": long, "contiguous": bool}; the start of item i is a function of (seed, epoch, i).
+    """
+
+    def __init__(self, root: str | os.PathLike, num_frames: int, frame_stride: int = 1, seed: int = 0,
+                 clips_per_video: int = 1, sink_frames: int = 0):
+        self.root = Path(root)
+        self.index = read_index(root)
+        self.num_frames, self.frame_stride, self.seed, self.sink_frames = num_frames, frame_stride, seed, sink_frames
+        self.clips_per_video, self.epoch = clips_per_video, 0
+        self.clip_span = (num_frames - 1) * frame_stride + 1
+        self.entries = [v for v in self.index["videos"] if v["frames"] >= self.clip_span]
+        self.skipped = [tuple(s) for s in self.index["skipped"]] + [
+            (v["file"], f"too short: {v['frames']} frames, a clip needs {self.clip_span}")
+            for v in self.index["videos"] if v["frames"] < self.clip_span]
+        self.videos = [v["file"] for v in self.entries]
+        self.labels = [v["label"] for v in self.entries]
+        self.num_classes, self.manifest = self.index["num_classes"], self.index.get("manifest")
+        if not self.entries:
+            raise DataError(f"no latent video in {self.root} has the {self.clip_span} frames a clip needs "
+                            f"({len(self.index['videos'])} encoded)")
+
+    def check_fits(self, channels: int, resolution: int, codec_metadata: dict) -> None:
+        """The latents must be what the model and codec of the config expect."""
+        ix = self.index
+        if (ix["channels"], ix["resolution"]) != (channels, resolution):
+            raise DataError(f"latents in {self.root} are {ix['channels']} channels x {ix['resolution']}^2 but the "
+                            f"model expects {channels} x {resolution}^2; set model.in_channels and model.resolution "
+                            "to match, or re-encode")
+        recorded = {k: ix["codec"].get(k) for k in ("kind", "path", "scaling_factor", "shift_factor")}
+        wanted = {k: codec_metadata.get(k) for k in recorded}
+        if recorded != wanted:
+            raise DataError(f"latents in {self.root} were encoded with codec {recorded}, the config's codec is "
+                            f"{wanted}; set the codec section to the one used, or re-encode")
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        position = self.clip_position(index)
+        entry = self.entries[index % len(self.entries)]
+        with safe_open(str(self.root / entry["shard"]), framework="pt") as f:
+            frames = f.get_slice(entry["key"])
+            clip = torch.cat([frames[:, a:b][:, ::self.frame_stride]
+                              for a, b in self.clip_segments(position, entry["frames"])], dim=1)  # (C, T, h, w)
+        return {"video": clip.float(), "label": torch.tensor(entry["label"]),
+                "contiguous": torch.tensor(self.contiguous(position))}

@@ -1,0 +1,226 @@
+"""The Python API: a checkpoint ready to generate (model, codec, recorded sampler settings), and chunks as pixels.
+
+    pipe = ca2vdm.load_pipeline("checkpoints/latent-demo.safetensors")  # its autoencoder, shift 3.0, 16 steps
+    ca2vdm.write_video(pipe.generate(10, label=0, seed=0), "out.mp4")   # the mp4 writer of infer/long_video.py
+
+``infer/long_video.py`` (through :func:`ca2vdm.generation.video_files.generate_video`) runs the same loop,
+:meth:`Pipeline.generate`, so a video written here is the command line's for the same settings. Frames enter the
+model through :func:`model_input` and leave it through :func:`to_pixels`, both through the checkpoint's codec.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.checkpoints.weights import load_model, weights_file
+from ca2vdm.config import SamplerSettings, check_seed, with_teacache_thresh
+from ca2vdm.data.codec import Codec, build_codec
+from ca2vdm.errors import CodecError, SettingError, opt
+from ca2vdm.io.video import VideoWriter, resize_center_crop, to_uint8
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.runtime import resolve_device, resolve_dtype
+from ca2vdm.sampling.compile import compile_blocks
+from ca2vdm.sampling.pipeline import GenerationState, LongVideoPipeline
+from ca2vdm.sampling.step_cache import StepCache
+
+
+@dataclass
+class Chunk:
+    """One chunk of a generated video, as soon as it is denoised."""
+    index: int              # 0-based among the chunks asked for; -1: the first frame the model draws before them
+    latents: torch.Tensor   # (B, C, L, h, w) in the model's space: pixels in [-1, 1], or the codec's latents
+    pixels: np.ndarray      # (B, L, H, W, 3) uint8 RGB, numpy on the CPU
+    start_frame: int        # the video's frame number of pixels[:, 0] (given first frames count)
+    seconds: float          # wall time to denoise and decode it
+    model_evals: int        # block-stack evaluations computed (all guidance branches)
+    skipped_evals: int      # evaluations a step-caching policy skipped
+
+
+def load_codec(meta: CheckpointMetadata, checkpoint: str | Path, codec_path: str | None,
+               device: torch.device) -> Codec:
+    """The codec a checkpoint recorded (pixels when it recorded none). Its autoencoder is looked up at the recorded
+    path, then relative to the checkpoint's folder (shipped weights travel together); ``codec_path`` replaces it."""
+    recorded = meta.codec
+    if recorded.get("kind", "pixel") == "pixel":
+        return build_codec(None)
+    path = codec_path or recorded.get("path") or ""
+    beside = weights_file(checkpoint).parent / path
+    found = next((p for p in (Path(path), beside) if p.exists()), None) if path else None
+    try:
+        return build_codec({**recorded, "path": str(found or path)}, device)
+    except CodecError as e:
+        looked = f"{path}" + ("" if codec_path or Path(path).is_absolute() else f" (also looked in {beside})")
+        raise CodecError(f"checkpoint {checkpoint} decodes through a {recorded.get('class', recorded['kind'])} "
+                         f"autoencoder at {looked} that cannot be loaded: {e}. Give {opt('codec_path', 'DIR')} with "
+                         "the autoencoder's save_pretrained folder") from None
+
+
+def pixel_size(pipe: LongVideoPipeline, codec: Codec) -> int:
+    """Height and width of the video's frames: the model's resolution times the codec's down-sampling."""
+    return pipe.model.cfg.resolution * codec.factor
+
+
+def model_input(codec: Codec, pixels: torch.Tensor) -> torch.Tensor:
+    """(3, T, H, W) pixels in [-1, 1] at :func:`pixel_size` -> the (1, C, T, h, w) frames the model is conditioned
+    on: the one place where given frames enter the model."""
+    return codec.encode(pixels[None])
+
+
+def to_pixels(codec: Codec, frames: torch.Tensor) -> np.ndarray:
+    """A chunk's (B, C, L, h, w) frames -> (B, L, H, W, 3) uint8: the one place where frames leave the model."""
+    return np.stack([to_uint8(video) for video in codec.decode(frames.float())])
+
+
+class Pipeline:
+    """A checkpoint ready to generate: its model, its codec and the sampler settings it recorded (or overrides).
+
+    ``pipeline`` is the :class:`~ca2vdm.sampling.pipeline.LongVideoPipeline` (the autoregressive loop in the model's
+    space), ``codec`` turns its frames into pixels, ``size`` is the frames' height and width in pixels.
+    """
+
+    def __init__(self, pipeline: LongVideoPipeline, codec: Codec, metadata: CheckpointMetadata):
+        self.pipeline, self.codec, self.metadata = pipeline, codec, metadata
+        self.size = pixel_size(pipeline, codec)
+
+    @classmethod
+    def from_model(cls, model: CausalVideoDiT, metadata: CheckpointMetadata, checkpoint: str | Path,
+                   device: torch.device, *, dtype: str | torch.dtype | None = None, codec_path: str | None = None,
+                   compile: bool = False, step_cache: str | StepCache | None = None,
+                   teacache_thresh: float | None = None, **settings) -> Pipeline:
+        """A loaded checkpoint (``checkpoints.weights.load_model``) with its codec and sampler settings; see
+        :func:`load_pipeline`. The model is cast to ``dtype`` here (and compiled with ``compile``): the caller hands
+        it over."""
+        codec = load_codec(metadata, checkpoint, codec_path, device)
+        model = model.to(resolve_dtype(dtype, device))  # rotary tables and sampler state stay float32
+        if compile:
+            compile_blocks(model)
+        policy = step_cache if isinstance(step_cache, StepCache) else None
+        if policy is None and step_cache is not None:
+            settings["step_cache"] = step_cache
+        sampler = with_teacache_thresh(metadata.sampler.replace(**settings), teacache_thresh,
+                                       settings.get("step_cache_options"))
+        pipe = LongVideoPipeline(model, sampler, step_cache=policy, calibration=metadata.calibration,
+                                 pixel_space=metadata.pixel_space)
+        return cls(pipe, codec, metadata)
+
+    @property
+    def model(self) -> CausalVideoDiT:
+        return self.pipeline.model
+
+    @property
+    def settings(self) -> SamplerSettings:
+        """The sampler settings in use: the checkpoint's, with the overrides given."""
+        return self.pipeline.settings
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames to continue -> the (B, C, T, h, w) model frames, on the model's device: uint8 (T, H, W, 3) or
+        (B, T, H, W, 3) (any size: resized and centre-cropped to :attr:`size`, as the command line does), or float
+        (3, T, H, W) or (B, 3, T, H, W) in [-1, 1] at :attr:`size`."""
+        frames, device = torch.as_tensor(frames), self.model.x_embedder.weight.device
+        if frames.dtype == torch.uint8:
+            rows = frames[None] if frames.ndim == 4 else frames
+            if rows.ndim != 5 or rows.shape[-1] != 3:
+                raise SettingError("first_frames", f"uint8 {tuple(frames.shape)}",
+                                   "uint8 frames must be (T, H, W, 3) or (B, T, H, W, 3)")
+            return self.codec.encode(torch.stack([resize_center_crop(row, self.size) for row in rows]).to(device))
+        video = frames[None] if frames.ndim == 4 else frames
+        if not frames.is_floating_point() or video.ndim != 5 or video.shape[1] != 3 or video.shape[3:] != (
+                self.size, self.size):
+            raise SettingError("first_frames", f"{frames.dtype} {tuple(frames.shape)}",
+                               f"expected uint8 (B, T, H, W, 3) frames or float (B, 3, T, {self.size}, {self.size}) "
+                               "in [-1, 1]")
+        return self.codec.encode(video.to(device))
+
+    def generate(self, num_chunks: int | None = None, *, label: int | None = None, seed: int | list[int] = 0,
+                 first_frames: np.ndarray | torch.Tensor | None = None, batch: int = 1, frames_before: int = 0,
+                 on_step: Callable[[int], None] | None = None) -> Iterator[Chunk]:
+        """Yield ``num_chunks`` chunks (None: until the caller stops iterating), each as soon as it is denoised.
+
+        Nothing runs before the first ``next`` (bad arguments are refused at once), and nothing after the last
+        chunk taken: breaking out of the loop (or closing the generator) stops it between chunks. Without
+        ``first_frames`` a model that draws its first frame yields it first, as chunk -1 (not counted in
+        ``num_chunks``); given ``first_frames`` (see :meth:`encode`) are conditioned on and not yielded; their ``B``
+        replaces ``batch``. ``seed``: one seed, or one per video (each video's noise from its own seed, so a video
+        equals the same seed's video made alone). ``frames_before``: see :meth:`LongVideoPipeline.start`.
+        ``on_step(i)`` is called after every denoising step (raise in it to stop mid-chunk).
+        """
+        if num_chunks is not None and (isinstance(num_chunks, bool) or not isinstance(num_chunks, int)
+                                       or num_chunks < 1):
+            raise SettingError("num_chunks", num_chunks, "must be a whole number >= 1 (or None for no end)")
+        for one in seed if isinstance(seed, list) else [seed]:
+            check_seed(one)
+        return self._chunks(num_chunks, label, seed, first_frames, batch, frames_before, on_step)
+
+    def _chunks(self, num_chunks: int | None, label: int | None, seed: int | list[int],
+                first_frames: np.ndarray | torch.Tensor | None, batch: int, frames_before: int,
+                on_step: Callable[[int], None] | None) -> Iterator[Chunk]:
+        given = None if first_frames is None else self.encode(first_frames)
+        batch = batch if given is None else given.shape[0]
+        state = self.pipeline.start(batch=batch, label=label, seed=seed, first_frames=given,
+                                    frames_before=frames_before)
+        if given is None and self.model.cfg.first_frame_chunk:  # the model draws the first frame itself
+            yield self._next(state, -1, on_step)
+        for index in itertools.count() if num_chunks is None else range(num_chunks):
+            yield self._next(state, index, on_step)
+
+    def _next(self, state: GenerationState, index: int, on_step: Callable[[int], None] | None) -> Chunk:
+        tic, start_frame = time.perf_counter(), state.frames
+        result = self.pipeline.next_chunk(state, on_step=on_step)
+        pixels = to_pixels(self.codec, result.frames)
+        return Chunk(index, result.frames, pixels, start_frame, time.perf_counter() - tic, result.model_evals,
+                     result.skipped_evals)
+
+
+def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None, *,
+                  dtype: str | torch.dtype | None = None, codec_path: str | None = None, compile: bool = False,
+                  step_cache: str | StepCache | None = None, teacache_thresh: float | None = None,
+                  **settings) -> Pipeline:
+    """Load a checkpoint (weights ``.safetensors`` or a training checkpoint directory) as ``infer/long_video.py`` does.
+
+    ``device``: None or "auto" picks CUDA when there is one, else the CPU. ``dtype`` of the weights and KV cache
+    (fp32, bf16, fp16 or a torch dtype): None is bf16 on CUDA and fp32 on the CPU, as on the command line. The codec
+    (pixels, or the autoencoder the checkpoint recorded, looked up beside it; ``codec_path`` replaces it) and the
+    sampler settings (:class:`~ca2vdm.config.SamplerSettings`) come from the checkpoint; ``settings`` override them by
+    name (``steps=8``, ``shift=3.0``, ``cfg_scale``, ``cond_noise``, ``cache`` kv | none | full,
+    ``step_cache_options``). ``step_cache``: a name of ``ca2vdm.config.STEP_CACHE_NAMES`` (none, teacache, magcache,
+    taylorseer, chunkcache, fastercache, adacache) with its settings in ``step_cache_options`` (e.g.
+    ``{"interval": 2}``; TeaCache's threshold also as the older ``teacache_thresh``), or a
+    :class:`~ca2vdm.sampling.step_cache.StepCache`. ``compile``: the blocks are compiled on first use.
+    """
+    device = resolve_device(device)
+    model, meta = load_model(path, device)
+    return Pipeline.from_model(model, meta, path, device, dtype=dtype, codec_path=codec_path, compile=compile,
+                               step_cache=step_cache, teacache_thresh=teacache_thresh, **settings)
+
+
+def write_video(chunks: Iterable[Chunk], path: str | os.PathLike, fps: int = 8, *, row: int = 0,
+                overwrite: bool = False) -> int:
+    """Write the chunks' pixels (row ``row`` of each batch) to the mp4 ``path`` with the command line's writer
+    (:class:`~ca2vdm.io.video_writer.VideoWriter`: atomic, H.264); return the number of frames written.
+
+    An existing ``path`` is refused unless ``overwrite``. If iterating ``chunks`` raises (Ctrl-C, an error), the
+    finished chunks are kept as a playable mp4 and the exception propagates. To append chunk by chunk, use
+    ``VideoWriter(path, fps)`` directly: ``writer.write(chunk.pixels[row])``, then ``writer.close()``.
+    """
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
+    writer = VideoWriter(path, fps=fps)
+    try:
+        for chunk in chunks:
+            writer.write(chunk.pixels[row])
+    except BaseException:
+        if writer.frames_written:
+            writer.close()
+        else:
+            writer.abort()
+        raise
+    writer.close()
+    return writer.frames_written

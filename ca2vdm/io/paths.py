@@ -1,0 +1,87 @@
+"""Paths the project reads and writes: the defaults of generation, and the checks that an input is a file and that an
+output destroys nothing. Torch-free (the command lines use it before torch loads).
+
+An output never replaces the checkpoint (or a file in a checkpoint directory), the given first-frame input, a device
+or pipe, or another output of the same run; an existing video or contact sheet is replaced only with ``overwrite``.
+Each refusal is a :class:`~ca2vdm.errors.SettingError` naming the setting (``out``, ``stats``, ``first_frame``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ca2vdm.errors import SettingError, opt
+
+VIDEO_NAME = "long_video.mp4"  # the file written into an output directory
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "demo.safetensors"  # the shipped model
+DEFAULT_OUT = Path("outputs") / VIDEO_NAME  # the command line's scratch output, replaced by every run
+
+
+def check_input_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is an existing regular file; otherwise ValueError saying what it is instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not an image or video file")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device, pipe or socket); pass an image or video file")
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
+def output_path(out: str | Path) -> Path:
+    """The video file ``out`` names: a trailing slash or an existing directory means ``VIDEO_NAME`` inside it."""
+    if str(out).endswith(("/", os.sep)) or Path(out).is_dir():
+        return Path(out) / VIDEO_NAME
+    return Path(out)
+
+
+def preview_path(out: Path) -> Path:
+    """The contact sheet written beside the video ``out``."""
+    return out.with_suffix(".png")
+
+
+def check_paths(checkpoint: str | Path, out: Path, *, first_frame: str | None = None, preview: bool = False,
+                stats: str | None = None, overwrite: bool = False) -> None:
+    """Refuse, before any work, a first frame that is not a file and outputs that would destroy something: the
+    checkpoint (or a file in a checkpoint directory), the input, a device or pipe, each other, or (without
+    ``overwrite``) an existing video or contact sheet."""
+    if first_frame:
+        try:
+            check_input_file(first_frame)
+        except ValueError as e:
+            raise SettingError("first_frame", first_frame, str(e)) from None
+    outputs = {"out": out, "preview": preview_path(out) if preview else None, "stats": Path(stats) if stats else None}
+    outputs = {name: path for name, path in outputs.items() if path is not None}
+    for name, path in outputs.items():
+        _check_output(name, path, Path(checkpoint), first_frame)
+    seen: dict[Path, str] = {}
+    for name, path in outputs.items():
+        other = seen.setdefault(path.resolve(), name)
+        if other != name:
+            hint = f" (the contact sheet is {opt('out')} with the suffix .png)" if "preview" in (name, other) else ""
+            raise SettingError(name, path, f"is the same file as {opt(other)}; give each its own path{hint}")
+    for name in ("out", "preview"):
+        if name in outputs and outputs[name].exists() and not overwrite:
+            raise SettingError(name, outputs[name], f"already exists; pass {opt('overwrite')} to replace it, or "
+                               f"choose another {opt('out')}")
+
+
+def _check_output(name: str, path: Path, checkpoint: Path, first_frame: str | None) -> None:
+    """An output must be (or become) a regular file that is neither the checkpoint nor the input."""
+    if path.is_dir():
+        raise SettingError(name, path, "is a directory; choose a file path")
+    if path.exists() and not path.is_file():
+        raise SettingError(name, path, "exists and is not a regular file (a device, pipe or socket); choose a file "
+                           "path")
+    if checkpoint.is_dir() and path.resolve().is_relative_to(checkpoint.resolve()):
+        raise SettingError(name, path, f"is inside the checkpoint directory {checkpoint}; write it elsewhere")
+    if _same_file(path, checkpoint):
+        raise SettingError(name, path, f"is the checkpoint ({opt('checkpoint')}); writing it would destroy the "
+                           "weights: choose another path")
+    if first_frame and _same_file(path, Path(first_frame)):
+        raise SettingError(name, path, f"is the {opt('first_frame')} input; choose another path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)

@@ -1,0 +1,106 @@
+"""Where and how the library runs: the device, the precision of the weights, and stopping on a signal.
+
+Precision: ``fp32 | bf16 | fp16`` (:data:`ca2vdm.config.PRECISIONS`, the one vocabulary of sampling and training)
+is the dtype of the model's weights and KV cache. What stays float32 at every precision: the rotary tables
+(``CausalVideoDiT._apply`` rebuilds them in float32 after a cast) and the rotation itself
+(:func:`ca2vdm.models.attention.apply_rope`), the softmax statistics (the fused SDPA, flash and FlexAttention kernels
+keep them in float32; :func:`ca2vdm.models.attention.matmul_attention` computes its scores in float32), the timestep
+embedding's frequencies, and the sampler's state and noise (``ca2vdm.sampling.pipeline.STATE_DTYPE``).
+
+Stopping: a signal becomes a request (:class:`StopSignals`) that a loop polls at safe points; a generation then
+raises :class:`Stopped` carrying what was kept, a training run saves a checkpoint first
+(:mod:`ca2vdm.training.run_guard`).
+"""
+from __future__ import annotations
+
+import signal
+
+import torch
+
+from ca2vdm.config import PRECISIONS
+from ca2vdm.errors import SettingError
+
+DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops a generation (Ctrl-C, a polite kill)
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` or None (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or a torch device; a
+    SettingError for anything else and for CUDA where there is none."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise SettingError("device", name, "not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingError("device", name, "CUDA is not available on this machine; use cpu (or auto)")
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise SettingError("device", name, f"this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def default_dtype_name(device: torch.device | str) -> str:
+    """bf16 on CUDA (tensor cores, float32's range), fp32 on the CPU."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
+    """The torch dtype of ``name`` (fp32 | bf16 | fp16, or one of their torch dtypes; None: bf16 on CUDA, fp32 on
+    the CPU)."""
+    if isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
+    name = default_dtype_name(device) if name is None else name
+    if name not in DTYPES:
+        raise SettingError("dtype", name, f"not supported; use {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """fp32 | bf16 | fp16 for a torch dtype of :data:`DTYPES`."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+class Stopped(KeyboardInterrupt):
+    """A generation was stopped by ``signum``. ``stats`` describes the finished chunks, kept as a playable mp4
+    (``stats["video"]``), or is None when it stopped before the first chunk was finished (nothing written)."""
+
+    def __init__(self, signum: int, stats: dict | list | None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.stats = signum, stats
+
+
+class StopSignals:
+    """``with StopSignals(signals) as stop``: the signals request a stop instead of ending the process at once.
+
+    A loop polls :meth:`check` (or reads :attr:`signum`) at its safe points. Signals the process was started to
+    ignore stay ignored; the old handlers come back on exit.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = INTERRUPT_SIGNALS) -> None:
+        self.signum: int | None = None
+        self.signals = signals
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            if self._previous[sig] is not signal.SIG_IGN:
+                signal.signal(sig, self._request)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler or signal.SIG_DFL)  # None: a handler not set from Python
+
+    def _request(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a stop was requested."""
+        if self.signum is not None:
+            raise KeyboardInterrupt(signal.Signals(self.signum).name)

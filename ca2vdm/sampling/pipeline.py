@@ -1,0 +1,277 @@
+"""The autoregressive loop: generate a long video chunk by chunk, conditioning on what is in the window.
+
+Three ways to condition a chunk (``SamplerSettings.cache``), all sampling the same noise for the same seed:
+
+* ``kv``: Ca2-VDM. Conditioning K/V live in one :class:`~ca2vdm.models.kv_cache.KVCache` (guidance rows batched),
+  computed once per chunk by a commit pass and shared by every denoising step of the following chunks. Cost per chunk
+  is constant.
+* ``none``: the usual autoregressive baseline; the last ``max_context_frames`` frames (with ``model.sink_frames`` =
+  k: the first k frames and the last ``max_context_frames - k``, at contiguous positions as in the KV cache) are
+  re-run through the model with the chunk at every denoising step. Equal to ``kv`` while the window is not full.
+* ``full``: re-run all previous frames at every step (extendable context; quadratic total cost, a benchmark
+  baseline). Equal to ``kv`` while the window is not full; past the window it attends beyond the trained range.
+
+A pipeline never changes the model it is given (its mode, its weights, its hooks): a step-caching policy is
+attached only while a chunk is sampled, and sampling runs under ``torch.no_grad``. Chunks follow the model's
+:class:`~ca2vdm.config.ChunkLayout`: the first frame alone, then chunks of ``chunk_frames``, each beginning where
+the previous one ended.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.config import SamplerSettings, check_label
+from ca2vdm.errors import SettingError
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.kv_cache import KVCache
+from ca2vdm.sampling.flow import guidance, perturb, sample
+from ca2vdm.sampling.step_cache import StepCache, build_step_cache
+
+# The sampler's state (noise, the chunk being denoised, finished frames) stays float32 at every model precision: a
+# seed draws the same noise in fp32, bf16 and fp16, and the Euler steps add in float32. The model casts its input to
+# its weights' dtype (``CausalVideoDiT.embed``); the KV cache is in the weights' dtype.
+STATE_DTYPE = torch.float32
+
+
+@dataclass
+class ChunkResult:
+    """One generated chunk and what it cost."""
+    frames: torch.Tensor        # (B, C, L, H, W) in the model's space: pixels in [-1, 1], or latents
+    index: int                  # chunk number, 0-based
+    model_evals: int            # block-stack evaluations computed while denoising (all guidance branches)
+    skipped_evals: int = 0      # evaluations a step-caching policy skipped
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator], device: torch.device,
+           dtype: torch.dtype) -> torch.Tensor:
+    """Gaussian noise of ``shape`` (B, ...); with one generator per video, row i from generator i alone, so a video's
+    noise does not depend on the others in its batch."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+
+
+def _repeat_rows(video: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, ...) -> (groups * B, ...): the same frames for every guidance branch (no copy for one branch)."""
+    return video if groups == 1 else video.repeat(groups, *([1] * (video.ndim - 1)))
+
+
+@dataclass
+class Conditioning:
+    """What a video is conditioned on. With guidance the rows are [conditional | unconditional] (2B rows), run
+    as one batched pass and split afterwards; without it, B rows."""
+    labels: torch.Tensor | None             # (G * B,) or None for an unconditional model
+    groups: int                             # guidance branches batched together: 1 or 2
+    cache: KVCache | None                   # mode kv: one cache for all G * B rows
+    context: list[torch.Tensor] = field(default_factory=list)  # modes none/full: perturbed frames (B, C, n, H, W)
+    sinks: list[torch.Tensor] = field(default_factory=list)    # mode none: the first sink_frames frames
+
+
+@dataclass
+class GenerationState:
+    """Everything one video's generation carries from chunk to chunk."""
+    conditioning: Conditioning
+    generator: torch.Generator | list[torch.Generator]  # one for the batch, or one per video (a list of seeds)
+    batch: int
+    frames: int = 0             # frames conditioned on so far (given first frames included)
+    chunks: int = 0             # chunks generated so far
+
+
+class LongVideoPipeline:
+    """Chunk-by-chunk generation with a causal video DiT, sampled as :class:`~ca2vdm.config.SamplerSettings` say."""
+
+    def __init__(self, model: CausalVideoDiT, settings: SamplerSettings | None = None, *,
+                 step_cache: StepCache | None = None, calibration: Mapping[str, list[float]] | None = None,
+                 pixel_space: bool = True, **overrides):
+        """``settings`` (default: the library's) with ``overrides`` (keywords named as its fields; None ignored).
+        The step cache is built from ``settings.step_cache`` and its options with the checkpoint's ``calibration``,
+        unless a policy object is given as ``step_cache``. ``pixel_space``: the model works on pixels, so sampled
+        chunks are clamped to [-1, 1]; a latent model's chunks are not clamped (unit-variance latents go well beyond
+        1; the codec clamps the decoded pixels)."""
+        self.model = model
+        self.settings = (settings or SamplerSettings()).replace(**overrides)
+        self.step_cache = step_cache if step_cache is not None else build_step_cache(
+            self.settings.step_cache, self.settings.step_cache_options, calibration)
+        self.pixel_space = pixel_space
+
+    @classmethod
+    def for_checkpoint(cls, model: CausalVideoDiT, metadata: CheckpointMetadata, **overrides) -> LongVideoPipeline:
+        """A pipeline with the sampler settings a checkpoint recorded and its calibrations and space (pixels or
+        latents), then ``overrides`` (keywords of the constructor and of :class:`SamplerSettings`)."""
+        overrides.setdefault("calibration", metadata.calibration)
+        return cls(model, metadata.sampler, pixel_space=metadata.pixel_space, **overrides)
+
+    def guided(self, label: int | torch.Tensor | None) -> bool:
+        """Guidance runs a second (unconditional) branch only when there is a label to guide towards."""
+        return self.settings.cfg_scale != 1.0 and self.model.null_label is not None and label is not None
+
+    def _conditioning(self, batch: int, label: int | torch.Tensor | None, device: torch.device) -> Conditioning:
+        null, groups = self.model.null_label, 2 if self.guided(label) else 1
+        if null is None:
+            check_label(label, 0)
+            labels = None
+        elif isinstance(label, torch.Tensor):  # one per row, the null label allowed (training's rollouts)
+            labels = label.to(device).long().expand(batch).clone()
+            if labels.min() < 0 or labels.max() > null:
+                raise SettingError("label", label.tolist(), f"labels must be in 0 .. {null} (the null label)")
+        else:
+            label = null if label is None else check_label(label, null)
+            labels = torch.full((batch,), label, device=device, dtype=torch.long)
+        if groups == 2:
+            labels = torch.cat([labels, torch.full_like(labels, null)])
+        cache = self.model.new_cache(groups * batch, device) if self.settings.cache == "kv" else None
+        return Conditioning(labels, groups, cache)
+
+    def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
+                  groups: int) -> torch.Tensor:
+        """Velocity of the first ``groups`` row groups (x: (B, C, L, H, W), repeated per group)."""
+        rows = groups * x.shape[0]
+        x = _repeat_rows(x, groups)  # (G * B, C, L, H, W)
+        labels = None if cond.labels is None else cond.labels[:rows]
+        L = x.shape[2]
+        if cond.cache is not None:
+            cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
+            return self.model(x, torch.full((rows, L), t, device=x.device), labels, cache=cache).to(STATE_DTYPE)
+        ctx = torch.cat([_repeat_rows(f, groups) for f in cond.sinks + cond.context] + [x], dim=2)
+        n = ctx.shape[2] - L
+        t_frames = torch.zeros(rows, n + L, device=x.device)
+        t_frames[:, n:] = t
+        out = self.model(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n)
+        return out[:, :, n:].to(STATE_DTYPE)
+
+    @torch.no_grad()
+    def start(self, *, batch: int = 1, label: int | torch.Tensor | None = None, seed: int | list[int] = 0,
+              first_frames: torch.Tensor | None = None, frames_before: int = 0) -> GenerationState:
+        """Set up a video: labels (both guidance branches), the KV cache, the noise generator, the first frames; the
+        step-caching policy forgets the previous video.
+
+        seed: one seed for the batch, or a list of ``batch`` seeds: then video i draws all its noise from its own
+        generator, and equals (within float rounding) the video generated alone with seed ``seed[i]``.
+
+        first_frames: optional (B, C, T0, H, W) video in [-1, 1] to continue (an image is T0 = 1); it is committed
+        as conditioning and not yielded. frames_before: the given video had this many earlier frames, left out
+        because they can no longer influence what follows (``generation.given.conditioning_start``). They keep their
+        place (chunk alignment, the commit noise they would have drawn) without running the model. It must be a
+        chunk boundary, and 0 in cache mode ``full``. The KV cache then numbers the kept frames from 0: with the
+        periodic temporal RoPE only relative positions matter, so attention is the same up to float rounding. With
+        ``model.sink_frames`` = k the sinks are never left out: first_frames is then the video's first k frames
+        followed by its frames from ``frames_before`` (>= k) on.
+        """
+        cfg = self.model.cfg
+        layout = cfg.layout
+        if frames_before and (first_frames is None or self.settings.cache == "full"
+                              or not layout.is_boundary(frames_before) or frames_before < cfg.sink_frames):
+            raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary, at least "
+                             f"model.sink_frames={cfg.sink_frames} and a cache mode other than full")
+        device, dtype = self.model.x_embedder.weight.device, STATE_DTYPE
+        if not isinstance(seed, int) and len(seed) != batch:
+            raise ValueError(f"got {len(seed)} seeds for a batch of {batch} videos; give one seed or one per video")
+        generator = (torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int)
+                     else [torch.Generator(device=device).manual_seed(s) for s in seed])
+        state = GenerationState(self._conditioning(batch, label, device), generator, batch)
+        if self.step_cache is not None:
+            self.step_cache.reset()
+        if first_frames is not None:
+            first_frames, shape = first_frames.to(device, dtype), first_frames.shape
+            sinks = cfg.sink_frames if frames_before else 0
+            for part in first_frames[:, :, :sinks].split(layout.split(0, sinks), dim=2):
+                self._commit(state, part)
+            for n in layout.split(sinks, frames_before - sinks):  # the noise their commits would have drawn
+                _randn((*shape[:2], n, *shape[3:]), state.generator, device, dtype)
+            state.frames = frames_before
+            for part in first_frames[:, :, sinks:].split(layout.split(frames_before, shape[2] - sinks), dim=2):
+                self._commit(state, part)
+        return state
+
+    @torch.no_grad()
+    def next_chunk(self, state: GenerationState, on_step: Callable[[int], None] | None = None,
+                   commit_frames: torch.Tensor | None = None, start_from: torch.Tensor | None = None,
+                   start_t: float = 1.0) -> ChunkResult:
+        """Denoise the next chunk, append it to the conditioning, return it. ``on_step(i)`` follows each step.
+
+        ``commit_frames`` conditions the following chunks on these frames instead of the sampled ones (teacher
+        forcing: evaluations that compare samplers on a shared context). ``start_from`` (B, C, L, H, W): denoise
+        these frames perturbed to ``start_t`` instead of pure noise (SDEdit; the self-rollout of training).
+        """
+        cfg, settings = self.model.cfg, self.settings
+        weight = self.model.x_embedder.weight
+        L = cfg.layout.next_length(state.frames)
+        shape = (state.batch, cfg.in_channels, L, cfg.resolution, cfg.resolution)
+        noise = _randn(shape, state.generator, weight.device, STATE_DTYPE)
+        if start_from is not None:
+            noise = perturb(start_from.to(noise.dtype), noise, start_t)
+        frames_before, policy = state.frames, self.step_cache
+
+        def denoise(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+            v = self._guided_velocity(state.conditioning, x, t, frames_before, i)
+            if on_step is not None:
+                on_step(i)
+            return v
+
+        with policy.attached(self.model) if policy is not None else contextlib.nullcontext():
+            if policy is not None:
+                policy.begin_chunk()
+            x0 = sample(denoise, noise, settings.steps, settings.shift, start_t if start_from is not None else 1.0)
+        if not torch.isfinite(x0).all():
+            raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks}; the weights may be "
+                                     "damaged (check the checkpoint)")
+        if self.pixel_space:
+            x0 = x0.clamp(-1, 1)
+        self._commit(state, x0 if commit_frames is None else commit_frames)
+        state.chunks += 1
+        if policy is None:
+            return ChunkResult(x0, state.chunks - 1, model_evals=settings.steps * state.conditioning.groups)
+        return ChunkResult(x0, state.chunks - 1, policy.computed, policy.skipped)
+
+    def generate(self, num_chunks: int, **start_kwargs) -> Iterator[ChunkResult]:
+        """Yield ``num_chunks`` chunks, each as soon as it is denoised (keyword arguments as :meth:`start`).
+
+        Without ``first_frames`` and with ``first_frame_chunk``, chunk 0 is the single first frame.
+        """
+        if num_chunks < 1:
+            raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+        state = self.start(**start_kwargs)
+        for _ in range(num_chunks):
+            yield self.next_chunk(state)
+
+    def _commit(self, state: GenerationState, frames: torch.Tensor) -> None:
+        """Perturb finished frames (prefix perturbation) and append them to the conditioning of every row."""
+        noise = _randn(frames.shape, state.generator, frames.device, frames.dtype)
+        frames = perturb(frames, noise, self.settings.cond_noise)
+        cond, L, cfg = state.conditioning, frames.shape[2], self.model.cfg
+        if cond.cache is not None:
+            rows = _repeat_rows(frames, cond.groups)
+            self.model(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
+                       commit=True)
+            cond.cache.commit(L)
+        elif self.settings.cache == "none" and state.frames < cfg.sink_frames:
+            cond.sinks.append(frames)
+        else:
+            cond.context.append(frames)
+            if self.settings.cache == "none":
+                cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -(cfg.max_context_frames - cfg.sink_frames):]]
+        state.frames += L
+
+    def _guided_velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
+                         index: int) -> torch.Tensor:
+        """One denoising step's velocity; guidance branches run batched, or as a step-caching policy decides."""
+        policy, steps, scale = self.step_cache, self.settings.steps, self.settings.cfg_scale
+
+        def velocity(groups: int, name: str) -> torch.Tensor:
+            if policy is None:
+                return self._velocity(cond, x, t, frames_before, groups)
+            with policy.step(name, index, steps, branches=groups):
+                return self._velocity(cond, x, t, frames_before, groups)
+
+        if cond.groups == 1:
+            return velocity(1, "cond")
+        both = lambda: velocity(2, "cond+uncond").chunk(2)  # noqa: E731
+        if policy is not None:
+            with policy.step("cond+uncond", index, steps, branches=2):  # guide() decides for this step
+                return policy.guide(both, lambda: velocity(1, "cond"), scale)
+        return guidance(*both(), scale)

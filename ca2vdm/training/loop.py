@@ -1,0 +1,228 @@
+"""Training loop: causal flow matching with accelerate, EMA, atomic checkpoints and exact resume.
+
+Exact resume rests on three things: every random draw of a step (which chunk is noisy, noise, times, label
+dropout) comes from a generator seeded by (seed, step, rank), not from a global RNG; the data order of an epoch is
+a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter are restored by accelerate's
+``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k.
+
+Faults lose nothing: checkpoints are published atomically (:mod:`ca2vdm.run_files`, :mod:`ca2vdm.checkpoint`), a
+run killed at any point (even SIGKILL while saving) resumes from its newest complete checkpoint, and the metrics log
+is cut back to that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted
+run's. SIGTERM and SIGUSR1 stop a run after the current step, with a checkpoint of that step
+(:mod:`ca2vdm.run_guard`).
+
+One run per output directory: the main rank holds its :class:`~ca2vdm.checkpoint.RunLock` for the whole run, and a
+second run (fresh or resumed) is refused on every rank before it reads or writes anything. A resumed run keeps the
+settings its checkpoint's state was built from (:data:`~ca2vdm.checkpoint.FIXED_ON_RESUME`, checked before any
+work); other settings, ``train.max_steps`` included, apply from the resume step on, so ``config.yaml`` always records
+what governs the run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.data_loader import skip_first_batches
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ca2vdm.config import RunConfig, validate
+from ca2vdm.errors import CheckpointError, DataError, NonFiniteLossError
+from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.training import checkpoint_dirs, run_files, sharded_state, trackers
+from ca2vdm.training.diffusion_task import DiffusionTask
+from ca2vdm.training.ema import EMA
+from ca2vdm.training.parallelize import parallelize
+from ca2vdm.training.run_guard import Preempted, RunGuard
+from ca2vdm.training.task import Task
+
+
+@dataclass
+class Progress:
+    """Step counter and data position, saved with the training state."""
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+
+
+def data_workers(setting: int, device: torch.device, processes: int) -> int:
+    """``data.num_workers``, with -1 (auto) resolved: 0 when the model trains on the CPU, where decoding workers take
+    the cores the model needs (2 cores, real 1280x720 / 640x272 videos: 0.53 steps/s without workers, 0.49 with one,
+    0.51 with two; docs/benchmarks.md); otherwise one fewer than this process's share of the cores, at most 8."""
+    if setting >= 0:
+        return setting
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) // processes - 1))
+
+
+def _mixed_precision(setting: str) -> str:
+    """``train.mixed_precision`` (auto | fp32 | bf16 | fp16; ``no`` as fp32) as accelerate spells it."""
+    if setting == "auto":
+        setting = "bf16" if torch.cuda.is_available() else "fp32"
+    return "no" if setting in ("fp32", "no") else setting
+
+
+def train(config: RunConfig, resume: str | None = None, progress_bar: bool = True,
+          task_type: Callable[[RunConfig, torch.device], Task] = DiffusionTask) -> Path:
+    """Train ``config``; returns the output directory. ``resume``: None, 'latest' or a checkpoint directory.
+    ``task_type(config, device)`` makes the :class:`~ca2vdm.training.task.Task`: what is trained (default: the
+    video DiT).
+
+    Raises :class:`~ca2vdm.checkpoint.RunLockedError` (on every rank) if another run is using ``train.output_dir``,
+    and :class:`~ca2vdm.run_guard.Preempted` after a stop signal, once the step's checkpoint is saved.
+    """
+    validate(config)  # a Config built in code gets the same checks as one from load_config
+    # cpu=True on a machine without CUDA makes a multi-process launch a gloo process group (MULTI_CPU). The schedule
+    # counts optimizer steps (accelerate's default would step it once per process, N times as fast on N processes).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
+                              mixed_precision=_mixed_precision(config.train.mixed_precision),
+                              gradient_accumulation_steps=config.train.grad_accum,
+                              **trackers.accelerator_kwargs(config))
+    with RunGuard(accelerator, config.train.output_dir) as guard:
+        return _train(config, resume, progress_bar, accelerator, task_type, guard)
+
+
+def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerator: Accelerator,
+           task_type: Callable[[RunConfig, torch.device], Task], guard: RunGuard) -> Path:
+    tc = config.train
+    task = task_type(config, accelerator.device)
+    out = Path(tc.output_dir)
+    ckpt_root = out / "checkpoints"
+    resume_path = None
+    if resume:  # bad --resume and a changed model or optimizer config are reported before any work starts
+        resume_path = checkpoint_dirs.resolve_resume(resume, ckpt_root)
+        task.check_resume(resume_path, config)
+        checkpoint_dirs.check_resumable(resume_path, tc)
+    elif checkpoint_dirs.step_dirs(ckpt_root):  # a fresh start would wipe metrics.jsonl and overwrite those checkpoints
+        raise CheckpointError(f"train.output_dir {out} already holds checkpoints "
+                                   f"({', '.join(p.name for p in checkpoint_dirs.step_dirs(ckpt_root))}); pass --resume latest "
+                                   "to continue that run, or choose a new train.output_dir")
+    set_seed(tc.seed)
+
+    dataset = task.dataset(config)
+    sampler = DistributedSampler(dataset, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+                                 shuffle=True, seed=tc.seed, drop_last=True)
+    workers = data_workers(config.data.num_workers, accelerator.device, accelerator.num_processes)
+    loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True, num_workers=workers,
+                        pin_memory=torch.cuda.is_available())
+    if len(loader) == 0:
+        raise DataError(f"{len(dataset)} usable clips in {config.data.root} give no full batch of train.batch_size="
+                        f"{tc.batch_size} on {accelerator.num_processes} process(es); lower train.batch_size, raise "
+                        "data.clips_per_video or add videos")
+
+    model = parallelize(task.build_model(config, resume), config, accelerator.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
+    model, optimizer, scheduler, sharded = sharded_state.prepare(accelerator, model, optimizer, scheduler)
+    ema = EMA(accelerator.unwrap_model(model), tc.ema_decay)  # on the training device
+    progress = Progress()
+    accelerator.register_for_checkpointing(ema, progress)
+
+    if resume_path is not None:
+        try:
+            accelerator.load_state(str(resume_path))
+            if sharded is not None:  # model and optimizer of a sharded run: full files, cut into this rank's shards
+                sharded.load(resume_path)
+        except Exception as e:  # damaged optimizer/scheduler/RNG files: name the directory, not a pickle frame
+            raise CheckpointError(f"checkpoint {resume_path} cannot be resumed: {type(e).__name__}: {e}; "
+                                       "pass an earlier checkpoint directory with --resume") from e
+        accelerator.print(f"resumed from {resume_path} at step {progress.step}")
+    epoch, offset = divmod(progress.step * tc.grad_accum, len(loader))
+    sampler.set_epoch(epoch)
+    device = "cpu" if accelerator.device.type == "cpu" else accelerator.device  # accelerate: cpu:0 on every rank
+    print(f"rank {accelerator.process_index} of world size {accelerator.num_processes} on {device}: {len(sampler)} of "
+          f"{len(dataset)} clips per epoch, epoch {epoch}{f' (resuming at batch {offset})' if offset else ''} starts "
+          f"with {list(sampler)[:8]}", flush=True)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
+        run_files.truncate_log(out / "metrics.jsonl", progress.step)
+        trackers.start(accelerator, config)
+        run_files.report_skipped(dataset.skipped, out / run_files.SKIPPED_LOG, accelerator,
+                                 len(dataset.skipped) + len(dataset.videos))
+    skipped_at_start = len(dataset.skipped)
+
+    bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (progress_bar and accelerator.is_main_process),
+               desc="train", dynamic_ncols=True)
+    model.train()
+    tic, stop = time.perf_counter(), 0
+    while progress.step < tc.max_steps and not stop:
+        micro = progress.step * tc.grad_accum
+        epoch, offset = divmod(micro, len(loader))
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        for batch in skip_first_batches(loader, offset) if offset else loader:
+            gen = torch.Generator(device=accelerator.device).manual_seed(
+                _step_seed(tc.seed, progress.step, micro % tc.grad_accum, accelerator.process_index))
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = task.loss(model, batch, config, gen)
+                if not torch.isfinite(loss):
+                    if tc.nonfinite == "stop":
+                        raise NonFiniteLossError(f"loss is {loss.item()} at step {progress.step}; "
+                                                 + run_files.after_nonfinite(ckpt_root))
+                    optimizer.zero_grad(set_to_none=True)
+                    accelerator.print(f"step {progress.step}: non-finite loss, batch skipped")
+                else:
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            ema.update(accelerator.unwrap_model(model), progress.step)
+            progress.step += 1
+            loss_value, stop = guard.agree(loss)  # stop: a signal any rank received, all ranks stop here
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if progress.step % tc.log_every == 0 and accelerator.is_main_process:
+                values = dict(loss=loss_value, lr=scheduler.get_last_lr()[0],
+                              steps_per_s=tc.log_every / (time.perf_counter() - tic))
+                run_files.log_metrics(out / "metrics.jsonl", step=progress.step, **values)
+                accelerator.log(values, step=progress.step)  # train.log_with's trackers
+                tic = time.perf_counter()
+            if stop or progress.step % tc.save_every == 0 or progress.step == tc.max_steps:
+                saved = run_files.save_checkpoint(accelerator, ema, config, ckpt_root, progress.step, task, sharded)
+            if tc.sample_every and progress.step % tc.sample_every == 0 and not stop:
+                published = ema.gathered()  # every rank takes part when the EMA is sharded
+                if accelerator.is_main_process:  # skipped on a stop: the grace period goes to the save
+                    task.sample(published, config, out, progress.step)
+            if stop or progress.step >= tc.max_steps:
+                break
+    bar.close()
+    if accelerator.is_main_process and len(dataset.skipped) > skipped_at_start:  # decode failures while training
+        run_files.report_skipped(dataset.skipped[skipped_at_start:], out / run_files.SKIPPED_LOG, accelerator,
+                                 None)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if stop and progress.step < tc.max_steps:
+        raise Preempted(stop, progress.step, saved)
+    return out
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    return ((seed * 1_000_003 + step) * 131 + micro) * 1009 + rank
