@@ -4,6 +4,7 @@ Each carries one line for the user that names the problem and the fix. A message
 with :func:`opt` (``opt("overwrite")``, ``opt("resume", "latest")``), never as a flag: ``str(error)`` spells them as
 the Python API does (``resume=latest``), and a command line prints :meth:`Ca2vdmError.for_cli`, which spells them as
 its flags (``--resume latest``). So no library message names a flag, and every front end names its own.
+Imports nothing from the package.
 """
 from __future__ import annotations
 

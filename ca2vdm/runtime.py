@@ -9,7 +9,7 @@ embedding's frequencies, and the sampler's state and noise (``ca2vdm.sampling.pi
 
 Stopping: a signal becomes a request (:class:`StopSignals`) that a loop polls at safe points; a generation then
 raises :class:`Stopped` carrying what was kept, a training run saves a checkpoint first
-(:mod:`ca2vdm.training.run_guard`).
+(:mod:`ca2vdm.training.run_guard`). Imports :mod:`ca2vdm.config` and :mod:`ca2vdm.errors`.
 """
 from __future__ import annotations
 

@@ -19,14 +19,14 @@ from accelerate import PartialState
 from ca2vdm.config import load_config
 from ca2vdm.data.codec import build_codec, check_model_fits
 from ca2vdm.data.latent_encoding import encode_folder, parse_size
-from ca2vdm.errors import CodecError, ConfigError, DataError
+from ca2vdm.errors import Ca2vdmError, SettingError
 
 
 def shard_size(text: str) -> int:
     try:
         return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    except SettingError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
 
 
 def main() -> None:
@@ -52,8 +52,8 @@ def main() -> None:
                               manifest=config.data.manifest, device=device, progress=not args.no_progress,
                               shard_bytes=args.shard_size, resume=args.resume, rank=state.process_index,
                               world=state.num_processes, barrier=state.wait_for_everyone)
-    except (ConfigError, CodecError, DataError) as e:
-        sys.exit(f"error: {e}")
+    except Ca2vdmError as e:
+        sys.exit(f"error: {e.for_cli()}")
     if state.is_main_process:
         frames = sum(v["frames"] for v in index["videos"])
         shards = len({v["shard"] for v in index["videos"]})

@@ -52,6 +52,6 @@ if __name__ == "__main__":
             if args.autoencoder else None
         out = export_weights(args.src, args.dst, DTYPES[args.dtype], extra)
     except (ExportError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e.for_cli()}")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)" + (f", autoencoder in {args.autoencoder}"
                                                                if args.autoencoder else ""))

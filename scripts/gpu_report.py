@@ -5,6 +5,7 @@
 Reads OUTDIR/steps.tsv (each step's exit status and seconds), cuda_tests.xml (pytest's junit XML, with the SDPA
 operators the kernel test recorded), xl/ar_scaling.json, compile/ar_scaling.json and train_mfu.json; a missing file
 is reported as such. Checks the issue's GPU goals (not in a dry run, whose tiny CPU figures say nothing about them).
+On a GPU the CUDA tests count as failed unless at least one of them ran (pytest exits 0 when all are skipped).
 """
 import argparse
 import json
@@ -67,6 +68,10 @@ def main(argv=None) -> int:
         goals[name] = {"value": value, "met": met}
     summary["goals"] = goals
     failed = [s["name"] for s in steps if s["exit"] != 0]
+    ran = summary["cuda_tests"] and summary["cuda_tests"]["tests"] - summary["cuda_tests"]["skipped"]
+    if not args.dry_run and "cuda_tests" not in failed and not ran:  # pytest exits 0 when every test is skipped
+        failed.append("cuda_tests")
+        summary["cuda_tests_problem"] = "no CUDA test ran (every one was skipped, or none was collected)"
     summary["failed_steps"] = failed
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -39,7 +39,8 @@ def test_resume_is_exact_and_every_checkpoint_exports_a_codec(short_shapes, tmp_
     """Stopped after step 2 (inside the warm-up, where max_steps does not change the schedule) and resumed."""
     warm = "train.warmup_steps=2"
     straight = train(_config(short_shapes, tmp_path / "a", warm), progress_bar=False, task_type=AutoencoderTask)
-    train(_config(short_shapes, tmp_path / "b", warm, "train.max_steps=2"), progress_bar=False, task_type=AutoencoderTask)
+    train(_config(short_shapes, tmp_path / "b", warm, "train.max_steps=2"), progress_bar=False,
+          task_type=AutoencoderTask)
     resumed = train(_config(short_shapes, tmp_path / "b", warm), resume="latest", progress_bar=False,
                     task_type=AutoencoderTask)
     a, b = (load_file(str(step_dirs(d / "checkpoints")[-1] / "ema.safetensors")) for d in (straight, resumed))
@@ -65,7 +66,8 @@ def test_resume_with_another_architecture_is_refused(short_shapes, tmp_path):
 
 def test_cli_reports_heldout_psnr(short_shapes, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train/train_autoencoder.py"), "--config",
-                             str(ROOT / "configs/ae-tiny.yaml"), f"data.root={short_shapes}", f"train.output_dir={tmp_path}",
+                             str(ROOT / "configs/ae-tiny.yaml"), f"data.root={short_shapes}",
+                             f"train.output_dir={tmp_path}",
                              "train.sample_every=2", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "reconstruction.json").read_text())

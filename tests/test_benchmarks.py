@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
-import torch
 
 from helpers import random_model
 

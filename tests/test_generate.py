@@ -52,14 +52,15 @@ def test_video_frame_count_and_stats(checkpoint, tmp_path):
 
 
 def test_steps_and_guidance_set_model_evals(checkpoint, tmp_path):
-    opts = GenerationOptions(chunks=2, label=0, sampler=dict(steps=2, cfg_scale=2.5))  # guidance needs a label to guide towards
+    opts = GenerationOptions(chunks=2, label=0, sampler=dict(steps=2, cfg_scale=2.5))  # guidance needs a label
     stats = generate_video(checkpoint, tmp_path / "v.mp4", opts)
     assert [c["model_evals"] for c in stats["chunks"]] == [2 * 2, 2 * 2]  # 2 steps x 2 guidance branches
 
 
 def test_shift_overrides_the_checkpoints_sampler_schedule(checkpoint, tmp_path):
     recorded = generate_video(checkpoint, tmp_path / "a.mp4", GenerationOptions(chunks=2, label=0))
-    shifted = generate_video(checkpoint, tmp_path / "b.mp4", GenerationOptions(chunks=2, label=0, sampler=dict(shift=3.0)))
+    shifted = generate_video(checkpoint, tmp_path / "b.mp4",
+                             GenerationOptions(chunks=2, label=0, sampler=dict(shift=3.0)))
     assert (recorded["shift"], shifted["shift"]) == (1.0, 3.0)  # the checkpoint's, then the option's
     assert (read_video(tmp_path / "a.mp4") - read_video(tmp_path / "b.mp4")).abs().max() > 0.05  # same noise
 
@@ -78,7 +79,8 @@ def test_kv_and_none_caches_agree_while_window_not_full(checkpoint, tmp_path):
     window, where the modes legitimately differ, which shows the option reaches the pipeline."""
     def run(cache: str, chunks: int, seed: int = 0) -> Path:
         out = tmp_path / f"{cache}{chunks}-{seed}.mp4"
-        opts = GenerationOptions(chunks=chunks, seed=seed, label=1, overwrite=True, sampler=dict(cache=cache))  # runs repeat
+        opts = GenerationOptions(chunks=chunks, seed=seed, label=1, overwrite=True,  # runs repeat
+                                 sampler=dict(cache=cache))
         stats = generate_video(checkpoint, out, opts)
         assert stats["cache"] == cache
         return out

@@ -31,3 +31,18 @@ def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     assert off["loss"] == on["loss"] and off["steps_per_second"] > 0 and on["steps_per_second"] > 0
     assert all(g["met"] is None for g in summary["goals"].values())  # a dry run judges no GPU goal
     assert "# GPU check (dry run" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_gpu_run_whose_cuda_tests_all_skipped_fails(tmp_path):
+    """On a GPU (no --dry-run) a CUDA test step that ran nothing is a failure, although pytest exited 0."""
+    (tmp_path / "steps.tsv").write_text("cuda_tests\t0\t3\n")
+    (tmp_path / "cuda_tests.xml").write_text('<testsuites><testsuite tests="6" failures="0" errors="0" skipped="6">'
+                                             "</testsuite></testsuites>")
+    report = [sys.executable, str(ROOT / "scripts/gpu_report.py"), str(tmp_path)]
+    assert subprocess.run(report, capture_output=True).returncode == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["failed_steps"] == ["cuda_tests"] and "no CUDA test ran" in summary["cuda_tests_problem"]
+    assert subprocess.run(report + ["--dry-run"], capture_output=True).returncode == 0  # expected on a CPU
+    (tmp_path / "cuda_tests.xml").write_text('<testsuites><testsuite tests="6" failures="0" errors="0" skipped="2">'
+                                             "</testsuite></testsuites>")
+    assert subprocess.run(report, capture_output=True).returncode == 0

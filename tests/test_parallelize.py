@@ -153,6 +153,7 @@ def test_wandb_without_the_package_is_one_clear_error(shapes, tmp_path, monkeypa
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
     config = load_config(TINY, [f"data.root={shapes}", f"train.output_dir={tmp_path}", "train.log_with=wandb"])
-    with pytest.raises(ConfigError, match=r'needs the wandb package, which is not installed: pip install -e "\.\[wandb\]"'):
+    with pytest.raises(ConfigError,
+                       match=r'needs the wandb package, which is not installed: pip install -e "\.\[wandb\]"'):
         train(config, progress_bar=False)
     assert not tmp_path.joinpath("checkpoints").exists()

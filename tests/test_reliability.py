@@ -22,7 +22,6 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 import ca2vdm.data.clips as data_module
-from ca2vdm.checkpoints import weights as ckpt
 from ca2vdm.checkpoints.weights import load_model, save_weights
 from ca2vdm.config import ModelConfig, load_config, model_config, to_dict
 from ca2vdm.data.clips import VideoFolderDataset
@@ -148,7 +147,7 @@ def test_failed_or_killed_checkpoint_write_loses_nothing(shapes, reference, tmp_
     with pytest.raises(CheckpointError, match=r"step_000012 is incomplete \(missing optimizer.bin"):
         resolve_resume(str(root / "step_000012"), root)
     # Forgetting --resume would wipe the log and overwrite the checkpoints: refused before any work.
-    with pytest.raises(CheckpointError, match=r"already holds checkpoints .* --resume latest"):
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints .* resume=latest"):
         train(config, progress_bar=False)
     # Resuming with another model config is refused with the differing key, before any work.
     changed = load_config(TINY, _overrides(shapes, tmp_path, max_steps=STEPS, save_every=EVERY) + ["model.depth=3"])
@@ -211,7 +210,7 @@ def test_resume_refuses_changed_optimizer_settings(shapes, tmp_path, one_thread)
     recorded = (out / "config.yaml").read_text()
     for change in ("train.lr=0.002", "train.weight_decay=0.1", "train.warmup_steps=2", "train.seed=1",
                    "train.batch_size=4", "train.grad_accum=2", "train.ema_decay=0.9"):
-        with pytest.raises(CheckpointError, match=rf"{re.escape(change)} \(checkpoint: .*--resume .*init_from"):
+        with pytest.raises(CheckpointError, match=rf"{re.escape(change)} \(checkpoint: .*rerun resume .*init_from"):
             train(load_config(TINY, [*args, change]), resume="latest", progress_bar=False)
     assert (out / "config.yaml").read_text() == recorded
     assert not (out / run_lock.LOCK_NAME).exists()  # released on errors
@@ -233,7 +232,7 @@ def test_run_killed_in_its_first_save_says_start_fresh(shapes, tmp_path, one_thr
     (staging / "model.safetensors").write_bytes(b"\0" * 64)
     config = load_config(TINY, _overrides(shapes, out, max_steps=2, save_every=2))
     with pytest.raises(CheckpointError, match=r"no complete checkpoint .*stopped while writing its first one "
-                                              r"\(\.tmp-step_000004\).*start fresh: rerun without --resume"):
+                                              r"\(\.tmp-step_000004\).*start fresh: rerun without resume"):
         train(config, resume="latest", progress_bar=False)
     (root / "step_000004").mkdir()  # a partial step_ directory (copied by hand, an older version)
     with pytest.raises(CheckpointError, match=r"only incomplete checkpoints \(step_000004\).*move them away and "

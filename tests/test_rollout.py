@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import load_config
 from ca2vdm.errors import ConfigError
-from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.training.diffusion_task import DiffusionTask
 from ca2vdm.training.rollout import given_frames, rollout_context

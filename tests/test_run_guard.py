@@ -99,7 +99,8 @@ def test_sigusr1_stops_the_autoencoder_too_and_resume_is_exact(tmp_path, monkeyp
     write_dataset(data, num_videos=8, num_frames=6, size=16, seed=0)
 
     def config(out, max_steps):
-        overrides = [f"data.root={data}", f"train.output_dir={out}", f"train.max_steps={max_steps}", "train.save_every=4"]
+        overrides = [f"data.root={data}", f"train.output_dir={out}", f"train.max_steps={max_steps}",
+                     "train.save_every=4"]
         return load_config(ROOT / "configs/ae-tiny.yaml", overrides, AutoencoderTrainingConfig)
 
     straight = training.train(config(tmp_path / "a", 4), progress_bar=False, task_type=AutoencoderTask)

@@ -7,6 +7,8 @@ import warnings
 import pytest
 import torch
 
+from ca2vdm.config.step_caches import parse_step_cache_options
+from ca2vdm.errors import SettingError
 from ca2vdm.models.dit import BlockStack
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.sampling.step_cache import (
@@ -19,8 +21,6 @@ from ca2vdm.sampling.step_cache import (
     build_step_cache,
     fit_polynomial,
 )
-from ca2vdm.config.step_caches import parse_step_cache_options
-from ca2vdm.errors import SettingError
 from ca2vdm.sampling.step_cache.chunkcache import extrapolate, forecast_errors, plan
 from ca2vdm.sampling.step_cache.magcache import magnitude_ratio, resample_ratios
 from ca2vdm.sampling.step_cache.taylorseer import forecast, refresh_derivatives, schedule
@@ -260,9 +260,11 @@ def test_generate_video_builds_the_policy_with_its_settings_and_refuses_an_uncal
     model = random_model(num_classes=3)
     checkpoint = tmp_path / "tiny.safetensors"
     save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 8, "cfg_scale": 1.0}})
-    opts = GenerationOptions(chunks=2, label=1, sampler=dict(step_cache="taylorseer", step_cache_options={"interval": 3}))
+    opts = GenerationOptions(chunks=2, label=1,
+                             sampler=dict(step_cache="taylorseer", step_cache_options={"interval": 3}))
     stats = generate_video(checkpoint, tmp_path / "out.mp4", opts)
     assert [c["model_evals"] for c in stats["chunks"]] == [len(schedule(8, 3, 2))] * 2  # steps 0, 1, 4, 7
     with pytest.raises(ValueError, match="no MagCache calibration"):
-        generate_video(checkpoint, tmp_path / "out2.mp4", GenerationOptions(chunks=1, sampler=dict(step_cache="magcache")))
+        generate_video(checkpoint, tmp_path / "out2.mp4",
+                       GenerationOptions(chunks=1, sampler=dict(step_cache="magcache")))
     assert not (tmp_path / "out2.mp4").exists()

@@ -89,7 +89,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(shapes, tmp_path, m
 
 def test_nonfinite_loss_before_any_checkpoint_says_there_is_none(shapes, tmp_path):
     """lr=1e30 blows up on the first update: the error must not promise a checkpoint that was never written."""
-    with pytest.raises(NonFiniteLossError, match=r"at step 1; .*no checkpoint was written.*without --resume") as info:
+    with pytest.raises(NonFiniteLossError, match=r"at step 1; .*no checkpoint was written.*without resume") as info:
         train(_config(shapes, tmp_path, max_steps=4, save_every=2, lr=1e30), progress_bar=False)
     assert "kept" not in str(info.value) and not step_dirs(tmp_path / "checkpoints")
 

@@ -56,7 +56,7 @@ def test_full_disk_during_a_save_says_so_and_loses_nothing(shapes, tmp_path, mon
     message = str(info.value)
     assert message == (f"could not write checkpoint {root / 'step_000008'}: No space left on device in {root} (0.0 MiB "
                        f"free); the previous checkpoint {root / 'step_000004'} is intact. Free space on that disk or "
-                       "choose another train.output_dir, then rerun with --resume latest"), message
+                       "choose another train.output_dir, then rerun with resume=latest"), message
     assert before and _digest(root / "step_000004") == before  # nothing previously saved changed
     assert step_dirs(root) == [root / "step_000004"] and not list(root.glob(".t*-*"))
     assert not (tmp_path / run_lock.LOCK_NAME).exists()

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import ModelConfig, to_dict, validate_model
-from ca2vdm.errors import CheckpointError, ConfigError
+from ca2vdm.errors import CheckpointError, ConfigError, opt
 from ca2vdm.io.atomic import save_tensors_atomic
 from ca2vdm.models.dit import CausalVideoDiT
 
@@ -44,7 +44,7 @@ def weights_file(path: str | Path) -> Path:
     if path.is_dir():
         path = path / WEIGHTS_NAME
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; pass --checkpoint with a .safetensors file or a "
+        raise CheckpointError(f"checkpoint {path} not found; pass {opt('checkpoint')} with a .safetensors file or a "
                               "training checkpoint directory (runs/<name>/checkpoints/step_N)")
     return path
 

@@ -134,12 +134,12 @@ def run_trainer(parser: argparse.ArgumentParser, args: argparse.Namespace, confi
                      task_type=TRAINERS[section].task_type())
     except ConfigError as e:
         parser.exit(2, f"error: {e.for_cli()}\n")
-    except Ca2vdmError as e:  # data, checkpoints, a non-finite loss, a locked run
-        parser.exit(1, f"error: {e.for_cli()}\n")
     except Preempted as e:
         if main_rank():
-            print(e, file=sys.stderr, flush=True)
+            print(e.for_cli(), file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
+    except Ca2vdmError as e:  # data, checkpoints, a non-finite loss, a locked run
+        parser.exit(1, f"error: {e.for_cli()}\n")
     except OSError as e:  # e.g. the metrics log or config.yaml on a full disk
         if not is_disk_full(e, config.train.output_dir):
             raise

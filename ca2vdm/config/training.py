@@ -27,7 +27,7 @@ class DiffusionConfig:
     cfg_scale: float = 1.0      # classifier-free guidance scale at inference; 1 = off
     label_dropout: float = 0.1  # training: probability of replacing the label by the null label
     objective: str = "chunk"    # training loss: chunk (one random chunk) | all (every chunk, teacher forcing)
-    self_rollout: float = 0.0   # share of training steps conditioned on the model's own samples (ca2vdm.training.rollout)
+    self_rollout: float = 0.0   # share of steps conditioned on the model's own samples (ca2vdm.training.rollout)
     rollout_t: float = 1.0      # a rolled-out chunk starts from the real one perturbed to this time (1 = free)
     rollout_steps: int = 8      # Euler steps per rolled-out chunk
 

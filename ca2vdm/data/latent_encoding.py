@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ca2vdm.data.clips import VideoFolderDataset
 from ca2vdm.data.codec import Codec
 from ca2vdm.data.latents import INDEX_NAME
-from ca2vdm.errors import DataError
+from ca2vdm.errors import DataError, SettingError, opt
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.io.video import read_frames, resize_center_crop
 
@@ -41,7 +41,7 @@ def parse_size(text: str) -> int:
     """``256MB``, ``1.5GB``, ``500k`` or a plain number of bytes -> bytes."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not match or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
-        raise ValueError(f"--shard-size {text!r}: expected a positive size such as 256MB, 1GB or 500KB")
+        raise SettingError("shard_size", text, "expected a positive size such as 256MB, 1GB or 500KB")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
@@ -103,28 +103,28 @@ def check_output(out: Path, settings: dict, resume: bool) -> None:
     """Raise DataError unless ``out`` may receive this encoding: new or empty, or (``resume``) an unfinished encoding
     of the same settings."""
     if (out / INDEX_NAME).exists():
-        raise DataError(f"{out} already holds encoded latents ({INDEX_NAME}); choose another --out or delete it")
+        raise DataError(f"{out} already holds encoded latents ({INDEX_NAME}); choose another {opt('out')} or delete it")
     if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; pass a new folder")
+        raise DataError(f"{opt('out', out)} is a file; pass a new folder")
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not present:
         return
     if STATE_NAME not in present:
         shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-        raise DataError(f"--out {out} already holds files this tool did not write ({shown}); choose a new or empty "
-                        "folder, so that nothing of yours is overwritten")
+        raise DataError(f"{opt('out', out)} already holds files this tool did not write ({shown}); choose a new or "
+                        "empty folder, so that nothing of yours is overwritten")
     if not resume:
-        raise DataError(f"{out} holds an unfinished encoding (a run that was stopped); pass --resume to continue "
-                        "it without encoding its finished shards again, or choose another --out")
+        raise DataError(f"{out} holds an unfinished encoding (a run that was stopped); pass {opt('resume')} to "
+                        f"continue it without encoding its finished shards again, or choose another {opt('out')}")
     recorded = json.loads((out / STATE_NAME).read_text())
     changed = [f"{k}={settings[k]!r} (started with {recorded.get(k)!r})" for k in settings if recorded.get(k) !=
                settings[k]]
     if changed:
-        raise DataError(f"--resume {out}: the encoding was started with other settings: {'; '.join(changed)}; "
-                        "resume with the config it was started with, or choose another --out")
+        raise DataError(f"{opt('resume')} {out}: the encoding was started with other settings: {'; '.join(changed)}; "
+                        f"resume with the config it was started with, or choose another {opt('out')}")
     foreign = [name for name in present if name != STATE_NAME and not _OURS.match(name)]
     if foreign:
-        raise DataError(f"--resume {out}: the folder also holds files this tool did not write "
+        raise DataError(f"{opt('resume')} {out}: the folder also holds files this tool did not write "
                         f"({', '.join(foreign[:3])}); move them away and resume again")
 
 

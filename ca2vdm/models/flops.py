@@ -11,7 +11,7 @@ import torch
 from ca2vdm.config import ModelConfig
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s for bf16 and fp16, from the vendors' data sheets; matched against
-# torch.cuda.get_device_name() in order (the first name contained in it wins). fp32 has no entry: pass --peak-tflops.
+# torch.cuda.get_device_name() in order (the first name contained in it wins). fp32 has no entry: give the peak.
 PEAK_TFLOPS: dict[str, float] = {
     "H200": 989.0,        # H200 SXM
     "H100 PCIe": 756.0,
@@ -54,19 +54,19 @@ def train_step_flops(cfg: ModelConfig, batch: int, frames: int, recompute: bool 
 
 
 def peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None = None) -> tuple[float | None, str]:
-    """The device's dense peak TFLOP/s for ``dtype`` and where it came from: ``override`` (--peak-tflops), the
+    """The device's dense peak TFLOP/s for ``dtype`` and where it came from: ``override`` (given by the caller), the
     table for a known GPU at bf16/fp16, or (None, why not)."""
     if override:
-        return override, "--peak-tflops"
+        return override, "given"
     if device.type != "cuda":
-        return None, "no peak known for the CPU; pass --peak-tflops"
+        return None, "no peak known for the CPU; give one"
     name = torch.cuda.get_device_name(device)
     if dtype not in (torch.bfloat16, torch.float16):
-        return None, f"no table entry for {name} at {dtype}; pass --peak-tflops"
+        return None, f"no table entry for {name} at {dtype}; give the peak"
     for key, value in PEAK_TFLOPS.items():
         if key in name:
             return value, f"table: {key} dense bf16/fp16"
-    return None, f"{name} is not in the table; pass --peak-tflops"
+    return None, f"{name} is not in the table; give its peak"
 
 
 def mfu(flops: float, seconds: float, peak: float | None) -> float | None:

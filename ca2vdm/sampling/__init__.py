@@ -3,5 +3,5 @@ chunks with the shared KV cache (``pipeline``), step caches that skip denoising 
 (``step_cache/``) and compiled sampling (``compile``).
 
 No files, no codecs, no command lines: frames are tensors in the model's space. Imports :mod:`ca2vdm.models`,
-:mod:`ca2vdm.config` and :mod:`ca2vdm.errors`.
+:mod:`ca2vdm.checkpoints` (a checkpoint's recorded settings), :mod:`ca2vdm.config` and :mod:`ca2vdm.errors`.
 """

@@ -7,10 +7,10 @@ offset are Python integers that change per chunk, and dynamo guards on each valu
 each block is compiled on its own (``nn.Module.compile``, as torchtitan does per block) and the cache's
 bookkeeping (:data:`KVCache.EAGER_METHODS`: ``update``, ``prefix``, ``store_prefix``) runs eagerly
 (``torch.compiler.disable``, applied here when compiling, so that a process that never compiles never imports
-``torch._dynamo``), so the compiled code sees only tensors. The block index, an integer attribute that differs per block, is left
-unspecialised (``allow_unspec_int_on_nn_module``), so all blocks share one set of graphs. What still changes is the
-number of visible conditioning frames while the window fills: dynamo marks that size dynamic after its first change
-(automatic dynamic shapes). The number of graphs is therefore bounded, whatever the number of chunks
+``torch._dynamo``), so the compiled code sees only tensors. The block index, an integer attribute that differs per
+block, is left unspecialised (``allow_unspec_int_on_nn_module``), so all blocks share one set of graphs. What still
+changes is the number of visible conditioning frames while the window fills: dynamo marks that size dynamic after its
+first change (automatic dynamic shapes). The number of graphs is therefore bounded, whatever the number of chunks
 (``tests/test_compile.py`` counts them).
 
 Compiling happens lazily, at the first call of each shape; :func:`warm_up` runs a throwaway video through every

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ca2vdm.config import STEP_CACHE_NAMES, STEP_CACHES, ModelConfig
+from ca2vdm.errors import ConfigError, opt
 from ca2vdm.generation.api import Pipeline, load_pipeline
 from ca2vdm.generation.video_files import FPS
 from ca2vdm.runtime import resolve_device
@@ -39,7 +40,7 @@ def load_catalog(paths: list[str | Path], device: str) -> dict[str, Offered]:
     """Load every checkpoint in ``paths`` on ``device``; errors (CheckpointError, CodecError, SettingError) name the
     file or the setting."""
     if len({Path(p).resolve() for p in paths}) != len(paths):
-        raise ValueError("--checkpoint lists the same checkpoint twice; give each once")
+        raise ConfigError(f"{opt('checkpoint')} lists the same checkpoint twice; give each once")
     torch_device = resolve_device(device)
     catalog = {}
     for name, path in zip(offered_names(paths), paths):

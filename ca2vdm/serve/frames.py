@@ -29,9 +29,8 @@ def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int 
                  step_cache_options: dict, first_frame: Path | None,
                  poll: Callable[[], None]) -> Iterator[PixelChunk]:
     """The video as ``ca2vdm.load_pipeline(...).generate`` (and so the command line) makes it, with the step cache
-    ``step_cache`` and its settings (checked as :func:`ca2vdm.config.step_cache_config` does): the given first frames or the model's first
-    frame, then ``chunks`` chunks
-    (None: until the caller stops iterating).
+    ``step_cache`` and its settings (checked as :func:`ca2vdm.config.step_cache_config` does): the given first frames
+    or the model's first frame, then ``chunks`` chunks (None: until the caller stops iterating).
 
     ``poll()`` runs after every denoising step; it raises to abandon the chunk in progress. A given video
     contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ca2vdm.checkpoints.weights import TRAINING_WEIGHTS_NAME, WEIGHTS_NAME, model_config_of, read_metadata, weights_file
 from ca2vdm.config import ModelConfig, TrainConfig, to_dict
-from ca2vdm.errors import CheckpointError
+from ca2vdm.errors import CheckpointError, opt
 from ca2vdm.io.atomic import honour_umask
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -53,8 +53,9 @@ def check_resumable(path: str | Path, train_cfg: TrainConfig) -> None:
             if k in recorded and recorded[k] != getattr(train_cfg, k)]
     if diff:
         raise CheckpointError(f"cannot resume {path.parent} with {', '.join(diff)}: its optimizer, schedule and data "
-                              "order depend on them; rerun --resume with the checkpoint's values (train.max_steps may "
-                              f"change), or fine-tune in a new train.output_dir with train.init_from={path.parent}")
+                              f"order depend on them; rerun {opt('resume')} with the checkpoint's values "
+                              "(train.max_steps may change), or fine-tune in a new train.output_dir with "
+                              f"train.init_from={path.parent}")
 
 
 def step_dirs(root: str | Path) -> list[Path]:
@@ -88,30 +89,31 @@ def resolve_resume(spec: str, root: str | Path) -> Path:
             missing = missing_files(path)
             if not missing:
                 return path
-            logger.warning("--resume latest: skipping incomplete checkpoint %s (missing %s)", path, ", ".join(missing))
+            logger.warning("the latest checkpoint: skipping incomplete checkpoint %s (missing %s)", path,
+                           ", ".join(missing))
         raise CheckpointError(_nothing_to_resume(Path(root), dirs))
     path = Path(spec)
     if not path.is_dir():
-        raise CheckpointError(f"--resume {spec}: not a checkpoint directory; pass 'latest' or "
+        raise CheckpointError(f"{opt('resume', spec)}: not a checkpoint directory; pass 'latest' or "
                               "<train.output_dir>/checkpoints/step_N")
     missing = missing_files(path)
     if missing:
-        raise CheckpointError(f"--resume {spec}: checkpoint {path} is incomplete (missing {', '.join(missing)}); "
+        raise CheckpointError(f"{opt('resume', spec)}: checkpoint {path} is incomplete (missing {', '.join(missing)}); "
                               "pass another checkpoint directory or 'latest'")
     return path
 
 
 def _nothing_to_resume(root: Path, dirs: list[Path]) -> str:
-    """Why ``--resume latest`` finds nothing under ``root``, and what to do instead."""
+    """Why resuming from the latest checkpoint finds nothing under ``root``, and what to do instead."""
+    latest, resume = opt("resume", "latest"), opt("resume")
     if dirs:
-        return (f"--resume latest: only incomplete checkpoints ({', '.join(p.name for p in dirs)}) under {root}; "
-                "move them away and start fresh (rerun without --resume), or pass a complete checkpoint directory")
+        return (f"{latest}: only incomplete checkpoints ({', '.join(p.name for p in dirs)}) under {root}; move them "
+                f"away and start fresh (rerun without {resume}), or pass a complete checkpoint directory")
     partial = sorted(p.name for p in root.glob(".tmp-step_*"))
     if partial:
-        return (f"--resume latest: no complete checkpoint under {root}: the run was stopped while writing its first "
-                f"one ({', '.join(partial)}), so there is nothing to resume; start fresh: rerun without --resume")
-    return f"--resume latest: no checkpoint under {root}; train first (rerun without --resume), or pass a checkpoint " \
-        "directory"
+        return (f"{latest}: no complete checkpoint under {root}: the run was stopped while writing its first one "
+                f"({', '.join(partial)}), so there is nothing to resume; start fresh: rerun without {resume}")
+    return f"{latest}: no checkpoint under {root}; train first (rerun without {resume}), or pass a checkpoint directory"
 
 
 def staging_dir(final: str | Path) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from ca2vdm.checkpoints.weights import TRAINING_WEIGHTS_NAME, WEIGHTS_NAME, read_metadata, weights_file
-from ca2vdm.errors import CheckpointError, ExportError
+from ca2vdm.errors import CheckpointError, ExportError, opt
 
 # files only a training checkpoint holds (accelerate's state beside the EMA weights)
 TRAINING_STATE_FILES = ("optimizer.bin", "scheduler.bin", TRAINING_WEIGHTS_NAME, "pytorch_model.bin")
@@ -41,12 +41,12 @@ def check_export_destination(src: str | Path, dst: str | Path, overwrite: bool) 
     inside = training_checkpoint_of(dst.parent)
     if inside is not None:
         raise ExportError(f"{dst} is inside the training checkpoint {inside}: an export there would replace or sit "
-                          "beside the run's own files (a later --resume could load it); write it outside, e.g. "
+                          f"beside the run's own files (a later {opt('resume')} could load it); write it outside, e.g. "
                           "checkpoints/<name>.safetensors")
     if dst.is_dir():
         raise ExportError(f"{dst} is a directory; pass the path of the .safetensors file to write")
     if dst.exists() and not overwrite:
-        raise ExportError(f"{dst} already exists; pass --overwrite to replace it, or choose another file")
+        raise ExportError(f"{dst} already exists; pass {opt('overwrite')} to replace it, or choose another file")
 
 
 def check_autoencoder_destination(directory: str | Path, recorded: str | Path, overwrite: bool) -> None:
@@ -57,11 +57,11 @@ def check_autoencoder_destination(directory: str | Path, recorded: str | Path, o
         return  # nothing is copied
     inside = training_checkpoint_of(directory)
     if inside is not None:
-        raise ExportError(f"--autoencoder {directory} is inside the training checkpoint {inside}; copy the "
+        raise ExportError(f"{opt('autoencoder', directory)} is inside the training checkpoint {inside}; copy the "
                           "autoencoder elsewhere, e.g. checkpoints/<name>-ae")
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())) and not overwrite:
-        raise ExportError(f"--autoencoder {directory} already exists and is not empty; pass --overwrite to copy "
-                          "over it, or choose a new folder")
+        raise ExportError(f"{opt('autoencoder', directory)} already exists and is not empty; pass "
+                          f"{opt('overwrite')} to copy over it, or choose a new folder")
 
 
 def check_training_weights(path: str | Path, kind: str) -> None:

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ca2vdm.config import RunConfig, validate
-from ca2vdm.errors import CheckpointError, DataError, NonFiniteLossError
+from ca2vdm.errors import CheckpointError, DataError, NonFiniteLossError, opt
 from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.training import checkpoint_dirs, run_files, sharded_state, trackers
 from ca2vdm.training.diffusion_task import DiffusionTask
@@ -107,9 +107,9 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
         task.check_resume(resume_path, config)
         checkpoint_dirs.check_resumable(resume_path, tc)
     elif checkpoint_dirs.step_dirs(ckpt_root):  # a fresh start would wipe metrics.jsonl and overwrite those checkpoints
-        raise CheckpointError(f"train.output_dir {out} already holds checkpoints "
-                                   f"({', '.join(p.name for p in checkpoint_dirs.step_dirs(ckpt_root))}); pass --resume latest "
-                                   "to continue that run, or choose a new train.output_dir")
+        held = ", ".join(p.name for p in checkpoint_dirs.step_dirs(ckpt_root))
+        raise CheckpointError(f"train.output_dir {out} already holds checkpoints ({held}); pass "
+                              f"{opt('resume', 'latest')} to continue that run, or choose a new train.output_dir")
     set_seed(tc.seed)
 
     dataset = task.dataset(config)
@@ -138,7 +138,7 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
                 sharded.load(resume_path)
         except Exception as e:  # damaged optimizer/scheduler/RNG files: name the directory, not a pickle frame
             raise CheckpointError(f"checkpoint {resume_path} cannot be resumed: {type(e).__name__}: {e}; "
-                                       "pass an earlier checkpoint directory with --resume") from e
+                                       f"pass an earlier checkpoint directory as {opt('resume')}") from e
         accelerator.print(f"resumed from {resume_path} at step {progress.step}")
     epoch, offset = divmod(progress.step * tc.grad_accum, len(loader))
     sampler.set_epoch(epoch)

@@ -12,7 +12,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from ca2vdm.config import Config
-from ca2vdm.errors import CheckpointWriteError
+from ca2vdm.errors import CheckpointWriteError, opt
 from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.write_errors import describe_write_error
 from ca2vdm.training import checkpoint_dirs, sharded_state
@@ -44,7 +44,7 @@ def after_nonfinite(root: Path) -> str:
         return (f"training stopped, the last good checkpoint {previous[-1]} is kept. Lower train.lr, or set "
                 "train.nonfinite=skip")
     return (f"training stopped before its first checkpoint, so no checkpoint was written under {root}. Lower "
-            "train.lr (or set train.nonfinite=skip) and start again without --resume")
+            f"train.lr (or set train.nonfinite=skip) and start again without {opt('resume')}")
 
 
 def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Path, step: int, task,
@@ -71,7 +71,7 @@ def save_checkpoint(accelerator: Accelerator, ema: EMA, config: Config, root: Pa
         previous = checkpoint_dirs.step_dirs(root)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         raise CheckpointWriteError(f"could not write checkpoint {final}: {problem}; {kept}. {fix}, then rerun "
-                                        "with --resume latest") from e
+                                   f"with {opt('resume', 'latest')}") from e
     if accelerator.is_main_process:
         checkpoint_dirs.prune(root, config.train.keep_last)
     accelerator.wait_for_everyone()

@@ -21,20 +21,21 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
+from ca2vdm.errors import Ca2vdmError, opt
 from ca2vdm.runtime import StopSignals
 from ca2vdm.training import run_lock
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what a cluster sends before it stops a job
 
 
-class Preempted(Exception):
+class Preempted(Ca2vdmError):
     """Training stopped on a signal after saving a checkpoint; ``exit_code`` is 128 + the signal's number."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {checkpoint} saved; "
-                         "continue with --resume latest")
+                         f"continue with {opt('resume', 'latest')}")
 
 
 class RunGuard:

@@ -1,6 +1,7 @@
 """How much a chunk darkens and changes colour per sampler setting (or checkpoint), teacher-forced and free-running.
 
-    python scripts/experiments/bench_sampler_drift.py --chunks 20 --settings 16:1 32:1 16:3 8:3 --json docs/results/sampler_drift.json
+    python scripts/experiments/bench_sampler_drift.py --chunks 20 --settings 16:1 32:1 16:3 8:3 \
+        --json docs/results/sampler_drift.json
 
 For a set of training videos (every ``--every``-th of ``--data``), the model continues each video's first frame for
 ``--chunks`` chunks with every setting ``steps:shift`` (the Euler sampler's step count and timestep shift), as the main

@@ -99,7 +99,8 @@ class TeaCacheRecorder(StepCache):
         out = compute()
         st = self.branch_state
         if st.modulated is not None:
-            self.pairs.append((relative_l1(modulated, st.modulated).item(), relative_l1(call.noisy(out), st.out).item()))
+            self.pairs.append((relative_l1(modulated, st.modulated).item(),
+                               relative_l1(call.noisy(out), st.out).item()))
         st.modulated, st.out = modulated, call.noisy(out)
         return out, False
 
