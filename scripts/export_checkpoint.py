@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ca2vdm.checkpoints.weights import export_weights, read_metadata
+from ca2vdm.checkpoints.weights import export_weights, metadata_of
 from ca2vdm.errors import CheckpointError, ExportError
 from ca2vdm.runtime import DTYPES
 from ca2vdm.training.export import check_autoencoder_destination, check_export_destination
@@ -25,7 +25,7 @@ from ca2vdm.training.export import check_autoencoder_destination, check_export_d
 
 def ship_autoencoder(src: str, dst: Path, directory: Path, overwrite: bool) -> dict:
     """Copy the recorded autoencoder folder to ``directory``; the codec metadata with its path relative to dst."""
-    codec = read_metadata(src).get("codec") or {"kind": "pixel"}
+    codec = metadata_of(src).codec
     if codec["kind"] == "pixel":
         sys.exit(f"{src} is a pixel model: it has no autoencoder to ship (drop --autoencoder)")
     if not Path(codec["path"]).is_dir():

@@ -90,6 +90,12 @@ def model_config_of(path: str | Path) -> ModelConfig:
         raise CheckpointError(f"checkpoint {path} records an invalid model config: {e}") from None
 
 
+def metadata_of(path: str | Path) -> CheckpointMetadata:
+    """The typed metadata a video model's weights file records (any version)."""
+    path = weights_file(path)
+    return CheckpointMetadata.from_raw(read_metadata(path), model_config_of(path), f"checkpoint {path}")
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CausalVideoDiT, CheckpointMetadata]:
     """Build the model a checkpoint describes and load its weights; returns (model, its typed metadata).
 

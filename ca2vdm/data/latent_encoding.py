@@ -1,4 +1,4 @@
-"""Encoding a video folder into latent shards (the layout :mod:`ca2vdm.latents` reads), streamed and resumable.
+"""Encoding a video folder into latent shards (the layout :mod:`ca2vdm.data.latents` reads), streamed and resumable.
 
 Memory stays flat in the number of videos: latents go into a shard that is written (atomically) once it holds
 ``shard_bytes``, and the videos of a finished shard are appended to a journal. A killed run continues with

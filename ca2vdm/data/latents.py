@@ -1,6 +1,6 @@
 """Latents computed once: a video folder encoded into safetensors shards, and the dataset that trains from them.
 
-Layout of a latent directory (written by ``scripts/encode_latents.py``, see :mod:`ca2vdm.latent_encoding`)::
+Layout of a latent directory (written by ``scripts/encode_latents.py``, see :mod:`ca2vdm.data.latent_encoding`)::
 
     index.json            codec metadata, pixel and latent size, labels, and where each video's latents live
     shard_<rank>-<n>.safetensors  ...  one (C, T, h, w) float16 tensor per video, every frame of it

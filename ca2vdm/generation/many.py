@@ -1,8 +1,9 @@
 """Many videos: ``--num-videos N --batch B``, in one process or split across processes.
 
 Video i has seed ``seed + i`` and is written to ``<out stem>_seed<seed + i><suffix>`` beside ``--out``. Videos run
-``B`` at a time through one batched pass (:func:`ca2vdm.generate.generate_batch`); each draws its noise from its
-own seed's generator, so it equals the video that seed gives alone, whatever the batch (float rounding aside).
+``B`` at a time through one batched pass (:func:`ca2vdm.generation.video_files.generate_batch`); each draws its
+noise from its own seed's generator, so it equals the video that seed gives alone, whatever the batch (float
+rounding aside).
 
 Under ``accelerate launch --multi_gpu --num_processes P`` (or ``torchrun --nproc_per_node P``) every process reads
 its rank from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), takes the seeds ``rank, rank + P, ...``

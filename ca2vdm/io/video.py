@@ -1,4 +1,4 @@
-"""Video and image reading, and the shared resize/normalise step (writing: :mod:`ca2vdm.video_writer`,
+"""Video and image reading, and the shared resize/normalise step (writing: :mod:`ca2vdm.io.video_writer`,
 whose names are importable from here too).
 
 Conventions: uint8 frames are numpy arrays shaped (T, H, W, 3); model-side

@@ -1,7 +1,7 @@
 """Writing videos and contact sheets: a streaming mp4 writer (atomic: a temporary file renamed when complete).
 
-Frames are uint8 numpy arrays shaped (T, H, W, 3); :func:`ca2vdm.video_io.to_uint8` converts model-side videos.
-Split from :mod:`ca2vdm.video_io`, which re-exports these names.
+Frames are uint8 numpy arrays shaped (T, H, W, 3); :func:`ca2vdm.io.video.to_uint8` converts model-side videos.
+Split from :mod:`ca2vdm.io.video`, which re-exports these names.
 """
 from __future__ import annotations
 

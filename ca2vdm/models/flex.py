@@ -9,8 +9,8 @@ for every layer, spatial token and head, so its :class:`BlockMask` is built once
 Devices: on CUDA the compiled FlexAttention kernel runs (compiled once per process and shape). On the CPU, torch
 2.13 runs FlexAttention's forward pass (an unfused reference implementation that materialises the scores: used
 here, it checks the masks against SDPA) but its public entry point refuses a backward pass, so training with
-``attention_backend=flex`` needs CUDA (:func:`ca2vdm.attention.resolve_backend` says so). The tests compare outputs
-and gradients with the SDPA boolean-mask path on the CPU by lifting that guard for the test only.
+``attention_backend=flex`` needs CUDA (:func:`ca2vdm.models.attention.resolve_backend` says so). The tests compare
+outputs and gradients with the SDPA boolean-mask path on the CPU by lifting that guard for the test only.
 """
 from __future__ import annotations
 

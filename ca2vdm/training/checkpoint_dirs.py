@@ -46,7 +46,7 @@ def check_resumable(path: str | Path, train_cfg: TrainConfig) -> None:
     """Raise CheckpointError if ``train_cfg`` changes a field of :data:`FIXED_ON_RESUME` from the value the checkpoint
     at ``path`` was trained with (checkpoints written before this record existed are not checked)."""
     path = weights_file(path)
-    recorded = read_metadata(path).get("train_config")
+    recorded = read_metadata(path).get("train_config")  # any trainer's checkpoint records it
     if not isinstance(recorded, dict):
         return
     diff = [f"train.{k}={getattr(train_cfg, k)!r} (checkpoint: {recorded[k]!r})" for k in FIXED_ON_RESUME

@@ -25,8 +25,8 @@ from ca2vdm.training.rollout import rollout_context
 def chunk_weights(chunks: list[tuple[int, int]], contiguous: torch.Tensor, model_cfg) -> torch.Tensor:
     """(B, K) 0/1 for a model with sinks: which chunk k of which clip b carries loss. A chunk whose context does not
     fill the KV cache's window is, at inference, one of a video's first chunks, right after the sinks: it is trained
-    only on clips that show that (``contiguous``, ``ca2vdm.data.CONTIGUOUS_SHARE``), never after a gap the positions
-    cannot show (the model would learn the blurred average over every distance). This includes the first-frame
+    only on clips that show that (``contiguous``, ``ca2vdm.data.clips.CONTIGUOUS_SHARE``), never after a gap the
+    positions cannot show (the model would learn the blurred average over every distance). This includes the first-frame
     chunk, which would be valid in any clip: it keeps half of its samples."""
     full = torch.tensor([start >= model_cfg.max_context_frames for start, _ in chunks], device=contiguous.device)
     return (contiguous.bool()[:, None] | full[None]).float()  # (B, K)
@@ -36,7 +36,7 @@ class DiffusionTask:
     """What :func:`train` trains by default: the causal video DiT on clips that cross into the model's space through
     the codec (``codec`` section), or on latents encoded once (``data.latents``). A task supplies the data, the
     model, the loss, the published weights and the periodic samples; the loop, checkpoints and resume are shared
-    (``ca2vdm.autoencoder.AutoencoderTask`` trains our own autoencoder with the same loop)."""
+    (``ca2vdm.training.autoencoder.AutoencoderTask`` trains our own autoencoder with the same loop)."""
 
     def __init__(self, config: Config, device: torch.device):
         self.codec = build_codec(config.codec, device)
@@ -47,11 +47,11 @@ class DiffusionTask:
         """The model config and the codec (the space the weights work in) cannot change on resume."""
         check_training_weights(path, "model_config")
         checkpoint_dirs.check_compatible(path, config.model)
-        recorded = ckpt.read_metadata(path).get("codec", {"kind": "pixel"})
+        recorded = ckpt.metadata_of(path).codec
         current = self.codec.metadata()
         if any(recorded.get(k) != current.get(k) for k in ("kind", "path", "scaling_factor", "shift_factor")):
-            raise CheckpointError(f"checkpoint {path} was trained with codec {recorded}, the config's codec is "
-                                       f"{current}; resume with the codec it was trained with")
+            raise CheckpointError(f"checkpoint {path} was trained with codec {dict(recorded)}, the config's codec is "
+                                  f"{current}; resume with the codec it was trained with")
 
     def dataset(self, config: Config) -> VideoFolderDataset | LatentClipDataset:
         mc, dc, seed = config.model, config.data, config.train.seed
@@ -115,7 +115,7 @@ class DiffusionTask:
     def own_context(self, model, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int, config: Config,
                     gen: torch.Generator) -> torch.Tensor | None:
         """For a share ``diffusion.self_rollout`` of the steps, the clip with its first ``num_cond`` frames (after
-        the given ones) made by the model itself (:mod:`ca2vdm.rollout`); otherwise None (real context). Draws
+        the given ones) made by the model itself (:mod:`ca2vdm.training.rollout`); otherwise None (real context). Draws
         nothing from ``gen`` when self-rollout is off, so such runs are unchanged."""
         dc = config.diffusion
         if not dc.self_rollout or torch.rand((), generator=gen, device=gen.device) >= dc.self_rollout:

@@ -1,5 +1,5 @@
 """Exponential moving average of a model's weights, kept where the weights are: on every process in full for a
-replicated (DDP) model, and as each process's own shards for an FSDP-sharded one (:mod:`ca2vdm.parallelize`).
+replicated (DDP) model, and as each process's own shards for an FSDP-sharded one (:mod:`ca2vdm.training.parallelize`).
 
 A sharded model's state dict holds DTensors, so the shadow copies them shard for shard and every update is local
 (no communication). Saving gathers: :meth:`EMA.state_dict` and :meth:`EMA.gathered` return full tensors (a

@@ -5,17 +5,17 @@ dropout) comes from a generator seeded by (seed, step, rank), not from a global 
 a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter are restored by accelerate's
 ``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k.
 
-Faults lose nothing: checkpoints are published atomically (:mod:`ca2vdm.run_files`, :mod:`ca2vdm.checkpoint`), a
-run killed at any point (even SIGKILL while saving) resumes from its newest complete checkpoint, and the metrics log
-is cut back to that step (a torn last line included), so the resumed run's log and weights equal an uninterrupted
-run's. SIGTERM and SIGUSR1 stop a run after the current step, with a checkpoint of that step
-(:mod:`ca2vdm.run_guard`).
+Faults lose nothing: checkpoints are published atomically (:mod:`ca2vdm.training.run_files`,
+:mod:`ca2vdm.training.checkpoint_dirs`), a run killed at any point (even SIGKILL while saving) resumes from its newest
+complete checkpoint, and the metrics log is cut back to that step (a torn last line included), so the resumed run's
+log and weights equal an uninterrupted run's. SIGTERM and SIGUSR1 stop a run after the current step, with a
+checkpoint of that step (:mod:`ca2vdm.training.run_guard`).
 
-One run per output directory: the main rank holds its :class:`~ca2vdm.checkpoint.RunLock` for the whole run, and a
-second run (fresh or resumed) is refused on every rank before it reads or writes anything. A resumed run keeps the
-settings its checkpoint's state was built from (:data:`~ca2vdm.checkpoint.FIXED_ON_RESUME`, checked before any
-work); other settings, ``train.max_steps`` included, apply from the resume step on, so ``config.yaml`` always records
-what governs the run.
+One run per output directory: the main rank holds its :class:`~ca2vdm.training.run_lock.RunLock` for the whole run,
+and a second run (fresh or resumed) is refused on every rank before it reads or writes anything. A resumed run keeps
+the settings its checkpoint's state was built from (:data:`~ca2vdm.training.checkpoint_dirs.FIXED_ON_RESUME`, checked
+before any work); other settings, ``train.max_steps`` included, apply from the resume step on, so ``config.yaml``
+always records what governs the run.
 """
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ def train(config: RunConfig, resume: str | None = None, progress_bar: bool = Tru
     ``task_type(config, device)`` makes the :class:`~ca2vdm.training.task.Task`: what is trained (default: the
     video DiT).
 
-    Raises :class:`~ca2vdm.checkpoint.RunLockedError` (on every rank) if another run is using ``train.output_dir``,
-    and :class:`~ca2vdm.run_guard.Preempted` after a stop signal, once the step's checkpoint is saved.
+    Raises :class:`~ca2vdm.errors.RunLockedError` (on every rank) if another run is using ``train.output_dir``, and
+    :class:`~ca2vdm.training.run_guard.Preempted` after a stop signal, once the step's checkpoint is saved.
     """
     validate(config)  # a Config built in code gets the same checks as one from load_config
     # cpu=True on a machine without CUDA makes a multi-process launch a gloo process group (MULTI_CPU). The schedule

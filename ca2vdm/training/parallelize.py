@@ -9,7 +9,7 @@ built. Both keep every parameter's name, so state dicts and checkpoints are the 
 - ``train.fsdp``: each block's parameters, then the rest (embedders, final layer), are sharded over all processes of
   the launch (``accelerate launch --multi_gpu --num_processes N`` or ``torchrun``; gloo on CPU, nccl on GPU). A
   block's full weights exist only while its forward or backward runs. Checkpoints are gathered to full tensors
-  (:mod:`ca2vdm.sharded_state`).
+  (:mod:`ca2vdm.training.sharded_state`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A training run's files outside the model state: atomic checkpoints of the whole state, the metrics log that is cut
 back to the checkpoint on resume, and the report of unusable video files.
 
-Checkpoint layout and the ``latest`` lookup are :mod:`ca2vdm.checkpoint`'s; this module is what the training loop
-(:mod:`ca2vdm.training`) writes through it, rank by rank.
+Checkpoint layout and the ``latest`` lookup are :mod:`ca2vdm.training.checkpoint_dirs`'s; this module is what the
+training loop (:mod:`ca2vdm.training.loop`) writes through it, rank by rank.
 """
 from __future__ import annotations
 

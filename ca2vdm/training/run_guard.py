@@ -1,6 +1,6 @@
 """What guards a training run from outside its loop: one run per output directory, and an orderly stop on a signal.
 
-Lock: the main rank takes the output directory's :class:`~ca2vdm.checkpoint.RunLock` and shares the outcome, so a
+Lock: the main rank takes the output directory's :class:`~ca2vdm.training.run_lock.RunLock` and shares the outcome, so a
 refused launch fails on every rank (no rank is left waiting for the others).
 
 Preemption: SIGTERM (what SLURM and Kubernetes send before killing a job) and SIGUSR1 (what a cluster sends to warn

@@ -3,7 +3,7 @@
 accelerate knows nothing of the sharding (it would wrap the model in DDP, and save rank 0's shards as if they were
 the whole optimizer), so a sharded model and its optimizer stay out of ``accelerator.prepare``: the optimizer gets
 accelerate's wrapper for gradient accumulation only, and :class:`ShardedState` writes and reads them. The scheduler,
-RNG states, EMA (:mod:`ca2vdm.ema`) and step still go through accelerate's ``save_state`` / ``load_state``.
+RNG states, EMA (:mod:`ca2vdm.training.ema`) and step still go through accelerate's ``save_state`` / ``load_state``.
 
 A checkpoint of a sharded run has the files of an unsharded one: ``model.safetensors`` (the full raw weights) and
 ``optimizer.bin`` (the full optimizer state, keyed by parameter name); both are gathered on rank 0 at save and cut

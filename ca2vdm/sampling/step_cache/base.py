@@ -170,6 +170,16 @@ class StepCache:
         """Return (the stack's output for ``call``, whether it was reused instead of computed by ``compute()``)."""
         return compute(), False
 
+    def reuse_or_compute(self, compute: Compute, call: StackCall, reuse: bool) -> tuple[torch.Tensor, bool]:
+        """The residual-reuse step of TeaCache and MagCache: with ``reuse``, the input plus the residual the branch
+        kept (``state.residual``); otherwise the stack's output, whose residual is kept."""
+        state = self.branch_state
+        if reuse:
+            return call.x + state.residual, True
+        out = compute()
+        state.residual = out - call.x
+        return out, False
+
     def guide(self, both: Callable[[], tuple[torch.Tensor, torch.Tensor]], cond: Callable[[], torch.Tensor],
               scale: float) -> torch.Tensor:
         """Classifier-free guidance: ``both()`` runs the two branches batched, ``cond()`` the conditional only."""

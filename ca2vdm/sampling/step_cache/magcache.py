@@ -85,11 +85,7 @@ class MagCache(StepCache):
         return True
 
     def run_stack(self, compute: Compute, call: StackCall) -> tuple[torch.Tensor, bool]:
-        if not self.should_compute():
-            return call.x + self.branch_state.residual, True
-        out = compute()
-        self.branch_state.residual = out - call.x
-        return out, False
+        return self.reuse_or_compute(compute, call, reuse=not self.should_compute())
 
 
 @dataclass
