@@ -42,7 +42,8 @@ class PacedSource:
         for _ in range(chunks):
             self._allowed.release()
 
-    def __call__(self, offered, *, poll, **request):
+    def __call__(self, offered, *, poll, switches=None, **request):
+        self.switches = switches  # the session's switch requests, taken between chunks
         given = request["first_frame"]
         self.calls.append({"model": offered.describe()["name"], **request,
                            "first_frame_existed": given is not None and given.exists()})

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
-from ca2vdm.config import SamplerSettings
+from ca2vdm.config import SWITCH_MODES, SamplerSettings
 from ca2vdm.data.text import TextEncoder
 from ca2vdm.errors import SettingError, opt
 from ca2vdm.models.dit import CausalVideoDiT
@@ -42,7 +42,6 @@ from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 # seed draws the same noise in fp32, bf16 and fp16, and the Euler steps add in float32. The model casts its input to
 # its weights' dtype (``CausalVideoDiT.embed``); the KV cache is in the weights' dtype.
 STATE_DTYPE = torch.float32
-SWITCH_MODES = ("recache", "keep", "reset")  # what a change of label or prompt does to the window (switch)
 
 
 @dataclass

@@ -5,6 +5,9 @@ text messages are JSON objects with a ``type``:
 
 * ``{"type": "start", "model": NAME, "label": INT | null, "seed": INT, "chunks": INT | null (until stopped),
   "step_cache": POLICY, "step_cache_options": {SETTING: NUMBER}, "first_frame": BOOL}``
+  (and ``"prompt": TEXT | null`` for a text model, ``"switch_mode": "recache" | "keep" | "reset"``);
+* ``{"type": "switch", "prompt": TEXT | null, "label": INT | null}``: condition the chunks after the current one on a
+  new prompt (a text model) or label, with the generation's ``switch_mode``;
 * ``{"type": "stop"}``: end the generation (or leave the queue) within one chunk;
 * ``{"type": "shown", "frames": INT}``: how many frames the page has shown (the server stays at most
   ``LEAD_FRAMES`` ahead).
@@ -21,14 +24,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ca2vdm.config import SEED_MAX, check_label, step_cache_config
+from ca2vdm.config import SEED_MAX, SWITCH_MODES, check_label, step_cache_config
 from ca2vdm.errors import SettingError
 
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # uploads above this are refused; the server's WebSocket allows 1 MiB more
 LEAD_FRAMES = 16                # generate at most this many frames ahead of what the page has shown (2 s at 8 fps)
 CHUNK_FIELDS = ("kind", "index", "frames", "height", "width", "seconds", "encode_seconds", "computed", "skipped",
                 "total_frames", "chunks_done", "fps", "computed_total", "skipped_total", "first_frame_seconds")
-START_FIELDS = {"type", "model", "label", "seed", "chunks", "step_cache", "step_cache_options", "first_frame"}
+START_FIELDS = {"type", "model", "label", "seed", "chunks", "step_cache", "step_cache_options", "first_frame",
+                "prompt", "switch_mode"}
+SWITCH_FIELDS = {"type", "prompt", "label"}
+MAX_PROMPT_CHARS = 400  # a prompt's text; its token count is checked against the model (model.text_tokens)
 
 
 class ProtocolError(ValueError):
@@ -45,6 +51,15 @@ class GenerationRequest:
     step_cache: str
     step_cache_options: dict    # the policy's settings given, checked and typed
     first_frame: bool
+    prompt: str | None = None   # a text model's prompt
+    switch_mode: str = "recache"  # what a switch does to the window
+
+
+@dataclass(frozen=True)
+class SwitchRequest:
+    """A checked ``switch`` message: a new prompt or label from the next chunk on."""
+    prompt: str | None = None
+    label: int | None = None
 
 
 def parse_message(text: str) -> dict:
@@ -53,9 +68,9 @@ def parse_message(text: str) -> dict:
         message = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         raise ProtocolError(f"malformed message (not JSON): {text[:80]!r}; send a JSON object with a 'type'") from None
-    if not isinstance(message, dict) or message.get("type") not in ("start", "stop", "shown"):
+    if not isinstance(message, dict) or message.get("type") not in ("start", "stop", "shown", "switch"):
         kind = message.get("type") if isinstance(message, dict) else type(message).__name__
-        raise ProtocolError(f"malformed message: unknown type {kind!r}; send 'start', 'stop' or 'shown'")
+        raise ProtocolError(f"malformed message: unknown type {kind!r}; send 'start', 'switch', 'stop' or 'shown'")
     return message
 
 
@@ -102,7 +117,42 @@ def parse_start(message: dict, models: dict[str, dict], policies: dict[str, dict
     first_frame = message.get("first_frame", False)
     if not isinstance(first_frame, bool):
         raise ProtocolError(f"first_frame must be true or false, got {first_frame!r}")
-    return GenerationRequest(name, label, seed, chunks, policy, options, first_frame)
+    prompt = _prompt(message, models[name], label)
+    switch_mode = message.get("switch_mode", "recache")
+    if switch_mode not in SWITCH_MODES:
+        raise ProtocolError(f"switch_mode must be one of {', '.join(SWITCH_MODES)}, got {switch_mode!r}")
+    return GenerationRequest(name, label, seed, chunks, policy, options, first_frame, prompt, switch_mode)
+
+
+def _prompt(message: dict, model: dict, label: int | None) -> str | None:
+    """The prompt of a message: text for a text model (not with a label), nothing for a label model."""
+    prompt = message.get("prompt")
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        raise ProtocolError(f"prompt must be a non-empty text (or null for none), got {prompt!r}")
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        raise ProtocolError(f"the prompt is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS}: shorten it")
+    if prompt is not None and not model.get("prompts"):
+        raise ProtocolError(f"model {model['name']} is conditioned on labels, not prompts; choose a label")
+    if label is not None and model.get("prompts"):
+        raise ProtocolError(f"model {model['name']} is conditioned on prompts, not labels; type a prompt")
+    return None if prompt is None else prompt.strip()
+
+
+def parse_switch(message: dict, model: dict) -> SwitchRequest:
+    """Check a ``switch`` message against the model of the running generation (``describe()``)."""
+    unknown = sorted(set(message) - SWITCH_FIELDS)
+    if unknown:
+        raise ProtocolError(f"unknown field(s) {', '.join(unknown)} in 'switch'; allowed: "
+                            f"{', '.join(sorted(SWITCH_FIELDS))}")
+    label = _integer(message, "label", "label")
+    try:
+        check_label(label, len(model["labels"]))
+    except SettingError as e:
+        raise ProtocolError(str(e)) from None
+    prompt = _prompt(message, model, label)
+    if (prompt is None) == (label is None):
+        raise ProtocolError("'switch' needs a new prompt or a new label")
+    return SwitchRequest(prompt, label)
 
 
 def _step_cache_options(policy: str, options) -> dict:

@@ -29,6 +29,7 @@ class RunControl:
         self._changed = threading.Condition()
         self.stopped = False
         self.shown = 0
+        self._switches: list = []  # protocol.SwitchRequest, in the order they came
 
     def stop(self) -> None:
         with self._changed:
@@ -39,6 +40,17 @@ class RunControl:
         with self._changed:
             self.shown = max(self.shown, frames)
             self._changed.notify_all()
+
+    def request_switch(self, switch) -> None:
+        """A new prompt or label for the chunks after the current one (taken by the worker between chunks)."""
+        with self._changed:
+            self._switches.append(switch)
+
+    def take_switches(self) -> list:
+        """The switches asked for since the last call."""
+        with self._changed:
+            taken, self._switches = self._switches, []
+        return taken
 
     def poll(self) -> None:
         """Raise Cancelled if a stop was requested (called after every denoising step)."""

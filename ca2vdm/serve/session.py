@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import torch
 from fastapi import WebSocket
 
+from ca2vdm.errors import SettingError
 from ca2vdm.io.video import VideoWriter
 from ca2vdm.serve.catalog import FPS, step_cache_settings
 from ca2vdm.serve.frames import PixelChunk
@@ -32,6 +33,7 @@ from ca2vdm.serve.protocol import (
     parse_message,
     parse_shown,
     parse_start,
+    parse_switch,
 )
 from ca2vdm.serve.run import Cancelled, Figures, RunControl, produce
 from ca2vdm.serve.scheduler import DeviceQueue, QueueFull
@@ -73,6 +75,7 @@ class Session:
         self.upload: Path | None = None
         self.task: asyncio.Task | None = None
         self.control: RunControl | None = None
+        self.request: GenerationRequest | None = None
         self.queued = False
         self.token: str | None = None
         self.connected = True
@@ -116,17 +119,36 @@ class Session:
             frames = parse_shown(message)
             if self.control is not None:
                 self.control.set_shown(frames)
+        elif message["type"] == "switch":
+            if not self.busy or self.request is None:
+                raise ProtocolError("no generation is running in this tab; a switch changes a running one (press "
+                                    "Generate first)")
+            offered = self.server.models[self.request.model]
+            switch = parse_switch(message, offered.describe())
+            self._check_prompt(offered, switch.prompt)
+            self.control.request_switch(switch)
         else:
             if self.busy:
                 raise ProtocolError("a generation is already running in this tab; press Stop first")
             models = {name: m.describe() for name, m in self.server.models.items()}
             request = parse_start(message, models, self.server.policies, self.server.max_chunks)
+            self._check_prompt(self.server.models[request.model], request.prompt)
             if request.first_frame and self.upload is None:
                 raise ProtocolError("first_frame is set but no image or video was uploaded (or it was refused); "
                                     "upload one first")
             upload, self.upload = (self.upload, None) if request.first_frame else (None, self.upload)
-            self.control = RunControl()
+            self.control, self.request = RunControl(), request
             self.task = asyncio.create_task(self.run(request, upload, self.control))
+
+    @staticmethod
+    def _check_prompt(offered, prompt: str | None) -> None:
+        """A prompt longer than the model reads is refused now, not when its chunk comes."""
+        check = getattr(offered, "check_prompt", None)  # tests' stand-in models may have none
+        try:
+            if check is not None:
+                check(prompt)
+        except SettingError as e:
+            raise ProtocolError(str(e)) from None
 
     def stop(self) -> None:
         """End this page's generation within one chunk, or take it out of the queue."""
@@ -184,7 +206,8 @@ class Session:
                 chunks = self.server.source(
                     self.server.models[request.model], label=request.label, seed=request.seed, chunks=limit,
                     step_cache=request.step_cache, step_cache_options=request.step_cache_options,
-                    first_frame=upload, poll=control.poll)
+                    first_frame=upload, poll=control.poll, prompt=request.prompt,
+                    switch_mode=request.switch_mode, switches=control.take_switches)
                 produce(chunks, writer, control, emit, figures)
             except Cancelled:
                 outcome = "stopped"
