@@ -36,9 +36,11 @@ def check_switch(pipe: LongVideoPipeline, switch: Switch, next_index: int, num_c
     (or a prompt for a label model), an empty or over-long prompt, an unknown mode."""
     if switch.mode not in SWITCH_MODES:
         raise SettingError("switch_mode", switch.mode, f"must be one of {', '.join(SWITCH_MODES)}")
-    if isinstance(switch.at, bool) or not isinstance(switch.at, int) or switch.at < next_index:
-        raise SettingError("switch", switch.at, f"chunk {switch.at} was already generated (or is not a chunk "
-                           f"number); the next chunk is {next_index}: switch there or later")
+    if isinstance(switch.at, bool) or not isinstance(switch.at, int):
+        raise SettingError("switch", repr(switch.at), "must be a chunk number (0-based, a whole number)")
+    if switch.at < next_index:
+        raise SettingError("switch", switch.at, f"chunk {switch.at} was already generated; the next chunk is "
+                           f"{next_index}: switch there or later")
     if num_chunks is not None and switch.at >= num_chunks:
         raise SettingError("switch", switch.at, f"is past the last chunk ({num_chunks - 1}): the video ends before")
     if (switch.label is None) == (switch.prompt is None):

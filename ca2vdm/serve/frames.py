@@ -41,7 +41,7 @@ def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int 
     shared = offered.pipe  # one model for every page: a pipeline never changes the model it samples
     settings = shared.settings.replace(step_cache=step_cache, step_cache_options=step_cache_options)
     sampler = LongVideoPipeline(shared.model, settings, calibration=shared.metadata.calibration,
-                                pixel_space=shared.metadata.pixel_space)
+                                pixel_space=shared.metadata.pixel_space, text_encoder=shared.pipeline.text_encoder)
     pipe = Pipeline(sampler, shared.codec, shared.metadata)
     given = None
     if first_frame is not None:

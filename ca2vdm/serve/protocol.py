@@ -96,6 +96,7 @@ def parse_start(message: dict, models: dict[str, dict], policies: dict[str, dict
     if name not in models:
         raise ProtocolError(f"model {name!r} is not offered by this server; choose one of: {', '.join(models)}")
     label = _integer(message, "label", "label")
+    prompt = _prompt(message, models[name], label)
     try:
         check_label(label, len(models[name]["labels"]))
     except SettingError as e:
@@ -117,7 +118,6 @@ def parse_start(message: dict, models: dict[str, dict], policies: dict[str, dict
     first_frame = message.get("first_frame", False)
     if not isinstance(first_frame, bool):
         raise ProtocolError(f"first_frame must be true or false, got {first_frame!r}")
-    prompt = _prompt(message, models[name], label)
     switch_mode = message.get("switch_mode", "recache")
     if switch_mode not in SWITCH_MODES:
         raise ProtocolError(f"switch_mode must be one of {', '.join(SWITCH_MODES)}, got {switch_mode!r}")
@@ -145,11 +145,11 @@ def parse_switch(message: dict, model: dict) -> SwitchRequest:
         raise ProtocolError(f"unknown field(s) {', '.join(unknown)} in 'switch'; allowed: "
                             f"{', '.join(sorted(SWITCH_FIELDS))}")
     label = _integer(message, "label", "label")
+    prompt = _prompt(message, model, label)
     try:
         check_label(label, len(model["labels"]))
     except SettingError as e:
         raise ProtocolError(str(e)) from None
-    prompt = _prompt(message, model, label)
     if (prompt is None) == (label is None):
         raise ProtocolError("'switch' needs a new prompt or a new label")
     return SwitchRequest(prompt, label)
