@@ -154,7 +154,7 @@ def cost(text_pipe, label_pipe, repeats: int, chunks: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="checkpoints/text-demo.safetensors", help="a text model's weights")
     p.add_argument("--json", required=True, help="write the figures here")
@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument("--cost-repeats", type=int, default=3, help="interleaved repeats of the timing")
     p.add_argument("--sheet", default=None, help="a contact sheet PNG of one switched video in each mode")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args.checkpoint, "cpu")
     reader = ShapeReader.fit()

@@ -54,7 +54,8 @@ def colour_name(video) -> str | None:
 
 @dataclass
 class ShapeReader:
-    """Nearest-centroid shape classifier over :func:`shape_features`, features scaled by their spread."""
+    """Nearest-centroid shape classifier over :func:`shape_features`, features scaled by their spread within a
+    shape."""
     centroids: np.ndarray  # (shapes, 2)
     scale: np.ndarray      # (2,)
 
@@ -69,7 +70,7 @@ class ShapeReader:
                 video = render_captioned_video(rng, draw_attributes(rng, colour, shape), frames, size)
                 features[shape].append(shape_features(video))
         table = np.array([np.nanmean(features[s], axis=0) for s in SHAPES])
-        spread = np.nanstd(np.concatenate([np.array(features[s]) for s in SHAPES]), axis=0)
+        spread = np.sqrt(np.nanmean([np.nanvar(features[s], axis=0) for s in SHAPES], axis=0))  # within a shape
         return cls(table, spread)
 
     def __call__(self, video) -> str | None:
