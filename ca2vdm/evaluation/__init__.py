@@ -1,4 +1,5 @@
-"""Measuring generated video: quality and drift metrics on frames (``metrics``).
+"""Measuring generated video: quality and drift metrics on frames (``metrics``), and a video's colour and shape
+read back against its prompt (``prompt_adherence``).
 
 Imports :mod:`ca2vdm.generation` and the layers below it; used by the evaluation scripts and by training (the
 autoencoder's held-out PSNR).
