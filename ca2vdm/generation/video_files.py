@@ -132,7 +132,7 @@ def pipeline_for(checkpoint: str | Path, opts: GenerationOptions, batch: int = 1
                          teacache_thresh=opts.teacache_thresh, **opts.sampler)
     check_kind(pipe.model, opts.label, opts.prompt)
     check_label(opts.label, pipe.model.cfg.num_classes)
-    return pipe, warm_up(pipe.pipeline, batch, opts.label) if opts.compile else None
+    return pipe, warm_up(pipe.pipeline, batch, opts.label, opts.prompt) if opts.compile else None
 
 
 def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOptions, stop: StopSignals | None = None,
