@@ -168,9 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cost-repeats", type=int, default=3, help="interleaved repeats of the timing")
     p.add_argument("--sheet", default=None, help="a contact sheet PNG of one switched video in each mode")
     p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the checkpoint's)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    pipe = load_pipeline(args.checkpoint, "cpu")
+    pipe = load_pipeline(args.checkpoint, "cpu", cfg_scale=args.cfg_scale)
     reader = ShapeReader.fit()
     out = {"checkpoint": args.checkpoint, "sampler": pipe.settings.to_dict(), "reader_accuracy": check_reader(reader)}
     out["adherence_train"], train_rows = adherence(pipe, reader, training_pairs(), args.videos, args.chunks, args.seed)

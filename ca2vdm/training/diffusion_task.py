@@ -32,15 +32,12 @@ def load_initial(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
-    if [k for k in missing if not any(m in k for m in TEXT_MODULES)] or \
-            [k for k in extra if not k.startswith("y_embedder.")] or (extra and not missing):
-        missing, extra = missing[:3], extra[:3]
-        raise CheckpointError(f"train.init_from={source} does not fit this model config (missing {missing}, "
-                              f"unexpected {extra}); use the model config it was trained with (its sizes, depth and "
-                              "num_classes)")
+    text_from_labels = missing and all(any(m in k for m in TEXT_MODULES) for k in missing) and all(
+        k.startswith("y_embedder.") for k in extra)
     try:
-        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=not missing)
-    except RuntimeError as e:  # tensors of another shape: the checkpoint is fine, the pairing is not
+        model.load_state_dict({k: v for k, v in state.items() if k in own} if text_from_labels else state,
+                              strict=not text_from_labels)
+    except RuntimeError as e:  # tensors of another shape or set: the checkpoint is fine, the pairing is not
         raise CheckpointError(f"train.init_from={source} does not fit this model config "
                               f"({str(e).strip().splitlines()[-1].strip()}); use the model config it was trained "
                               "with (its sizes, depth and num_classes)") from None
