@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ca2vdm.config.lora import LoraConfig, lora_problems
 from ca2vdm.config.model import ModelConfig, validate_model
 from ca2vdm.errors import ConfigError
 
@@ -63,6 +64,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block in the backward pass (ca2vdm.training.parallelize)
     fsdp: bool = False          # shard the model over the launch's processes with FSDP2 (ca2vdm.training.parallelize)
     log_with: str = "none"      # trackers beside metrics.jsonl: none | tensorboard | wandb (ca2vdm.training.trackers)
+    lora: Optional[LoraConfig] = None  # set (e.g. train.lora.rank=4): train a LoRA adapter on train.init_from only
 
 
 @dataclass
@@ -109,7 +111,7 @@ class AutoencoderTrainingConfig(RunConfig):
 
 def validate(config: RunConfig) -> RunConfig:
     """Check a whole config (sizes, ranges, required values); raise ConfigError naming every bad key."""
-    problems = _run_problems(config)
+    problems = _run_problems(config) + lora_problems(config.train.lora, config.train, hasattr(config, "model"))
     if isinstance(config, Config):
         validate_model(config.model)
         problems += _video_problems(config)

@@ -3,7 +3,9 @@
 Exact resume rests on three things: every random draw of a step (which chunk is noisy, noise, times, label
 dropout) comes from a generator seeded by (seed, step, rank), not from a global RNG; the data order of an epoch is
 a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter are restored by accelerate's
-``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k.
+``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k. A
+``train.lora`` run trains an adapter on the frozen ``train.init_from`` model through the same loop
+(:mod:`ca2vdm.training.lora`).
 
 Faults lose nothing: checkpoints are published atomically (:mod:`ca2vdm.training.run_files`,
 :mod:`ca2vdm.training.checkpoint_dirs`), a run killed at any point (even SIGKILL while saving) resumes from its newest
@@ -99,13 +101,17 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
            task_type: Callable[[RunConfig, torch.device], Task], guard: RunGuard) -> Path:
     tc = config.train
     task = task_type(config, accelerator.device)
+    if tc.lora is not None:  # an adapter on train.init_from; peft (2.5 s to import) loads only for such runs
+        from ca2vdm.training.lora import LoraTask, keep_adapter_only
+
+        task = LoraTask(task)
     out = Path(tc.output_dir)
     ckpt_root = out / "checkpoints"
     resume_path = None
     if resume:  # bad --resume and a changed model or optimizer config are reported before any work starts
         resume_path = checkpoint_dirs.resolve_resume(resume, ckpt_root)
-        task.check_resume(resume_path, config)
         checkpoint_dirs.check_resumable(resume_path, tc)
+        task.check_resume(resume_path, config)
     elif checkpoint_dirs.step_dirs(ckpt_root):  # a fresh start would wipe metrics.jsonl and overwrite those checkpoints
         held = ", ".join(p.name for p in checkpoint_dirs.step_dirs(ckpt_root))
         raise CheckpointError(f"train.output_dir {out} already holds checkpoints ({held}); pass "
@@ -124,10 +130,14 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
                         "data.clips_per_video or add videos")
 
     model = parallelize(task.build_model(config, resume), config, accelerator.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]  # every weight, or a LoRA run's adapter alone
+    optimizer = torch.optim.AdamW(trained, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
-    model, optimizer, scheduler, sharded = sharded_state.prepare(accelerator, model, optimizer, scheduler)
-    ema = EMA(accelerator.unwrap_model(model), tc.ema_decay)  # on the training device
+    model, optimizer, scheduler, sharded = sharded_state.prepare(accelerator, model, optimizer, scheduler,
+                                                                 trained_only=tc.lora is not None)
+    ema = EMA(accelerator.unwrap_model(model), tc.ema_decay, trained_only=tc.lora is not None)  # on the device
+    if tc.lora is not None:
+        keep_adapter_only(accelerator)  # the resume state holds the adapter; the base comes from train.init_from
     progress = Progress()
     accelerator.register_for_checkpointing(ema, progress)
 

@@ -35,12 +35,15 @@ _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 class ShardedState:
     """Saves and restores a sharded model and its optimizer as full state dicts (every rank calls both methods)."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, trained_only: bool = False):
+        self.model, self.optimizer, self.trained_only = model, optimizer, trained_only
 
     def save(self, directory: Path, main: bool) -> None:
         """Gather the full weights and optimizer state; the main rank writes them into ``directory``."""
         weights = get_model_state_dict(self.model, options=_GATHER)
+        if self.trained_only:  # a LoRA run: its adapter (the frozen base is rebuilt from train.init_from)
+            trained = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            weights = {k: v for k, v in weights.items() if k in trained}
         optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=_GATHER)
         if main:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / ckpt.TRAINING_WEIGHTS_NAME),
@@ -49,16 +52,18 @@ class ShardedState:
 
     def load(self, directory: Path) -> None:
         """Read the full files of ``directory`` and keep this process's shards."""
-        options = StateDictOptions(full_state_dict=True)
+        options = StateDictOptions(full_state_dict=True, strict=not self.trained_only)
         set_model_state_dict(self.model, load_file(str(directory / ckpt.TRAINING_WEIGHTS_NAME)), options=options)
         optimizer = torch.load(directory / OPTIMIZER_NAME, map_location="cpu", weights_only=True)
         set_optimizer_state_dict(self.model, self.optimizer, optimizer, options=options)
 
 
-def prepare(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler):
+def prepare(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+            trained_only: bool = False):
     """``accelerator.prepare`` for a replicated model; for a sharded one, what accelerate may wrap of it. Returns
-    (model, optimizer, scheduler, :class:`ShardedState` or None)."""
+    (model, optimizer, scheduler, :class:`ShardedState` or None); ``trained_only``: its files keep the parameters that
+    train (a LoRA run's adapter)."""
     if not is_sharded(model):
         return (*accelerator.prepare(model, optimizer, scheduler), None)
-    state = ShardedState(model, optimizer)
+    state = ShardedState(model, optimizer, trained_only)
     return model, AcceleratedOptimizer(optimizer, device_placement=False), accelerator.prepare(scheduler), state
