@@ -64,6 +64,7 @@ def cost(args, work: Path) -> dict:
         final = work / f"{name}{2 * args.steps}/checkpoints/step_{2 * args.steps:06d}"
         state = torch.load(final / "optimizer.bin", map_location="cpu", weights_only=True)["state"]
         runs[name] = {"step_cpu_seconds": (long - short) / args.steps,
+                      "checkpoint_folder_bytes": sum(f.stat().st_size for f in final.iterdir()),
                       "optimizer_file_bytes": (final / "optimizer.bin").stat().st_size,
                       "optimizer_state_numbers": sum(t.numel() for s in state.values() for t in s.values()
                                                      if torch.is_tensor(t) and t.ndim)}

@@ -4,6 +4,7 @@ line, the server's catalog and scripts/merge_lora.py."""
 import runpy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -14,7 +15,9 @@ import ca2vdm.cli.generate as cli
 from ca2vdm.checkpoints.adapters import read_adapter, save_merged
 from ca2vdm.checkpoints.weights import load_model, read_metadata, save_tensors, save_weights
 from ca2vdm.config import AutoencoderTrainingConfig, load_config, parse_lora
+from ca2vdm.data.synthetic import PALETTE
 from ca2vdm.errors import CheckpointError, ConfigError
+from ca2vdm.evaluation.metrics import foreground_colour
 from ca2vdm.io.video import read_video
 from ca2vdm.models import lora as layers
 from ca2vdm.serve import create_app, load_catalog
@@ -179,3 +182,18 @@ def test_merge_script_writes_base_plus_adapter_and_never_its_inputs(checkpoint, 
         assert target.read_bytes() == before
     fp16 = save_merged(checkpoint, adapters["strong"], tmp_path / "half.safetensors", torch.float16)
     assert all(v.dtype == torch.float16 for v in load_file(fp16).values())
+
+
+def test_the_shipped_adapter_paints_the_shipped_models_shapes_white_and_fits_no_other():
+    """docs/training.md's worked example: the base draws a palette colour, the adapter white (nearest of the nine)."""
+    base, adapter = ROOT / "checkpoints/demo.safetensors", ROOT / "checkpoints/demo-white.safetensors"
+    bank = np.concatenate([PALETTE / 255, np.ones((1, 3), np.float32)])  # the palette's eight colours, then white
+
+    def nearest(lora) -> int:
+        pipe = ca2vdm.load_pipeline(base, "cpu", lora=lora)
+        frames = torch.cat([c.latents[0] for c in pipe.generate(2, label=1, seed=0)], dim=1)
+        return int(np.argmin(np.linalg.norm(bank - foreground_colour(frames), axis=1)))
+
+    assert nearest(None) < 8 and nearest(adapter) == 8
+    with pytest.raises(CheckpointError, match=r"was trained on checkpoints/demo\.safetensors .* not on \S*latent-demo"):
+        ca2vdm.load_pipeline(ROOT / "checkpoints/latent-demo.safetensors", "cpu", lora=adapter)

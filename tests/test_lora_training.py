@@ -82,6 +82,21 @@ def test_only_the_adapter_gets_gradients_and_is_optimized_and_saved(shapes, base
     assert any(v.abs().sum() > 0 for k, v in published.items() if "lora_B" in k)  # it trained
 
 
+def test_a_bf16_base_keeps_the_adapter_in_float32_and_trains_under_bf16_autocast(base):
+    model, _ = load_model(base)
+    lora = load_config(TINY, [f"train.init_from={base}", "train.lora.base_dtype=bf16", "train.mixed_precision=bf16"]
+                       ).train.lora
+    model = layers.for_training(model.train(), lora)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["stack.blocks.0.mlp.0.base_layer.weight"] == dtypes["x_embedder.weight"] == torch.bfloat16
+    assert {dtypes[n] for n in layers.trainable_names(model)} == {torch.float32}
+    x, t = torch.randn(1, 3, model.cfg.clip_frames, 16, 16), torch.rand(1, model.cfg.clip_frames)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = model(x, t, torch.tensor([2])).float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss) and all(model.get_parameter(n).grad is not None for n in layers.trainable_names(model))
+
+
 def test_sigterm_checkpoint_and_resume_4_plus_4_equal_8_bit_for_bit(shapes, base, tmp_path, monkeypatch):
     straight = train(_config(shapes, tmp_path / "straight", base, 8, "train.save_every=8"), progress_bar=False)
     calls, loss = [], diffusion_task.DiffusionTask.loss
