@@ -142,11 +142,11 @@ def main() -> None:
     p.add_argument("--colour", type=lambda s: tuple(int(v) for v in s.split(",")), default=(255, 255, 255),
                    help="R,G,B of the colour the adapter teaches")
     p.add_argument("--steps", type=int, default=10, help="fine-tuning steps of the shorter cost runs")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="training batch of the cost runs")
     p.add_argument("--seeds", type=int, default=4, help="videos per label for the colour statistics")
     p.add_argument("--chunks", type=int, default=5, help="chunks per video")
     p.add_argument("--sheet", default=None, help="contact sheet PNG: base rows, then adapted rows")
-    p.add_argument("--out", default="outputs/bench/lora.json")
+    p.add_argument("--out", default="outputs/bench/lora.json", help="the JSON report")
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as work:
