@@ -1,13 +1,17 @@
 """LoRA fine-tuning against a full fine-tune of the same model, and what an adapter does at inference, in one run.
 
-    python scripts/bench_lora.py --adapter runs/demo-white/checkpoints/step_000150 --data data/shapes-white \
-        --colour 255,255,255 --sheet docs/images/lora_white.png --out docs/results/lora.json
+    python scripts/bench_lora.py --adapter runs/demo-white/checkpoints/step_000200 --data data/shapes-white \
+        --colour 255,255,255 --steps 15 --sheet docs/images/lora_white.png --out docs/results/lora.json
+    python scripts/bench_lora.py --preset small --data data/shapes-white --steps 3 --batch-size 1 \
+        --out docs/results/lora_small.json   # the cost alone, on a wider model of the same architecture
 
 1. Cost (the goals: adapter <= 10 % of the base file, step >= 1.3x faster, optimizer state >= 5x smaller): --steps
    and 2 x --steps fine-tuning steps of --config from --base on --data, a full fine-tune and a LoRA one at the default
    settings (``train.lora={}``), one after the other. A step's CPU time is the difference of the two runs' CPU times
    over the extra steps (start-up left out; CPU time, so other jobs on the machine count little). Optimizer state and
-   adapter size: the files of each run's last checkpoint.
+   adapter size: the files of each run's last checkpoint. --preset NAME runs them on a model of the registry
+   (``ca2vdm/config/model.py``) with random weights, saved in float16 as a shipped checkpoint is, instead of --base:
+   the weight gradients LoRA saves, and the optimizer's work, grow with the model's width.
 2. Exactness, with --adapter: the video of --base with the adapter folded in (``load_pipeline(lora=)``) against the
    same from a merged checkpoint (``scripts/merge_lora.py``'s function; float32 and the base's own precision), one
    model forward with live (unmerged) LoRA layers against the merged model, and scale 0 against the base.
@@ -27,12 +31,14 @@ from safetensors.torch import load_file
 
 import ca2vdm
 from ca2vdm.checkpoints.adapters import read_adapter, save_merged
-from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.checkpoints.weights import load_model, save_weights
 from ca2vdm.config import LoraConfig, load_config
+from ca2vdm.config.model import MODEL_CONFIGS, model_config
 from ca2vdm.data.synthetic import PALETTE
 from ca2vdm.evaluation.metrics import foreground_colour
 from ca2vdm.io.video import save_contact_sheet
 from ca2vdm.models import lora as layers
+from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.training.loop import train
 
 PALETTE_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "violet")
@@ -44,23 +50,32 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def fine_tune(args, out: Path, steps: int, lora: bool) -> float:
-    """Fine-tune --base for ``steps`` steps into ``out``; its CPU seconds."""
-    overrides = [f"data.root={args.data}", f"train.output_dir={out}", f"train.init_from={args.base}",
+def fine_tune(args, base: Path, out: Path, steps: int, lora: bool) -> float:
+    """Fine-tune ``base`` for ``steps`` steps into ``out``; its CPU seconds."""
+    overrides = [f"data.root={args.data}", f"train.output_dir={out}", f"train.init_from={base}",
                  f"train.batch_size={args.batch_size}", f"train.max_steps={steps}", f"train.save_every={steps}",
                  "train.log_every=1", "train.sample_every=0", "data.num_workers=0",
-                 *(["train.lora={}"] if lora else [])]
+                 *([f"model.name={args.preset}"] if args.preset else []), *(["train.lora={}"] if lora else [])]
     config = load_config(args.config, overrides)
     tic = cpu_seconds()
     train(config, progress_bar=False)
     return cpu_seconds() - tic
 
 
+def random_base(preset: str, path: Path) -> Path:
+    """A model of the registry's ``preset`` with random weights, saved in float16 (as a shipped checkpoint)."""
+    torch.manual_seed(0)
+    model = CausalVideoDiT(model_config(preset))
+    save_weights(path, {k: v.half() for k, v in model.state_dict().items()}, model.cfg)
+    return path
+
+
 def cost(args, work: Path) -> dict:
     """Step CPU time, optimizer state and adapter size of a full and a LoRA fine-tune."""
+    base = random_base(args.preset, work / "base.safetensors") if args.preset else Path(args.base)
     runs = {}
     for name, lora in (("full", False), ("lora", True)):
-        short, long = (fine_tune(args, work / f"{name}{n}", n, lora) for n in (args.steps, 2 * args.steps))
+        short, long = (fine_tune(args, base, work / f"{name}{n}", n, lora) for n in (args.steps, 2 * args.steps))
         final = work / f"{name}{2 * args.steps}/checkpoints/step_{2 * args.steps:06d}"
         state = torch.load(final / "optimizer.bin", map_location="cpu", weights_only=True)["state"]
         runs[name] = {"step_cpu_seconds": (long - short) / args.steps,
@@ -72,11 +87,11 @@ def cost(args, work: Path) -> dict:
             adapter = final / "adapter.safetensors"
             runs[name]["adapter_file_bytes"] = adapter.stat().st_size
             runs[name]["adapter_numbers"] = sum(t.numel() for t in load_file(adapter).values())
-    base_numbers = sum(t.numel() for t in load_file(args.base).values())
+    base_numbers = sum(t.numel() for t in load_file(base).values())
     full, lora = runs["full"], runs["lora"]
-    return {**runs, "default_lora": vars(LoraConfig()), "base_file_bytes": Path(args.base).stat().st_size,
-            "base_numbers": base_numbers,
-            "adapter_file_share_of_base_file": lora["adapter_file_bytes"] / Path(args.base).stat().st_size,
+    return {**runs, "model": args.preset or "the base's", "default_lora": vars(LoraConfig()),
+            "base_file_bytes": base.stat().st_size, "base_numbers": base_numbers,
+            "adapter_file_share_of_base_file": lora["adapter_file_bytes"] / base.stat().st_size,
             "adapter_share_of_base_numbers": lora["adapter_numbers"] / base_numbers,
             "step_speedup": full["step_cpu_seconds"] / lora["step_cpu_seconds"],
             "optimizer_state_ratio": full["optimizer_state_numbers"] / lora["optimizer_state_numbers"],
@@ -138,7 +153,10 @@ def main() -> None:
     p.add_argument("--base", default="checkpoints/demo.safetensors", help="the base checkpoint")
     p.add_argument("--config", default="configs/demo.yaml", help="the base's training config")
     p.add_argument("--data", required=True, help="videos to fine-tune on (the cost runs)")
-    p.add_argument("--adapter", required=True, help="an adapter trained on --base (exactness, colour)")
+    p.add_argument("--adapter", default=None, help="an adapter trained on --base (exactness, colour; without it: the "
+                   "cost alone)")
+    p.add_argument("--preset", default=None, choices=sorted(MODEL_CONFIGS),
+                   help="measure the cost on this registry model with random weights instead of --base")
     p.add_argument("--colour", type=lambda s: tuple(int(v) for v in s.split(",")), default=(255, 255, 255),
                    help="R,G,B of the colour the adapter teaches")
     p.add_argument("--steps", type=int, default=10, help="fine-tuning steps of the shorter cost runs")
@@ -150,22 +168,26 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as work:
-        report = {"base": args.base, "adapter": args.adapter, "data": args.data, "config": args.config,
-                  "steps": args.steps, "batch_size": args.batch_size, "cost": cost(args, Path(work)),
-                  "exactness": exactness(args, Path(work))}
-    report["colour"], sheet = colours(args)
+        report = {"base": args.preset or args.base, "adapter": args.adapter, "data": args.data,
+                  "config": args.config, "steps": args.steps, "batch_size": args.batch_size,
+                  "cost": cost(args, Path(work))}
+        if args.adapter:
+            report["exactness"] = exactness(args, Path(work))
+    if args.adapter:
+        report["colour"], sheet = colours(args)
     c = report["cost"]
-    print(f"adapter {c['lora']['adapter_file_bytes'] / 1e3:.0f} KB = "
+    print(f"{report['base']}: adapter {c['lora']['adapter_file_bytes'] / 1e3:.0f} KB = "
           f"{100 * c['adapter_file_share_of_base_file']:.1f} % of the base file ({c['base_file_bytes'] / 1e6:.1f} MB); "
           f"{100 * c['adapter_share_of_base_numbers']:.1f} % of its numbers")
     print(f"step CPU time: full {c['full']['step_cpu_seconds']:.2f} s, LoRA {c['lora']['step_cpu_seconds']:.2f} s "
           f"({c['step_speedup']:.2f}x); optimizer state {c['optimizer_state_ratio']:.1f}x smaller")
-    print("exactness: " + ", ".join(f"{k} {v}" for k, v in report["exactness"].items()))
-    for name, r in report["colour"].items():
+    if args.adapter:
+        print("exactness: " + ", ".join(f"{k} {v}" for k, v in report["exactness"].items()))
+    for name, r in report.get("colour", {}).items():
         print(f"{name}: {100 * r['called_new_colour']:.0f} % of {r['videos']} videos in the new colour {r['calls']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    if args.sheet:
+    if args.sheet and args.adapter:
         save_contact_sheet(sheet, args.sheet, frames_per_row=8 * args.seeds)
 
 
