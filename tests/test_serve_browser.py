@@ -95,4 +95,11 @@ def test_page_streams_frames_stops_and_downloads_what_was_shown(server_url, tmp_
         generate.click()
         expect(error).to_contain_text("the upload is not an image or video")
         expect(generate).to_be_enabled()
+
+        page.set_input_files("#upload", files=[])
+        page.fill("#seed", "9" * 5000)  # a seed out of range: one message, and the page stays connected
+        generate.click()
+        expect(error).to_contain_text("must be a whole number in 0 .. 2**64 - 1")
+        expect(generate).to_be_enabled()
+        assert status.inner_text() == "ready"
         browser.close()

@@ -211,7 +211,8 @@ function finish() {
     $("download").download = msg.filename;
     $("download").hidden = false;
   }
-  const what = { finished: "finished", stopped: "stopped", limit: "reached the server's chunk limit", error: "failed" };
+  const what = { finished: "finished", stopped: "stopped", limit: "reached the server's chunk limit", error: "failed",
+                 stalled: "ended by the server: this tab showed no new frame for too long" };
   ended(`${what[msg.reason] || msg.reason}: ${msg.frames} frames, ${msg.chunks} chunks`);
 }
 
