@@ -1,6 +1,10 @@
 """Bad input to the live demo server: each gets one clear message on the page, and the server goes on serving;
 uploads are checked, used and deleted."""
 import io
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,3 +218,22 @@ def test_a_generation_that_cannot_start_is_reported_and_frees_the_device(server,
         assert (done["reason"], done["frames"], state.queue.busy) == ("error", 0, False)
         monkeypatch.undo()
         still_serving(ws, source)
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--port", "{busy}"], "error: --port {busy}: the port is already in use (another server?); choose another "
+                           "--port or stop the program using it"),
+    (["--host", "no-such-host.invalid"], "error: --host no-such-host.invalid: not a known address"),
+    (["--port", "70000"], "serve.py: error: argument --port: must be a port number in 1 .. 65535, got 70000"),
+], ids=["port-in-use", "unknown-host", "port-out-of-range"])
+def test_a_server_that_cannot_listen_says_so_in_one_line_and_leaves_nothing(tmp_path, argv, line):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        argv = [a.replace("{busy}", port) for a in argv]
+        (tmp_path / "tmp").mkdir()
+        env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+        proc = subprocess.run([sys.executable, "infer/serve.py", *argv], capture_output=True, text=True, env=env,
+                              timeout=120)
+    assert proc.returncode in (1, 2) and "serving" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith(line.replace("{busy}", port)), proc.stderr
+    assert "Traceback" not in proc.stderr and list((tmp_path / "tmp").iterdir()) == []
