@@ -105,7 +105,7 @@ def check_output(out: Path, settings: dict, resume: bool) -> None:
     if (out / INDEX_NAME).exists():
         raise DataError(f"{out} already holds encoded latents ({INDEX_NAME}); choose another {opt('out')} or delete it")
     if out.exists() and not out.is_dir():
-        raise DataError(f"{opt('out', out)} is a file; pass a new folder")
+        raise DataError(f"{opt('out', out)} is not a folder (a file, device, pipe or socket); pass a new folder")
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if not present:
         return

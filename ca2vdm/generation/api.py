@@ -206,13 +206,12 @@ def write_video(chunks: Iterable[Chunk], path: str | os.PathLike, fps: int = 8, 
     """Write the chunks' pixels (row ``row`` of each batch) to the mp4 ``path`` with the command line's writer
     (:class:`~ca2vdm.io.video_writer.VideoWriter`: atomic, H.264); return the number of frames written.
 
-    An existing ``path`` is refused unless ``overwrite``. If iterating ``chunks`` raises (Ctrl-C, an error), the
-    finished chunks are kept as a playable mp4 and the exception propagates. To append chunk by chunk, use
-    ``VideoWriter(path, fps)`` directly: ``writer.write(chunk.pixels[row])``, then ``writer.close()``.
+    An existing ``path`` is refused unless ``overwrite``, and a folder, device, pipe or socket always (SettingError
+    before anything is written). If iterating ``chunks`` raises (Ctrl-C, an error), the finished chunks are kept as
+    a playable mp4 and the exception propagates. To append chunk by chunk, use ``VideoWriter(path, fps)`` directly:
+    ``writer.write(chunk.pixels[row])``, then ``writer.close()``.
     """
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
-    writer = VideoWriter(path, fps=fps)
+    writer = VideoWriter(path, fps=fps, overwrite=overwrite)
     try:
         for chunk in chunks:
             writer.write(chunk.pixels[row])

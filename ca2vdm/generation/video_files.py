@@ -141,7 +141,7 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
                  "cfg_scale": settings.cfg_scale, "step_cache": settings.step_cache,
                  "step_cache_options": dict(settings.step_cache_options), "device": str(weight.device),
                  "dtype": dtype_name(weight.dtype)}
-        outputs.append(_Output(path, VideoWriter(path, fps=opts.fps), stats))
+        outputs.append(_Output(path, VideoWriter(path, fps=opts.fps, overwrite=True), stats))
     tic = time.perf_counter()
     try:
         _write_chunks(pipe, opts, list(outs), outputs, poll)

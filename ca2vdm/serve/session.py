@@ -179,7 +179,7 @@ class Session:
         self.drop_download()
         limit = request.chunks if request.chunks is not None else self.server.max_chunks
         path = self.folder / "video.mp4"
-        writer, figures = VideoWriter(path, fps=FPS), Figures()
+        writer, figures = VideoWriter(path, fps=FPS, overwrite=True), Figures()
         await self.send({"type": "started", "model": request.model, "chunks": limit, "fps": FPS,
                          "until_stopped": request.chunks is None})
 
