@@ -19,6 +19,16 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "demo
 DEFAULT_OUT = Path("outputs") / VIDEO_NAME  # the command line's scratch output, replaced by every run
 
 
+def latest_checkpoint(path: str | os.PathLike) -> Path:
+    """``RUN/checkpoints/latest`` (where no such file or folder exists) -> the newest ``step_N`` folder beside it (a
+    training run publishes each one complete, by a rename); any other path as it is."""
+    path = Path(path)
+    if path.name != "latest" or path.exists():
+        return path
+    steps = [p for p in path.parent.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return max(steps, key=lambda p: int(p.name[5:])) if steps else path
+
+
 def check_input_file(path: str | os.PathLike) -> Path:
     """``path`` as a Path if it is an existing regular file; otherwise ValueError saying what it is instead."""
     path = Path(path)
@@ -70,6 +80,7 @@ def check_paths(checkpoint: str | Path, out: Path, *, first_frame: str | None = 
             check_input_file(first_frame)
         except ValueError as e:
             raise SettingError("first_frame", first_frame, str(e)) from None
+    checkpoint = latest_checkpoint(checkpoint)
     outputs = {"out": out, "preview": preview_path(out) if preview else None, "stats": Path(stats) if stats else None}
     outputs = {name: path for name, path in outputs.items() if path is not None}
     for name, path in outputs.items():
