@@ -1,14 +1,14 @@
 """Round four's paper cuts: the README's checkpoint path exists after its own training command (``latest``),
 ``--device`` help names ``auto``, counts of one read "1 video", and a stop under torch's launcher says what the
 launcher's ChildFailedError report means."""
-import runpy
-import sys
 from pathlib import Path
 
 from ca2vdm.checkpoints.weights import weights_file
 from ca2vdm.cli import generate, serve
 from ca2vdm.cli.trainer import launcher_note
 from ca2vdm.io.paths import latest_checkpoint
+
+from helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,13 +36,8 @@ def test_device_help_names_auto(capsys):
 
 
 def test_one_video_is_one_video(tmp_path, capsys):
-    argv = sys.argv
-    sys.argv = ["make_synthetic_videos.py", "--out", str(tmp_path), "--num-videos", "1", "--frames", "4",
-                "--size", "16"]
-    try:
-        runpy.run_path(str(ROOT / "scripts/make_synthetic_videos.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
+    assert run_script("scripts/make_synthetic_videos.py", "--out", tmp_path, "--num-videos", 1, "--frames", 4,
+                      "--size", 16) == 0
     assert capsys.readouterr().out.startswith("wrote 1 video (4 frames")
 
 

@@ -3,10 +3,8 @@ shared check (``io.paths.check_writable_file``) guards every writer (exports, vi
 shards, text files). Pipes, sockets and links to them stand in for devices such as /dev/null, which a test must never
 risk. A VideoWriter replaces an existing file only with ``overwrite``; write_video onto a folder is one error."""
 import os
-import runpy
 import socket
 import stat
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,8 @@ from ca2vdm.errors import SettingError
 from ca2vdm.generation.api import load_pipeline, write_video
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.io.video import VideoWriter, read_video, save_contact_sheet
+
+from helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "checkpoints" / "demo.safetensors"
@@ -46,15 +46,7 @@ def special(request, tmp_path):
 
 def export(*args) -> str:
     """scripts/export_checkpoint.py in this process: its error line ('' when it succeeded)."""
-    argv = sys.argv
-    sys.argv = ["export_checkpoint.py", *map(str, args)]
-    try:
-        runpy.run_path(str(ROOT / "scripts/export_checkpoint.py"), run_name="__main__")
-    except SystemExit as e:
-        return str(e.code)
-    finally:
-        sys.argv = argv
-    return ""
+    return str(run_script("scripts/export_checkpoint.py", *args) or "")
 
 
 def test_export_never_replaces_a_device_pipe_or_socket(special):
