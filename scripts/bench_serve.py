@@ -21,6 +21,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES, read_chunk_message
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +158,7 @@ def main(argv=None) -> None:
               "cpus": os.cpu_count(), "load_average_before": load, "load_average_after": os.getloadavg(),
               "settings": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(Path(args.out), json.dumps(report, indent=2) + "\n")
     for name, r in results.items():
         print(f"{name:>16}: {r['median_fps']:.2f} frames/s ({r['speedup_vs_none']:.2f}x), first frame "
               f"{r['median_first_frame_seconds']:.2f} s; model {r['median_model_seconds']:.2f} s, encode "

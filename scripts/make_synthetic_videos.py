@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     count = write_dataset(args.out, args.num_videos, args.frames, args.size, args.seed, fps=args.fps)
     print(
-        f"wrote {count} videos ({args.frames} frames, {args.size}x{args.size}, {args.fps} fps, "
+        f"wrote {count} video{'s' * (count != 1)} ({args.frames} frames, {args.size}x{args.size}, {args.fps} fps, "
         f"classes {', '.join(SHAPES)}) to {args.out}"
     )
 

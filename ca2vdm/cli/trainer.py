@@ -113,6 +113,15 @@ def launch_warning(environ: dict = os.environ, parent: int | None = None) -> str
             f"accelerate launch --multi_gpu --num_processes {requested} {script} ...")
 
 
+def launcher_note(exit_code: int, environ: dict = os.environ) -> str:
+    """Under torch's elastic launcher (``accelerate launch --multi_gpu``, ``torchrun``), which reports every rank
+    that exits non-zero as a ``ChildFailedError`` block: what that block means after a stop."""
+    if "TORCHELASTIC_RUN_ID" not in environ:
+        return ""
+    return (f" (the launcher's ChildFailedError report below is this stop: exitcode {exit_code} means the checkpoint "
+            "was saved, nothing failed)")
+
+
 def main_rank() -> bool:
     """Whether this process is the launch's main rank (one process alone is)."""
     return int(os.environ.get("RANK", 0)) == 0
@@ -136,7 +145,7 @@ def run_trainer(parser: argparse.ArgumentParser, args: argparse.Namespace, confi
         parser.exit(2, f"error: {e.for_cli()}\n")
     except Preempted as e:
         if main_rank():
-            print(e.for_cli(), file=sys.stderr, flush=True)
+            print(e.for_cli() + launcher_note(e.exit_code), file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
     except Ca2vdmError as e:  # data, checkpoints, a non-finite loss, a locked run
         parser.exit(1, f"error: {e.for_cli()}\n")

@@ -217,9 +217,10 @@ class LongVideoPipeline:
             if policy is not None:
                 policy.begin_chunk()
             x0 = sample(denoise, noise, settings.steps, settings.shift, start_t if start_from is not None else 1.0)
-        if not torch.isfinite(x0).all():
-            raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks}; the weights may be "
-                                     "damaged (check the checkpoint)")
+        if not torch.isfinite(x0).all():  # settings and given frames are checked finite before: the model's doing
+            overflow = " or float16 overflowed (try dtype bf16 or fp32)" if weight.dtype == torch.float16 else ""
+            raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks} from finite settings "
+                                     f"and frames: the weights may be damaged (check the checkpoint){overflow}")
         if self.pixel_space:
             x0 = x0.clamp(-1, 1)
         self._commit(state, x0 if commit_frames is None else commit_frames)
