@@ -18,10 +18,10 @@ from ca2vdm.config.training import DistillTrainingConfig
 from ca2vdm.data.trajectories import TrajectoryDataset
 from ca2vdm.errors import ConfigError, DataError
 from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.training import loop
 from ca2vdm.training.distill_rollout import self_rollout
 from ca2vdm.training.distill_task import DistillTask, exit_steps, generator_step
 from ca2vdm.training.dmd import dmd_gradient, dmd_loss, trajectory_loss
-from ca2vdm.training import loop
 from ca2vdm.training.ode_pairs import write_pairs
 
 from helpers import random_model
