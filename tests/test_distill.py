@@ -1,6 +1,7 @@
 """Few-step distillation (ca2vdm/training/distill_task.py, dmd.py, distill_rollout.py, ode_pairs.py): the losses
 against hand-computed references, gradients only through the exit steps, the critic/generator schedule, exact resume,
 two processes, the student as a normal checkpoint, the recorded trajectories."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -216,6 +217,15 @@ def test_the_student_is_a_normal_checkpoint(teacher, pairs, tmp_path, capsys):
           "--stats", str(tmp_path / "s.json")])
     stats = json.loads((tmp_path / "s.json").read_text())
     assert (stats["steps"], stats["cfg_scale"]) == (2, 1.0), stats
+    spec = importlib.util.spec_from_file_location("bench_student", ROOT / "scripts/bench_student.py")
+    bench_student = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_student)
+    bench_student.main(["--teacher", str(teacher), "--student", str(student), "--chunks", "2", "--repeats", "1",
+                        "--json", str(tmp_path / "speed.json")])
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert speed["settings"]["student"]["steps"] == 2 and speed["settings"]["teacher"]["steps"] == 4
+    assert speed["speedup_label"] > 0 and set(speed["seconds_per_chunk"]) == {
+        f"{m}/{k}" for m in ("teacher", "student", "teacher_at_student_steps") for k in ("label", "no_label")}
 
 
 def test_recorded_trajectories_end_on_the_teachers_video_and_resume(teacher, pairs, tmp_path):
