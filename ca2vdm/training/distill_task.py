@@ -39,10 +39,11 @@ from ca2vdm.training.task import Part
 
 
 def generator_step(step: int, config: DistillTrainingConfig) -> bool:
-    """Whether the student is stepped at ``step`` (ODE regression: always; DMD: every ``critic_ratio``-th step,
-    the first DMD step included)."""
+    """Whether the student is stepped at ``step`` (0-based): always in ODE regression; in DMD at the last step of
+    every ``critic_ratio`` steps, so the critic learns the student's samples for ``critic_ratio - 1`` steps first
+    (and a ``train.log_every`` that is a multiple of ``critic_ratio`` logs the student's loss)."""
     d = config.distill
-    return step < d.ode_steps or (step - d.ode_steps) % d.critic_ratio == 0
+    return step < d.ode_steps or (step - d.ode_steps) % d.critic_ratio == d.critic_ratio - 1
 
 
 def exit_steps(seed: int, step: int, chunks: int, steps: int) -> list[int]:
