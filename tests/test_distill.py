@@ -269,19 +269,21 @@ def test_bad_distill_settings_name_the_key(teacher, pairs, tmp_path):
     assert proc.returncode == 2 and "a distillation config (distill section), for train/distill.py" in proc.stderr
 
 
-def test_two_processes_shard_the_three_models(teacher, pairs, tmp_path):
-    """accelerate launch --num_processes 2 with train.fsdp=true: student, critic and teacher sharded over two gloo
-    ranks through the ODE stage into DMD; the student is a full checkpoint one process loads."""
+@pytest.mark.parametrize("fsdp", [True, False], ids=["fsdp", "ddp"])
+def test_two_processes(teacher, pairs, tmp_path, fsdp):
+    """accelerate launch --num_processes 2 through the ODE stage into DMD: with train.fsdp=true student, critic and
+    teacher are sharded over two gloo ranks; without, student and critic are replicated (DDP). The student is a
+    full checkpoint one process loads."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            str(ROOT / "train/distill.py"), "--config", str(ROOT / "configs/distill-demo.yaml"), "--no-progress",
            f"distill.teacher={teacher}", "distill.steps=2", "distill.ode_steps=1", "distill.critic_ratio=2",
            f"data.root={pairs}", f"train.output_dir={tmp_path}", "train.batch_size=1", "train.max_steps=4",
-           "train.save_every=4", "train.log_every=1", "train.fsdp=true"]
+           "train.save_every=4", "train.log_every=1", f"train.fsdp={str(fsdp).lower()}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("FSDP holds") == 6, proc.stdout[-2000:]  # 3 models x 2 ranks
+    assert proc.stdout.count("FSDP holds") == (6 if fsdp else 0), proc.stdout[-2000:]  # 3 models x 2 ranks
     assert [sorted(k for k in m if k.startswith("loss_")) for m in _metrics(tmp_path)] == [
         ["loss_model"], ["loss_critic"], ["loss_critic", "loss_model"], ["loss_critic"]]
     model, meta = load_model(tmp_path / "checkpoints/step_000004")
