@@ -134,7 +134,7 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
     models, optimizers, schedulers, sharded = sharded_state.prepare(accelerator, list(trained.values()), optimizers,
                                                                     schedulers)
     trained = dict(zip(trained, models))
-    optimizer, scheduler = dict(zip(trained, optimizers)), dict(zip(trained, schedulers))
+    optimizer_of, schedule_of = dict(zip(trained, optimizers)), dict(zip(trained, schedulers))
     model = trained["model"]
     ema = EMA(accelerator.unwrap_model(model), tc.ema_decay)  # on the training device
     progress = Progress()
@@ -191,11 +191,11 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
                     for name in losses:  # the parts this step trains; the others keep their weights
                         if accelerator.sync_gradients:
                             accelerator.clip_grad_norm_(trained[name].parameters(), 1.0)
-                        optimizer[name].step()
+                        optimizer_of[name].step()
                     if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                        for name, each in scheduler.items():  # a part's schedule follows the training step from
-                            if optimizer[name].state:         # its first update on (restored with its optimizer)
-                                each.step()
+                        for name, schedule in schedule_of.items():  # a part's schedule follows the training
+                            if optimizer_of[name].state:  # step from its first update on (restored with its optimizer)
+                                schedule.step()
                 for each in optimizers:
                     each.zero_grad(set_to_none=True)
             micro += 1
@@ -209,7 +209,7 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if progress.step % tc.log_every == 0 and accelerator.is_main_process:
                 per_part = {f"loss_{name}": value for name, value in zip(losses, means[1:])}
-                values = dict(loss=loss_value, **per_part, lr=scheduler["model"].get_last_lr()[0],
+                values = dict(loss=loss_value, **per_part, lr=schedule_of["model"].get_last_lr()[0],
                               steps_per_s=tc.log_every / (time.perf_counter() - tic))
                 run_files.log_metrics(out / "metrics.jsonl", step=progress.step, **values)
                 accelerator.log(values, step=progress.step)  # train.log_with's trackers
