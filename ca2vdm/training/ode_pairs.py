@@ -22,8 +22,9 @@ from tqdm import tqdm
 
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.config import to_dict
+from ca2vdm.data.latent_encoding import check_unfinished
 from ca2vdm.data.trajectories import INDEX_NAME, SETTINGS_NAME
-from ca2vdm.errors import DataError, SettingError, opt
+from ca2vdm.errors import SettingError
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.sampling.flow import sample
 from ca2vdm.sampling.pipeline import LongVideoPipeline
@@ -84,7 +85,7 @@ def write_pairs(checkpoint: str, out: str | Path, videos: int, steps: int, *, nu
     settings = {"teacher": str(checkpoint), "model_config": to_dict(cfg), "sampler": meta.sampler.to_dict(),
                 "steps": steps, "times": times, "frames": cfg.clip_frames, "videos": videos,
                 "null_share": null_share, "seed": seed, "shard_size": shard_size}
-    _check_output(out, settings, resume)
+    check_unfinished(out, settings, resume, SETTINGS_NAME, "recorded trajectories", "recording")
     barrier()
     if rank == 0 and not (out / SETTINGS_NAME).exists():
         out.mkdir(parents=True, exist_ok=True)
@@ -113,25 +114,3 @@ def write_pairs(checkpoint: str, out: str | Path, videos: int, steps: int, *, nu
 
 def _shard_name(n: int) -> str:
     return f"shard_{n:05d}.safetensors"
-
-
-def _check_output(out: Path, settings: dict, resume: bool) -> None:
-    """Raise DataError unless ``out`` may receive these trajectories: new or empty, or (``resume``) an unfinished
-    recording with the same settings."""
-    if (out / INDEX_NAME).exists():
-        raise DataError(f"{out} already holds recorded trajectories ({INDEX_NAME}); choose another {opt('out')}")
-    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if not present:
-        return
-    if SETTINGS_NAME not in present:
-        raise DataError(f"{opt('out', out)} already holds files this tool did not write ({', '.join(present[:3])}); "
-                        "choose a new or empty folder")
-    if not resume:
-        raise DataError(f"{out} holds an unfinished recording; pass {opt('resume')} to continue it, or choose "
-                        f"another {opt('out')}")
-    recorded = json.loads((out / SETTINGS_NAME).read_text())
-    changed = [f"{k}={settings[k]!r} (started with {recorded.get(k)!r})" for k in settings if recorded.get(k) !=
-               settings[k]]
-    if changed:
-        raise DataError(f"{opt('resume')} {out}: the recording was started with other settings: "
-                        f"{'; '.join(changed)}; resume with those, or choose another {opt('out')}")
