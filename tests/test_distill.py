@@ -203,7 +203,9 @@ def test_resume_is_exact(teacher, pairs, tmp_path):
 
 def test_the_student_is_a_normal_checkpoint(teacher, pairs, tmp_path, capsys):
     """Its own steps and one branch everywhere (API, command line), through the same bounded KV cache."""
-    out = train(_config(teacher, pairs, tmp_path, "train.max_steps=3", "train.save_every=3"), progress_bar=False)
+    out = train(_config(teacher, pairs, tmp_path, "train.max_steps=3", "train.save_every=3", "train.sample_every=3"),
+                progress_bar=False)
+    assert (out / "samples/step_000003.mp4").stat().st_size > 0  # the periodic sample of the EMA student
     student = out / "checkpoints/step_000003"
     pipe = ca2vdm.load_pipeline(student)
     assert (pipe.settings.steps, pipe.settings.cfg_scale) == (2, 1.0)
