@@ -290,3 +290,16 @@ def test_two_processes(teacher, pairs, tmp_path, fsdp):
         ["loss_model"], ["loss_critic"], ["loss_critic", "loss_model"], ["loss_critic"]]
     model, meta = load_model(tmp_path / "checkpoints/step_000004")
     assert meta.sampler.steps == 2 and (tmp_path / "checkpoints/step_000004/model_1.safetensors").is_file()
+
+
+def test_regression_weight_adds_the_trajectory_loss_to_dmd_steps(teacher, pairs, tmp_path, monkeypatch):
+    """DMD's regression term: the student's loss on its DMD steps is DMD + weight x the ODE regression loss."""
+    from ca2vdm.training import distill_task
+
+    monkeypatch.setattr(distill_task, "trajectory_loss", lambda *args, **kwargs: torch.tensor(0.5))
+    logged = []
+    for weight in (0, 2):
+        out = train(_config(teacher, pairs, tmp_path / str(weight), "distill.ode_steps=0", "distill.critic_ratio=1",
+                            f"distill.regression_weight={weight}", "train.max_steps=1"), progress_bar=False)
+        logged.append(_metrics(out)[0]["loss_model"])
+    assert logged[1] - logged[0] == pytest.approx(1.0)

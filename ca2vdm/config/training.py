@@ -89,6 +89,8 @@ class DistillConfig:
     critic_ratio: int = 5                   # DMD: the student is stepped every critic_ratio critic steps
     critic_lr: float = 1.0e-4               # the critic's (fake score's) learning rate; the student's is train.lr
     guidance: Optional[float] = None        # the teacher's guidance scale as the real score; None: its recorded one
+    regression_weight: float = 0.0          # DMD's student steps add this x the ODE regression loss on the batch's
+    #                                         trajectories (DMD's regression term, Yin et al. 2024); 0: pure DMD
     min_t: float = 0.02                     # DMD and the critic: noise times drawn uniformly in [min_t, max_t]
     max_t: float = 0.98
 
@@ -224,6 +226,8 @@ def _distill_problems(d: DistillConfig) -> list[str]:
             problems.append(f"distill.{key} must be >= 1, got {getattr(d, key)}")
     if d.ode_steps < 0:
         problems.append(f"distill.ode_steps must be >= 0 (0: DMD only), got {d.ode_steps}")
+    if d.regression_weight < 0:
+        problems.append(f"distill.regression_weight must be >= 0, got {d.regression_weight}")
     if not d.critic_lr > 0:
         problems.append(f"distill.critic_lr must be > 0, got {d.critic_lr}")
     if not 0 < d.min_t < d.max_t < 1:

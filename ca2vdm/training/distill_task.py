@@ -6,7 +6,8 @@
 2. DMD on its own rollouts (Self-Forcing): the student makes a training clip through its KV cache with gradients
    through one exit step per chunk (:mod:`~ca2vdm.training.distill_rollout`), scored by the frozen, guided teacher
    against a critic (initialised from the teacher) that learns the student's samples with the flow-matching loss.
-   The critic is stepped every step, the student every ``distill.critic_ratio``-th (on those steps both are).
+   The critic is stepped every step, the student every ``distill.critic_ratio``-th (on those steps both are);
+   ``distill.regression_weight`` adds the ODE regression to the student's DMD steps (DMD's regression term).
 
 The three models are parts of the task (:class:`~ca2vdm.training.task.Part`): the student is the published model
 (its EMA is the checkpoint), the critic a second trained part, the teacher a frozen one; the loop shards all three
@@ -103,10 +104,10 @@ class DistillTask:
                gen: torch.Generator, step: int) -> dict[str, torch.Tensor]:
         d, device = config.distill, gen.device
         labels = batch["label"].to(device) if self.cfg.num_classes else None
+        regression = lambda: trajectory_loss(models["model"], batch["points"].to(device), self.times,  # noqa: E731
+                                             labels, self.chunks, self.settings.cond_noise, gen)
         if step < d.ode_steps:
-            loss = trajectory_loss(models["model"], batch["points"].to(device), self.times, labels, self.chunks,
-                                   self.settings.cond_noise, gen)
-            return {"model": loss}
+            return {"model": regression()}
         student, critic = models["model"], models["critic"]
         train_student = generator_step(step, config)
         pipe = LongVideoPipeline(_unwrapped(student), self.settings, forward=student,
@@ -119,6 +120,8 @@ class DistillTask:
             losses["model"] = dmd_loss(clip, labels, models["teacher"], _unwrapped(critic), self.chunks,
                                        self.settings.cond_noise, self.guidance, _unwrapped(student).null_label, gen,
                                        t_range=(d.min_t, d.max_t))
+            if d.regression_weight:
+                losses["model"] = losses["model"] + d.regression_weight * regression()
         t = d.min_t + (d.max_t - d.min_t) * torch.rand((clip.shape[0], len(self.chunks)), generator=gen,
                                                        device=device)
         losses["critic"] = teacher_forcing_flow_loss(critic, clip.detach(), labels, self.chunks,
