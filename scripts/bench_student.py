@@ -20,6 +20,7 @@ import torch
 import ca2vdm
 
 
+@torch.no_grad()
 def chunk_seconds(pipe, chunks: int, label: int | None, seed: int) -> float:
     """Median seconds per chunk of one video (the first frame excluded)."""
     state = pipe.pipeline.start(batch=1, label=label, seed=seed)
@@ -41,7 +42,6 @@ def main(argv=None) -> None:
     p.add_argument("--label", type=int, default=1, help="the label of the labelled runs")
     p.add_argument("--json", default="docs/results/distill_speed.json", help="where to write the figures")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
     student = ca2vdm.load_pipeline(args.student, "cpu")
     pipes = {"teacher": ca2vdm.load_pipeline(args.teacher, "cpu"), "student": student,
              "teacher_at_student_steps": ca2vdm.load_pipeline(args.teacher, "cpu", steps=student.settings.steps)}

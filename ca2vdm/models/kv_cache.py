@@ -115,15 +115,17 @@ class KVCache:
                 self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view
         return self._slots
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               commit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the current chunk's temporal K/V (B*S*H, L, Dh) into its slots; return all visible K/V.
 
-        A pass that carries gradients (a training rollout's exit step, :mod:`ca2vdm.training.distill_rollout`) reads
-        the same slots from a copy and leaves the buffer alone: the commit pass that follows overwrites those slots in
-        place, which would corrupt what autograd saved."""
+        A denoising pass (not ``commit``) that carries gradients (a training rollout's exit step,
+        :mod:`ca2vdm.training.distill_rollout`) reads the same slots from a copy and leaves the buffer alone: its K/V
+        are scratch, and the commit pass that follows overwrites those slots in place, which would corrupt what
+        autograd saved."""
         slots = self._slot_index(k.shape[1])
         visible = min(self.window, self.frames_committed + k.shape[1])
-        if k.requires_grad or v.requires_grad:
+        if not commit and (k.requires_grad or v.requires_grad):
             keys, values = self.k[layer].index_copy(1, slots, k), self.v[layer].index_copy(1, slots, v)
             return keys[:, :visible], values[:, :visible]
         self.k[layer].index_copy_(1, slots, k)
