@@ -34,8 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None, help="for the started server (default: the shipped demo model)")
     p.add_argument("--model", default=None, help="model name on the server (default: its first)")
     p.add_argument("--policy", default="teacache", help="step-caching policy to compare with none")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.2],
-                   help="policy thresholds (README 'Step caching: which policy when': 0.1-0.2 for previews)")
+    p.add_argument("--thresholds", type=float, nargs="*", default=[0.1, 0.2],
+                   help="policy thresholds (README 'Step caching: which policy when': 0.1-0.2 for previews); none "
+                        "given: only the model without a step cache (e.g. a few-step student)")
     p.add_argument("--label", type=int, default=None, help="class label (default none: the page's default)")
     p.add_argument("--chunks", type=int, default=20, help="chunks per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per setting")

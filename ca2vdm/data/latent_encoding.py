@@ -111,30 +111,38 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec,
 def check_output(out: Path, settings: dict, resume: bool) -> None:
     """Raise DataError unless ``out`` may receive this encoding: new or empty, or (``resume``) an unfinished encoding
     of the same settings."""
-    if (out / INDEX_NAME).exists():
-        raise DataError(f"{out} already holds encoded latents ({INDEX_NAME}); choose another {opt('out')} or delete it")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{opt('out', out)} is not a folder (a file, device, pipe or socket); pass a new folder")
-    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if not present:
-        return
-    if STATE_NAME not in present:
-        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-        raise DataError(f"{opt('out', out)} already holds files this tool did not write ({shown}); choose a new or "
-                        "empty folder, so that nothing of yours is overwritten")
-    if not resume:
-        raise DataError(f"{out} holds an unfinished encoding (a run that was stopped); pass {opt('resume')} to "
-                        f"continue it without encoding its finished shards again, or choose another {opt('out')}")
-    recorded = json.loads((out / STATE_NAME).read_text())
-    changed = [f"{k}={settings[k]!r} (started with {recorded.get(k)!r})" for k in settings if recorded.get(k) !=
-               settings[k]]
-    if changed:
-        raise DataError(f"{opt('resume')} {out}: the encoding was started with other settings: {'; '.join(changed)}; "
-                        f"resume with the config it was started with, or choose another {opt('out')}")
+    present = check_unfinished(out, settings, resume, STATE_NAME, "encoded latents", "encoding")
     foreign = [name for name in present if name != STATE_NAME and not _OURS.match(name)]
     if foreign:
         raise DataError(f"{opt('resume')} {out}: the folder also holds files this tool did not write "
                         f"({', '.join(foreign[:3])}); move them away and resume again")
+
+
+def check_unfinished(out: Path, settings: dict, resume: bool, state_name: str, product: str, work: str) -> list[str]:
+    """The checks of a folder a resumable tool fills (here, and ``scripts/make_ode_pairs.py``): DataError unless
+    ``out`` is new or empty, or (``resume``) holds an unfinished ``work`` with the same ``settings`` (recorded in
+    ``state_name``); a finished one (``index.json``) is never written over. Returns the names ``out`` holds."""
+    if (out / INDEX_NAME).exists():
+        raise DataError(f"{out} already holds {product} ({INDEX_NAME}); choose another {opt('out')} or delete it")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{opt('out', out)} is not a folder (a file, device, pipe or socket); pass a new folder")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not present:
+        return present
+    if state_name not in present:
+        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        raise DataError(f"{opt('out', out)} already holds files this tool did not write ({shown}); choose a new or "
+                        "empty folder, so that nothing of yours is overwritten")
+    if not resume:
+        raise DataError(f"{out} holds an unfinished {work} (a run that was stopped); pass {opt('resume')} to "
+                        f"continue it without redoing its finished shards, or choose another {opt('out')}")
+    recorded = json.loads((out / state_name).read_text())
+    changed = [f"{k}={settings[k]!r} (started with {recorded.get(k)!r})" for k in settings if recorded.get(k) !=
+               settings[k]]
+    if changed:
+        raise DataError(f"{opt('resume')} {out}: the {work} was started with other settings: {'; '.join(changed)}; "
+                        f"resume with the settings it was started with, or choose another {opt('out')}")
+    return present
 
 
 def start_output(out: Path, settings: dict) -> None:
