@@ -36,6 +36,8 @@ from ca2vdm.config import LoraConfig, load_config
 from ca2vdm.config.model import MODEL_CONFIGS, model_config
 from ca2vdm.data.synthetic import PALETTE
 from ca2vdm.evaluation.metrics import foreground_colour
+from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.io.paths import check_writable_file
 from ca2vdm.io.video import save_contact_sheet
 from ca2vdm.models import lora as layers
 from ca2vdm.models.dit import CausalVideoDiT
@@ -166,6 +168,7 @@ def main() -> None:
     p.add_argument("--sheet", default=None, help="contact sheet PNG: base rows, then adapted rows")
     p.add_argument("--out", default="outputs/bench/lora.json", help="the JSON report")
     args = p.parse_args()
+    check_writable_file(args.out, "--out")  # before the work, not after it
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as work:
         report = {"base": args.preset or args.base, "adapter": args.adapter, "data": args.data,
@@ -186,7 +189,7 @@ def main() -> None:
     for name, r in report.get("colour", {}).items():
         print(f"{name}: {100 * r['called_new_colour']:.0f} % of {r['videos']} videos in the new colour {r['calls']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     if args.sheet and args.adapter:
         save_contact_sheet(sheet, args.sheet, frames_per_row=8 * args.seeds)
 

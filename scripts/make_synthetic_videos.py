@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     count = write_dataset(args.out, args.num_videos, args.frames, args.size, args.seed, fps=args.fps,
                           colour=args.colour)
     print(
-        f"wrote {count} videos ({args.frames} frames, {args.size}x{args.size}, {args.fps} fps, "
+        f"wrote {count} video{'s' * (count != 1)} ({args.frames} frames, {args.size}x{args.size}, {args.fps} fps, "
         f"classes {', '.join(SHAPES)}) to {args.out}"
     )
 

@@ -1,7 +1,7 @@
 """LoRA adapters at inference (ca2vdm/checkpoints/adapters.py, ca2vdm/models/lora.py): the settings, merged ==
 unmerged, stacking, scale 0, the wrong base refused, and the paths that apply them: the API, the generate command
 line, the server's catalog and scripts/merge_lora.py."""
-import runpy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import ca2vdm
 import ca2vdm.cli.generate as cli
 from ca2vdm.checkpoints.adapters import read_adapter, save_merged
 from ca2vdm.checkpoints.weights import load_model, read_metadata, save_tensors, save_weights
-from ca2vdm.config import AutoencoderTrainingConfig, load_config, parse_lora
+from ca2vdm.config import AutoencoderTrainingConfig, DistillTrainingConfig, load_config, parse_lora
 from ca2vdm.data.synthetic import PALETTE
 from ca2vdm.errors import CheckpointError, ConfigError
 from ca2vdm.evaluation.metrics import foreground_colour
@@ -23,7 +23,7 @@ from ca2vdm.models import lora as layers
 from ca2vdm.serve import create_app, load_catalog
 from ca2vdm.training.loop import train
 
-from helpers import cli_error, random_model
+from helpers import cli_error, random_model, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/tiny.yaml"
@@ -76,8 +76,11 @@ def test_lora_needs_a_base_and_a_trainer_that_starts_from_one():
     assert load_config(TINY).train.lora is None  # full training unless asked
     with pytest.raises(ConfigError, match="train.lora needs train.init_from"):
         load_config(TINY, ["train.lora={}"])
-    with pytest.raises(ConfigError, match="train.lora applies to the video model trainers"):
+    with pytest.raises(ConfigError, match="train.lora applies to the video model's trainer .* our autoencoder"):
         load_config(ROOT / "configs/ae-tiny.yaml", ["train.lora={}"], AutoencoderTrainingConfig)
+    with pytest.raises(ConfigError, match="distillation trains every weight .* train.init_from=STUDENT\\): remove"):
+        load_config(ROOT / "configs/distill-demo.yaml", ["train.lora={}", "train.init_from=s.safetensors"],
+                    DistillTrainingConfig)
 
 
 def test_lora_spec_parses_a_path_and_an_optional_scale():
@@ -166,20 +169,25 @@ def test_the_server_offers_each_adapter_on_its_base(checkpoint, adapters):
         load_catalog([checkpoint], "cpu", [(adapters["foreign"], 1.0)])
 
 
-def test_merge_script_writes_base_plus_adapter_and_never_its_inputs(checkpoint, adapters, tmp_path, capsys):
-    merge = runpy.run_path(str(ROOT / "scripts/merge_lora.py"))["main"]
+def test_merge_script_writes_base_plus_adapter_and_never_its_inputs(checkpoint, adapters, tmp_path):
+    merge = lambda out, *extra: run_script("scripts/merge_lora.py", checkpoint, adapters["strong"], out, *extra)  # noqa: E731
     out = tmp_path / "merged.safetensors"
-    merge([str(checkpoint), str(adapters["strong"]), str(out), "--scale", "0.5"])
+    assert merge(out, "--scale", "0.5") == 0
     first = lambda pipe: torch.cat([c.latents for c in pipe.generate(2, label=0, seed=1)], dim=2)  # noqa: E731
     folded = ca2vdm.load_pipeline(checkpoint, "cpu", lora=[(adapters["strong"], 0.5)])
     assert torch.allclose(first(ca2vdm.load_pipeline(out, "cpu")), first(folded), atol=1e-5)
     assert read_metadata(out)["merged_lora"] == [{"adapter": str(adapters["strong"]), "scale": 0.5}]
-    for target in (checkpoint, adapters["strong"], adapters["trained"] / "adapter.safetensors"):
-        before = target.read_bytes()
-        with pytest.raises(SystemExit) as refused:
-            merge([str(checkpoint), str(adapters["strong"]), str(target), "--overwrite"])
-        assert str(refused.value.code).startswith("error: ") and "\n" not in str(refused.value.code)
-        assert target.read_bytes() == before
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    for target in (checkpoint, adapters["strong"], adapters["trained"] / "adapter.safetensors",
+                   tmp_path / "pipe.safetensors", tmp_path):
+        before = target.read_bytes() if target.is_file() else None
+        refused = str(merge(target, "--overwrite"))
+        assert refused.startswith("error: ") and "\n" not in refused, refused
+        assert (target.read_bytes() if target.is_file() else None) == before
+    assert not (tmp_path / "pipe.safetensors").is_file()  # still the pipe
+    assert merge(tmp_path / "merged.pt") == (f"error: {tmp_path / 'merged.pt'} does not end in .safetensors: an "
+                                             "export is a safetensors weights file; name it so, e.g. "
+                                             "checkpoints/<name>.safetensors")
     fp16 = save_merged(checkpoint, adapters["strong"], tmp_path / "half.safetensors", torch.float16)
     assert all(v.dtype == torch.float16 for v in load_file(fp16).values())
 

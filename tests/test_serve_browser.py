@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium")
 START_SECONDS = 120  # liveness bound for the server to load the model on a busy machine
 SHOWN_BEFORE_STOP = 12  # frames to watch (and the screenshot's moment) before pressing Stop
+ACK_TIMEOUT = 8  # seconds the server waits for a page that shows nothing (a hidden tab) before ending its generation
 
 
 def free_port() -> int:
@@ -33,7 +34,8 @@ def server_url():
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(ROOT / "infer" / "serve.py"), "--port", str(port), "--max-chunks",
-                             "200"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                             "200", "--ack-timeout", str(ACK_TIMEOUT)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + START_SECONDS
     while True:
@@ -94,5 +96,21 @@ def test_page_streams_frames_stops_and_downloads_what_was_shown(server_url, tmp_
         page.set_input_files("#upload", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}])
         generate.click()
         expect(error).to_contain_text("the upload is not an image or video")
+        expect(generate).to_be_enabled()
+
+        page.set_input_files("#upload", files=[])
+        page.fill("#seed", "9" * 5000)  # a seed out of range: one message, and the page stays connected
+        generate.click()
+        expect(error).to_contain_text("must be a whole number in 0 .. 2**64 - 1")
+        expect(generate).to_be_enabled()
+        assert status.inner_text() == "ready"
+
+        # a hidden tab acknowledges nothing: the server ends its generation and the page says why
+        page.evaluate("Object.defineProperty(document, 'hidden', {value: true, configurable: true})")
+        page.fill("#seed", "1")
+        generate.click()
+        expect(error).to_contain_text(f"this tab showed no new frame for {ACK_TIMEOUT} s", timeout=120_000)
+        expect(status).to_contain_text("ended by the server: this tab showed no new frame for too long",
+                                       timeout=60_000)
         expect(generate).to_be_enabled()
         browser.close()

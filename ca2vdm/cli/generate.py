@@ -109,7 +109,8 @@ def main(argv=None) -> None:
         except (ValueError, OSError, FloatingPointError) as e:
             sys.exit(f"error: {e}")
     if args.num_videos is not None:
-        print(f"wrote {len(stats['videos'])} videos: " + ", ".join(v["video"] for v in stats["videos"]))
+        count = len(stats["videos"])
+        print(f"wrote {count} video{'s' * (count != 1)}: " + ", ".join(v["video"] for v in stats["videos"]))
         return
     print(f"wrote {stats['video']}: {stats['frames']} frames in {stats['seconds']:.1f}s "
           f"(peak RSS {stats['peak_rss_mb']:.0f} MB)" + (f", preview {stats['preview']}" if args.preview else ""))

@@ -20,6 +20,8 @@ from ca2vdm.config.training import (
                                     Config,
                                     DataConfig,
                                     DiffusionConfig,
+                                    DistillConfig,
+                                    DistillTrainingConfig,
                                     RunConfig,
                                     TrainConfig,
                                     validate,
@@ -28,6 +30,7 @@ from ca2vdm.config.training import (
 __all__ = ["BACKENDS", "ChunkLayout", "load_config", "MODEL_CONFIGS", "ModelConfig", "model_config", "to_dict",
            "validate_model", "LORA_GROUPS", "LoraConfig", "parse_lora",
            "PRECISIONS", "AutoencoderConfig", "AutoencoderTrainingConfig", "CodecConfig", "Config", "DataConfig",
-           "DiffusionConfig", "RunConfig", "TrainConfig", "validate", "CACHE_MODES", "SEED_MAX", "SamplerSettings",
+           "DiffusionConfig", "DistillConfig", "DistillTrainingConfig", "RunConfig", "TrainConfig", "validate",
+           "CACHE_MODES", "SEED_MAX", "SamplerSettings",
            "check_label", "check_seed", "with_teacache_thresh", "STEP_CACHE_NAMES", "STEP_CACHES", "StepCacheConfig",
            "step_cache_config"]

@@ -36,15 +36,15 @@ def target_pattern(targets: list[str]) -> str:
     return "|".join(f"(?:{LORA_GROUPS.get(t, t)})" for t in targets)
 
 
-def lora_problems(lora: LoraConfig | None, train, trains_init_from: bool) -> list[str]:
-    """What is wrong with ``train.lora`` (None: full training) given the rest of ``train``; ``trains_init_from``:
-    whether the trainer starts from ``train.init_from`` (the video model trainers do, our autoencoder does not)."""
+def lora_problems(lora: LoraConfig | None, train, refused: str | None = None) -> list[str]:
+    """What is wrong with ``train.lora`` (None: full training) given the rest of ``train``; ``refused``: why the
+    trainer takes no adapter (None: it does, the video model's trainer, which starts from ``train.init_from``)."""
     if lora is None:
         return []
     problems = []
-    if not trains_init_from:
-        problems.append("train.lora applies to the video model trainers (train/train.py), which start from "
-                        "train.init_from; the autoencoder trains every weight: remove train.lora")
+    if refused:
+        problems.append(f"train.lora applies to the video model's trainer (train/train.py), which fine-tunes "
+                        f"train.init_from; {refused}: remove train.lora")
     elif not train.init_from:
         problems.append("train.lora needs train.init_from: the checkpoint whose weights the adapter adapts (e.g. "
                         "train.init_from=checkpoints/demo.safetensors)")

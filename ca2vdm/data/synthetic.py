@@ -114,7 +114,7 @@ def write_dataset(
         label = index % len(SHAPES)
         frames = render_shape_video(np.random.default_rng([seed, index]), num_frames, size, SHAPES[label], colour)
         name = f"video_{index:05d}.mp4"
-        with VideoWriter(out / name, fps=fps) as writer:
+        with VideoWriter(out / name, fps=fps, overwrite=True) as writer:
             writer.write(frames)
         records.append({"file": name, "label": label, "shape": SHAPES[label]})
     (out / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

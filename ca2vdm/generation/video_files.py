@@ -33,6 +33,7 @@ from ca2vdm.config.sampler import TEACACHE_THRESH
 from ca2vdm.errors import SettingError
 from ca2vdm.generation.api import Pipeline, load_pipeline
 from ca2vdm.generation.given import stream_given
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import check_paths, output_path, preview_path
 from ca2vdm.io.video import VideoWriter, save_contact_sheet, to_uint8
 from ca2vdm.runtime import Stopped, StopSignals, dtype_name, resolve_dtype
@@ -143,7 +144,7 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
                  "cfg_scale": settings.cfg_scale, "step_cache": settings.step_cache,
                  "step_cache_options": dict(settings.step_cache_options), "device": str(weight.device),
                  "dtype": dtype_name(weight.dtype)}
-        outputs.append(_Output(path, VideoWriter(path, fps=opts.fps), stats))
+        outputs.append(_Output(path, VideoWriter(path, fps=opts.fps, overwrite=True), stats))
     tic = time.perf_counter()
     try:
         _write_chunks(pipe, opts, list(outs), outputs, poll)
@@ -217,4 +218,4 @@ def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: 
 
 def write_stats(stats: dict, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(Path(path), json.dumps(stats, indent=2) + "\n")

@@ -1,13 +1,17 @@
 """The WebSocket protocol between the page and the server, and the checks on everything a client sends.
 
 Client to server: a binary message is an upload (an image or video to continue; at most ``MAX_UPLOAD_BYTES``);
-text messages are JSON objects with a ``type``:
+text messages (at most ``MAX_MESSAGE_CHARS``) are JSON objects with a ``type``, each validated by its pydantic
+model below (:data:`ClientMessage`, a union discriminated on ``type``: typed fields with their ranges):
 
 * ``{"type": "start", "model": NAME, "label": INT | null, "seed": INT, "chunks": INT | null (until stopped),
   "step_cache": POLICY, "step_cache_options": {SETTING: NUMBER}, "first_frame": BOOL}``
 * ``{"type": "stop"}``: end the generation (or leave the queue) within one chunk;
 * ``{"type": "shown", "frames": INT}``: how many frames the page has shown (the server stays at most
-  ``LEAD_FRAMES`` ahead).
+  ``LEAD_FRAMES`` ahead, and counts no more than it has sent).
+
+Any other JSON (another shape, a wrong type, a value out of range, a number too large) is one
+:class:`ProtocolError` naming the field and what it accepts; the page shows it and can generate again.
 
 Server to client: JSON ``hello`` (models, policies, limits), ``upload``, ``queued`` (position, 1 = next),
 ``started``, ``done`` (reason, frames, download link), ``error`` (message); and one binary message per chunk:
@@ -17,111 +21,132 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, TypeAdapter, ValidationError
 
-from ca2vdm.config import SEED_MAX, check_label, step_cache_config
+from ca2vdm.config import SEED_MAX, STEP_CACHE_NAMES, check_label, step_cache_config
 from ca2vdm.errors import SettingError
 
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # uploads above this are refused; the server's WebSocket allows 1 MiB more
+MAX_MESSAGE_CHARS = 64 * 2 ** 10  # text messages above this are refused unread (a start message is ~300 characters)
 LEAD_FRAMES = 16                # generate at most this many frames ahead of what the page has shown (2 s at 8 fps)
 CHUNK_FIELDS = ("kind", "index", "frames", "height", "width", "seconds", "encode_seconds", "computed", "skipped",
                 "total_frames", "chunks_done", "fps", "computed_total", "skipped_total", "first_frame_seconds")
-START_FIELDS = {"type", "model", "label", "seed", "chunks", "step_cache", "step_cache_options", "first_frame"}
+MAX_FRAMES = 2 ** 53            # a frame count a page can hold exactly (JavaScript's largest safe integer)
 
 
 class ProtocolError(ValueError):
     """A client message the server refuses; the message is shown on the page as it is."""
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A checked ``start`` message."""
-    model: str
-    label: int | None
-    seed: int
-    chunks: int | None          # None: until stopped (or --max-chunks)
-    step_cache: str
-    step_cache_options: dict    # the policy's settings given, checked and typed
-    first_frame: bool
-
-
-def parse_message(text: str) -> dict:
-    """A text message as a JSON object with a known ``type``; ProtocolError for anything else."""
-    try:
-        message = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise ProtocolError(f"malformed message (not JSON): {text[:80]!r}; send a JSON object with a 'type'") from None
-    if not isinstance(message, dict) or message.get("type") not in ("start", "stop", "shown"):
-        kind = message.get("type") if isinstance(message, dict) else type(message).__name__
-        raise ProtocolError(f"malformed message: unknown type {kind!r}; send 'start', 'stop' or 'shown'")
-    return message
-
-
-def _integer(message: dict, key: str, what: str) -> int | None:
-    value = message.get(key)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ProtocolError(f"{what} must be a whole number, got {value!r}")
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true/false is not a number (pydantic's lax int would take it as 1/0)
+        raise ValueError("true/false is not a number")
     return value
 
 
-def parse_start(message: dict, models: dict[str, dict], policies: dict[str, dict],
-                max_chunks: int | None) -> GenerationRequest:
-    """Check a ``start`` message against the models the server offers (``describe()`` by name), the step-caching
-    policies (name -> settings with their defaults) and ``--max-chunks``; ProtocolError naming the field and the
-    fix."""
-    unknown = sorted(set(message) - START_FIELDS)
-    if unknown:
-        raise ProtocolError(f"unknown field(s) {', '.join(unknown)} in 'start'; allowed: "
-                            f"{', '.join(sorted(START_FIELDS))}")
-    name = message.get("model")
-    if name not in models:
-        raise ProtocolError(f"model {name!r} is not offered by this server; choose one of: {', '.join(models)}")
-    label = _integer(message, "label", "label")
+Whole = Annotated[int, BeforeValidator(_not_bool)]  # an int, an integral float (3.0) or the digits of one ("3")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StartMessage(_Message):
+    """Start a generation (checked further against the server's models and limits by :func:`parse_start`)."""
+    type: Literal["start"]
+    model: StrictStr = Field(description="the name of a model this server offers (text)")
+    label: Annotated[Whole, Field(ge=0)] | None = Field(None, description="a whole number >= 0 (one of the model's "
+                                                                          "labels), or null for no label")
+    seed: Annotated[Whole, Field(ge=0, le=SEED_MAX)] = Field(0, description="a whole number in 0 .. 2**64 - 1")
+    chunks: Annotated[Whole, Field(ge=1)] | None = Field(None, description="a whole number >= 1, or null (until "
+                                                                           "stopped)")
+    step_cache: Literal[STEP_CACHE_NAMES] = Field("none", description="one of " + ", ".join(STEP_CACHE_NAMES))
+    step_cache_options: dict[str, Any] = Field(default_factory=dict, description="an object of the step cache's "
+                                               "settings (name: value)")
+    first_frame: StrictBool = Field(False, description="true or false")
+
+
+class StopMessage(_Message):
+    """End the generation, or leave the queue."""
+    type: Literal["stop"]
+
+
+class ShownMessage(_Message):
+    """How many frames the page has shown."""
+    type: Literal["shown"]
+    frames: Annotated[Whole, Field(ge=0, le=MAX_FRAMES)] = Field(description="a whole number in 0 .. 2**53 "
+                                                                             "(frames the page has shown)")
+
+
+MESSAGES = {"start": StartMessage, "stop": StopMessage, "shown": ShownMessage}
+ClientMessage = Annotated[Union[StartMessage, StopMessage, ShownMessage], Field(discriminator="type")]
+_CLIENT_MESSAGE = TypeAdapter(ClientMessage)
+TYPES = "'start', 'stop' or 'shown'"
+
+
+def parse_message(text: str) -> StartMessage | StopMessage | ShownMessage:
+    """A text message as one of the client messages; ProtocolError naming the field and what it accepts."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ProtocolError(f"the message is {len(text)} characters long, over the limit of {MAX_MESSAGE_CHARS}; "
+                            f"send a JSON object with a 'type' ({TYPES})")
     try:
-        check_label(label, len(models[name]["labels"]))
+        return _CLIENT_MESSAGE.validate_json(text)
+    except ValidationError as e:
+        raise ProtocolError(_problem(e.errors()[0], text)) from None
+
+
+def _problem(error: dict, text: str) -> str:
+    """One line for pydantic's first error: the field, the value given and what the field accepts."""
+    kind, loc = error["type"], error["loc"]
+    if kind == "json_invalid":
+        return (f"malformed message (not JSON: {error['ctx']['error']}): {_shown(text)}; send a JSON object with a "
+                "'type'")
+    if kind.startswith("union_tag") or not loc:
+        given = error["input"].get("type") if isinstance(error["input"], dict) else None
+        what = f"unknown type {_shown(given)}" if isinstance(error["input"], dict) else \
+            f"a JSON {_json_kind(error['input'])}, not an object"
+        return f"malformed message: {what}; send a JSON object whose 'type' is {TYPES}"
+    message_type, field = loc[0], str(loc[1])
+    model = MESSAGES[message_type]
+    if kind == "extra_forbidden":
+        return (f"unknown field {field} in '{message_type}'; its fields: "
+                f"{', '.join(name for name in model.model_fields)}")
+    accepts = model.model_fields[field].description
+    if kind == "missing":
+        return f"'{message_type}' needs {field}: {accepts}"
+    return f"{field}={_shown(error['input'])}: must be {accepts}"
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value as JSON, cut short (with its length) when long."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+
+
+def parse_start(message: StartMessage, models: dict[str, dict], max_chunks: int | None) -> StartMessage:
+    """Check a start message against the models the server offers (``describe()`` by name) and ``--max-chunks``;
+    return it with its step-cache settings checked and typed (as the command line and the API check them)."""
+    if message.model not in models:
+        raise ProtocolError(f"model={_shown(message.model)}: not offered by this server; choose one of: "
+                            f"{', '.join(models)}")
+    try:
+        check_label(message.label, len(models[message.model]["labels"]))
+        config = step_cache_config(message.step_cache, message.step_cache_options)
     except SettingError as e:
         raise ProtocolError(str(e)) from None
-    seed = _integer(message, "seed", "seed")
-    seed = 0 if seed is None else seed
-    if not 0 <= seed <= SEED_MAX:
-        raise ProtocolError(f"seed must be in 0 .. 2**64 - 1, got {seed}")
-    chunks = _integer(message, "chunks", "chunks")
-    if chunks is not None and chunks < 1:
-        raise ProtocolError(f"chunks must be at least 1 (or empty: until stopped), got {chunks}")
-    if chunks is not None and max_chunks is not None and chunks > max_chunks:
-        raise ProtocolError(f"chunks {chunks} is beyond this server's limit of {max_chunks} (--max-chunks); "
+    if message.chunks is not None and max_chunks is not None and message.chunks > max_chunks:
+        raise ProtocolError(f"chunks={message.chunks}: beyond this server's limit of {max_chunks} (--max-chunks); "
                             f"ask for at most {max_chunks}")
-    policy = message.get("step_cache", "none")
-    if policy not in policies:
-        raise ProtocolError(f"unknown step cache {policy!r}; choose one of: {', '.join(policies)}")
-    options = _step_cache_options(policy, message.get("step_cache_options", {}))
-    first_frame = message.get("first_frame", False)
-    if not isinstance(first_frame, bool):
-        raise ProtocolError(f"first_frame must be true or false, got {first_frame!r}")
-    return GenerationRequest(name, label, seed, chunks, policy, options, first_frame)
-
-
-def _step_cache_options(policy: str, options) -> dict:
-    """The settings given for ``policy``, checked as the command line and the API check them."""
-    if not isinstance(options, dict):
-        raise ProtocolError(f"step_cache_options must be an object of settings, got {options!r}")
-    try:
-        config = step_cache_config(policy, options)
-    except SettingError as e:
-        raise ProtocolError(str(e)) from None
-    return {} if config is None else {k: v for k, v in config.options().items() if k in options}
-
-
-def parse_shown(message: dict) -> int:
-    """The frame count of a ``shown`` message."""
-    frames = _integer(message, "frames", "shown frames")
-    if frames is None or frames < 0:
-        raise ProtocolError(f"'shown' needs frames >= 0, got {message.get('frames')!r}")
-    return frames
+    given = set(message.step_cache_options)
+    options = {} if config is None else {k: v for k, v in config.options().items() if k in given}
+    return message.model_copy(update={"step_cache_options": options})
 
 
 def chunk_message(header: dict, pixels: np.ndarray) -> bytes:

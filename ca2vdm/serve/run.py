@@ -21,23 +21,41 @@ class Cancelled(Exception):
     """The page pressed Stop or went away."""
 
 
-class RunControl:
-    """Stop requests and the page's progress, shared between the event loop and the worker thread."""
+class Stalled(Cancelled):
+    """The page showed no new frame for ``ack_timeout`` seconds while the generation waited for it."""
 
-    def __init__(self, lead_frames: int = LEAD_FRAMES):
-        self.lead_frames = lead_frames
+
+class RunControl:
+    """Stop requests and the page's progress, shared between the event loop and the worker thread.
+
+    ``shown`` never exceeds the frames sent (a page cannot have shown more), so no message switches the lead bound
+    off; a page that acknowledges nothing for ``ack_timeout`` seconds while the generation waits for it is dropped
+    (:class:`Stalled`), so a hidden tab or a client that never answers cannot hold the device.
+    """
+
+    def __init__(self, lead_frames: int = LEAD_FRAMES, ack_timeout: float | None = None):
+        self.lead_frames, self.ack_timeout = lead_frames, ack_timeout
         self._changed = threading.Condition()
         self.stopped = False
         self.shown = 0
+        self.sent = 0
+        self._last_ack = time.monotonic()
 
     def stop(self) -> None:
         with self._changed:
             self.stopped = True
             self._changed.notify_all()
 
+    def mark_sent(self, frames: int) -> None:
+        """The page has been sent ``frames`` frames in all (before they go out)."""
+        with self._changed:
+            self.sent = frames
+
     def set_shown(self, frames: int) -> None:
         with self._changed:
-            self.shown = max(self.shown, frames)
+            frames = min(frames, self.sent)
+            if frames > self.shown:
+                self.shown, self._last_ack = frames, time.monotonic()
             self._changed.notify_all()
 
     def poll(self) -> None:
@@ -46,9 +64,18 @@ class RunControl:
             raise Cancelled
 
     def wait_for_page(self, sent: int) -> None:
-        """Block while the page is more than ``lead_frames`` frames behind the ``sent`` frames; Cancelled on stop."""
+        """Block while the page is more than ``lead_frames`` frames behind the ``sent`` frames; Cancelled on stop,
+        Stalled when the page has acknowledged no frame for ``ack_timeout`` seconds of this wait."""
+        began = time.monotonic()
         with self._changed:
-            self._changed.wait_for(lambda: self.stopped or sent - self.shown <= self.lead_frames)
+            while not self.stopped and sent - self.shown > self.lead_frames:
+                if self.ack_timeout is None:
+                    self._changed.wait()
+                    continue
+                left = max(self._last_ack, began) + self.ack_timeout - time.monotonic()
+                if left <= 0:
+                    raise Stalled
+                self._changed.wait(left)
         self.poll()
 
 
@@ -93,6 +120,7 @@ def produce(chunks: Iterator[PixelChunk], writer: VideoWriter, control: RunContr
         if figures.first_frame_seconds is None:
             figures.first_frame_seconds = time.perf_counter() - figures.tic
         frames, height, width = chunk.pixels.shape[:3]
+        control.mark_sent(figures.total_frames)
         emit({"kind": chunk.kind, "index": figures.chunks_done - 1 if chunk.kind == "chunk" else None,
               "frames": frames, "height": height, "width": width, "seconds": model_seconds,
               "encode_seconds": encode_seconds, "computed": chunk.computed, "skipped": chunk.skipped,
