@@ -14,9 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ca2vdm
 from ca2vdm.checkpoints.adapters import ADAPTER_NAME, checkpoint_hash, read_adapter
 from ca2vdm.checkpoints.weights import load_model, save_weights
 from ca2vdm.config import load_config
+from ca2vdm.data.synthetic import write_dataset
 from ca2vdm.errors import CheckpointError
 from ca2vdm.models import lora as layers
 from ca2vdm.training import diffusion_task
@@ -132,6 +134,25 @@ def test_a_changed_base_file_is_refused_on_resume(shapes, base, tmp_path):
     save_weights(own, model.state_dict(), model.cfg)  # same path, other weights
     with pytest.raises(CheckpointError, match=r"now holds other weights .* than the base this run's adapter"):
         train(_config(shapes, tmp_path / "run", own, 6), resume="latest", progress_bar=False)
+
+
+def test_the_shipped_distilled_student_takes_an_adapter_sampled_with_its_own_steps(tmp_path):
+    """LoRA on checkpoints/demo-4step.safetensors through train/train.py's task: the adapter records the student as
+    its base, samples with the student's 4 guidance-free steps, and is refused on the teacher."""
+    student, teacher = ROOT / "checkpoints/demo-4step.safetensors", ROOT / "checkpoints/demo.safetensors"
+    write_dataset(tmp_path / "white", num_videos=4, num_frames=16, size=32, seed=0, colour=(255, 255, 255))
+    config = load_config(ROOT / "configs/demo.yaml", [
+        f"data.root={tmp_path / 'white'}", f"train.output_dir={tmp_path / 'run'}", f"train.init_from={student}",
+        "train.batch_size=2", "train.max_steps=2", "train.save_every=2", "train.warmup_steps=1", "train.lr=3e-3",
+        "data.clips_per_video=1", "data.num_workers=0", "train.lora={}"])
+    adapter = train(config, progress_bar=False) / "checkpoints/step_000002"
+    assert read_adapter(adapter).base_sha256 == checkpoint_hash(student)
+    pipe = ca2vdm.load_pipeline(student, "cpu", lora=[(adapter, 1.0)])
+    assert (pipe.settings.steps, pipe.settings.cfg_scale) == (4, 1.0)  # the student's own, not the config's 16
+    first = lambda p: torch.cat([c.latents for c in p.generate(1, label=1, seed=0)], dim=2)  # noqa: E731
+    assert not torch.equal(first(pipe), first(ca2vdm.load_pipeline(student, "cpu")))
+    with pytest.raises(CheckpointError, match="demo-4step.safetensors .* not on .*demo.safetensors"):
+        ca2vdm.load_pipeline(teacher, "cpu", lora=[(adapter, 1.0)])
 
 
 ACCELERATE = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
