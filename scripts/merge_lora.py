@@ -6,8 +6,8 @@
 
 The adapter must have been trained on BASE (refused otherwise, naming both). OUT gets BASE's metadata (sampler
 settings, codec, calibrations) and the list of merged adapters, in BASE's precision unless --dtype says otherwise.
-OUT is never BASE or ADAPTER, nor a file inside a training checkpoint folder; an existing OUT is replaced only with
---overwrite (as scripts/export_checkpoint.py).
+OUT is a .safetensors file, never BASE or ADAPTER, a file inside a training checkpoint folder, a folder, a device, a
+pipe or a socket; an existing OUT is replaced only with --overwrite (the checks of scripts/export_checkpoint.py).
 """
 import argparse
 import sys
