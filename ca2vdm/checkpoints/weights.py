@@ -106,6 +106,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ca
     """
     path = weights_file(path)
     metadata = read_metadata(path)
+    if "lora" in metadata:  # an adapter holds the low-rank tensors only (ca2vdm.checkpoints.adapters)
+        raise CheckpointError(f"{path} is a LoRA adapter (trained on {metadata.get('base_checkpoint')}), not a model; "
+                              f"load its base checkpoint and pass the adapter as {opt('lora', path)}")
     cfg = model_config_of(path)
     model = CausalVideoDiT(cfg)
     try:

@@ -3,6 +3,7 @@
     ca2vdm-generate --chunks 20                          # shipped checkpoint -> outputs/long_video.mp4
     python infer/long_video.py --chunks 20               # the same
     ca2vdm-generate --checkpoint runs/demo/checkpoints/step_003000 --label 2 --preview
+    ca2vdm-generate --lora runs/demo-white/checkpoints/step_000300 --label 1   # a LoRA adapter (docs/training.md)
 
 Outputs: without --out the video goes to outputs/long_video.mp4, this tool's scratch file, replaced by every run.
 A file given with --out that exists is refused unless --overwrite. An output is never the checkpoint (or a file in
@@ -23,7 +24,7 @@ import argparse
 import signal
 import sys
 
-from ca2vdm.cli.args import FLAGS, add_sampler_flags, positive_int, sampler_overrides
+from ca2vdm.cli.args import FLAGS, add_sampler_flags, lora_spec, positive_int, sampler_overrides
 from ca2vdm.config import PRECISIONS
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME
@@ -49,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="image or video to continue; a video is streamed into the output, and only its last frames "
                         "(those that can still influence the next chunk) are run through the model")
     p.add_argument("--label", type=int, default=None, help="class label (demo model: 0 circle, 1 square, 2 triangle)")
+    p.add_argument("--lora", type=lora_spec, action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a LoRA adapter trained on --checkpoint (a train.lora run's adapter.safetensors or checkpoint "
+                        "folder), folded into the weights times SCALE (default 1); repeatable: adapters stack")
     add_sampler_flags(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=list(PRECISIONS), default=None,
@@ -89,7 +93,7 @@ def main(argv=None) -> None:
                              sampler=args.sampler, teacache_thresh=args.teacache_thresh, device=args.device,
                              dtype=args.dtype, codec_path=args.codec_path, compile=args.compile, fps=args.fps,
                              preview=args.preview, verbose=args.verbose, stats=args.stats,
-                             overwrite=args.overwrite or args.out is None)
+                             overwrite=args.overwrite or args.out is None, lora=args.lora)
     checkpoint, out = args.checkpoint or DEFAULT_CHECKPOINT, args.out or DEFAULT_OUT
     with StopSignals() as stop:
         try:

@@ -2,6 +2,7 @@
 
     ca2vdm-serve                                         # the shipped model at http://127.0.0.1:7860/
     python infer/serve.py --checkpoint checkpoints/demo.safetensors checkpoints/latent-demo.safetensors --port 8000
+    ca2vdm-serve --lora runs/demo-white/checkpoints/step_000300     # the demo model and demo+demo-white/step_000300
 
 One generation runs per device at a time; other pages wait in a queue of at most --max-queue. See docs/serve.md.
 """
@@ -12,7 +13,7 @@ import errno
 import socket
 import sys
 
-from ca2vdm.cli.args import FLAGS, non_negative_int, positive_int
+from ca2vdm.cli.args import FLAGS, lora_spec, non_negative_int, positive_int
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 
@@ -42,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", nargs="+", default=[str(DEFAULT_CHECKPOINT)],
                    help="one or more checkpoints offered on the page (default: the shipped demo model); the page "
                         "names each by its file name")
+    p.add_argument("--lora", type=lora_spec, action="append", default=[], metavar="PATH[:SCALE]",
+                   help="also offer a LoRA adapter (a train.lora run's adapter.safetensors or checkpoint folder) on "
+                        "the --checkpoint it was trained on, folded in times SCALE (default 1), as "
+                        "<checkpoint>+<adapter>; repeatable")
     p.add_argument("--max-chunks", type=positive_int, default=1000,
                    help="most chunks one generation may ask for; 'until stopped' ends there too (default 1000)")
     p.add_argument("--max-queue", type=non_negative_int, default=4,
@@ -84,7 +89,7 @@ def main(argv=None) -> None:
     from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES
 
     try:
-        models = load_catalog(args.checkpoint, args.device)
+        models = load_catalog(args.checkpoint, args.device, args.lora)
     except Ca2vdmError as e:
         sock.close()
         sys.exit(f"error: {e.for_cli(FLAGS)}")

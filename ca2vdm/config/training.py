@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ca2vdm.config.lora import LoraConfig, lora_problems
 from ca2vdm.config.model import ModelConfig, validate_model
 from ca2vdm.errors import ConfigError
 
@@ -64,6 +65,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block in the backward pass (ca2vdm.training.parallelize)
     fsdp: bool = False          # shard the model over the launch's processes with FSDP2 (ca2vdm.training.parallelize)
     log_with: str = "none"      # trackers beside metrics.jsonl: none | tensorboard | wandb (ca2vdm.training.trackers)
+    lora: Optional[LoraConfig] = None  # set (e.g. train.lora.rank=4): train a LoRA adapter on train.init_from only
 
 
 @dataclass
@@ -131,9 +133,17 @@ class DistillTrainingConfig(RunConfig):
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
+# why a trainer takes no train.lora; the video model's trainer (Config) takes one
+LORA_REFUSED = {
+    AutoencoderTrainingConfig: "our autoencoder trains every weight (it has no train.init_from)",
+    DistillTrainingConfig: "distillation trains every weight of the student against its critic (to adapt a "
+                           "distilled student, train the adapter with train/train.py and train.init_from=STUDENT)",
+}
+
+
 def validate(config: RunConfig) -> RunConfig:
     """Check a whole config (sizes, ranges, required values); raise ConfigError naming every bad key."""
-    problems = _run_problems(config)
+    problems = _run_problems(config) + lora_problems(config.train.lora, config.train, LORA_REFUSED.get(type(config)))
     if isinstance(config, Config):
         validate_model(config.model)
         problems += _video_problems(config)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, weights_file
 from ca2vdm.config import SamplerSettings, check_seed, with_teacache_thresh
@@ -206,7 +207,7 @@ def _check_float_range(video: torch.Tensor) -> None:
 def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None, *,
                   dtype: str | torch.dtype | None = None, codec_path: str | None = None, compile: bool = False,
                   step_cache: str | StepCache | None = None, teacache_thresh: float | None = None,
-                  **settings) -> Pipeline:
+                  lora: LoraSpec | Iterable[LoraSpec] | None = None, **settings) -> Pipeline:
     """Load a checkpoint (weights ``.safetensors`` or a training checkpoint directory) as ``infer/long_video.py`` does.
 
     ``device``: None or "auto" picks CUDA when there is one, else the CPU. ``dtype`` of the weights and KV cache
@@ -217,10 +218,14 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     ``step_cache_options``). ``step_cache``: a name of ``ca2vdm.config.STEP_CACHE_NAMES`` (none, teacache, magcache,
     taylorseer, chunkcache, fastercache, adacache) with its settings in ``step_cache_options`` (e.g.
     ``{"interval": 2}``; TeaCache's threshold also as the older ``teacache_thresh``), or a
-    :class:`~ca2vdm.sampling.step_cache.StepCache`. ``compile``: the blocks are compiled on first use.
+    :class:`~ca2vdm.sampling.step_cache.StepCache`. ``compile``: the blocks are compiled on first use. ``lora``: LoRA
+    adapters trained on this checkpoint (a run's ``adapter.safetensors`` or its checkpoint folder), a path or
+    ``(path, scale)`` or a list of them, folded into the loaded weights, each times its scale (stacked); an adapter
+    trained on another checkpoint is refused (:mod:`ca2vdm.checkpoints.adapters`).
     """
     device = resolve_device(device)
     model, meta = load_model(path, device)
+    model = apply_adapters(model, lora, path)  # the model is this function's own: merged in place
     return Pipeline.from_model(model, meta, path, device, dtype=dtype, codec_path=codec_path, compile=compile,
                                step_cache=step_cache, teacache_thresh=teacache_thresh, **settings)
 

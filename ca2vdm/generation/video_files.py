@@ -57,6 +57,7 @@ class GenerationOptions:
     device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
     dtype: str | None = None        # fp32 | bf16 | fp16 (weights, KV cache); None: bf16 on CUDA, fp32 on the CPU
     codec_path: str | None = None   # the autoencoder's folder, when not where the checkpoint recorded it
+    lora: list = field(default_factory=list)  # LoRA adapters folded into the weights: [(path, scale)], stacked
     compile: bool = False           # compile the blocks once per process (ca2vdm.sampling.compile); seconds in stats
     fps: int = FPS
     preview: bool = False
@@ -102,11 +103,12 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     check_options(opts)
     out = output_path(out)
     check_paths(checkpoint, out, first_frame=opts.first_frame, preview=opts.preview, stats=opts.stats,
-                overwrite=opts.overwrite)
+                overwrite=opts.overwrite, adapters=[path for path, _ in opts.lora])
     pipe, compile_seconds = pipeline_for(checkpoint, opts)
     try:
         [stats] = generate_batch(pipe, {opts.seed: out}, opts, stop,
-                                 {"checkpoint": str(checkpoint), "compile_seconds": compile_seconds})
+                                 {"checkpoint": str(checkpoint), "compile_seconds": compile_seconds,
+                                  **({"lora": [[str(p), s] for p, s in opts.lora]} if opts.lora else {})})
     except Stopped as stopped:
         stopped.stats = stopped.stats[0] if stopped.stats else None  # this video's stats, as a return would give
         if stopped.stats and opts.stats:
@@ -121,7 +123,7 @@ def pipeline_for(checkpoint: str | Path, opts: GenerationOptions, batch: int = 1
     """The pipeline (model, codec, sampler settings) ``opts`` ask for; with ``opts.compile`` the blocks are compiled
     now, for ``batch`` videos at a time (their seconds are returned, else None)."""
     pipe = load_pipeline(checkpoint, opts.device, dtype=opts.dtype, codec_path=opts.codec_path, compile=opts.compile,
-                         teacache_thresh=opts.teacache_thresh, **opts.sampler)
+                         teacache_thresh=opts.teacache_thresh, lora=opts.lora, **opts.sampler)
     check_label(opts.label, pipe.model.cfg.num_classes)
     return pipe, warm_up(pipe.pipeline, batch, opts.label) if opts.compile else None
 

@@ -71,9 +71,9 @@ def preview_path(out: Path) -> Path:
 
 
 def check_paths(checkpoint: str | Path, out: Path, *, first_frame: str | None = None, preview: bool = False,
-                stats: str | None = None, overwrite: bool = False) -> None:
+                stats: str | None = None, overwrite: bool = False, adapters: list[str | Path] = ()) -> None:
     """Refuse, before any work, a first frame that is not a file and outputs that would destroy something: the
-    checkpoint (or a file in a checkpoint directory), the input, a device or pipe, each other, or (without
+    checkpoint or an adapter (or a file in their directories), the input, a device or pipe, each other, or (without
     ``overwrite``) an existing video or contact sheet."""
     if first_frame:
         try:
@@ -85,6 +85,10 @@ def check_paths(checkpoint: str | Path, out: Path, *, first_frame: str | None = 
     outputs = {name: path for name, path in outputs.items() if path is not None}
     for name, path in outputs.items():
         _check_output(name, path, Path(checkpoint), first_frame)
+        for adapter in map(Path, adapters):
+            if _same_file(path, adapter) or (adapter.is_dir() and path.resolve().is_relative_to(adapter.resolve())):
+                raise SettingError(name, path, f"is (or is inside) the {opt('lora')} adapter {adapter}; write it "
+                                   "elsewhere")
     seen: dict[Path, str] = {}
     for name, path in outputs.items():
         other = seen.setdefault(path.resolve(), name)

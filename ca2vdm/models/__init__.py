@@ -1,7 +1,8 @@
 """The model: the causal spatial-temporal DiT (``dit``), its attention kernels, block-causal masks and periodic rotary
 positions (``attention``, ``flex``), the bounded KV cache of conditioning frames (``kv_cache``), the hooks through
-which inference-time caches wrap the block stack (``hooks``) and analytic FLOPs (``flops``).
+which inference-time caches wrap the block stack (``hooks``), analytic FLOPs (``flops``) and LoRA layers injected
+into a finished model through peft (``lora``).
 
 The model knows nothing of sampling, step caches, sharding or compiling: those wrap a finished model from above.
-Imports only :mod:`ca2vdm.config` and :mod:`ca2vdm.errors`.
+Imports only :mod:`ca2vdm.config` and :mod:`ca2vdm.errors` (and peft, in ``lora`` alone).
 """

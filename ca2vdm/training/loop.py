@@ -3,7 +3,9 @@
 Exact resume rests on three things: every random draw of a step (which chunk is noisy, noise, times, label
 dropout) comes from a generator seeded by (seed, step, rank), not from a global RNG; the data order of an epoch is
 a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter are restored by accelerate's
-``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k.
+``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k. A
+``train.lora`` run trains an adapter on the frozen ``train.init_from`` model through the same loop
+(:mod:`ca2vdm.training.lora`).
 
 Faults lose nothing: checkpoints are published atomically (:mod:`ca2vdm.training.run_files`,
 :mod:`ca2vdm.training.checkpoint_dirs`), a run killed at any point (even SIGKILL while saving) resumes from its newest
@@ -99,13 +101,17 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
            task_type: Callable[[RunConfig, torch.device], Task], guard: RunGuard) -> Path:
     tc = config.train
     task = task_type(config, accelerator.device)
+    if tc.lora is not None:  # an adapter on train.init_from; peft (2.5 s to import) loads only for such runs
+        from ca2vdm.training.lora import LoraTask, keep_adapter_only
+
+        task = LoraTask(task)
     out = Path(tc.output_dir)
     ckpt_root = out / "checkpoints"
     resume_path = None
     if resume:  # bad --resume and a changed model or optimizer config are reported before any work starts
         resume_path = checkpoint_dirs.resolve_resume(resume, ckpt_root)
-        task.check_resume(resume_path, config)
         checkpoint_dirs.check_resumable(resume_path, tc)
+        task.check_resume(resume_path, config)
     elif checkpoint_dirs.step_dirs(ckpt_root):  # a fresh start would wipe metrics.jsonl and overwrite those checkpoints
         held = ", ".join(p.name for p in checkpoint_dirs.step_dirs(ckpt_root))
         raise CheckpointError(f"train.output_dir {out} already holds checkpoints ({held}); pass "
@@ -127,16 +133,18 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
     frozen = {name: _frozen(part.module, config, accelerator.device) for name, part in parts.items() if part.lr is None}
     trained = {name: parallelize(part.module, config, accelerator.device) for name, part in parts.items()
                if part.lr is not None}
-    optimizers = [torch.optim.AdamW(m.parameters(), lr=parts[n].lr, weight_decay=tc.weight_decay)
-                  for n, m in trained.items()]
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=parts[n].lr,  # a LoRA
+                                    weight_decay=tc.weight_decay) for n, m in trained.items()]  # run: its adapter
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
                   for o in optimizers]
     models, optimizers, schedulers, sharded = sharded_state.prepare(accelerator, list(trained.values()), optimizers,
-                                                                    schedulers)
+                                                                    schedulers, trained_only=tc.lora is not None)
     trained = dict(zip(trained, models))
     optimizer_of, schedule_of = dict(zip(trained, optimizers)), dict(zip(trained, schedulers))
     model = trained["model"]
-    ema = EMA(accelerator.unwrap_model(model), tc.ema_decay)  # on the training device
+    ema = EMA(accelerator.unwrap_model(model), tc.ema_decay, trained_only=tc.lora is not None)  # on the device
+    if tc.lora is not None:
+        keep_adapter_only(accelerator)  # the resume state holds the adapter; the base comes from train.init_from
     progress = Progress()
     accelerator.register_for_checkpointing(ema, progress)
 

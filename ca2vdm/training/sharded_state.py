@@ -42,15 +42,21 @@ def _numbered(name: str, index: int) -> str:
 
 class ShardedState:
     """Saves and restores sharded models and their optimizers as full state dicts (every rank calls both methods);
-    the first pair in the files an unsharded run writes, the others numbered as accelerate numbers them."""
+    the first pair in the files an unsharded run writes, the others numbered as accelerate numbers them.
+    ``trained_only``: the files keep the parameters that train (a LoRA run's adapter; its frozen base is rebuilt
+    from ``train.init_from``)."""
 
-    def __init__(self, models: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer]):
-        self.models, self.optimizers = models, optimizers
+    def __init__(self, models: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer],
+                 trained_only: bool = False):
+        self.models, self.optimizers, self.trained_only = models, optimizers, trained_only
 
     def save(self, directory: Path, main: bool) -> None:
         """Gather the full weights and optimizer states; the main rank writes them into ``directory``."""
         for i, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
             weights = get_model_state_dict(model, options=_GATHER)
+            if self.trained_only:
+                trained = {n for n, p in model.named_parameters() if p.requires_grad}
+                weights = {k: v for k, v in weights.items() if k in trained}
             state = get_optimizer_state_dict(model, optimizer, options=_GATHER)
             if main:
                 save_file({k: v.contiguous() for k, v in weights.items()},
@@ -59,7 +65,7 @@ class ShardedState:
 
     def load(self, directory: Path) -> None:
         """Read the full files of ``directory`` and keep this process's shards."""
-        options = StateDictOptions(full_state_dict=True)
+        options = StateDictOptions(full_state_dict=True, strict=not self.trained_only)
         for i, (model, optimizer) in enumerate(zip(self.models, self.optimizers)):
             set_model_state_dict(model, load_file(str(directory / _numbered(ckpt.TRAINING_WEIGHTS_NAME, i))),
                                  options=options)
@@ -68,14 +74,15 @@ class ShardedState:
 
 
 def prepare(accelerator: Accelerator, models: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer],
-            schedulers: list) -> tuple[list, list, list, ShardedState | None]:
+            schedulers: list, trained_only: bool = False) -> tuple[list, list, list, ShardedState | None]:
     """``accelerator.prepare`` for replicated models (one optimizer and scheduler each); for sharded ones, what
-    accelerate may wrap of them. Returns (models, optimizers, schedulers, :class:`ShardedState` or None)."""
+    accelerate may wrap of them. Returns (models, optimizers, schedulers, :class:`ShardedState` or None);
+    ``trained_only``: the sharded files keep the parameters that train (a LoRA run's adapter)."""
     n = len(models)
     if not is_sharded(models[0]):
         prepared = accelerator.prepare(*models, *optimizers, *schedulers)
         return list(prepared[:n]), list(prepared[n:2 * n]), list(prepared[2 * n:]), None
-    state = ShardedState(models, optimizers)
+    state = ShardedState(models, optimizers, trained_only)
     wrapped = [AcceleratedOptimizer(optimizer, device_placement=False) for optimizer in optimizers]
     prepared = accelerator.prepare(*schedulers)
     return models, wrapped, list(prepared) if n > 1 else [prepared], state

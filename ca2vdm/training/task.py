@@ -42,7 +42,8 @@ class Task(Protocol):
         """The loss of one batch; every random draw comes from ``gen`` (seeded by step and rank: exact resume)."""
 
     def save_weights(self, directory: Path, ema: EMA, config: RunConfig, step: int) -> None:
-        """Publish the EMA weights (what inference loads) into the checkpoint ``directory``."""
+        """Publish the EMA weights (what inference loads) into the checkpoint ``directory`` as ``ema.safetensors``
+        (a LoRA run renames it ``adapter.safetensors``, its metadata kept: :mod:`ca2vdm.training.lora`)."""
 
     def sample(self, ema: EMA, config: RunConfig, out: Path, step: int) -> None:
         """Write a periodic sample (``train.sample_every``) under ``out``."""
