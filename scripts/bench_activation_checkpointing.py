@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from ca2vdm.io.atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,7 +95,7 @@ def main() -> None:
           f"{result['seconds_on_over_off']:.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -36,6 +36,7 @@ import torch
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.config import MODEL_CONFIGS, model_config
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.plotting import plot_or_skip
 from ca2vdm.models.dit import CausalVideoDiT
@@ -248,7 +249,7 @@ def main(argv=None) -> None:
         print(f"{key:48} {value}" if not isinstance(value, float) else f"{key:48} {value:8.3f}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ar_scaling.json").write_text(json.dumps(
+    write_text_atomic(out / "ar_scaling.json", json.dumps(
         {"weights": weights, "checkpoint": None if args.preset else args.checkpoint, "preset": args.preset,
          "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
          "dtype": dtype_name(dtype), "chunks": chunks, "frames": args.frames, "steps": args.steps, "batch": args.batch,

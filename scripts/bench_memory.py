@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ca2vdm.io.atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,7 +44,7 @@ def main() -> None:
     print(f"peak at {rows[-1]['chunks']} chunks / at {rows[0]['chunks']} chunks: {ratio:.3f}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "memory.json").write_text(json.dumps({"device": args.device, "metric": key, "rows": rows,
+    write_text_atomic(out / "memory.json", json.dumps({"device": args.device, "metric": key, "rows": rows,
                                                  "ratio_last_over_first": ratio}, indent=2) + "\n")
     print(f"wrote {out / 'memory.json'}")
 

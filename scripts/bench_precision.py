@@ -22,6 +22,7 @@ import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.runtime import DTYPES, resolve_device
@@ -80,7 +81,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": args.checkpoint, "device": str(device), "chunks": args.chunks, "seed": args.seed,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "summary": summary, "per_chunk": rows}
-    (out / "precision.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "precision.json", json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'precision.json'}")
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES, read_chunk_message
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default=None, help="for the started server (default: the shipped demo model)")
     p.add_argument("--model", default=None, help="model name on the server (default: its first)")
     p.add_argument("--policy", default="teacache", help="step-caching policy to compare with none")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.2],
-                   help="policy thresholds (README 'Step caching: which policy when': 0.1-0.2 for previews)")
+    p.add_argument("--thresholds", type=float, nargs="*", default=[0.1, 0.2],
+                   help="policy thresholds (README 'Step caching: which policy when': 0.1-0.2 for previews); none "
+                        "given: only the model without a step cache (e.g. a few-step student)")
     p.add_argument("--label", type=int, default=None, help="class label (default none: the page's default)")
     p.add_argument("--chunks", type=int, default=20, help="chunks per run")
     p.add_argument("--repeats", type=int, default=3, help="runs per setting")
@@ -157,7 +159,7 @@ def main(argv=None) -> None:
               "cpus": os.cpu_count(), "load_average_before": load, "load_average_after": os.getloadavg(),
               "settings": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(Path(args.out), json.dumps(report, indent=2) + "\n")
     for name, r in results.items():
         print(f"{name:>16}: {r['median_fps']:.2f} frames/s ({r['speedup_vs_none']:.2f}x), first frame "
               f"{r['median_first_frame_seconds']:.2f} s; model {r['median_model_seconds']:.2f} s, encode "

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ca2vdm.io.atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["infer/long_video.py", "infer/serve.py", "train/train.py", "train/train_autoencoder.py"]
 CONSOLE = ["ca2vdm-generate", "ca2vdm-serve", "ca2vdm-train", "ca2vdm-train-autoencoder"]
@@ -72,7 +74,7 @@ def main(argv=None) -> None:
           f"wall minus generation {m['overhead']:.2f} s")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(Path(args.out), json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
 
 

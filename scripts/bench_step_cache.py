@@ -39,6 +39,7 @@ import torch
 
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.evaluation.metrics import motion, psnr, sharpness, to_frames
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.plotting import plot_or_skip
 from ca2vdm.sampling.pipeline import LongVideoPipeline
@@ -268,14 +269,14 @@ def main(argv: list[str] | None = None) -> None:
                "chunk_psnr_mean": sum(scores) / len(scores), "chunk_psnr_min": min(scores), "chunk_psnr": scores,
                "seconds": sum(t[1] for t in run["times"])}
         result["rows"].append(row)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
         print(f"{policy:11} {setting:31} {run['evals']:5d} {row['eval_ratio']:7.2f} {row['speedup']:7.2f} "
               f"{row['cpu_speedup']:6.2f} {row['chunk_speedup']:7.2f} {row['chunk_psnr_mean']:9.1f} "
               f"{row['chunk_psnr_min']:8.1f}", flush=True)
     if args.drift_chunks:
         def save(found: dict) -> None:
             result["drift"] = {"chunks": args.drift_chunks, **found}
-            json_path.write_text(json.dumps(result, indent=2) + "\n")
+            write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
 
         drift(model, meta, result["rows"], options, args, save)
     print(f"wrote {json_path}")

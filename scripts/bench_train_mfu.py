@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ca2vdm.config import MODEL_CONFIGS, Config, model_config
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.models.flops import mfu, peak_tflops, train_step_flops
 from ca2vdm.runtime import DTYPES, dtype_name, resolve_device, resolve_dtype
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
               / modes["activation_checkpointing_off"]["seconds_per_step"]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
 

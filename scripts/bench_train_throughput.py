@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ca2vdm.config import load_config
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.training.loop import train
 
 
@@ -48,7 +49,7 @@ def main() -> None:
         print(f"{name:12} {r['steps_per_s']:7.3f} steps/s  {r['ratio_to_first']:5.2f}x  {' '.join(r['overrides'])}")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps({"config": args.config, "steps": args.steps,
+    write_text_atomic(out / "train_throughput.json", json.dumps({"config": args.config, "steps": args.steps,
                                                            "warmup": args.warmup, "variants": results}, indent=2))
 
 

@@ -10,9 +10,12 @@ Reads ``data.root`` (and ``data.manifest``) and the ``codec`` section of the con
 and stored beside the latents; frames are resized and
 center-cropped to the pixel size ``model.resolution * codec factor``. Unreadable videos are skipped and counted.
 Shards are written as they fill (``--shard-size``), so memory does not grow with the number of videos; ``--out``
-must be a new or empty folder (nothing of yours is overwritten), and ``index.json`` appears last.
+must be a new or empty folder (nothing of yours is overwritten), and ``index.json`` appears last. Ctrl-C or SIGTERM
+finishes the video in progress, closes the shard and prints the ``--resume`` command (exit status 130 or 143).
 """
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from ca2vdm.data.codec import build_codec, check_model_fits
 from ca2vdm.data.latent_encoding import encode_folder, parse_size
 from ca2vdm.data.text import build_text_encoder
 from ca2vdm.errors import Ca2vdmError, SettingError
+from ca2vdm.runtime import Stopped, StopSignals
 
 
 def shard_size(text: str) -> int:
@@ -32,6 +36,12 @@ def shard_size(text: str) -> int:
         return parse_size(text)
     except SettingError as e:
         raise argparse.ArgumentTypeError(e.problem) from None
+
+
+def interpreter() -> str:
+    """This Python, as a command to type here (relative to the current folder when inside it)."""
+    path = Path(sys.executable)
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def main() -> None:
@@ -56,18 +66,27 @@ def main() -> None:
         mc = config.model
         text_encoder = build_text_encoder(mc.text_encoder, mc.text_tokens)
         captions = find_captions(Path(config.data.root), config.data.captions) if text_encoder else None
-        index = encode_folder(config.data.root, args.out, codec, config.model.resolution * codec.factor,
-                              manifest=config.data.manifest, device=device, progress=not args.no_progress,
-                              shard_bytes=args.shard_size, resume=args.resume, rank=state.process_index,
-                              world=state.num_processes, barrier=state.wait_for_everyone, text_encoder=text_encoder,
-                              text_name=mc.text_encoder, captions=captions)
+        with StopSignals() as stop:
+            index = encode_folder(config.data.root, args.out, codec, config.model.resolution * codec.factor,
+                                  manifest=config.data.manifest, device=device, progress=not args.no_progress,
+                                  shard_bytes=args.shard_size, resume=args.resume, rank=state.process_index,
+                                  world=state.num_processes, barrier=state.wait_for_everyone, stop=stop,
+                                  text_encoder=text_encoder, text_name=mc.text_encoder, captions=captions)
     except Ca2vdmError as e:
         sys.exit(f"error: {e.for_cli()}")
+    except Stopped as e:
+        if state.is_main_process:
+            again = sys.argv + ([] if args.resume else ["--resume"])
+            print(f"stopped by {signal.Signals(e.signum).name}: {e.stats['encoded']} of {e.stats['videos']} videos "
+                  f"encoded, their shards closed in {args.out}; continue with: "
+                  f"{shlex.join([interpreter(), *again])}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     if state.is_main_process:
-        frames = sum(v["frames"] for v in index["videos"])
+        count, frames = len(index["videos"]), sum(v["frames"] for v in index["videos"])
         shards = len({v["shard"] for v in index["videos"]})
-        print(f"wrote {len(index['videos'])} videos ({frames} frames of {index['channels']}x{index['resolution']}^2 "
-              f"latents, {shards} shards) to {args.out}; skipped {len(index['skipped'])}")
+        print(f"wrote {count} video{'s' * (count != 1)} ({frames} frames of {index['channels']}x"
+              f"{index['resolution']}^2 latents, {shards} shard{'s' * (shards != 1)}) to {args.out}; skipped "
+              f"{len(index['skipped'])}")
 
 
 if __name__ == "__main__":

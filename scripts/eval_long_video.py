@@ -47,6 +47,7 @@ from ca2vdm.evaluation.metrics import (
     sharpness,
     to_frames,
 )
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.video import read_video
 
 METRICS = ("sharpness", "motion", "fg", "brightness", "contrast")
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(["", "comparison (goals: the issue's eight; the numbers as in the summaries above)"] + lines))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps(reports[0] if len(reports) == 1 else reports, indent=1) + "\n")
 
 
 if __name__ == "__main__":

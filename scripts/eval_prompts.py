@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from ca2vdm.data.captioned import draw_attributes
+from ca2vdm.errors import Ca2vdmError
 from ca2vdm.evaluation.prompt_adherence import (
     ShapeReader,
     check_reader,
@@ -35,6 +37,8 @@ from ca2vdm.evaluation.prompt_adherence import (
     training_pairs,
 )
 from ca2vdm.generation.api import load_pipeline, to_pixels
+from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.io.paths import check_writable_file
 from ca2vdm.io.video_writer import save_contact_sheet
 from ca2vdm.models.flops import forward_flops
 
@@ -170,6 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the checkpoint's)")
     args = p.parse_args(argv)
+    try:  # before the work, not after it
+        for name in ("json", "sheet"):
+            if getattr(args, name):
+                check_writable_file(getattr(args, name), name)
+    except Ca2vdmError as e:
+        sys.exit(f"error: {e.for_cli()}")
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args.checkpoint, "cpu", cfg_scale=args.cfg_scale)
     reader = ShapeReader.fit()
@@ -186,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"seam without a switch {out['seam_without_switch']:.2f}; cost {json.dumps(out['cost'])}")
     out["videos"] = {"train": train_rows, "heldout": held_rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    write_text_atomic(args.json, json.dumps(out, indent=1) + "\n")
     if args.sheet:  # one row per mode: the chunks around the switch of the first video
         start = extra["at_frame"] - 2 * pipe.model.cfg.chunk_frames
         rows = [extra["videos"][m][0][start:start + 4 * pipe.model.cfg.chunk_frames] for m in

@@ -56,7 +56,7 @@ def main() -> None:
     with open(out / "labels.jsonl", "w") as f:
         for label, video in enumerate(videos):
             f.write(json.dumps({"file": video.name, "label": label}) + "\n")
-    print(f"wrote {len(videos)} videos to {out}: {', '.join(v.name for v in videos)}")
+    print(f"wrote {len(videos)} video{'s' * (len(videos) != 1)} to {out}: {', '.join(v.name for v in videos)}")
     print(f"{out / 'labels.jsonl'} gives each video its own class (0..{len(videos) - 1}): train on it with "
           f"model.num_classes={len(videos)} (the shipped configs have 3 classes), or model.num_classes=0 to train "
           "unconditionally")

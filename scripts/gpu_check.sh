@@ -12,7 +12,9 @@
 #
 # The project is used from this checkout (PYTHONPATH), never installed over the machine's torch. Python packages the
 # steps import that are missing (einops, omegaconf, ...) are installed with pip under a constraint that pins torch to
-# the installed version, so pip can never replace it. PYTHON picks the interpreter (default: python).
+# the installed version, so pip can never replace it. PYTHON picks the interpreter (default: the checkout's
+# .venv/bin/python made by scripts/setup.sh when it exists, else python); one that cannot import torch stops the
+# check at once with one line (no step runs).
 # A step that fails or runs past its time limit is recorded in OUTDIR/steps.tsv and the summary, and the other steps
 # still run; the exit status is 1 if any step failed.
 set -uo pipefail
@@ -25,8 +27,14 @@ if [ $# -ne 1 ]; then
 fi
 out=$1
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-python}
+if [ -n "${PYTHON:-}" ]; then py=$PYTHON; elif [ -x "$root/.venv/bin/python" ]; then py=$root/.venv/bin/python
+else py=python; fi
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$py" -c "import torch" > /dev/null 2>&1; then
+    echo "error: $py cannot import torch; run bash scripts/setup.sh (it makes .venv), or point PYTHON at an" \
+         "interpreter with PyTorch: PYTHON=/path/to/python scripts/gpu_check.sh ..." >&2
+    exit 2
+fi
 mkdir -p "$out" || exit 2
 : > "$out/steps.tsv"
 

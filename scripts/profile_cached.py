@@ -14,6 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
@@ -64,7 +65,7 @@ def main() -> None:
         print(f"  {row['op']:40} {row['self_ms']:9.1f} ms  {row['calls']:7d} calls")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.json").write_text(json.dumps({"chunks": args.chunks, "shares": shares, "top_ops": top},
+    write_text_atomic(out / "profile.json", json.dumps({"chunks": args.chunks, "shares": shares, "top_ops": top},
                                                  indent=2) + "\n")
     print(f"wrote {out / 'profile.json'}")
 

@@ -1,4 +1,8 @@
 """Shared test helpers: tiny models with non-trivial weights, the command line run in-process."""
+import runpy
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -43,3 +47,18 @@ def cli_error(capsys, *argv) -> str:
     code = exc.value.code
     assert code not in (0, None)
     return code if isinstance(code, str) else capsys.readouterr().err
+
+
+def run_script(script: str, *args) -> object:
+    """``python scripts/SCRIPT ARGS`` of this checkout run in this process: its exit message or code, or 0 when it ran
+    through (torch is imported once for the whole test session)."""
+    argv, grad = sys.argv, torch.is_grad_enabled()
+    sys.argv = [Path(script).name, *map(str, args)]
+    try:
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / script), run_name="__main__")
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = argv
+        assert torch.is_grad_enabled() == grad, f"{script} changed torch's grad mode for the whole process"
+    return 0

@@ -11,6 +11,7 @@ from PIL import Image
 
 import ca2vdm
 from ca2vdm.data.codec import DiffusersCodec
+from ca2vdm.errors import SettingError
 from ca2vdm.generation import api
 from ca2vdm.generation.api import load_pipeline, to_pixels, write_video
 from ca2vdm.io.video import VideoWriter, read_video, resize_center_crop
@@ -139,7 +140,7 @@ def test_write_video_keeps_finished_chunks_and_refuses_an_existing_file(checkpoi
         write_video(interrupted(), out)
     assert read_video(out).shape == (3, 1 + 2 * CHUNK, 16, 16) and not list(tmp_path.glob(".*"))
     before = out.read_bytes()
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(SettingError, match="already exists; pass overwrite to replace it"):
         write_video(pipe.generate(1), out)
     assert out.read_bytes() == before
     assert write_video(pipe.generate(1), out, overwrite=True) == 1 + CHUNK

@@ -99,8 +99,10 @@ def test_command_lines_parse_before_torch_loads():
 
 
 def test_generating_without_compile_never_imports_dynamo(checkpoint, tmp_path):
+    """Nor peft, which loads transformers (2.5 s): only generating with --lora needs it."""
     code = ("import sys; from ca2vdm.cli.generate import main\n"
             f"main(['--checkpoint', {str(checkpoint)!r}, '--chunks', '1', '--out', {str(tmp_path / 'v.mp4')!r}])\n"
-            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'")
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n"
+            "assert 'peft' not in sys.modules, 'peft was imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and (tmp_path / "v.mp4").is_file(), result.stderr

@@ -41,15 +41,17 @@ def test_chunks_to_follow_and_seam():
 def test_the_script_writes_every_figure(tmp_path, checkpoint):
     from ca2vdm.checkpoints.weights import save_weights
 
-    from helpers import STEPS, random_model
+    from helpers import STEPS, random_model, run_script
 
     model = random_model(text_encoder="wordllama", text_dim=256, text_tokens=12)
     path = tmp_path / "text.safetensors"
     save_weights(path, model.state_dict(), model.cfg, {"diffusion_config": {"steps": STEPS, "cfg_scale": 2.0}})
     out = tmp_path / "prompts.json"
-    evaluation.main(["--checkpoint", str(path), "--json", str(out), "--videos", "1", "--chunks", "1", "--seeds", "1",
-                     "--switch-at", "2", "--after", "2", "--cost-repeats", "1", "--label-checkpoint", str(checkpoint),
-                     "--sheet", str(tmp_path / "sheet.png")])
+    refused = run_script("scripts/eval_prompts.py", "--checkpoint", path, "--json", tmp_path)  # before any work
+    assert refused == f"error: --json {tmp_path}: is a directory; give the path of a file to write"
+    assert run_script("scripts/eval_prompts.py", "--checkpoint", path, "--json", out, "--videos", 1, "--chunks", 1,
+                      "--seeds", 1, "--switch-at", 2, "--after", 2, "--cost-repeats", 1, "--label-checkpoint",
+                      checkpoint, "--sheet", tmp_path / "sheet.png") == 0
     figures = json.loads(out.read_text())
     assert 0 <= figures["adherence_train"] <= 1 and 0 <= figures["adherence_heldout"] <= 1
     assert set(figures["switch"]) == {"recache", "keep", "reset"}

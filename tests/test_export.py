@@ -1,6 +1,5 @@
 """scripts/export_checkpoint.py never clobbers: not its source, not a training checkpoint, not an existing file
 without --overwrite; and a resume refuses an export (or an autoencoder's weights) put in place of ema.safetensors."""
-import runpy
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from ca2vdm.errors import CheckpointError
 from ca2vdm.training.checkpoint_dirs import step_dirs
 from ca2vdm.training.export import check_training_weights
 from ca2vdm.training.loop import train
+
+from helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,15 +37,7 @@ def _config(shapes, out, *extra):
 
 def _export(*args) -> str:
     """Run scripts/export_checkpoint.py in this process: its error message, or "" when it succeeded."""
-    argv = sys.argv
-    sys.argv = ["export_checkpoint.py", *map(str, args)]
-    try:
-        runpy.run_path(str(ROOT / "scripts/export_checkpoint.py"), run_name="__main__")
-    except SystemExit as e:
-        return str(e.code)
-    finally:
-        sys.argv = argv
-    return ""
+    return str(run_script("scripts/export_checkpoint.py", *args) or "")
 
 
 def test_export_refuses_its_source_a_training_checkpoint_and_existing_files(run, tmp_path):

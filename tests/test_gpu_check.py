@@ -2,6 +2,7 @@
 MFU, report) on the CPU with the tiny preset, so the script is known to work before a GPU is lent."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,22 @@ def test_a_gpu_run_whose_cuda_tests_all_skipped_fails(tmp_path):
     (tmp_path / "cuda_tests.xml").write_text('<testsuites><testsuite tests="6" failures="0" errors="0" skipped="2">'
                                              "</testsuite></testsuites>")
     assert subprocess.run(report, capture_output=True).returncode == 0
+
+
+def test_the_checkouts_venv_is_the_default_and_an_interpreter_without_torch_stops_at_once(tmp_path):
+    """Without PYTHON the check runs the checkout's .venv/bin/python (the system python has no torch); an
+    interpreter that cannot import torch is one line before any step (each of the four steps used to fail alike)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts/gpu_check.sh", checkout / "scripts")
+    python = checkout / ".venv/bin/python"
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\nexit 1\n')  # a venv without torch
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    proc = subprocess.run(["bash", str(checkout / "scripts/gpu_check.sh"), "--dry-run", str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: {python} cannot import torch; run bash scripts/setup.sh (it makes .venv), or point "
+                           "PYTHON at an interpreter with PyTorch: PYTHON=/path/to/python scripts/gpu_check.sh ...\n")
+    assert (python.parent / "calls").read_text() == "-c import torch\n" and not (tmp_path / "out").exists()

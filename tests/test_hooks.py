@@ -90,7 +90,7 @@ def test_a_pipeline_never_changes_the_model_it_is_given():
         list(LongVideoPipeline(model, steps=4, cfg_scale=1.5, step_cache=policy).generate(2, label=0))
         assert policy.model is None
     assert model.training and len(model.stack.hooks) == 0
-    assert all(len(block.spatial.hooks) == len(block.temporal.hooks) == 0 for block in model.stack.blocks)
+    assert all(len(hooks) == 0 for _, hooks in model.attention_hooks())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -3,9 +3,14 @@ encoding finished shards again, a folder of the user's own files never written i
 into one index."""
 import json
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +29,7 @@ from helpers import save_tiny_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts/encode_latents.py"
+VIDEOS = 150  # for the SIGTERM test: far more than are encoded before the signal arrives
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +167,39 @@ def test_two_processes_split_the_videos_and_merge_one_index(videos, tmp_path):
         "videos"]]
     got, want = _latents(tmp_path / "two"), _latents(single)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_sigterm_finishes_the_video_closes_the_shard_and_prints_the_resume_command(tmp_path):
+    """The README's command given SIGTERM mid-run (here once its bar shows 3 videos done): the video in progress is
+    finished, the shard closed and journalled, and one line prints the --resume command; that command encodes only
+    the rest."""
+    write_dataset(tmp_path / "videos", num_videos=VIDEOS, num_frames=8, size=16, seed=0)
+    cmd = [sys.executable, str(SCRIPT), "--config", str(ROOT / "configs/tiny.yaml"), "--out", str(tmp_path / "out"),
+           "--device", "cpu", f"data.root={tmp_path / 'videos'}", "model.resolution=16", "model.num_classes=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120  # a liveness bound for the start-up on a busy machine
+    while not re.search(rf"\| *([3-9]|\d\d+)/{VIDEOS}", "".join(seen)):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    reader.join(timeout=30)
+    last = "".join(seen).strip().splitlines()[-1]
+    match = re.fullmatch(rf"stopped by SIGTERM: (\d+) of {VIDEOS} videos encoded, their shards closed in "
+                         rf"{re.escape(str(tmp_path / 'out'))}; continue with: (.*)", last)
+    assert match, last
+    kept = int(match.group(1))
+    journalled = [v["index"] for line in (tmp_path / "out" / ".journal-0.jsonl").read_text().splitlines()
+                  for v in json.loads(line)["videos"]]
+    assert 3 <= kept < VIDEOS and journalled == list(range(kept)) and not (tmp_path / "out" / INDEX_NAME).exists()
+    again = shlex.split(match.group(2))
+    assert again[1:] == [str(SCRIPT), *cmd[2:], "--resume"]
+    result = subprocess.run([sys.executable, *again[1:], "--no-progress"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    index = json.loads((tmp_path / "out" / INDEX_NAME).read_text())
+    assert [v["file"] for v in index["videos"]] == [f"video_{i:05d}.mp4" for i in range(VIDEOS)]

@@ -12,7 +12,7 @@ from ca2vdm.errors import SettingError
 from ca2vdm.serve import create_app
 from ca2vdm.serve.catalog import Offered
 from ca2vdm.serve.frames import pixel_chunks
-from ca2vdm.serve.protocol import MAX_PROMPT_CHARS, SwitchRequest
+from ca2vdm.serve.protocol import MAX_PROMPT_CHARS, SwitchMessage
 
 from helpers import STEPS, cli_error, random_model
 from serve_helpers import FakeModel, PacedSource, receive, receive_until, start, wait_for
@@ -97,11 +97,14 @@ def test_cli_bad_input_one_line(text_checkpoint, checkpoint, tmp_path, capsys):
 def test_server_frames_follow_a_switch_like_the_api(text_checkpoint):
     pipe = ca2vdm.load_pipeline(text_checkpoint)
     offered = Offered("text", text_checkpoint, pipe, [])
-    asked = iter([[], [SwitchRequest(prompt="a blue square")]])  # after the first frame, after chunk 0
-    chunks = list(pixel_chunks(offered, label=None, seed=2, chunks=3, step_cache="none", step_cache_options={},
+    asked = {-1: [SwitchMessage(type="switch", prompt="a blue square", at=2)],  # before the first frame: for chunk 2
+             3: [SwitchMessage(type="switch", prompt="a green circle"),  # before chunk 3: the latest wins
+                 SwitchMessage(type="switch", prompt="a green triangle")]}
+    chunks = list(pixel_chunks(offered, label=None, seed=2, chunks=4, step_cache="none", step_cache_options={},
                                first_frame=None, poll=lambda: None, prompt="a red circle",
-                               switches=lambda: next(asked, [])))
-    expected = pipe.generate(3, prompt="a red circle", seed=2, switches={1: "a blue square"})
+                               switches=lambda upcoming: asked.get(upcoming, [])))
+    expected = pipe.generate(4, prompt="a red circle", seed=2, switches={2: "a blue square", 3: "a green triangle"})
+    assert len(chunks) == 5
     assert all((c.pixels == e.pixels[0]).all() for c, e in zip(chunks, expected))
     assert offered.describe()["prompts"] is True
 
@@ -118,7 +121,7 @@ def test_server_prompt_box_and_switch_messages():
         ws.send_json({"type": "start", "model": "text", "label": 1})
         assert receive(ws)[1]["message"] == "model text is conditioned on prompts, not labels; type a prompt"
         ws.send_json({"type": "start", "model": "text", "prompt": "x" * (MAX_PROMPT_CHARS + 1)})
-        assert "characters long; at most" in receive(ws)[1]["message"]
+        assert f"must be a text of 1 .. {MAX_PROMPT_CHARS} characters (not blank)" in receive(ws)[1]["message"]
         ws.send_json({"type": "start", "model": "text", "prompt": " a red circle ", "chunks": 3,
                       "switch_mode": "keep"})
         assert receive(ws)[0] == "started"
@@ -127,10 +130,22 @@ def test_server_prompt_box_and_switch_messages():
         ws.send_json({"type": "switch", "prompt": "a blue square"})
         ws.send_json({"type": "switch", "label": 2})
         assert receive(ws)[1]["message"] == "model text is conditioned on prompts, not labels; type a prompt"
+        ws.send_json({"type": "switch", "prompt": "a blue square", "label": 1})
+        assert receive(ws)[1]["message"] == "'switch' needs a new prompt or a new label (one of them)"
+        ws.send_json({"type": "switch", "prompt": "a blue square", "at": 3})
+        assert receive(ws)[1]["message"].startswith("at=3: past the last chunk of this generation (2)")
         assert wait_for(lambda: source.switches is not None)
         taken = []
-        assert wait_for(lambda: taken.extend(source.switches()) or taken)  # as the source takes them between chunks
-        assert taken == [SwitchRequest(prompt="a blue square")]
+        assert wait_for(lambda: taken.extend(source.switches(0)) or taken)  # as the source takes them before a chunk
+        assert taken == [SwitchMessage(type="switch", prompt="a blue square")]
+        ws.send_json({"type": "switch", "prompt": "a red square", "at": 0})  # chunk 0 is now being made
+        assert receive(ws)[1]["message"].startswith("at=0: chunk 0 is already made (or being made); the first chunk "
+                                                    "a switch can still change is 1")
+        ws.send_json({"type": "switch", "prompt": " a red square ", "at": 1})
+        ws.send_json({"type": "probe"})  # its error: the switch before it was handled (and queued: no reply)
+        assert "unknown type \"probe\"" in receive(ws)[1]["message"]
+        taken += source.switches(1)  # before chunk 1 (from now on chunk 1 is decided)
+        assert taken[1] == SwitchMessage(type="switch", prompt="a red square", at=1)
         source.allow(3)
         done, chunks, _ = receive_until(ws, "done")
         assert done["reason"] == "finished" and len(chunks) == 3

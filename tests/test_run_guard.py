@@ -151,4 +151,8 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(shapes, tmp_path
     assert step_dirs(tmp_path / "checkpoints") == [saved] and not checkpoint_dirs.missing_files(saved), stderr[-3000:]
     assert sorted(p.name for p in saved.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
     assert len(re.findall(rf"stopped by SIGTERM after step {step}: checkpoint", stderr)) == 1  # the main rank's line
+    # and it says what the launcher's ChildFailedError report, printed after it, means
+    said = stderr.index("the launcher's ChildFailedError report below is this stop: exitcode 143 means the "
+                        "checkpoint was saved, nothing failed")
+    assert said < stderr.index("ChildFailedError", said + 30)
     assert not (tmp_path / run_lock.LOCK_NAME).exists()

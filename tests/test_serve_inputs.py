@@ -1,6 +1,10 @@
 """Bad input to the live demo server: each gets one clear message on the page, and the server goes on serving;
 uploads are checked, used and deleted."""
 import io
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,36 +18,50 @@ from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES
 from serve_helpers import FakeModel, PacedSource, receive, receive_until, start
 
 BAD_STARTS = [
-    ({"model": "../../etc/passwd"}, "model '../../etc/passwd' is not offered by this server; choose one of: fake"),
+    ({"model": "../../etc/passwd"}, 'model="../../etc/passwd": not offered by this server; choose one of: fake'),
+    ({"model": ["demo"]}, 'model=["demo"]: must be the name of a model this server offers'),
     ({"label": 3}, "label=3: out of range: this model's labels are 0 to 2"),
-    ({"label": -1}, "label=-1: out of range"),
-    ({"label": "square"}, "label must be a whole number, got 'square'"),
-    ({"chunks": 51}, "chunks 51 is beyond this server's limit of 50 (--max-chunks); ask for at most 50"),
-    ({"chunks": 0}, "chunks must be at least 1"),
-    ({"chunks": 2.5}, "chunks must be a whole number"),
-    ({"seed": -4}, "seed must be in 0 .. 2**64 - 1, got -4"),
-    ({"seed": 2 ** 64}, "seed must be in 0 .. 2**64 - 1"),
-    ({"seed": "abc"}, "seed must be a whole number, got 'abc'"),
-    ({"step_cache": "warp"}, "unknown step cache 'warp'; choose one of: none, teacache, magcache, taylorseer, "
-                             "chunkcache, fastercache, adacache"),
+    ({"label": -1}, "label=-1: must be a whole number >= 0"),
+    ({"label": "square"}, 'label="square": must be a whole number >= 0'),
+    ({"label": True}, "label=true: must be a whole number >= 0"),
+    ({"chunks": 51}, "chunks=51: beyond this server's limit of 50 (--max-chunks); ask for at most 50"),
+    ({"chunks": 0}, "chunks=0: must be a whole number >= 1, or null (until stopped)"),
+    ({"chunks": 2.5}, "chunks=2.5: must be a whole number >= 1"),
+    ({"seed": -4}, "seed=-4: must be a whole number in 0 .. 2**64 - 1"),
+    ({"seed": 2 ** 64}, "seed=18446744073709551616: must be a whole number in 0 .. 2**64 - 1"),
+    ({"seed": "abc"}, 'seed="abc": must be a whole number in 0 .. 2**64 - 1'),
+    ({"seed": "\u00b2"}, 'seed="\\u00b2": must be a whole number in 0 .. 2**64 - 1'),
+    ({"seed": "9" * 5000}, 'seed="' + "9" * 39 + '... (5002 characters): must be a whole number in 0 .. 2**64 - 1'),
+    ({"step_cache": "warp"}, 'step_cache="warp": must be one of none, teacache, magcache, taylorseer, chunkcache, '
+                             "fastercache, adacache"),
+    ({"step_cache": {"a": 1}}, 'step_cache={"a": 1}: must be one of none, teacache'),
     ({"step_cache": "teacache", "step_cache_options": {"threshold": -0.1}},
      "step_cache_options=threshold=-0.1: teacache's threshold must be a finite number >= 0"),
     ({"step_cache": "teacache", "step_cache_options": {"threshold": "high"}},
      "step_cache_options=threshold=high: teacache's threshold must be a finite number >= 0"),
+    ({"step_cache": "chunkcache", "step_cache_options": {"threshold": "nan"}},
+     "step_cache_options=threshold=nan: chunkcache's threshold must be a finite number >= 0"),
     ({"step_cache_options": {"threshold": 0.2}},
      "step_cache_options=threshold: needs a step cache (step_cache is none)"),
-    ({"step_cache_options": [0.2]}, "step_cache_options must be an object of settings"),
-    ({"first_frame": "yes"}, "first_frame must be true or false"),
+    ({"step_cache_options": [0.2]}, "step_cache_options=[0.2]: must be an object of the step cache's settings"),
+    ({"first_frame": "yes"}, 'first_frame="yes": must be true or false'),
     ({"first_frame": True}, "first_frame is set but no image or video was uploaded"),
-    ({"resolution": 512}, "unknown field(s) resolution in 'start'"),
+    ({"resolution": 512}, "unknown field resolution in 'start'; its fields: type, model, label, seed, chunks"),
 ]
 BAD_MESSAGES = [
-    ("hello there", "malformed message (not JSON)"),
-    ("[1, 2]", "malformed message: unknown type 'list'"),
-    ('{"type": "explode"}', "malformed message: unknown type 'explode'"),
-    ('{"frames": 3}', "malformed message: unknown type None"),
-    ('{"type": "shown", "frames": -1}', "'shown' needs frames >= 0"),
-    ("[" * 100000, "malformed message (not JSON)"),
+    ("hello there", "malformed message (not JSON: expected value at line 1 column 1): \"hello there\""),
+    ("[1, 2]", "malformed message: a JSON array, not an object; send a JSON object whose 'type' is 'start', "
+               "'switch', 'stop' or 'shown'"),
+    ('{"type": "explode"}', 'malformed message: unknown type "explode"'),
+    ('{"frames": 3}', "malformed message: unknown type null"),
+    ('{"type": "shown", "frames": -1}', "frames=-1: must be a whole number in 0 .. 2**53"),
+    ('{"type": "shown", "frames": "' + "9" * 5000 + '"}', 'frames="99999999999999999999999999999999999999'),
+    ('{"type": "shown", "frames": ' + "9" * 5000 + "}", "malformed message (not JSON: number out of range"),
+    ('{"type": "shown", "frames": 1e30}', "frames=1e+30: must be a whole number in 0 .. 2**53"),
+    ('{"type": "shown"}', "'shown' needs frames: a whole number in 0 .. 2**53"),
+    ('{"type": "stop", "now": true}', "unknown field now in 'stop'"),
+    ("[" * 30000, "malformed message (not JSON: recursion limit exceeded"),
+    ("[" * 100000, "the message is 100000 characters long, over the limit of 65536"),
 ]
 
 
@@ -200,3 +218,22 @@ def test_a_generation_that_cannot_start_is_reported_and_frees_the_device(server,
         assert (done["reason"], done["frames"], state.queue.busy) == ("error", 0, False)
         monkeypatch.undo()
         still_serving(ws, source)
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--port", "{busy}"], "error: --port {busy}: the port is already in use (another server?); choose another "
+                           "--port or stop the program using it"),
+    (["--host", "no-such-host.invalid"], "error: --host no-such-host.invalid: not a known address"),
+    (["--port", "70000"], "serve.py: error: argument --port: must be a port number in 1 .. 65535, got 70000"),
+], ids=["port-in-use", "unknown-host", "port-out-of-range"])
+def test_a_server_that_cannot_listen_says_so_in_one_line_and_leaves_nothing(tmp_path, argv, line):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        argv = [a.replace("{busy}", port) for a in argv]
+        (tmp_path / "tmp").mkdir()
+        env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+        proc = subprocess.run([sys.executable, "infer/serve.py", *argv], capture_output=True, text=True, env=env,
+                              timeout=120)
+    assert proc.returncode in (1, 2) and "serving" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith(line.replace("{busy}", port)), proc.stderr
+    assert "Traceback" not in proc.stderr and list((tmp_path / "tmp").iterdir()) == []

@@ -19,6 +19,7 @@ from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import ModelConfig, to_dict, validate_model
 from ca2vdm.errors import CheckpointError, ConfigError, opt
 from ca2vdm.io.atomic import save_tensors_atomic
+from ca2vdm.io.paths import latest_checkpoint
 from ca2vdm.models.dit import CausalVideoDiT
 
 WEIGHTS_NAME = "ema.safetensors"
@@ -39,13 +40,14 @@ def save_tensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata
 
 
 def weights_file(path: str | Path) -> Path:
-    """Resolve a checkpoint directory or a .safetensors file to the weights file inference loads."""
-    path = Path(path)
+    """Resolve a checkpoint directory (``runs/<name>/checkpoints/latest``: the newest ``step_N``) or a
+    .safetensors file to the weights file inference loads."""
+    path = latest_checkpoint(path)
     if path.is_dir():
         path = path / WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass {opt('checkpoint')} with a .safetensors file or a "
-                              "training checkpoint directory (runs/<name>/checkpoints/step_N)")
+                              "training checkpoint directory (runs/<name>/checkpoints/step_N, or .../latest)")
     return path
 
 
@@ -104,6 +106,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ca
     """
     path = weights_file(path)
     metadata = read_metadata(path)
+    if "lora" in metadata:  # an adapter holds the low-rank tensors only (ca2vdm.checkpoints.adapters)
+        raise CheckpointError(f"{path} is a LoRA adapter (trained on {metadata.get('base_checkpoint')}), not a model; "
+                              f"load its base checkpoint and pass the adapter as {opt('lora', path)}")
     cfg = model_config_of(path)
     model = CausalVideoDiT(cfg)
     try:

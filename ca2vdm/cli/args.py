@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from ca2vdm.config import SamplerSettings
+from ca2vdm.config import SamplerSettings, parse_lora
 from ca2vdm.config.options import declared_fields
 from ca2vdm.config.sampler import TEACACHE_THRESH
 from ca2vdm.config.step_caches import parse_step_cache_options
@@ -31,6 +31,14 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def lora_spec(text: str) -> tuple[str, float]:
+    """argparse type of ``--lora PATH[:SCALE]``: (path, scale), the scale 1 when none is given."""
+    try:
+        return parse_lora(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_sampler_flags(parser: argparse.ArgumentParser) -> None:

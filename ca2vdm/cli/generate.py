@@ -4,6 +4,7 @@
     python infer/long_video.py --chunks 20               # the same
     ca2vdm-generate --checkpoint runs/demo/checkpoints/step_003000 --label 2 --preview
     ca2vdm-generate --checkpoint checkpoints/text-demo.safetensors --prompt "a red circle" --switch 10="a blue square"
+    ca2vdm-generate --lora runs/demo-white/checkpoints/step_000300 --label 1   # a LoRA adapter (docs/training.md)
 
 Outputs: without --out the video goes to outputs/long_video.mp4, this tool's scratch file, replaced by every run.
 A file given with --out that exists is refused unless --overwrite. An output is never the checkpoint (or a file in
@@ -24,7 +25,7 @@ import argparse
 import signal
 import sys
 
-from ca2vdm.cli.args import FLAGS, add_sampler_flags, positive_int, sampler_overrides
+from ca2vdm.cli.args import FLAGS, add_sampler_flags, lora_spec, positive_int, sampler_overrides
 from ca2vdm.config import PRECISIONS, SWITCH_MODES
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME
@@ -59,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--switch-mode", choices=SWITCH_MODES, default="recache",
                    help="what a switch does to the cached window: recache (default: run it once more under the new "
                         "prompt or label), keep (its old K/V) or reset (drop it: a cut)")
+    p.add_argument("--lora", type=lora_spec, action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a LoRA adapter trained on --checkpoint (a train.lora run's adapter.safetensors or checkpoint "
+                        "folder), folded into the weights times SCALE (default 1); repeatable: adapters stack")
     add_sampler_flags(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=list(PRECISIONS), default=None,
@@ -113,7 +117,7 @@ def main(argv=None) -> None:
                              sampler=args.sampler, teacache_thresh=args.teacache_thresh, device=args.device,
                              dtype=args.dtype, codec_path=args.codec_path, compile=args.compile, fps=args.fps,
                              preview=args.preview, verbose=args.verbose, stats=args.stats,
-                             overwrite=args.overwrite or args.out is None)
+                             overwrite=args.overwrite or args.out is None, lora=args.lora)
     checkpoint, out = args.checkpoint or DEFAULT_CHECKPOINT, args.out or DEFAULT_OUT
     with StopSignals() as stop:
         try:
@@ -129,7 +133,8 @@ def main(argv=None) -> None:
         except (ValueError, OSError, FloatingPointError) as e:
             sys.exit(f"error: {e}")
     if args.num_videos is not None:
-        print(f"wrote {len(stats['videos'])} videos: " + ", ".join(v["video"] for v in stats["videos"]))
+        count = len(stats["videos"])
+        print(f"wrote {count} video{'s' * (count != 1)}: " + ", ".join(v["video"] for v in stats["videos"]))
         return
     print(f"wrote {stats['video']}: {stats['frames']} frames in {stats['seconds']:.1f}s "
           f"(peak RSS {stats['peak_rss_mb']:.0f} MB)" + (f", preview {stats['preview']}" if args.preview else ""))

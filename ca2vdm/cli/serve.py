@@ -2,51 +2,105 @@
 
     ca2vdm-serve                                         # the shipped model at http://127.0.0.1:7860/
     python infer/serve.py --checkpoint checkpoints/demo.safetensors checkpoints/latent-demo.safetensors --port 8000
+    ca2vdm-serve --lora runs/demo-white/checkpoints/step_000300     # the demo model and demo+demo-white/step_000300
 
 One generation runs per device at a time; other pages wait in a queue of at most --max-queue. See docs/serve.md.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 
-from ca2vdm.cli.args import FLAGS, non_negative_int, positive_int
+from ca2vdm.cli.args import FLAGS, lora_spec, non_negative_int, positive_int
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+
+
+def port_number(text: str) -> int:
+    """argparse type of a TCP port: 1 .. 65535."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 1 .. 65535, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """argparse type of a time-out: a finite number of seconds > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=port_number, default=7860, help="port, 1 .. 65535 (default 7860)")
     p.add_argument("--device", default="cpu", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
                    "(default cpu)")
     p.add_argument("--checkpoint", nargs="+", default=[str(DEFAULT_CHECKPOINT)],
                    help="one or more checkpoints offered on the page (default: the shipped demo model); the page "
                         "names each by its file name")
+    p.add_argument("--lora", type=lora_spec, action="append", default=[], metavar="PATH[:SCALE]",
+                   help="also offer a LoRA adapter (a train.lora run's adapter.safetensors or checkpoint folder) on "
+                        "the --checkpoint it was trained on, folded in times SCALE (default 1), as "
+                        "<checkpoint>+<adapter>; repeatable")
     p.add_argument("--max-chunks", type=positive_int, default=1000,
                    help="most chunks one generation may ask for; 'until stopped' ends there too (default 1000)")
     p.add_argument("--max-queue", type=non_negative_int, default=4,
                    help="most generations waiting for the device; more are refused with a message (default 4)")
+    p.add_argument("--ack-timeout", type=seconds, default=30.0,
+                   help="end a generation whose page has shown no new frame for this many seconds while the server "
+                        "waits for it (a hidden tab, a client that does not answer); default 30")
+    p.add_argument("--queue-timeout", type=seconds, default=600.0,
+                   help="seconds a page may wait in the queue for the device before it is told to try again "
+                        "(default 600)")
     return p.parse_args(argv)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host``:``port``; SystemExit with one line naming the flag to change otherwise."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        return socket.create_server((host, port), family=family)
+    except socket.gaierror as e:
+        sys.exit(f"error: --host {host}: not a known address ({e.strerror}); give an address of this machine, e.g. "
+                 "127.0.0.1 (this machine only) or 0.0.0.0 (every network)")
+    except OSError as e:
+        problems = {errno.EADDRINUSE: (f"--port {port}", "the port is already in use (another server?); choose "
+                                       "another --port or stop the program using it"),
+                    errno.EADDRNOTAVAIL: (f"--host {host}", "not an address of this machine; give one of its "
+                                          "addresses, e.g. 127.0.0.1 or 0.0.0.0"),
+                    errno.EACCES: (f"--port {port}", "permission denied (ports below 1024 need privileges); choose "
+                                   "a port of 1024 or more")}
+        flag, problem = problems.get(e.errno, (f"--host {host} --port {port}", f"cannot listen there: "
+                                               f"{e.strerror or e}"))
+        sys.exit(f"error: {flag}: {problem}")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    sock = listen(args.host, args.port)  # before the model loads: a port in use is told at once
     import uvicorn  # after the arguments: --help answers before torch and the server load
 
     from ca2vdm.serve import create_app, load_catalog
     from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES
 
     try:
-        models = load_catalog(args.checkpoint, args.device)
+        models = load_catalog(args.checkpoint, args.device, args.lora)
     except Ca2vdmError as e:
+        sock.close()
         sys.exit(f"error: {e.for_cli(FLAGS)}")
     except (ValueError, OSError) as e:
+        sock.close()
         sys.exit(f"error: {e}")
-    app = create_app(models, max_chunks=args.max_chunks, max_queue=args.max_queue, device=args.device)
+    app = create_app(models, max_chunks=args.max_chunks, max_queue=args.max_queue, device=args.device,
+                     ack_timeout=args.ack_timeout, queue_timeout=args.queue_timeout)
     print(f"serving {', '.join(models)} on {args.device} at http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, ws_max_size=MAX_UPLOAD_BYTES + 2 ** 20, log_level="warning")
+    config = uvicorn.Config(app, ws_max_size=MAX_UPLOAD_BYTES + 2 ** 20, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The command line the trainers share (``train/train.py``, ``train/train_autoencoder.py``): ``key=value`` overrides
-anywhere among the flags, a config refused when it lacks the section the trainer trains, a warning when a launch
-asked for more processes than it started, and one line (no traceback) for every expected way a run ends early.
+"""The command line the trainers share (``train/train.py``, ``train/train_autoencoder.py``, ``train/distill.py``):
+``key=value`` overrides anywhere among the flags, a config refused when it lacks the section the trainer trains, a
+warning when a launch asked for more processes than it started, and one line (no traceback) for every expected way a
+run ends early.
 
 Each trainer is a :class:`Trainer`: the section it trains, its config type and its task
 (:class:`ca2vdm.training.task.Task`), which is imported only when the run starts, after the arguments are parsed.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ca2vdm.config import AutoencoderTrainingConfig, Config, RunConfig, load_config
+from ca2vdm.config import AutoencoderTrainingConfig, Config, DistillTrainingConfig, RunConfig, load_config
 from ca2vdm.errors import Ca2vdmError, ConfigError
 
 
@@ -40,7 +41,9 @@ TRAINERS = {t.section: t for t in (
     Trainer("model", Config, "ca2vdm.training.diffusion_task:DiffusionTask", "train/train.py",
             "a video-model config", "configs/tiny.yaml"),
     Trainer("autoencoder", AutoencoderTrainingConfig, "ca2vdm.training.autoencoder:AutoencoderTask",
-            "train/train_autoencoder.py", "an autoencoder config", "configs/ae-tiny.yaml"))}
+            "train/train_autoencoder.py", "an autoencoder config", "configs/ae-tiny.yaml"),
+    Trainer("distill", DistillTrainingConfig, "ca2vdm.training.distill_task:DistillTask", "train/distill.py",
+            "a distillation config", "configs/distill-demo.yaml"))}
 
 
 def trainer_parser(doc: str, config_help: str) -> argparse.ArgumentParser:
@@ -113,6 +116,15 @@ def launch_warning(environ: dict = os.environ, parent: int | None = None) -> str
             f"accelerate launch --multi_gpu --num_processes {requested} {script} ...")
 
 
+def launcher_note(exit_code: int, environ: dict = os.environ) -> str:
+    """Under torch's elastic launcher (``accelerate launch --multi_gpu``, ``torchrun``), which reports every rank
+    that exits non-zero as a ``ChildFailedError`` block: what that block means after a stop."""
+    if "TORCHELASTIC_RUN_ID" not in environ:
+        return ""
+    return (f" (the launcher's ChildFailedError report below is this stop: exitcode {exit_code} means the checkpoint "
+            "was saved, nothing failed)")
+
+
 def main_rank() -> bool:
     """Whether this process is the launch's main rank (one process alone is)."""
     return int(os.environ.get("RANK", 0)) == 0
@@ -136,7 +148,7 @@ def run_trainer(parser: argparse.ArgumentParser, args: argparse.Namespace, confi
         parser.exit(2, f"error: {e.for_cli()}\n")
     except Preempted as e:
         if main_rank():
-            print(e.for_cli(), file=sys.stderr, flush=True)
+            print(e.for_cli() + launcher_note(e.exit_code), file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
     except Ca2vdmError as e:  # data, checkpoints, a non-finite loss, a locked run
         parser.exit(1, f"error: {e.for_cli()}\n")

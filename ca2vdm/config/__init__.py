@@ -1,12 +1,14 @@
 """Configuration: typed, torch-free settings and the rules that relate them (the lowest layer with ``ca2vdm.errors``).
 
 ``model`` (the model's sizes and the registry of named sizes), ``layout`` (how frames split into chunks), ``training``
-(one config per trainer, made of sections), ``loading`` (YAML + ``key=value`` overrides) and ``sampler`` (the
-sampler's settings, recorded in checkpoints and offered by every front end). Nothing here imports torch, so a command
-line can build its parser from these types before torch loads. Imports only :mod:`ca2vdm.errors`.
+(one config per trainer, made of sections), ``lora`` (LoRA fine-tuning's section of it and the adapters front ends
+apply), ``loading`` (YAML + ``key=value`` overrides) and ``sampler`` (the sampler's settings, recorded in checkpoints
+and offered by every front end). Nothing here imports torch, so a command line can build its parser from these types
+before torch loads. Imports only :mod:`ca2vdm.errors`.
 """
 from ca2vdm.config.layout import ChunkLayout
 from ca2vdm.config.loading import load_config
+from ca2vdm.config.lora import LORA_GROUPS, LoraConfig, parse_lora
 from ca2vdm.config.model import BACKENDS, MODEL_CONFIGS, ModelConfig, model_config, to_dict, validate_model
 from ca2vdm.config.sampler import (
                                     CACHE_MODES,
@@ -26,14 +28,17 @@ from ca2vdm.config.training import (
                                     Config,
                                     DataConfig,
                                     DiffusionConfig,
+                                    DistillConfig,
+                                    DistillTrainingConfig,
                                     RunConfig,
                                     TrainConfig,
                                     validate,
 )
 
 __all__ = ["BACKENDS", "ChunkLayout", "load_config", "MODEL_CONFIGS", "ModelConfig", "model_config", "to_dict",
-           "validate_model",
+           "validate_model", "LORA_GROUPS", "LoraConfig", "parse_lora",
            "PRECISIONS", "AutoencoderConfig", "AutoencoderTrainingConfig", "CodecConfig", "Config", "DataConfig",
-           "DiffusionConfig", "RunConfig", "TrainConfig", "validate", "CACHE_MODES", "SEED_MAX", "SamplerSettings",
+           "DiffusionConfig", "DistillConfig", "DistillTrainingConfig", "RunConfig", "TrainConfig", "validate",
+           "CACHE_MODES", "SEED_MAX", "SamplerSettings",
            "check_label", "check_seed", "with_teacache_thresh", "STEP_CACHE_NAMES", "STEP_CACHES", "StepCacheConfig",
            "step_cache_config", "SWITCH_MODES"]

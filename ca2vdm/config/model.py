@@ -122,10 +122,10 @@ def validate_model(m: ModelConfig) -> ModelConfig:
 
 
 def to_dict(model: ModelConfig) -> dict:
-    """Plain dict of a model config (stored in checkpoints); the text fields only for a text model, so a label
-    model records what it recorded before text conditioning existed."""
+    """Plain dict of a model config (stored in checkpoints; other config sections as they are); the text fields only
+    for a text model, so a label model records what it recorded before text conditioning existed."""
     recorded = dataclasses.asdict(model)
-    if model.text_encoder == "none":
+    if isinstance(model, ModelConfig) and model.text_encoder == "none":
         for name in TEXT_FIELDS:
             recorded.pop(name)
     return recorded

@@ -9,12 +9,13 @@ label) is checked here too (:func:`check_seed`, :func:`check_label`).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ca2vdm.config.options import Declared, check_fields, setting
-from ca2vdm.config.step_caches import STEP_CACHE_NAMES, step_cache_config
+from ca2vdm.config.step_caches import MAX_STEPS, STEP_CACHE_NAMES, step_cache_config
 from ca2vdm.errors import SettingError
 
 CACHE_MODES = ("kv", "none", "full")  # conditioning: the shared KV cache, window recompute, all-frame recompute
@@ -26,7 +27,7 @@ VERSION = 1  # of the recorded form (to_dict); from_dict reads every version up 
 @dataclass(frozen=True)
 class SamplerSettings:
     """How a model is sampled. Unset keywords of :meth:`replace` keep the recorded value."""
-    steps: int = setting(16, "denoising steps per chunk", low=1, high=10_000)
+    steps: int = setting(16, "denoising steps per chunk", low=1, high=MAX_STEPS)
     shift: float = setting(1.0, "timestep shift of the sampler: > 1 spends more of the steps at high noise, where a "
                            "chunk's layout and brightness are decided", low=0, low_open=True, high=1000)
     cfg_scale: float = setting(1.0, "classifier-free guidance scale (1 = off); only with a label: without one there "
@@ -86,10 +87,13 @@ def check_label(label: Any, num_classes: int) -> int | None:
         return None
     if num_classes == 0:
         raise SettingError("label", label, "this model is unconditional; give no label")
-    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral):
+        raise SettingError("label", label, f"must be a whole number, one of this model's labels 0 to "
+                           f"{num_classes - 1} (or no label for an unconditional video)")
+    if not 0 <= label < num_classes:
         raise SettingError("label", label, f"out of range: this model's labels are 0 to {num_classes - 1} (give no "
                            "label for an unconditional video)")
-    return label
+    return int(label)
 
 
 def with_teacache_thresh(settings: SamplerSettings, threshold: float | None,

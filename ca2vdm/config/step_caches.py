@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 from ca2vdm.config.options import check_fields, declared_fields, setting
 from ca2vdm.errors import SettingError, opt
 
+MAX_STEPS = 10_000  # the most denoising steps per chunk (SamplerSettings.steps); step counts of a policy stay below
+
 
 @dataclass(frozen=True)
 class StepCacheConfig:
@@ -49,7 +51,7 @@ class MagCacheConfig(StepCacheConfig):
     name: ClassVar[str] = "magcache"
     threshold: float = setting(0.06, "skip while the accumulated error |1 - ratio| stays below this (0: never)",
                                low=0)
-    max_skip: int = setting(3, "most steps skipped in a row", low=0)
+    max_skip: int = setting(3, "most steps skipped in a row", low=0, high=MAX_STEPS)
     retention: float = setting(0.2, "share of the first steps that always compute", low=0, high=1)
 
 
@@ -57,10 +59,12 @@ class MagCacheConfig(StepCacheConfig):
 class TaylorSeerConfig(StepCacheConfig):
     """TaylorSeer (arXiv 2503.06923): compute every interval-th step, forecast the others by a Taylor expansion."""
     name: ClassVar[str] = "taylorseer"
-    interval: int = setting(4, "compute the block stack every interval-th step (1: every step)", low=1)
+    interval: int = setting(4, "compute the block stack every interval-th step (1: every step)", low=1,
+                           high=MAX_STEPS)
     order: int = setting(1, "order of the Taylor forecast", low=0, high=8)
-    warmup: int = setting(2, "first steps that always compute", low=1)
-    growth: int = setting(0, "lengthen the interval by this many steps after each computed step", low=0)
+    warmup: int = setting(2, "first steps that always compute", low=1, high=MAX_STEPS)
+    growth: int = setting(0, "lengthen the interval by this many steps after each computed step", low=0,
+                         high=MAX_STEPS)
     cfg_reuse: bool = setting(False, "every other computed step runs the conditional branch only")
 
 
@@ -69,8 +73,8 @@ class ChunkCacheConfig(StepCacheConfig):
     """ChunkCache (ours): a schedule calibrated from the video's own earlier chunks."""
     name: ClassVar[str] = "chunkcache"
     threshold: float = setting(1.0, "budget of recorded forecast error per chunk (0: every step)", low=0)
-    warmup: int = setting(2, "first steps that always compute", low=1)
-    calibrate: int = setting(1, "chunks that compute every step to calibrate", low=1)
+    warmup: int = setting(2, "first steps that always compute", low=1, high=MAX_STEPS)
+    calibrate: int = setting(1, "chunks that compute every step to calibrate", low=1, high=MAX_STEPS)
     momentum: float = setting(0.5, "weight of a new measurement in the record", low=0, high=1)
     cfg_reuse: bool = setting(True, "every other computed step runs the conditional branch only")
 
@@ -79,8 +83,10 @@ class ChunkCacheConfig(StepCacheConfig):
 class FasterCacheConfig(StepCacheConfig):
     """FasterCache (arXiv 2410.19355): CFG-Cache and attention-output reuse."""
     name: ClassVar[str] = "fastercache"
-    cfg_every: int = setting(3, "run both guidance branches every cfg_every-th step (1: always)", low=1)
-    cfg_warmup: int = setting(2, "first steps that run both guidance branches", low=0)
+    cfg_every: int = setting(3, "run both guidance branches every cfg_every-th step (1: always)", low=1,
+                            high=MAX_STEPS)
+    cfg_warmup: int = setting(2, "first steps that run both guidance branches", low=0,
+                             high=MAX_STEPS)
     low_boost: float = setting(0.0, "weight up the low-frequency bias early in sampling", low=0)
     high_boost: float = setting(0.0, "weight up the high-frequency bias late in sampling", low=0)
     reuse_from: float = setting(0.5, "share of sampling after which attention outputs are reused (1: never)",

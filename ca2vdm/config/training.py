@@ -1,14 +1,16 @@
 """The trainers' configurations: one typed config per trainer, made of sections that each concern reads.
 
 Every trainer's config holds ``data`` and ``train`` (all the training loop reads); :class:`Config` adds what the video
-model trainer needs (``model``, ``diffusion``, ``codec``) and :class:`AutoencoderTrainingConfig` what our autoencoder
-trainer needs (``autoencoder``). Validation names every bad key and its allowed values before any work starts.
+model trainer needs (``model``, ``diffusion``, ``codec``), :class:`AutoencoderTrainingConfig` what our autoencoder
+trainer needs (``autoencoder``) and :class:`DistillTrainingConfig` what the few-step distillation needs
+(``distill``). Validation names every bad key and its allowed values before any work starts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ca2vdm.config.lora import LoraConfig, lora_problems
 from ca2vdm.config.model import ModelConfig, validate_model
 from ca2vdm.errors import ConfigError
 
@@ -65,6 +67,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block in the backward pass (ca2vdm.training.parallelize)
     fsdp: bool = False          # shard the model over the launch's processes with FSDP2 (ca2vdm.training.parallelize)
     log_with: str = "none"      # trackers beside metrics.jsonl: none | tensorboard | wandb (ca2vdm.training.trackers)
+    lora: Optional[LoraConfig] = None  # set (e.g. train.lora.rank=4): train a LoRA adapter on train.init_from only
 
 
 @dataclass
@@ -78,6 +81,23 @@ class AutoencoderConfig:
     kl_weight: float = 1.0e-6               # AutoencoderKL only: weight of the KL term
     frames_per_clip: int = 4                # frames per training item (each frame is encoded on its own)
     holdout_every: int = 8                  # every n-th video is held out for the reconstruction PSNR
+
+@dataclass
+class DistillConfig:
+    """A few-step student distilled from a teacher checkpoint (``train/distill.py``, ``ca2vdm.training.distill_task``):
+    ODE regression on the teacher's recorded trajectories (``data.root``: ``scripts/make_ode_pairs.py``), then DMD on
+    the student's own rollouts (Self-Forcing). The student has the teacher's model config and records its sampler."""
+    teacher: str = ""                       # the teacher's weights (.safetensors or a checkpoint directory)
+    steps: int = 4                          # the student's denoising steps per chunk (recorded in its checkpoint)
+    ode_steps: int = 300                    # training steps of ODE regression (stage 1) before DMD; 0: DMD only
+    critic_ratio: int = 5                   # DMD: the student is stepped every critic_ratio critic steps
+    critic_lr: float = 1.0e-4               # the critic's (fake score's) learning rate; the student's is train.lr
+    guidance: Optional[float] = None        # the teacher's guidance scale as the real score; None: its recorded one
+    regression_weight: float = 0.0          # DMD's student steps add this x the ODE regression loss on the batch's
+    #                                         trajectories (DMD's regression term, Yin et al. 2024); 0: pure DMD
+    min_t: float = 0.02                     # DMD and the critic: noise times drawn uniformly in [min_t, max_t]
+    max_t: float = 0.98
+
 
 @dataclass
 class CodecConfig:
@@ -109,12 +129,28 @@ class AutoencoderTrainingConfig(RunConfig):
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
 
+@dataclass
+class DistillTrainingConfig(RunConfig):
+    """``train/distill.py``: a few-step student of a video model (its sizes are the teacher's)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+# why a trainer takes no train.lora; the video model's trainer (Config) takes one
+LORA_REFUSED = {
+    AutoencoderTrainingConfig: "our autoencoder trains every weight (it has no train.init_from)",
+    DistillTrainingConfig: "distillation trains every weight of the student against its critic (to adapt a "
+                           "distilled student, train the adapter with train/train.py and train.init_from=STUDENT)",
+}
+
+
 def validate(config: RunConfig) -> RunConfig:
     """Check a whole config (sizes, ranges, required values); raise ConfigError naming every bad key."""
-    problems = _run_problems(config)
+    problems = _run_problems(config) + lora_problems(config.train.lora, config.train, LORA_REFUSED.get(type(config)))
     if isinstance(config, Config):
         validate_model(config.model)
         problems += _video_problems(config)
+    if isinstance(config, DistillTrainingConfig):
+        problems += _distill_problems(config.distill)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     return config
@@ -190,4 +226,24 @@ def _video_problems(c: Config) -> list[str]:
     if c.train.fsdp and d.self_rollout:
         problems.append("train.fsdp=true does not take diffusion.self_rollout (each process would roll out a different "
                         "number of sharded forward passes); set diffusion.self_rollout=0 or train.fsdp=false")
+    return problems
+
+
+def _distill_problems(d: DistillConfig) -> list[str]:
+    """What is wrong with the ``distill`` section."""
+    problems = []
+    if not d.teacher.strip():
+        problems.append("distill.teacher is required (the teacher's .safetensors file or checkpoint directory)")
+    for key in ("steps", "critic_ratio"):
+        if getattr(d, key) < 1:
+            problems.append(f"distill.{key} must be >= 1, got {getattr(d, key)}")
+    if d.ode_steps < 0:
+        problems.append(f"distill.ode_steps must be >= 0 (0: DMD only), got {d.ode_steps}")
+    if d.regression_weight < 0:
+        problems.append(f"distill.regression_weight must be >= 0, got {d.regression_weight}")
+    if not d.critic_lr > 0:
+        problems.append(f"distill.critic_lr must be > 0, got {d.critic_lr}")
+    if not 0 < d.min_t < d.max_t < 1:
+        problems.append(f"distill.min_t and distill.max_t must satisfy 0 < min_t < max_t < 1, got {d.min_t} and "
+                        f"{d.max_t}")
     return problems

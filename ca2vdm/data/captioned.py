@@ -83,7 +83,7 @@ def write_captioned_dataset(out: str | os.PathLike, num_videos: int, num_frames:
         rng = np.random.default_rng([seed, index])
         attributes = draw_attributes(rng, *train_pairs[index % len(train_pairs)])
         name = f"video_{index:05d}.mp4"
-        with VideoWriter(out / name, fps=fps) as writer:
+        with VideoWriter(out / name, fps=fps, overwrite=True) as writer:
             writer.write(render_captioned_video(rng, attributes, num_frames, size))
         caption = attributes.caption(size=rng.random() < FULL_CAPTIONS, motion=rng.random() < FULL_CAPTIONS)
         records.append({"file": name, "caption": caption, **asdict(attributes)})

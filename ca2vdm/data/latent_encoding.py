@@ -29,6 +29,7 @@ from ca2vdm.data.text import TextEncoder
 from ca2vdm.errors import DataError, SettingError, opt
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.io.video import read_frames, resize_center_crop
+from ca2vdm.runtime import Stopped, StopSignals
 
 DECODE_FRAMES = 16           # frames decoded and encoded at a time: memory does not grow with video length
 SHARD_BYTES = 256 * 2 ** 20  # default size bound of a shard
@@ -60,13 +61,16 @@ def encode_video(codec: Codec, path: Path, length: int, pixel_resolution: int, d
 def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec, pixel_resolution: int,
                   manifest: str | None = None, device: torch.device | str = "cpu", progress: bool = True,
                   shard_bytes: int = SHARD_BYTES, resume: bool = False, rank: int = 0, world: int = 1,
-                  barrier: Callable[[], None] = lambda: None, text_encoder: TextEncoder | None = None,
-                  text_name: str = "none", captions: Path | None = None) -> dict:
+                  barrier: Callable[[], None] = lambda: None, stop: StopSignals | None = None,
+                  text_encoder: TextEncoder | None = None, text_name: str = "none",
+                  captions: Path | None = None) -> dict:
     """Encode every usable video under ``root`` into shards in ``out`` (this process's share: videos ``i`` with
     ``i % world == rank``); return the index, which the main process (rank 0) writes when every share is done.
-    ``barrier`` waits for all processes (``accelerate.PartialState().wait_for_everyone``). ``text_encoder``
-    (named ``text_name``) encodes each video's caption from the manifest ``captions``; videos without one are
-    skipped."""
+    ``barrier`` waits for all processes (``accelerate.PartialState().wait_for_everyone``). A signal caught by
+    ``stop`` ends the run after the video in progress: the shard is closed and journalled (so ``resume=True``
+    continues from there), then :class:`~ca2vdm.runtime.Stopped` is raised with ``stats`` {"encoded", "videos"}
+    (this process's finished videos and share). ``text_encoder`` (named ``text_name``) encodes each video's caption
+    from the manifest ``captions``; videos without one are skipped."""
     out = Path(out)
     if pixel_resolution % codec.factor:
         raise DataError(f"pixel resolution {pixel_resolution} is not divisible by the codec's down-sampling "
@@ -86,7 +90,12 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec,
     done = finished_videos(out)
     todo = [i for i in range(len(videos.videos)) if i % world == rank and i not in done]
     shard = _ShardWriter(out, rank, shard_bytes)
-    for i in tqdm(todo, desc="encode", unit="video", disable=not (progress and rank == 0), dynamic_ncols=True):
+    share = len(todo) + sum(1 for i in done if i % world == rank)
+    for n, i in enumerate(tqdm(todo, desc="encode", unit="video", disable=not (progress and rank == 0),
+                               dynamic_ncols=True)):
+        if stop is not None and stop.signum is not None:  # between videos: close the shard, then stop
+            shard.flush()
+            raise Stopped(stop.signum, {"encoded": share - len(todo) + n, "videos": share})
         path = videos.videos[i]
         try:
             latents = encode_video(codec, path, videos.lengths[i], pixel_resolution, torch.device(device))
@@ -115,30 +124,38 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec,
 def check_output(out: Path, settings: dict, resume: bool) -> None:
     """Raise DataError unless ``out`` may receive this encoding: new or empty, or (``resume``) an unfinished encoding
     of the same settings."""
-    if (out / INDEX_NAME).exists():
-        raise DataError(f"{out} already holds encoded latents ({INDEX_NAME}); choose another {opt('out')} or delete it")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{opt('out', out)} is a file; pass a new folder")
-    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if not present:
-        return
-    if STATE_NAME not in present:
-        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-        raise DataError(f"{opt('out', out)} already holds files this tool did not write ({shown}); choose a new or "
-                        "empty folder, so that nothing of yours is overwritten")
-    if not resume:
-        raise DataError(f"{out} holds an unfinished encoding (a run that was stopped); pass {opt('resume')} to "
-                        f"continue it without encoding its finished shards again, or choose another {opt('out')}")
-    recorded = json.loads((out / STATE_NAME).read_text())
-    changed = [f"{k}={settings[k]!r} (started with {recorded.get(k)!r})" for k in settings if recorded.get(k) !=
-               settings[k]]
-    if changed:
-        raise DataError(f"{opt('resume')} {out}: the encoding was started with other settings: {'; '.join(changed)}; "
-                        f"resume with the config it was started with, or choose another {opt('out')}")
+    present = check_unfinished(out, settings, resume, STATE_NAME, "encoded latents", "encoding")
     foreign = [name for name in present if name != STATE_NAME and not _OURS.match(name)]
     if foreign:
         raise DataError(f"{opt('resume')} {out}: the folder also holds files this tool did not write "
                         f"({', '.join(foreign[:3])}); move them away and resume again")
+
+
+def check_unfinished(out: Path, settings: dict, resume: bool, state_name: str, product: str, work: str) -> list[str]:
+    """The checks of a folder a resumable tool fills (here, and ``scripts/make_ode_pairs.py``): DataError unless
+    ``out`` is new or empty, or (``resume``) holds an unfinished ``work`` with the same ``settings`` (recorded in
+    ``state_name``); a finished one (``index.json``) is never written over. Returns the names ``out`` holds."""
+    if (out / INDEX_NAME).exists():
+        raise DataError(f"{out} already holds {product} ({INDEX_NAME}); choose another {opt('out')} or delete it")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{opt('out', out)} is not a folder (a file, device, pipe or socket); pass a new folder")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not present:
+        return present
+    if state_name not in present:
+        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        raise DataError(f"{opt('out', out)} already holds files this tool did not write ({shown}); choose a new or "
+                        "empty folder, so that nothing of yours is overwritten")
+    if not resume:
+        raise DataError(f"{out} holds an unfinished {work} (a run that was stopped); pass {opt('resume')} to "
+                        f"continue it without redoing its finished shards, or choose another {opt('out')}")
+    recorded = json.loads((out / state_name).read_text())
+    changed = [f"{k}={settings[k]!r} (started with {recorded.get(k)!r})" for k in settings if recorded.get(k) !=
+               settings[k]]
+    if changed:
+        raise DataError(f"{opt('resume')} {out}: the {work} was started with other settings: {'; '.join(changed)}; "
+                        f"resume with the settings it was started with, or choose another {opt('out')}")
+    return present
 
 
 def start_output(out: Path, settings: dict) -> None:

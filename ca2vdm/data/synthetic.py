@@ -58,13 +58,13 @@ def _coverage(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.n
 
 
 def render_shape_video(
-    rng: np.random.Generator, num_frames: int, size: int, shape: str
+    rng: np.random.Generator, num_frames: int, size: int, shape: str, colour: tuple[int, int, int] | None = None
 ) -> np.ndarray:
     """Render one bouncing-shape video as (T, H, W, 3) uint8 with H = W = size.
 
     Radius is 18-25% of `size`, speed 0.5-1.5 px/frame at size 32 (scaled with
-    size), colour from PALETTE on a near-black tinted background. Edges are
-    anti-aliased by 4x supersampling.
+    size), colour from PALETTE (or `colour`, RGB: every other draw unchanged) on
+    a near-black tinted background. Edges are anti-aliased by 4x supersampling.
     """
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
@@ -75,6 +75,8 @@ def render_shape_video(
     speed = rng.uniform(0.5, 1.5) * size / 32
     angle = rng.uniform(0, 2 * np.pi)
     color = PALETTE[rng.integers(len(PALETTE))]
+    if colour is not None:
+        color = np.array(colour, dtype=np.float32)
     background = rng.uniform(0, 30, size=3).astype(np.float32)
 
     steps = np.arange(num_frames)
@@ -103,12 +105,14 @@ def draw_frames(shape: str, xs: np.ndarray, ys: np.ndarray, radius: float, color
 
 
 def write_dataset(
-    out: str | os.PathLike, num_videos: int, num_frames: int, size: int, seed: int, fps: int = 8
+    out: str | os.PathLike, num_videos: int, num_frames: int, size: int, seed: int, fps: int = 8,
+    colour: tuple[int, int, int] | None = None,
 ) -> int:
     """Write `num_videos` mp4 files plus labels.jsonl and classes.json into `out`.
 
     Classes cycle through SHAPES (balanced); video i is drawn from
-    np.random.default_rng([seed, i]). Returns the number of videos written.
+    np.random.default_rng([seed, i]); `colour` paints every shape one RGB
+    colour instead of PALETTE's. Returns the number of videos written.
     """
     if num_videos <= 0:
         raise ValueError(f"num_videos must be positive, got {num_videos}")
@@ -117,9 +121,9 @@ def write_dataset(
     records = []
     for index in range(num_videos):
         label = index % len(SHAPES)
-        frames = render_shape_video(np.random.default_rng([seed, index]), num_frames, size, SHAPES[label])
+        frames = render_shape_video(np.random.default_rng([seed, index]), num_frames, size, SHAPES[label], colour)
         name = f"video_{index:05d}.mp4"
-        with VideoWriter(out / name, fps=fps) as writer:
+        with VideoWriter(out / name, fps=fps, overwrite=True) as writer:
             writer.write(frames)
         records.append({"file": name, "label": label, "shape": SHAPES[label]})
     (out / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -3,7 +3,7 @@
 Every function takes a video in either repository convention: uint8 frames shaped (..., T, H, W, 3) (numpy or
 torch), or a float tensor shaped (..., C, T, H, W) in [-1, 1] with C = 1 or 3. Leading dimensions (a batch) are
 folded into the frames. Internally pixels are floats in [0, 1], so PSNR and the per-pixel metrics do not depend on
-which convention the video came in.
+which convention the video came in. PSNR and SSIM are torchmetrics'.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 Video = np.ndarray | torch.Tensor
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -46,37 +46,21 @@ def _pair(a: Video, b: Video) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def psnr(a: Video, b: Video) -> float:
-    """Peak signal-to-noise ratio in dB over the whole video (one MSE over all frames); ``inf`` if identical."""
+    """Peak signal-to-noise ratio in dB over the whole video (one MSE over all frames; torchmetrics); ``inf`` if
+    identical."""
     a, b = _pair(a, b)
-    mse = F.mse_loss(a, b).item()
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
-
-
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-x**2 / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]  # (1, 1, size, size)
+    return peak_signal_noise_ratio(b, a, data_range=1.0).item()
 
 
 def ssim(a: Video, b: Video, window: int = 11, sigma: float = 1.5) -> float:
-    """Mean structural similarity (Gaussian window, valid positions, per channel); 1 for identical videos.
+    """Mean structural similarity (torchmetrics: Gaussian window, per channel); 1 for identical videos.
 
     The window shrinks to the frame size (kept odd) for frames smaller than ``window``.
     """
     a, b = _pair(a, b)
-    n, c, h, w = a.shape
-    size = min(window, h, w)
+    size = min(window, *a.shape[2:])
     size -= 1 - size % 2
-    kernel = _gaussian_window(size, sigma)
-    a, b = a.reshape(n * c, 1, h, w), b.reshape(n * c, 1, h, w)
-    mu_a, mu_b = F.conv2d(a, kernel), F.conv2d(b, kernel)
-    var_a = F.conv2d(a * a, kernel) - mu_a**2
-    var_b = F.conv2d(b * b, kernel) - mu_b**2
-    cov = F.conv2d(a * b, kernel) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return value.mean().item()
+    return structural_similarity_index_measure(b, a, data_range=1.0, kernel_size=size, sigma=sigma).item()
 
 
 def color_histogram(video: Video, bins: int = 16) -> np.ndarray:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, weights_file
 from ca2vdm.config import SamplerSettings, check_seed, with_teacache_thresh
@@ -35,6 +36,8 @@ from ca2vdm.sampling.compile import compile_blocks
 from ca2vdm.sampling.conditioning import check_kind
 from ca2vdm.sampling.pipeline import GenerationState, LongVideoPipeline
 from ca2vdm.sampling.step_cache import StepCache
+
+FLOAT_SLACK = 1e-3  # float first frames may leave [-1, 1] by this much (rounding of a conversion)
 
 
 @dataclass
@@ -128,13 +131,15 @@ class Pipeline:
     def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames to continue -> the (B, C, T, h, w) model frames, on the model's device: uint8 (T, H, W, 3) or
         (B, T, H, W, 3) (any size: resized and centre-cropped to :attr:`size`, as the command line does), or float
-        (3, T, H, W) or (B, 3, T, H, W) in [-1, 1] at :attr:`size`."""
+        (3, T, H, W) or (B, 3, T, H, W) in [-1, 1] at :attr:`size`. At least one frame; finite float values in
+        [-1, 1] (floats in 0 .. 255 are refused, never taken as they are: pass such pixels as uint8)."""
         frames, device = torch.as_tensor(frames), self.model.x_embedder.weight.device
         if frames.dtype == torch.uint8:
             rows = frames[None] if frames.ndim == 4 else frames
             if rows.ndim != 5 or rows.shape[-1] != 3:
                 raise SettingError("first_frames", f"uint8 {tuple(frames.shape)}",
                                    "uint8 frames must be (T, H, W, 3) or (B, T, H, W, 3)")
+            _check_not_empty(rows.shape[:2], frames)
             return self.codec.encode(torch.stack([resize_center_crop(row, self.size) for row in rows]).to(device))
         video = frames[None] if frames.ndim == 4 else frames
         if not frames.is_floating_point() or video.ndim != 5 or video.shape[1] != 3 or video.shape[3:] != (
@@ -142,6 +147,8 @@ class Pipeline:
             raise SettingError("first_frames", f"{frames.dtype} {tuple(frames.shape)}",
                                f"expected uint8 (B, T, H, W, 3) frames or float (B, 3, T, {self.size}, {self.size}) "
                                "in [-1, 1]")
+        _check_not_empty((video.shape[0], video.shape[2]), frames)
+        _check_float_range(video)
         return self.codec.encode(video.to(device))
 
     def generate(self, num_chunks: int | None = None, *, label: int | None = None, seed: int | list[int] = 0,
@@ -207,10 +214,28 @@ def load_text_encoder(model: CausalVideoDiT, checkpoint: str | Path) -> TextEnco
     return build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
 
 
+def _check_not_empty(batch_and_frames: tuple[int, int], frames: torch.Tensor) -> None:
+    if 0 in batch_and_frames:
+        raise SettingError("first_frames", f"{frames.dtype} {tuple(frames.shape)}",
+                           "holds no frames (B or T is 0); give at least one frame, or no first_frames")
+
+
+def _check_float_range(video: torch.Tensor) -> None:
+    """Float frames hold finite values in [-1, 1] (pixels in 0 .. 255 passed as floats are refused)."""
+    if not torch.isfinite(video).all():
+        raise SettingError("first_frames", f"{video.dtype} {tuple(video.shape)}",
+                           "holds NaN or infinite values; give finite values in [-1, 1]")
+    low, high = video.min().item(), video.max().item()
+    if low < -1 - FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+        raise SettingError("first_frames", f"{video.dtype} values {low:g} .. {high:g}",
+                           "float frames must be in [-1, 1]; pass pixels in 0 .. 255 as uint8 (converted as the "
+                           "command line does), or scale them: x / 127.5 - 1")
+
+
 def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None, *,
                   dtype: str | torch.dtype | None = None, codec_path: str | None = None, compile: bool = False,
                   step_cache: str | StepCache | None = None, teacache_thresh: float | None = None,
-                  **settings) -> Pipeline:
+                  lora: LoraSpec | Iterable[LoraSpec] | None = None, **settings) -> Pipeline:
     """Load a checkpoint (weights ``.safetensors`` or a training checkpoint directory) as ``infer/long_video.py`` does.
 
     ``device``: None or "auto" picks CUDA when there is one, else the CPU. ``dtype`` of the weights and KV cache
@@ -221,10 +246,14 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     ``step_cache_options``). ``step_cache``: a name of ``ca2vdm.config.STEP_CACHE_NAMES`` (none, teacache, magcache,
     taylorseer, chunkcache, fastercache, adacache) with its settings in ``step_cache_options`` (e.g.
     ``{"interval": 2}``; TeaCache's threshold also as the older ``teacache_thresh``), or a
-    :class:`~ca2vdm.sampling.step_cache.StepCache`. ``compile``: the blocks are compiled on first use.
+    :class:`~ca2vdm.sampling.step_cache.StepCache`. ``compile``: the blocks are compiled on first use. ``lora``: LoRA
+    adapters trained on this checkpoint (a run's ``adapter.safetensors`` or its checkpoint folder), a path or
+    ``(path, scale)`` or a list of them, folded into the loaded weights, each times its scale (stacked); an adapter
+    trained on another checkpoint is refused (:mod:`ca2vdm.checkpoints.adapters`).
     """
     device = resolve_device(device)
     model, meta = load_model(path, device)
+    model = apply_adapters(model, lora, path)  # the model is this function's own: merged in place
     return Pipeline.from_model(model, meta, path, device, dtype=dtype, codec_path=codec_path, compile=compile,
                                step_cache=step_cache, teacache_thresh=teacache_thresh, **settings)
 
@@ -234,13 +263,12 @@ def write_video(chunks: Iterable[Chunk], path: str | os.PathLike, fps: int = 8, 
     """Write the chunks' pixels (row ``row`` of each batch) to the mp4 ``path`` with the command line's writer
     (:class:`~ca2vdm.io.video_writer.VideoWriter`: atomic, H.264); return the number of frames written.
 
-    An existing ``path`` is refused unless ``overwrite``. If iterating ``chunks`` raises (Ctrl-C, an error), the
-    finished chunks are kept as a playable mp4 and the exception propagates. To append chunk by chunk, use
-    ``VideoWriter(path, fps)`` directly: ``writer.write(chunk.pixels[row])``, then ``writer.close()``.
+    An existing ``path`` is refused unless ``overwrite``, and a folder, device, pipe or socket always (SettingError
+    before anything is written). If iterating ``chunks`` raises (Ctrl-C, an error), the finished chunks are kept as
+    a playable mp4 and the exception propagates. To append chunk by chunk, use ``VideoWriter(path, fps)`` directly:
+    ``writer.write(chunk.pixels[row])``, then ``writer.close()``.
     """
-    if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path")
-    writer = VideoWriter(path, fps=fps)
+    writer = VideoWriter(path, fps=fps, overwrite=overwrite)
     try:
         for chunk in chunks:
             writer.write(chunk.pixels[row])

@@ -71,7 +71,8 @@ def generate_videos(checkpoint: str | Path, out: str | Path, opts: GenerationOpt
     paths = {seed: video_path(output_path(out), seed) for seed in seeds}
     for i, path in enumerate(paths.values()):  # the stats file is checked against the first video
         check_paths(checkpoint, path, first_frame=opts.first_frame, preview=opts.preview,
-                    stats=stats_file if i == 0 else None, overwrite=opts.overwrite)
+                    stats=stats_file if i == 0 else None, overwrite=opts.overwrite,
+                    adapters=[adapter for adapter, _ in opts.lora])
     summary = {"videos": [], "rank": rank, "world_size": world, "compile_seconds": None}
     if not seeds:
         return summary

@@ -34,6 +34,7 @@ from ca2vdm.data.text import check_prompt
 from ca2vdm.errors import SettingError
 from ca2vdm.generation.api import Pipeline, load_pipeline
 from ca2vdm.generation.given import stream_given
+from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import check_paths, output_path, preview_path
 from ca2vdm.io.video import VideoWriter, save_contact_sheet, to_uint8
 from ca2vdm.runtime import Stopped, StopSignals, dtype_name, resolve_dtype
@@ -61,6 +62,7 @@ class GenerationOptions:
     device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
     dtype: str | None = None        # fp32 | bf16 | fp16 (weights, KV cache); None: bf16 on CUDA, fp32 on the CPU
     codec_path: str | None = None   # the autoencoder's folder, when not where the checkpoint recorded it
+    lora: list = field(default_factory=list)  # LoRA adapters folded into the weights: [(path, scale)], stacked
     compile: bool = False           # compile the blocks once per process (ca2vdm.sampling.compile); seconds in stats
     fps: int = FPS
     preview: bool = False
@@ -110,11 +112,12 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     check_options(opts)
     out = output_path(out)
     check_paths(checkpoint, out, first_frame=opts.first_frame, preview=opts.preview, stats=opts.stats,
-                overwrite=opts.overwrite)
+                overwrite=opts.overwrite, adapters=[path for path, _ in opts.lora])
     pipe, compile_seconds = pipeline_for(checkpoint, opts)
     try:
         [stats] = generate_batch(pipe, {opts.seed: out}, opts, stop,
-                                 {"checkpoint": str(checkpoint), "compile_seconds": compile_seconds})
+                                 {"checkpoint": str(checkpoint), "compile_seconds": compile_seconds,
+                                  **({"lora": [[str(p), s] for p, s in opts.lora]} if opts.lora else {})})
     except Stopped as stopped:
         stopped.stats = stopped.stats[0] if stopped.stats else None  # this video's stats, as a return would give
         if stopped.stats and opts.stats:
@@ -129,7 +132,7 @@ def pipeline_for(checkpoint: str | Path, opts: GenerationOptions, batch: int = 1
     """The pipeline (model, codec, sampler settings) ``opts`` ask for; with ``opts.compile`` the blocks are compiled
     now, for ``batch`` videos at a time (their seconds are returned, else None)."""
     pipe = load_pipeline(checkpoint, opts.device, dtype=opts.dtype, codec_path=opts.codec_path, compile=opts.compile,
-                         teacache_thresh=opts.teacache_thresh, **opts.sampler)
+                         teacache_thresh=opts.teacache_thresh, lora=opts.lora, **opts.sampler)
     check_kind(pipe.model, opts.label, opts.prompt)
     check_label(opts.label, pipe.model.cfg.num_classes)
     return pipe, warm_up(pipe.pipeline, batch, opts.label, opts.prompt) if opts.compile else None
@@ -154,7 +157,7 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
                  **({"switches": {str(k): v for k, v in opts.switches.items()}, "switch_mode": opts.switch_mode}
                     if opts.switches else {}),
                  "dtype": dtype_name(weight.dtype)}
-        outputs.append(_Output(path, VideoWriter(path, fps=opts.fps), stats))
+        outputs.append(_Output(path, VideoWriter(path, fps=opts.fps, overwrite=True), stats))
     tic = time.perf_counter()
     try:
         _write_chunks(pipe, opts, list(outs), outputs, poll)
@@ -229,4 +232,4 @@ def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: 
 
 def write_stats(stats: dict, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(stats, indent=2) + "\n")
+    write_text_atomic(Path(path), json.dumps(stats, indent=2) + "\n")

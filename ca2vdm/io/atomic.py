@@ -8,10 +8,11 @@ files written by other libraries (accelerate, diffusers).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from ca2vdm.io.paths import check_writable_file
 
 
 def file_mode() -> int:
@@ -28,8 +29,9 @@ def honour_umask(path: str | os.PathLike) -> None:
 
 def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> None:
-    """safetensors ``save_file`` to a temporary name beside ``path``, mode set from the umask, then renamed."""
-    path = Path(path)
+    """safetensors ``save_file`` to a temporary name beside ``path``, mode set from the umask, then renamed (never
+    onto a directory, device, pipe or socket: :func:`~ca2vdm.io.paths.check_writable_file`)."""
+    path = check_writable_file(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     honour_umask(tmp)
@@ -37,8 +39,9 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file under a temporary name beside ``path``, then rename it into place."""
-    path = Path(path)
+    """Write a text file under a temporary name beside ``path``, then rename it into place (as
+    :func:`save_tensors_atomic`, never onto anything but a regular file)."""
+    path = check_writable_file(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -1,8 +1,10 @@
 """Paths the project reads and writes: the defaults of generation, and the checks that an input is a file and that an
 output destroys nothing. Torch-free (the command lines use it before torch loads).
 
-An output never replaces the checkpoint (or a file in a checkpoint directory), the given first-frame input, a device
-or pipe, or another output of the same run; an existing video or contact sheet is replaced only with ``overwrite``.
+No file the project writes replaces a directory, a device, a pipe or a socket (:func:`check_writable_file`, the one
+check every writer calls). An output never replaces the checkpoint (or a file in a checkpoint directory), the given
+first-frame input, or another output of the same run; an existing video or contact sheet is replaced only with
+``overwrite``.
 Each refusal is a :class:`~ca2vdm.errors.SettingError` naming the setting (``out``, ``stats``, ``first_frame``).
 """
 from __future__ import annotations
@@ -17,6 +19,16 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "demo
 DEFAULT_OUT = Path("outputs") / VIDEO_NAME  # the command line's scratch output, replaced by every run
 
 
+def latest_checkpoint(path: str | os.PathLike) -> Path:
+    """``RUN/checkpoints/latest`` (where no such file or folder exists) -> the newest ``step_N`` folder beside it (a
+    training run publishes each one complete, by a rename); any other path as it is."""
+    path = Path(path)
+    if path.name != "latest" or path.exists():
+        return path
+    steps = [p for p in path.parent.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return max(steps, key=lambda p: int(p.name[5:])) if steps else path
+
+
 def check_input_file(path: str | os.PathLike) -> Path:
     """``path`` as a Path if it is an existing regular file; otherwise ValueError saying what it is instead."""
     path = Path(path)
@@ -26,6 +38,23 @@ def check_input_file(path: str | os.PathLike) -> Path:
         raise ValueError(f"{path} is not a regular file (a device, pipe or socket); pass an image or video file")
     if not path.is_file():
         raise ValueError(f"file not found: {path}")
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, name: str = "path", overwrite: bool = True) -> Path:
+    """``path`` as a Path if writing a file there destroys nothing: it is new, or an existing regular file (only with
+    ``overwrite``). A directory, a device (``/dev/null``), a pipe or a socket (or a link to one) is refused, with or
+    without ``overwrite``: every file the project writes goes through this check (videos, contact sheets, weights,
+    latent shards, text files). SettingError naming ``name`` otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise SettingError(name, path, "is a directory; give the path of a file to write")
+    if path.exists() and not path.is_file():
+        raise SettingError(name, path, "exists and is not a regular file (a device, pipe or socket): writing would "
+                           "replace it; choose a file path")
+    if path.exists() and not overwrite:
+        raise SettingError(name, path, f"already exists; pass {opt('overwrite')} to replace it, or choose another "
+                           "path")
     return path
 
 
@@ -42,19 +71,24 @@ def preview_path(out: Path) -> Path:
 
 
 def check_paths(checkpoint: str | Path, out: Path, *, first_frame: str | None = None, preview: bool = False,
-                stats: str | None = None, overwrite: bool = False) -> None:
+                stats: str | None = None, overwrite: bool = False, adapters: list[str | Path] = ()) -> None:
     """Refuse, before any work, a first frame that is not a file and outputs that would destroy something: the
-    checkpoint (or a file in a checkpoint directory), the input, a device or pipe, each other, or (without
+    checkpoint or an adapter (or a file in their directories), the input, a device or pipe, each other, or (without
     ``overwrite``) an existing video or contact sheet."""
     if first_frame:
         try:
             check_input_file(first_frame)
         except ValueError as e:
             raise SettingError("first_frame", first_frame, str(e)) from None
+    checkpoint = latest_checkpoint(checkpoint)
     outputs = {"out": out, "preview": preview_path(out) if preview else None, "stats": Path(stats) if stats else None}
     outputs = {name: path for name, path in outputs.items() if path is not None}
     for name, path in outputs.items():
         _check_output(name, path, Path(checkpoint), first_frame)
+        for adapter in map(Path, adapters):
+            if _same_file(path, adapter) or (adapter.is_dir() and path.resolve().is_relative_to(adapter.resolve())):
+                raise SettingError(name, path, f"is (or is inside) the {opt('lora')} adapter {adapter}; write it "
+                                   "elsewhere")
     seen: dict[Path, str] = {}
     for name, path in outputs.items():
         other = seen.setdefault(path.resolve(), name)
@@ -69,11 +103,7 @@ def check_paths(checkpoint: str | Path, out: Path, *, first_frame: str | None = 
 
 def _check_output(name: str, path: Path, checkpoint: Path, first_frame: str | None) -> None:
     """An output must be (or become) a regular file that is neither the checkpoint nor the input."""
-    if path.is_dir():
-        raise SettingError(name, path, "is a directory; choose a file path")
-    if path.exists() and not path.is_file():
-        raise SettingError(name, path, "exists and is not a regular file (a device, pipe or socket); choose a file "
-                           "path")
+    check_writable_file(path, name)
     if checkpoint.is_dir() and path.resolve().is_relative_to(checkpoint.resolve()):
         raise SettingError(name, path, f"is inside the checkpoint directory {checkpoint}; write it elsewhere")
     if _same_file(path, checkpoint):

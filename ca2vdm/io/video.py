@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
-from PIL import Image
 
+from ca2vdm.io.bounded import check_frame_size, check_video_frames, decode_image
 from ca2vdm.io.paths import check_input_file
 from ca2vdm.io.video_writer import KEYFRAME_INTERVAL, VideoWriter, save_contact_sheet  # noqa: F401 (re-exported)
 
@@ -122,6 +122,7 @@ def open_video(path: str | os.PathLike) -> decord.VideoReader:
         ) from error
     if not head:
         raise ValueError(f"video {path} is empty (0 bytes); delete it or replace it with the full file")
+    check_video_frames(path)  # from the header, before anything is decoded
     try:
         with _native_logs_silenced():
             reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -186,9 +187,9 @@ def read_frames(
 
 
 def _read_image(path: Path) -> np.ndarray:
+    """(1, H, W, 3) uint8; its size checked before it is decoded (:func:`ca2vdm.io.bounded.decode_image`)."""
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))[None]  # (1, H, W, 3)
+        return decode_image(path, f"image {path}")
     except OSError as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
 
@@ -249,6 +250,7 @@ def _decode_frames(path: Path) -> Iterator[np.ndarray]:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            check_frame_size(f"video {path}", stream.codec_context.width, stream.codec_context.height)
             for frame in container.decode(stream):
                 yield frame.to_ndarray(format="rgb24")
                 decoded += 1

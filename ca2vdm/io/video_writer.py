@@ -14,6 +14,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from ca2vdm.io.paths import check_writable_file
+
 KEYFRAME_INTERVAL = 16  # frames between keyframes in written videos
 
 def save_contact_sheet(
@@ -40,7 +42,7 @@ def save_contact_sheet(
         row, col = divmod(index, cols)
         y, x = row * (height + gap), col * (width + gap)
         sheet[y : y + height, x : x + width] = frame
-    path = Path(path)
+    path = check_writable_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(path, format="PNG")
 
@@ -69,16 +71,18 @@ class VideoWriter:
 
     Output goes to a hidden temporary file next to `path` (`.<name>.partial.mp4`)
     that is renamed onto `path` by `close()`; if the `with` block raises, the
-    temporary file is deleted and `path` is left untouched.
+    temporary file is deleted and `path` is left untouched. An existing `path`
+    is replaced only with `overwrite`, and only if it is a regular file (never a
+    directory, device, pipe or socket): SettingError before anything is written.
 
         with VideoWriter("out.mp4", fps=8) as writer:
             writer.write(frames)  # (T, H, W, 3) uint8
     """
 
-    def __init__(self, path: str | os.PathLike, fps: int, crf: int = 10) -> None:
+    def __init__(self, path: str | os.PathLike, fps: int, crf: int = 10, *, overwrite: bool = False) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        self.path = Path(path)
+        self.path = check_writable_file(path, overwrite=overwrite)
         self.fps = int(fps)
         self.crf = crf
         _prepare_output_dir(self.path.parent)

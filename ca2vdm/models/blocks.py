@@ -119,7 +119,7 @@ class TemporalAttention(SelfAttention):
         q, k, v = (rearrange(a, "b t s h d -> (b s h) t d") for a in self.qkv_heads(x))
         q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
         if ctx.cache is not None:
-            k, v = ctx.cache.update(layer, k, v)  # (B*S*H, visible frames, Dh)
+            k, v = ctx.cache.update(layer, k, v, ctx.commit)  # (B*S*H, visible frames, Dh)
         out = attention(q[:, :, None], k[:, :, None], v[:, :, None], ctx.mask, backend=ctx.backend)
         return self.proj(rearrange(out, "(b s h) t 1 d -> b t s (h d)", b=x.shape[0], h=self.num_heads))
 

@@ -27,6 +27,7 @@ Three ways to run the same weights:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
@@ -39,7 +40,7 @@ from ca2vdm.data.text import TextEmbeddings
 from ca2vdm.models.attention import block_causal_mask, kernel_mask, resolve_backend, rope_table, teacher_forcing_mask
 from ca2vdm.models.blocks import BlockStack, FinalLayer, ForwardContext
 from ca2vdm.models.cross_attention import TextEmbedder, TextKV
-from ca2vdm.models.hooks import STEP_CACHE_HOOK
+from ca2vdm.models.hooks import STEP_CACHE_HOOK, HookRegistry
 from ca2vdm.models.kv_cache import KVCache
 
 #################################################################################
@@ -150,6 +151,13 @@ class CausalVideoDiT(nn.Module):
         hook = self.stack.hooks.get(STEP_CACHE_HOOK)
         if hook is not None:
             hook.policy.detach()
+
+    def attention_hooks(self) -> Iterator[tuple[tuple[int, str], HookRegistry]]:
+        """The hooks of every attention module, keyed by (layer, "spatial" | "temporal"): where attention-level caches
+        (FasterCache's output reuse) attach; their call is ``(x, ctx, layer)``."""
+        for block in self.stack.blocks:
+            yield (block.layer, "spatial"), block.spatial.hooks
+            yield (block.layer, "temporal"), block.temporal.hooks
 
     @property
     def null_label(self) -> int | None:

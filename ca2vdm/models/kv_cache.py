@@ -118,12 +118,21 @@ class KVCache:
                 self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view
         return self._slots
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the current chunk's temporal K/V (B*S*H, L, Dh) into its slots; return all visible K/V."""
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               commit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the current chunk's temporal K/V (B*S*H, L, Dh) into its slots; return all visible K/V.
+
+        A denoising pass (not ``commit``) that carries gradients (a training rollout's exit step,
+        :mod:`ca2vdm.training.distill_rollout`) reads the same slots from a copy and leaves the buffer alone: its K/V
+        are scratch, and the commit pass that follows overwrites those slots in place, which would corrupt what
+        autograd saved."""
         slots = self._slot_index(k.shape[1])
+        visible = min(self.window, self.frames_committed + k.shape[1])
+        if not commit and (k.requires_grad or v.requires_grad):
+            keys, values = self.k[layer].index_copy(1, slots, k), self.v[layer].index_copy(1, slots, v)
+            return keys[:, :visible], values[:, :visible]
         self.k[layer].index_copy_(1, slots, k)
         self.v[layer].index_copy_(1, slots, v)
-        visible = min(self.window, self.frames_committed + k.shape[1])
         return self.k[layer, :, :visible], self.v[layer, :, :visible]  # (B*S*H, visible, Dh)
 
     def prefix(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -131,6 +140,8 @@ class KVCache:
         n = min(self.prefix_frames, self.frames_committed)
         if n == 0:
             return None
+        if torch.is_grad_enabled():  # a pass with gradients keeps copies: the next commit overwrites the buffer
+            return self.prefix_k[layer, :, :n].clone(), self.prefix_v[layer, :, :n].clone()
         return self.prefix_k[layer, :, :n], self.prefix_v[layer, :, :n]
 
     def store_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:

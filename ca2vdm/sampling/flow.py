@@ -7,6 +7,7 @@ velocity ``noise - x_0``. Conditioning frames are clean (t = 0) but lightly pert
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -26,11 +27,14 @@ def perturb(x0: torch.Tensor, noise: torch.Tensor, t: float | torch.Tensor) -> t
     return (1 - t) * x0 + t * noise
 
 
-def sample(denoise: Denoiser, x: torch.Tensor, steps: int, shift: float = 1.0, start_t: float = 1.0) -> torch.Tensor:
+def sample(denoise: Denoiser, x: torch.Tensor, steps: int, shift: float = 1.0, start_t: float = 1.0, *,
+           times: Sequence[float] | None = None) -> torch.Tensor:
     """Euler integration of the flow from ``x`` at t=``start_t`` (1: pure noise) to t=0; one ``denoise`` call per
-    step. With ``start_t`` < 1 the schedule is compressed into [0, start_t] (SDEdit from partly noised frames)."""
-    ts = [start_t * t for t in timesteps(steps, shift)]
-    for i in range(steps):
+    step. With ``start_t`` < 1 the schedule is compressed into [0, start_t] (SDEdit from partly noised frames).
+    ``times``: an explicit schedule instead (``steps + 1`` times, from x's time down to the last, e.g. a piece of a
+    trajectory, or a few-step student stopped early: ``[*ts[:k + 1], 0]`` returns its prediction of x_0 at step k)."""
+    ts = [start_t * t for t in timesteps(steps, shift)] if times is None else list(times)
+    for i in range(len(ts) - 1):
         x = x + (ts[i + 1] - ts[i]) * denoise(x, ts[i], i)
     return x
 

@@ -35,7 +35,7 @@ from ca2vdm.data.text import TextEncoder
 from ca2vdm.errors import SettingError, opt
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, label_rows, text_rows
-from ca2vdm.sampling.flow import guidance, perturb, sample
+from ca2vdm.sampling.flow import Denoiser, guidance, perturb, sample, timesteps
 from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 
 # The sampler's state (noise, the chunk being denoised, finished frames) stays float32 at every model precision: a
@@ -82,15 +82,19 @@ class LongVideoPipeline:
 
     def __init__(self, model: CausalVideoDiT, settings: SamplerSettings | None = None, *,
                  step_cache: StepCache | None = None, calibration: Mapping[str, list[float]] | None = None,
-                 pixel_space: bool = True, text_encoder: TextEncoder | None = None, **overrides):
+                 pixel_space: bool = True, text_encoder: TextEncoder | None = None,
+                 forward: Callable[..., torch.Tensor] | None = None, **overrides):
         """``settings`` (default: the library's) with ``overrides`` (keywords named as its fields; None ignored).
         The step cache is built from ``settings.step_cache`` and its options with the checkpoint's ``calibration``,
         unless a policy object is given as ``step_cache``. ``pixel_space``: the model works on pixels, so sampled
         chunks are clamped to [-1, 1]; a latent model's chunks are not clamped (unit-variance latents go well beyond
         1; the codec clamps the decoded pixels). ``text_encoder`` reads a text model's prompts
-        (:func:`ca2vdm.data.text.build_text_encoder`; encoded prompts need none)."""
+        (:func:`ca2vdm.data.text.build_text_encoder`; encoded prompts need none). ``forward``: what runs the model's
+        passes (default: the model; training's rollouts pass its distributed wrapper, whose forward synchronises
+        gradients)."""
         self.model = model
         self.text_encoder = text_encoder
+        self.forward = model if forward is None else forward
         self.settings = (settings or SamplerSettings()).replace(**overrides)
         self.step_cache = step_cache if step_cache is not None else build_step_cache(
             self.settings.step_cache, self.settings.step_cache_options, calibration)
@@ -130,12 +134,12 @@ class LongVideoPipeline:
         L = x.shape[2]
         if cond.cache is not None:
             cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
-            return self.model(x, torch.full((rows, L), t, device=x.device), labels, cache=cache).to(STATE_DTYPE)
+            return self.forward(x, torch.full((rows, L), t, device=x.device), labels, cache=cache).to(STATE_DTYPE)
         ctx = torch.cat([_repeat_rows(f, groups) for f in cond.sinks + cond.context] + [x], dim=2)
         n = ctx.shape[2] - L
         t_frames = torch.zeros(rows, n + L, device=x.device)
         t_frames[:, n:] = t
-        out = self.model(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n, text=text)
+        out = self.forward(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n, text=text)
         return out[:, :, n:].to(STATE_DTYPE)
 
     @torch.no_grad()
@@ -178,12 +182,12 @@ class LongVideoPipeline:
             first_frames, shape = first_frames.to(device, dtype), first_frames.shape
             sinks = cfg.sink_frames if frames_before else 0
             for part in first_frames[:, :, :sinks].split(layout.split(0, sinks), dim=2):
-                self._commit(state, part)
+                self.commit(state, part)
             for n in layout.split(sinks, frames_before - sinks):  # the noise their commits would have drawn
                 _randn((*shape[:2], n, *shape[3:]), state.generator, device, dtype)
             state.frames = frames_before
             for part in first_frames[:, :, sinks:].split(layout.split(frames_before, shape[2] - sinks), dim=2):
-                self._commit(state, part)
+                self.commit(state, part)
         return state
 
     @torch.no_grad()
@@ -196,31 +200,23 @@ class LongVideoPipeline:
         forcing: evaluations that compare samplers on a shared context). ``start_from`` (B, C, L, H, W): denoise
         these frames perturbed to ``start_t`` instead of pure noise (SDEdit; the self-rollout of training).
         """
-        cfg, settings = self.model.cfg, self.settings
-        weight = self.model.x_embedder.weight
-        L = cfg.layout.next_length(state.frames)
-        shape = (state.batch, cfg.in_channels, L, cfg.resolution, cfg.resolution)
-        noise = _randn(shape, state.generator, weight.device, STATE_DTYPE)
+        settings, policy = self.settings, self.step_cache
+        noise = self.chunk_noise(state)
         if start_from is not None:
             noise = perturb(start_from.to(noise.dtype), noise, start_t)
-        frames_before, policy = state.frames, self.step_cache
-
-        def denoise(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
-            v = self._guided_velocity(state.conditioning, x, t, frames_before, i)
-            if on_step is not None:
-                on_step(i)
-            return v
-
+        denoise = self.denoiser(state, on_step)
         with policy.attached(self.model) if policy is not None else contextlib.nullcontext():
             if policy is not None:
                 policy.begin_chunk()
             x0 = sample(denoise, noise, settings.steps, settings.shift, start_t if start_from is not None else 1.0)
-        if not torch.isfinite(x0).all():
-            raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks}; the weights may be "
-                                     "damaged (check the checkpoint)")
+        if not torch.isfinite(x0).all():  # settings and given frames are checked finite before: the model's doing
+            fp16 = self.model.x_embedder.weight.dtype == torch.float16
+            overflow = " or float16 overflowed (try dtype bf16 or fp32)" if fp16 else ""
+            raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks} from finite settings "
+                                     f"and frames: the weights may be damaged (check the checkpoint){overflow}")
         if self.pixel_space:
             x0 = x0.clamp(-1, 1)
-        self._commit(state, x0 if commit_frames is None else commit_frames)
+        self.commit(state, x0 if commit_frames is None else commit_frames)
         state.chunks += 1
         if policy is None:
             return ChunkResult(x0, state.chunks - 1, model_evals=settings.steps * state.conditioning.groups)
@@ -237,7 +233,31 @@ class LongVideoPipeline:
         for _ in range(num_chunks):
             yield self.next_chunk(state)
 
-    def _commit(self, state: GenerationState, frames: torch.Tensor) -> None:
+    def schedule(self) -> list[float]:
+        """The denoising times of a chunk, ``steps + 1`` from 1 down to 0."""
+        return timesteps(self.settings.steps, self.settings.shift)
+
+    def chunk_noise(self, state: GenerationState) -> torch.Tensor:
+        """The next chunk's starting noise (B, C, L, H, W), drawn from the video's generator(s)."""
+        cfg = self.model.cfg
+        shape = (state.batch, cfg.in_channels, cfg.layout.next_length(state.frames), cfg.resolution, cfg.resolution)
+        return _randn(shape, state.generator, self.model.x_embedder.weight.device, STATE_DTYPE)
+
+    def denoiser(self, state: GenerationState, on_step: Callable[[int], None] | None = None) -> Denoiser:
+        """The velocity of the next chunk's denoising steps, conditioned on the cache (guided as the settings say);
+        ``on_step(i)`` follows each step. :meth:`next_chunk` samples with it; training's rollouts and the teacher's
+        recorded trajectories run their own steps with it, then :meth:`commit`."""
+        frames_before = state.frames
+
+        def denoise(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+            v = self._guided_velocity(state.conditioning, x, t, frames_before, i)
+            if on_step is not None:
+                on_step(i)
+            return v
+        return denoise
+
+    @torch.no_grad()
+    def commit(self, state: GenerationState, frames: torch.Tensor) -> None:
         """Perturb finished frames (prefix perturbation) and append them to the conditioning of every row; the
         window's frames are kept as committed (a switch re-caches them)."""
         noise = _randn(frames.shape, state.generator, frames.device, frames.dtype)
@@ -256,8 +276,8 @@ class LongVideoPipeline:
     def _commit_pass(self, cond: Conditioning, frames: torch.Tensor) -> None:
         """Run committed frames (B, C, L, H, W) once at t = 0 in every row: their K/V join the cache."""
         rows, L = _repeat_rows(frames, cond.groups), frames.shape[2]
-        self.model(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
-                   commit=True)
+        self.forward(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
+                     commit=True)
         cond.cache.commit(L)
 
     @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ca2vdm.checkpoints.adapters import ADAPTER_NAME, checkpoint_hash, read_adapter
 from ca2vdm.config import STEP_CACHE_NAMES, STEP_CACHES, ModelConfig
 from ca2vdm.errors import ConfigError, opt
 from ca2vdm.generation.api import Pipeline, load_pipeline
@@ -43,18 +44,41 @@ def offered_names(paths: list[str | Path]) -> list[str]:
     return [stem if stems.count(stem) == 1 else str(path) for stem, path in zip(stems, paths)]
 
 
-def load_catalog(paths: list[str | Path], device: str) -> dict[str, Offered]:
-    """Load every checkpoint in ``paths`` on ``device``; errors (CheckpointError, CodecError, SettingError) name the
-    file or the setting."""
+def load_catalog(paths: list[str | Path], device: str,
+                 lora: list[tuple[str | Path, float]] = ()) -> dict[str, Offered]:
+    """Load every checkpoint in ``paths`` on ``device``, and for each adapter of ``lora`` ((path, scale)) its base
+    with the adapter folded in, offered as ``<base>+<adapter>``; errors (CheckpointError, CodecError, SettingError)
+    name the file or the setting."""
     if len({Path(p).resolve() for p in paths}) != len(paths):
         raise ConfigError(f"{opt('checkpoint')} lists the same checkpoint twice; give each once")
     torch_device = resolve_device(device)
-    catalog = {}
-    for name, path in zip(offered_names(paths), paths):
-        pipe = load_pipeline(path, torch_device)
+    catalog, base_names = {}, dict(zip(map(str, paths), offered_names(paths)))
+    offered = [(name, path, []) for name, path in zip(offered_names(paths), paths)]  # (name, checkpoint, adapters)
+    for adapter, scale in lora:  # each on the checkpoint it was trained on (or refused naming the first and it)
+        base = adapter_base(adapter, paths)
+        name = f"{base_names[str(base)]}+{adapter_label(adapter)}" + ("" if scale == 1 else f"*{scale:g}")
+        offered.append((name, base, [(adapter, scale)]))
+    for name, path, adapters in offered:
+        pipe = load_pipeline(path, torch_device, lora=adapters)
         names = pipe.metadata.class_names or [str(i) for i in range(pipe.model.cfg.num_classes)]
         catalog[name] = Offered(name, Path(path), pipe, names)
     return catalog
+
+
+def adapter_base(adapter: str | Path, paths: list[str | Path]) -> str | Path:
+    """The checkpoint among ``paths`` an adapter was trained on (by the hash of its weights); the first when none
+    was, so that loading it refuses the adapter with a line naming both."""
+    wanted = read_adapter(adapter).base_sha256
+    return next((path for path in paths if checkpoint_hash(path) == wanted), paths[0])
+
+
+def adapter_label(adapter: str | Path) -> str:
+    """A short name of an adapter for the page: its file's stem, or ``<run>/step_N`` for a run's checkpoint."""
+    path = Path(adapter)
+    if path.is_file() and path.name != ADAPTER_NAME:
+        return path.stem  # e.g. checkpoints/demo-white.safetensors -> demo-white
+    folder = path if path.is_dir() else path.parent  # a LoRA run's checkpoint folder
+    return f"{folder.parent.parent.name}/{folder.name}" if folder.parent.name == "checkpoints" else folder.name
 
 
 def step_cache_choices() -> dict[str, dict]:

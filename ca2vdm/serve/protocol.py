@@ -1,16 +1,21 @@
 """The WebSocket protocol between the page and the server, and the checks on everything a client sends.
 
 Client to server: a binary message is an upload (an image or video to continue; at most ``MAX_UPLOAD_BYTES``);
-text messages are JSON objects with a ``type``:
+text messages (at most ``MAX_MESSAGE_CHARS``) are JSON objects with a ``type``, each validated by its pydantic
+model below (:data:`ClientMessage`, a union discriminated on ``type``: typed fields with their ranges):
 
 * ``{"type": "start", "model": NAME, "label": INT | null, "seed": INT, "chunks": INT | null (until stopped),
-  "step_cache": POLICY, "step_cache_options": {SETTING: NUMBER}, "first_frame": BOOL}``
-  (and ``"prompt": TEXT | null`` for a text model, ``"switch_mode": "recache" | "keep" | "reset"``);
-* ``{"type": "switch", "prompt": TEXT | null, "label": INT | null}``: condition the chunks after the current one on a
-  new prompt (a text model) or label, with the generation's ``switch_mode``;
+  "step_cache": POLICY, "step_cache_options": {SETTING: NUMBER}, "first_frame": BOOL}`` (and ``"prompt": TEXT |
+  null`` for a text model, ``"switch_mode": "recache" | "keep" | "reset"``);
+* ``{"type": "switch", "prompt": TEXT | null, "label": INT | null, "at": INT | null}``: condition the chunks from
+  chunk ``at`` (null: the next one the server starts) on a new prompt (a text model) or label, with the
+  generation's ``switch_mode``;
 * ``{"type": "stop"}``: end the generation (or leave the queue) within one chunk;
 * ``{"type": "shown", "frames": INT}``: how many frames the page has shown (the server stays at most
-  ``LEAD_FRAMES`` ahead).
+  ``LEAD_FRAMES`` ahead, and counts no more than it has sent).
+
+Any other JSON (another shape, a wrong type, a value out of range, a number too large) is one
+:class:`ProtocolError` naming the field and what it accepts; the page shows it and can generate again.
 
 Server to client: JSON ``hello`` (models, policies, limits), ``upload``, ``queued`` (position, 1 = next),
 ``started``, ``done`` (reason, frames, download link), ``error`` (message); and one binary message per chunk:
@@ -20,158 +25,183 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
-from ca2vdm.config import SEED_MAX, SWITCH_MODES, check_label, step_cache_config
+from ca2vdm.config import SEED_MAX, STEP_CACHE_NAMES, SWITCH_MODES, check_label, step_cache_config
 from ca2vdm.errors import SettingError
 
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # uploads above this are refused; the server's WebSocket allows 1 MiB more
+MAX_MESSAGE_CHARS = 64 * 2 ** 10  # text messages above this are refused unread (a start message is ~300 characters)
 LEAD_FRAMES = 16                # generate at most this many frames ahead of what the page has shown (2 s at 8 fps)
 CHUNK_FIELDS = ("kind", "index", "frames", "height", "width", "seconds", "encode_seconds", "computed", "skipped",
                 "total_frames", "chunks_done", "fps", "computed_total", "skipped_total", "first_frame_seconds")
-START_FIELDS = {"type", "model", "label", "seed", "chunks", "step_cache", "step_cache_options", "first_frame",
-                "prompt", "switch_mode"}
-SWITCH_FIELDS = {"type", "prompt", "label"}
-MAX_PROMPT_CHARS = 400  # a prompt's text; its token count is checked against the model (model.text_tokens)
+MAX_FRAMES = 2 ** 53            # a frame count a page can hold exactly (JavaScript's largest safe integer)
+MAX_PROMPT_CHARS = 400          # a prompt's text; its token count is checked against the model (model.text_tokens)
 
 
 class ProtocolError(ValueError):
     """A client message the server refuses; the message is shown on the page as it is."""
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A checked ``start`` message."""
-    model: str
-    label: int | None
-    seed: int
-    chunks: int | None          # None: until stopped (or --max-chunks)
-    step_cache: str
-    step_cache_options: dict    # the policy's settings given, checked and typed
-    first_frame: bool
-    prompt: str | None = None   # a text model's prompt
-    switch_mode: str = "recache"  # what a switch does to the window
-
-
-@dataclass(frozen=True)
-class SwitchRequest:
-    """A checked ``switch`` message: a new prompt or label from the next chunk on."""
-    prompt: str | None = None
-    label: int | None = None
-
-
-def parse_message(text: str) -> dict:
-    """A text message as a JSON object with a known ``type``; ProtocolError for anything else."""
-    try:
-        message = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise ProtocolError(f"malformed message (not JSON): {text[:80]!r}; send a JSON object with a 'type'") from None
-    if not isinstance(message, dict) or message.get("type") not in ("start", "stop", "shown", "switch"):
-        kind = message.get("type") if isinstance(message, dict) else type(message).__name__
-        raise ProtocolError(f"malformed message: unknown type {kind!r}; send 'start', 'switch', 'stop' or 'shown'")
-    return message
-
-
-def _integer(message: dict, key: str, what: str) -> int | None:
-    value = message.get(key)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ProtocolError(f"{what} must be a whole number, got {value!r}")
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true/false is not a number (pydantic's lax int would take it as 1/0)
+        raise ValueError("true/false is not a number")
     return value
 
 
-def parse_start(message: dict, models: dict[str, dict], policies: dict[str, dict],
-                max_chunks: int | None) -> GenerationRequest:
-    """Check a ``start`` message against the models the server offers (``describe()`` by name), the step-caching
-    policies (name -> settings with their defaults) and ``--max-chunks``; ProtocolError naming the field and the
-    fix."""
-    unknown = sorted(set(message) - START_FIELDS)
-    if unknown:
-        raise ProtocolError(f"unknown field(s) {', '.join(unknown)} in 'start'; allowed: "
-                            f"{', '.join(sorted(START_FIELDS))}")
-    name = message.get("model")
-    if name not in models:
-        raise ProtocolError(f"model {name!r} is not offered by this server; choose one of: {', '.join(models)}")
-    label = _integer(message, "label", "label")
-    prompt = _prompt(message, models[name], label)
+Whole = Annotated[int, BeforeValidator(_not_bool)]  # an int, an integral float (3.0) or the digits of one ("3")
+Prompt = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
+PROMPT_HELP = f"a text of 1 .. {MAX_PROMPT_CHARS} characters (not blank), or null for no prompt"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StartMessage(_Message):
+    """Start a generation (checked further against the server's models and limits by :func:`parse_start`)."""
+    type: Literal["start"]
+    model: StrictStr = Field(description="the name of a model this server offers (text)")
+    label: Annotated[Whole, Field(ge=0)] | None = Field(None, description="a whole number >= 0 (one of the model's "
+                                                                          "labels), or null for no label")
+    seed: Annotated[Whole, Field(ge=0, le=SEED_MAX)] = Field(0, description="a whole number in 0 .. 2**64 - 1")
+    chunks: Annotated[Whole, Field(ge=1)] | None = Field(None, description="a whole number >= 1, or null (until "
+                                                                           "stopped)")
+    step_cache: Literal[STEP_CACHE_NAMES] = Field("none", description="one of " + ", ".join(STEP_CACHE_NAMES))
+    step_cache_options: dict[str, Any] = Field(default_factory=dict, description="an object of the step cache's "
+                                               "settings (name: value)")
+    first_frame: StrictBool = Field(False, description="true or false")
+    prompt: Prompt | None = Field(None, description=PROMPT_HELP)
+    switch_mode: Literal[SWITCH_MODES] = Field("recache", description="one of " + ", ".join(SWITCH_MODES) + " (what "
+                                              "a switch does to the cached window)")
+
+
+class SwitchMessage(_Message):
+    """A new prompt or label for a running generation (checked further against its model by :func:`parse_switch`)."""
+    type: Literal["switch"]
+    prompt: Prompt | None = Field(None, description=PROMPT_HELP)
+    label: Annotated[Whole, Field(ge=0)] | None = Field(None, description="a whole number >= 0 (one of the model's "
+                                                                          "labels), or null for none")
+    at: Annotated[Whole, Field(ge=0, le=MAX_FRAMES)] | None = Field(None, description="a chunk number in 0 .. 2**53 "
+                                                                    "(0-based), or null for the next chunk")
+
+
+class StopMessage(_Message):
+    """End the generation, or leave the queue."""
+    type: Literal["stop"]
+
+
+class ShownMessage(_Message):
+    """How many frames the page has shown."""
+    type: Literal["shown"]
+    frames: Annotated[Whole, Field(ge=0, le=MAX_FRAMES)] = Field(description="a whole number in 0 .. 2**53 "
+                                                                             "(frames the page has shown)")
+
+
+MESSAGES = {"start": StartMessage, "switch": SwitchMessage, "stop": StopMessage, "shown": ShownMessage}
+ClientMessage = Annotated[Union[StartMessage, SwitchMessage, StopMessage, ShownMessage], Field(discriminator="type")]
+_CLIENT_MESSAGE = TypeAdapter(ClientMessage)
+TYPES = "'start', 'switch', 'stop' or 'shown'"
+
+
+def parse_message(text: str) -> StartMessage | SwitchMessage | StopMessage | ShownMessage:
+    """A text message as one of the client messages; ProtocolError naming the field and what it accepts."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ProtocolError(f"the message is {len(text)} characters long, over the limit of {MAX_MESSAGE_CHARS}; "
+                            f"send a JSON object with a 'type' ({TYPES})")
     try:
-        check_label(label, len(models[name]["labels"]))
+        return _CLIENT_MESSAGE.validate_json(text)
+    except ValidationError as e:
+        raise ProtocolError(_problem(e.errors()[0], text)) from None
+
+
+def _problem(error: dict, text: str) -> str:
+    """One line for pydantic's first error: the field, the value given and what the field accepts."""
+    kind, loc = error["type"], error["loc"]
+    if kind == "json_invalid":
+        return (f"malformed message (not JSON: {error['ctx']['error']}): {_shown(text)}; send a JSON object with a "
+                "'type'")
+    if kind.startswith("union_tag") or not loc:
+        given = error["input"].get("type") if isinstance(error["input"], dict) else None
+        what = f"unknown type {_shown(given)}" if isinstance(error["input"], dict) else \
+            f"a JSON {_json_kind(error['input'])}, not an object"
+        return f"malformed message: {what}; send a JSON object whose 'type' is {TYPES}"
+    message_type, field = loc[0], str(loc[1])
+    model = MESSAGES[message_type]
+    if kind == "extra_forbidden":
+        return (f"unknown field {field} in '{message_type}'; its fields: "
+                f"{', '.join(name for name in model.model_fields)}")
+    accepts = model.model_fields[field].description
+    if kind == "missing":
+        return f"'{message_type}' needs {field}: {accepts}"
+    return f"{field}={_shown(error['input'])}: must be {accepts}"
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value as JSON, cut short (with its length) when long."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
+
+
+def parse_start(message: StartMessage, models: dict[str, dict], max_chunks: int | None) -> StartMessage:
+    """Check a start message against the models the server offers (``describe()`` by name) and ``--max-chunks``;
+    return it with its step-cache settings checked and typed (as the command line and the API check them)."""
+    if message.model not in models:
+        raise ProtocolError(f"model={_shown(message.model)}: not offered by this server; choose one of: "
+                            f"{', '.join(models)}")
+    _check_kind(models[message.model], message.label, message.prompt)
+    try:
+        check_label(message.label, len(models[message.model]["labels"]))
+        config = step_cache_config(message.step_cache, message.step_cache_options)
     except SettingError as e:
         raise ProtocolError(str(e)) from None
-    seed = _integer(message, "seed", "seed")
-    seed = 0 if seed is None else seed
-    if not 0 <= seed <= SEED_MAX:
-        raise ProtocolError(f"seed must be in 0 .. 2**64 - 1, got {seed}")
-    chunks = _integer(message, "chunks", "chunks")
-    if chunks is not None and chunks < 1:
-        raise ProtocolError(f"chunks must be at least 1 (or empty: until stopped), got {chunks}")
-    if chunks is not None and max_chunks is not None and chunks > max_chunks:
-        raise ProtocolError(f"chunks {chunks} is beyond this server's limit of {max_chunks} (--max-chunks); "
+    if message.chunks is not None and max_chunks is not None and message.chunks > max_chunks:
+        raise ProtocolError(f"chunks={message.chunks}: beyond this server's limit of {max_chunks} (--max-chunks); "
                             f"ask for at most {max_chunks}")
-    policy = message.get("step_cache", "none")
-    if policy not in policies:
-        raise ProtocolError(f"unknown step cache {policy!r}; choose one of: {', '.join(policies)}")
-    options = _step_cache_options(policy, message.get("step_cache_options", {}))
-    first_frame = message.get("first_frame", False)
-    if not isinstance(first_frame, bool):
-        raise ProtocolError(f"first_frame must be true or false, got {first_frame!r}")
-    switch_mode = message.get("switch_mode", "recache")
-    if switch_mode not in SWITCH_MODES:
-        raise ProtocolError(f"switch_mode must be one of {', '.join(SWITCH_MODES)}, got {switch_mode!r}")
-    return GenerationRequest(name, label, seed, chunks, policy, options, first_frame, prompt, switch_mode)
+    given = set(message.step_cache_options)
+    options = {} if config is None else {k: v for k, v in config.options().items() if k in given}
+    return message.model_copy(update={"step_cache_options": options})
 
 
-def _prompt(message: dict, model: dict, label: int | None) -> str | None:
-    """The prompt of a message: text for a text model (not with a label), nothing for a label model."""
-    prompt = message.get("prompt")
-    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
-        raise ProtocolError(f"prompt must be a non-empty text (or null for none), got {prompt!r}")
-    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
-        raise ProtocolError(f"the prompt is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS}: shorten it")
+def parse_switch(message: SwitchMessage, model: dict, last_chunk: int | None) -> SwitchMessage:
+    """Check a switch against the model of the running generation (``describe()``) and its last chunk (None: until
+    stopped); whether chunk ``at`` is still to come is decided with the worker (``RunControl.request_switch``)."""
+    if (message.prompt is None) == (message.label is None):
+        raise ProtocolError("'switch' needs a new prompt or a new label (one of them)")
+    _check_kind(model, message.label, message.prompt)
+    try:
+        check_label(message.label, len(model["labels"]))
+    except SettingError as e:
+        raise ProtocolError(str(e)) from None
+    if message.at is not None and last_chunk is not None and message.at > last_chunk:
+        raise ProtocolError(f"at={message.at}: past the last chunk of this generation ({last_chunk}); switch at an "
+                            "earlier chunk, or null for the next one")
+    return message
+
+
+def _check_kind(model: dict, label: int | None, prompt: str | None) -> None:
+    """A text model takes prompts, a label model labels."""
     if prompt is not None and not model.get("prompts"):
         raise ProtocolError(f"model {model['name']} is conditioned on labels, not prompts; choose a label")
     if label is not None and model.get("prompts"):
         raise ProtocolError(f"model {model['name']} is conditioned on prompts, not labels; type a prompt")
-    return None if prompt is None else prompt.strip()
-
-
-def parse_switch(message: dict, model: dict) -> SwitchRequest:
-    """Check a ``switch`` message against the model of the running generation (``describe()``)."""
-    unknown = sorted(set(message) - SWITCH_FIELDS)
-    if unknown:
-        raise ProtocolError(f"unknown field(s) {', '.join(unknown)} in 'switch'; allowed: "
-                            f"{', '.join(sorted(SWITCH_FIELDS))}")
-    label = _integer(message, "label", "label")
-    prompt = _prompt(message, model, label)
-    try:
-        check_label(label, len(model["labels"]))
-    except SettingError as e:
-        raise ProtocolError(str(e)) from None
-    if (prompt is None) == (label is None):
-        raise ProtocolError("'switch' needs a new prompt or a new label")
-    return SwitchRequest(prompt, label)
-
-
-def _step_cache_options(policy: str, options) -> dict:
-    """The settings given for ``policy``, checked as the command line and the API check them."""
-    if not isinstance(options, dict):
-        raise ProtocolError(f"step_cache_options must be an object of settings, got {options!r}")
-    try:
-        config = step_cache_config(policy, options)
-    except SettingError as e:
-        raise ProtocolError(str(e)) from None
-    return {} if config is None else {k: v for k, v in config.options().items() if k in options}
-
-
-def parse_shown(message: dict) -> int:
-    """The frame count of a ``shown`` message."""
-    frames = _integer(message, "frames", "shown frames")
-    if frames is None or frames < 0:
-        raise ProtocolError(f"'shown' needs frames >= 0, got {message.get('frames')!r}")
-    return frames
 
 
 def chunk_message(header: dict, pixels: np.ndarray) -> bytes:

@@ -1,7 +1,7 @@
 """One generation on the worker thread: pull chunks while the page keeps up, write them to the mp4, hand them on.
 
-The thread and the WebSocket's event loop share only a :class:`RunControl` (stop, frames shown) and the ``emit``
-callback; a stop is seen after the current denoising step, so no further chunk is computed.
+The thread and the WebSocket's event loop share only a :class:`RunControl` (stop, frames shown, switches) and the
+``emit`` callback; a stop is seen after the current denoising step, so no further chunk is computed.
 """
 from __future__ import annotations
 
@@ -21,35 +21,61 @@ class Cancelled(Exception):
     """The page pressed Stop or went away."""
 
 
-class RunControl:
-    """Stop requests and the page's progress, shared between the event loop and the worker thread."""
+class Stalled(Cancelled):
+    """The page showed no new frame for ``ack_timeout`` seconds while the generation waited for it."""
 
-    def __init__(self, lead_frames: int = LEAD_FRAMES):
-        self.lead_frames = lead_frames
+
+class RunControl:
+    """Stop requests and the page's progress, shared between the event loop and the worker thread.
+
+    ``shown`` never exceeds the frames sent (a page cannot have shown more), so no message switches the lead bound
+    off; a page that acknowledges nothing for ``ack_timeout`` seconds while the generation waits for it is dropped
+    (:class:`Stalled`), so a hidden tab or a client that never answers cannot hold the device.
+    """
+
+    def __init__(self, lead_frames: int = LEAD_FRAMES, ack_timeout: float | None = None):
+        self.lead_frames, self.ack_timeout = lead_frames, ack_timeout
         self._changed = threading.Condition()
         self.stopped = False
         self.shown = 0
-        self._switches: list = []  # protocol.SwitchRequest, in the order they came
+        self.sent = 0
+        self._last_ack = time.monotonic()
+        self._switches: list = []  # protocol.SwitchMessage, in the order they came
+        self.fixed = 0  # chunks whose condition is decided (being made or made): a switch must come at or after
 
     def stop(self) -> None:
         with self._changed:
             self.stopped = True
             self._changed.notify_all()
 
+    def mark_sent(self, frames: int) -> None:
+        """The page has been sent ``frames`` frames in all (before they go out)."""
+        with self._changed:
+            self.sent = frames
+
     def set_shown(self, frames: int) -> None:
         with self._changed:
-            self.shown = max(self.shown, frames)
+            frames = min(frames, self.sent)
+            if frames > self.shown:
+                self.shown, self._last_ack = frames, time.monotonic()
             self._changed.notify_all()
 
-    def request_switch(self, switch) -> None:
-        """A new prompt or label for the chunks after the current one (taken by the worker between chunks)."""
+    def request_switch(self, switch) -> int | None:
+        """Queue a switch (a new prompt or label from chunk ``switch.at``, None: the next chunk started) for the
+        worker, which takes it between chunks; if chunk ``at`` is already decided, queue nothing and return the first
+        chunk a switch can still change."""
         with self._changed:
+            if switch.at is not None and switch.at < self.fixed:
+                return self.fixed
             self._switches.append(switch)
+        return None
 
-    def take_switches(self) -> list:
-        """The switches asked for since the last call."""
+    def take_switches(self, next_chunk: int) -> list:
+        """The switches asked for since the last call, taken before chunk ``next_chunk`` is made (from then on a
+        switch needs a later chunk)."""
         with self._changed:
             taken, self._switches = self._switches, []
+            self.fixed = max(self.fixed, next_chunk + 1)
         return taken
 
     def poll(self) -> None:
@@ -58,9 +84,18 @@ class RunControl:
             raise Cancelled
 
     def wait_for_page(self, sent: int) -> None:
-        """Block while the page is more than ``lead_frames`` frames behind the ``sent`` frames; Cancelled on stop."""
+        """Block while the page is more than ``lead_frames`` frames behind the ``sent`` frames; Cancelled on stop,
+        Stalled when the page has acknowledged no frame for ``ack_timeout`` seconds of this wait."""
+        began = time.monotonic()
         with self._changed:
-            self._changed.wait_for(lambda: self.stopped or sent - self.shown <= self.lead_frames)
+            while not self.stopped and sent - self.shown > self.lead_frames:
+                if self.ack_timeout is None:
+                    self._changed.wait()
+                    continue
+                left = max(self._last_ack, began) + self.ack_timeout - time.monotonic()
+                if left <= 0:
+                    raise Stalled
+                self._changed.wait(left)
         self.poll()
 
 
@@ -105,6 +140,7 @@ def produce(chunks: Iterator[PixelChunk], writer: VideoWriter, control: RunContr
         if figures.first_frame_seconds is None:
             figures.first_frame_seconds = time.perf_counter() - figures.tic
         frames, height, width = chunk.pixels.shape[:3]
+        control.mark_sent(figures.total_frames)
         emit({"kind": chunk.kind, "index": figures.chunks_done - 1 if chunk.kind == "chunk" else None,
               "frames": frames, "height": height, "width": width, "seconds": model_seconds,
               "encode_seconds": encode_seconds, "computed": chunk.computed, "skipped": chunk.skipped,

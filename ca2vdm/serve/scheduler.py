@@ -8,7 +8,11 @@ Notify = Callable[[int], Awaitable[None]]  # told the waiter's position (1 = nex
 
 
 class QueueFull(RuntimeError):
-    """The queue already holds ``--max-queue`` waiting generations."""
+    """The queue already holds ``--max-queue`` waiting generations (or a waiter gave up: :class:`QueueTimeout`)."""
+
+
+class QueueTimeout(QueueFull):
+    """A generation waited longer than the queue's time-out for the device."""
 
 
 class DeviceQueue:
@@ -23,9 +27,9 @@ class DeviceQueue:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    async def acquire(self, notify: Notify) -> None:
-        """Take the device, waiting in line if it is busy; QueueFull if the line is full. Cancelling the caller
-        leaves the line."""
+    async def acquire(self, notify: Notify, timeout: float | None = None) -> None:
+        """Take the device, waiting in line if it is busy; QueueFull if the line is full, QueueTimeout after
+        ``timeout`` seconds in line. Cancelling the caller leaves the line."""
         if not self.busy and not self._waiting:
             self.busy = True
             return
@@ -36,13 +40,16 @@ class DeviceQueue:
         self._waiting.append(entry)
         await notify(len(self._waiting))
         try:
-            await entry[0]
-        except asyncio.CancelledError:
+            await asyncio.wait_for(asyncio.shield(entry[0]), timeout)
+        except (asyncio.CancelledError, asyncio.TimeoutError) as e:
             if entry in self._waiting:
                 self._waiting.remove(entry)
                 await self._tell_positions()
             elif entry[0].done() and not entry[0].cancelled():
                 self.release()  # handed the device just as it left: pass it on
+            if isinstance(e, asyncio.TimeoutError):
+                raise QueueTimeout(f"waited {timeout:g} s in the queue for this device (--queue-timeout) while "
+                                   "other tabs generated; try again later") from None
             raise
 
     def release(self) -> None:

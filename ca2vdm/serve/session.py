@@ -27,21 +27,25 @@ from ca2vdm.serve.frames import PixelChunk
 from ca2vdm.serve.protocol import (
     LEAD_FRAMES,
     MAX_UPLOAD_BYTES,
-    GenerationRequest,
     ProtocolError,
+    ShownMessage,
+    StartMessage,
+    StopMessage,
+    SwitchMessage,
     chunk_message,
     parse_message,
-    parse_shown,
     parse_start,
     parse_switch,
 )
-from ca2vdm.serve.run import Cancelled, Figures, RunControl, produce
+from ca2vdm.serve.run import Cancelled, Figures, RunControl, Stalled, produce
 from ca2vdm.serve.scheduler import DeviceQueue, QueueFull
 from ca2vdm.serve.uploads import save_upload
 
 log = logging.getLogger(__name__)
 Source = Callable[..., Iterator[PixelChunk]]  # frames.pixel_chunks, or a stand-in in tests
 SETTINGS = step_cache_settings()  # each policy's settings with their types, ranges and help, for the page
+ACK_TIMEOUT = 30.0     # a page that shows no frame for this long while the server waits for it is dropped
+QUEUE_TIMEOUT = 600.0  # a page waiting longer than this for the device is told to try again
 
 
 @dataclass
@@ -52,8 +56,10 @@ class ServerState:
     queue: DeviceQueue
     max_chunks: int | None
     policies: dict[str, dict]  # step-cache policy -> its settings and their defaults
-    temp_root: Path
+    temp_root: Path | None     # made when the application starts serving
     device: str = "cpu"
+    ack_timeout: float | None = ACK_TIMEOUT  # seconds a generation waits for a page that shows no frame
+    queue_timeout: float | None = QUEUE_TIMEOUT  # seconds a page may wait in the queue for the device
     downloads: dict[str, tuple[Path, str]] = field(default_factory=dict)  # token -> (file, name to save it as)
 
     def hello(self) -> dict:
@@ -75,7 +81,7 @@ class Session:
         self.upload: Path | None = None
         self.task: asyncio.Task | None = None
         self.control: RunControl | None = None
-        self.request: GenerationRequest | None = None
+        self.request: StartMessage | None = None  # what started the running (or queued) generation
         self.queued = False
         self.token: str | None = None
         self.connected = True
@@ -100,6 +106,10 @@ class Session:
                     await self.on_text(message.get("text") or "")
             except ProtocolError as e:
                 await self.send({"type": "error", "message": str(e)})
+            except Exception as e:  # a bug of ours: the page is told, and stays connected
+                log.exception("a client message could not be handled")
+                await self.send({"type": "error", "message": f"the server could not handle that message "
+                                                             f"({type(e).__name__}); please report it"})
 
     async def on_upload(self, data: bytes) -> None:
         if self.busy:
@@ -113,31 +123,34 @@ class Session:
 
     async def on_text(self, text: str) -> None:
         message = parse_message(text)
-        if message["type"] == "stop":
+        if isinstance(message, StopMessage):
             self.stop()
-        elif message["type"] == "shown":
-            frames = parse_shown(message)
+        elif isinstance(message, ShownMessage):
             if self.control is not None:
-                self.control.set_shown(frames)
-        elif message["type"] == "switch":
+                self.control.set_shown(message.frames)
+        elif isinstance(message, SwitchMessage):
             if not self.busy or self.request is None:
                 raise ProtocolError("no generation is running in this tab; a switch changes a running one (press "
                                     "Generate first)")
-            offered = self.server.models[self.request.model]
-            switch = parse_switch(message, offered.describe())
+            offered, request = self.server.models[self.request.model], self.request
+            limit = request.chunks if request.chunks is not None else self.server.max_chunks
+            switch = parse_switch(message, offered.describe(), None if limit is None else limit - 1)
             self._check_prompt(offered, switch.prompt)
-            self.control.request_switch(switch)
+            decided = self.control.request_switch(switch)
+            if decided is not None:
+                raise ProtocolError(f"at={switch.at}: chunk {switch.at} is already made (or being made); the first "
+                                    f"chunk a switch can still change is {decided}: switch there or later")
         else:
             if self.busy:
                 raise ProtocolError("a generation is already running in this tab; press Stop first")
             models = {name: m.describe() for name, m in self.server.models.items()}
-            request = parse_start(message, models, self.server.policies, self.server.max_chunks)
+            request = parse_start(message, models, self.server.max_chunks)
             self._check_prompt(self.server.models[request.model], request.prompt)
             if request.first_frame and self.upload is None:
                 raise ProtocolError("first_frame is set but no image or video was uploaded (or it was refused); "
                                     "upload one first")
             upload, self.upload = (self.upload, None) if request.first_frame else (None, self.upload)
-            self.control, self.request = RunControl(), request
+            self.control, self.request = RunControl(ack_timeout=self.server.ack_timeout), request
             self.task = asyncio.create_task(self.run(request, upload, self.control))
 
     @staticmethod
@@ -158,11 +171,11 @@ class Session:
                 self.task.cancel()
 
     # -- the generation ---------------------------------------------------------------------------------------
-    async def run(self, request: GenerationRequest, upload: Path | None, control: RunControl) -> None:
+    async def run(self, request: StartMessage, upload: Path | None, control: RunControl) -> None:
         try:
             self.queued = True
             try:
-                await self.server.queue.acquire(self.tell_position)
+                await self.server.queue.acquire(self.tell_position, self.server.queue_timeout)
             except QueueFull as e:
                 await self.send({"type": "error", "message": str(e)})
                 return
@@ -187,18 +200,24 @@ class Session:
     async def tell_position(self, position: int) -> None:
         await self.send({"type": "queued", "position": position})
 
-    async def generate(self, request: GenerationRequest, upload: Path | None, control: RunControl) -> None:
+    async def generate(self, request: StartMessage, upload: Path | None, control: RunControl) -> None:
         """Run the generation on a worker thread, sending each chunk as soon as it is ready; then ``done``."""
         loop, items = asyncio.get_running_loop(), asyncio.Queue()
         self.drop_download()
         limit = request.chunks if request.chunks is not None else self.server.max_chunks
         path = self.folder / "video.mp4"
-        writer, figures = VideoWriter(path, fps=FPS), Figures()
+        writer, figures = VideoWriter(path, fps=FPS, overwrite=True), Figures()
         await self.send({"type": "started", "model": request.model, "chunks": limit, "fps": FPS,
                          "until_stopped": request.chunks is None})
 
+        def hand_over(item) -> None:
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the event loop has closed (the server shut down): nobody is listening
+                control.stop()
+
         def emit(header: dict, pixels) -> None:
-            loop.call_soon_threadsafe(items.put_nowait, chunk_message(header, pixels))
+            hand_over(chunk_message(header, pixels))
 
         def work() -> None:
             outcome: str | Exception = "limit" if request.chunks is None and limit is not None else "finished"
@@ -209,6 +228,8 @@ class Session:
                     first_frame=upload, poll=control.poll, prompt=request.prompt,
                     switch_mode=request.switch_mode, switches=control.take_switches)
                 produce(chunks, writer, control, emit, figures)
+            except Stalled:
+                outcome = "stalled"
             except Cancelled:
                 outcome = "stopped"
             except Exception as e:  # reported on the page; the server goes on
@@ -218,11 +239,15 @@ class Session:
                 writer.close() if writer.frames_written else writer.abort()
             except Exception as e:
                 outcome = e
-            loop.call_soon_threadsafe(items.put_nowait, outcome)
+            hand_over(outcome)
 
         threading.Thread(target=work, name="ca2vdm-generate", daemon=True).start()
         while isinstance(item := await items.get(), bytes):
             await self.send(item)
+        if item == "stalled":
+            await self.send({"type": "error", "message": f"this tab showed no new frame for "
+                             f"{self.server.ack_timeout:g} s (a hidden tab, or a connection too slow for the video): "
+                             "the generation was ended to free the device for others; press Generate to start again"})
         if isinstance(item, Exception):
             problem = str(item) if isinstance(item, ValueError) else f"{type(item).__name__}: {item}"
             await self.send({"type": "error", "message": f"generation failed: {problem}"})

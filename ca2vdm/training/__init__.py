@@ -1,7 +1,9 @@
 """Training: one loop (``loop``) for every trainer, each a task (``task``: what is trained: the video DiT in
-``diffusion_task``, our autoencoder in ``autoencoder``), with its losses (``losses``), self-rollout (``rollout``), the
-EMA (``ema``), trackers (``trackers``), activation checkpointing and FSDP applied to a finished model
-(``parallelize``, ``sharded_state``), and what guards a run: atomic checkpoint directories and resume
+``diffusion_task``, our autoencoder in ``autoencoder``, a few-step student in ``distill_task`` with its DMD and
+trajectory losses (``dmd``), its own rollouts (``distill_rollout``) and the teacher's recorded trajectories
+(``ode_pairs``); a task's model as a LoRA adapter in ``lora``), with its losses (``losses``), self-rollout
+(``rollout``), the EMA (``ema``), trackers (``trackers``), activation checkpointing and FSDP applied to a finished
+model (``parallelize``, ``sharded_state``), and what guards a run: atomic checkpoint directories and resume
 (``checkpoint_dirs``, ``run_files``), the run lock (``run_lock``), preemption (``run_guard``) and safe exports
 (``export``).
 

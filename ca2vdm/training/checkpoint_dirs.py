@@ -3,10 +3,11 @@ and what a resumed run may not change.
 
 A training checkpoint is a directory ``<output_dir>/checkpoints/step_<N>/`` holding accelerate's full training state
 (raw weights in its ``model.safetensors``, optimizer, scheduler, RNG, EMA, step) plus ``ema.safetensors``, the EMA
-weights that inference uses (:mod:`ca2vdm.checkpoints.weights`). Directories are written under a temporary name
-(``.tmp-step_<N>``), flushed to disk and renamed when complete, so ``latest`` never picks a half-written one; old
-checkpoints are renamed out of the way (``.trash-step_<N>``) before they are deleted, so a kill during pruning never
-leaves a half-deleted ``step_<N>``.
+weights that inference uses (:mod:`ca2vdm.checkpoints.weights`); a LoRA run's holds its adapter alone in both,
+``adapter.safetensors`` in place of ``ema.safetensors`` (:mod:`ca2vdm.training.lora`). Directories are written under
+a temporary name (``.tmp-step_<N>``), flushed to disk and renamed when complete, so ``latest`` never picks a
+half-written one; old checkpoints are renamed out of the way (``.trash-step_<N>``) before they are deleted, so a kill
+during pruning never leaves a half-deleted ``step_<N>``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ca2vdm.checkpoints.adapters import ADAPTER_NAME
 from ca2vdm.checkpoints.weights import TRAINING_WEIGHTS_NAME, WEIGHTS_NAME, model_config_of, read_metadata, weights_file
 from ca2vdm.config import ModelConfig, TrainConfig, to_dict
 from ca2vdm.errors import CheckpointError, opt
@@ -27,7 +29,7 @@ _RUNTIME_FIELDS = {"attention_backend"}  # model config fields that may differ b
 # were built from them (a new value would be ignored), and the data order and per-step noise follow from them; a
 # sharded run's optimizer.bin holds the full state keyed by parameter name (ca2vdm.training.sharded_state).
 FIXED_ON_RESUME = ("seed", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "ema_decay", "init_from",
-                   "fsdp")
+                   "fsdp", "lora")
 logger = logging.getLogger("ca2vdm.checkpoint")
 
 
@@ -45,17 +47,26 @@ def check_compatible(path: str | Path, model_cfg: ModelConfig) -> None:
 def check_resumable(path: str | Path, train_cfg: TrainConfig) -> None:
     """Raise CheckpointError if ``train_cfg`` changes a field of :data:`FIXED_ON_RESUME` from the value the checkpoint
     at ``path`` was trained with (checkpoints written before this record existed are not checked)."""
-    path = weights_file(path)
+    path = published_file(path)
     recorded = read_metadata(path).get("train_config")  # any trainer's checkpoint records it
     if not isinstance(recorded, dict):
         return
-    diff = [f"train.{k}={getattr(train_cfg, k)!r} (checkpoint: {recorded[k]!r})" for k in FIXED_ON_RESUME
-            if k in recorded and recorded[k] != getattr(train_cfg, k)]
+    current = to_dict(train_cfg)
+    diff = [f"train.{k}={current[k]!r} (checkpoint: {recorded[k]!r})" for k in FIXED_ON_RESUME
+            if k in recorded and recorded[k] != current[k]]
     if diff:
         raise CheckpointError(f"cannot resume {path.parent} with {', '.join(diff)}: its optimizer, schedule and data "
                               f"order depend on them; rerun {opt('resume')} with the checkpoint's values "
                               "(train.max_steps may change), or fine-tune in a new train.output_dir with "
                               f"train.init_from={path.parent}")
+
+
+def published_file(path: str | Path) -> Path:
+    """The weights a checkpoint publishes: its ``ema.safetensors``, or a LoRA run's ``adapter.safetensors``."""
+    path = Path(path)
+    if path.is_dir() and not (path / WEIGHTS_NAME).is_file() and (path / ADAPTER_NAME).is_file():
+        return path / ADAPTER_NAME
+    return weights_file(path)
 
 
 def step_dirs(root: str | Path) -> list[Path]:
@@ -70,8 +81,9 @@ def step_dirs(root: str | Path) -> list[Path]:
 def missing_files(path: str | Path) -> list[str]:
     """Files a resumable training checkpoint directory lacks (empty when it is complete)."""
     path = Path(path)
-    needed = [WEIGHTS_NAME, "optimizer.bin", "scheduler.bin"]
-    missing = [name for name in needed if not (path / name).is_file()]
+    missing = [name for name in ("optimizer.bin", "scheduler.bin") if not (path / name).is_file()]
+    if not (path / WEIGHTS_NAME).is_file() and not (path / ADAPTER_NAME).is_file():  # a LoRA run publishes its adapter
+        missing.insert(0, WEIGHTS_NAME)
     if not (path / TRAINING_WEIGHTS_NAME).is_file() and not (path / "pytorch_model.bin").is_file():
         missing.append(TRAINING_WEIGHTS_NAME)
     return missing

@@ -179,6 +179,6 @@ class DiffusionTask:
         pipe = LongVideoPipeline(model, steps=config.diffusion.steps, shift=config.diffusion.shift,
                                  cond_noise=config.diffusion.cond_noise, pixel_space=self.codec.pixel_space)
         label = 0 if config.model.num_classes else None
-        with VideoWriter(out / "samples" / f"step_{step:06d}.mp4", fps=8) as writer:
+        with VideoWriter(out / "samples" / f"step_{step:06d}.mp4", fps=8, overwrite=True) as writer:
             for chunk in pipe.generate(chunks, label=label, seed=0):
                 writer.write(to_uint8(self.codec.decode(chunk.frames)[0]))

@@ -19,23 +19,30 @@ class EMA:
     (zero-initialised) starting weights.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, trained_only: bool = False):
         self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        trained = {n for n, p in model.named_parameters() if p.requires_grad} if trained_only else None
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()
+                       if trained is None or k in trained}  # trained_only: a LoRA run's adapter, not its frozen base
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
         for k, v in model.state_dict().items():
-            self.shadow[k].lerp_(v.float(), 1 - decay)
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.float(), 1 - decay)
+
+    def with_shadow(self, shadow: dict[str, torch.Tensor]) -> "EMA":
+        """An EMA of the same decay holding ``shadow`` (e.g. what a task publishes of this one)."""
+        other = EMA.__new__(EMA)
+        other.decay, other.shadow = self.decay, shadow
+        return other
 
     def gathered(self) -> "EMA":
         """This EMA with full tensors (itself when nothing is sharded); every rank must call it."""
         if not any(isinstance(v, DTensor) for v in self.shadow.values()):
             return self
-        full = EMA.__new__(EMA)
-        full.decay, full.shadow = self.decay, _full(self.shadow)
-        return full
+        return self.with_shadow(_full(self.shadow))
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": self.gathered().shadow}

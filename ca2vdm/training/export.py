@@ -14,7 +14,8 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from ca2vdm.checkpoints.weights import TRAINING_WEIGHTS_NAME, WEIGHTS_NAME, read_metadata, weights_file
-from ca2vdm.errors import CheckpointError, ExportError, opt
+from ca2vdm.errors import CheckpointError, ExportError, SettingError, opt
+from ca2vdm.io.paths import check_writable_file
 
 # files only a training checkpoint holds (accelerate's state beside the EMA weights)
 TRAINING_STATE_FILES = ("optimizer.bin", "scheduler.bin", TRAINING_WEIGHTS_NAME, "pytorch_model.bin")
@@ -32,8 +33,8 @@ def training_checkpoint_of(path: str | Path) -> Path | None:
 
 
 def check_export_destination(src: str | Path, dst: str | Path, overwrite: bool) -> None:
-    """Raise ExportError unless ``dst`` is a new file (or ``overwrite``), not ``src`` itself and not inside a training
-    checkpoint folder."""
+    """Raise ExportError unless ``dst`` is a new ``.safetensors`` file (or, with ``overwrite``, an existing regular
+    file), not ``src`` itself and not inside a training checkpoint folder."""
     source, dst = weights_file(src).resolve(), Path(dst)
     if dst.resolve() == source:
         raise ExportError(f"{dst} is the checkpoint being exported: the export would overwrite its own input; "
@@ -43,10 +44,13 @@ def check_export_destination(src: str | Path, dst: str | Path, overwrite: bool) 
         raise ExportError(f"{dst} is inside the training checkpoint {inside}: an export there would replace or sit "
                           f"beside the run's own files (a later {opt('resume')} could load it); write it outside, e.g. "
                           "checkpoints/<name>.safetensors")
-    if dst.is_dir():
-        raise ExportError(f"{dst} is a directory; pass the path of the .safetensors file to write")
-    if dst.exists() and not overwrite:
-        raise ExportError(f"{dst} already exists; pass {opt('overwrite')} to replace it, or choose another file")
+    try:
+        check_writable_file(dst, "dst", overwrite)  # never a directory, device, pipe or socket
+    except SettingError as e:
+        raise ExportError(f"{dst} {e.problem}") from None
+    if dst.suffix != ".safetensors":
+        raise ExportError(f"{dst} does not end in .safetensors: an export is a safetensors weights file; name it "
+                          "so, e.g. checkpoints/<name>.safetensors")
 
 
 def check_autoencoder_destination(directory: str | Path, recorded: str | Path, overwrite: bool) -> None:
@@ -55,6 +59,9 @@ def check_autoencoder_destination(directory: str | Path, recorded: str | Path, o
     directory = Path(directory)
     if directory.resolve() == Path(recorded).resolve():
         return  # nothing is copied
+    if directory.exists() and not directory.is_dir():
+        raise ExportError(f"{opt('autoencoder', directory)} exists and is not a folder (a file, device, pipe or "
+                          "socket); choose a new folder")
     inside = training_checkpoint_of(directory)
     if inside is not None:
         raise ExportError(f"{opt('autoencoder', directory)} is inside the training checkpoint {inside}; copy the "

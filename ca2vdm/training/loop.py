@@ -3,7 +3,9 @@
 Exact resume rests on three things: every random draw of a step (which chunk is noisy, noise, times, label
 dropout) comes from a generator seeded by (seed, step, rank), not from a global RNG; the data order of an epoch is
 a function of (seed, epoch); and optimizer, scheduler, EMA and the step counter are restored by accelerate's
-``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k.
+``load_state``. Resuming at step k therefore replays exactly what an uninterrupted run does after step k. A
+``train.lora`` run trains an adapter on the frozen ``train.init_from`` model through the same loop
+(:mod:`ca2vdm.training.lora`).
 
 Faults lose nothing: checkpoints are published atomically (:mod:`ca2vdm.training.run_files`,
 :mod:`ca2vdm.training.checkpoint_dirs`), a run killed at any point (even SIGKILL while saving) resumes from its newest
@@ -42,7 +44,7 @@ from ca2vdm.training.diffusion_task import DiffusionTask
 from ca2vdm.training.ema import EMA
 from ca2vdm.training.parallelize import parallelize
 from ca2vdm.training.run_guard import Preempted, RunGuard
-from ca2vdm.training.task import Task
+from ca2vdm.training.task import Task, parts_of, step_losses
 
 
 @dataclass
@@ -99,13 +101,17 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
            task_type: Callable[[RunConfig, torch.device], Task], guard: RunGuard) -> Path:
     tc = config.train
     task = task_type(config, accelerator.device)
+    if tc.lora is not None:  # an adapter on train.init_from; peft (2.5 s to import) loads only for such runs
+        from ca2vdm.training.lora import LoraTask, keep_adapter_only
+
+        task = LoraTask(task)
     out = Path(tc.output_dir)
     ckpt_root = out / "checkpoints"
     resume_path = None
     if resume:  # bad --resume and a changed model or optimizer config are reported before any work starts
         resume_path = checkpoint_dirs.resolve_resume(resume, ckpt_root)
-        task.check_resume(resume_path, config)
         checkpoint_dirs.check_resumable(resume_path, tc)
+        task.check_resume(resume_path, config)
     elif checkpoint_dirs.step_dirs(ckpt_root):  # a fresh start would wipe metrics.jsonl and overwrite those checkpoints
         held = ", ".join(p.name for p in checkpoint_dirs.step_dirs(ckpt_root))
         raise CheckpointError(f"train.output_dir {out} already holds checkpoints ({held}); pass "
@@ -123,11 +129,22 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
                         f"{tc.batch_size} on {accelerator.num_processes} process(es); lower train.batch_size, raise "
                         "data.clips_per_video or add videos")
 
-    model = parallelize(task.build_model(config, resume), config, accelerator.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
-    model, optimizer, scheduler, sharded = sharded_state.prepare(accelerator, model, optimizer, scheduler)
-    ema = EMA(accelerator.unwrap_model(model), tc.ema_decay)  # on the training device
+    parts = parts_of(task, config, resume)  # "model" first: the one the EMA follows and checkpoints publish
+    frozen = {name: _frozen(part.module, config, accelerator.device) for name, part in parts.items() if part.lr is None}
+    trained = {name: parallelize(part.module, config, accelerator.device) for name, part in parts.items()
+               if part.lr is not None}
+    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=parts[n].lr,  # a LoRA
+                                    weight_decay=tc.weight_decay) for n, m in trained.items()]  # run: its adapter
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: _lr_factor(s, tc.warmup_steps, tc.max_steps))
+                  for o in optimizers]
+    models, optimizers, schedulers, sharded = sharded_state.prepare(accelerator, list(trained.values()), optimizers,
+                                                                    schedulers, trained_only=tc.lora is not None)
+    trained = dict(zip(trained, models))
+    optimizer_of, schedule_of = dict(zip(trained, optimizers)), dict(zip(trained, schedulers))
+    model = trained["model"]
+    ema = EMA(accelerator.unwrap_model(model), tc.ema_decay, trained_only=tc.lora is not None)  # on the device
+    if tc.lora is not None:
+        keep_adapter_only(accelerator)  # the resume state holds the adapter; the base comes from train.init_from
     progress = Progress()
     accelerator.register_for_checkpointing(ema, progress)
 
@@ -157,7 +174,8 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
 
     bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not (progress_bar and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
-    model.train()
+    for module in models:
+        module.train()
     tic, stop = time.perf_counter(), 0
     while progress.step < tc.max_steps and not stop:
         micro = progress.step * tc.grad_accum
@@ -167,33 +185,39 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
         for batch in skip_first_batches(loader, offset) if offset else loader:
             gen = torch.Generator(device=accelerator.device).manual_seed(
                 _step_seed(tc.seed, progress.step, micro % tc.grad_accum, accelerator.process_index))
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(*models):
                 with accelerator.autocast():
-                    loss = task.loss(model, batch, config, gen)
+                    losses = step_losses(task, {**trained, **frozen}, batch, config, gen, progress.step)
+                loss = sum(losses.values())  # each loss reaches only its own part's parameters
                 if not torch.isfinite(loss):
                     if tc.nonfinite == "stop":
                         raise NonFiniteLossError(f"loss is {loss.item()} at step {progress.step}; "
                                                  + run_files.after_nonfinite(ckpt_root))
-                    optimizer.zero_grad(set_to_none=True)
                     accelerator.print(f"step {progress.step}: non-finite loss, batch skipped")
                 else:
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                    optimizer.step()
+                    for name in losses:  # the parts this step trains; the others keep their weights
+                        if accelerator.sync_gradients:
+                            accelerator.clip_grad_norm_(trained[name].parameters(), 1.0)
+                        optimizer_of[name].step()
                     if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                        for name, schedule in schedule_of.items():  # a part's schedule follows the training
+                            if optimizer_of[name].state:  # step from its first update on (restored with its optimizer)
+                                schedule.step()
+                for each in optimizers:
+                    each.zero_grad(set_to_none=True)
             micro += 1
             if not accelerator.sync_gradients:
                 continue
             ema.update(accelerator.unwrap_model(model), progress.step)
             progress.step += 1
-            loss_value, stop = guard.agree(loss)  # stop: a signal any rank received, all ranks stop here
+            means, stop = guard.agree(torch.stack([loss, *losses.values()]) if len(trained) > 1 else loss)
+            loss_value = means[0]  # stop: a signal any rank received, all ranks stop here
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if progress.step % tc.log_every == 0 and accelerator.is_main_process:
-                values = dict(loss=loss_value, lr=scheduler.get_last_lr()[0],
+                per_part = {f"loss_{name}": value for name, value in zip(losses, means[1:])}
+                values = dict(loss=loss_value, **per_part, lr=schedule_of["model"].get_last_lr()[0],
                               steps_per_s=tc.log_every / (time.perf_counter() - tic))
                 run_files.log_metrics(out / "metrics.jsonl", step=progress.step, **values)
                 accelerator.log(values, step=progress.step)  # train.log_with's trackers
@@ -215,6 +239,12 @@ def _train(config: RunConfig, resume: str | None, progress_bar: bool, accelerato
     if stop and progress.step < tc.max_steps:
         raise Preempted(stop, progress.step, saved)
     return out
+
+
+def _frozen(module: torch.nn.Module, config: RunConfig, device: torch.device) -> torch.nn.Module:
+    """A task's frozen part (a teacher): no gradients, eval mode, on the device, sharded like the trained ones."""
+    module.requires_grad_(False).eval()
+    return parallelize(module.to(device), config, device) if config.train.fsdp else module.to(device)
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:

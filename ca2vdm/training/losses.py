@@ -89,8 +89,7 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
     if x0.shape[2] != T:
         raise ValueError(f"the chunks cover {T} frames but the video has only {x0.shape[2]}")
     B, device, dtype = x0.shape[0], x0.device, x0.dtype
-    lengths = torch.tensor([n for _, n in chunks], device=device, dtype=torch.float32)  # (K,)
-    chunk_index = torch.tensor([k for k, (_, n) in enumerate(chunks) for _ in range(n)], device=device)  # (T,)
+    chunk_index = frame_chunks(chunks, device)  # (T,)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=dtype)
     if cond_eps is None:
@@ -99,15 +98,46 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
     if t is None:
         t = logit_normal((B, len(chunks)), generator, device)  # (B, K)
     t_frames = t[:, chunk_index]  # (B, T): each frame its chunk's time
-    clean = perturb((x0 if context is None else context)[:, :, :num_clean], cond_eps, cond_noise)  # (B, C, Tc, H, W)
     noisy = perturb(x0, noise, t_frames[:, None, :, None, None].to(dtype))  # (B, C, T, H, W)
-    times = torch.cat([torch.zeros(B, num_clean, device=device), t_frames], dim=1)  # (B, Tc + T)
+    clean = (x0 if context is None else context)[:, :, :num_clean]
+    pred = teacher_forcing_velocity(model, clean, noisy, t_frames, labels, cond_noise, cond_eps, text)
+    terms = chunk_terms((pred.float() - (noise - x0).float()).square(), chunks, weight)
+    return terms if per_chunk else terms.mean()
+
+
+def frame_chunks(chunks: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """(T,) the index of each frame's chunk."""
+    return torch.tensor([k for k, (_, n) in enumerate(chunks) for _ in range(n)], device=device)
+
+
+def teacher_forcing_velocity(model: torch.nn.Module, clean: torch.Tensor, noisy: torch.Tensor,
+                             t_frames: torch.Tensor, labels: torch.Tensor | None, cond_noise: float,
+                             cond_eps: torch.Tensor, text: TextEmbeddings | None = None) -> torch.Tensor:
+    """The model's velocity (B, C, T, H, W) for every noisy frame of a clip in one teacher-forcing pass: noisy chunk
+    k at its times ``t_frames`` (B, T) sees the clean frames (B, C, Tc, H, W) of the chunks before it, perturbed with
+    ``cond_eps`` to ``cond_noise`` and told t=0, as conditioning frames are everywhere; ``text``: a text model's
+    prompts."""
+    B, num_clean = noisy.shape[0], clean.shape[2]
+    clean = perturb(clean, cond_eps, cond_noise)  # (B, C, Tc, H, W)
+    times = torch.cat([torch.zeros(B, num_clean, device=noisy.device), t_frames], dim=1)  # (B, Tc + T)
     pred = model(torch.cat([clean, noisy], dim=2), times, labels, num_cond_frames=num_clean, teacher_forcing=True,
                  text=text)
-    err = (pred[:, :, num_clean:].float() - (noise - x0).float()).square().mean(dim=(1, 3, 4))  # (B, T)
-    terms = torch.zeros(B, len(chunks), device=device).index_add_(1, chunk_index, err) / lengths  # (B, K)
+    return pred[:, :, num_clean:]
+
+
+def chunk_means(err: torch.Tensor, chunks: list[tuple[int, int]]) -> torch.Tensor:
+    """(B, K) each sample's mean of ``err`` (B, C, T, H, W) over each chunk's frames."""
+    B, device = err.shape[0], err.device
+    lengths = torch.tensor([n for _, n in chunks], device=device, dtype=err.dtype)  # (K,)
+    per_frame = err.mean(dim=(1, 3, 4))  # (B, T)
+    sums = torch.zeros(B, len(chunks), device=device, dtype=err.dtype)
+    return sums.index_add_(1, frame_chunks(chunks, device), per_frame) / lengths  # (B, K)
+
+
+def chunk_terms(err: torch.Tensor, chunks: list[tuple[int, int]], weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(K,) each chunk's mean of ``err`` (B, C, T, H, W) over its frames and samples (with ``weight`` (B, K) 0/1:
+    over the samples whose chunk k carries loss)."""
+    terms = chunk_means(err, chunks)  # (B, K)
     if weight is None:
-        terms = terms.mean(dim=0)  # (K,)
-    else:
-        terms = (terms * weight).sum(dim=0) / weight.sum(dim=0).clamp(min=1)  # (K,)
-    return terms if per_chunk else terms.mean()
+        return terms.mean(dim=0)  # (K,)
+    return (terms * weight).sum(dim=0) / weight.sum(dim=0).clamp(min=1)  # (K,)

@@ -68,13 +68,14 @@ class RunGuard:
             self.signals.__exit__(*exc)
         self.lock.release()
 
-    def agree(self, loss: torch.Tensor) -> tuple[float, int]:
-        """(the loss averaged over ranks, the stop signal if any rank received one, else 0), from one all-reduce.
-        The signal's number takes a second collective, only when a stop is agreed."""
+    def agree(self, loss: torch.Tensor) -> tuple[list[float], int]:
+        """(the loss averaged over ranks, as a list: one value, or one per element of a 1-D ``loss``; the stop signal
+        if any rank received one, else 0), from one all-reduce. The signal's number takes a second collective, only
+        when a stop is agreed."""
         signum = self.signals.signum or 0
-        flag = torch.tensor(float(signum > 0), device=loss.device)
-        mean_loss, stop = self.accelerator.reduce(torch.stack([loss.detach().float(), flag]), "mean").tolist()
+        flag = torch.tensor([float(signum > 0)], device=loss.device)
+        *means, stop = self.accelerator.reduce(torch.cat([loss.detach().float().reshape(-1), flag]), "mean").tolist()
         if stop == 0:
-            return mean_loss, 0
+            return means, 0
         signums = self.accelerator.gather(torch.tensor([signum], device=loss.device))  # (num_processes,)
-        return mean_loss, int(signums.max())
+        return means, int(signums.max())

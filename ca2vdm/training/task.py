@@ -5,9 +5,16 @@ optimizer and schedule, mixed precision, FSDP and activation checkpointing, the 
 resume, trackers and preemption. A task supplies what is particular to one model: its data, its model, its loss,
 the weights it publishes in each checkpoint and its periodic samples. ``DiffusionTask`` (the video DiT) and
 ``AutoencoderTask`` (our autoencoder) implement it.
+
+A task may also use modules beside its published model (``DistillTask``: a critic it trains and a frozen teacher):
+it then defines ``parts`` (each a :class:`Part`: trained with its own optimizer and schedule, or frozen) and
+``losses`` (this step's loss of each module to step, by name; the published model is ``"model"``). The loop treats
+every trained part as it treats the model (FSDP, accelerate's wrapper, clipping, checkpoints, exact resume); the EMA
+and the published weights are the model's. :func:`parts_of` and :func:`step_losses` give every task that shape.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -35,7 +42,33 @@ class Task(Protocol):
         """The loss of one batch; every random draw comes from ``gen`` (seeded by step and rank: exact resume)."""
 
     def save_weights(self, directory: Path, ema: EMA, config: RunConfig, step: int) -> None:
-        """Publish the EMA weights (what inference loads) into the checkpoint ``directory``."""
+        """Publish the EMA weights (what inference loads) into the checkpoint ``directory`` as ``ema.safetensors``
+        (a LoRA run renames it ``adapter.safetensors``, its metadata kept: :mod:`ca2vdm.training.lora`)."""
 
     def sample(self, ema: EMA, config: RunConfig, out: Path, step: int) -> None:
         """Write a periodic sample (``train.sample_every``) under ``out``."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """A module of a task: trained with its own AdamW at ``lr`` (saved in every checkpoint, resumed exactly), or
+    frozen (``lr`` None: no optimizer, no gradients, rebuilt by the task on resume)."""
+    module: torch.nn.Module
+    lr: float | None = None
+
+
+def parts_of(task: Task, config: RunConfig, resume: str | None) -> dict[str, Part]:
+    """The modules a task uses: ``"model"`` (the published one, trained at ``train.lr``) first, then its ``parts``."""
+    parts = {"model": Part(task.build_model(config, resume), config.train.lr)}
+    if hasattr(task, "parts"):
+        parts.update(task.parts(config, resume))
+    return parts
+
+
+def step_losses(task: Task, models: dict[str, torch.nn.Module], batch: dict, config: RunConfig,
+                gen: torch.Generator, step: int) -> dict[str, torch.Tensor]:
+    """The losses of this step by the name of the part each one trains (only those whose optimizer steps now):
+    a task with parts says so in ``losses``; any other task trains its model with ``loss``."""
+    if hasattr(task, "losses"):
+        return task.losses(models, batch, config, gen, step)
+    return {"model": task.loss(models["model"], batch, config, gen)}

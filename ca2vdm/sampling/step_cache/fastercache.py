@@ -102,14 +102,12 @@ class FasterCache(StepCache):
     # -- attention reuse --------------------------------------------------------------------------------------
     def attach(self, model) -> None:
         super().attach(model)
-        for block in model.stack.blocks:
-            for kind in ("spatial", "temporal"):
-                getattr(block, kind).hooks.attach(STEP_CACHE_HOOK, AttentionReuse(self, (block.layer, kind)))
+        for key, hooks in model.attention_hooks():
+            hooks.attach(STEP_CACHE_HOOK, AttentionReuse(self, key))
 
     def detach(self) -> None:
-        for block in self.model.stack.blocks:
-            for kind in ("spatial", "temporal"):
-                getattr(block, kind).hooks.detach(STEP_CACHE_HOOK)
+        for _, hooks in self.model.attention_hooks():
+            hooks.detach(STEP_CACHE_HOOK)
         super().detach()
 
     def reuse_attention_step(self) -> bool:

@@ -102,8 +102,14 @@ class TeaCacheRecorder(StepCache):
 
 
 def fit_polynomial(pairs: list[tuple[float, float]], degree: int = 4) -> tuple[list[float], float]:
-    """Least-squares polynomial mapping input change to output change; returns (coefficients, R^2). Warns when
-    there are fewer than ``PAIRS_PER_COEFFICIENT`` pairs per coefficient (the fit then chases noise)."""
+    """Least-squares polynomial mapping input change to output change; returns (coefficients, R^2). ValueError when
+    the pairs cannot determine it (fewer distinct input changes than coefficients: the coefficients would be
+    arbitrary, e.g. near 1e34 for degree 30 from 15 pairs); a warning when there are fewer than
+    ``PAIRS_PER_COEFFICIENT`` pairs per coefficient (the fit then chases noise)."""
+    distinct = len({x for x, _ in pairs})
+    if degree < 0 or distinct < degree + 1:
+        raise ValueError(f"a degree-{degree} polynomial needs at least {degree + 1} distinct (input, output change) "
+                         f"pairs, got {distinct}; sample more (seeds or chunks) or lower the degree")
     if len(pairs) < PAIRS_PER_COEFFICIENT * (degree + 1):
         warnings.warn(f"fitting a degree-{degree} polynomial from only {len(pairs)} (input, output change) pairs: the "
                       f"coefficients are unreliable; sample more (at least {PAIRS_PER_COEFFICIENT * (degree + 1)} "

@@ -203,9 +203,16 @@ function playOne() {
     shown += 1;
     $("frame-count").textContent = String(shown);
     if (shown === 1) $("first-frame").textContent = `${((performance.now() - startedAt) / 1000).toFixed(2)} s`;
-    if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "shown", frames: shown }));
+    acknowledge();
   }
   if (finished && !frames.length) finish();
+}
+
+function acknowledge() {
+  // a hidden tab acknowledges nothing: the server ends a generation nobody watches after its --ack-timeout
+  if (!document.hidden && socket.readyState === WebSocket.OPEN) {
+    socket.send(JSON.stringify({ type: "shown", frames: shown }));
+  }
 }
 
 function onDone(msg) {
@@ -222,7 +229,8 @@ function finish() {
     $("download").download = msg.filename;
     $("download").hidden = false;
   }
-  const what = { finished: "finished", stopped: "stopped", limit: "reached the server's chunk limit", error: "failed" };
+  const what = { finished: "finished", stopped: "stopped", limit: "reached the server's chunk limit", error: "failed",
+                 stalled: "ended by the server: this tab showed no new frame for too long" };
   ended(`${what[msg.reason] || msg.reason}: ${msg.frames} frames, ${msg.chunks} chunks`);
 }
 
@@ -239,5 +247,6 @@ $("switch").addEventListener("click", () => {
   socket.send(JSON.stringify({ type: "switch", ...condition() }));
   setStatus("switching from the next chunk on\u2026");
 });
+document.addEventListener("visibilitychange", () => { if (phase === "generating") acknowledge(); });
 $("until-stopped").addEventListener("change", () => { $("chunks").disabled = $("until-stopped").checked; });
 connect();

@@ -1,0 +1,95 @@
+"""LoRA fine-tuning's settings (``train.lora``) and the adapters a front end applies (``--lora PATH[:SCALE]``).
+
+A ``train.lora`` section (e.g. ``train.lora.rank=4``, or ``train.lora={}`` for the defaults) makes a run train a
+low-rank adapter (Hu et al. 2021, LoRA) on the frozen ``train.init_from`` model instead of every weight: each
+targeted linear layer ``W`` becomes ``W + (alpha / rank) B A`` with ``A`` (rank x in) and ``B`` (out x rank, zero at
+the start) the only trained tensors. ``targets`` names the layers: the groups of :data:`LORA_GROUPS` (the video DiT's
+attention projections, MLPs and adaLN modulation), or regular expressions matched against a model's module names
+(another model's layers). Torch-free.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+# train.lora.targets' named groups: regular expressions of the video DiT's linear layers (ca2vdm/models/blocks.py)
+LORA_GROUPS = {
+    "attention": r"stack\.blocks\.\d+\.(spatial|temporal)\.(qkv|proj)",  # fused q/k/v and output, both attentions
+    "mlp": r"stack\.blocks\.\d+\.mlp\.(0|2)",                             # the two MLP layers
+    "adaln": r"stack\.blocks\.\d+\.adaLN_modulation\.1",                  # the blocks' adaLN-Zero modulation
+}
+BASE_DTYPES = ("fp32", "bf16")
+
+
+@dataclass
+class LoraConfig:
+    """``train.lora``: the adapter trained on the frozen ``train.init_from`` model."""
+    rank: int = 4               # rows of A / columns of B; the adapter grows linearly with it
+    alpha: float = 4.0          # the adapter's output is scaled by alpha / rank
+    targets: list[str] = field(default_factory=lambda: ["attention", "mlp"])  # groups or module-name regexes
+    base_dtype: str = "fp32"    # the frozen base's linear weights: fp32 | bf16 (half their memory; needs bf16 autocast)
+
+
+def target_pattern(targets: list[str]) -> str:
+    """One regular expression (full match against a module's name) of every layer ``targets`` names."""
+    return "|".join(f"(?:{LORA_GROUPS.get(t, t)})" for t in targets)
+
+
+def lora_problems(lora: LoraConfig | None, train, refused: str | None = None) -> list[str]:
+    """What is wrong with ``train.lora`` (None: full training) given the rest of ``train``; ``refused``: why the
+    trainer takes no adapter (None: it does, the video model's trainer, which starts from ``train.init_from``)."""
+    if lora is None:
+        return []
+    problems = []
+    if refused:
+        problems.append(f"train.lora applies to the video model's trainer (train/train.py), which fine-tunes "
+                        f"train.init_from; {refused}: remove train.lora")
+    elif not train.init_from:
+        problems.append("train.lora needs train.init_from: the checkpoint whose weights the adapter adapts (e.g. "
+                        "train.init_from=checkpoints/demo.safetensors)")
+    if isinstance(lora.rank, bool) or lora.rank < 1:
+        problems.append(f"train.lora.rank must be >= 1, got {lora.rank}")
+    if not lora.alpha > 0:
+        problems.append(f"train.lora.alpha must be > 0, got {lora.alpha}")
+    if not lora.targets:
+        problems.append(f"train.lora.targets must name at least one group ({', '.join(LORA_GROUPS)}) or module-name "
+                        "regular expression")
+    for target in lora.targets:
+        if target not in LORA_GROUPS and not _is_regex(target):
+            problems.append(f"train.lora.targets: {target!r} is neither a group ({', '.join(LORA_GROUPS)}) nor a "
+                            "regular expression of module names (e.g. 'stack\\.blocks\\.[23]\\.mlp\\.0')")
+    if lora.base_dtype not in BASE_DTYPES:
+        problems.append(f"train.lora.base_dtype must be one of {', '.join(BASE_DTYPES)}, got {lora.base_dtype!r}")
+    elif lora.base_dtype == "bf16" and train.mixed_precision != "bf16":
+        problems.append(f"train.lora.base_dtype=bf16 needs train.mixed_precision=bf16 (the frozen bf16 weights meet "
+                        f"fp32 activations otherwise), got {train.mixed_precision!r}")
+    return problems
+
+
+def _is_regex(text: str) -> bool:
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return bool(text.strip())
+
+
+def parse_lora(text: str) -> tuple[str, float]:
+    """``PATH[:SCALE]`` (a command line's ``--lora``) -> (path, scale); the scale defaults to 1. A path that holds a
+    colon and no scale keeps its colon. ValueError (argparse's message) for a scale that is not a finite number."""
+    path, sep, scale = text.rpartition(":")
+    if not sep or not path or not _looks_numeric(scale):
+        return text, 1.0
+    value = float(scale)
+    if not math.isfinite(value):
+        raise ValueError(f"the scale of {text!r} must be a finite number")
+    return path, value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,67 @@
+"""A teacher's recorded trajectories: the training data of a few-step student's ODE regression (stage 1 of
+``train/distill.py``), written by ``scripts/make_ode_pairs.py`` (:mod:`ca2vdm.training.ode_pairs`).
+
+Layout of a trajectory directory::
+
+    index.json                      the teacher, the student's times, the clip's frames, labels, the shards
+    shard_<n>.safetensors  ...      "points" (N, P, C, T, H, W) float16 and "labels" (N,) int64
+
+Trajectory i is one clip of the teacher's video (its first frame and the chunks after it) sampled through the KV
+cache; ``points[i, j]`` is the whole clip at the student's time ``times[j]`` (``times[0] = 1``: the noise;
+``times[-1] = 0``: the teacher's video), each chunk on its own trajectory. Shards are read one item at a time, so
+memory does not grow with their number.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch.utils.data import Dataset
+
+from ca2vdm.errors import DataError
+
+INDEX_NAME = "index.json"
+SETTINGS_NAME = ".ode_pairs.json"  # written first by the recorder: marks an unfinished directory as ours
+
+
+def read_trajectory_index(root: str | os.PathLike) -> dict:
+    """The index of a trajectory directory, with a clear error when it is not a finished one."""
+    path = Path(root) / INDEX_NAME
+    if not path.is_file():
+        unfinished = (Path(root) / SETTINGS_NAME).is_file()
+        raise DataError(f"data.root={root} holds no {INDEX_NAME}: " + (
+            "its recording was stopped; finish it with scripts/make_ode_pairs.py ... --resume" if unfinished else
+            f"record the teacher's trajectories first: scripts/make_ode_pairs.py --checkpoint TEACHER --out {root}"))
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{path} cannot be read ({error}); record the trajectories again") from None
+
+
+class TrajectoryDataset(Dataset):
+    """Items {"points": (P, C, T, H, W) float32, "label": long} of a trajectory directory (the loop's data contract:
+    ``skipped``, ``videos``, ``set_epoch``)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.index = read_trajectory_index(root)
+        self.entries = [(shard, row) for shard, count in self.index["shards"] for row in range(count)]
+        self.videos = [f"trajectory {i}" for i in range(len(self.entries))]
+        self.skipped: list[tuple[str, str]] = []
+        if not self.entries:
+            raise DataError(f"{self.root} holds no trajectories; record some with scripts/make_ode_pairs.py")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing changes between epochs (the loop's sampler reorders the items)."""
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        shard, row = self.entries[index]
+        with safe_open(str(self.root / shard), framework="pt") as f:
+            points, label = f.get_slice("points")[row:row + 1][0], f.get_slice("labels")[row:row + 1][0]
+        return {"points": points.float(), "label": label}

@@ -1,0 +1,159 @@
+"""What ``train/distill.py`` trains: a few-step causal student of a video model, in two stages of one run.
+
+1. ``distill.ode_steps`` steps of ODE regression on the teacher's recorded trajectories (``data.root``, written by
+   ``scripts/make_ode_pairs.py``): the student learns to take the teacher's several steps in one
+   (:func:`~ca2vdm.training.dmd.trajectory_loss`), so that it is usable before DMD.
+2. DMD on its own rollouts (Self-Forcing): the student makes a training clip through its KV cache with gradients
+   through one exit step per chunk (:mod:`~ca2vdm.training.distill_rollout`), scored by the frozen, guided teacher
+   against a critic (initialised from the teacher) that learns the student's samples with the flow-matching loss.
+   The critic is stepped every step, the student every ``distill.critic_ratio``-th (on those steps both are);
+   ``distill.regression_weight`` adds the ODE regression to the student's DMD steps (DMD's regression term).
+
+The three models are parts of the task (:class:`~ca2vdm.training.task.Part`): the student is the published model
+(its EMA is the checkpoint), the critic a second trained part, the teacher a frozen one; the loop shards all three
+with ``train.fsdp`` and saves and resumes the student and the critic exactly. The student is a normal checkpoint:
+the teacher's model config and codec, and its own sampler settings (``distill.steps`` steps, guidance baked in: one
+branch, ``cfg_scale`` 1), so every front end samples it with no extra setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+
+from ca2vdm.checkpoints import weights as ckpt
+from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.config import DistillTrainingConfig, to_dict
+from ca2vdm.data.trajectories import TrajectoryDataset
+from ca2vdm.errors import CheckpointError, DataError
+from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.sampling.flow import timesteps
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.training.distill_rollout import self_rollout
+from ca2vdm.training.dmd import dmd_loss, trajectory_loss
+from ca2vdm.training.ema import EMA
+from ca2vdm.training.export import check_training_weights
+from ca2vdm.training.losses import teacher_forcing_flow_loss
+from ca2vdm.training.ode_pairs import check_teacher
+from ca2vdm.training.task import Part
+
+
+def generator_step(step: int, config: DistillTrainingConfig) -> bool:
+    """Whether the student is stepped at ``step`` (0-based): always in ODE regression; in DMD at the last step of
+    every ``critic_ratio`` steps, so the critic learns the student's samples for ``critic_ratio - 1`` steps first
+    (and a ``train.log_every`` that is a multiple of ``critic_ratio`` logs the student's loss)."""
+    d = config.distill
+    return step < d.ode_steps or (step - d.ode_steps) % d.critic_ratio == d.critic_ratio - 1
+
+
+def exit_steps(seed: int, step: int, chunks: int, steps: int) -> list[int]:
+    """The exit step of each chunk of ``step``'s rollout: drawn from (seed, step) alone, the same on every process."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(steps, (chunks,), generator=gen).tolist()
+
+
+class DistillTask:
+    """A few-step student of ``distill.teacher`` (see the module docstring); data: the teacher's trajectories."""
+
+    def __init__(self, config: DistillTrainingConfig, device: torch.device):
+        d = config.distill
+        self.teacher_model, self.teacher = ckpt.load_model(d.teacher)  # CheckpointError naming the file if unusable
+        self.cfg = self.teacher.model
+        check_teacher(self.cfg, d.teacher)
+        self.chunks = self.cfg.layout.clip_chunks(self.cfg.clip_frames)
+        self.guidance = self.teacher.sampler.cfg_scale if d.guidance is None else d.guidance
+        self.settings = self.teacher.sampler.replace(steps=d.steps, cfg_scale=1.0, step_cache="none")
+        self.times = timesteps(self.settings.steps, self.settings.shift)  # the student's, 1 down to 0
+
+    def check_resume(self, path: Path, config: DistillTrainingConfig) -> None:
+        """The distillation's settings (its teacher, steps, schedule) cannot change on resume."""
+        check_training_weights(path, "model_config")
+        recorded = ckpt.read_metadata(path).get("distill_config")
+        if recorded != dataclasses.asdict(config.distill):
+            raise CheckpointError(f"checkpoint {path} was distilled with {recorded}, not "
+                                  f"{dataclasses.asdict(config.distill)}; resume with the distill section it was "
+                                  "started with")
+
+    def dataset(self, config: DistillTrainingConfig) -> TrajectoryDataset:
+        data = TrajectoryDataset(config.data.root)
+        index = data.index
+        same_times = len(index["times"]) == len(self.times) and all(
+            math.isclose(a, b, abs_tol=1e-6) for a, b in zip(index["times"], self.times))
+        if index["model_config"] != to_dict(self.cfg) or not same_times:
+            raise DataError(f"the trajectories in {config.data.root} were recorded from {index['teacher']} for "
+                            f"{index['steps']} student steps; distill.teacher={config.distill.teacher} with "
+                            f"distill.steps={config.distill.steps} needs its own: scripts/make_ode_pairs.py "
+                            f"--checkpoint {config.distill.teacher} --steps {config.distill.steps} --out NEW_DIR")
+        return data
+
+    def build_model(self, config: DistillTrainingConfig, resume: str | None) -> torch.nn.Module:
+        """The student, initialised from the teacher (or from ``train.init_from``, e.g. an earlier student)."""
+        student = CausalVideoDiT(self.cfg)
+        init_from = config.train.init_from
+        source = ckpt.load_model(init_from)[0] if init_from and not resume else self.teacher_model
+        student.load_state_dict(source.state_dict())
+        return student
+
+    def parts(self, config: DistillTrainingConfig, resume: str | None) -> dict[str, Part]:
+        """The critic (the fake score, initialised from the teacher) and the frozen teacher (the real score)."""
+        critic = CausalVideoDiT(self.cfg)
+        critic.load_state_dict(self.teacher_model.state_dict())
+        return {"critic": Part(critic, config.distill.critic_lr), "teacher": Part(self.teacher_model)}
+
+    def losses(self, models: dict[str, torch.nn.Module], batch: dict, config: DistillTrainingConfig,
+               gen: torch.Generator, step: int) -> dict[str, torch.Tensor]:
+        d, device = config.distill, gen.device
+        labels = batch["label"].to(device) if self.cfg.num_classes else None
+        regression = lambda: trajectory_loss(models["model"], batch["points"].to(device), self.times,  # noqa: E731
+                                             labels, self.chunks, self.settings.cond_noise, gen)
+        if step < d.ode_steps:
+            return {"model": regression()}
+        student, critic = models["model"], models["critic"]
+        train_student = generator_step(step, config)
+        pipe = LongVideoPipeline(_unwrapped(student), self.settings, forward=student,
+                                 pixel_space=self.teacher.pixel_space)
+        seed = int(torch.randint(2**62, (), generator=gen, device=device))
+        exits = exit_steps(config.train.seed, step, len(self.chunks), d.steps)
+        clip = self_rollout(pipe, batch["label"].shape[0], labels, seed, exits, grad=train_student)
+        losses = {}
+        if train_student:
+            losses["model"] = dmd_loss(clip, labels, models["teacher"], _unwrapped(critic), self.chunks,
+                                       self.settings.cond_noise, self.guidance, _unwrapped(student).null_label, gen,
+                                       t_range=(d.min_t, d.max_t))
+            if d.regression_weight:
+                losses["model"] = losses["model"] + d.regression_weight * regression()
+        t = d.min_t + (d.max_t - d.min_t) * torch.rand((clip.shape[0], len(self.chunks)), generator=gen,
+                                                       device=device)
+        losses["critic"] = teacher_forcing_flow_loss(critic, clip.detach(), labels, self.chunks,
+                                                     self.settings.cond_noise, gen, t=t)
+        return losses
+
+    def metadata(self, config: DistillTrainingConfig, step: int | None = None) -> CheckpointMetadata:
+        """What the student's checkpoint records: the teacher's model and codec, its own sampler settings."""
+        raw = {"distill_config": dataclasses.asdict(config.distill), "train_config": dataclasses.asdict(config.train),
+               "teacher": config.distill.teacher}
+        return CheckpointMetadata(self.cfg, self.settings, self.teacher.codec, class_names=self.teacher.class_names,
+                                  step=step, raw=raw)
+
+    def save_weights(self, directory: Path, ema: EMA, config: DistillTrainingConfig, step: int) -> None:
+        ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, self.cfg, self.metadata(config, step).entries())
+
+    def sample(self, ema: EMA, config: DistillTrainingConfig, out: Path, step: int, chunks: int = 8) -> None:
+        """A short video of the EMA student (label 0 when there are labels) into ``out/samples/step_N.mp4``."""
+        from ca2vdm.generation.api import Pipeline, write_video
+
+        device = next(iter(ema.shadow.values())).device
+        student = CausalVideoDiT(self.cfg).to(device)
+        student.load_state_dict(ema.shadow)
+        pipe = Pipeline.from_model(student.eval(), self.metadata(config), config.distill.teacher, device)
+        label = 0 if self.cfg.num_classes else None
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        write_video(pipe.generate(chunks, label=label, seed=0), out / "samples" / f"step_{step:06d}.mp4",
+                    overwrite=True)
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a distributed (DDP) wrapper, for its attributes; the wrapper's forward syncs gradients."""
+    return getattr(model, "module", model)
