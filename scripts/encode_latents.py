@@ -5,7 +5,9 @@
     python scripts/encode_latents.py --config ... --out data/shapes128-latents --resume   # after a kill
     # then train from them:  python train/train.py --config configs/latent-demo.yaml data.latents=data/shapes128-latents
 
-Reads ``data.root`` (and ``data.manifest``) and the ``codec`` section of the config; frames are resized and
+Reads ``data.root`` (and ``data.manifest``) and the ``codec`` section of the config; for a text model
+(``model.text_encoder``) also its captions (``data.captions``, default ``captions.jsonl`` in the folder), encoded once
+and stored beside the latents; frames are resized and
 center-cropped to the pixel size ``model.resolution * codec factor``. Unreadable videos are skipped and counted.
 Shards are written as they fill (``--shard-size``), so memory does not grow with the number of videos; ``--out``
 must be a new or empty folder (nothing of yours is overwritten), and ``index.json`` appears last. Ctrl-C or SIGTERM
@@ -21,8 +23,10 @@ import torch
 from accelerate import PartialState
 
 from ca2vdm.config import load_config
+from ca2vdm.data.captions import find_captions
 from ca2vdm.data.codec import build_codec, check_model_fits
 from ca2vdm.data.latent_encoding import encode_folder, parse_size
+from ca2vdm.data.text import build_text_encoder
 from ca2vdm.errors import Ca2vdmError, SettingError
 from ca2vdm.runtime import Stopped, StopSignals
 
@@ -59,11 +63,15 @@ def main() -> None:
         config = load_config(args.config, args.overrides)
         codec = build_codec(config.codec, device)
         check_model_fits(codec, config.model.in_channels)
+        mc = config.model
+        text_encoder = build_text_encoder(mc.text_encoder, mc.text_tokens)
+        captions = find_captions(Path(config.data.root), config.data.captions) if text_encoder else None
         with StopSignals() as stop:
             index = encode_folder(config.data.root, args.out, codec, config.model.resolution * codec.factor,
                                   manifest=config.data.manifest, device=device, progress=not args.no_progress,
                                   shard_bytes=args.shard_size, resume=args.resume, rank=state.process_index,
-                                  world=state.num_processes, barrier=state.wait_for_everyone, stop=stop)
+                                  world=state.num_processes, barrier=state.wait_for_everyone, stop=stop,
+                                  text_encoder=text_encoder, text_name=mc.text_encoder, captions=captions)
     except Ca2vdmError as e:
         sys.exit(f"error: {e.for_cli()}")
     except Stopped as e:

@@ -2,6 +2,10 @@
 
     python scripts/make_synthetic_videos.py --out data/shapes --num-videos 200 --frames 128 --size 32
     python scripts/make_synthetic_videos.py --out data/shapes-white --colour 255,255,255  # a colour PALETTE lacks
+    python scripts/make_synthetic_videos.py --out data/captioned --captions   # captions.jsonl + held_out.json
+
+With --captions each video shows one shape drifting across a wrap-around frame, described by a caption ("a small
+blue triangle drifting left slowly"); the colour-shape pairs of held_out.json never appear (ca2vdm/data/captioned.py).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ca2vdm.data.captioned import HELD_OUT, write_captioned_dataset
 from ca2vdm.data.synthetic import SHAPES, write_dataset
 
 
@@ -29,7 +34,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fps", type=int, default=8, help="frame rate written into the mp4 files")
     parser.add_argument("--colour", type=_rgb, default=None, metavar="R,G,B",
                         help="paint every shape this colour (0-255 each) instead of the palette's eight")
+    parser.add_argument("--captions", action="store_true",
+                        help="captioned drifting shapes for a text model (captions.jsonl) instead of labelled ones")
     args = parser.parse_args(argv)
+    if args.captions and args.colour is not None:
+        parser.error("--colour paints every shape one colour, but --captions names each shape's colour from the "
+                     "palette; leave out one of them")
+    if args.captions:
+        count = write_captioned_dataset(args.out, args.num_videos, args.frames, args.size, args.seed, fps=args.fps)
+        held = ", ".join(f"{c} {s}" for c, s in HELD_OUT)
+        print(f"wrote {count} captioned videos ({args.frames} frames, {args.size}x{args.size}; held out: {held}) "
+              f"to {args.out}")
+        return
     count = write_dataset(args.out, args.num_videos, args.frames, args.size, args.seed, fps=args.fps,
                           colour=args.colour)
     print(

@@ -18,12 +18,13 @@ WAIT = 30  # seconds a worker thread gets to notice a stop (a liveness bound, no
 class FakeModel:
     """An offered model as the page sees it (``describe``), without weights."""
 
-    def __init__(self, name: str = "fake", labels: list[str] | None = None):
+    def __init__(self, name: str = "fake", labels: list[str] | None = None, prompts: bool = False):
         self.name, self.labels = name, ["circle", "square", "triangle"] if labels is None else labels
+        self.prompts = prompts  # a text model: prompts instead of labels
 
     def describe(self) -> dict:
-        return {"name": self.name, "labels": self.labels, "size": SIZE, "fps": 8, "chunk_frames": 4,
-                "first_frame_chunk": False}
+        return {"name": self.name, "labels": [] if self.prompts else self.labels, "size": SIZE, "fps": 8,
+                "chunk_frames": 4, "first_frame_chunk": False, "prompts": self.prompts}
 
 
 class PacedSource:
@@ -42,7 +43,8 @@ class PacedSource:
         for _ in range(chunks):
             self._allowed.release()
 
-    def __call__(self, offered, *, poll, **request):
+    def __call__(self, offered, *, poll, switches=None, **request):
+        self.switches = switches  # the session's switch requests, taken between chunks
         given = request["first_frame"]
         self.calls.append({"model": offered.describe()["name"], **request,
                            "first_frame_existed": given is not None and given.exists()})

@@ -271,6 +271,16 @@ def test_bad_distill_settings_name_the_key(teacher, pairs, tmp_path):
     assert proc.returncode == 2 and "a distillation config (distill section), for train/distill.py" in proc.stderr
 
 
+def test_a_text_model_is_no_teacher(pairs, tmp_path):
+    model = random_model(text_encoder="wordllama", text_dim=256, text_tokens=8)
+    text = tmp_path / "text.safetensors"
+    save_weights(text, model.state_dict(), model.cfg, {"sampler": {"steps": 4}, "metadata_version": 2})
+    with pytest.raises(ConfigError, match="is a text model .* distil a label or unconditional model"):
+        write_pairs(str(text), tmp_path / "ode", videos=2, steps=2, progress=False)
+    with pytest.raises(ConfigError, match="is a text model"):
+        DistillTask(_config(text, pairs, tmp_path / "run"), torch.device("cpu"))
+
+
 @pytest.mark.parametrize("fsdp", [True, False], ids=["fsdp", "ddp"])
 def test_two_processes(teacher, pairs, tmp_path, fsdp):
     """accelerate launch --num_processes 2 through the ODE stage into DMD: with train.fsdp=true student, critic and

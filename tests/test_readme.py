@@ -55,9 +55,13 @@ def _tiny(argv: list[str], trained: int) -> list[str]:
     """The README's command with tiny settings: one chunk, two denoising steps, a few training steps."""
     script = argv[0]
     if script == "infer/long_video.py":
+        chunks = "1"
+        if "--switch" in argv:  # a prompt switch lands inside the tiny video: at its second chunk
+            i = argv.index("--switch") + 1
+            argv[i], chunks = "1=" + argv[i].split("=", 1)[1], "2"
         if "--chunks" in argv:
-            argv[argv.index("--chunks") + 1] = "1"
-        argv += ["--chunks", "1", "--steps", "2"] if "--chunks" not in argv else ["--steps", "2"]
+            argv[argv.index("--chunks") + 1] = chunks
+        argv += ["--chunks", chunks, "--steps", "2"] if "--chunks" not in argv else ["--steps", "2"]
     elif script == "scripts/make_synthetic_videos.py":
         argv += ["--num-videos", "6", "--frames", "24"]
     elif script == "train/train.py":

@@ -54,7 +54,7 @@ def test_each_chunk_arrives_before_the_next_is_computed(paced):
     assert chunks[-1][0]["computed_total"] == 9 and chunks[-1][0]["skipped_total"] == 3
     assert source.calls[0] == {"model": "fake", "label": 2, "seed": 7, "chunks": 3, "step_cache": "teacache",
                                "step_cache_options": {"threshold": 0.2}, "first_frame": None,
-                               "first_frame_existed": False}
+                               "first_frame_existed": False, "prompt": None, "switch_mode": "recache"}
 
 
 def test_the_server_stays_at_most_lead_frames_ahead_of_the_page(paced):

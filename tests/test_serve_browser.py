@@ -31,10 +31,20 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server_url():
+    yield from serve()
+
+
+@pytest.fixture(scope="module")
+def text_server_url():
+    yield from serve("--checkpoint", str(ROOT / "checkpoints" / "text-demo.safetensors"))
+
+
+def serve(*args: str):
+    """Run infer/serve.py (with ``args``) until the test is done; yield its URL."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, str(ROOT / "infer" / "serve.py"), "--port", str(port), "--max-chunks",
-                             "200", "--ack-timeout", str(ACK_TIMEOUT)], stdout=subprocess.PIPE,
+                             "200", "--ack-timeout", str(ACK_TIMEOUT), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + START_SECONDS
@@ -113,4 +123,32 @@ def test_page_streams_frames_stops_and_downloads_what_was_shown(server_url, tmp_
         expect(status).to_contain_text("ended by the server: this tab showed no new frame for too long",
                                        timeout=60_000)
         expect(generate).to_be_enabled()
+        browser.close()
+
+
+def test_prompt_box_starts_and_switches_a_text_model(text_server_url):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page()
+        page.goto(text_server_url)
+        generate, switch, status = (page.get_by_test_id(t) for t in ("generate", "switch", "status"))
+        count, error, prompt = (page.get_by_test_id(t) for t in ("frame-count", "error", "prompt"))
+        expect(generate).to_be_enabled()
+        expect(prompt).to_be_visible()
+        assert page.locator("#label-row").is_hidden() and switch.is_disabled()
+        prompt.fill("a red circle " * 10)  # 30 tokens: over the model's 24
+        generate.click()
+        expect(error).to_contain_text("at most 24")
+        expect(generate).to_be_enabled()
+
+        prompt.fill("a red circle")
+        page.fill("#chunks", "12")
+        generate.click()
+        expect(switch).to_be_enabled(timeout=START_SECONDS * 1000)
+        expect(count).not_to_have_text("0", timeout=START_SECONDS * 1000)
+        prompt.fill("a blue square")
+        switch.click()
+        expect(status).to_contain_text("switching from the next chunk on")
+        expect(status).to_contain_text("finished: 49 frames, 12 chunks", timeout=START_SECONDS * 1000)
+        assert error.inner_text() == "" and switch.is_disabled()
         browser.close()

@@ -50,8 +50,8 @@ BAD_STARTS = [
 ]
 BAD_MESSAGES = [
     ("hello there", "malformed message (not JSON: expected value at line 1 column 1): \"hello there\""),
-    ("[1, 2]", "malformed message: a JSON array, not an object; send a JSON object whose 'type' is 'start', 'stop' "
-               "or 'shown'"),
+    ("[1, 2]", "malformed message: a JSON array, not an object; send a JSON object whose 'type' is 'start', "
+               "'switch', 'stop' or 'shown'"),
     ('{"type": "explode"}', 'malformed message: unknown type "explode"'),
     ('{"frames": 3}', "malformed message: unknown type null"),
     ('{"type": "shown", "frames": -1}', "frames=-1: must be a whole number in 0 .. 2**53"),

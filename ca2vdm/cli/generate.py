@@ -3,6 +3,7 @@
     ca2vdm-generate --chunks 20                          # shipped checkpoint -> outputs/long_video.mp4
     python infer/long_video.py --chunks 20               # the same
     ca2vdm-generate --checkpoint runs/demo/checkpoints/step_003000 --label 2 --preview
+    ca2vdm-generate --checkpoint checkpoints/text-demo.safetensors --prompt "a red circle" --switch 10="a blue square"
     ca2vdm-generate --lora runs/demo-white/checkpoints/step_000300 --label 1   # a LoRA adapter (docs/training.md)
 
 Outputs: without --out the video goes to outputs/long_video.mp4, this tool's scratch file, replaced by every run.
@@ -25,7 +26,7 @@ import signal
 import sys
 
 from ca2vdm.cli.args import FLAGS, add_sampler_flags, lora_spec, positive_int, sampler_overrides
-from ca2vdm.config import PRECISIONS
+from ca2vdm.config import PRECISIONS, SWITCH_MODES
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME
 
@@ -50,6 +51,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="image or video to continue; a video is streamed into the output, and only its last frames "
                         "(those that can still influence the next chunk) are run through the model")
     p.add_argument("--label", type=int, default=None, help="class label (demo model: 0 circle, 1 square, 2 triangle)")
+    p.add_argument("--prompt", default=None,
+                   help="a text model's prompt (text-demo: e.g. 'a small blue triangle drifting left slowly'; at most "
+                        "model.text_tokens tokens)")
+    p.add_argument("--switch", dest="switches", action="append", type=switch_arg, default=[], metavar="CHUNK=NEW",
+                   help="from chunk CHUNK (0-based) on, a new prompt (text) or label (a whole number); repeatable, "
+                        "e.g. --switch 10='a blue square'")
+    p.add_argument("--switch-mode", choices=SWITCH_MODES, default="recache",
+                   help="what a switch does to the cached window: recache (default: run it once more under the new "
+                        "prompt or label), keep (its old K/V) or reset (drop it: a cut)")
     p.add_argument("--lora", type=lora_spec, action="append", default=[], metavar="PATH[:SCALE]",
                    help="a LoRA adapter trained on --checkpoint (a train.lora run's adapter.safetensors or checkpoint "
                         "folder), folded into the weights times SCALE (default 1); repeatable: adapters stack")
@@ -81,15 +91,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def switch_arg(text: str) -> tuple[int, str | int]:
+    """argparse type of --switch: CHUNK=PROMPT, or CHUNK=LABEL for a label model."""
+    index, sep, new = text.partition("=")
+    if not sep or not index.strip().lstrip("-").isdigit() or not new.strip():
+        raise argparse.ArgumentTypeError(f"expected CHUNK=PROMPT or CHUNK=LABEL (e.g. 10='a blue square'), got "
+                                         f"{text!r}")
+    new = new.strip()
+    return int(index), int(new) if new.isdigit() else new
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.num_videos is None and args.batch != 1:
         sys.exit("error: --batch needs --num-videos (the number of videos to generate)")
+    switches = dict(args.switches)
+    if len(switches) != len(args.switches):
+        sys.exit("error: --switch: one switch per chunk (a chunk is given twice)")
     from ca2vdm.generation.many import generate_videos  # after the arguments: --help answers before torch loads
     from ca2vdm.generation.video_files import GenerationOptions, generate_video
     from ca2vdm.runtime import Stopped, StopSignals
 
     opts = GenerationOptions(chunks=args.chunks, seed=args.seed, label=args.label, first_frame=args.first_frame,
+                             prompt=args.prompt, switches=switches, switch_mode=args.switch_mode,
                              sampler=args.sampler, teacache_thresh=args.teacache_thresh, device=args.device,
                              dtype=args.dtype, codec_path=args.codec_path, compile=args.compile, fps=args.fps,
                              preview=args.preview, verbose=args.verbose, stats=args.stats,

@@ -10,7 +10,15 @@ from ca2vdm.config.layout import ChunkLayout
 from ca2vdm.config.loading import load_config
 from ca2vdm.config.lora import LORA_GROUPS, LoraConfig, parse_lora
 from ca2vdm.config.model import BACKENDS, MODEL_CONFIGS, ModelConfig, model_config, to_dict, validate_model
-from ca2vdm.config.sampler import CACHE_MODES, SEED_MAX, SamplerSettings, check_label, check_seed, with_teacache_thresh
+from ca2vdm.config.sampler import (
+                                    CACHE_MODES,
+                                    SEED_MAX,
+                                    SWITCH_MODES,
+                                    SamplerSettings,
+                                    check_label,
+                                    check_seed,
+                                    with_teacache_thresh,
+)
 from ca2vdm.config.step_caches import STEP_CACHE_NAMES, STEP_CACHES, StepCacheConfig, step_cache_config
 from ca2vdm.config.training import (
                                     PRECISIONS,
@@ -33,4 +41,4 @@ __all__ = ["BACKENDS", "ChunkLayout", "load_config", "MODEL_CONFIGS", "ModelConf
            "DiffusionConfig", "DistillConfig", "DistillTrainingConfig", "RunConfig", "TrainConfig", "validate",
            "CACHE_MODES", "SEED_MAX", "SamplerSettings",
            "check_label", "check_seed", "with_teacache_thresh", "STEP_CACHE_NAMES", "STEP_CACHES", "StepCacheConfig",
-           "step_cache_config"]
+           "step_cache_config", "SWITCH_MODES"]

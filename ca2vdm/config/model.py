@@ -11,6 +11,8 @@ from ca2vdm.config.layout import ChunkLayout
 from ca2vdm.errors import ConfigError
 
 BACKENDS = ("auto", "sdpa", "flash", "flex")  # model.attention_backend (ca2vdm.models.attention)
+TEXT_FIELDS = ("text_encoder", "text_dim", "text_tokens")  # recorded only for text models (label models unchanged)
+MAX_TEXT_TOKENS = 512
 
 
 @dataclass
@@ -30,6 +32,10 @@ class ModelConfig:
     prefix_frames: int = 0          # prefix-enhanced spatial attention over the last k conditioning frames; 0 = off
     sink_frames: int = 0            # attention sinks: the video's first k frames are never evicted; 0 = off
     attention_backend: str = "auto"  # auto (flex to train on CUDA, else flash or sdpa) | sdpa | flash | flex
+    # text conditioning (cross-attention over prompt tokens, ca2vdm.models.cross_attention); none: labels or nothing
+    text_encoder: str = "none"      # none | wordllama | a local folder of a transformers text encoder (T5, CLIP)
+    text_dim: int = 0               # width of the encoder's token vectors (0: the encoder's, filled in by training)
+    text_tokens: int = 24           # the longest prompt in the encoder's tokens; longer prompts are refused
 
     @property
     def clip_frames(self) -> int:
@@ -51,6 +57,9 @@ MODEL_CONFIGS: dict[str, dict] = {
     "tiny": {},
     "demo": dict(resolution=32, patch_size=4, hidden_size=128, depth=4, num_heads=4, num_classes=3, chunk_frames=4,
                  max_context_frames=9),
+    # the shipped text model (checkpoints/text-demo.safetensors): the demo's sizes, prompts through WordLlama
+    "text-demo": dict(resolution=32, patch_size=4, hidden_size=128, depth=4, num_heads=4, chunk_frames=4,
+                      max_context_frames=9, text_encoder="wordllama", text_dim=256, text_tokens=24),
     "small": dict(resolution=64, patch_size=4, hidden_size=384, depth=12, num_heads=6, chunk_frames=4,
                   max_context_frames=25, prefix_frames=3),
     "base": dict(resolution=128, patch_size=4, hidden_size=768, depth=12, num_heads=12, chunk_frames=8,
@@ -99,6 +108,12 @@ def validate_model(m: ModelConfig) -> ModelConfig:
         layout = "1 + n * chunk_frames" if m.first_frame_chunk else "n * chunk_frames"
         problems.append(f"model.sink_frames={m.sink_frames} must be 0 (off) or whole chunks, {layout}, below "
                         f"model.max_context_frames={m.max_context_frames}")
+    if m.text_encoder != "none" and m.num_classes:
+        problems.append(f"model.text_encoder={m.text_encoder} and model.num_classes={m.num_classes}: a model is "
+                        "conditioned on prompts or on labels, not both; set one of them to none / 0")
+    if not 1 <= m.text_tokens <= MAX_TEXT_TOKENS or m.text_dim < 0:
+        problems.append(f"model.text_tokens must be in 1 .. {MAX_TEXT_TOKENS} and model.text_dim >= 0, got "
+                        f"{m.text_tokens} and {m.text_dim}")
     if m.attention_backend not in BACKENDS:
         problems.append(f"model.attention_backend={m.attention_backend!r} must be one of {', '.join(BACKENDS)}")
     if problems:
@@ -107,5 +122,10 @@ def validate_model(m: ModelConfig) -> ModelConfig:
 
 
 def to_dict(model: ModelConfig) -> dict:
-    """Plain dict of a model config (stored in checkpoints)."""
-    return dataclasses.asdict(model)
+    """Plain dict of a model config (stored in checkpoints; other config sections as they are); the text fields only
+    for a text model, so a label model records what it recorded before text conditioning existed."""
+    recorded = dataclasses.asdict(model)
+    if isinstance(model, ModelConfig) and model.text_encoder == "none":
+        for name in TEXT_FIELDS:
+            recorded.pop(name)
+    return recorded

@@ -28,6 +28,7 @@ class DiffusionConfig:
     cond_noise: float = 0.05    # prefix perturbation t_p applied to conditioning frames (model still told t=0)
     cfg_scale: float = 1.0      # classifier-free guidance scale at inference; 1 = off
     label_dropout: float = 0.1  # training: probability of replacing the label by the null label
+    caption_dropout: float = 0.1  # training a text model: probability of replacing the caption by the empty prompt
     objective: str = "chunk"    # training loss: chunk (one random chunk) | all (every chunk, teacher forcing)
     self_rollout: float = 0.0   # share of steps conditioned on the model's own samples (ca2vdm.training.rollout)
     rollout_t: float = 1.0      # a rolled-out chunk starts from the real one perturbed to this time (1 = free)
@@ -42,6 +43,7 @@ class DataConfig:
     clips_per_video: int = 1    # items per video in an epoch (many clips fit in a long video)
     num_workers: int = -1       # DataLoader workers per process; -1 = auto (0 on a CPU-only run, else up to 8)
     latents: Optional[str] = None   # a directory of encoded latents (scripts/encode_latents.py): no video decoding
+    captions: Optional[str] = None  # a text model's caption manifest (JSONL or CSV); None: root/captions.jsonl
 
 
 @dataclass
@@ -204,8 +206,9 @@ def _video_problems(c: Config) -> list[str]:
     elif c.codec.kind != "pixel" and not c.codec.path:
         problems.append(f"codec.path is required with codec.kind={c.codec.kind} (a save_pretrained directory)")
     d = c.diffusion
-    if not 0 <= d.label_dropout <= 1:
-        problems.append(f"diffusion.label_dropout must be in [0, 1], got {d.label_dropout}")
+    for name in ("label_dropout", "caption_dropout"):
+        if not 0 <= getattr(d, name) <= 1:
+            problems.append(f"diffusion.{name} must be in [0, 1], got {getattr(d, name)}")
     if not d.shift > 0:
         problems.append(f"diffusion.shift must be > 0, got {d.shift}")
     if d.steps < 1:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ca2vdm.data.captions import load_captions
 from ca2vdm.errors import DataError
 from ca2vdm.io.video import open_video, read_frames, resize_center_crop
 
@@ -171,6 +172,10 @@ class VideoFolderDataset(ClipDataset):
 
     With `holdout_every` = n > 0 the usable videos are split by file order: every
     n-th is held out; `holdout` selects the held-out part instead of the rest.
+
+    With `captions` (a caption manifest, :mod:`ca2vdm.data.captions`) items also
+    hold "caption" (str); videos without a caption are skipped, and so are the
+    manifest's unusable rows (both listed in `skipped`).
     """
 
     def __init__(
@@ -187,6 +192,7 @@ class VideoFolderDataset(ClipDataset):
         holdout_every: int = 0,
         holdout: bool = False,
         sink_frames: int = 0,
+        captions: str | os.PathLike | None = None,
     ) -> None:
         if clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
@@ -254,6 +260,21 @@ class VideoFolderDataset(ClipDataset):
             )
         self.manifest = self._find_manifest(manifest)
         self.labels, self.num_classes = self._load_labels(self.manifest)
+        self.captions = None if captions is None else self._keep_captioned(Path(captions))
+
+    def _keep_captioned(self, manifest: Path) -> list[str]:
+        """The caption of every usable video; videos without one (and the manifest's bad rows) are skipped."""
+        table, bad_rows = load_captions(manifest)
+        self.skipped += bad_rows
+        names = [video.relative_to(self.root).as_posix() for video in self.videos]
+        keep = [name in table for name in names]
+        self.skipped += [(str(v), f"no caption in {manifest}") for v, k in zip(self.videos, keep) if not k]
+        if not any(keep):
+            raise DataError(f"no video under {self.root} has a caption in {manifest} (e.g. {names[0]} has none); "
+                            "its file entries must be paths relative to the video folder")
+        self.videos, self.lengths, self.labels = ([x for x, k in zip(seq, keep) if k]
+                                                  for seq in (self.videos, self.lengths, self.labels))
+        return [table[name] for name, k in zip(names, keep) if k]
 
     def _probe(self, path: Path) -> None:
         try:
@@ -300,7 +321,8 @@ class VideoFolderDataset(ClipDataset):
         return [table.get(name, 0) for name in names], num_classes
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        """Return {"video": (3, T, R, R) float32 in [-1, 1], "label": long scalar, "contiguous": bool scalar}."""
+        """Return {"video": (3, T, R, R) float32 in [-1, 1], "label": long scalar, "contiguous": bool scalar} (and
+        "caption": str with captions)."""
         position = self.clip_position(index)  # one draw places the clip in whichever video ends up being read
         for offset in range(len(self.videos)):
             j = (index % len(self.videos) + offset) % len(self.videos)
@@ -313,11 +335,14 @@ class VideoFolderDataset(ClipDataset):
                 self.skipped.append((str(self.videos[j]), f"failed at read time: {error}"))
                 logger.warning("cannot decode %s, using the next video instead: %s", self.videos[j], error)
                 continue
-            return {
+            item = {
                 "video": resize_center_crop(frames, self.resolution),  # (3, T, R, R)
                 "label": torch.tensor(self.labels[j], dtype=torch.long),
                 "contiguous": torch.tensor(self.contiguous(position)),
             }
+            if self.captions is not None:
+                item["caption"] = self.captions[j]
+            return item
         raise RuntimeError(
             f"none of the {len(self.videos)} videos in {self.root} could be decoded; "
             "see dataset.skipped for the reasons"

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from ca2vdm.data.clips import VideoFolderDataset
 from ca2vdm.data.codec import Codec
-from ca2vdm.data.latents import INDEX_NAME
+from ca2vdm.data.latents import INDEX_NAME, TEXT_SUFFIX
+from ca2vdm.data.text import TextEncoder
 from ca2vdm.errors import DataError, SettingError, opt
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.io.video import read_frames, resize_center_crop
@@ -60,21 +61,27 @@ def encode_video(codec: Codec, path: Path, length: int, pixel_resolution: int, d
 def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec, pixel_resolution: int,
                   manifest: str | None = None, device: torch.device | str = "cpu", progress: bool = True,
                   shard_bytes: int = SHARD_BYTES, resume: bool = False, rank: int = 0, world: int = 1,
-                  barrier: Callable[[], None] = lambda: None, stop: StopSignals | None = None) -> dict:
+                  barrier: Callable[[], None] = lambda: None, stop: StopSignals | None = None,
+                  text_encoder: TextEncoder | None = None, text_name: str = "none",
+                  captions: Path | None = None) -> dict:
     """Encode every usable video under ``root`` into shards in ``out`` (this process's share: videos ``i`` with
     ``i % world == rank``); return the index, which the main process (rank 0) writes when every share is done.
     ``barrier`` waits for all processes (``accelerate.PartialState().wait_for_everyone``). A signal caught by
     ``stop`` ends the run after the video in progress: the shard is closed and journalled (so ``resume=True``
     continues from there), then :class:`~ca2vdm.runtime.Stopped` is raised with ``stats`` {"encoded", "videos"}
-    (this process's finished videos and share)."""
+    (this process's finished videos and share). ``text_encoder`` (named ``text_name``) encodes each video's caption
+    from the manifest ``captions``; videos without one are skipped."""
     out = Path(out)
     if pixel_resolution % codec.factor:
         raise DataError(f"pixel resolution {pixel_resolution} is not divisible by the codec's down-sampling "
                         f"factor {codec.factor}")
     videos = VideoFolderDataset(root, num_frames=1, resolution=pixel_resolution, manifest=manifest,
-                                report_skipped=rank == 0)
+                                report_skipped=rank == 0, captions=captions if text_encoder else None)
     settings = {"root": str(Path(root).resolve()), "manifest": None if videos.manifest is None else
                 str(videos.manifest), "pixel_resolution": pixel_resolution, "codec": codec.metadata()}
+    text = {} if text_encoder is None else {"text_encoder": text_name, "text_dim": text_encoder.dim,
+                                            "text_tokens": text_encoder.max_tokens}
+    settings.update(text)
     check_output(out, settings, resume)  # every process checks before any writes: all agree
     barrier()
     if rank == 0:
@@ -95,14 +102,20 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec,
         except ValueError as error:  # probed fine, fails to decode: skipped and counted like the video dataset
             shard.skip(i, str(path), f"failed while encoding: {error}")
             continue
-        shard.add(i, {"file": path.relative_to(videos.root).as_posix(), "key": f"video_{i:06d}",
-                      "label": videos.labels[i], "frames": latents.shape[1]}, latents)
+        entry = {"file": path.relative_to(videos.root).as_posix(), "key": f"video_{i:06d}",
+                 "label": videos.labels[i], "frames": latents.shape[1]}
+        tensors = {entry["key"]: latents}
+        if text_encoder is not None:
+            prompt = text_encoder.encode(videos.captions[i])
+            entry.update(caption=videos.captions[i], text_tokens=int(prompt.mask.sum()))
+            tensors[entry["key"] + TEXT_SUFFIX] = prompt.tokens[0].half()  # (text_tokens, text_dim)
+        shard.add(i, entry, tensors)
     shard.flush()
     barrier()
     if rank == 0:
         write_index(out, {"codec": codec.metadata(), "pixel_resolution": pixel_resolution,
                           "resolution": pixel_resolution // codec.factor, "channels": codec.channels,
-                          "num_classes": videos.num_classes, "manifest": settings["manifest"]},
+                          "num_classes": videos.num_classes, "manifest": settings["manifest"], **text},
                     [list(s) for s in videos.skipped])
     barrier()
     return json.loads((out / INDEX_NAME).read_text())
@@ -186,11 +199,12 @@ class _ShardWriter:
         self.count = sum(1 for r in _journal_records(out, self.journal) if r["shard"])
         self.tensors, self.videos, self.skipped, self.bytes = {}, [], [], 0
 
-    def add(self, index: int, entry: dict, latents: torch.Tensor) -> None:
-        """Queue a video's latents (C, T, h, w); write the shard once it holds ``limit`` bytes."""
-        self.tensors[entry["key"]] = latents.contiguous()
+    def add(self, index: int, entry: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Queue a video's latents (C, T, h, w) (and its prompt's vectors); write the shard once it holds ``limit``
+        bytes."""
+        self.tensors.update({k: v.contiguous() for k, v in tensors.items()})
         self.videos.append({"index": index, **entry, "shard": self._name()})
-        self.bytes += latents.numel() * latents.element_size()
+        self.bytes += sum(v.numel() * v.element_size() for v in tensors.values())
         if self.bytes >= self.limit:
             self.flush()
 

@@ -3,7 +3,8 @@
 Layout of a latent directory (written by ``scripts/encode_latents.py``, see :mod:`ca2vdm.data.latent_encoding`)::
 
     index.json            codec metadata, pixel and latent size, labels, and where each video's latents live
-    shard_<rank>-<n>.safetensors  ...  one (C, T, h, w) float16 tensor per video, every frame of it
+    shard_<rank>-<n>.safetensors  ...  one (C, T, h, w) float16 tensor per video, every frame of it (and for a text
+                                       model its caption's token vectors, (text_tokens, text_dim), key + ".text")
 
 Whole videos are stored, not fixed clips, so training draws a new clip position every epoch exactly as the video
 dataset does (same seed -> same positions); no video is decoded and no autoencoder runs while training.
@@ -21,6 +22,7 @@ from ca2vdm.data.clips import ClipDataset
 from ca2vdm.errors import DataError
 
 INDEX_NAME = "index.json"
+TEXT_SUFFIX = ".text"  # a video's caption vectors, beside its latents (a text model's latents)
 
 
 def read_index(root: str | os.PathLike) -> dict:
@@ -73,6 +75,15 @@ class LatentClipDataset(ClipDataset):
             raise DataError(f"latents in {self.root} were encoded with codec {recorded}, the config's codec is "
                             f"{wanted}; set the codec section to the one used, or re-encode")
 
+    def check_text(self, model_cfg) -> None:
+        """A text model trains on latents whose captions were encoded by its encoder (and only such a model)."""
+        ix, wanted = self.index, model_cfg.text_encoder
+        recorded = ix.get("text_encoder", "none")
+        if wanted != "none" and (recorded, ix.get("text_tokens")) != (wanted, model_cfg.text_tokens):
+            raise DataError(f"latents in {self.root} hold captions encoded by text_encoder={recorded} (text_tokens="
+                            f"{ix.get('text_tokens')}), the model reads model.text_encoder={wanted} (text_tokens="
+                            f"{model_cfg.text_tokens}); re-encode with scripts/encode_latents.py and this config")
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         position = self.clip_position(index)
         entry = self.entries[index % len(self.entries)]
@@ -80,5 +91,9 @@ class LatentClipDataset(ClipDataset):
             frames = f.get_slice(entry["key"])
             clip = torch.cat([frames[:, a:b][:, ::self.frame_stride]
                               for a, b in self.clip_segments(position, entry["frames"])], dim=1)  # (C, T, h, w)
-        return {"video": clip.float(), "label": torch.tensor(entry["label"]),
-                "contiguous": torch.tensor(self.contiguous(position))}
+            item = {"video": clip.float(), "label": torch.tensor(entry["label"]),
+                    "contiguous": torch.tensor(self.contiguous(position))}
+            if "text_tokens" in entry:  # (text_tokens, text_dim) vectors and their mask
+                item["text"] = f.get_tensor(entry["key"] + TEXT_SUFFIX).float()
+                item["text_mask"] = torch.arange(len(item["text"])) < entry["text_tokens"]
+        return item

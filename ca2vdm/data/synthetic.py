@@ -84,12 +84,21 @@ def render_shape_video(
     y_low, y_high = above, size - below
     xs = _bounce(rng.uniform(x_low, x_high), speed * np.cos(angle), x_low, x_high, steps)  # (T,)
     ys = _bounce(rng.uniform(y_low, y_high), speed * np.sin(angle), y_low, y_high, steps)  # (T,)
+    return draw_frames(shape, xs, ys, radius, color, background, size)
 
+
+def draw_frames(shape: str, xs: np.ndarray, ys: np.ndarray, radius: float, color: np.ndarray,
+                background: np.ndarray, size: int, wrap: bool = False) -> np.ndarray:
+    """(T, size, size, 3) uint8 frames of ``shape`` centred at (xs[t], ys[t]) pixels, anti-aliased by supersampling;
+    with ``wrap`` the frame is a torus (a shape leaving one side enters on the other)."""
     fine = (np.arange(size * SUPERSAMPLE) + 0.5) / SUPERSAMPLE  # sample centres in pixel units
     grid_y, grid_x = np.meshgrid(fine, fine, indexing="ij")  # (H*s, W*s)
-    video = np.empty((num_frames, size, size, 3), dtype=np.uint8)
-    for t in range(num_frames):
-        mask = _coverage(shape, grid_x - xs[t], grid_y - ys[t], radius).astype(np.float32)
+    video = np.empty((len(xs), size, size, 3), dtype=np.uint8)
+    for t in range(len(xs)):
+        dx, dy = grid_x - xs[t], grid_y - ys[t]
+        if wrap:
+            dx, dy = (np.mod(d + size / 2, size) - size / 2 for d in (dx, dy))
+        mask = _coverage(shape, dx, dy, radius).astype(np.float32)
         alpha = reduce(mask, "(h a) (w b) -> h w 1", "mean", a=SUPERSAMPLE, b=SUPERSAMPLE)
         video[t] = np.round(background * (1 - alpha) + color * alpha).astype(np.uint8)
     return video

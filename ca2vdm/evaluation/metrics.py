@@ -112,7 +112,7 @@ def motion(video: Video) -> float:
     return (frames[1:] - frames[:-1]).abs().mean().item() if len(frames) > 1 else math.nan
 
 
-def _foreground(frames: torch.Tensor, margin: float) -> torch.Tensor:
+def foreground_mask(frames: torch.Tensor, margin: float) -> torch.Tensor:
     """(N, H, W) bool: pixels of (N, C, H, W) frames whose brightness (largest channel) exceeds their frame's median
     by ``margin``."""
     bright = frames.amax(dim=1)  # (N, H, W)
@@ -126,14 +126,14 @@ def foreground_fraction(video: Video, margin: float = 0.25) -> float:
     Brightness is the largest channel; a frame's background brightness is its median (the background covers
     most of the frame), and a pixel is foreground when it exceeds that by more than ``margin``.
     """
-    return _foreground(to_frames(video), margin).float().mean().item()
+    return foreground_mask(to_frames(video), margin).float().mean().item()
 
 
 def foreground_colour(video: Video, margin: float = 0.25) -> np.ndarray:
     """(3,) mean colour in [0, 1] of the foreground pixels (as :func:`foreground_fraction`) of all frames; NaN where
     there are none (the shape vanished)."""
     frames = to_frames(video)  # (N, C, H, W)
-    mask = _foreground(frames, margin)  # (N, H, W)
+    mask = foreground_mask(frames, margin)  # (N, H, W)
     if not mask.any():
         return np.full(frames.shape[1], math.nan)
     return rearrange(frames, "n c h w -> c (n h w)")[:, mask.flatten()].mean(dim=1).numpy()
@@ -144,7 +144,7 @@ def shape_descriptor(video: Video, margin: float = 0.25) -> np.ndarray:
     fill = foreground pixels / bounding-box area (disc ~0.79, square ~1, upright triangle ~0.5), aspect = box
     width / height; both independent of position and size. NaN where no frame has 4 foreground pixels."""
     features = []
-    for mask in _foreground(to_frames(video), margin):
+    for mask in foreground_mask(to_frames(video), margin):
         ys, xs = torch.nonzero(mask, as_tuple=True)
         if len(ys) >= 4:
             height, width = (ys.max() - ys.min() + 1).item(), (xs.max() - xs.min() + 1).item()

@@ -2,6 +2,8 @@
 
     pipe = ca2vdm.load_pipeline("checkpoints/latent-demo.safetensors")  # its autoencoder, shift 3.0, 16 steps
     ca2vdm.write_video(pipe.generate(10, label=0, seed=0), "out.mp4")   # the mp4 writer of infer/long_video.py
+    text = ca2vdm.load_pipeline("checkpoints/text-demo.safetensors")     # prompts; switches between chunks
+    ca2vdm.write_video(text.generate(20, prompt="a red circle", switches={10: "a blue square"}), "switch.mp4")
 
 ``infer/long_video.py`` (through :func:`ca2vdm.generation.video_files.generate_video`) runs the same loop,
 :meth:`Pipeline.generate`, so a video written here is the command line's for the same settings. Frames enter the
@@ -24,11 +26,14 @@ from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, weights_file
 from ca2vdm.config import SamplerSettings, check_seed, with_teacache_thresh
 from ca2vdm.data.codec import Codec, build_codec
+from ca2vdm.data.text import TextEncoder, build_text_encoder, check_prompt
 from ca2vdm.errors import CodecError, SettingError, opt
+from ca2vdm.generation.stream import Switch, VideoStream
 from ca2vdm.io.video import VideoWriter, resize_center_crop, to_uint8
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.runtime import resolve_device, resolve_dtype
 from ca2vdm.sampling.compile import compile_blocks
+from ca2vdm.sampling.conditioning import check_kind
 from ca2vdm.sampling.pipeline import GenerationState, LongVideoPipeline
 from ca2vdm.sampling.step_cache import StepCache
 
@@ -111,7 +116,7 @@ class Pipeline:
         sampler = with_teacache_thresh(metadata.sampler.replace(**settings), teacache_thresh,
                                        settings.get("step_cache_options"))
         pipe = LongVideoPipeline(model, sampler, step_cache=policy, calibration=metadata.calibration,
-                                 pixel_space=metadata.pixel_space)
+                                 pixel_space=metadata.pixel_space, text_encoder=load_text_encoder(model, checkpoint))
         return cls(pipe, codec, metadata)
 
     @property
@@ -148,7 +153,8 @@ class Pipeline:
 
     def generate(self, num_chunks: int | None = None, *, label: int | None = None, seed: int | list[int] = 0,
                  first_frames: np.ndarray | torch.Tensor | None = None, batch: int = 1, frames_before: int = 0,
-                 on_step: Callable[[int], None] | None = None) -> Iterator[Chunk]:
+                 on_step: Callable[[int], None] | None = None, prompt: str | None = None,
+                 switches: dict[int, str | int] | None = None, switch_mode: str = "recache") -> VideoStream:
         """Yield ``num_chunks`` chunks (None: until the caller stops iterating), each as soon as it is denoised.
 
         Nothing runs before the first ``next`` (bad arguments are refused at once), and nothing after the last
@@ -158,25 +164,40 @@ class Pipeline:
         replaces ``batch``. ``seed``: one seed, or one per video (each video's noise from its own seed, so a video
         equals the same seed's video made alone). ``frames_before``: see :meth:`LongVideoPipeline.start`.
         ``on_step(i)`` is called after every denoising step (raise in it to stop mid-chunk).
+
+        ``prompt``: a text model's prompt (``label``: a label model's). ``switches``: {chunk index: new prompt (a
+        str) or label (an int)}, each applied just before its chunk with ``switch_mode`` (recache | keep | reset,
+        :meth:`LongVideoPipeline.switch`); the returned :class:`~ca2vdm.generation.stream.VideoStream` also takes
+        ``switch(prompt=... | label=..., at=...)`` between chunks.
         """
         if num_chunks is not None and (isinstance(num_chunks, bool) or not isinstance(num_chunks, int)
                                        or num_chunks < 1):
             raise SettingError("num_chunks", num_chunks, "must be a whole number >= 1 (or None for no end)")
         for one in seed if isinstance(seed, list) else [seed]:
             check_seed(one)
-        return self._chunks(num_chunks, label, seed, first_frames, batch, frames_before, on_step)
+        prompt = None if prompt is None else check_prompt(prompt)
+        check_kind(self.model, label, prompt)
+        if prompt is not None and self.pipeline.text_encoder is not None:
+            self.pipeline.text_encoder.encode(prompt)  # an over-long prompt is refused now
+        scheduled = [Switch(at, prompt=new, mode=switch_mode) if isinstance(new, str) else
+                     Switch(at, label=new, mode=switch_mode) for at, new in (switches or {}).items()]
+        start = dict(label=label, prompt=prompt, seed=seed, frames_before=frames_before)
+        return VideoStream(self.pipeline, lambda stream: self._chunks(stream, num_chunks, start, first_frames, batch,
+                                                                      on_step), num_chunks, scheduled)
 
-    def _chunks(self, num_chunks: int | None, label: int | None, seed: int | list[int],
-                first_frames: np.ndarray | torch.Tensor | None, batch: int, frames_before: int,
+    def _chunks(self, stream: VideoStream, num_chunks: int | None, start: dict,
+                first_frames: np.ndarray | torch.Tensor | None, batch: int,
                 on_step: Callable[[int], None] | None) -> Iterator[Chunk]:
         given = None if first_frames is None else self.encode(first_frames)
         batch = batch if given is None else given.shape[0]
-        state = self.pipeline.start(batch=batch, label=label, seed=seed, first_frames=given,
-                                    frames_before=frames_before)
+        state = self.pipeline.start(batch=batch, first_frames=given, **start)
         if given is None and self.model.cfg.first_frame_chunk:  # the model draws the first frame itself
             yield self._next(state, -1, on_step)
         for index in itertools.count() if num_chunks is None else range(num_chunks):
-            yield self._next(state, index, on_step)
+            stream.before(state, index)
+            chunk = self._next(state, index, on_step)
+            stream.after(index)
+            yield chunk
 
     def _next(self, state: GenerationState, index: int, on_step: Callable[[int], None] | None) -> Chunk:
         tic, start_frame = time.perf_counter(), state.frames
@@ -184,6 +205,13 @@ class Pipeline:
         pixels = to_pixels(self.codec, result.frames)
         return Chunk(index, result.frames, pixels, start_frame, time.perf_counter() - tic, result.model_evals,
                      result.skipped_evals)
+
+
+def load_text_encoder(model: CausalVideoDiT, checkpoint: str | Path) -> TextEncoder | None:
+    """The text encoder a text model's checkpoint records (``model.text_encoder``; a folder is also looked up beside
+    the checkpoint); None for other models."""
+    cfg = model.cfg
+    return build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
 
 
 def _check_not_empty(batch_and_frames: tuple[int, int], frames: torch.Tensor) -> None:

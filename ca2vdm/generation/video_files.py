@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ca2vdm.config import ModelConfig, SamplerSettings, check_label, check_seed
+from ca2vdm.config import SWITCH_MODES, ModelConfig, SamplerSettings, check_label, check_seed
 from ca2vdm.config.sampler import TEACACHE_THRESH
+from ca2vdm.data.text import check_prompt
 from ca2vdm.errors import SettingError
 from ca2vdm.generation.api import Pipeline, load_pipeline
 from ca2vdm.generation.given import stream_given
@@ -38,6 +39,7 @@ from ca2vdm.io.paths import check_paths, output_path, preview_path
 from ca2vdm.io.video import VideoWriter, save_contact_sheet, to_uint8
 from ca2vdm.runtime import Stopped, StopSignals, dtype_name, resolve_dtype
 from ca2vdm.sampling.compile import warm_up
+from ca2vdm.sampling.conditioning import check_kind
 
 PREVIEW_CHUNKS = 20     # chunks shown in the contact sheet, evenly spaced
 PREVIEW_PIXELS = 128    # thumbnails are upscaled (nearest, by a whole factor) to about this size to be visible
@@ -52,6 +54,9 @@ class GenerationOptions:
     seed: int = 0
     label: int | None = None
     first_frame: str | None = None  # image or video to continue
+    prompt: str | None = None       # a text model's prompt (label: a label model's)
+    switches: dict = field(default_factory=dict)  # {chunk index: new prompt (str) or label (int)}
+    switch_mode: str = "recache"    # what a switch does to the window: recache | keep | reset
     sampler: dict = field(default_factory=dict)  # e.g. {"steps": 8, "step_cache": "taylorseer"}; unset: recorded
     teacache_thresh: float | None = None  # the older spelling of TeaCache's threshold setting
     device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
@@ -75,6 +80,10 @@ def check_options(opts: GenerationOptions) -> None:
     SamplerSettings().replace(**opts.sampler)  # each value checked (the checkpoint's settings are not known yet)
     if opts.teacache_thresh is not None:
         TEACACHE_THRESH.check("teacache_thresh", opts.teacache_thresh)
+    if opts.prompt is not None:
+        check_prompt(opts.prompt)
+    if opts.switch_mode not in SWITCH_MODES:
+        raise SettingError("switch_mode", opts.switch_mode, f"must be one of {', '.join(SWITCH_MODES)}")
 
 
 def peak_rss_mb() -> float:
@@ -124,8 +133,9 @@ def pipeline_for(checkpoint: str | Path, opts: GenerationOptions, batch: int = 1
     now, for ``batch`` videos at a time (their seconds are returned, else None)."""
     pipe = load_pipeline(checkpoint, opts.device, dtype=opts.dtype, codec_path=opts.codec_path, compile=opts.compile,
                          teacache_thresh=opts.teacache_thresh, lora=opts.lora, **opts.sampler)
+    check_kind(pipe.model, opts.label, opts.prompt)
     check_label(opts.label, pipe.model.cfg.num_classes)
-    return pipe, warm_up(pipe.pipeline, batch, opts.label) if opts.compile else None
+    return pipe, warm_up(pipe.pipeline, batch, opts.label, opts.prompt) if opts.compile else None
 
 
 def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOptions, stop: StopSignals | None = None,
@@ -143,6 +153,9 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
                  "cache": settings.cache, "steps": settings.steps, "shift": settings.shift,
                  "cfg_scale": settings.cfg_scale, "step_cache": settings.step_cache,
                  "step_cache_options": dict(settings.step_cache_options), "device": str(weight.device),
+                 **({"prompt": opts.prompt} if opts.prompt else {}),
+                 **({"switches": {str(k): v for k, v in opts.switches.items()}, "switch_mode": opts.switch_mode}
+                    if opts.switches else {}),
                  "dtype": dtype_name(weight.dtype)}
         outputs.append(_Output(path, VideoWriter(path, fps=opts.fps, overwrite=True), stats))
     tic = time.perf_counter()
@@ -185,7 +198,8 @@ def _write_chunks(pipe: Pipeline, opts: GenerationOptions, seeds: list[int], out
             poll()
 
         for chunk in pipe.generate(opts.chunks, label=opts.label, seed=seeds, batch=len(seeds), first_frames=given,
-                                   frames_before=frames_before, on_step=on_step):
+                                   frames_before=frames_before, on_step=on_step, prompt=opts.prompt,
+                                   switches=opts.switches, switch_mode=opts.switch_mode):
             steps.reset()
             for output, frames in zip(outputs, chunk.pixels):  # (L, H, W, 3) per video
                 output.writer.write(frames)

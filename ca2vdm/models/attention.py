@@ -72,8 +72,9 @@ CPU_MATMUL_MAX_KEYS = 32
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | flex.BlockMask | None = None,
               backend: str = "sdpa") -> torch.Tensor:
-    """Softmax attention. q: (N, Lq, H, Dh); k, v: (N, Lk, H, Dh); mask: bool (Lq, Lk), True = attend, or a
-    FlexAttention block mask (:func:`kernel_mask`). Softmax statistics are float32 at every input precision.
+    """Softmax attention. q: (N, Lq, H, Dh); k, v: (N, Lk, H, Dh); mask: bool (Lq, Lk) or (N, 1, Lq | 1, Lk) (a
+    mask per sequence: cross-attention's prompt padding), True = attend, or a FlexAttention block mask
+    (:func:`kernel_mask`). Softmax statistics are float32 at every input precision.
 
     flash-attn takes no arbitrary mask and only half precision, so masked or fp32 calls use SDPA; short key
     sequences on CPU use :func:`matmul_attention`. Unmasked calls let SDPA pick its flash / cuDNN /
@@ -99,8 +100,9 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     N, Lq, H, Dh = q.shape
     q, k, v = (rearrange(a, "n l h d -> (n h) l d") for a in (q, k, v))
     scores = torch.bmm(q.float(), k.float().transpose(1, 2)) * Dh ** -0.5  # (N*H, Lq, Lk) float32
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    if mask is not None:  # (Lq, Lk) or (N, 1, Lq | 1, Lk) against the scores as (N, H, Lq, Lk)
+        scores = rearrange(rearrange(scores, "(n h) q k -> n h q k", h=H).masked_fill(~mask, float("-inf")),
+                           "n h q k -> (n h) q k")
     weights = (scores - scores.amax(-1, keepdim=True)).exp()
     out = torch.bmm((weights / weights.sum(-1, keepdim=True)).to(v.dtype), v)  # (N*H, Lq, Dh)
     return rearrange(out, "(n h) l d -> n l h d", h=H)

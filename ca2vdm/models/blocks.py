@@ -1,8 +1,9 @@
 """The transformer blocks of the causal ST-DiT and the block stack, with the hooks inference-time caches use.
 
 Each block: spatial self-attention inside a frame (optionally also over the last k conditioning frames), block-causal
-temporal attention along T for every spatial token, MLP; all three modulated by adaLN-Zero from the per-frame
-condition. Tokens are (B, T, S, D); the per-frame condition ``c`` is (B, T, D).
+temporal attention along T for every spatial token, (a text model: cross-attention to the prompt,
+:mod:`ca2vdm.models.cross_attention`), MLP; the three self-attention and MLP branches modulated by adaLN-Zero from the
+per-frame condition. Tokens are (B, T, S, D); the per-frame condition ``c`` is (B, T, D).
 
 Hooks (:mod:`ca2vdm.models.hooks`): the block stack routes every call through ``stack.hooks`` with one
 :class:`StackCall`, the documented interface of what a step-caching policy may read; each attention module routes
@@ -18,6 +19,7 @@ from einops import rearrange
 
 from ca2vdm.config import ModelConfig
 from ca2vdm.models.attention import apply_rope, attention
+from ca2vdm.models.cross_attention import CrossAttention, TextKV
 from ca2vdm.models.flex import BlockMask
 from ca2vdm.models.hooks import HookRegistry
 from ca2vdm.models.kv_cache import KVCache
@@ -43,6 +45,7 @@ class ForwardContext:
     # frame ranges, in order, tiling the sequence's tail; the query frames also attend to the prefix frames' tokens.
     # Frames before the first range attend only to themselves.
     spatial_prefix: tuple[tuple[int, int, int, int], ...] = ()
+    text: TextKV | None = None        # a text model: the prompt's cross-attention K/V of every block
 
 
 #################################################################################
@@ -126,7 +129,8 @@ class TemporalAttention(SelfAttention):
 #################################################################################
 
 class CausalSTBlock(nn.Module):
-    """Spatial attention -> causal temporal attention -> MLP, each gated by adaLN-Zero."""
+    """Spatial attention -> causal temporal attention -> (cross-attention to the prompt) -> MLP; the self-attention
+    and MLP branches gated by adaLN-Zero."""
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -135,6 +139,7 @@ class CausalSTBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(D, elementwise_affine=False, eps=1e-6) for _ in range(3))
         self.spatial = SpatialAttention(D, cfg.num_heads)
         self.temporal = TemporalAttention(D, cfg.num_heads)
+        self.cross = CrossAttention(D, cfg.num_heads) if cfg.text_encoder != "none" else None
         hidden = int(D * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(D, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, D))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 9 * D))
@@ -152,6 +157,8 @@ class CausalSTBlock(nn.Module):
         sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m = self.modulation(c)
         x = torch.addcmul(x, g_s, self.spatial(modulate(self.norm1(x), sh_s, sc_s), ctx, self.layer))
         x = torch.addcmul(x, g_t, self.temporal(modulate(self.norm2(x), sh_t, sc_t), ctx, self.layer))
+        if self.cross is not None:
+            x = x + self.cross(x, ctx.text, self.layer)
         return torch.addcmul(x, g_m, self.mlp(modulate(self.norm3(x), sh_m, sc_m)))  # (B, T, S, D)
 
 

@@ -7,9 +7,11 @@ tokens: (B, T, S, D) with S = (H / p) * (W / p); per-frame condition ``c``: (B, 
 
 The blocks (:mod:`ca2vdm.models.blocks`): spatial self-attention inside a frame (optionally also over the last k
 conditioning frames), block-causal temporal attention along T for every spatial token, MLP; all three modulated by
-adaLN-Zero from the per-frame condition. Temporal attention is causal across chunks (the model's
-:class:`~ca2vdm.config.ChunkLayout`), so a conditioning frame's keys and values never depend on later frames and
-:class:`~ca2vdm.models.kv_cache.KVCache` can hold them for every later denoising step.
+adaLN-Zero from the per-frame condition. A text model (``model.text_encoder``) cross-attends to its prompt in every
+block (:mod:`ca2vdm.models.cross_attention`); the prompt's K/V are computed once per prompt (:meth:`text_kv`).
+Temporal attention is causal across chunks (the model's :class:`~ca2vdm.config.ChunkLayout`), so a conditioning
+frame's keys and values never depend on later frames and :class:`~ca2vdm.models.kv_cache.KVCache` can hold them for
+every later denoising step.
 
 Three ways to run the same weights:
 * full sequence (``cache=None``): the one-chunk training objective and the recompute baselines; the block-causal
@@ -34,8 +36,10 @@ import torch.nn as nn
 from einops import rearrange
 
 from ca2vdm.config import ModelConfig, validate_model
+from ca2vdm.data.text import TextEmbeddings
 from ca2vdm.models.attention import block_causal_mask, kernel_mask, resolve_backend, rope_table, teacher_forcing_mask
 from ca2vdm.models.blocks import BlockStack, FinalLayer, ForwardContext
+from ca2vdm.models.cross_attention import TextEmbedder, TextKV
 from ca2vdm.models.hooks import STEP_CACHE_HOOK, HookRegistry
 from ca2vdm.models.kv_cache import KVCache
 
@@ -96,6 +100,10 @@ class CausalVideoDiT(nn.Module):
         self.register_buffer("pos_embed", sincos_2d(D, self.grid), persistent=False)  # (S, D)
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = LabelEmbedder(cfg.num_classes, D) if cfg.num_classes else None
+        if cfg.text_encoder != "none" and cfg.text_dim < 1:
+            raise ValueError(f"model.text_encoder={cfg.text_encoder} needs model.text_dim, the width of its token "
+                             "vectors (training sets it from the encoder)")
+        self.text_embedder = TextEmbedder(cfg.text_dim, D) if cfg.text_encoder != "none" else None
         self.stack = BlockStack(cfg)
         self.final_layer = FinalLayer(cfg)
         cos, sin = rope_table(self.head_dim, cfg.rope_period)
@@ -124,6 +132,10 @@ class CausalVideoDiT(nn.Module):
         for block in self.stack.blocks:  # adaLN-Zero: every residual branch starts closed
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        if self.text_embedder is not None:  # cross-attention starts closed: a new text model is the unprompted one
+            nn.init.normal_(self.text_embedder.null, std=0.02)
+            for block in self.stack.blocks:
+                nn.init.zeros_(block.cross.proj.weight)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
@@ -150,6 +162,32 @@ class CausalVideoDiT(nn.Module):
     @property
     def null_label(self) -> int | None:
         return None if self.y_embedder is None else self.y_embedder.null_label
+
+    @property
+    def text_conditional(self) -> bool:
+        return self.text_embedder is not None
+
+    def text_kv(self, text: TextEmbeddings) -> TextKV:
+        """Every block's cross-attention K/V of a batch of prompts: computed once per prompt, then read by every
+        pass (kept in ``KVCache.text`` by a cached generation)."""
+        if self.text_embedder is None:
+            raise ValueError("this model is not text-conditional (model.text_encoder=none); give no prompt")
+        return self.text_embedder.kv(text, self.stack.blocks)
+
+    def _prompt(self, text: TextEmbeddings | TextKV | None, cache: KVCache | None, batch: int) -> TextKV | None:
+        """The prompt K/V of a pass: given (raw embeddings are projected now), else the cache's."""
+        if self.text_embedder is None:
+            if text is not None:
+                raise ValueError("this model is not text-conditional (model.text_encoder=none); give no prompt")
+            return None
+        if text is None and cache is not None:
+            text = cache.text
+        if text is None:
+            raise ValueError("this model is text-conditional: pass text (the empty prompt for none)")
+        text = self.text_kv(text) if isinstance(text, TextEmbeddings) else text
+        if text.mask.shape[0] != batch:
+            raise ValueError(f"{text.mask.shape[0]} prompts for a batch of {batch} videos")
+        return text
 
     def new_cache(self, batch: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:
@@ -219,7 +257,8 @@ class CausalVideoDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, *,
                 cache: KVCache | None = None, commit: bool = False, frame_offset: int = 0,
-                num_cond_frames: int = 0, teacher_forcing: bool = False) -> torch.Tensor:
+                num_cond_frames: int = 0, teacher_forcing: bool = False,
+                text: TextEmbeddings | TextKV | None = None) -> torch.Tensor:
         """Velocity prediction (B, C, T, H, W).
 
         x: (B, C, T, H, W); t: (B, T). Full-sequence pass when ``cache`` is None (``frame_offset`` = absolute
@@ -227,6 +266,8 @@ class CausalVideoDiT(nn.Module):
         spatial attention); otherwise x is one chunk placed after the cache's committed frames.
         ``teacher_forcing=True`` (no cache): x is ``num_cond_frames`` clean frames followed by the noisy copy of the
         clip they start, numbered from ``frame_offset`` again (see the module docstring).
+        ``text`` (a text model): the prompts, one per video, as token vectors or their K/V (:meth:`text_kv`); with a
+        cache and no ``text``, the cache's (``KVCache.text``).
         """
         B, C, T, H, W = x.shape
         if H != self.cfg.resolution or W != self.cfg.resolution or C != self.cfg.in_channels:
@@ -236,6 +277,7 @@ class CausalVideoDiT(nn.Module):
             raise ValueError("teacher_forcing is a full-sequence (training) layout; it takes no KV cache")
         tokens, c = self.embed(x, t, y)
         ctx = self.context(T, x.device, cache, commit, frame_offset, num_cond_frames, teacher_forcing)
+        ctx.text = self._prompt(text, cache, B)
         tokens = self.stack(tokens, c, ctx)  # (B, T, S, D)
         out = self.final_layer(tokens, c)
         p = self.cfg.patch_size

@@ -30,6 +30,9 @@ def forward_flops(cfg: ModelConfig, query_frames: int, key_frames: int, rows: in
     attention = 4 * S * S * D                                          # spatial, per frame
     io = 2 * S * D * cfg.patch_size ** 2 * cfg.in_channels * 2         # patch embedding and final layer
     temporal = 4 * S * query_frames * key_frames * D
+    if cfg.text_encoder != "none":  # cross-attention: q and output projections, scores over the prompt's tokens
+        linear += 2 * S * D * D * 2
+        attention += 4 * S * (cfg.text_tokens + 1) * D
     return rows * (cfg.depth * (query_frames * (linear + attention) + temporal) + query_frames * io)
 
 

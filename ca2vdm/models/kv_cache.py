@@ -75,6 +75,7 @@ class KVCache:
         self.sink_k = self.k[:, :, :sink_frames].clone()  # (depth, B*S*H, k, Dh) sink keys at positions 0..k-1
         self._sink_slots = self.k[:, :, :sink_frames]  # where they are read, every row (row views keep it)
         self.rope = rope
+        self.text = None  # a text model: the prompt's cross-attention K/V (models.cross_attention.TextKV), per prompt
         self.frames_committed = 0
         self.commits = 0
         self._slots_key: tuple[int, int] | None = None
@@ -88,13 +89,15 @@ class KVCache:
         view.k, view.v = self.k[:, :count * rows], self.v[:, :count * rows]
         if self.prefix_frames:
             view.prefix_k, view.prefix_v = self.prefix_k[:, :count], self.prefix_v[:, :count]
+        if self.text is not None:
+            view.text = self.text.rows(count)
         view.batch = count
         return view
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (constant over the cache's life)."""
         tensors = [self.k, self.v, self.sink_k] + ([self.prefix_k, self.prefix_v] if self.prefix_frames else [])
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + (self.text.nbytes() if self.text else 0)
 
     def _slot_index(self, num_frames: int) -> torch.Tensor:
         key = (self.frames_committed, num_frames)
@@ -149,6 +152,12 @@ class KVCache:
         for buf, new in ((self.prefix_k[layer], k), (self.prefix_v[layer], v)):
             kept = torch.cat([buf[:, :n], new], dim=1)[:, -self.prefix_frames:]
             buf[:, :kept.shape[1]].copy_(kept)
+
+    def reset(self) -> None:
+        """Forget every committed frame (a prompt switch: re-cached or reset); the next commit writes from the first
+        slot again. The tensors stay (no allocation)."""
+        self.frames_committed = 0
+        self._slots_key = None
 
     def commit(self, num_frames: int) -> None:
         """Mark the chunk just run with ``commit=True`` as conditioning: advance the write position (a sink chunk's

@@ -61,16 +61,18 @@ def warm_up_chunks(model: CausalVideoDiT) -> int:
 
 
 @torch.no_grad()
-def warm_up(pipe: LongVideoPipeline, batch: int = 1, label: int | None = None) -> float:
-    """Run a throwaway one-step video of :func:`warm_up_chunks` chunks with ``batch`` videos (and ``label``: guidance
-    batches the rows) through ``pipe``, so that its compiled blocks compile now; return the seconds it took.
+def warm_up(pipe: LongVideoPipeline, batch: int = 1, label: int | None = None,
+            prompt: str | None = None) -> float:
+    """Run a throwaway one-step video of :func:`warm_up_chunks` chunks with ``batch`` videos (and ``label`` or
+    ``prompt``: guidance batches the rows) through ``pipe``, so that its compiled blocks compile now; return the
+    seconds it took.
 
     ``pipe`` itself is left as it was: the throwaway video runs one step per chunk, without a step cache, on a
     pipeline of its own (the graphs depend on neither: t is a tensor, and a policy's reuse skips whole stacks)."""
     warm = LongVideoPipeline(pipe.model, replace(pipe.settings, steps=1, step_cache="none", step_cache_options={}),
-                             pixel_space=pipe.pixel_space)
+                             pixel_space=pipe.pixel_space, text_encoder=pipe.text_encoder)
     tic = time.perf_counter()
-    state = warm.start(batch=batch, label=label, seed=0)
+    state = warm.start(batch=batch, label=label, seed=0, prompt=prompt)
     for _ in range(warm_up_chunks(pipe.model)):
         warm.next_chunk(state)
     if pipe.model.x_embedder.weight.is_cuda:

@@ -11,6 +11,11 @@ Three ways to condition a chunk (``SamplerSettings.cache``), all sampling the sa
 * ``full``: re-run all previous frames at every step (extendable context; quadratic total cost, a benchmark
   baseline). Equal to ``kv`` while the window is not full; past the window it attends beyond the trained range.
 
+Labels and prompts (:mod:`ca2vdm.sampling.conditioning`) can change between chunks (:meth:`LongVideoPipeline.switch`):
+``recache`` (default, LongLive's KV re-cache) runs the window's frames once more, as committed, under the new
+condition and writes their K/V back into the cache; ``keep`` keeps the frames' K/V made under the old one (only new
+passes see the new condition); ``reset`` drops the window (the next chunk starts without context: a cut).
+
 A pipeline never changes the model it is given (its mode, its weights, its hooks): a step-caching policy is
 attached only while a chunk is sampled, and sampling runs under ``torch.no_grad``. Chunks follow the model's
 :class:`~ca2vdm.config.ChunkLayout`: the first frame alone, then chunks of ``chunk_frames``, each beginning where
@@ -20,15 +25,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
-from ca2vdm.config import SamplerSettings, check_label
-from ca2vdm.errors import SettingError
+from ca2vdm.config import SWITCH_MODES, SamplerSettings
+from ca2vdm.data.text import TextEncoder
+from ca2vdm.errors import SettingError, opt
 from ca2vdm.models.dit import CausalVideoDiT
-from ca2vdm.models.kv_cache import KVCache
+from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, label_rows, text_rows
 from ca2vdm.sampling.flow import Denoiser, guidance, perturb, sample, timesteps
 from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 
@@ -62,17 +68,6 @@ def _repeat_rows(video: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @dataclass
-class Conditioning:
-    """What a video is conditioned on. With guidance the rows are [conditional | unconditional] (2B rows), run
-    as one batched pass and split afterwards; without it, B rows."""
-    labels: torch.Tensor | None             # (G * B,) or None for an unconditional model
-    groups: int                             # guidance branches batched together: 1 or 2
-    cache: KVCache | None                   # mode kv: one cache for all G * B rows
-    context: list[torch.Tensor] = field(default_factory=list)  # modes none/full: perturbed frames (B, C, n, H, W)
-    sinks: list[torch.Tensor] = field(default_factory=list)    # mode none: the first sink_frames frames
-
-
-@dataclass
 class GenerationState:
     """Everything one video's generation carries from chunk to chunk."""
     conditioning: Conditioning
@@ -87,14 +82,18 @@ class LongVideoPipeline:
 
     def __init__(self, model: CausalVideoDiT, settings: SamplerSettings | None = None, *,
                  step_cache: StepCache | None = None, calibration: Mapping[str, list[float]] | None = None,
-                 pixel_space: bool = True, forward: Callable[..., torch.Tensor] | None = None, **overrides):
+                 pixel_space: bool = True, text_encoder: TextEncoder | None = None,
+                 forward: Callable[..., torch.Tensor] | None = None, **overrides):
         """``settings`` (default: the library's) with ``overrides`` (keywords named as its fields; None ignored).
         The step cache is built from ``settings.step_cache`` and its options with the checkpoint's ``calibration``,
         unless a policy object is given as ``step_cache``. ``pixel_space``: the model works on pixels, so sampled
         chunks are clamped to [-1, 1]; a latent model's chunks are not clamped (unit-variance latents go well beyond
-        1; the codec clamps the decoded pixels). ``forward``: what runs the model's passes (default: the model;
-        training's rollouts pass its distributed wrapper, whose forward synchronises gradients)."""
+        1; the codec clamps the decoded pixels). ``text_encoder`` reads a text model's prompts
+        (:func:`ca2vdm.data.text.build_text_encoder`; encoded prompts need none). ``forward``: what runs the model's
+        passes (default: the model; training's rollouts pass its distributed wrapper, whose forward synchronises
+        gradients)."""
         self.model = model
+        self.text_encoder = text_encoder
         self.forward = model if forward is None else forward
         self.settings = (settings or SamplerSettings()).replace(**overrides)
         self.step_cache = step_cache if step_cache is not None else build_step_cache(
@@ -108,26 +107,22 @@ class LongVideoPipeline:
         overrides.setdefault("calibration", metadata.calibration)
         return cls(model, metadata.sampler, pixel_space=metadata.pixel_space, **overrides)
 
-    def guided(self, label: int | torch.Tensor | None) -> bool:
-        """Guidance runs a second (unconditional) branch only when there is a label to guide towards."""
-        return self.settings.cfg_scale != 1.0 and self.model.null_label is not None and label is not None
+    def guided(self, label: int | torch.Tensor | None, prompt: Prompt = None) -> bool:
+        """Guidance runs a second (unconditional) branch only when there is a label or prompt to guide towards."""
+        given = label is not None if self.model.null_label is not None else (
+            prompt is not None and self.model.text_conditional)
+        return self.settings.cfg_scale != 1.0 and given
 
-    def _conditioning(self, batch: int, label: int | torch.Tensor | None, device: torch.device) -> Conditioning:
-        null, groups = self.model.null_label, 2 if self.guided(label) else 1
-        if null is None:
-            check_label(label, 0)
-            labels = None
-        elif isinstance(label, torch.Tensor):  # one per row, the null label allowed (training's rollouts)
-            labels = label.to(device).long().expand(batch).clone()
-            if labels.min() < 0 or labels.max() > null:
-                raise SettingError("label", label.tolist(), f"labels must be in 0 .. {null} (the null label)")
-        else:
-            label = null if label is None else check_label(label, null)
-            labels = torch.full((batch,), label, device=device, dtype=torch.long)
-        if groups == 2:
-            labels = torch.cat([labels, torch.full_like(labels, null)])
+    def _conditioning(self, batch: int, label: int | torch.Tensor | None, prompt: Prompt,
+                      device: torch.device) -> Conditioning:
+        check_kind(self.model, label, prompt)
+        groups = 2 if self.guided(label, prompt) else 1
+        labels = label_rows(self.model, label, batch, groups, device)
+        text = text_rows(self.model, self.text_encoder, prompt, batch, groups)
         cache = self.model.new_cache(groups * batch, device) if self.settings.cache == "kv" else None
-        return Conditioning(labels, groups, cache)
+        if cache is not None:
+            cache.text = text
+        return Conditioning(labels, groups, cache, text)
 
     def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
                   groups: int) -> torch.Tensor:
@@ -135,6 +130,7 @@ class LongVideoPipeline:
         rows = groups * x.shape[0]
         x = _repeat_rows(x, groups)  # (G * B, C, L, H, W)
         labels = None if cond.labels is None else cond.labels[:rows]
+        text = None if cond.text is None else cond.text.rows(rows)
         L = x.shape[2]
         if cond.cache is not None:
             cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
@@ -143,14 +139,18 @@ class LongVideoPipeline:
         n = ctx.shape[2] - L
         t_frames = torch.zeros(rows, n + L, device=x.device)
         t_frames[:, n:] = t
-        out = self.forward(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n)
+        out = self.forward(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n, text=text)
         return out[:, :, n:].to(STATE_DTYPE)
 
     @torch.no_grad()
     def start(self, *, batch: int = 1, label: int | torch.Tensor | None = None, seed: int | list[int] = 0,
-              first_frames: torch.Tensor | None = None, frames_before: int = 0) -> GenerationState:
-        """Set up a video: labels (both guidance branches), the KV cache, the noise generator, the first frames; the
-        step-caching policy forgets the previous video.
+              first_frames: torch.Tensor | None = None, frames_before: int = 0,
+              prompt: Prompt = None) -> GenerationState:
+        """Set up a video: labels or prompts (both guidance branches), the KV cache, the noise generator, the first
+        frames; the step-caching policy forgets the previous video.
+
+        label: a label model's label (None: the null label); prompt: a text model's prompt, one for the batch or one
+        per video, or already encoded (:class:`~ca2vdm.data.text.TextEmbeddings`); None: the empty prompt.
 
         seed: one seed for the batch, or a list of ``batch`` seeds: then video i draws all its noise from its own
         generator, and equals (within float rounding) the video generated alone with seed ``seed[i]``.
@@ -175,7 +175,7 @@ class LongVideoPipeline:
             raise ValueError(f"got {len(seed)} seeds for a batch of {batch} videos; give one seed or one per video")
         generator = (torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int)
                      else [torch.Generator(device=device).manual_seed(s) for s in seed])
-        state = GenerationState(self._conditioning(batch, label, device), generator, batch)
+        state = GenerationState(self._conditioning(batch, label, prompt, device), generator, batch)
         if self.step_cache is not None:
             self.step_cache.reset()
         if first_frames is not None:
@@ -258,22 +258,67 @@ class LongVideoPipeline:
 
     @torch.no_grad()
     def commit(self, state: GenerationState, frames: torch.Tensor) -> None:
-        """Perturb finished frames (prefix perturbation) and append them to the conditioning of every row."""
+        """Perturb finished frames (prefix perturbation) and append them to the conditioning of every row; the
+        window's frames are kept as committed (a switch re-caches them)."""
         noise = _randn(frames.shape, state.generator, frames.device, frames.dtype)
         frames = perturb(frames, noise, self.settings.cond_noise)
-        cond, L, cfg = state.conditioning, frames.shape[2], self.model.cfg
+        cond, cfg = state.conditioning, self.model.cfg
         if cond.cache is not None:
-            rows = _repeat_rows(frames, cond.groups)
-            self.forward(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
-                         commit=True)
-            cond.cache.commit(L)
-        elif self.settings.cache == "none" and state.frames < cfg.sink_frames:
+            self._commit_pass(cond, frames)
+        if self.settings.cache != "full" and state.frames < cfg.sink_frames:
             cond.sinks.append(frames)
         else:
             cond.context.append(frames)
-            if self.settings.cache == "none":
+            if self.settings.cache != "full":
                 cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -(cfg.max_context_frames - cfg.sink_frames):]]
-        state.frames += L
+        state.frames += frames.shape[2]
+
+    def _commit_pass(self, cond: Conditioning, frames: torch.Tensor) -> None:
+        """Run committed frames (B, C, L, H, W) once at t = 0 in every row: their K/V join the cache."""
+        rows, L = _repeat_rows(frames, cond.groups), frames.shape[2]
+        self.forward(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
+                     commit=True)
+        cond.cache.commit(L)
+
+    @torch.no_grad()
+    def switch(self, state: GenerationState, *, label: int | None = None, prompt: Prompt = None,
+               mode: str = "recache") -> None:
+        """Condition the chunks after this point on ``label`` (a label model) or ``prompt`` (a text model), the same
+        for every video of the batch. ``mode``: ``recache`` runs the window's frames once more, as committed, under
+        the new condition and writes their K/V back into the cache (one commit pass over the window; sinks too);
+        ``keep`` keeps the frames' K/V made under the old condition; ``reset`` drops the window (no context). In
+        cache modes none and full the window is recomputed at every step anyway: ``recache`` changes nothing more
+        and ``keep`` is refused. Guidance stays as it was decided at :meth:`start`."""
+        if mode not in SWITCH_MODES:
+            raise SettingError("switch_mode", mode, f"must be one of {', '.join(SWITCH_MODES)}")
+        if (label is None) == (prompt is None):
+            raise SettingError("switch", f"label={label}, prompt={prompt!r}", "give a new label or a new prompt")
+        sinks = self.model.cfg.sink_frames
+        if mode == "reset" and sinks and self.settings.cache == "kv":
+            raise SettingError("switch_mode", mode, f"a model with attention sinks (model.sink_frames={sinks}) keeps "
+                               "its first frames in the cache for good; switch with recache or keep")
+        if mode == "keep" and self.settings.cache != "kv":
+            raise SettingError("switch_mode", mode, f"needs {opt('cache', 'kv')}: cache mode {self.settings.cache} "
+                               "recomputes the window under the current condition at every step, so no K/V is kept")
+        cond, device = state.conditioning, self.model.x_embedder.weight.device
+        check_kind(self.model, label, prompt)
+        if label is not None:
+            cond.labels = label_rows(self.model, label, state.batch, cond.groups, device)
+        else:
+            cond.text = text_rows(self.model, self.text_encoder, prompt, state.batch, cond.groups)
+        if mode == "reset":
+            cond.sinks.clear()
+            cond.context.clear()
+        if cond.cache is None:
+            return
+        cond.cache.text = cond.text
+        if mode == "keep":
+            return
+        cond.cache.reset()
+        if mode == "recache" and (cond.sinks or cond.context):  # renumbered from 0: only distances count (RoPE)
+            window = torch.cat(cond.sinks + cond.context, dim=2)  # (B, C, n, H, W) as committed (perturbed)
+            for part in window.split(self.model.cfg.layout.split(0, window.shape[2]), dim=2):
+                self._commit_pass(cond, part)
 
     def _guided_velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
                          index: int) -> torch.Tensor:

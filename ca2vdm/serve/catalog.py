@@ -25,10 +25,17 @@ class Offered:
         return self.pipe.model.cfg
 
     def describe(self) -> dict:
-        """What the page needs to offer this model: its labels (named where the checkpoint names them), frame size
-        and rate, and how many frames a chunk has."""
+        """What the page needs to offer this model: its labels (named where the checkpoint names them) or whether it
+        takes prompts, frame size and rate, and how many frames a chunk has."""
         return {"name": self.name, "labels": self.class_names, "size": self.pipe.size, "fps": FPS,
-                "chunk_frames": self.cfg.chunk_frames, "first_frame_chunk": bool(self.cfg.first_frame_chunk)}
+                "chunk_frames": self.cfg.chunk_frames, "first_frame_chunk": bool(self.cfg.first_frame_chunk),
+                "prompts": self.pipe.model.text_conditional, "text_tokens": self.cfg.text_tokens}
+
+    def check_prompt(self, prompt: str | None) -> None:
+        """SettingError for a prompt longer than the model reads (in its encoder's tokens)."""
+        encoder = self.pipe.pipeline.text_encoder
+        if prompt is not None and encoder is not None:
+            encoder.encode(prompt)
 
 
 def offered_names(paths: list[str | Path]) -> list[str]:

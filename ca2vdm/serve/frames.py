@@ -26,24 +26,40 @@ class PixelChunk:
 
 
 def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int | None, step_cache: str,
-                 step_cache_options: dict, first_frame: Path | None,
-                 poll: Callable[[], None]) -> Iterator[PixelChunk]:
+                 step_cache_options: dict, first_frame: Path | None, poll: Callable[[], None],
+                 prompt: str | None = None, switch_mode: str = "recache",
+                 switches: Callable[[int], list] = lambda upcoming: []) -> Iterator[PixelChunk]:
     """The video as ``ca2vdm.load_pipeline(...).generate`` (and so the command line) makes it, with the step cache
     ``step_cache`` and its settings (checked as :func:`ca2vdm.config.step_cache_config` does): the given first frames
     or the model's first frame, then ``chunks`` chunks (None: until the caller stops iterating).
 
     ``poll()`` runs after every denoising step; it raises to abandon the chunk in progress. A given video
     contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first.
+    ``prompt``: a text model's prompt; ``switches(upcoming)``, called before each chunk (``upcoming``: its index,
+    -1 for the first frame), returns the switches (``protocol.SwitchMessage``) asked for since the last call: each
+    applies from its chunk ``at`` on (None: the next chunk), with ``switch_mode``; the latest for a chunk wins.
     """
     shared = offered.pipe  # one model for every page: a pipeline never changes the model it samples
     settings = shared.settings.replace(step_cache=step_cache, step_cache_options=step_cache_options)
     sampler = LongVideoPipeline(shared.model, settings, calibration=shared.metadata.calibration,
-                                pixel_space=shared.metadata.pixel_space)
+                                pixel_space=shared.metadata.pixel_space, text_encoder=shared.pipeline.text_encoder)
     pipe = Pipeline(sampler, shared.codec, shared.metadata)
     given = None
     if first_frame is not None:
         given = read_video(first_frame, num_frames=offered.cfg.max_context_frames, size=pipe.size)  # (3, T, H, W)
         yield PixelChunk(to_uint8(given), "given")
-    for chunk in pipe.generate(chunks, label=label, seed=seed, first_frames=given, on_step=lambda i: poll()):
+    video = pipe.generate(chunks, label=label, seed=seed, first_frames=given, on_step=lambda i: poll(),
+                          prompt=prompt)
+    upcoming, planned = (-1 if offered.cfg.first_frame_chunk and given is None else 0), {}
+    while True:
+        for asked in switches(upcoming):  # chunk -> its switch; the latest for a chunk wins
+            planned[max(upcoming, 0) if asked.at is None else asked.at] = asked
+        switch = planned.pop(upcoming, None)
+        if switch is not None:
+            video.switch(prompt=switch.prompt, label=switch.label, mode=switch_mode)
+        chunk = next(video, None)
+        if chunk is None:
+            return
         yield PixelChunk(chunk.pixels[0], "first" if chunk.index < 0 else "chunk", chunk.model_evals,
                          chunk.skipped_evals)
+        upcoming = video.next_index

@@ -5,7 +5,11 @@ text messages (at most ``MAX_MESSAGE_CHARS``) are JSON objects with a ``type``, 
 model below (:data:`ClientMessage`, a union discriminated on ``type``: typed fields with their ranges):
 
 * ``{"type": "start", "model": NAME, "label": INT | null, "seed": INT, "chunks": INT | null (until stopped),
-  "step_cache": POLICY, "step_cache_options": {SETTING: NUMBER}, "first_frame": BOOL}``
+  "step_cache": POLICY, "step_cache_options": {SETTING: NUMBER}, "first_frame": BOOL}`` (and ``"prompt": TEXT |
+  null`` for a text model, ``"switch_mode": "recache" | "keep" | "reset"``);
+* ``{"type": "switch", "prompt": TEXT | null, "label": INT | null, "at": INT | null}``: condition the chunks from
+  chunk ``at`` (null: the next one the server starts) on a new prompt (a text model) or label, with the
+  generation's ``switch_mode``;
 * ``{"type": "stop"}``: end the generation (or leave the queue) within one chunk;
 * ``{"type": "shown", "frames": INT}``: how many frames the page has shown (the server stays at most
   ``LEAD_FRAMES`` ahead, and counts no more than it has sent).
@@ -24,9 +28,19 @@ import struct
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
-from ca2vdm.config import SEED_MAX, STEP_CACHE_NAMES, check_label, step_cache_config
+from ca2vdm.config import SEED_MAX, STEP_CACHE_NAMES, SWITCH_MODES, check_label, step_cache_config
 from ca2vdm.errors import SettingError
 
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # uploads above this are refused; the server's WebSocket allows 1 MiB more
@@ -35,6 +49,7 @@ LEAD_FRAMES = 16                # generate at most this many frames ahead of wha
 CHUNK_FIELDS = ("kind", "index", "frames", "height", "width", "seconds", "encode_seconds", "computed", "skipped",
                 "total_frames", "chunks_done", "fps", "computed_total", "skipped_total", "first_frame_seconds")
 MAX_FRAMES = 2 ** 53            # a frame count a page can hold exactly (JavaScript's largest safe integer)
+MAX_PROMPT_CHARS = 400          # a prompt's text; its token count is checked against the model (model.text_tokens)
 
 
 class ProtocolError(ValueError):
@@ -48,6 +63,8 @@ def _not_bool(value: Any) -> Any:
 
 
 Whole = Annotated[int, BeforeValidator(_not_bool)]  # an int, an integral float (3.0) or the digits of one ("3")
+Prompt = Annotated[StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)]
+PROMPT_HELP = f"a text of 1 .. {MAX_PROMPT_CHARS} characters (not blank), or null for no prompt"
 
 
 class _Message(BaseModel):
@@ -67,6 +84,19 @@ class StartMessage(_Message):
     step_cache_options: dict[str, Any] = Field(default_factory=dict, description="an object of the step cache's "
                                                "settings (name: value)")
     first_frame: StrictBool = Field(False, description="true or false")
+    prompt: Prompt | None = Field(None, description=PROMPT_HELP)
+    switch_mode: Literal[SWITCH_MODES] = Field("recache", description="one of " + ", ".join(SWITCH_MODES) + " (what "
+                                              "a switch does to the cached window)")
+
+
+class SwitchMessage(_Message):
+    """A new prompt or label for a running generation (checked further against its model by :func:`parse_switch`)."""
+    type: Literal["switch"]
+    prompt: Prompt | None = Field(None, description=PROMPT_HELP)
+    label: Annotated[Whole, Field(ge=0)] | None = Field(None, description="a whole number >= 0 (one of the model's "
+                                                                          "labels), or null for none")
+    at: Annotated[Whole, Field(ge=0, le=MAX_FRAMES)] | None = Field(None, description="a chunk number in 0 .. 2**53 "
+                                                                    "(0-based), or null for the next chunk")
 
 
 class StopMessage(_Message):
@@ -81,13 +111,13 @@ class ShownMessage(_Message):
                                                                              "(frames the page has shown)")
 
 
-MESSAGES = {"start": StartMessage, "stop": StopMessage, "shown": ShownMessage}
-ClientMessage = Annotated[Union[StartMessage, StopMessage, ShownMessage], Field(discriminator="type")]
+MESSAGES = {"start": StartMessage, "switch": SwitchMessage, "stop": StopMessage, "shown": ShownMessage}
+ClientMessage = Annotated[Union[StartMessage, SwitchMessage, StopMessage, ShownMessage], Field(discriminator="type")]
 _CLIENT_MESSAGE = TypeAdapter(ClientMessage)
-TYPES = "'start', 'stop' or 'shown'"
+TYPES = "'start', 'switch', 'stop' or 'shown'"
 
 
-def parse_message(text: str) -> StartMessage | StopMessage | ShownMessage:
+def parse_message(text: str) -> StartMessage | SwitchMessage | StopMessage | ShownMessage:
     """A text message as one of the client messages; ProtocolError naming the field and what it accepts."""
     if len(text) > MAX_MESSAGE_CHARS:
         raise ProtocolError(f"the message is {len(text)} characters long, over the limit of {MAX_MESSAGE_CHARS}; "
@@ -136,6 +166,7 @@ def parse_start(message: StartMessage, models: dict[str, dict], max_chunks: int 
     if message.model not in models:
         raise ProtocolError(f"model={_shown(message.model)}: not offered by this server; choose one of: "
                             f"{', '.join(models)}")
+    _check_kind(models[message.model], message.label, message.prompt)
     try:
         check_label(message.label, len(models[message.model]["labels"]))
         config = step_cache_config(message.step_cache, message.step_cache_options)
@@ -147,6 +178,30 @@ def parse_start(message: StartMessage, models: dict[str, dict], max_chunks: int 
     given = set(message.step_cache_options)
     options = {} if config is None else {k: v for k, v in config.options().items() if k in given}
     return message.model_copy(update={"step_cache_options": options})
+
+
+def parse_switch(message: SwitchMessage, model: dict, last_chunk: int | None) -> SwitchMessage:
+    """Check a switch against the model of the running generation (``describe()``) and its last chunk (None: until
+    stopped); whether chunk ``at`` is still to come is decided with the worker (``RunControl.request_switch``)."""
+    if (message.prompt is None) == (message.label is None):
+        raise ProtocolError("'switch' needs a new prompt or a new label (one of them)")
+    _check_kind(model, message.label, message.prompt)
+    try:
+        check_label(message.label, len(model["labels"]))
+    except SettingError as e:
+        raise ProtocolError(str(e)) from None
+    if message.at is not None and last_chunk is not None and message.at > last_chunk:
+        raise ProtocolError(f"at={message.at}: past the last chunk of this generation ({last_chunk}); switch at an "
+                            "earlier chunk, or null for the next one")
+    return message
+
+
+def _check_kind(model: dict, label: int | None, prompt: str | None) -> None:
+    """A text model takes prompts, a label model labels."""
+    if prompt is not None and not model.get("prompts"):
+        raise ProtocolError(f"model {model['name']} is conditioned on labels, not prompts; choose a label")
+    if label is not None and model.get("prompts"):
+        raise ProtocolError(f"model {model['name']} is conditioned on prompts, not labels; type a prompt")
 
 
 def chunk_message(header: dict, pixels: np.ndarray) -> bytes:

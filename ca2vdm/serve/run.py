@@ -1,7 +1,7 @@
 """One generation on the worker thread: pull chunks while the page keeps up, write them to the mp4, hand them on.
 
-The thread and the WebSocket's event loop share only a :class:`RunControl` (stop, frames shown) and the ``emit``
-callback; a stop is seen after the current denoising step, so no further chunk is computed.
+The thread and the WebSocket's event loop share only a :class:`RunControl` (stop, frames shown, switches) and the
+``emit`` callback; a stop is seen after the current denoising step, so no further chunk is computed.
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class RunControl:
         self.shown = 0
         self.sent = 0
         self._last_ack = time.monotonic()
+        self._switches: list = []  # protocol.SwitchMessage, in the order they came
+        self.fixed = 0  # chunks whose condition is decided (being made or made): a switch must come at or after
 
     def stop(self) -> None:
         with self._changed:
@@ -57,6 +59,24 @@ class RunControl:
             if frames > self.shown:
                 self.shown, self._last_ack = frames, time.monotonic()
             self._changed.notify_all()
+
+    def request_switch(self, switch) -> int | None:
+        """Queue a switch (a new prompt or label from chunk ``switch.at``, None: the next chunk started) for the
+        worker, which takes it between chunks; if chunk ``at`` is already decided, queue nothing and return the first
+        chunk a switch can still change."""
+        with self._changed:
+            if switch.at is not None and switch.at < self.fixed:
+                return self.fixed
+            self._switches.append(switch)
+        return None
+
+    def take_switches(self, next_chunk: int) -> list:
+        """The switches asked for since the last call, taken before chunk ``next_chunk`` is made (from then on a
+        switch needs a later chunk)."""
+        with self._changed:
+            taken, self._switches = self._switches, []
+            self.fixed = max(self.fixed, next_chunk + 1)
+        return taken
 
     def poll(self) -> None:
         """Raise Cancelled if a stop was requested (called after every denoising step)."""

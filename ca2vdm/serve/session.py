@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import torch
 from fastapi import WebSocket
 
+from ca2vdm.errors import SettingError
 from ca2vdm.io.video import VideoWriter
 from ca2vdm.serve.catalog import FPS, step_cache_settings
 from ca2vdm.serve.frames import PixelChunk
@@ -30,9 +31,11 @@ from ca2vdm.serve.protocol import (
     ShownMessage,
     StartMessage,
     StopMessage,
+    SwitchMessage,
     chunk_message,
     parse_message,
     parse_start,
+    parse_switch,
 )
 from ca2vdm.serve.run import Cancelled, Figures, RunControl, Stalled, produce
 from ca2vdm.serve.scheduler import DeviceQueue, QueueFull
@@ -78,6 +81,7 @@ class Session:
         self.upload: Path | None = None
         self.task: asyncio.Task | None = None
         self.control: RunControl | None = None
+        self.request: StartMessage | None = None  # what started the running (or queued) generation
         self.queued = False
         self.token: str | None = None
         self.connected = True
@@ -124,17 +128,40 @@ class Session:
         elif isinstance(message, ShownMessage):
             if self.control is not None:
                 self.control.set_shown(message.frames)
+        elif isinstance(message, SwitchMessage):
+            if not self.busy or self.request is None:
+                raise ProtocolError("no generation is running in this tab; a switch changes a running one (press "
+                                    "Generate first)")
+            offered, request = self.server.models[self.request.model], self.request
+            limit = request.chunks if request.chunks is not None else self.server.max_chunks
+            switch = parse_switch(message, offered.describe(), None if limit is None else limit - 1)
+            self._check_prompt(offered, switch.prompt)
+            decided = self.control.request_switch(switch)
+            if decided is not None:
+                raise ProtocolError(f"at={switch.at}: chunk {switch.at} is already made (or being made); the first "
+                                    f"chunk a switch can still change is {decided}: switch there or later")
         else:
             if self.busy:
                 raise ProtocolError("a generation is already running in this tab; press Stop first")
             models = {name: m.describe() for name, m in self.server.models.items()}
             request = parse_start(message, models, self.server.max_chunks)
+            self._check_prompt(self.server.models[request.model], request.prompt)
             if request.first_frame and self.upload is None:
                 raise ProtocolError("first_frame is set but no image or video was uploaded (or it was refused); "
                                     "upload one first")
             upload, self.upload = (self.upload, None) if request.first_frame else (None, self.upload)
-            self.control = RunControl(ack_timeout=self.server.ack_timeout)
+            self.control, self.request = RunControl(ack_timeout=self.server.ack_timeout), request
             self.task = asyncio.create_task(self.run(request, upload, self.control))
+
+    @staticmethod
+    def _check_prompt(offered, prompt: str | None) -> None:
+        """A prompt longer than the model reads is refused now, not when its chunk comes."""
+        check = getattr(offered, "check_prompt", None)  # tests' stand-in models may have none
+        try:
+            if check is not None:
+                check(prompt)
+        except SettingError as e:
+            raise ProtocolError(str(e)) from None
 
     def stop(self) -> None:
         """End this page's generation within one chunk, or take it out of the queue."""
@@ -198,7 +225,8 @@ class Session:
                 chunks = self.server.source(
                     self.server.models[request.model], label=request.label, seed=request.seed, chunks=limit,
                     step_cache=request.step_cache, step_cache_options=request.step_cache_options,
-                    first_frame=upload, poll=control.poll)
+                    first_frame=upload, poll=control.poll, prompt=request.prompt,
+                    switch_mode=request.switch_mode, switches=control.take_switches)
                 produce(chunks, writer, control, emit, figures)
             except Stalled:
                 outcome = "stalled"

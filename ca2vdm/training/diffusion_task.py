@@ -9,10 +9,12 @@ import torch
 from ca2vdm.checkpoints import weights as ckpt
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import Config, SamplerSettings
+from ca2vdm.data.captions import find_captions
 from ca2vdm.data.clips import DEFAULT_MANIFEST, VideoFolderDataset
 from ca2vdm.data.codec import build_codec, check_model_fits
 from ca2vdm.data.latents import LatentClipDataset
-from ca2vdm.errors import CheckpointError, DataError
+from ca2vdm.data.text import TextEmbeddings, build_text_encoder
+from ca2vdm.errors import CheckpointError, ConfigError, DataError
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.training import checkpoint_dirs
@@ -20,6 +22,25 @@ from ca2vdm.training.ema import EMA
 from ca2vdm.training.export import check_training_weights
 from ca2vdm.training.losses import causal_flow_loss, teacher_forcing_flow_loss
 from ca2vdm.training.rollout import rollout_context
+
+TEXT_MODULES = ("text_embedder.", ".cross.")  # what a text model adds to a label model of the same sizes
+
+
+def load_initial(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``train.init_from``: the weights of ``source`` into ``model``. A text model may start from a label (or
+    unconditional) model of the same sizes: its text modules start fresh and the label table is left out."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    text_from_labels = missing and all(any(m in k for m in TEXT_MODULES) for k in missing) and all(
+        k.startswith("y_embedder.") for k in extra)
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if k in own} if text_from_labels else state,
+                              strict=not text_from_labels)
+    except RuntimeError as e:  # tensors of another shape or set: the checkpoint is fine, the pairing is not
+        raise CheckpointError(f"train.init_from={source} does not fit this model config "
+                              f"({str(e).strip().splitlines()[-1].strip()}); use the model config it was trained "
+                              "with (its sizes, depth and num_classes)") from None
 
 
 def chunk_weights(chunks: list[tuple[int, int]], contiguous: torch.Tensor, model_cfg) -> torch.Tensor:
@@ -42,6 +63,14 @@ class DiffusionTask:
         self.codec = build_codec(config.codec, device)
         check_model_fits(self.codec, config.model.in_channels)
         self.chunks = config.model.layout.clip_chunks(config.model.clip_frames)
+        mc = config.model
+        self.text_encoder = build_text_encoder(mc.text_encoder, mc.text_tokens)
+        if self.text_encoder is not None:  # the width of the encoder's vectors is recorded with the model
+            if mc.text_dim not in (0, self.text_encoder.dim):
+                raise ConfigError(f"model.text_dim={mc.text_dim} but model.text_encoder={mc.text_encoder} gives "
+                                  f"vectors of {self.text_encoder.dim}; set model.text_dim={self.text_encoder.dim} "
+                                  "(or 0: the encoder's)")
+            mc.text_dim = self.text_encoder.dim
 
     def check_resume(self, path: Path, config: Config) -> None:
         """The model config and the codec (the space the weights work in) cannot change on resume."""
@@ -59,11 +88,13 @@ class DiffusionTask:
             dataset = LatentClipDataset(dc.latents, mc.clip_frames, dc.frame_stride, seed, dc.clips_per_video,
                                         mc.sink_frames)
             dataset.check_fits(mc.in_channels, mc.resolution, self.codec.metadata())
+            dataset.check_text(mc)
         else:  # frames are decoded at the codec's pixel size and encoded on the training device
+            captions = find_captions(Path(dc.root), dc.captions) if self.text_encoder is not None else None
             dataset = VideoFolderDataset(dc.root, num_frames=mc.clip_frames, frame_stride=dc.frame_stride,
                                          resolution=mc.resolution * self.codec.factor, manifest=dc.manifest, seed=seed,
                                          clips_per_video=dc.clips_per_video, report_skipped=False,
-                                         sink_frames=mc.sink_frames)
+                                         sink_frames=mc.sink_frames, captions=captions)
         where = dc.latents or dc.root
         if mc.num_classes and dataset.manifest is None:
             raise DataError(f"model.num_classes={mc.num_classes} but {where} has no labels manifest "
@@ -79,13 +110,19 @@ class DiffusionTask:
         model = CausalVideoDiT(config.model)
         init_from = config.train.init_from
         if init_from and not resume:
-            try:
-                model.load_state_dict(ckpt.load_model(init_from)[0].state_dict())
-            except RuntimeError as e:  # tensors of another shape or set: the checkpoint is fine, the pairing is not
-                raise CheckpointError(f"train.init_from={init_from} does not fit this model config "
-                                           f"({str(e).strip().splitlines()[-1].strip()}); use the model config it "
-                                           "was trained with (its sizes, depth and num_classes)") from None
+            load_initial(model, ckpt.load_model(init_from)[0].state_dict(), init_from)
         return model
+
+    def prompts(self, batch: dict, config: Config, gen: torch.Generator) -> TextEmbeddings | None:
+        """A text model's prompts of a batch (encoded now, or stored with latents), each replaced by the empty prompt
+        with probability ``diffusion.caption_dropout`` (guidance's unconditional branch); None for other models."""
+        if self.text_encoder is None:
+            return None
+        text = TextEmbeddings(batch["text"], batch["text_mask"]) if "text" in batch else \
+            self.text_encoder.encode(list(batch["caption"]))
+        keep = torch.rand(len(text), generator=gen, device=gen.device) >= config.diffusion.caption_dropout  # (B,)
+        keep = keep.to(text.tokens.device)
+        return TextEmbeddings(text.tokens * keep[:, None, None], text.mask & keep[:, None]).to(gen.device)
 
     def loss(self, model, batch: dict, config: Config, gen: torch.Generator) -> torch.Tensor:
         """``diffusion.objective``: ``all`` trains every chunk of the clip (teacher forcing), ``chunk`` one chunk
@@ -101,19 +138,20 @@ class DiffusionTask:
             drop = torch.rand(labels.shape, generator=gen, device=labels.device) < config.diffusion.label_dropout
             labels = torch.where(drop, mc.num_classes, labels)
         dc = config.diffusion
+        text = self.prompts(batch, config, gen)
         weight = chunk_weights(self.chunks, batch["contiguous"].to(gen.device), mc) if mc.sink_frames else None
         if dc.objective == "all":
-            context = self.own_context(model, video, labels, self.chunks[-1][0], config, gen)
+            context = self.own_context(model, video, labels, self.chunks[-1][0], config, gen, text)
             return teacher_forcing_flow_loss(model, video, labels, self.chunks, dc.cond_noise, generator=gen,
-                                             context=context, weight=weight)
+                                             context=context, weight=weight, text=text)
         k = int(torch.randint(len(self.chunks), (1,), generator=gen, device=gen.device))
         start, length = self.chunks[k]
-        context = self.own_context(model, video, labels, start, config, gen)
+        context = self.own_context(model, video, labels, start, config, gen, text)
         return causal_flow_loss(model, video, labels, start, length, dc.cond_noise, generator=gen, context=context,
-                                weight=None if weight is None else weight[:, k])
+                                weight=None if weight is None else weight[:, k], text=text)
 
     def own_context(self, model, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int, config: Config,
-                    gen: torch.Generator) -> torch.Tensor | None:
+                    gen: torch.Generator, text: TextEmbeddings | None = None) -> torch.Tensor | None:
         """For a share ``diffusion.self_rollout`` of the steps, the clip with its first ``num_cond`` frames (after
         the given ones) made by the model itself (:mod:`ca2vdm.training.rollout`); otherwise None (real context). Draws
         nothing from ``gen`` when self-rollout is off, so such runs are unchanged."""
@@ -123,7 +161,7 @@ class DiffusionTask:
         seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))
         return rollout_context(getattr(model, "module", model), video, labels, num_cond, start_t=dc.rollout_t,
                                steps=dc.rollout_steps, shift=dc.shift, cond_noise=dc.cond_noise, seed=seed,
-                               pixel_space=self.codec.pixel_space)
+                               pixel_space=self.codec.pixel_space, text=text)
 
     def save_weights(self, directory: Path, ema: EMA, config: Config, step: int) -> None:
         provenance = {"diffusion_config": dataclasses.asdict(config.diffusion),

@@ -36,6 +36,7 @@ from ca2vdm.training.dmd import dmd_loss, trajectory_loss
 from ca2vdm.training.ema import EMA
 from ca2vdm.training.export import check_training_weights
 from ca2vdm.training.losses import teacher_forcing_flow_loss
+from ca2vdm.training.ode_pairs import check_teacher
 from ca2vdm.training.task import Part
 
 
@@ -60,6 +61,7 @@ class DistillTask:
         d = config.distill
         self.teacher_model, self.teacher = ckpt.load_model(d.teacher)  # CheckpointError naming the file if unusable
         self.cfg = self.teacher.model
+        check_teacher(self.cfg, d.teacher)
         self.chunks = self.cfg.layout.clip_chunks(self.cfg.clip_frames)
         self.guidance = self.teacher.sampler.cfg_scale if d.guidance is None else d.guidance
         self.settings = self.teacher.sampler.replace(steps=d.steps, cfg_scale=1.0, step_cache="none")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ca2vdm.data.text import TextEmbeddings
 from ca2vdm.sampling.flow import perturb
 
 
@@ -27,7 +28,8 @@ def logit_normal(shape: tuple[int, ...], generator: torch.Generator | None, devi
 def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int,
                      num_noisy: int, cond_noise: float, generator: torch.Generator | None = None, *,
                      noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
-                     context: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+                     context: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                     text: TextEmbeddings | None = None) -> torch.Tensor:
     """Flow-matching loss on the noisy chunk that follows ``num_cond`` clean conditioning frames.
 
     video: (B, C, T, H, W) with T >= num_cond + num_noisy; frames after the noisy chunk are dropped.
@@ -35,7 +37,8 @@ def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.
     noise: (B, C, num_cond + num_noisy, H, W) and t: (B,) replace the random draws (the conditioning frames are
     perturbed with noise[:, :, :num_cond]). context: (B, C, >= num_cond, H, W) conditioning frames to use instead of
     the video's (self-rollout: the model's own samples); the target stays the video's chunk. weight: (B,) 0/1, the
-    samples that carry loss (``training.chunk_weights``); the loss is their mean (0 if there are none).
+    samples that carry loss (``training.chunk_weights``); the loss is their mean (0 if there are none). text: a text
+    model's prompts (:class:`~ca2vdm.data.text.TextEmbeddings`, one per video).
     """
     x0 = video[:, :, :num_cond + num_noisy]
     B, T = x0.shape[0], x0.shape[2]
@@ -50,7 +53,7 @@ def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.
     noise_level[:, num_cond:] = t[:, None]
     inputs = x0 if context is None else torch.cat([context[:, :, :num_cond], x0[:, :, num_cond:]], dim=2)
     x_t = perturb(inputs, noise, noise_level[:, None, :, None, None].to(x0.dtype))
-    pred = model(x_t, t_frames, labels, num_cond_frames=num_cond)
+    pred = model(x_t, t_frames, labels, num_cond_frames=num_cond, text=text)
     target = noise - x0
     if weight is None:
         return F.mse_loss(pred[:, :, num_cond:].float(), target[:, :, num_cond:].float())
@@ -63,7 +66,7 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
                               generator: torch.Generator | None = None, *, noise: torch.Tensor | None = None,
                               cond_eps: torch.Tensor | None = None, t: torch.Tensor | None = None,
                               context: torch.Tensor | None = None, weight: torch.Tensor | None = None,
-                              per_chunk: bool = False) -> torch.Tensor:
+                              per_chunk: bool = False, text: TextEmbeddings | None = None) -> torch.Tensor:
     """Flow-matching loss on every chunk of a clip at once (teacher forcing; ``diffusion.objective=all``).
 
     video: (B, C, T, H, W), its first frame at a chunk boundary of the model's layout; chunks: (start, length) of
@@ -75,7 +78,8 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
 
     noise (B, C, T, H, W), cond_eps (B, C, Tc, H, W) and t (B, K) replace the random draws (drawn in that order).
     context: (B, C, >= Tc, H, W) clean frames to use instead of the video's (self-rollout); targets stay the video's.
-    weight: (B, K) 0/1, the samples whose chunk k carries loss (``training.chunk_weights``).
+    weight: (B, K) 0/1, the samples whose chunk k carries loss (``training.chunk_weights``). text: as
+    :func:`causal_flow_loss`.
     Returns the mean over chunks of each chunk's mean squared error, or with ``per_chunk`` those K terms: term k
     equals :func:`causal_flow_loss` for chunk k with noise ``cat(cond_eps[:, :, :start_k], noise[:, :, chunk k])``,
     time ``t[:, k]`` and weight ``weight[:, k]``.
@@ -96,7 +100,7 @@ def teacher_forcing_flow_loss(model: torch.nn.Module, video: torch.Tensor, label
     t_frames = t[:, chunk_index]  # (B, T): each frame its chunk's time
     noisy = perturb(x0, noise, t_frames[:, None, :, None, None].to(dtype))  # (B, C, T, H, W)
     clean = (x0 if context is None else context)[:, :, :num_clean]
-    pred = teacher_forcing_velocity(model, clean, noisy, t_frames, labels, cond_noise, cond_eps)
+    pred = teacher_forcing_velocity(model, clean, noisy, t_frames, labels, cond_noise, cond_eps, text)
     terms = chunk_terms((pred.float() - (noise - x0).float()).square(), chunks, weight)
     return terms if per_chunk else terms.mean()
 
@@ -108,14 +112,16 @@ def frame_chunks(chunks: list[tuple[int, int]], device: torch.device) -> torch.T
 
 def teacher_forcing_velocity(model: torch.nn.Module, clean: torch.Tensor, noisy: torch.Tensor,
                              t_frames: torch.Tensor, labels: torch.Tensor | None, cond_noise: float,
-                             cond_eps: torch.Tensor) -> torch.Tensor:
+                             cond_eps: torch.Tensor, text: TextEmbeddings | None = None) -> torch.Tensor:
     """The model's velocity (B, C, T, H, W) for every noisy frame of a clip in one teacher-forcing pass: noisy chunk
     k at its times ``t_frames`` (B, T) sees the clean frames (B, C, Tc, H, W) of the chunks before it, perturbed with
-    ``cond_eps`` to ``cond_noise`` and told t=0, as conditioning frames are everywhere."""
+    ``cond_eps`` to ``cond_noise`` and told t=0, as conditioning frames are everywhere; ``text``: a text model's
+    prompts."""
     B, num_clean = noisy.shape[0], clean.shape[2]
     clean = perturb(clean, cond_eps, cond_noise)  # (B, C, Tc, H, W)
     times = torch.cat([torch.zeros(B, num_clean, device=noisy.device), t_frames], dim=1)  # (B, Tc + T)
-    pred = model(torch.cat([clean, noisy], dim=2), times, labels, num_cond_frames=num_clean, teacher_forcing=True)
+    pred = model(torch.cat([clean, noisy], dim=2), times, labels, num_cond_frames=num_clean, teacher_forcing=True,
+                 text=text)
     return pred[:, :, num_clean:]
 
 

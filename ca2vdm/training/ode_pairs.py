@@ -24,10 +24,19 @@ from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.config import to_dict
 from ca2vdm.data.latent_encoding import check_unfinished
 from ca2vdm.data.trajectories import INDEX_NAME, SETTINGS_NAME
-from ca2vdm.errors import SettingError
+from ca2vdm.errors import ConfigError, SettingError
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.sampling.flow import sample
 from ca2vdm.sampling.pipeline import LongVideoPipeline
+
+
+def check_teacher(cfg, checkpoint: str | Path) -> None:
+    """A teacher is a label or unconditional model: distillation samples labels, never prompts (a student of a text
+    model would ignore them)."""
+    if cfg.text_encoder != "none":
+        raise ConfigError(f"{checkpoint} is a text model (model.text_encoder={cfg.text_encoder}); distillation samples "
+                          "labels, not prompts, so its student would ignore them: distil a label or unconditional "
+                          "model")
 
 
 def student_times(schedule: list[float], steps: int) -> list[float]:
@@ -79,6 +88,7 @@ def write_pairs(checkpoint: str, out: str | Path, videos: int, steps: int, *, nu
     index, which the main process writes when every process is done."""
     out = Path(out)
     model, meta = load_model(checkpoint, device)
+    check_teacher(model.cfg, checkpoint)
     pipe = LongVideoPipeline(model, meta.sampler.replace(step_cache="none"), pixel_space=meta.pixel_space)
     cfg = model.cfg
     times = student_times(pipe.schedule(), steps)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from ca2vdm.data.text import TextEmbeddings
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
@@ -32,19 +33,21 @@ def given_frames(model_cfg) -> int:
 @torch.no_grad()
 def rollout_context(model: CausalVideoDiT, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int, *,
                     start_t: float, steps: int, shift: float, cond_noise: float, seed: int,
-                    pixel_space: bool = True) -> torch.Tensor:
+                    pixel_space: bool = True, text: TextEmbeddings | None = None) -> torch.Tensor:
     """``video`` with its frames from :func:`given_frames` up to ``num_cond`` (a chunk boundary) replaced by the
     model's samples, chunk by chunk through the KV-cache pipeline; frames from ``num_cond`` on stay real.
 
     video: (B, C, T, H, W) in the model's space. labels: (B,) per row (the null label allowed) or None.
     Each chunk is denoised in ``steps`` Euler steps from the real chunk perturbed to ``start_t``, with the noise of
-    a generator seeded by ``seed``; ``pixel_space`` as in the pipeline. The model is left as it was (its mode too).
+    a generator seeded by ``seed``; ``pixel_space`` as in the pipeline. text: a text model's prompts
+    (:class:`~ca2vdm.data.text.TextEmbeddings`, one per row, the empty prompt allowed). The model is left as it was
+    (its mode too).
     """
     given = given_frames(model.cfg)
     if num_cond <= given:
         return video
     pipe = LongVideoPipeline(model, steps=steps, shift=shift, cond_noise=cond_noise, pixel_space=pixel_space)
-    state = pipe.start(batch=video.shape[0], label=labels, seed=seed, first_frames=video[:, :, :given])
+    state = pipe.start(batch=video.shape[0], label=labels, seed=seed, first_frames=video[:, :, :given], prompt=text)
     parts = [video[:, :, :given]]
     while state.frames < num_cond:
         real = video[:, :, state.frames:state.frames + model.cfg.chunk_frames]

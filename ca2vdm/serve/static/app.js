@@ -73,6 +73,9 @@ function onHello(msg) {
 function currentModel() { return hello.models.find((m) => m.name === $("model").value); }
 
 function fillLabels() {
+  const prompts = Boolean(currentModel().prompts);
+  $("prompt-row").hidden = !prompts;
+  $("label-row").hidden = prompts;
   const labels = currentModel().labels;
   const options = [new Option(labels.length ? "none (unguided)" : "none (unconditional model)", "")];
   labels.forEach((name, i) => options.push(new Option(name === String(i) ? name : `${i}: ${name}`, String(i))));
@@ -125,20 +128,27 @@ async function generate() {
     pendingUpload = null;
     if (reply.type === "error") return ended("ready");
   }
-  const label = $("label").value;
   const chunks = $("until-stopped").checked ? null : $("chunks").value;
   socket.send(JSON.stringify({
-    type: "start", model: $("model").value, label: label === "" ? null : Number(label),
+    type: "start", model: $("model").value, ...condition(), switch_mode: $("switch-mode").value,
     seed: $("seed").value.trim(), chunks: chunks === null ? null : (Number.isInteger(+chunks) ? +chunks : chunks),
     step_cache: $("step-cache").value, step_cache_options: stepCacheOptions(), first_frame: Boolean(file),
   }));
   setStatus("waiting for the device\u2026");
 }
 
+function condition() {
+  // a text model's prompt (null when the box is empty), or a label model's label
+  if (currentModel().prompts) return { prompt: $("prompt").value.trim() || null };
+  const label = $("label").value;
+  return { label: label === "" ? null : Number(label) };
+}
+
 function ended(status) {
   phase = "idle";
   $("generate").disabled = false;
   $("stop").disabled = true;
+  $("switch").disabled = true;
   setStatus(status);
 }
 
@@ -154,6 +164,7 @@ function onStarted(msg) {
   setStatus(`generating with ${msg.model}${until}\u2026`);
   clearInterval(player);
   playFps = msg.fps;
+  $("switch").disabled = false;
   player = setInterval(playOne, 1000 / msg.fps);
 }
 
@@ -230,6 +241,11 @@ $("stop").addEventListener("click", () => {
   socket.send(JSON.stringify({ type: "stop" }));
   $("stop").disabled = true;
   setStatus("stopping\u2026");
+});
+$("switch").addEventListener("click", () => {
+  showError("");
+  socket.send(JSON.stringify({ type: "switch", ...condition() }));
+  setStatus("switching from the next chunk on\u2026");
 });
 document.addEventListener("visibilitychange", () => { if (phase === "generating") acknowledge(); });
 $("until-stopped").addEventListener("change", () => { $("chunks").disabled = $("until-stopped").checked; });

@@ -1,0 +1,95 @@
+"""A generation in progress: the chunks :meth:`ca2vdm.generation.api.Pipeline.generate` yields, and switches of its
+label or prompt between chunks.
+
+    video = pipe.generate(20, prompt="a red circle")
+    for chunk in video:
+        if chunk.index == 9:
+            video.switch(prompt="a blue square")      # from chunk 10 on; re-caches the window (switch_mode)
+
+A switch may also be scheduled before (``generate(..., switches={10: "a blue square"})`` or ``video.switch(...,
+at=10)``); it applies just before its chunk is denoised. A switch at a chunk already generated, or past the last, is
+refused in one line.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from ca2vdm.config import SWITCH_MODES
+from ca2vdm.data.text import check_prompt
+from ca2vdm.errors import SettingError
+from ca2vdm.sampling.conditioning import check_kind
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A new label or prompt from chunk ``at`` on, and what happens to the window (``mode``)."""
+    at: int
+    label: int | None = None
+    prompt: str | None = None
+    mode: str = "recache"
+
+
+def check_switch(pipe: LongVideoPipeline, switch: Switch, next_index: int, num_chunks: int | None) -> Switch:
+    """Refuse a switch that cannot happen: a chunk already generated or past the last, a label for a text model
+    (or a prompt for a label model), an empty or over-long prompt, an unknown mode."""
+    if switch.mode not in SWITCH_MODES:
+        raise SettingError("switch_mode", switch.mode, f"must be one of {', '.join(SWITCH_MODES)}")
+    if isinstance(switch.at, bool) or not isinstance(switch.at, int):
+        raise SettingError("switch", repr(switch.at), "must be a chunk number (0-based, a whole number)")
+    if switch.at < next_index:
+        raise SettingError("switch", switch.at, f"chunk {switch.at} was already generated; the next chunk is "
+                           f"{next_index}: switch there or later")
+    if num_chunks is not None and switch.at >= num_chunks:
+        raise SettingError("switch", switch.at, f"is past the last chunk ({num_chunks - 1}): the video ends before")
+    if (switch.label is None) == (switch.prompt is None):
+        raise SettingError("switch", switch.at, "give a new label or a new prompt")
+    check_kind(pipe.model, switch.label, switch.prompt)
+    if switch.prompt is not None:
+        prompt = check_prompt(switch.prompt)
+        if pipe.text_encoder is not None:
+            pipe.text_encoder.encode(prompt)  # refused now if too long, not when its chunk comes
+    return switch
+
+
+class VideoStream(Iterator):
+    """Iterates over the chunks of one generation (a generator inside: nothing runs before the first ``next``;
+    :meth:`close` stops it between chunks) and takes switches of its label or prompt."""
+
+    def __init__(self, pipe: LongVideoPipeline, chunks: Callable[[VideoStream], Iterator], num_chunks: int | None,
+                 switches: list[Switch] = ()):
+        self.pipe, self.num_chunks = pipe, num_chunks
+        self.next_index = 0              # the chunk that comes next
+        self.pending: dict[int, Switch] = {}
+        for switch in switches:
+            self._schedule(switch)
+        self._chunks = chunks(self)
+
+    def __next__(self):
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    def switch(self, *, prompt: str | None = None, label: int | None = None, at: int | None = None,
+               mode: str = "recache") -> None:
+        """Condition the chunks from ``at`` (default: the next one) on ``prompt`` (a text model) or ``label`` (a label
+        model); ``mode``: recache (default) | keep | reset (:meth:`LongVideoPipeline.switch`)."""
+        self._schedule(Switch(self.next_index if at is None else at, label, prompt, mode))
+
+    def _schedule(self, switch: Switch) -> None:
+        if switch.at in self.pending:
+            raise SettingError("switch", switch.at, "chunk already has a switch; give one per chunk")
+        self.pending[switch.at] = check_switch(self.pipe, switch, self.next_index, self.num_chunks)
+
+    def before(self, state, index: int) -> None:
+        """Called by the generator just before chunk ``index``: apply its switch."""
+        self.next_index = index
+        switch = self.pending.pop(index, None)
+        if switch is not None:
+            self.pipe.switch(state, label=switch.label, prompt=switch.prompt, mode=switch.mode)
+
+    def after(self, index: int) -> None:
+        """Called by the generator once chunk ``index`` is out."""
+        self.next_index = index + 1
