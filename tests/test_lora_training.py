@@ -18,6 +18,7 @@ import ca2vdm
 from ca2vdm.checkpoints.adapters import ADAPTER_NAME, checkpoint_hash, read_adapter
 from ca2vdm.checkpoints.weights import load_model, save_weights
 from ca2vdm.config import load_config
+from ca2vdm.data.captioned import write_captioned_dataset
 from ca2vdm.data.synthetic import write_dataset
 from ca2vdm.errors import CheckpointError
 from ca2vdm.models import lora as layers
@@ -153,6 +154,23 @@ def test_the_shipped_distilled_student_takes_an_adapter_sampled_with_its_own_ste
     assert not torch.equal(first(pipe), first(ca2vdm.load_pipeline(student, "cpu")))
     with pytest.raises(CheckpointError, match="demo-4step.safetensors .* not on .*demo.safetensors"):
         ca2vdm.load_pipeline(teacher, "cpu", lora=[(adapter, 1.0)])
+
+
+def test_the_shipped_text_model_takes_an_adapter_on_its_cross_attention_and_samples_with_a_prompt(tmp_path):
+    """LoRA on checkpoints/text-demo.safetensors: the default targets include the blocks' cross-attention, the
+    adapter trains on captioned videos and changes what a prompt samples (the prompt's K/V made through it)."""
+    base = ROOT / "checkpoints/text-demo.safetensors"
+    write_captioned_dataset(tmp_path / "captioned", num_videos=4, num_frames=16, size=32, seed=0)
+    config = load_config(ROOT / "configs/text-demo.yaml", [
+        f"data.root={tmp_path / 'captioned'}", f"train.output_dir={tmp_path / 'run'}", f"train.init_from={base}",
+        "train.batch_size=2", "train.max_steps=2", "train.save_every=2", "train.warmup_steps=1", "train.lr=3e-3",
+        "data.clips_per_video=1", "data.num_workers=0", "train.lora={}"])
+    adapter = train(config, progress_bar=False) / "checkpoints/step_000002"
+    names = read_adapter(adapter).tensors.keys()
+    assert any(".cross.kv." in n for n in names) and any(".cross.q." in n for n in names), sorted(names)[:6]
+    pipe = ca2vdm.load_pipeline(base, "cpu", lora=[(adapter, 1.0)], steps=2)
+    first = lambda p: torch.cat([c.latents for c in p.generate(2, prompt="a red circle", seed=0)], dim=2)  # noqa: E731
+    assert not torch.equal(first(pipe), first(ca2vdm.load_pipeline(base, "cpu", steps=2)))
 
 
 ACCELERATE = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 # train.lora.targets' named groups: regular expressions of the video DiT's linear layers (ca2vdm/models/blocks.py)
 LORA_GROUPS = {
-    "attention": r"stack\.blocks\.\d+\.(spatial|temporal)\.(qkv|proj)",  # fused q/k/v and output, both attentions
+    # fused q/k/v and output of both self-attentions; a text model's cross-attention (q, the prompt's k/v, output)
+    "attention": r"stack\.blocks\.\d+\.((spatial|temporal)\.(qkv|proj)|cross\.(q|kv|proj))",
     "mlp": r"stack\.blocks\.\d+\.mlp\.(0|2)",                             # the two MLP layers
     "adaln": r"stack\.blocks\.\d+\.adaLN_modulation\.1",                  # the blocks' adaLN-Zero modulation
 }
