@@ -60,3 +60,8 @@ def test_the_script_writes_every_figure(tmp_path, checkpoint):
         assert mode["seam"] > 0
     assert figures["cost"]["text_over_label_flops"] > 1 and figures["cost"]["commit_passes_in_recache"] == 3
     assert len(figures["videos"]["train"]) == 15 and (tmp_path / "sheet.png").exists()
+    cost = tmp_path / "cost.json"
+    assert run_script("scripts/eval_prompts.py", "--checkpoint", path, "--json", cost, "--cost-only", "--cost-repeats",
+                      1, "--label-checkpoint", checkpoint) == 0
+    only = json.loads(cost.read_text())
+    assert set(only) == {"checkpoint", "sampler", "cost"} and only["cost"]["text_over_label"] > 0
