@@ -10,15 +10,12 @@ Same loop, lock, atomic checkpoints and exact resume as train/train.py; each che
 student that samples with its own step count everywhere (``infer/long_video.py --checkpoint``). SIGTERM or SIGUSR1
 stops the run after the current step with a checkpoint (exit 128 + the signal's number). docs/distillation.md.
 """
-from ca2vdm.cli.trainer import load_trainer_config, main_rank, run_trainer, trainer_parser
+from ca2vdm.cli.trainer import main_rank, trainer_command
 
 
 def main() -> None:
-    parser = trainer_parser(__doc__, "OmegaConf YAML with distill, data and train sections, e.g. "
-                            "configs/distill-demo.yaml")
-    args = parser.parse_intermixed_args()  # key=value overrides anywhere on the line
-    config = load_trainer_config(parser, args, "distill")
-    out = run_trainer(parser, args, config, "distill")
+    _, out = trainer_command(__doc__, "OmegaConf YAML with distill, data and train sections, e.g. "
+                                 "configs/distill-demo.yaml", "distill")
     if main_rank():
         print(f"done: checkpoints in {out / 'checkpoints'}; export the student with scripts/export_checkpoint.py")
 

@@ -11,15 +11,12 @@ SIGTERM or SIGUSR1 stops the run after the current step with a checkpoint (exit 
 """
 import json
 
-from ca2vdm.cli.trainer import load_trainer_config, main_rank, run_trainer, trainer_parser
+from ca2vdm.cli.trainer import main_rank, trainer_command
 
 
 def main() -> None:
-    parser = trainer_parser(__doc__, "OmegaConf YAML with autoencoder, data and train sections, e.g. "
-                            "configs/ae-tiny.yaml")
-    args = parser.parse_intermixed_args()  # key=value overrides anywhere on the line
-    config = load_trainer_config(parser, args, "autoencoder")
-    out = run_trainer(parser, args, config, "autoencoder")
+    config, out = trainer_command(__doc__, "OmegaConf YAML with autoencoder, data and train sections, e.g. "
+                                      "configs/ae-tiny.yaml", "autoencoder")
     if not main_rank():
         return
     from ca2vdm.config import CodecConfig

@@ -158,3 +158,12 @@ def run_trainer(parser: argparse.ArgumentParser, args: argparse.Namespace, confi
         problem, fix = describe_write_error(e, config.train.output_dir, "another train.output_dir")
         parser.exit(1, f"error: {problem} while training; checkpoints already saved are intact. {fix}, then rerun "
                        "with --resume latest\n")
+
+
+def trainer_command(doc: str, config_help: str, section: str) -> tuple[RunConfig, Path]:
+    """A trainer's whole command line: parse it (``key=value`` overrides anywhere), load and check the config of
+    ``section``, run it; returns the config and the run folder (every expected failure has exited with one line)."""
+    parser = trainer_parser(doc, config_help)
+    args = parser.parse_intermixed_args()
+    config = load_trainer_config(parser, args, section)
+    return config, run_trainer(parser, args, config, section)
