@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from ca2vdm.checkpoints.weights import save_weights
 from ca2vdm.data.synthetic import write_dataset
+from ca2vdm.io.video_writer import VideoWriter
 
 from helpers import STEPS, random_model
 
@@ -27,3 +29,17 @@ def checkpoint(tmp_path_factory):
     save_weights(path, model.state_dict(), model.cfg,
                  {"diffusion_config": {"steps": STEPS, "shift": 1.0, "cond_noise": 0.05, "cfg_scale": 1.0}})
     return path
+
+
+@pytest.fixture
+def cli_writes(monkeypatch) -> list[np.ndarray]:
+    """Every frame batch handed to VideoWriter.write while the fixture is active (the command line's frames). Tests
+    compare these, not decoded files: libx264 here may encode equal frames differently (docs/reliability.md)."""
+    written, original = [], VideoWriter.write
+
+    def write(self, frames: np.ndarray) -> None:
+        written.append(frames.copy())
+        original(self, frames)
+
+    monkeypatch.setattr(VideoWriter, "write", write)
+    return written

@@ -24,19 +24,6 @@ LATENT_DEMO = ROOT / "checkpoints" / "latent-demo.safetensors"
 SNIPPET_FILES = [ROOT / "docs" / "api.md", ROOT / "README.md"]  # documents whose "Python API" section must run as shown
 
 
-@pytest.fixture
-def cli_writes(monkeypatch) -> list[np.ndarray]:
-    """Every frame batch handed to VideoWriter.write while the fixture is active (the command line's frames)."""
-    written, original = [], VideoWriter.write
-
-    def write(self, frames: np.ndarray) -> None:
-        written.append(frames.copy())
-        original(self, frames)
-
-    monkeypatch.setattr(VideoWriter, "write", write)
-    return written
-
-
 def _ramp(size: int = 20, flip: bool = False) -> np.ndarray:
     ramp = np.linspace(30, 220, size, dtype=np.uint8)
     image = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], np.full((size, size), 128, np.uint8)), -1)

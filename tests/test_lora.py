@@ -19,7 +19,6 @@ from ca2vdm.data.synthetic import PALETTE
 from ca2vdm.errors import CheckpointError, ConfigError
 from ca2vdm.evaluation.metrics import foreground_colour
 from ca2vdm.io.video import read_video
-from ca2vdm.io.video_writer import VideoWriter
 from ca2vdm.models import lora as layers
 from ca2vdm.serve import create_app, load_catalog
 from ca2vdm.training.loop import train
@@ -140,18 +139,13 @@ def test_an_adapter_of_another_base_is_refused_in_one_line_naming_both(checkpoin
         ca2vdm.load_pipeline(checkpoint, "cpu", lora=checkpoint)
 
 
-def test_generate_command_line_applies_and_stacks_adapters(checkpoint, adapters, tmp_path, capsys, monkeypatch):
-    written = []  # the frames the command hands to its video writer (libx264 may encode equal frames differently)
-    encode = VideoWriter.write
-    monkeypatch.setattr(VideoWriter, "write", lambda writer, frames: (written.append(frames.copy()),
-                                                                      encode(writer, frames))[1])
-
+def test_generate_command_line_applies_and_stacks_adapters(checkpoint, adapters, tmp_path, capsys, cli_writes):
     def frames(*flags):
-        written.clear()
+        cli_writes.clear()
         out = tmp_path / f"v{len(list(tmp_path.glob('*.mp4')))}.mp4"
         cli.main(["--checkpoint", str(checkpoint), "--chunks", "2", "--out", str(out), *map(str, flags)])
         assert read_video(out).shape[1] == 5  # the file holds the first frame and 2 chunks
-        return torch.from_numpy(np.concatenate(written))
+        return torch.from_numpy(np.concatenate(cli_writes))
 
     base = frames()
     assert torch.equal(frames("--lora", f"{adapters['strong']}:0"), base)
