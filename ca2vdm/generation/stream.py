@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ca2vdm.config import SWITCH_MODES
 from ca2vdm.data.text import check_prompt
 from ca2vdm.errors import SettingError
-from ca2vdm.sampling.conditioning import check_kind
+from ca2vdm.sampling.conditioning import check_switch_request
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 
@@ -34,8 +33,6 @@ class Switch:
 def check_switch(pipe: LongVideoPipeline, switch: Switch, next_index: int, num_chunks: int | None) -> Switch:
     """Refuse a switch that cannot happen: a chunk already generated or past the last, a label for a text model
     (or a prompt for a label model), an empty or over-long prompt, an unknown mode."""
-    if switch.mode not in SWITCH_MODES:
-        raise SettingError("switch_mode", switch.mode, f"must be one of {', '.join(SWITCH_MODES)}")
     if isinstance(switch.at, bool) or not isinstance(switch.at, int):
         raise SettingError("switch", repr(switch.at), "must be a chunk number (0-based, a whole number)")
     if switch.at < next_index:
@@ -43,9 +40,7 @@ def check_switch(pipe: LongVideoPipeline, switch: Switch, next_index: int, num_c
                            f"{next_index}: switch there or later")
     if num_chunks is not None and switch.at >= num_chunks:
         raise SettingError("switch", switch.at, f"is past the last chunk ({num_chunks - 1}): the video ends before")
-    if (switch.label is None) == (switch.prompt is None):
-        raise SettingError("switch", switch.at, "give a new label or a new prompt")
-    check_kind(pipe.model, switch.label, switch.prompt)
+    check_switch_request(pipe.model, switch.label, switch.prompt, switch.mode)
     if switch.prompt is not None:
         prompt = check_prompt(switch.prompt)
         if pipe.text_encoder is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ca2vdm.config import check_label
+from ca2vdm.config import SWITCH_MODES, check_label
 from ca2vdm.data.text import TextEmbeddings, TextEncoder, check_prompt
 from ca2vdm.errors import SettingError
 from ca2vdm.models.cross_attention import TextKV
@@ -68,6 +68,15 @@ def check_kind(model: CausalVideoDiT, label, prompt: Prompt) -> None:
         problem = "this model is conditioned on labels, not prompts; give a label instead" if model.null_label \
             is not None else "this model takes no prompt (it is unconditional); give none"
         raise SettingError("prompt", repr(shown), problem)
+
+
+def check_switch_request(model: CausalVideoDiT, label, prompt: Prompt, mode: str) -> None:
+    """A switch names a known mode and exactly one new condition of the model's kind; one clear line otherwise."""
+    if mode not in SWITCH_MODES:
+        raise SettingError("switch_mode", mode, f"must be one of {', '.join(SWITCH_MODES)}")
+    if (label is None) == (prompt is None):
+        raise SettingError("switch", f"label={label}, prompt={prompt!r}", "give a new label or a new prompt")
+    check_kind(model, label, prompt)
 
 
 def label_rows(model: CausalVideoDiT, label: int | torch.Tensor | None, batch: int, groups: int,

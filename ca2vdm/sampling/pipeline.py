@@ -30,11 +30,11 @@ from dataclasses import dataclass
 import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
-from ca2vdm.config import SWITCH_MODES, SamplerSettings
+from ca2vdm.config import SamplerSettings
 from ca2vdm.data.text import TextEncoder
 from ca2vdm.errors import SettingError, opt
 from ca2vdm.models.dit import CausalVideoDiT
-from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, label_rows, text_rows
+from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, check_switch_request, label_rows, text_rows
 from ca2vdm.sampling.flow import Denoiser, guidance, perturb, sample, timesteps
 from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 
@@ -289,10 +289,7 @@ class LongVideoPipeline:
         ``keep`` keeps the frames' K/V made under the old condition; ``reset`` drops the window (no context). In
         cache modes none and full the window is recomputed at every step anyway: ``recache`` changes nothing more
         and ``keep`` is refused. Guidance stays as it was decided at :meth:`start`."""
-        if mode not in SWITCH_MODES:
-            raise SettingError("switch_mode", mode, f"must be one of {', '.join(SWITCH_MODES)}")
-        if (label is None) == (prompt is None):
-            raise SettingError("switch", f"label={label}, prompt={prompt!r}", "give a new label or a new prompt")
+        check_switch_request(self.model, label, prompt, mode)
         sinks = self.model.cfg.sink_frames
         if mode == "reset" and sinks and self.settings.cache == "kv":
             raise SettingError("switch_mode", mode, f"a model with attention sinks (model.sink_frames={sinks}) keeps "
@@ -301,7 +298,6 @@ class LongVideoPipeline:
             raise SettingError("switch_mode", mode, f"needs {opt('cache', 'kv')}: cache mode {self.settings.cache} "
                                "recomputes the window under the current condition at every step, so no K/V is kept")
         cond, device = state.conditioning, self.model.x_embedder.weight.device
-        check_kind(self.model, label, prompt)
         if label is not None:
             cond.labels = label_rows(self.model, label, state.batch, cond.groups, device)
         else:
