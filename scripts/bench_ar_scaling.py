@@ -41,7 +41,7 @@ from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.plotting import plot_or_skip
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.models.flops import chunk_flops, forward_flops, mfu, peak_tflops  # noqa: F401 (forward_flops: tests)
-from ca2vdm.runtime import DTYPES, dtype_name, resolve_device, resolve_dtype
+from ca2vdm.runtime.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from ca2vdm.sampling.compile import compile_blocks, warm_up, warm_up_chunks
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.sampling.step_cache import TeaCache

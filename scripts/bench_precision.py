@@ -25,7 +25,7 @@ from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.models.dit import CausalVideoDiT
-from ca2vdm.runtime import DTYPES, resolve_device
+from ca2vdm.runtime.device import DTYPES, resolve_device
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 

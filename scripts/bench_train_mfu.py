@@ -21,7 +21,7 @@ from ca2vdm.config import MODEL_CONFIGS, Config, model_config
 from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.models.flops import mfu, peak_tflops, train_step_flops
-from ca2vdm.runtime import DTYPES, dtype_name, resolve_device, resolve_dtype
+from ca2vdm.runtime.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from ca2vdm.training.losses import causal_flow_loss
 from ca2vdm.training.parallelize import parallelize
 

@@ -24,11 +24,11 @@ from accelerate import PartialState
 
 from ca2vdm.config import load_config
 from ca2vdm.data.captions import find_captions
-from ca2vdm.data.codec import build_codec, check_model_fits
 from ca2vdm.data.latent_encoding import encode_folder, parse_size
-from ca2vdm.data.text import build_text_encoder
+from ca2vdm.encoders.codec import build_codec, check_model_fits
+from ca2vdm.encoders.text import build_text_encoder
 from ca2vdm.errors import Ca2vdmError, SettingError
-from ca2vdm.runtime import Stopped, StopSignals
+from ca2vdm.runtime.signals import Stopped, StopSignals
 
 
 def shard_size(text: str) -> int:

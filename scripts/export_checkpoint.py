@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ca2vdm.checkpoints.weights import export_weights, metadata_of
 from ca2vdm.errors import CheckpointError, ExportError
-from ca2vdm.runtime import DTYPES
+from ca2vdm.runtime.device import DTYPES
 from ca2vdm.training.export import check_autoencoder_destination, check_export_destination
 
 

@@ -14,7 +14,7 @@ import sys
 
 from ca2vdm.checkpoints.adapters import adapter_file, save_merged
 from ca2vdm.errors import CheckpointError, ExportError
-from ca2vdm.runtime import DTYPES
+from ca2vdm.runtime.device import DTYPES
 from ca2vdm.training.export import check_export_destination
 
 

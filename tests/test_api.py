@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import ca2vdm
-from ca2vdm.data.codec import DiffusersCodec
+from ca2vdm.encoders.codec import DiffusersCodec
 from ca2vdm.errors import SettingError
 from ca2vdm.generation import api
 from ca2vdm.generation.api import load_pipeline, to_pixels, write_video

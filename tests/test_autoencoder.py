@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.config import AutoencoderTrainingConfig, CodecConfig, load_config
-from ca2vdm.data.codec import build_codec
 from ca2vdm.data.synthetic import write_dataset
+from ca2vdm.encoders.codec import build_codec
 from ca2vdm.errors import CheckpointError, ConfigError
 from ca2vdm.training.autoencoder import EXPORT_DIR, AutoencoderTask, build_autoencoder
 from ca2vdm.training.checkpoint_dirs import step_dirs

@@ -8,8 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 400
 # the rooms of ca2vdm/, bottom layer first: a module may import from its own room and the rooms before it
-LAYERS = ["errors", "config", "runtime", "io", "data", "models", "checkpoints", "sampling", "generation", "evaluation",
-          "training", "serve", "cli"]
+LAYERS = ["errors", "config", "runtime", "io", "encoders", "data", "models", "checkpoints", "sampling", "generation",
+          "evaluation", "training", "serve", "cli"]
 
 
 def _modules() -> dict[str, Path]:

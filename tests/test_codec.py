@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ca2vdm.config import CodecConfig
-from ca2vdm.data.codec import PixelCodec, build_codec, check_model_fits
+from ca2vdm.encoders.codec import PixelCodec, build_codec, check_model_fits
 from ca2vdm.errors import CodecError
 
 from helpers import save_tiny_autoencoder

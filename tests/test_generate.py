@@ -221,7 +221,7 @@ def test_given_video_commits_only_what_can_still_matter(checkpoint, tmp_path, mo
     to float precision. Committing one chunk fewer changes it: with the KV cache a kept frame's deeper-layer keys
     carry the window before it, so the last max_context_frames frames alone are not enough. Attention sinks are
     kept besides."""
-    from ca2vdm.data.codec import PixelCodec
+    from ca2vdm.encoders.codec import PixelCodec
     from ca2vdm.generation.api import model_input
     from ca2vdm.generation.given import conditioning_start
 

@@ -12,9 +12,9 @@ from PIL import Image
 import ca2vdm.cli.generate as generate_cli
 from ca2vdm.checkpoints.weights import read_metadata
 from ca2vdm.config import load_config
-from ca2vdm.data.codec import build_codec
 from ca2vdm.data.latent_encoding import encode_folder
 from ca2vdm.data.synthetic import write_dataset
+from ca2vdm.encoders.codec import build_codec
 from ca2vdm.io.video import read_video
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.training.checkpoint_dirs import step_dirs

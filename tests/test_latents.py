@@ -5,10 +5,10 @@ import torch
 
 from ca2vdm.config import CodecConfig
 from ca2vdm.data.clips import VideoFolderDataset
-from ca2vdm.data.codec import build_codec
 from ca2vdm.data.latent_encoding import encode_folder
 from ca2vdm.data.latents import INDEX_NAME, LatentClipDataset
 from ca2vdm.data.synthetic import write_dataset
+from ca2vdm.encoders.codec import build_codec
 from ca2vdm.errors import DataError
 
 from helpers import save_tiny_autoencoder

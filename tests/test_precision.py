@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
-from ca2vdm.runtime import resolve_dtype
+from ca2vdm.runtime.device import resolve_dtype
 from ca2vdm.sampling.pipeline import STATE_DTYPE, LongVideoPipeline
 
 from helpers import cli, cli_error, random_model

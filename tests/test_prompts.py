@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ca2vdm.config import model_config, to_dict
-from ca2vdm.data.text import WordLlamaEncoder
+from ca2vdm.encoders.text import WordLlamaEncoder
 from ca2vdm.errors import SettingError
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 

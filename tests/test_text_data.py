@@ -10,7 +10,7 @@ import torch
 from ca2vdm.config import load_config
 from ca2vdm.data.captioned import HELD_OUT, pairs, write_captioned_dataset
 from ca2vdm.data.captions import load_captions
-from ca2vdm.data.text import TransformersEncoder, WordLlamaEncoder, build_text_encoder
+from ca2vdm.encoders.text import TransformersEncoder, WordLlamaEncoder, build_text_encoder
 from ca2vdm.errors import ConfigError, DataError
 from ca2vdm.io.video import read_video
 from ca2vdm.models.dit import CausalVideoDiT
@@ -110,9 +110,9 @@ def test_captioned_shapes(tmp_path):
 def test_text_model_trains_on_captions_and_on_latents(tmp_path):
     """One step on captioned videos (caption dropout, text_dim from the encoder), and on latents whose caption
     vectors were stored by the encoder: the same batches give the same caption vectors."""
-    from ca2vdm.data.codec import build_codec
     from ca2vdm.data.latent_encoding import encode_folder
     from ca2vdm.data.latents import LatentClipDataset
+    from ca2vdm.encoders.codec import build_codec
     from ca2vdm.training.diffusion_task import DiffusionTask
 
     write_captioned_dataset(tmp_path / "videos", num_videos=3, num_frames=8, size=16, seed=0)

@@ -110,7 +110,7 @@ def main(argv=None) -> None:
         sys.exit("error: --switch: one switch per chunk (a chunk is given twice)")
     from ca2vdm.generation.many import generate_videos  # after the arguments: --help answers before torch loads
     from ca2vdm.generation.video_files import GenerationOptions, generate_video
-    from ca2vdm.runtime import Stopped, StopSignals
+    from ca2vdm.runtime.signals import Stopped, StopSignals
 
     opts = GenerationOptions(chunks=args.chunks, seed=args.seed, label=args.label, first_frame=args.first_frame,
                              prompt=args.prompt, switches=switches, switch_mode=args.switch_mode,

@@ -20,7 +20,7 @@ def main() -> None:
     if not main_rank():
         return
     from ca2vdm.config import CodecConfig
-    from ca2vdm.data.codec import build_codec
+    from ca2vdm.encoders.codec import build_codec
     from ca2vdm.training.autoencoder import EXPORT_DIR, AutoencoderTask, heldout_psnr
     from ca2vdm.training.checkpoint_dirs import step_dirs
 

@@ -14,7 +14,7 @@ from ca2vdm.config.lora import LoraConfig, lora_problems
 from ca2vdm.config.model import ModelConfig, validate_model
 from ca2vdm.errors import ConfigError
 
-CODEC_KINDS = ("pixel", "diffusers", "autoencoder")  # codec.kind (ca2vdm.data.codec)
+CODEC_KINDS = ("pixel", "diffusers", "autoencoder")  # codec.kind (ca2vdm.encoders.codec)
 PRECISIONS = ("fp32", "bf16", "fp16")  # the one precision vocabulary: training's mixed precision, sampling's dtype
 
 OBJECTIVES = ("all", "chunk")  # diffusion.objective: every chunk per step (teacher forcing) | one random chunk

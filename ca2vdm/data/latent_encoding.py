@@ -23,13 +23,13 @@ import torch
 from tqdm import tqdm
 
 from ca2vdm.data.clips import VideoFolderDataset
-from ca2vdm.data.codec import Codec
 from ca2vdm.data.latents import INDEX_NAME, TEXT_SUFFIX
-from ca2vdm.data.text import TextEncoder
+from ca2vdm.encoders.codec import Codec
+from ca2vdm.encoders.text import TextEncoder
 from ca2vdm.errors import DataError, SettingError, opt
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.io.video import read_frames, resize_center_crop
-from ca2vdm.runtime import Stopped, StopSignals
+from ca2vdm.runtime.signals import Stopped, StopSignals
 
 DECODE_FRAMES = 16           # frames decoded and encoded at a time: memory does not grow with video length
 SHARD_BYTES = 256 * 2 ** 20  # default size bound of a shard
@@ -68,7 +68,7 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec,
     ``i % world == rank``); return the index, which the main process (rank 0) writes when every share is done.
     ``barrier`` waits for all processes (``accelerate.PartialState().wait_for_everyone``). A signal caught by
     ``stop`` ends the run after the video in progress: the shard is closed and journalled (so ``resume=True``
-    continues from there), then :class:`~ca2vdm.runtime.Stopped` is raised with ``stats`` {"encoded", "videos"}
+    continues from there), then :class:`~ca2vdm.runtime.signals.Stopped` is raised with ``stats`` {"encoded", "videos"}
     (this process's finished videos and share). ``text_encoder`` (named ``text_name``) encodes each video's caption
     from the manifest ``captions``; videos without one are skipped."""
     out = Path(out)

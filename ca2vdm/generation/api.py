@@ -25,13 +25,13 @@ from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, weights_file
 from ca2vdm.config import SamplerSettings, check_seed, with_teacache_thresh
-from ca2vdm.data.codec import Codec, build_codec
-from ca2vdm.data.text import TextEncoder, build_text_encoder, check_prompt
+from ca2vdm.encoders.codec import Codec, build_codec
+from ca2vdm.encoders.text import TextEncoder, build_text_encoder, check_prompt
 from ca2vdm.errors import CodecError, SettingError, opt
 from ca2vdm.generation.stream import Switch, VideoStream
 from ca2vdm.io.video import VideoWriter, resize_center_crop, to_uint8
 from ca2vdm.models.dit import CausalVideoDiT
-from ca2vdm.runtime import resolve_device, resolve_dtype
+from ca2vdm.runtime.device import resolve_device, resolve_dtype
 from ca2vdm.sampling.compile import compile_blocks
 from ca2vdm.sampling.conditioning import check_kind
 from ca2vdm.sampling.pipeline import GenerationState, LongVideoPipeline

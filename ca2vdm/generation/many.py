@@ -25,7 +25,8 @@ from ca2vdm.config import SEED_MAX
 from ca2vdm.errors import SettingError, opt
 from ca2vdm.generation.video_files import GenerationOptions, check_options, generate_batch, pipeline_for, write_stats
 from ca2vdm.io.paths import check_paths, output_path
-from ca2vdm.runtime import Stopped, StopSignals, resolve_device
+from ca2vdm.runtime.device import resolve_device
+from ca2vdm.runtime.signals import Stopped, StopSignals
 
 
 def process_share() -> tuple[int, int, int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ca2vdm.data.text import check_prompt
+from ca2vdm.encoders.text import check_prompt
 from ca2vdm.errors import SettingError
 from ca2vdm.sampling.conditioning import check_switch_request
 from ca2vdm.sampling.pipeline import LongVideoPipeline

@@ -2,7 +2,7 @@
 
 The chunks come from the Python API's loop (:meth:`ca2vdm.generation.api.Pipeline.generate`); this module adds the
 file: the given video streamed in (:mod:`ca2vdm.generation.given`), the output paths checked
-(:mod:`ca2vdm.io.paths`), stops (:class:`~ca2vdm.runtime.StopSignals`), the contact sheet and the stats.
+(:mod:`ca2vdm.io.paths`), stops (:class:`~ca2vdm.runtime.signals.StopSignals`), the contact sheet and the stats.
 
 Memory is flat in the number of chunks and in the length of a given first video: each chunk is encoded as soon as
 it is denoised, the KV cache is preallocated, a given video is streamed into the output and only the frames that can
@@ -11,7 +11,7 @@ of thumbnails.
 
 Options and paths are checked before any work: an output never replaces the checkpoint, the input, a device or
 another output of the same run, and an existing video is replaced only with ``overwrite``. A stop (SIGINT or SIGTERM
-under :class:`~ca2vdm.runtime.StopSignals`) keeps the finished chunks as a playable mp4.
+under :class:`~ca2vdm.runtime.signals.StopSignals`) keeps the finished chunks as a playable mp4.
 """
 from __future__ import annotations
 
@@ -30,14 +30,15 @@ from tqdm import tqdm
 
 from ca2vdm.config import SWITCH_MODES, ModelConfig, SamplerSettings, check_label, check_seed
 from ca2vdm.config.sampler import TEACACHE_THRESH
-from ca2vdm.data.text import check_prompt
+from ca2vdm.encoders.text import check_prompt
 from ca2vdm.errors import SettingError
 from ca2vdm.generation.api import Pipeline, load_pipeline
 from ca2vdm.generation.given import stream_given
 from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import check_paths, output_path, preview_path
 from ca2vdm.io.video import VideoWriter, save_contact_sheet, to_uint8
-from ca2vdm.runtime import Stopped, StopSignals, dtype_name, resolve_dtype
+from ca2vdm.runtime.device import dtype_name, resolve_dtype
+from ca2vdm.runtime.signals import Stopped, StopSignals
 from ca2vdm.sampling.compile import warm_up
 from ca2vdm.sampling.conditioning import check_kind
 
@@ -106,8 +107,8 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
 
     The video holds the first frame(s) (given, or drawn by the model when it has a first-frame chunk) followed by
     ``opts.chunks * chunk_frames`` generated frames. Raises SettingError before any work for bad options and paths;
-    on a stop (``stop``, or KeyboardInterrupt) raises :class:`~ca2vdm.runtime.Stopped` (its ``stats``: the finished
-    chunks kept, or None) after keeping the finished chunks.
+    on a stop (``stop``, or KeyboardInterrupt) raises :class:`~ca2vdm.runtime.signals.Stopped` (its ``stats``: the
+    finished chunks kept, or None) after keeping the finished chunks.
     """
     check_options(opts)
     out = output_path(out)
@@ -142,8 +143,8 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
                    extra_stats: dict | None = None) -> list[dict]:
     """Generate one video per seed of ``outs`` (seed -> mp4 path, already checked), all in one batch; return their
     stats (each starting with ``extra_stats``). Each video's noise comes from its own seed's generator, so it equals
-    the video generated alone. On a stop, raises :class:`~ca2vdm.runtime.Stopped` whose ``stats`` lists the videos'
-    stats after keeping their finished chunks (None: nothing was finished)."""
+    the video generated alone. On a stop, raises :class:`~ca2vdm.runtime.signals.Stopped` whose ``stats`` lists the
+    videos' stats after keeping their finished chunks (None: nothing was finished)."""
     poll = stop.check if stop is not None else lambda: None
     weight = pipe.model.x_embedder.weight
     settings = pipe.settings

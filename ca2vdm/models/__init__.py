@@ -4,6 +4,6 @@ cache of conditioning frames (``kv_cache``), the hooks through which inference-t
 (``hooks``), analytic FLOPs (``flops``) and LoRA layers injected into a finished model through peft (``lora``).
 
 The model knows nothing of sampling, step caches, sharding or compiling: those wrap a finished model from above.
-Imports only :mod:`ca2vdm.config`, :mod:`ca2vdm.errors` and :mod:`ca2vdm.data.text` (the prompts' token vectors)
+Imports only :mod:`ca2vdm.config`, :mod:`ca2vdm.errors` and :mod:`ca2vdm.encoders.text` (the prompts' token vectors)
 (and peft, in ``lora`` alone).
 """

@@ -1,7 +1,7 @@
 """Text conditioning: prompt tokens enter every block through cross-attention (PixArt-alpha, Open-Sora's STDiT, as
 Ca2-VDM's model).
 
-A prompt's token vectors (:class:`~ca2vdm.data.text.TextEmbeddings`, (B, L, text_dim)) are projected to the model's
+A prompt's token vectors (:class:`~ca2vdm.encoders.text.TextEmbeddings`, (B, L, text_dim)) are projected to the model's
 width by :class:`TextEmbedder`, which puts a learned null token in front of every prompt (the empty prompt, the
 unconditional branch of guidance, is that token alone, so attention always has a key). Each block's
 :class:`CrossAttention` reads queries from the frames' tokens and keys/values from the prompt; its output is added
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from ca2vdm.data.text import TextEmbeddings
+from ca2vdm.encoders.text import TextEmbeddings
 from ca2vdm.models.attention import attention
 
 

@@ -36,7 +36,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from ca2vdm.config import ModelConfig, validate_model
-from ca2vdm.data.text import TextEmbeddings
+from ca2vdm.encoders.text import TextEmbeddings
 from ca2vdm.models.attention import block_causal_mask, kernel_mask, resolve_backend, rope_table, teacher_forcing_mask
 from ca2vdm.models.blocks import BlockStack, FinalLayer, ForwardContext
 from ca2vdm.models.cross_attention import TextEmbedder, TextKV

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ca2vdm.config import SWITCH_MODES, check_label
-from ca2vdm.data.text import TextEmbeddings, TextEncoder, check_prompt
+from ca2vdm.encoders.text import TextEmbeddings, TextEncoder, check_prompt
 from ca2vdm.errors import SettingError
 from ca2vdm.models.cross_attention import TextKV
 from ca2vdm.models.dit import CausalVideoDiT
@@ -54,7 +54,7 @@ def embed_prompts(model: CausalVideoDiT, encoder: TextEncoder | None, prompt: Pr
     if len(prompts) != batch:
         raise SettingError("prompt", f"{len(prompts)} prompts", f"give one, or one per video ({batch})")
     if encoder is None:
-        raise ValueError("this pipeline has no text encoder to read prompts (ca2vdm.data.text.build_text_encoder)")
+        raise ValueError("this pipeline has no text encoder to read prompts (ca2vdm.encoders.text.build_text_encoder)")
     return encoder.encode([check_prompt(p) for p in prompts])
 
 

@@ -31,7 +31,7 @@ import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import SamplerSettings
-from ca2vdm.data.text import TextEncoder
+from ca2vdm.encoders.text import TextEncoder
 from ca2vdm.errors import SettingError, opt
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, check_switch_request, label_rows, text_rows
@@ -89,7 +89,7 @@ class LongVideoPipeline:
         unless a policy object is given as ``step_cache``. ``pixel_space``: the model works on pixels, so sampled
         chunks are clamped to [-1, 1]; a latent model's chunks are not clamped (unit-variance latents go well beyond
         1; the codec clamps the decoded pixels). ``text_encoder`` reads a text model's prompts
-        (:func:`ca2vdm.data.text.build_text_encoder`; encoded prompts need none). ``forward``: what runs the model's
+        (:func:`ca2vdm.encoders.text.build_text_encoder`; encoded prompts need none). ``forward``: what runs the model's
         passes (default: the model; training's rollouts pass its distributed wrapper, whose forward synchronises
         gradients)."""
         self.model = model
@@ -150,7 +150,7 @@ class LongVideoPipeline:
         frames; the step-caching policy forgets the previous video.
 
         label: a label model's label (None: the null label); prompt: a text model's prompt, one for the batch or one
-        per video, or already encoded (:class:`~ca2vdm.data.text.TextEmbeddings`); None: the empty prompt.
+        per video, or already encoded (:class:`~ca2vdm.encoders.text.TextEmbeddings`); None: the empty prompt.
 
         seed: one seed for the batch, or a list of ``batch`` seeds: then video i draws all its noise from its own
         generator, and equals (within float rounding) the video generated alone with seed ``seed[i]``.

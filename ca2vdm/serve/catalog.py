@@ -9,7 +9,7 @@ from ca2vdm.config import STEP_CACHE_NAMES, STEP_CACHES, ModelConfig
 from ca2vdm.errors import ConfigError, opt
 from ca2vdm.generation.api import Pipeline, load_pipeline
 from ca2vdm.generation.video_files import FPS
-from ca2vdm.runtime import resolve_device
+from ca2vdm.runtime.device import resolve_device
 
 
 @dataclass

@@ -22,7 +22,7 @@ from einops import rearrange
 from ca2vdm.checkpoints import weights as ckpt
 from ca2vdm.config import AutoencoderConfig, CodecConfig
 from ca2vdm.data.clips import VideoFolderDataset
-from ca2vdm.data.codec import DiffusersCodec
+from ca2vdm.encoders.codec import DiffusersCodec
 from ca2vdm.errors import CheckpointError, ConfigError
 from ca2vdm.evaluation.metrics import psnr
 from ca2vdm.training.export import check_training_weights

@@ -11,9 +11,9 @@ from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import Config, SamplerSettings
 from ca2vdm.data.captions import find_captions
 from ca2vdm.data.clips import DEFAULT_MANIFEST, VideoFolderDataset
-from ca2vdm.data.codec import build_codec, check_model_fits
 from ca2vdm.data.latents import LatentClipDataset
-from ca2vdm.data.text import TextEmbeddings, build_text_encoder
+from ca2vdm.encoders.codec import build_codec, check_model_fits
+from ca2vdm.encoders.text import TextEmbeddings, build_text_encoder
 from ca2vdm.errors import CheckpointError, ConfigError, DataError
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.sampling.pipeline import LongVideoPipeline

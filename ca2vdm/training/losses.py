@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ca2vdm.data.text import TextEmbeddings
+from ca2vdm.encoders.text import TextEmbeddings
 from ca2vdm.sampling.flow import perturb
 
 
@@ -38,7 +38,7 @@ def causal_flow_loss(model: torch.nn.Module, video: torch.Tensor, labels: torch.
     perturbed with noise[:, :, :num_cond]). context: (B, C, >= num_cond, H, W) conditioning frames to use instead of
     the video's (self-rollout: the model's own samples); the target stays the video's chunk. weight: (B,) 0/1, the
     samples that carry loss (``training.chunk_weights``); the loss is their mean (0 if there are none). text: a text
-    model's prompts (:class:`~ca2vdm.data.text.TextEmbeddings`, one per video).
+    model's prompts (:class:`~ca2vdm.encoders.text.TextEmbeddings`, one per video).
     """
     x0 = video[:, :, :num_cond + num_noisy]
     B, T = x0.shape[0], x0.shape[2]

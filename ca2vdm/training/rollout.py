@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ca2vdm.data.text import TextEmbeddings
+from ca2vdm.encoders.text import TextEmbeddings
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
@@ -40,7 +40,7 @@ def rollout_context(model: CausalVideoDiT, video: torch.Tensor, labels: torch.Te
     video: (B, C, T, H, W) in the model's space. labels: (B,) per row (the null label allowed) or None.
     Each chunk is denoised in ``steps`` Euler steps from the real chunk perturbed to ``start_t``, with the noise of
     a generator seeded by ``seed``; ``pixel_space`` as in the pipeline. text: a text model's prompts
-    (:class:`~ca2vdm.data.text.TextEmbeddings`, one per row, the empty prompt allowed). The model is left as it was
+    (:class:`~ca2vdm.encoders.text.TextEmbeddings`, one per row, the empty prompt allowed). The model is left as it was
     (its mode too).
     """
     given = given_frames(model.cfg)

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from ca2vdm.errors import Ca2vdmError, opt
-from ca2vdm.runtime import StopSignals
+from ca2vdm.runtime.signals import StopSignals
 from ca2vdm.training import run_lock
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what a cluster sends before it stops a job

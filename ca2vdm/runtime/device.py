@@ -1,4 +1,4 @@
-"""Where and how the library runs: the device, the precision of the weights, and stopping on a signal.
+"""Where the library runs: the device, and the precision of the weights.
 
 Precision: ``fp32 | bf16 | fp16`` (:data:`ca2vdm.config.PRECISIONS`, the one vocabulary of sampling and training)
 is the dtype of the model's weights and KV cache. What stays float32 at every precision: the rotary tables
@@ -6,14 +6,8 @@ is the dtype of the model's weights and KV cache. What stays float32 at every pr
 (:func:`ca2vdm.models.attention.apply_rope`), the softmax statistics (the fused SDPA, flash and FlexAttention kernels
 keep them in float32; :func:`ca2vdm.models.attention.matmul_attention` computes its scores in float32), the timestep
 embedding's frequencies, and the sampler's state and noise (``ca2vdm.sampling.pipeline.STATE_DTYPE``).
-
-Stopping: a signal becomes a request (:class:`StopSignals`) that a loop polls at safe points; a generation then
-raises :class:`Stopped` carrying what was kept, a training run saves a checkpoint first
-(:mod:`ca2vdm.training.run_guard`). Imports :mod:`ca2vdm.config` and :mod:`ca2vdm.errors`.
 """
 from __future__ import annotations
-
-import signal
 
 import torch
 
@@ -21,7 +15,6 @@ from ca2vdm.config import PRECISIONS
 from ca2vdm.errors import SettingError
 
 DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
-INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stops a generation (Ctrl-C, a polite kill)
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -63,44 +56,3 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str) ->
 def dtype_name(dtype: torch.dtype) -> str:
     """fp32 | bf16 | fp16 for a torch dtype of :data:`DTYPES`."""
     return next(name for name, value in DTYPES.items() if value == dtype)
-
-
-class Stopped(KeyboardInterrupt):
-    """A generation was stopped by ``signum``. ``stats`` describes the finished chunks, kept as a playable mp4
-    (``stats["video"]``), or is None when it stopped before the first chunk was finished (nothing written)."""
-
-    def __init__(self, signum: int, stats: dict | list | None):
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.stats = signum, stats
-
-
-class StopSignals:
-    """``with StopSignals(signals) as stop``: the signals request a stop instead of ending the process at once.
-
-    A loop polls :meth:`check` (or reads :attr:`signum`) at its safe points. Signals the process was started to
-    ignore stay ignored; the old handlers come back on exit.
-    """
-
-    def __init__(self, signals: tuple[int, ...] = INTERRUPT_SIGNALS) -> None:
-        self.signum: int | None = None
-        self.signals = signals
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopSignals:
-        for sig in self.signals:
-            self._previous[sig] = signal.getsignal(sig)
-            if self._previous[sig] is not signal.SIG_IGN:
-                signal.signal(sig, self._request)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler or signal.SIG_DFL)  # None: a handler not set from Python
-
-    def _request(self, signum: int, frame) -> None:
-        self.signum = self.signum or signum
-
-    def check(self) -> None:
-        """Raise KeyboardInterrupt if a stop was requested."""
-        if self.signum is not None:
-            raise KeyboardInterrupt(signal.Signals(self.signum).name)
