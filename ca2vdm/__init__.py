@@ -5,17 +5,18 @@ chunks to an mp4 (:mod:`ca2vdm.generation.api`). Every name here is imported on 
 loads nothing heavy (no torch).
 
 The package by concern, from the bottom layer up (a module imports only from its own layer and the ones below):
-``errors``, ``config`` (torch-free settings), ``runtime`` (device, precision, stop signals), ``io`` (files and
-media), ``data`` (datasets, codecs), ``models`` (the DiT, attention, KV cache, hooks), ``checkpoints``, ``sampling``
-(flow, the autoregressive pipeline, step caches, compile), ``generation`` (the API, video files, many videos),
-``evaluation``, ``training``, ``serve`` (the live demo) and ``cli`` (the command lines).
+``errors``, ``config`` (torch-free settings), ``runtime`` (device, precision, stop signals), ``io`` (files and media),
+``encoders`` (codecs, text encoders), ``data`` (datasets), ``models`` (the model interface and registry, the DiT,
+attention, KV cache, hooks), ``checkpoints``, ``sampling`` (flow, the autoregressive pipeline, step caches, compile),
+``generation`` (the API, video files, many videos), ``evaluation``, ``training``, ``serve`` (the live demo) and ``cli``
+(the command lines).
 """
 from importlib import import_module
 
 _EXPORTS = {
     "Config": "ca2vdm.config", "ModelConfig": "ca2vdm.config", "load_config": "ca2vdm.config",
     "model_config": "ca2vdm.config", "ChunkLayout": "ca2vdm.config", "SamplerSettings": "ca2vdm.config",
-    "KVCache": "ca2vdm.models.kv_cache", "CausalVideoDiT": "ca2vdm.models.dit",
+    "CausalVideoModel": "ca2vdm.models.base", "build_model": "ca2vdm.models.registry",
     "LongVideoPipeline": "ca2vdm.sampling.pipeline",
     "load_pipeline": "ca2vdm.generation.api", "write_video": "ca2vdm.generation.api",
     "Pipeline": "ca2vdm.generation.api", "Chunk": "ca2vdm.generation.api", "VideoWriter": "ca2vdm.io.video_writer",

@@ -30,7 +30,7 @@ def step(preset: str, batch: int, checkpointing: bool, device: str) -> dict:
     import torch
 
     from ca2vdm.config import Config, model_config
-    from ca2vdm.models.dit import CausalVideoDiT
+    from ca2vdm.models.registry import build_model
     from ca2vdm.training.losses import causal_flow_loss
     from ca2vdm.training.parallelize import parallelize
 
@@ -38,7 +38,7 @@ def step(preset: str, batch: int, checkpointing: bool, device: str) -> dict:
     cfg = model_config(preset)
     config = Config(model=cfg)
     config.train.activation_checkpointing = checkpointing
-    model = parallelize(CausalVideoDiT(cfg).to(device).train(), config, torch.device(device))
+    model = parallelize(build_model(cfg).to(device).train(), config, torch.device(device))
     gen = torch.Generator(device).manual_seed(1)
     video = torch.randn(batch, cfg.in_channels, cfg.clip_frames, cfg.resolution, cfg.resolution, generator=gen,
                         device=device)  # (B, C, T, H, W)

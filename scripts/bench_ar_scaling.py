@@ -39,8 +39,9 @@ from ca2vdm.config import MODEL_CONFIGS, model_config
 from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.plotting import plot_or_skip
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.base import CausalVideoModel
 from ca2vdm.models.flops import chunk_flops, forward_flops, mfu, peak_tflops  # noqa: F401 (forward_flops: tests)
+from ca2vdm.models.registry import build_model
 from ca2vdm.runtime.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from ca2vdm.sampling.compile import compile_blocks, warm_up, warm_up_chunks
 from ca2vdm.sampling.pipeline import LongVideoPipeline
@@ -59,12 +60,11 @@ def new_run(model, meta, mode: str, seed: int, batch: int, label: int | None, st
     """A pipeline on its own copy of the model (compiling changes it), its started state, and the seconds its
     compile warm-up took (None when not compiled)."""
     model = copy.deepcopy(model)
-    step_cache = None
+    policy = None
     if "+teacache@" in mode:
         coefficients = meta.calibration.get("teacache_coefficients") or IDENTITY
-        step_cache = TeaCache(threshold=float(mode.split("@")[1]), coefficients=coefficients)
-    pipe = LongVideoPipeline.for_checkpoint(model, meta, cache=mode.split("+")[0], step_cache=step_cache,
-                                           steps=steps)
+        policy = TeaCache(threshold=float(mode.split("@")[1]), coefficients=coefficients)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, cache=mode.split("+")[0], policy=policy, steps=steps)
     compile_seconds = None
     if mode.endswith("+compile"):
         compile_blocks(model, compile_backend)
@@ -81,7 +81,7 @@ def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 
     A compiled mode's first row also carries its ``compile_seconds``."""
     runs = {mode: new_run(model, meta, mode, seed, batch, label, steps, compile_backend) for mode in modes}
     rows = {mode: [] for mode in modes}
-    sync = torch.cuda.synchronize if model.x_embedder.weight.is_cuda else (lambda: None)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     for index in range(chunks):
         for mode in modes[index % len(modes):] + modes[:index % len(modes)]:
             pipe, state, compile_seconds = runs[mode]
@@ -103,18 +103,17 @@ def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 
 def memory(model, meta, batch: int, label: int | None) -> dict:
     """Weights and KV cache (MB) and the peak: on CUDA the most allocated while a kv video fills its window (one
     step per chunk: the peak does not depend on the number of steps), on the CPU the process's peak RSS so far."""
-    weight = model.x_embedder.weight
     pipe = LongVideoPipeline.for_checkpoint(model, meta, cache="kv", steps=1)
     mb = {"weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20}
-    if weight.is_cuda:
+    if model.device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(weight.device)
+        torch.cuda.reset_peak_memory_stats(model.device)
     state = pipe.start(batch=batch, seed=0, label=label)
     for _ in range(warm_up_chunks(model)):
         pipe.next_chunk(state)
     mb["kv_cache_mb"] = state.conditioning.cache.nbytes() / 2 ** 20
-    if weight.is_cuda:
-        mb["peak_mb"], mb["peak_of"] = torch.cuda.max_memory_allocated(weight.device) / 2 ** 20, "kv video (CUDA)"
+    if model.device.type == "cuda":
+        mb["peak_mb"], mb["peak_of"] = torch.cuda.max_memory_allocated(model.device) / 2 ** 20, "kv video (CUDA)"
     else:
         mb["peak_mb"], mb["peak_of"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process RSS"
     return mb
@@ -136,11 +135,11 @@ def plot(results: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def build(args, device: torch.device, dtype: torch.dtype) -> tuple[CausalVideoDiT, CheckpointMetadata, str]:
+def build(args, device: torch.device, dtype: torch.dtype) -> tuple[CausalVideoModel, CheckpointMetadata, str]:
     """The model (weights in ``dtype`` on ``device``), its metadata, and where its weights came from."""
     if args.preset:
         with torch.device(device):
-            model = CausalVideoDiT(model_config(args.preset))
+            model = build_model(model_config(args.preset))
         meta = CheckpointMetadata(model.cfg)  # nothing recorded: the library's sampler settings
         return model.to(dtype).eval(), meta, f"random (preset {args.preset}, no checkpoint: timing and memory only)"
     model, meta = load_model(args.checkpoint, device)

@@ -40,7 +40,7 @@ from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import check_writable_file
 from ca2vdm.io.video import save_contact_sheet
 from ca2vdm.models import lora as layers
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.registry import build_model
 from ca2vdm.training.loop import train
 
 PALETTE_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "violet")
@@ -67,7 +67,7 @@ def fine_tune(args, base: Path, out: Path, steps: int, lora: bool) -> float:
 def random_base(preset: str, path: Path) -> Path:
     """A model of the registry's ``preset`` with random weights, saved in float16 (as a shipped checkpoint)."""
     torch.manual_seed(0)
-    model = CausalVideoDiT(model_config(preset))
+    model = build_model(model_config(preset))
     save_weights(path, {k: v.half() for k, v in model.state_dict().items()}, model.cfg)
     return path
 

@@ -24,12 +24,12 @@ from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.base import CausalVideoModel
 from ca2vdm.runtime.device import DTYPES, resolve_device
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 
-def measure(model: CausalVideoDiT, meta: CheckpointMetadata, dtypes: list[str], chunks: int, label: int | None,
+def measure(model: CausalVideoModel, meta: CheckpointMetadata, dtypes: list[str], chunks: int, label: int | None,
             seed: int) -> tuple[dict, dict]:
     """Per precision: (summary, per-chunk rows of seconds and worst / mean |difference from fp32|)."""
     pipes = {name: LongVideoPipeline.for_checkpoint(copy.deepcopy(model).to(DTYPES[name]), meta)

@@ -87,7 +87,7 @@ def timed_chunk(pipe: LongVideoPipeline, state, commit: torch.Tensor | None) -> 
 
 def free_running(model, meta, policy, chunks: int, label, seed: int) -> list[torch.Tensor]:
     """The frames of a free-running video, chunk by chunk."""
-    pipe = LongVideoPipeline.for_checkpoint(model, meta, step_cache=policy)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, policy=policy)
     return [c.frames for c in pipe.generate(chunks, label=label, seed=seed)]
 
 
@@ -95,7 +95,7 @@ def lockstep(model, reference_model, meta, policy, truth: list[torch.Tensor], la
     """The policy's chunks, each committing the reference's chunk (teacher forcing), timed in lockstep with the
     reference (no policy, on its own copy of the model) re-run chunk by chunk, so both see the same load."""
     reference = LongVideoPipeline.for_checkpoint(reference_model, meta)
-    cached = LongVideoPipeline.for_checkpoint(model, meta, step_cache=policy)
+    cached = LongVideoPipeline.for_checkpoint(model, meta, policy=policy)
     ref_state, state = reference.start(label=label, seed=seed), cached.start(label=label, seed=seed)
     out = {"frames": [], "times": [], "ref_times": [], "evals": 0, "skipped": 0, "ref_evals": 0}
     for commit in truth:

@@ -23,12 +23,12 @@ import ca2vdm
 @torch.no_grad()
 def chunk_seconds(pipe, chunks: int, label: int | None, seed: int) -> float:
     """Median seconds per chunk of one video (the first frame excluded)."""
-    state = pipe.pipeline.start(batch=1, label=label, seed=seed)
-    pipe.pipeline.next_chunk(state)  # the first frame
+    state = pipe.sampler.start(batch=1, label=label, seed=seed)
+    pipe.sampler.next_chunk(state)  # the first frame
     times = []
     for _ in range(chunks):
         tic = time.perf_counter()
-        pipe.pipeline.next_chunk(state)
+        pipe.sampler.next_chunk(state)
         times.append(time.perf_counter() - tic)
     return statistics.median(times)
 

@@ -19,8 +19,8 @@ import torch
 
 from ca2vdm.config import MODEL_CONFIGS, Config, model_config
 from ca2vdm.io.atomic import write_text_atomic
-from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.models.flops import mfu, peak_tflops, train_step_flops
+from ca2vdm.models.registry import build_model
 from ca2vdm.runtime.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from ca2vdm.training.losses import causal_flow_loss
 from ca2vdm.training.parallelize import parallelize
@@ -34,7 +34,7 @@ def run(preset: str, batch: int, checkpointing: bool, device: torch.device, dtyp
     config = Config(model=cfg)
     config.train.activation_checkpointing = checkpointing
     with torch.device(device):
-        model = parallelize(CausalVideoDiT(cfg).train(), config, device)
+        model = parallelize(build_model(cfg).train(), config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator(device).manual_seed(1)
     video = torch.randn(batch, cfg.in_channels, cfg.clip_frames, cfg.resolution, cfg.resolution, generator=gen,

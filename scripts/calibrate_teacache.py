@@ -91,7 +91,7 @@ def main() -> None:
         sys.exit(f"error: {e.for_cli()}")
     check_pairs(args, meta.sampler.steps)
     recorder = TeaCacheRecorder() if args.policy == "teacache" else MagCacheRecorder()
-    pipe = LongVideoPipeline.for_checkpoint(model, meta, step_cache=recorder)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, policy=recorder)
     classes = model.cfg.num_classes
     for seed in range(args.seeds):
         label = seed % classes if classes else None

@@ -50,7 +50,7 @@ FOLLOW_WITHIN = 6  # chunks_to_follow is null past this
 def generate(pipe, prompts: list[str], chunks: int, seed: int, switch: tuple[int, list[str], str] | None = None):
     """(B, T, H, W, 3) uint8 videos of ``prompts`` (one per video, seeds seed..), ``chunks`` chunks after the first
     frame; ``switch`` = (chunk, new prompts, mode)."""
-    lvp, frames = pipe.pipeline, []
+    lvp, frames = pipe.sampler, []
     state = lvp.start(batch=len(prompts), prompt=prompts, seed=[seed + i for i in range(len(prompts))])
     frames.append(lvp.next_chunk(state).frames)  # the first frame
     for index in range(chunks):
@@ -120,7 +120,7 @@ def switch_eval(pipe, reader, seeds: int, at: int, after: int, seed: int) -> tup
 
 
 def chunk_seconds(pipe, condition: dict, chunks: int) -> list[float]:
-    lvp = pipe.pipeline
+    lvp = pipe.sampler
     state = lvp.start(seed=0, **condition)
     times = []
     for _ in range(chunks):
@@ -139,7 +139,7 @@ def cost(text_pipe, label_pipe, repeats: int, chunks: int) -> dict:
         times, state = chunk_seconds(text_pipe, {"prompt": "a red circle"}, chunks)
         text += times[full:]
         tic = time.perf_counter()
-        text_pipe.pipeline.switch(state, prompt="a blue square")
+        text_pipe.sampler.switch(state, prompt="a blue square")
         switch.append(time.perf_counter() - tic)
         label += chunk_seconds(label_pipe, {"label": 0}, chunks)[0][full:] if label_pipe else []
     window, L = cfg.max_context_frames, cfg.chunk_frames

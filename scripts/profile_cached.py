@@ -29,7 +29,7 @@ def label_modules(model) -> None:
         ranges[module] = record_function(part)
         ranges[module].__enter__()
 
-    for block in model.stack.blocks:
+    for block in model.repeated_blocks():
         for part, module in zip(PARTS, (block.spatial, block.temporal, block.mlp)):
             module.register_forward_pre_hook(lambda m, a, part=part: enter(m, a, part))
             module.register_forward_hook(lambda m, a, out: ranges.pop(m).__exit__(None, None, None))

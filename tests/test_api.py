@@ -36,7 +36,7 @@ def test_latent_demo_samples_with_its_recorded_settings(tmp_path, cli_writes):
     line writes with the same settings."""
     pipe = load_pipeline(LATENT_DEMO, "cpu")
     assert (pipe.settings.shift, pipe.settings.steps, pipe.settings.cfg_scale) == (3.0, 16, 1.5)
-    assert isinstance(pipe.codec, DiffusersCodec) and not pipe.pipeline.pixel_space and pipe.size == 128
+    assert isinstance(pipe.codec, DiffusersCodec) and not pipe.sampler.pixel_space and pipe.size == 128
     tiny = load_pipeline(LATENT_DEMO, "cpu", shift=1.5, steps=2, cfg_scale=1.0)
     assert (tiny.settings.shift, tiny.settings.steps, tiny.settings.cfg_scale) == (1.5, 2, 1.0)
     first, chunk = tiny.generate(1, label=1, seed=0)
@@ -177,11 +177,12 @@ def test_python_api_snippet_runs(doc, tmp_path, monkeypatch):
 def test_dtype_and_automatic_device(checkpoint):
     """device None or "auto" is CUDA when present; dtype sets the weights' (and so the chunks') precision."""
     pipe = load_pipeline(checkpoint, "auto", dtype=torch.bfloat16)
-    weight = pipe.model.x_embedder.weight
-    assert weight.dtype == torch.bfloat16 and weight.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    model = pipe.model
+    assert model.dtype == torch.bfloat16 and model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     chunk = next(pipe.generate(1, seed=0))
     # the sampler's state (and so the chunk's latents) stays float32 at every weight precision (ca2vdm.precision)
     assert chunk.latents.dtype == STATE_DTYPE == torch.float32
     assert chunk.pixels.dtype == np.uint8 and chunk.pixels.std() > 5
-    assert load_pipeline(checkpoint).model.x_embedder.weight.dtype == (
+    assert load_pipeline(checkpoint).model.dtype == (
         torch.bfloat16 if torch.cuda.is_available() else torch.float32)

@@ -67,7 +67,8 @@ def test_floats_in_range_and_uint8_pixels_are_continued(pipe):
 @pytest.mark.parametrize("settings, says", [
     (dict(shift=math.nan), "shift=nan: must be a finite number in (0, 1000]"),
     (dict(cfg_scale=math.inf), "cfg_scale=inf: must be a finite number in [-1000, 1000]"),
-    (dict(step_cache="teacache", teacache_thresh=math.nan), "teacache_thresh=nan: must be a finite number >= 0"),
+    (dict(step_cache="teacache", step_cache_options={"threshold": math.nan}),
+     "step_cache_options=threshold=nan: teacache's threshold must be a finite number >= 0"),
     (dict(step_cache="chunkcache", step_cache_options={"threshold": math.nan}),
      "step_cache_options=threshold=nan: chunkcache's threshold must be a finite number >= 0"),
     (dict(step_cache="adacache", step_cache_options={"growth_weight": math.inf}),
@@ -87,4 +88,4 @@ def test_a_device_the_machine_lacks_is_refused_and_bf16_is_the_command_lines_spe
     missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
     with pytest.raises(SettingError, match=f"^device={missing}: "):
         load_pipeline(DEMO, missing)
-    assert load_pipeline(DEMO, "cpu", dtype="bf16").model.x_embedder.weight.dtype == torch.bfloat16
+    assert load_pipeline(DEMO, "cpu", dtype="bf16").model.dtype == torch.bfloat16

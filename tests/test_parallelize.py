@@ -46,11 +46,11 @@ def test_activation_checkpointing_recomputes_blocks_with_identical_loss_and_grad
         parallelize(model, config, torch.device("cpu"))
         assert list(model.state_dict()) == names
         calls = []
-        for block in model.stack.blocks:
+        for block in model.repeated_blocks():
             block.mlp.register_forward_hook(lambda *_: calls.append(1))
         results.append(_loss_and_grads(model, video, labels))
         mlp_calls.append(len(calls))
-    depth = len(model.stack.blocks)
+    depth = len(model.repeated_blocks())
     assert mlp_calls == [depth, 2 * depth]  # recomputed in the backward pass
     (loss_off, grads_off), (loss_on, grads_on) = results
     assert torch.equal(loss_off, loss_on)

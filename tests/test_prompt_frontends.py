@@ -98,8 +98,7 @@ def test_server_frames_follow_a_switch_like_the_api(text_checkpoint):
     pipe = ca2vdm.load_pipeline(text_checkpoint)
     offered = Offered("text", text_checkpoint, pipe, [])
     asked = {-1: [SwitchMessage(type="switch", prompt="a blue square", at=2)],  # before the first frame: for chunk 2
-             3: [SwitchMessage(type="switch", prompt="a green circle"),  # before chunk 3: the latest wins
-                 SwitchMessage(type="switch", prompt="a green triangle")]}
+             3: [SwitchMessage(type="switch", prompt="a green triangle")]}  # before chunk 3: the next chunk
     chunks = list(pixel_chunks(offered, label=None, seed=2, chunks=4, step_cache="none", step_cache_options={},
                                first_frame=None, poll=lambda: None, prompt="a red circle",
                                switches=lambda upcoming: asked.get(upcoming, [])))
@@ -117,9 +116,11 @@ def test_server_prompt_box_and_switch_messages():
         ws.send_json({"type": "switch", "prompt": "a blue square"})
         assert "no generation is running" in receive(ws)[1]["message"]
         start(ws, label=1, prompt="a red circle")
-        assert receive(ws)[1]["message"] == "model fake is conditioned on labels, not prompts; choose a label"
+        assert receive(ws)[1]["message"] == ("model fake: prompt='a red circle': this model is conditioned on labels, "
+                                             "not prompts; give a label instead")
         ws.send_json({"type": "start", "model": "text", "label": 1})
-        assert receive(ws)[1]["message"] == "model text is conditioned on prompts, not labels; type a prompt"
+        assert receive(ws)[1]["message"] == ("model text: label=1: this model is conditioned on prompts, not labels; "
+                                             "give a prompt instead")
         ws.send_json({"type": "start", "model": "text", "prompt": "x" * (MAX_PROMPT_CHARS + 1)})
         assert f"must be a text of 1 .. {MAX_PROMPT_CHARS} characters (not blank)" in receive(ws)[1]["message"]
         ws.send_json({"type": "start", "model": "text", "prompt": " a red circle ", "chunks": 3,
@@ -129,7 +130,8 @@ def test_server_prompt_box_and_switch_messages():
         assert (source.calls[0]["prompt"], source.calls[0]["switch_mode"]) == ("a red circle", "keep")
         ws.send_json({"type": "switch", "prompt": "a blue square"})
         ws.send_json({"type": "switch", "label": 2})
-        assert receive(ws)[1]["message"] == "model text is conditioned on prompts, not labels; type a prompt"
+        assert receive(ws)[1]["message"] == ("model text: label=2: this model is conditioned on prompts, not labels; "
+                                             "give a prompt instead")
         ws.send_json({"type": "switch", "prompt": "a blue square", "label": 1})
         assert receive(ws)[1]["message"] == "'switch' needs a new prompt or a new label (one of them)"
         ws.send_json({"type": "switch", "prompt": "a blue square", "at": 3})
@@ -137,13 +139,15 @@ def test_server_prompt_box_and_switch_messages():
         assert wait_for(lambda: source.switches is not None)
         taken = []
         assert wait_for(lambda: taken.extend(source.switches(0)) or taken)  # as the source takes them before a chunk
-        assert taken == [SwitchMessage(type="switch", prompt="a blue square")]
+        assert taken == [SwitchMessage(type="switch", prompt="a blue square", at=0)]  # the next chunk, resolved
         ws.send_json({"type": "switch", "prompt": "a red square", "at": 0})  # chunk 0 is now being made
         assert receive(ws)[1]["message"].startswith("at=0: chunk 0 is already made (or being made); the first chunk "
                                                     "a switch can still change is 1")
         ws.send_json({"type": "switch", "prompt": " a red square ", "at": 1})
         ws.send_json({"type": "probe"})  # its error: the switch before it was handled (and queued: no reply)
         assert "unknown type \"probe\"" in receive(ws)[1]["message"]
+        ws.send_json({"type": "switch", "prompt": "a blue circle", "at": 1})  # one switch per chunk, as elsewhere
+        assert receive(ws)[1]["message"] == "at=1: chunk 1 already has a switch; give one per chunk"
         taken += source.switches(1)  # before chunk 1 (from now on chunk 1 is decided)
         assert taken[1] == SwitchMessage(type="switch", prompt="a red square", at=1)
         source.allow(3)

@@ -60,10 +60,10 @@ def _run_then_switch(pipe, chunks, start, switch, seed_after=7):
     for _ in range(chunks):
         pipe.next_chunk(state)
     window = torch.cat(state.conditioning.sinks + state.conditioning.context, dim=2).clone()
-    cache_before = copy.deepcopy(state.conditioning.cache)
+    before = copy.deepcopy(state.conditioning)  # its cache and prompt K/V before the switch
     pipe.switch(state, **switch)
     state.generator = torch.Generator().manual_seed(seed_after)  # the same noise for the chunk compared
-    return pipe.next_chunk(state).frames, window, cache_before, state
+    return pipe.next_chunk(state).frames, window, before, state
 
 
 @pytest.mark.parametrize("kind", ["prompt", "label"])
@@ -91,7 +91,7 @@ def test_keep_changes_only_the_prompt_and_reset_drops_the_window(encoder):
     old, new = {"prompt": "a red circle"}, {"prompt": "a blue square"}
     # keep: the frames' K/V stay as made under the old prompt; the new prompt's K/V are read from then on
     kept, _, before, state = _run_then_switch(pipe, 4, old, {**new, "mode": "keep"})
-    assert not torch.equal(before.text.k, state.conditioning.cache.text.k)  # (frames' K/V: the next test)
+    assert not torch.equal(before.text.k, state.conditioning.text.k)  # (frames' K/V: the next test)
     recached, *_ = _run_then_switch(pipe, 4, old, {**new, "mode": "recache"})
     unswitched, *_ = _run_then_switch(pipe, 4, old, {**old, "mode": "keep"})
     assert (kept - recached).abs().max() > 1e-3 and (kept - unswitched).abs().max() > 1e-3

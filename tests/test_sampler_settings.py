@@ -85,9 +85,8 @@ def test_the_api_takes_the_settings_as_keywords(checkpoint):
                                 step_cache_options={"interval": 2})
     assert pipe.settings == SamplerSettings(steps=2, cache="none", step_cache="taylorseer",
                                             step_cache_options={"interval": 2})
-    assert pipe.pipeline.step_cache.config.interval == 2
+    assert pipe.sampler.policy.config.interval == 2
     with pytest.raises(TypeError, match="unknown sampler setting"):
         ca2vdm.load_pipeline(checkpoint, "cpu", stepz=2)
-    with pytest.warns(UserWarning, match="no TeaCache calibration"):  # the tiny checkpoint has none
-        legacy = ca2vdm.load_pipeline(checkpoint, "cpu", step_cache="teacache", teacache_thresh=0.3)
-    assert legacy.settings.step_cache_options == {"threshold": 0.3}
+    with pytest.raises(TypeError, match="unknown sampler setting.*teacache_thresh"):  # a command line's spelling only
+        ca2vdm.load_pipeline(checkpoint, "cpu", step_cache="teacache", teacache_thresh=0.3)

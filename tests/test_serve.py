@@ -177,7 +177,7 @@ def test_shipped_model_streams_the_command_lines_video(shipped):
     assert [p.shape for _, p in chunks] == [(1, 32, 32, 3), (4, 32, 32, 3), (4, 32, 32, 3)]
     assert chunks[-1][0]["skipped_total"] > 0 and chunks[-1][0]["fps"] > 0 and done["fps"] == chunks[-1][0]["fps"]
     # the same frames as the Python API (and so the command line) with the same settings
-    api = ca2vdm.load_pipeline(offered.path, "cpu", step_cache="teacache", teacache_thresh=0.2)
+    api = ca2vdm.load_pipeline(offered.path, "cpu", step_cache="teacache", step_cache_options={"threshold": 0.2})
     for (_, got), want in zip(chunks, api.generate(2, label=1, seed=3), strict=True):
         np.testing.assert_array_equal(got, want.pixels[0])
     path = client.app.state.serve.temp_root / "download.mp4"

@@ -13,7 +13,7 @@ from helpers import random_model
 
 def _video(policy, chunks=3, cfg_scale=2.0, steps=6, **kw):
     model = random_model(num_classes=3)
-    pipe = LongVideoPipeline(model, steps=steps, cfg_scale=cfg_scale, step_cache=policy)
+    pipe = LongVideoPipeline(model, steps=steps, cfg_scale=cfg_scale, policy=policy)
     results = list(pipe.generate(chunks, label=1, seed=0, **kw))
     return torch.cat([r.frames for r in results], dim=2), results
 
@@ -114,11 +114,11 @@ def test_fastercache_frequency_split_is_lossless_and_reuses_uncond():
 def test_fastercache_attention_extrapolation():
     policy = FasterCache(cfg_every=1, reuse_from=0.5)
     model = random_model()
-    pipe = LongVideoPipeline(model, steps=8, step_cache=policy)
+    pipe = LongVideoPipeline(model, steps=8, policy=policy)
     list(pipe.generate(2, seed=0))
     # steps 4..7 are late; 5 reuses (6 is computed, 7 is the last step): 2 attentions x 2 blocks x 2 chunks
     assert policy.attention_reused == 2 * 2 * 2
-    assert "forward" not in vars(model.stack) and "forward" not in vars(model.stack.blocks[0].spatial)
+    assert "forward" not in vars(model.stack) and "forward" not in vars(model.repeated_blocks()[0].spatial)
 
 
 def test_adacache_schedule_and_motion_regularisation():
@@ -139,11 +139,12 @@ def test_relative_l1():
 
 def test_one_policy_at_a_time():
     model = random_model()
-    model.enable_cache(TeaCache())
-    with pytest.raises(ValueError, match="already enabled"):
-        model.enable_cache(AdaCache())
-    model.disable_cache()
-    model.enable_cache(AdaCache())
+    with TeaCache().attached(model):
+        with pytest.raises(ValueError, match="already attached"):
+            AdaCache().attach(model)
+    with AdaCache().attached(model) as policy:
+        assert policy.model is model
+    assert len(model.step_cache_hooks) == 0
 
 
 @pytest.mark.parametrize("make_policy", [lambda: TeaCache(threshold=0.1),
@@ -154,7 +155,7 @@ def test_indicator_sees_the_noisy_chunk_only_in_every_cache_mode(make_policy):
     skipped = {}
     for mode in ("kv", "none"):
         model = random_model(num_classes=3)
-        pipe = LongVideoPipeline(model, steps=10, cfg_scale=2.0, cache=mode, step_cache=make_policy())
+        pipe = LongVideoPipeline(model, steps=10, cfg_scale=2.0, cache=mode, policy=make_policy())
         skipped[mode] = [r.skipped_evals for r in pipe.generate(4, label=1, seed=0)]
         assert 0 < sum(skipped["kv"]) < 4 * 2 * 10 - 4 * 2 * 2  # skips some steps, not all it may
     assert skipped["none"] == skipped["kv"]

@@ -32,7 +32,7 @@ STEPS = 6
 
 def _video(policy, chunks=3, steps=STEPS, cfg_scale=2.0):
     model = random_model(num_classes=3)
-    pipe = LongVideoPipeline(model, steps=steps, cfg_scale=cfg_scale, step_cache=policy)
+    pipe = LongVideoPipeline(model, steps=steps, cfg_scale=cfg_scale, policy=policy)
     results = list(pipe.generate(chunks, label=1, seed=0))
     return torch.cat([r.frames for r in results], dim=2), results
 
@@ -74,7 +74,7 @@ def test_state_resets_every_chunk(make_policy):
     skipped = [r.skipped_evals for r in results[1:]]  # chunk 0 is the shorter first-frame chunk
     assert skipped[0] > 0 and len(set(skipped)) == 1
     policy.begin_chunk()
-    assert len(policy.states) == 0 and policy.computed == policy.skipped == 0
+    assert len(policy.states) == 0 and policy.skipped == 0
 
 
 # -- MagCache -------------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from ca2vdm.config import ModelConfig, to_dict, validate_model
 from ca2vdm.errors import CheckpointError, ConfigError, opt
 from ca2vdm.io.atomic import save_tensors_atomic
 from ca2vdm.io.paths import latest_checkpoint
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.base import CausalVideoModel
+from ca2vdm.models.registry import build_model
 
 WEIGHTS_NAME = "ema.safetensors"
 TRAINING_WEIGHTS_NAME = "model.safetensors"  # accelerate's raw (non-EMA) weights in a training checkpoint
@@ -98,8 +99,9 @@ def metadata_of(path: str | Path) -> CheckpointMetadata:
     return CheckpointMetadata.from_raw(read_metadata(path), model_config_of(path), f"checkpoint {path}")
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CausalVideoDiT, CheckpointMetadata]:
-    """Build the model a checkpoint describes and load its weights; returns (model, its typed metadata).
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CausalVideoModel, CheckpointMetadata]:
+    """Build the model a checkpoint describes (its family from ``model.arch``) and load its weights; returns (model,
+    its typed metadata).
 
     Raises :class:`CheckpointError` naming the file when it is missing, not a safetensors file, lacks ca2vdm
     metadata, is truncated, or holds weights that do not fit its recorded model config.
@@ -110,7 +112,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ca
         raise CheckpointError(f"{path} is a LoRA adapter (trained on {metadata.get('base_checkpoint')}), not a model; "
                               f"load its base checkpoint and pass the adapter as {opt('lora', path)}")
     cfg = model_config_of(path)
-    model = CausalVideoDiT(cfg)
+    model = build_model(cfg)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as e:

@@ -8,8 +8,8 @@ before torch loads. Imports only :mod:`ca2vdm.errors`.
 """
 from ca2vdm.config.layout import ChunkLayout
 from ca2vdm.config.loading import load_config
-from ca2vdm.config.lora import LORA_GROUPS, LoraConfig, parse_lora
-from ca2vdm.config.model import BACKENDS, MODEL_CONFIGS, ModelConfig, model_config, to_dict, validate_model
+from ca2vdm.config.lora import LoraConfig, parse_lora
+from ca2vdm.config.model import ARCHS, BACKENDS, MODEL_CONFIGS, ModelConfig, model_config, to_dict, validate_model
 from ca2vdm.config.sampler import (
                                     CACHE_MODES,
                                     SEED_MAX,
@@ -35,8 +35,8 @@ from ca2vdm.config.training import (
                                     validate,
 )
 
-__all__ = ["BACKENDS", "ChunkLayout", "load_config", "MODEL_CONFIGS", "ModelConfig", "model_config", "to_dict",
-           "validate_model", "LORA_GROUPS", "LoraConfig", "parse_lora",
+__all__ = ["ARCHS", "BACKENDS", "ChunkLayout", "load_config", "MODEL_CONFIGS", "ModelConfig", "model_config", "to_dict",
+           "validate_model", "LoraConfig", "parse_lora",
            "PRECISIONS", "AutoencoderConfig", "AutoencoderTrainingConfig", "CodecConfig", "Config", "DataConfig",
            "DiffusionConfig", "DistillConfig", "DistillTrainingConfig", "RunConfig", "TrainConfig", "validate",
            "CACHE_MODES", "SEED_MAX", "SamplerSettings",

@@ -3,9 +3,9 @@
 A ``train.lora`` section (e.g. ``train.lora.rank=4``, or ``train.lora={}`` for the defaults) makes a run train a
 low-rank adapter (Hu et al. 2021, LoRA) on the frozen ``train.init_from`` model instead of every weight: each
 targeted linear layer ``W`` becomes ``W + (alpha / rank) B A`` with ``A`` (rank x in) and ``B`` (out x rank, zero at
-the start) the only trained tensors. ``targets`` names the layers: the groups of :data:`LORA_GROUPS` (the video DiT's
-attention projections, MLPs and adaLN modulation), or regular expressions matched against a model's module names
-(another model's layers). Torch-free.
+the start) the only trained tensors. ``targets`` names the layers: the named groups the model's family declares
+(``ca2vdm.models.registry``; the DiT's: attention, mlp, adaln), or regular expressions matched against a model's module
+names. Torch-free.
 """
 from __future__ import annotations
 
@@ -13,13 +13,6 @@ import math
 import re
 from dataclasses import dataclass, field
 
-# train.lora.targets' named groups: regular expressions of the video DiT's linear layers (ca2vdm/models/blocks.py)
-LORA_GROUPS = {
-    # fused q/k/v and output of both self-attentions; a text model's cross-attention (q, the prompt's k/v, output)
-    "attention": r"stack\.blocks\.\d+\.((spatial|temporal)\.(qkv|proj)|cross\.(q|kv|proj))",
-    "mlp": r"stack\.blocks\.\d+\.mlp\.(0|2)",                             # the two MLP layers
-    "adaln": r"stack\.blocks\.\d+\.adaLN_modulation\.1",                  # the blocks' adaLN-Zero modulation
-}
 BASE_DTYPES = ("fp32", "bf16")
 
 
@@ -30,11 +23,6 @@ class LoraConfig:
     alpha: float = 4.0          # the adapter's output is scaled by alpha / rank
     targets: list[str] = field(default_factory=lambda: ["attention", "mlp"])  # groups or module-name regexes
     base_dtype: str = "fp32"    # the frozen base's linear weights: fp32 | bf16 (half their memory; needs bf16 autocast)
-
-
-def target_pattern(targets: list[str]) -> str:
-    """One regular expression (full match against a module's name) of every layer ``targets`` names."""
-    return "|".join(f"(?:{LORA_GROUPS.get(t, t)})" for t in targets)
 
 
 def lora_problems(lora: LoraConfig | None, train, refused: str | None = None) -> list[str]:
@@ -54,12 +42,13 @@ def lora_problems(lora: LoraConfig | None, train, refused: str | None = None) ->
     if not lora.alpha > 0:
         problems.append(f"train.lora.alpha must be > 0, got {lora.alpha}")
     if not lora.targets:
-        problems.append(f"train.lora.targets must name at least one group ({', '.join(LORA_GROUPS)}) or module-name "
-                        "regular expression")
+        problems.append("train.lora.targets must name at least one group of the model's family (the DiT's: "
+                        "attention, mlp, adaln) or module-name regular expression")
     for target in lora.targets:
-        if target not in LORA_GROUPS and not _is_regex(target):
-            problems.append(f"train.lora.targets: {target!r} is neither a group ({', '.join(LORA_GROUPS)}) nor a "
-                            "regular expression of module names (e.g. 'stack\\.blocks\\.[23]\\.mlp\\.0')")
+        if not _is_regex(target):
+            problems.append(f"train.lora.targets: {target!r} is neither a group of the model's family (the DiT's: "
+                            "attention, mlp, adaln) nor a regular expression of module names (e.g. "
+                            "'stack\\.blocks\\.[23]\\.mlp\\.0')")
     if lora.base_dtype not in BASE_DTYPES:
         problems.append(f"train.lora.base_dtype must be one of {', '.join(BASE_DTYPES)}, got {lora.base_dtype!r}")
     elif lora.base_dtype == "bf16" and train.mixed_precision != "bf16":

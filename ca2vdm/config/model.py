@@ -11,6 +11,7 @@ from ca2vdm.config.layout import ChunkLayout
 from ca2vdm.errors import ConfigError
 
 BACKENDS = ("auto", "sdpa", "flash", "flex")  # model.attention_backend (ca2vdm.models.attention)
+ARCHS = ("dit",)  # model.arch: the registered model families (ca2vdm.models.registry)
 TEXT_FIELDS = ("text_encoder", "text_dim", "text_tokens")  # recorded only for text models (label models unchanged)
 MAX_TEXT_TOKENS = 512
 
@@ -18,6 +19,7 @@ MAX_TEXT_TOKENS = 512
 @dataclass
 class ModelConfig:
     name: str = "tiny"
+    arch: str = "dit"               # the model family (ca2vdm.models.registry): dit = Ca2-VDM's causal ST-DiT
     in_channels: int = 3
     resolution: int = 16
     patch_size: int = 4
@@ -114,6 +116,8 @@ def validate_model(m: ModelConfig) -> ModelConfig:
     if not 1 <= m.text_tokens <= MAX_TEXT_TOKENS or m.text_dim < 0:
         problems.append(f"model.text_tokens must be in 1 .. {MAX_TEXT_TOKENS} and model.text_dim >= 0, got "
                         f"{m.text_tokens} and {m.text_dim}")
+    if m.arch not in ARCHS:
+        problems.append(f"model.arch={m.arch!r} must be one of {', '.join(ARCHS)} (the registered model families)")
     if m.attention_backend not in BACKENDS:
         problems.append(f"model.attention_backend={m.attention_backend!r} must be one of {', '.join(BACKENDS)}")
     if problems:
@@ -123,9 +127,13 @@ def validate_model(m: ModelConfig) -> ModelConfig:
 
 def to_dict(model: ModelConfig) -> dict:
     """Plain dict of a model config (stored in checkpoints; other config sections as they are); the text fields only
-    for a text model, so a label model records what it recorded before text conditioning existed."""
+    for a text model and the family only when it is not the DiT, so a DiT label model records what it recorded before
+    either existed."""
     recorded = dataclasses.asdict(model)
-    if isinstance(model, ModelConfig) and model.text_encoder == "none":
-        for name in TEXT_FIELDS:
-            recorded.pop(name)
+    if isinstance(model, ModelConfig):
+        if model.text_encoder == "none":
+            for name in TEXT_FIELDS:
+                recorded.pop(name)
+        if model.arch == "dit":
+            recorded.pop("arch")
     return recorded

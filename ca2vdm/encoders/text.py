@@ -14,6 +14,7 @@ null token to every prompt (:mod:`ca2vdm.models.cross_attention`), so even it ha
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from ca2vdm.errors import ConfigError, SettingError
 
 WORDLLAMA_DIM = 256
+REMEMBERED_PROMPTS = 1024  # distinct prompts an encoder keeps encoded (the oldest used is forgotten first)
 
 
 @dataclass
@@ -46,11 +48,15 @@ class TextEmbeddings:
 
 
 class TextEncoder:
-    """Prompts -> :class:`TextEmbeddings` of at most ``max_tokens`` tokens; subclasses tokenize and embed."""
+    """Prompts -> :class:`TextEmbeddings` of at most ``max_tokens`` tokens; subclasses tokenize and embed. Each
+    distinct prompt is encoded once, alone (so its vectors never depend on the other prompts of a batch), and kept for
+    the next time it is asked for: checking a prompt, a generation's start, its switches and the server's pages all
+    reuse it."""
     dim: int
 
     def __init__(self, max_tokens: int):
         self.max_tokens = max_tokens
+        self._encoded: OrderedDict[str, TextEmbeddings] = OrderedDict()  # prompt -> its (1, L) row, most recent last
 
     def token_ids(self, prompts: list[str]) -> list[list[int]]:
         raise NotImplementedError
@@ -62,18 +68,27 @@ class TextEncoder:
     def encode(self, prompts: list[str] | str) -> TextEmbeddings:
         """Token vectors of each prompt, padded to ``max_tokens``; SettingError for a prompt that is longer."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        ids = self.token_ids(prompts)
-        for prompt, row in zip(prompts, ids):
-            if len(row) > self.max_tokens:
-                raise SettingError("prompt", repr(_short(prompt)), f"is {len(row)} tokens long; this model reads at "
-                                   f"most {self.max_tokens} (model.text_tokens): shorten it")
-        padded = torch.zeros(len(prompts), self.max_tokens, dtype=torch.long)
-        mask = torch.zeros(len(prompts), self.max_tokens, dtype=torch.bool)
-        for i, row in enumerate(ids):
-            padded[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = True
+        for prompt in dict.fromkeys(prompts):
+            if prompt in self._encoded:
+                self._encoded.move_to_end(prompt)
+            else:
+                self._encoded[prompt] = self._encode_one(prompt)
+                if len(self._encoded) > REMEMBERED_PROMPTS:
+                    self._encoded.popitem(last=False)
+        return TextEmbeddings.cat([self._encoded[prompt] for prompt in prompts])
+
+    def _encode_one(self, prompt: str) -> TextEmbeddings:
+        """(1, L) token vectors of one prompt, padding zeroed."""
+        (row,) = self.token_ids([prompt])
+        if len(row) > self.max_tokens:
+            raise SettingError("prompt", repr(_short(prompt)), f"is {len(row)} tokens long; this model reads at most "
+                               f"{self.max_tokens} (model.text_tokens): shorten it")
+        ids = torch.zeros(1, self.max_tokens, dtype=torch.long)
+        mask = torch.zeros(1, self.max_tokens, dtype=torch.bool)
+        ids[0, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[0, :len(row)] = True
         with torch.no_grad():
-            tokens = self.embed_ids(padded, mask).float() * mask[..., None]  # (B, L, dim), padding zeroed
+            tokens = self.embed_ids(ids, mask).float() * mask[..., None]  # (1, L, dim), padding zeroed
         return TextEmbeddings(tokens, mask)
 
 

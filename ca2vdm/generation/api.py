@@ -24,13 +24,13 @@ import torch
 from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, weights_file
-from ca2vdm.config import SamplerSettings, check_seed, with_teacache_thresh
+from ca2vdm.config import SamplerSettings, check_seed
 from ca2vdm.encoders.codec import Codec, build_codec
 from ca2vdm.encoders.text import TextEncoder, build_text_encoder, check_prompt
 from ca2vdm.errors import CodecError, SettingError, opt
 from ca2vdm.generation.stream import Switch, VideoStream
 from ca2vdm.io.video import VideoWriter, resize_center_crop, to_uint8
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.base import CausalVideoModel
 from ca2vdm.runtime.device import resolve_device, resolve_dtype
 from ca2vdm.sampling.compile import compile_blocks
 from ca2vdm.sampling.conditioning import check_kind
@@ -71,9 +71,9 @@ def load_codec(meta: CheckpointMetadata, checkpoint: str | Path, codec_path: str
                          "the autoencoder's save_pretrained folder") from None
 
 
-def pixel_size(pipe: LongVideoPipeline, codec: Codec) -> int:
-    """Height and width of the video's frames: the model's resolution times the codec's down-sampling."""
-    return pipe.model.cfg.resolution * codec.factor
+def pixel_size(model: CausalVideoModel, codec: Codec) -> int:
+    """Height and width of the video's frames: the model's frame size times the codec's down-sampling."""
+    return model.frame_shape[-1] * codec.factor
 
 
 def model_input(codec: Codec, pixels: torch.Tensor) -> torch.Tensor:
@@ -90,50 +90,51 @@ def to_pixels(codec: Codec, frames: torch.Tensor) -> np.ndarray:
 class Pipeline:
     """A checkpoint ready to generate: its model, its codec and the sampler settings it recorded (or overrides).
 
-    ``pipeline`` is the :class:`~ca2vdm.sampling.pipeline.LongVideoPipeline` (the autoregressive loop in the model's
-    space), ``codec`` turns its frames into pixels, ``size`` is the frames' height and width in pixels.
+    ``sampler`` is the :class:`~ca2vdm.sampling.pipeline.LongVideoPipeline` (the autoregressive loop in the model's
+    space, with the text encoder), ``codec`` turns its frames into pixels, ``size`` is the frames' height and width in
+    pixels. Made by :func:`load_pipeline` (a checkpoint's file) or :meth:`from_model` (a model in memory); other
+    settings on the same model: :meth:`with_settings`.
     """
 
-    def __init__(self, pipeline: LongVideoPipeline, codec: Codec, metadata: CheckpointMetadata):
-        self.pipeline, self.codec, self.metadata = pipeline, codec, metadata
-        self.size = pixel_size(pipeline, codec)
+    def __init__(self, sampler: LongVideoPipeline, codec: Codec, metadata: CheckpointMetadata):
+        self.sampler, self.codec, self.metadata = sampler, codec, metadata
+        self.size = pixel_size(sampler.model, codec)
 
     @classmethod
-    def from_model(cls, model: CausalVideoDiT, metadata: CheckpointMetadata, checkpoint: str | Path,
+    def from_model(cls, model: CausalVideoModel, metadata: CheckpointMetadata, checkpoint: str | Path,
                    device: torch.device, *, dtype: str | torch.dtype | None = None, codec_path: str | None = None,
-                   compile: bool = False, step_cache: str | StepCache | None = None,
-                   teacache_thresh: float | None = None, **settings) -> Pipeline:
-        """A loaded checkpoint (``checkpoints.weights.load_model``) with its codec and sampler settings; see
-        :func:`load_pipeline`. The model is cast to ``dtype`` here (and compiled with ``compile``): the caller hands
-        it over."""
+                   compile: bool = False, policy: StepCache | None = None, **settings) -> Pipeline:
+        """A model with a checkpoint's metadata (``checkpoints.weights.load_model``, or one being trained) with its
+        codec and sampler settings; see :func:`load_pipeline`. The model is cast to ``dtype`` here (and compiled with
+        ``compile``): the caller hands it over."""
         codec = load_codec(metadata, checkpoint, codec_path, device)
         model = model.to(resolve_dtype(dtype, device))  # rotary tables and sampler state stay float32
         if compile:
             compile_blocks(model)
-        policy = step_cache if isinstance(step_cache, StepCache) else None
-        if policy is None and step_cache is not None:
-            settings["step_cache"] = step_cache
-        sampler = with_teacache_thresh(metadata.sampler.replace(**settings), teacache_thresh,
-                                       settings.get("step_cache_options"))
-        pipe = LongVideoPipeline(model, sampler, step_cache=policy, calibration=metadata.calibration,
-                                 pixel_space=metadata.pixel_space, text_encoder=load_text_encoder(model, checkpoint))
-        return cls(pipe, codec, metadata)
+        sampler = LongVideoPipeline.for_checkpoint(model, metadata, text_encoder=load_text_encoder(model, checkpoint),
+                                                   policy=policy, **settings)
+        return cls(sampler, codec, metadata)
+
+    def with_settings(self, **changes) -> Pipeline:
+        """This checkpoint (the same model, codec and text encoder) sampled with these settings changed (None
+        ignored): one loaded model serves every page of the live demo."""
+        return Pipeline(self.sampler.with_settings(**changes), self.codec, self.metadata)
 
     @property
-    def model(self) -> CausalVideoDiT:
-        return self.pipeline.model
+    def model(self) -> CausalVideoModel:
+        return self.sampler.model
 
     @property
     def settings(self) -> SamplerSettings:
         """The sampler settings in use: the checkpoint's, with the overrides given."""
-        return self.pipeline.settings
+        return self.sampler.settings
 
     def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames to continue -> the (B, C, T, h, w) model frames, on the model's device: uint8 (T, H, W, 3) or
         (B, T, H, W, 3) (any size: resized and centre-cropped to :attr:`size`, as the command line does), or float
         (3, T, H, W) or (B, 3, T, H, W) in [-1, 1] at :attr:`size`. At least one frame; finite float values in
         [-1, 1] (floats in 0 .. 255 are refused, never taken as they are: pass such pixels as uint8)."""
-        frames, device = torch.as_tensor(frames), self.model.x_embedder.weight.device
+        frames, device = torch.as_tensor(frames), self.model.device
         if frames.dtype == torch.uint8:
             rows = frames[None] if frames.ndim == 4 else frames
             if rows.ndim != 5 or rows.shape[-1] != 3:
@@ -177,12 +178,12 @@ class Pipeline:
             check_seed(one)
         prompt = None if prompt is None else check_prompt(prompt)
         check_kind(self.model, label, prompt)
-        if prompt is not None and self.pipeline.text_encoder is not None:
-            self.pipeline.text_encoder.encode(prompt)  # an over-long prompt is refused now
+        if prompt is not None and self.sampler.text_encoder is not None:
+            self.sampler.text_encoder.encode(prompt)  # an over-long prompt is refused now (and kept encoded)
         scheduled = [Switch(at, prompt=new, mode=switch_mode) if isinstance(new, str) else
                      Switch(at, label=new, mode=switch_mode) for at, new in (switches or {}).items()]
         start = dict(label=label, prompt=prompt, seed=seed, frames_before=frames_before)
-        return VideoStream(self.pipeline, lambda stream: self._chunks(stream, num_chunks, start, first_frames, batch,
+        return VideoStream(self.sampler, lambda stream: self._chunks(stream, num_chunks, start, first_frames, batch,
                                                                       on_step), num_chunks, scheduled)
 
     def _chunks(self, stream: VideoStream, num_chunks: int | None, start: dict,
@@ -190,7 +191,7 @@ class Pipeline:
                 on_step: Callable[[int], None] | None) -> Iterator[Chunk]:
         given = None if first_frames is None else self.encode(first_frames)
         batch = batch if given is None else given.shape[0]
-        state = self.pipeline.start(batch=batch, first_frames=given, **start)
+        state = self.sampler.start(batch=batch, first_frames=given, **start)
         if given is None and self.model.cfg.first_frame_chunk:  # the model draws the first frame itself
             yield self._next(state, -1, on_step)
         for index in itertools.count() if num_chunks is None else range(num_chunks):
@@ -201,13 +202,13 @@ class Pipeline:
 
     def _next(self, state: GenerationState, index: int, on_step: Callable[[int], None] | None) -> Chunk:
         tic, start_frame = time.perf_counter(), state.frames
-        result = self.pipeline.next_chunk(state, on_step=on_step)
+        result = self.sampler.next_chunk(state, on_step=on_step)
         pixels = to_pixels(self.codec, result.frames)
         return Chunk(index, result.frames, pixels, start_frame, time.perf_counter() - tic, result.model_evals,
                      result.skipped_evals)
 
 
-def load_text_encoder(model: CausalVideoDiT, checkpoint: str | Path) -> TextEncoder | None:
+def load_text_encoder(model: CausalVideoModel, checkpoint: str | Path) -> TextEncoder | None:
     """The text encoder a text model's checkpoint records (``model.text_encoder``; a folder is also looked up beside
     the checkpoint); None for other models."""
     cfg = model.cfg
@@ -234,8 +235,8 @@ def _check_float_range(video: torch.Tensor) -> None:
 
 def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None, *,
                   dtype: str | torch.dtype | None = None, codec_path: str | None = None, compile: bool = False,
-                  step_cache: str | StepCache | None = None, teacache_thresh: float | None = None,
-                  lora: LoraSpec | Iterable[LoraSpec] | None = None, **settings) -> Pipeline:
+                  policy: StepCache | None = None, lora: LoraSpec | Iterable[LoraSpec] | None = None,
+                  **settings) -> Pipeline:
     """Load a checkpoint (weights ``.safetensors`` or a training checkpoint directory) as ``infer/long_video.py`` does.
 
     ``device``: None or "auto" picks CUDA when there is one, else the CPU. ``dtype`` of the weights and KV cache
@@ -243,10 +244,10 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     (pixels, or the autoencoder the checkpoint recorded, looked up beside it; ``codec_path`` replaces it) and the
     sampler settings (:class:`~ca2vdm.config.SamplerSettings`) come from the checkpoint; ``settings`` override them by
     name (``steps=8``, ``shift=3.0``, ``cfg_scale``, ``cond_noise``, ``cache`` kv | none | full,
-    ``step_cache_options``). ``step_cache``: a name of ``ca2vdm.config.STEP_CACHE_NAMES`` (none, teacache, magcache,
-    taylorseer, chunkcache, fastercache, adacache) with its settings in ``step_cache_options`` (e.g.
-    ``{"interval": 2}``; TeaCache's threshold also as the older ``teacache_thresh``), or a
-    :class:`~ca2vdm.sampling.step_cache.StepCache`. ``compile``: the blocks are compiled on first use. ``lora``: LoRA
+    ``step_cache_options``, ``step_cache``: a name of ``ca2vdm.config.STEP_CACHE_NAMES``, i.e. none, teacache,
+    magcache, taylorseer, chunkcache, fastercache, adacache, with its settings in ``step_cache_options``, e.g.
+    ``{"interval": 2}``). ``policy``: an expert's :class:`~ca2vdm.sampling.step_cache.StepCache` object instead of the
+    ``step_cache`` setting. ``compile``: the blocks are compiled on first use. ``lora``: LoRA
     adapters trained on this checkpoint (a run's ``adapter.safetensors`` or its checkpoint folder), a path or
     ``(path, scale)`` or a list of them, folded into the loaded weights, each times its scale (stacked); an adapter
     trained on another checkpoint is refused (:mod:`ca2vdm.checkpoints.adapters`).
@@ -255,7 +256,7 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     model, meta = load_model(path, device)
     model = apply_adapters(model, lora, path)  # the model is this function's own: merged in place
     return Pipeline.from_model(model, meta, path, device, dtype=dtype, codec_path=codec_path, compile=compile,
-                               step_cache=step_cache, teacache_thresh=teacache_thresh, **settings)
+                               policy=policy, **settings)
 
 
 def write_video(chunks: Iterable[Chunk], path: str | os.PathLike, fps: int = 8, *, row: int = 0,

@@ -7,17 +7,19 @@ label or prompt between chunks.
             video.switch(prompt="a blue square")      # from chunk 10 on; re-caches the window (switch_mode)
 
 A switch may also be scheduled before (``generate(..., switches={10: "a blue square"})`` or ``video.switch(...,
-at=10)``); it applies just before its chunk is denoised. A switch at a chunk already generated, or past the last, is
-refused in one line.
+at=10)``); it applies just before its chunk is denoised. A switch at a chunk already generated, past the last, or at a
+chunk that already has one, is refused in one line. This is the one switch scheduler: the command line, the API and
+the live demo's pages (``ca2vdm.serve.frames``) all schedule through it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ca2vdm.config.conditioning import check_switch_request
 from ca2vdm.encoders.text import check_prompt
 from ca2vdm.errors import SettingError
-from ca2vdm.sampling.conditioning import check_switch_request
+from ca2vdm.sampling.conditioning import kind_of
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 
@@ -40,11 +42,11 @@ def check_switch(pipe: LongVideoPipeline, switch: Switch, next_index: int, num_c
                            f"{next_index}: switch there or later")
     if num_chunks is not None and switch.at >= num_chunks:
         raise SettingError("switch", switch.at, f"is past the last chunk ({num_chunks - 1}): the video ends before")
-    check_switch_request(pipe.model, switch.label, switch.prompt, switch.mode)
+    check_switch_request(kind_of(pipe.model), pipe.model.cfg.num_classes, switch.label, switch.prompt, switch.mode)
     if switch.prompt is not None:
         prompt = check_prompt(switch.prompt)
         if pipe.text_encoder is not None:
-            pipe.text_encoder.encode(prompt)  # refused now if too long, not when its chunk comes
+            pipe.text_encoder.encode(prompt)  # refused now if too long, not when its chunk comes (and kept encoded)
     return switch
 
 
@@ -68,15 +70,17 @@ class VideoStream(Iterator):
         self._chunks.close()
 
     def switch(self, *, prompt: str | None = None, label: int | None = None, at: int | None = None,
-               mode: str = "recache") -> None:
+               mode: str = "recache") -> int:
         """Condition the chunks from ``at`` (default: the next one) on ``prompt`` (a text model) or ``label`` (a label
-        model); ``mode``: recache (default) | keep | reset (:meth:`LongVideoPipeline.switch`)."""
-        self._schedule(Switch(self.next_index if at is None else at, label, prompt, mode))
+        model); ``mode``: recache (default) | keep | reset (:meth:`LongVideoPipeline.switch`). Returns the chunk it
+        applies at."""
+        return self._schedule(Switch(self.next_index if at is None else at, label, prompt, mode))
 
-    def _schedule(self, switch: Switch) -> None:
+    def _schedule(self, switch: Switch) -> int:
         if switch.at in self.pending:
             raise SettingError("switch", switch.at, "chunk already has a switch; give one per chunk")
         self.pending[switch.at] = check_switch(self.pipe, switch, self.next_index, self.num_chunks)
+        return switch.at
 
     def before(self, state, index: int) -> None:
         """Called by the generator just before chunk ``index``: apply its switch."""

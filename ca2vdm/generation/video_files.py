@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ca2vdm.config import SWITCH_MODES, ModelConfig, SamplerSettings, check_label, check_seed
-from ca2vdm.config.sampler import TEACACHE_THRESH
+from ca2vdm.config import SWITCH_MODES, ModelConfig, SamplerSettings, check_seed
+from ca2vdm.config.sampler import TEACACHE_THRESH, with_teacache_thresh
 from ca2vdm.encoders.text import check_prompt
 from ca2vdm.errors import SettingError
 from ca2vdm.generation.api import Pipeline, load_pipeline
@@ -133,10 +133,12 @@ def pipeline_for(checkpoint: str | Path, opts: GenerationOptions, batch: int = 1
     """The pipeline (model, codec, sampler settings) ``opts`` ask for; with ``opts.compile`` the blocks are compiled
     now, for ``batch`` videos at a time (their seconds are returned, else None)."""
     pipe = load_pipeline(checkpoint, opts.device, dtype=opts.dtype, codec_path=opts.codec_path, compile=opts.compile,
-                         teacache_thresh=opts.teacache_thresh, lora=opts.lora, **opts.sampler)
+                         lora=opts.lora, **opts.sampler)
+    if opts.teacache_thresh is not None:  # the command line's older spelling of a setting of the checkpoint's policy
+        legacy = with_teacache_thresh(pipe.settings, opts.teacache_thresh, opts.sampler.get("step_cache_options"))
+        pipe = pipe.with_settings(step_cache_options=legacy.step_cache_options)
     check_kind(pipe.model, opts.label, opts.prompt)
-    check_label(opts.label, pipe.model.cfg.num_classes)
-    return pipe, warm_up(pipe.pipeline, batch, opts.label, opts.prompt) if opts.compile else None
+    return pipe, warm_up(pipe.sampler, batch, opts.label, opts.prompt) if opts.compile else None
 
 
 def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOptions, stop: StopSignals | None = None,
@@ -146,18 +148,18 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
     the video generated alone. On a stop, raises :class:`~ca2vdm.runtime.signals.Stopped` whose ``stats`` lists the
     videos' stats after keeping their finished chunks (None: nothing was finished)."""
     poll = stop.check if stop is not None else lambda: None
-    weight = pipe.model.x_embedder.weight
+    model = pipe.model
     settings = pipe.settings
     outputs = []
     for seed, path in outs.items():
         stats = {**(extra_stats or {}), "video": str(path), "seed": seed, "chunks": [], "frames": 0,
                  "cache": settings.cache, "steps": settings.steps, "shift": settings.shift,
                  "cfg_scale": settings.cfg_scale, "step_cache": settings.step_cache,
-                 "step_cache_options": dict(settings.step_cache_options), "device": str(weight.device),
+                 "step_cache_options": dict(settings.step_cache_options), "device": str(model.device),
                  **({"prompt": opts.prompt} if opts.prompt else {}),
                  **({"switches": {str(k): v for k, v in opts.switches.items()}, "switch_mode": opts.switch_mode}
                     if opts.switches else {}),
-                 "dtype": dtype_name(weight.dtype)}
+                 "dtype": dtype_name(model.dtype)}
         outputs.append(_Output(path, VideoWriter(path, fps=opts.fps, overwrite=True), stats))
     tic = time.perf_counter()
     try:
@@ -168,7 +170,7 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
         if outputs[0].stats["chunks"]:
             for output in outputs:
                 output.stats["stopped_by"] = signal.Signals(signum).name
-            kept = [_finish(output, opts, pipe.model.cfg, weight.device, tic) for output in outputs]
+            kept = [_finish(output, opts, model.cfg, model.device, tic) for output in outputs]
         else:
             for output in outputs:
                 output.writer.abort()
@@ -177,7 +179,7 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
         for output in outputs:
             output.writer.abort()
         raise
-    return [_finish(output, opts, pipe.model.cfg, weight.device, tic) for output in outputs]
+    return [_finish(output, opts, model.cfg, model.device, tic) for output in outputs]
 
 
 def _write_chunks(pipe: Pipeline, opts: GenerationOptions, seeds: list[int], outputs: list[_Output],

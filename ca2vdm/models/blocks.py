@@ -11,7 +11,7 @@ its call through its own ``hooks`` with ``(x, ctx, layer)``. Without hooks both 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -164,7 +164,8 @@ class CausalSTBlock(nn.Module):
 
 @dataclass
 class StackCall:
-    """One call of the block stack, as its hooks see it: what a step-caching policy may read, and how to run it.
+    """One call of the block stack, as its hooks see it (the DiT's :class:`~ca2vdm.models.base.StackCall`): what a
+    step-caching policy may read, and how to run it.
 
     ``x`` (B, T, S, D) tokens in, ``c`` (B, T, D) per-frame condition, ``ctx`` the pass. A recompute pass (cache
     modes ``none`` and ``full``) leads with ``ctx.num_cond_frames`` conditioning frames; :meth:`noisy` cuts them off,
@@ -174,7 +175,6 @@ class StackCall:
     x: torch.Tensor
     c: torch.Tensor
     ctx: ForwardContext
-    _first: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def commit(self) -> bool:
@@ -188,18 +188,10 @@ class StackCall:
         """The first block's normalised, timestep-modulated input over the frames being denoised (TeaCache)."""
         return self.stack.blocks[0].modulated_input(self.noisy(self.x), self.noisy(self.c))
 
-    def first_block_residual(self) -> torch.Tensor:
-        """The first block's output minus its input over the frames being denoised (First-Block-Cache's indicator);
-        :meth:`run` then goes on from the first block's output instead of computing it again."""
-        if self._first is None:
-            self._first = self.stack.blocks[0](self.x, self.c, self.ctx)
-        return self.noisy(self._first - self.x)
-
     def run(self) -> torch.Tensor:
         """The stack's output (B, T, S, D), every block computed."""
-        blocks = self.stack.blocks
-        x = self.x if self._first is None else self._first
-        for block in blocks if self._first is None else blocks[1:]:
+        x = self.x
+        for block in self.stack.blocks:
             x = block(x, self.c, self.ctx)
         return x
 

@@ -1,16 +1,17 @@
 """Text conditioning: prompt tokens enter every block through cross-attention (PixArt-alpha, Open-Sora's STDiT, as
 Ca2-VDM's model).
 
-A prompt's token vectors (:class:`~ca2vdm.encoders.text.TextEmbeddings`, (B, L, text_dim)) are projected to the model's
-width by :class:`TextEmbedder`, which puts a learned null token in front of every prompt (the empty prompt, the
+A prompt's token vectors (:class:`~ca2vdm.encoders.text.TextEmbeddings`, (B, L, text_dim)) are projected to the
+model's width by :class:`TextEmbedder`, which puts a learned null token in front of every prompt (the empty prompt, the
 unconditional branch of guidance, is that token alone, so attention always has a key). Each block's
 :class:`CrossAttention` reads queries from the frames' tokens and keys/values from the prompt; its output is added
 to the block's stream without a gate (as in PixArt), and its projection starts at zero, so a new model is the
 unconditioned one.
 
-The keys and values depend on the prompt only: :meth:`TextEmbedder.kv` computes them once per prompt for every
-block as a :class:`TextKV`, which a cached generation keeps beside the frames' K/V (``KVCache.text``) and every
-denoising and commit pass reads. A training pass (raw embeddings) computes them in the same function.
+The keys and values depend on the prompt only: :meth:`TextEmbedder.kv` computes them once per prompt for every block as
+a :class:`TextKV` (the DiT's :class:`~ca2vdm.models.base.PromptKV`), which a generation keeps with its conditioning
+(``ca2vdm.sampling.conditioning.Conditioning.text``) and passes to every denoising and commit pass. A training pass (raw
+embeddings) computes them in the same function.
 """
 from __future__ import annotations
 

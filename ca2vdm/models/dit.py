@@ -36,11 +36,12 @@ import torch.nn as nn
 from einops import rearrange
 
 from ca2vdm.config import ModelConfig, validate_model
-from ca2vdm.encoders.text import TextEmbeddings
+from ca2vdm.encoders.text import TextEmbeddings, TextEncoder
 from ca2vdm.models.attention import block_causal_mask, kernel_mask, resolve_backend, rope_table, teacher_forcing_mask
+from ca2vdm.models.base import ModelBase
 from ca2vdm.models.blocks import BlockStack, FinalLayer, ForwardContext
 from ca2vdm.models.cross_attention import TextEmbedder, TextKV
-from ca2vdm.models.hooks import STEP_CACHE_HOOK, HookRegistry
+from ca2vdm.models.hooks import HookRegistry
 from ca2vdm.models.kv_cache import KVCache
 
 #################################################################################
@@ -87,8 +88,9 @@ def sincos_2d(dim: int, grid: int) -> torch.Tensor:
 #                                 Core Model                                    #
 #################################################################################
 
-class CausalVideoDiT(nn.Module):
-    """Causal video DiT predicting the flow velocity of every frame."""
+class CausalVideoDiT(ModelBase):
+    """Causal video DiT predicting the flow velocity of every frame (a :class:`~ca2vdm.models.base.CausalVideoModel`,
+    ``model.arch=dit``)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -141,23 +143,25 @@ class CausalVideoDiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def enable_cache(self, policy) -> None:
-        """Attach a step-caching policy (:mod:`ca2vdm.sampling.step_cache`) to the block stack's hooks until
-        :meth:`disable_cache`; one at a time. (The pipeline attaches its policy only while it samples a chunk.)"""
-        policy.attach(self)
+    # -- the model interface (ca2vdm.models.base.CausalVideoModel) ----------------------------------------------
+    @property
+    def step_cache_hooks(self) -> HookRegistry:
+        """The block stack's hooks, called with a :class:`~ca2vdm.models.blocks.StackCall`."""
+        return self.stack.hooks
 
-    def disable_cache(self) -> None:
-        """Detach the step-caching policy, if one is attached."""
-        hook = self.stack.hooks.get(STEP_CACHE_HOOK)
-        if hook is not None:
-            hook.policy.detach()
+    def repeated_blocks(self) -> nn.ModuleList:
+        return self.stack.blocks
 
     def attention_hooks(self) -> Iterator[tuple[tuple[int, str], HookRegistry]]:
-        """The hooks of every attention module, keyed by (layer, "spatial" | "temporal"): where attention-level caches
-        (FasterCache's output reuse) attach; their call is ``(x, ctx, layer)``."""
+        """The hooks of every attention module, keyed by (layer, "spatial" | "temporal"); their call is
+        ``(x, ctx, layer)``."""
         for block in self.stack.blocks:
             yield (block.layer, "spatial"), block.spatial.hooks
             yield (block.layer, "temporal"), block.temporal.hooks
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return self.cfg.in_channels, self.cfg.resolution, self.cfg.resolution
 
     @property
     def null_label(self) -> int | None:
@@ -169,19 +173,23 @@ class CausalVideoDiT(nn.Module):
 
     def text_kv(self, text: TextEmbeddings) -> TextKV:
         """Every block's cross-attention K/V of a batch of prompts: computed once per prompt, then read by every
-        pass (kept in ``KVCache.text`` by a cached generation)."""
+        pass of a generation."""
         if self.text_embedder is None:
             raise ValueError("this model is not text-conditional (model.text_encoder=none); give no prompt")
         return self.text_embedder.kv(text, self.stack.blocks)
 
-    def _prompt(self, text: TextEmbeddings | TextKV | None, cache: KVCache | None, batch: int) -> TextKV | None:
-        """The prompt K/V of a pass: given (raw embeddings are projected now), else the cache's."""
+    def empty_text(self, batch: int, encoder: TextEncoder | None = None) -> TextEmbeddings:
+        """No tokens: cross-attention then reads only the learned null token."""
+        cfg = self.cfg
+        return TextEmbeddings(torch.zeros(batch, cfg.text_tokens, cfg.text_dim),
+                              torch.zeros(batch, cfg.text_tokens, dtype=torch.bool))
+
+    def _prompt(self, text: TextEmbeddings | TextKV | None, batch: int) -> TextKV | None:
+        """The prompt K/V of a pass (raw embeddings are projected now)."""
         if self.text_embedder is None:
             if text is not None:
                 raise ValueError("this model is not text-conditional (model.text_encoder=none); give no prompt")
             return None
-        if text is None and cache is not None:
-            text = cache.text
         if text is None:
             raise ValueError("this model is text-conditional: pass text (the empty prompt for none)")
         text = self.text_kv(text) if isinstance(text, TextEmbeddings) else text
@@ -192,10 +200,9 @@ class CausalVideoDiT(nn.Module):
     def new_cache(self, batch: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache sized for this model and ``batch`` videos."""
-        weight = self.x_embedder.weight
         return KVCache(self.cfg.depth, batch, self.grid ** 2, self.cfg.num_heads, self.head_dim,
                        self.cfg.max_context_frames, self.cfg.chunk_frames, self.cfg.prefix_frames,
-                       device=device or weight.device, dtype=dtype or weight.dtype, sink_frames=self.cfg.sink_frames,
+                       device=device or self.device, dtype=dtype or self.dtype, sink_frames=self.cfg.sink_frames,
                        rope=(self.rope_cos, self.rope_sin))
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,8 +273,7 @@ class CausalVideoDiT(nn.Module):
         spatial attention); otherwise x is one chunk placed after the cache's committed frames.
         ``teacher_forcing=True`` (no cache): x is ``num_cond_frames`` clean frames followed by the noisy copy of the
         clip they start, numbered from ``frame_offset`` again (see the module docstring).
-        ``text`` (a text model): the prompts, one per video, as token vectors or their K/V (:meth:`text_kv`); with a
-        cache and no ``text``, the cache's (``KVCache.text``).
+        ``text`` (a text model): the prompts, one per video, as token vectors or their K/V (:meth:`text_kv`).
         """
         B, C, T, H, W = x.shape
         if H != self.cfg.resolution or W != self.cfg.resolution or C != self.cfg.in_channels:
@@ -277,7 +283,7 @@ class CausalVideoDiT(nn.Module):
             raise ValueError("teacher_forcing is a full-sequence (training) layout; it takes no KV cache")
         tokens, c = self.embed(x, t, y)
         ctx = self.context(T, x.device, cache, commit, frame_offset, num_cond_frames, teacher_forcing)
-        ctx.text = self._prompt(text, cache, B)
+        ctx.text = self._prompt(text, B)
         tokens = self.stack(tokens, c, ctx)  # (B, T, S, D)
         out = self.final_layer(tokens, c)
         p = self.cfg.patch_size

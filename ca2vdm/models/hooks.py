@@ -6,9 +6,9 @@ name and chained in the order they were attached (the first attached is the oute
 to call it (the last callable is the module's own computation). A registry with no hooks costs one call. After the
 hooks of diffusers (``ModelHook``, ``HookRegistry``); no forward is monkey-patched and no state lives on a class.
 
-The block stack passes its hooks one :class:`StackCall` (the interface a step-caching policy reads: the tokens and
-condition, the frames being denoised, the first block's modulated input and residual); each attention module passes
-``(x, ctx, layer)``.
+A model's block stack passes its hooks one :class:`~ca2vdm.models.base.StackCall` (the interface a step-caching policy
+reads: the tokens, the frames being denoised, the first block's modulated input); each attention module passes its
+own arguments through.
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
-
-STEP_CACHE_HOOK = "step_cache"  # the name a step-caching policy's hook takes on the block stack
 
 
 class ModelHook:

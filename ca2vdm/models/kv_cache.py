@@ -47,7 +47,8 @@ from ca2vdm.models.attention import apply_rope
 
 
 class KVCache:
-    """Ring buffer of per-layer temporal K/V (and optional spatial prefix K/V) for conditioning frames."""
+    """Ring buffer of per-layer temporal K/V (and optional spatial prefix K/V) for conditioning frames: the DiT's
+    :class:`~ca2vdm.models.base.ContextCache`."""
 
     # The cache's bookkeeping (write position, slots, visible frames) is plain Python that changes every chunk; under
     # torch.compile these methods run eagerly (ca2vdm.sampling.compile applies that when it compiles), so compiled
@@ -75,7 +76,6 @@ class KVCache:
         self.sink_k = self.k[:, :, :sink_frames].clone()  # (depth, B*S*H, k, Dh) sink keys at positions 0..k-1
         self._sink_slots = self.k[:, :, :sink_frames]  # where they are read, every row (row views keep it)
         self.rope = rope
-        self.text = None  # a text model: the prompt's cross-attention K/V (models.cross_attention.TextKV), per prompt
         self.frames_committed = 0
         self.commits = 0
         self._slots_key: tuple[int, int] | None = None
@@ -89,15 +89,13 @@ class KVCache:
         view.k, view.v = self.k[:, :count * rows], self.v[:, :count * rows]
         if self.prefix_frames:
             view.prefix_k, view.prefix_v = self.prefix_k[:, :count], self.prefix_v[:, :count]
-        if self.text is not None:
-            view.text = self.text.rows(count)
         view.batch = count
         return view
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors (constant over the cache's life)."""
         tensors = [self.k, self.v, self.sink_k] + ([self.prefix_k, self.prefix_v] if self.prefix_frames else [])
-        return sum(t.numel() * t.element_size() for t in tensors) + (self.text.nbytes() if self.text else 0)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def _slot_index(self, num_frames: int) -> torch.Tensor:
         key = (self.frames_committed, num_frames)

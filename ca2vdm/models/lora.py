@@ -9,21 +9,38 @@ the front ends import this module only when an adapter is used.
 """
 from __future__ import annotations
 
+import re
+
 import peft
 import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from ca2vdm.config.lora import LoraConfig, target_pattern
+from ca2vdm.config.lora import LoraConfig
 from ca2vdm.errors import CheckpointError, ConfigError
+from ca2vdm.models.registry import spec_of
 
 TRAINED = "default"  # peft's name of the adapter a training run injects
 
 
-def recorded_settings(lora: LoraConfig) -> dict:
-    """What an adapter file records of its settings: rank, alpha, the targets as given and as one pattern."""
+def target_pattern(model: nn.Module, targets: list[str]) -> str:
+    """One regular expression (full match against a module's name) of every layer ``targets`` names: a group of the
+    model's family (:attr:`~ca2vdm.models.registry.ModelSpec.lora_groups`) or a regular expression. ConfigError for
+    a target that names no layer of ``model``."""
+    groups = spec_of(model.cfg).lora_groups
+    names = [name for name, _ in model.named_modules()]
+    for target in targets:
+        if not any(re.fullmatch(groups.get(target, target), name) for name in names):
+            raise ConfigError(f"train.lora.targets: {target!r} names no layer of this {model.cfg.arch} model; its "
+                              f"groups: {', '.join(groups)}, or a regular expression of its module names")
+    return "|".join(f"(?:{groups.get(t, t)})" for t in targets)
+
+
+def recorded_settings(lora: LoraConfig, model: nn.Module) -> dict:
+    """What an adapter file records of its settings: rank, alpha, the targets as given and as one pattern (resolved
+    against ``model``'s family, so loading the adapter needs no registry)."""
     return {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets),
-            "target_modules": target_pattern(lora.targets)}
+            "target_modules": target_pattern(model, lora.targets)}
 
 
 def _peft_config(settings: dict) -> peft.LoraConfig:
@@ -36,7 +53,7 @@ def for_training(model: nn.Module, lora: LoraConfig) -> nn.Module:
     only the adapter's tensors require gradients. With ``base_dtype=bf16`` the frozen linear layers are cast."""
     model.requires_grad_(False)
     try:
-        peft.inject_adapter_in_model(_peft_config(recorded_settings(lora)), model, TRAINED)
+        peft.inject_adapter_in_model(_peft_config(recorded_settings(lora, model)), model, TRAINED)
     except ValueError as e:  # no module matched, or one of a kind LoRA cannot adapt
         raise ConfigError(f"train.lora.targets={lora.targets} does not fit {type(model).__name__}: "
                           f"{' '.join(str(e).split())[:300]}") from None
@@ -62,7 +79,7 @@ def attach(model: nn.Module, tensors: dict[str, torch.Tensor], settings: dict, s
            name: str) -> peft.LoraModel:
     """Add the adapter (its peft-format ``tensors`` and recorded ``settings``) to ``model`` as live LoRA layers named
     ``name``, weighted by ``scale``; returns peft's tuner (``merge_and_unload``). CheckpointError if they do not fit."""
-    device = next(model.parameters()).device
+    device = model.device
     tuner = peft.LoraModel(model, _peft_config(settings), name, low_cpu_mem_usage=True)  # no random init: loaded now
     try:
         result = peft.set_peft_model_state_dict(model, {k: v.to(device) for k, v in tensors.items()},

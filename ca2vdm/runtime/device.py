@@ -2,7 +2,7 @@
 
 Precision: ``fp32 | bf16 | fp16`` (:data:`ca2vdm.config.PRECISIONS`, the one vocabulary of sampling and training)
 is the dtype of the model's weights and KV cache. What stays float32 at every precision: the rotary tables
-(``CausalVideoDiT._apply`` rebuilds them in float32 after a cast) and the rotation itself
+(a model rebuilds them in float32 after a cast: the DiT's ``_apply``) and the rotation itself
 (:func:`ca2vdm.models.attention.apply_rope`), the softmax statistics (the fused SDPA, flash and FlexAttention kernels
 keep them in float32; :func:`ca2vdm.models.attention.matmul_attention` computes its scores in float32), the timestep
 embedding's frequencies, and the sampler's state and noise (``ca2vdm.sampling.pipeline.STATE_DTYPE``).

@@ -16,10 +16,13 @@ Labels and prompts (:mod:`ca2vdm.sampling.conditioning`) can change between chun
 condition and writes their K/V back into the cache; ``keep`` keeps the frames' K/V made under the old one (only new
 passes see the new condition); ``reset`` drops the window (the next chunk starts without context: a cut).
 
-A pipeline never changes the model it is given (its mode, its weights, its hooks): a step-caching policy is
-attached only while a chunk is sampled, and sampling runs under ``torch.no_grad``. Chunks follow the model's
-:class:`~ca2vdm.config.ChunkLayout`: the first frame alone, then chunks of ``chunk_frames``, each beginning where
-the previous one ended.
+A pipeline speaks to its model through :class:`~ca2vdm.models.base.CausalVideoModel` only, and never changes it (its
+mode, its weights, its hooks): a step-caching policy (and the counter of the passes that ran) is attached only while a
+chunk is sampled, and sampling runs under ``torch.no_grad``. One way to make a pipeline for a checkpoint:
+:meth:`LongVideoPipeline.for_checkpoint` (its recorded settings, calibrations and space, with overrides); a step cache
+is chosen by the settings (``step_cache`` and its options), or given as a policy object by experts. Chunks follow the
+model's :class:`~ca2vdm.config.ChunkLayout`: the first frame alone, then chunks of ``chunk_frames``, each beginning
+where the previous one ended.
 """
 from __future__ import annotations
 
@@ -31,17 +34,20 @@ import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import SamplerSettings
+from ca2vdm.config.conditioning import check_switch_request
 from ca2vdm.encoders.text import TextEncoder
 from ca2vdm.errors import SettingError, opt
-from ca2vdm.models.dit import CausalVideoDiT
-from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, check_switch_request, label_rows, text_rows
+from ca2vdm.models.base import CausalVideoModel
+from ca2vdm.models.hooks import ModelHook
+from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, kind_of, label_rows, text_rows
 from ca2vdm.sampling.flow import Denoiser, guidance, perturb, sample, timesteps
 from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 
 # The sampler's state (noise, the chunk being denoised, finished frames) stays float32 at every model precision: a
 # seed draws the same noise in fp32, bf16 and fp16, and the Euler steps add in float32. The model casts its input to
-# its weights' dtype (``CausalVideoDiT.embed``); the KV cache is in the weights' dtype.
+# its weights' dtype; the context cache is in the weights' dtype.
 STATE_DTYPE = torch.float32
+COUNTER_HOOK = "evaluations"  # the name of the hook that counts the block-stack passes that ran
 
 
 @dataclass
@@ -49,8 +55,21 @@ class ChunkResult:
     """One generated chunk and what it cost."""
     frames: torch.Tensor        # (B, C, L, H, W) in the model's space: pixels in [-1, 1], or latents
     index: int                  # chunk number, 0-based
-    model_evals: int            # block-stack evaluations computed while denoising (all guidance branches)
+    model_evals: int            # block-stack evaluations that ran while denoising (per guidance branch; counted)
     skipped_evals: int = 0      # evaluations a step-caching policy skipped
+
+
+class EvalCounter(ModelHook):
+    """Counts the block-stack passes that run (innermost on the model's step-cache hooks, so a pass a policy skips is
+    never seen), per guidance branch: a pass over ``branches x batch`` rows counts ``branches``; commits not at all."""
+
+    def __init__(self, batch: int):
+        self.batch, self.count = batch, 0
+
+    def forward(self, call, stack_call):
+        if not stack_call.commit:
+            self.count += stack_call.x.shape[0] // self.batch
+        return call(stack_call)
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator], device: torch.device,
@@ -80,13 +99,14 @@ class GenerationState:
 class LongVideoPipeline:
     """Chunk-by-chunk generation with a causal video DiT, sampled as :class:`~ca2vdm.config.SamplerSettings` say."""
 
-    def __init__(self, model: CausalVideoDiT, settings: SamplerSettings | None = None, *,
-                 step_cache: StepCache | None = None, calibration: Mapping[str, list[float]] | None = None,
+    def __init__(self, model: CausalVideoModel, settings: SamplerSettings | None = None, *,
+                 policy: StepCache | None = None, calibration: Mapping[str, list[float]] | None = None,
                  pixel_space: bool = True, text_encoder: TextEncoder | None = None,
                  forward: Callable[..., torch.Tensor] | None = None, **overrides):
-        """``settings`` (default: the library's) with ``overrides`` (keywords named as its fields; None ignored).
-        The step cache is built from ``settings.step_cache`` and its options with the checkpoint's ``calibration``,
-        unless a policy object is given as ``step_cache``. ``pixel_space``: the model works on pixels, so sampled
+        """``settings``: the sampler's (default: the library's), with ``overrides`` (keywords named as its fields; None
+        ignored). The step cache is built from ``settings.step_cache``
+        and its options with the checkpoint's ``calibration``, unless a policy object (an expert's: a recorder, a
+        policy made by hand) is given as ``policy``. ``pixel_space``: the model works on pixels, so sampled
         chunks are clamped to [-1, 1]; a latent model's chunks are not clamped (unit-variance latents go well beyond
         1; the codec clamps the decoded pixels). ``text_encoder`` reads a text model's prompts
         (:func:`ca2vdm.encoders.text.build_text_encoder`; encoded prompts need none). ``forward``: what runs the model's
@@ -96,16 +116,26 @@ class LongVideoPipeline:
         self.text_encoder = text_encoder
         self.forward = model if forward is None else forward
         self.settings = (settings or SamplerSettings()).replace(**overrides)
-        self.step_cache = step_cache if step_cache is not None else build_step_cache(
-            self.settings.step_cache, self.settings.step_cache_options, calibration)
+        self.calibration = calibration or {}
+        self.policy = policy if policy is not None else build_step_cache(
+            self.settings.step_cache, self.settings.step_cache_options, self.calibration)
         self.pixel_space = pixel_space
 
     @classmethod
-    def for_checkpoint(cls, model: CausalVideoDiT, metadata: CheckpointMetadata, **overrides) -> LongVideoPipeline:
-        """A pipeline with the sampler settings a checkpoint recorded and its calibrations and space (pixels or
-        latents), then ``overrides`` (keywords of the constructor and of :class:`SamplerSettings`)."""
-        overrides.setdefault("calibration", metadata.calibration)
-        return cls(model, metadata.sampler, pixel_space=metadata.pixel_space, **overrides)
+    def for_checkpoint(cls, model: CausalVideoModel, metadata: CheckpointMetadata, *,
+                       text_encoder: TextEncoder | None = None, policy: StepCache | None = None,
+                       forward: Callable[..., torch.Tensor] | None = None, **settings) -> LongVideoPipeline:
+        """A pipeline with the sampler settings a checkpoint recorded, its calibrations and its space (pixels or
+        latents); ``settings`` override the recorded ones by name (None ignored); the other keywords as the
+        constructor's."""
+        return cls(model, metadata.sampler, policy=policy, calibration=metadata.calibration,
+                   pixel_space=metadata.pixel_space, text_encoder=text_encoder, forward=forward, **settings)
+
+    def with_settings(self, **changes) -> LongVideoPipeline:
+        """A pipeline on the same model, text encoder, calibrations and space with these settings changed (None
+        ignored; a new ``step_cache`` drops the old one's options): one model serves many such pipelines."""
+        return type(self)(self.model, self.settings.replace(**changes), calibration=self.calibration,
+                          pixel_space=self.pixel_space, text_encoder=self.text_encoder, forward=self.forward)
 
     def guided(self, label: int | torch.Tensor | None, prompt: Prompt = None) -> bool:
         """Guidance runs a second (unconditional) branch only when there is a label or prompt to guide towards."""
@@ -120,8 +150,6 @@ class LongVideoPipeline:
         labels = label_rows(self.model, label, batch, groups, device)
         text = text_rows(self.model, self.text_encoder, prompt, batch, groups)
         cache = self.model.new_cache(groups * batch, device) if self.settings.cache == "kv" else None
-        if cache is not None:
-            cache.text = text
         return Conditioning(labels, groups, cache, text)
 
     def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
@@ -134,7 +162,8 @@ class LongVideoPipeline:
         L = x.shape[2]
         if cond.cache is not None:
             cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
-            return self.forward(x, torch.full((rows, L), t, device=x.device), labels, cache=cache).to(STATE_DTYPE)
+            return self.forward(x, torch.full((rows, L), t, device=x.device), labels, cache=cache,
+                                text=text).to(STATE_DTYPE)
         ctx = torch.cat([_repeat_rows(f, groups) for f in cond.sinks + cond.context] + [x], dim=2)
         n = ctx.shape[2] - L
         t_frames = torch.zeros(rows, n + L, device=x.device)
@@ -170,14 +199,14 @@ class LongVideoPipeline:
                               or not layout.is_boundary(frames_before) or frames_before < cfg.sink_frames):
             raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary, at least "
                              f"model.sink_frames={cfg.sink_frames} and a cache mode other than full")
-        device, dtype = self.model.x_embedder.weight.device, STATE_DTYPE
+        device, dtype = self.model.device, STATE_DTYPE
         if not isinstance(seed, int) and len(seed) != batch:
             raise ValueError(f"got {len(seed)} seeds for a batch of {batch} videos; give one seed or one per video")
         generator = (torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int)
                      else [torch.Generator(device=device).manual_seed(s) for s in seed])
         state = GenerationState(self._conditioning(batch, label, prompt, device), generator, batch)
-        if self.step_cache is not None:
-            self.step_cache.reset()
+        if self.policy is not None:
+            self.policy.reset()
         if first_frames is not None:
             first_frames, shape = first_frames.to(device, dtype), first_frames.shape
             sinks = cfg.sink_frames if frames_before else 0
@@ -193,34 +222,59 @@ class LongVideoPipeline:
     @torch.no_grad()
     def next_chunk(self, state: GenerationState, on_step: Callable[[int], None] | None = None,
                    commit_frames: torch.Tensor | None = None, start_from: torch.Tensor | None = None,
-                   start_t: float = 1.0) -> ChunkResult:
+                   start_t: float = 1.0, exit_step: int | None = None, grad: bool = False) -> ChunkResult:
         """Denoise the next chunk, append it to the conditioning, return it. ``on_step(i)`` follows each step.
 
         ``commit_frames`` conditions the following chunks on these frames instead of the sampled ones (teacher
         forcing: evaluations that compare samplers on a shared context). ``start_from`` (B, C, L, H, W): denoise
         these frames perturbed to ``start_t`` instead of pure noise (SDEdit; the self-rollout of training).
+        ``exit_step`` k (a student's rollout in training, Self-Forcing): stop at step k and return the prediction of
+        the clean chunk made there (unclamped); with ``grad`` that step carries gradients (the steps before it never
+        do); the chunk is committed detached (clamped in pixel space).
         """
-        settings, policy = self.settings, self.step_cache
+        settings, policy = self.settings, self.policy
         noise = self.chunk_noise(state)
         if start_from is not None:
             noise = perturb(start_from.to(noise.dtype), noise, start_t)
         denoise = self.denoiser(state, on_step)
-        with policy.attached(self.model) if policy is not None else contextlib.nullcontext():
+        counter = EvalCounter(state.batch)
+        hooks = self.model.step_cache_hooks
+        with policy.attached(self.model) if policy is not None else contextlib.nullcontext(), \
+                hooks.attached(COUNTER_HOOK, counter):
             if policy is not None:
                 policy.begin_chunk()
-            x0 = sample(denoise, noise, settings.steps, settings.shift, start_t if start_from is not None else 1.0)
-        if not torch.isfinite(x0).all():  # settings and given frames are checked finite before: the model's doing
-            fp16 = self.model.x_embedder.weight.dtype == torch.float16
-            overflow = " or float16 overflowed (try dtype bf16 or fp32)" if fp16 else ""
-            raise FloatingPointError(f"non-finite values while sampling chunk {state.chunks} from finite settings "
-                                     f"and frames: the weights may be damaged (check the checkpoint){overflow}")
-        if self.pixel_space:
-            x0 = x0.clamp(-1, 1)
-        self.commit(state, x0 if commit_frames is None else commit_frames)
+            if exit_step is None:
+                x0 = sample(denoise, noise, settings.steps, settings.shift, start_t if start_from is not None else 1.0)
+            else:
+                x0 = self._exit_sample(denoise, noise, exit_step, grad)
+        if exit_step is None:
+            x0 = self._finished(x0, state.chunks)
+        committed = x0 if exit_step is None else x0.detach().clamp(-1, 1) if self.pixel_space else x0.detach()
+        self.commit(state, committed if commit_frames is None else commit_frames)
         state.chunks += 1
-        if policy is None:
-            return ChunkResult(x0, state.chunks - 1, model_evals=settings.steps * state.conditioning.groups)
-        return ChunkResult(x0, state.chunks - 1, policy.computed, policy.skipped)
+        return ChunkResult(x0, state.chunks - 1, counter.count, 0 if policy is None else policy.skipped)
+
+    def _exit_sample(self, denoise: Denoiser, noise: torch.Tensor, exit_step: int, grad: bool) -> torch.Tensor:
+        """The clean-chunk prediction at step ``exit_step`` (``x_t - t v``), that step with gradients if ``grad``."""
+        times = self.schedule()
+        if not 0 <= exit_step < len(times) - 1:
+            raise ValueError(f"exit step {exit_step} is not one of the {len(times) - 1} steps")
+
+        def step(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+            with torch.set_grad_enabled(grad and i == exit_step):
+                return denoise(x, t, i)
+
+        with torch.set_grad_enabled(grad):
+            return sample(step, noise, exit_step + 1, times=[*times[:exit_step + 1], 0.0])  # (B, C, L, H, W)
+
+    def _finished(self, x0: torch.Tensor, index: int) -> torch.Tensor:
+        """A sampled chunk checked finite, clamped to [-1, 1] in pixel space."""
+        if not torch.isfinite(x0).all():  # settings and given frames are checked finite before: the model's doing
+            fp16 = self.model.dtype == torch.float16
+            overflow = " or float16 overflowed (try dtype bf16 or fp32)" if fp16 else ""
+            raise FloatingPointError(f"non-finite values while sampling chunk {index} from finite settings "
+                                     f"and frames: the weights may be damaged (check the checkpoint){overflow}")
+        return x0.clamp(-1, 1) if self.pixel_space else x0
 
     def generate(self, num_chunks: int, **start_kwargs) -> Iterator[ChunkResult]:
         """Yield ``num_chunks`` chunks, each as soon as it is denoised (keyword arguments as :meth:`start`).
@@ -239,9 +293,9 @@ class LongVideoPipeline:
 
     def chunk_noise(self, state: GenerationState) -> torch.Tensor:
         """The next chunk's starting noise (B, C, L, H, W), drawn from the video's generator(s)."""
-        cfg = self.model.cfg
-        shape = (state.batch, cfg.in_channels, cfg.layout.next_length(state.frames), cfg.resolution, cfg.resolution)
-        return _randn(shape, state.generator, self.model.x_embedder.weight.device, STATE_DTYPE)
+        channels, height, width = self.model.frame_shape
+        shape = (state.batch, channels, self.model.cfg.layout.next_length(state.frames), height, width)
+        return _randn(shape, state.generator, self.model.device, STATE_DTYPE)
 
     def denoiser(self, state: GenerationState, on_step: Callable[[int], None] | None = None) -> Denoiser:
         """The velocity of the next chunk's denoising steps, conditioned on the cache (guided as the settings say);
@@ -277,7 +331,7 @@ class LongVideoPipeline:
         """Run committed frames (B, C, L, H, W) once at t = 0 in every row: their K/V join the cache."""
         rows, L = _repeat_rows(frames, cond.groups), frames.shape[2]
         self.forward(rows, torch.zeros(rows.shape[0], L, device=frames.device), cond.labels, cache=cond.cache,
-                     commit=True)
+                     commit=True, text=cond.text)
         cond.cache.commit(L)
 
     @torch.no_grad()
@@ -289,7 +343,7 @@ class LongVideoPipeline:
         ``keep`` keeps the frames' K/V made under the old condition; ``reset`` drops the window (no context). In
         cache modes none and full the window is recomputed at every step anyway: ``recache`` changes nothing more
         and ``keep`` is refused. Guidance stays as it was decided at :meth:`start`."""
-        check_switch_request(self.model, label, prompt, mode)
+        check_switch_request(kind_of(self.model), self.model.cfg.num_classes, label, prompt, mode)
         sinks = self.model.cfg.sink_frames
         if mode == "reset" and sinks and self.settings.cache == "kv":
             raise SettingError("switch_mode", mode, f"a model with attention sinks (model.sink_frames={sinks}) keeps "
@@ -297,7 +351,7 @@ class LongVideoPipeline:
         if mode == "keep" and self.settings.cache != "kv":
             raise SettingError("switch_mode", mode, f"needs {opt('cache', 'kv')}: cache mode {self.settings.cache} "
                                "recomputes the window under the current condition at every step, so no K/V is kept")
-        cond, device = state.conditioning, self.model.x_embedder.weight.device
+        cond, device = state.conditioning, self.model.device
         if label is not None:
             cond.labels = label_rows(self.model, label, state.batch, cond.groups, device)
         else:
@@ -305,10 +359,7 @@ class LongVideoPipeline:
         if mode == "reset":
             cond.sinks.clear()
             cond.context.clear()
-        if cond.cache is None:
-            return
-        cond.cache.text = cond.text
-        if mode == "keep":
+        if cond.cache is None or mode == "keep":
             return
         cond.cache.reset()
         if mode == "recache" and (cond.sinks or cond.context):  # renumbered from 0: only distances count (RoPE)
@@ -319,7 +370,7 @@ class LongVideoPipeline:
     def _guided_velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
                          index: int) -> torch.Tensor:
         """One denoising step's velocity; guidance branches run batched, or as a step-caching policy decides."""
-        policy, steps, scale = self.step_cache, self.settings.steps, self.settings.cfg_scale
+        policy, steps, scale = self.policy, self.settings.steps, self.settings.cfg_scale
 
         def velocity(groups: int, name: str) -> torch.Tensor:
             if policy is None:

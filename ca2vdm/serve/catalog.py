@@ -33,7 +33,7 @@ class Offered:
 
     def check_prompt(self, prompt: str | None) -> None:
         """SettingError for a prompt longer than the model reads (in its encoder's tokens)."""
-        encoder = self.pipe.pipeline.text_encoder
+        encoder = self.pipe.sampler.text_encoder
         if prompt is not None and encoder is not None:
             encoder.encode(prompt)
 

@@ -10,9 +10,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ca2vdm.generation.api import Pipeline
 from ca2vdm.io.video import read_video, to_uint8
-from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.serve.catalog import Offered
 
 
@@ -36,27 +34,22 @@ def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int 
     ``poll()`` runs after every denoising step; it raises to abandon the chunk in progress. A given video
     contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first.
     ``prompt``: a text model's prompt; ``switches(upcoming)``, called before each chunk (``upcoming``: its index,
-    -1 for the first frame), returns the switches (``protocol.SwitchMessage``) asked for since the last call: each
-    applies from its chunk ``at`` on (None: the next chunk), with ``switch_mode``; the latest for a chunk wins.
+    -1 for the first frame), returns the switches (``protocol.SwitchMessage``) asked for since the last call, each
+    with the chunk ``at`` it applies from (``run.RunControl`` resolves it and refuses a second one for a chunk); they
+    are scheduled on the generation's own stream with ``switch_mode``, as the command line's and the API's are.
     """
-    shared = offered.pipe  # one model for every page: a pipeline never changes the model it samples
-    settings = shared.settings.replace(step_cache=step_cache, step_cache_options=step_cache_options)
-    sampler = LongVideoPipeline(shared.model, settings, calibration=shared.metadata.calibration,
-                                pixel_space=shared.metadata.pixel_space, text_encoder=shared.pipeline.text_encoder)
-    pipe = Pipeline(sampler, shared.codec, shared.metadata)
+    # one model for every page: a pipeline never changes the model it samples
+    pipe = offered.pipe.with_settings(step_cache=step_cache, step_cache_options=step_cache_options)
     given = None
     if first_frame is not None:
         given = read_video(first_frame, num_frames=offered.cfg.max_context_frames, size=pipe.size)  # (3, T, H, W)
         yield PixelChunk(to_uint8(given), "given")
     video = pipe.generate(chunks, label=label, seed=seed, first_frames=given, on_step=lambda i: poll(),
                           prompt=prompt)
-    upcoming, planned = (-1 if offered.cfg.first_frame_chunk and given is None else 0), {}
+    upcoming = -1 if offered.cfg.first_frame_chunk and given is None else 0
     while True:
-        for asked in switches(upcoming):  # chunk -> its switch; the latest for a chunk wins
-            planned[max(upcoming, 0) if asked.at is None else asked.at] = asked
-        switch = planned.pop(upcoming, None)
-        if switch is not None:
-            video.switch(prompt=switch.prompt, label=switch.label, mode=switch_mode)
+        for asked in switches(upcoming):
+            video.switch(prompt=asked.prompt, label=asked.label, at=asked.at, mode=switch_mode)
         chunk = next(video, None)
         if chunk is None:
             return

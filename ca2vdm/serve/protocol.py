@@ -40,7 +40,8 @@ from pydantic import (
     ValidationError,
 )
 
-from ca2vdm.config import SEED_MAX, STEP_CACHE_NAMES, SWITCH_MODES, check_label, step_cache_config
+from ca2vdm.config import SEED_MAX, STEP_CACHE_NAMES, SWITCH_MODES, step_cache_config
+from ca2vdm.config.conditioning import check_condition, check_switch_request, condition_kind
 from ca2vdm.errors import SettingError
 
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # uploads above this are refused; the server's WebSocket allows 1 MiB more
@@ -166,9 +167,12 @@ def parse_start(message: StartMessage, models: dict[str, dict], max_chunks: int 
     if message.model not in models:
         raise ProtocolError(f"model={_shown(message.model)}: not offered by this server; choose one of: "
                             f"{', '.join(models)}")
-    _check_kind(models[message.model], message.label, message.prompt)
+    model = models[message.model]
     try:
-        check_label(message.label, len(models[message.model]["labels"]))
+        check_condition(_kind(model), len(model["labels"]), message.label, message.prompt)
+    except SettingError as e:
+        raise ProtocolError(f"model {model['name']}: {e}") from None
+    try:
         config = step_cache_config(message.step_cache, message.step_cache_options)
     except SettingError as e:
         raise ProtocolError(str(e)) from None
@@ -180,28 +184,25 @@ def parse_start(message: StartMessage, models: dict[str, dict], max_chunks: int 
     return message.model_copy(update={"step_cache_options": options})
 
 
-def parse_switch(message: SwitchMessage, model: dict, last_chunk: int | None) -> SwitchMessage:
-    """Check a switch against the model of the running generation (``describe()``) and its last chunk (None: until
-    stopped); whether chunk ``at`` is still to come is decided with the worker (``RunControl.request_switch``)."""
+def parse_switch(message: SwitchMessage, model: dict, last_chunk: int | None, mode: str) -> SwitchMessage:
+    """Check a switch against the model of the running generation (``describe()``), its switch ``mode`` and its last
+    chunk (None: until stopped) by the library's rule; whether chunk ``at`` is still to come is decided with the worker
+    (``RunControl.request_switch``)."""
     if (message.prompt is None) == (message.label is None):
         raise ProtocolError("'switch' needs a new prompt or a new label (one of them)")
-    _check_kind(model, message.label, message.prompt)
     try:
-        check_label(message.label, len(model["labels"]))
+        check_switch_request(_kind(model), len(model["labels"]), message.label, message.prompt, mode)
     except SettingError as e:
-        raise ProtocolError(str(e)) from None
+        raise ProtocolError(f"model {model['name']}: {e}") from None
     if message.at is not None and last_chunk is not None and message.at > last_chunk:
         raise ProtocolError(f"at={message.at}: past the last chunk of this generation ({last_chunk}); switch at an "
                             "earlier chunk, or null for the next one")
     return message
 
 
-def _check_kind(model: dict, label: int | None, prompt: str | None) -> None:
-    """A text model takes prompts, a label model labels."""
-    if prompt is not None and not model.get("prompts"):
-        raise ProtocolError(f"model {model['name']} is conditioned on labels, not prompts; choose a label")
-    if label is not None and model.get("prompts"):
-        raise ProtocolError(f"model {model['name']} is conditioned on prompts, not labels; type a prompt")
+def _kind(model: dict) -> str:
+    """The kind of condition an offered model (``describe()``) takes."""
+    return condition_kind(len(model["labels"]), bool(model.get("prompts")))
 
 
 def chunk_message(header: dict, pixels: np.ndarray) -> bytes:

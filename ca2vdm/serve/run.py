@@ -14,7 +14,7 @@ import numpy as np
 
 from ca2vdm.io.video import VideoWriter
 from ca2vdm.serve.frames import PixelChunk
-from ca2vdm.serve.protocol import LEAD_FRAMES
+from ca2vdm.serve.protocol import LEAD_FRAMES, ProtocolError
 
 
 class Cancelled(Exception):
@@ -40,7 +40,8 @@ class RunControl:
         self.shown = 0
         self.sent = 0
         self._last_ack = time.monotonic()
-        self._switches: list = []  # protocol.SwitchMessage, in the order they came
+        self._switches: list = []  # protocol.SwitchMessage with its chunk, in the order they came
+        self._switched: set[int] = set()  # chunks a switch was asked for (one per chunk, as on the command line)
         self.fixed = 0  # chunks whose condition is decided (being made or made): a switch must come at or after
 
     def stop(self) -> None:
@@ -60,15 +61,23 @@ class RunControl:
                 self.shown, self._last_ack = frames, time.monotonic()
             self._changed.notify_all()
 
-    def request_switch(self, switch) -> int | None:
+    def request_switch(self, switch, last_chunk: int | None) -> int:
         """Queue a switch (a new prompt or label from chunk ``switch.at``, None: the next chunk started) for the
-        worker, which takes it between chunks; if chunk ``at`` is already decided, queue nothing and return the first
-        chunk a switch can still change."""
+        worker, which schedules it on the generation's stream between chunks; return the chunk it applies at.
+        ProtocolError if that chunk is already decided, past ``last_chunk`` (None: no end) or already has a switch."""
         with self._changed:
-            if switch.at is not None and switch.at < self.fixed:
-                return self.fixed
-            self._switches.append(switch)
-        return None
+            at = self.fixed if switch.at is None else switch.at
+            if last_chunk is not None and at > last_chunk:
+                raise ProtocolError(f"at={at}: past the last chunk of this generation ({last_chunk}); no chunk is left "
+                                    "for a switch to change")
+            if at < self.fixed:
+                raise ProtocolError(f"at={at}: chunk {at} is already made (or being made); the first chunk a switch "
+                                    f"can still change is {self.fixed}: switch there or later")
+            if at in self._switched:
+                raise ProtocolError(f"at={at}: chunk {at} already has a switch; give one per chunk")
+            self._switched.add(at)
+            self._switches.append(switch.model_copy(update={"at": at}))
+        return at
 
     def take_switches(self, next_chunk: int) -> list:
         """The switches asked for since the last call, taken before chunk ``next_chunk`` is made (from then on a

@@ -134,12 +134,10 @@ class Session:
                                     "Generate first)")
             offered, request = self.server.models[self.request.model], self.request
             limit = request.chunks if request.chunks is not None else self.server.max_chunks
-            switch = parse_switch(message, offered.describe(), None if limit is None else limit - 1)
+            last = None if limit is None else limit - 1
+            switch = parse_switch(message, offered.describe(), last, request.switch_mode)
             self._check_prompt(offered, switch.prompt)
-            decided = self.control.request_switch(switch)
-            if decided is not None:
-                raise ProtocolError(f"at={switch.at}: chunk {switch.at} is already made (or being made); the first "
-                                    f"chunk a switch can still change is {decided}: switch there or later")
+            self.control.request_switch(switch, last)
         else:
             if self.busy:
                 raise ProtocolError("a generation is already running in this tab; press Stop first")

@@ -15,7 +15,7 @@ from ca2vdm.data.latents import LatentClipDataset
 from ca2vdm.encoders.codec import build_codec, check_model_fits
 from ca2vdm.encoders.text import TextEmbeddings, build_text_encoder
 from ca2vdm.errors import CheckpointError, ConfigError, DataError
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.registry import build_model
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.training import checkpoint_dirs
 from ca2vdm.training.ema import EMA
@@ -107,7 +107,7 @@ class DiffusionTask:
         return dataset
 
     def build_model(self, config: Config, resume: str | None) -> torch.nn.Module:
-        model = CausalVideoDiT(config.model)
+        model = build_model(config.model)
         init_from = config.train.init_from
         if init_from and not resume:
             load_initial(model, ckpt.load_model(init_from)[0].state_dict(), init_from)
@@ -174,10 +174,11 @@ class DiffusionTask:
         """A short video from the EMA weights, decoded through the codec, into ``out/samples/step_N.mp4``."""
         from ca2vdm.io.video import VideoWriter, to_uint8
 
-        model = CausalVideoDiT(config.model).to(next(iter(ema.shadow.values())).device)
+        model = build_model(config.model).to(next(iter(ema.shadow.values())).device)
         model.load_state_dict(ema.shadow)
-        pipe = LongVideoPipeline(model, steps=config.diffusion.steps, shift=config.diffusion.shift,
-                                 cond_noise=config.diffusion.cond_noise, pixel_space=self.codec.pixel_space)
+        settings = SamplerSettings(steps=config.diffusion.steps, shift=config.diffusion.shift,
+                                   cond_noise=config.diffusion.cond_noise)
+        pipe = LongVideoPipeline(model, settings, pixel_space=self.codec.pixel_space)
         label = 0 if config.model.num_classes else None
         with VideoWriter(out / "samples" / f"step_{step:06d}.mp4", fps=8, overwrite=True) as writer:
             for chunk in pipe.generate(chunks, label=label, seed=0):

@@ -12,11 +12,8 @@ passes on all of them).
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from ca2vdm.sampling.flow import sample
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 
@@ -24,21 +21,8 @@ def self_rollout(pipe: LongVideoPipeline, batch: int, labels: torch.Tensor | Non
                  grad: bool = True) -> torch.Tensor:
     """The clip (B, C, T, H, W) of ``len(exits)`` chunks the student ``pipe`` makes from ``seed``'s noise for
     ``batch`` videos of ``labels`` (B,) (the null label allowed; None for an unconditional model), chunk c stopped
-    at step ``exits[c]``; with ``grad`` that step carries gradients (otherwise nothing does)."""
+    at step ``exits[c]`` (:meth:`LongVideoPipeline.next_chunk`'s ``exit_step``); with ``grad`` that step carries
+    gradients (otherwise nothing does)."""
     state = pipe.start(batch=batch, label=labels, seed=seed)
-    times = pipe.schedule()
-    chunks = []
-    for k in exits:
-        if not 0 <= k < len(times) - 1:
-            raise ValueError(f"exit step {k} is not one of the student's {len(times) - 1} steps")
-        denoise = pipe.denoiser(state)
-
-        def step(x: torch.Tensor, t: float, i: int, k: int = k) -> torch.Tensor:
-            with torch.set_grad_enabled(grad and i == k):
-                return denoise(x, t, i)
-
-        with contextlib.nullcontext() if grad else torch.no_grad():
-            x0 = sample(step, pipe.chunk_noise(state), k + 1, times=[*times[:k + 1], 0.0])  # (B, C, L, H, W)
-        pipe.commit(state, x0.detach().clamp(-1, 1) if pipe.pixel_space else x0.detach())
-        chunks.append(x0)
+    chunks = [pipe.next_chunk(state, exit_step=k, grad=grad).frames for k in exits]
     return torch.cat(chunks, dim=2)

@@ -28,7 +28,7 @@ from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import DistillTrainingConfig, to_dict
 from ca2vdm.data.trajectories import TrajectoryDataset
 from ca2vdm.errors import CheckpointError, DataError
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.registry import build_model
 from ca2vdm.sampling.flow import timesteps
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.training.distill_rollout import self_rollout
@@ -90,7 +90,7 @@ class DistillTask:
 
     def build_model(self, config: DistillTrainingConfig, resume: str | None) -> torch.nn.Module:
         """The student, initialised from the teacher (or from ``train.init_from``, e.g. an earlier student)."""
-        student = CausalVideoDiT(self.cfg)
+        student = build_model(self.cfg)
         init_from = config.train.init_from
         source = ckpt.load_model(init_from)[0] if init_from and not resume else self.teacher_model
         student.load_state_dict(source.state_dict())
@@ -98,7 +98,7 @@ class DistillTask:
 
     def parts(self, config: DistillTrainingConfig, resume: str | None) -> dict[str, Part]:
         """The critic (the fake score, initialised from the teacher) and the frozen teacher (the real score)."""
-        critic = CausalVideoDiT(self.cfg)
+        critic = build_model(self.cfg)
         critic.load_state_dict(self.teacher_model.state_dict())
         return {"critic": Part(critic, config.distill.critic_lr), "teacher": Part(self.teacher_model)}
 
@@ -145,7 +145,7 @@ class DistillTask:
         from ca2vdm.generation.api import Pipeline, write_video
 
         device = next(iter(ema.shadow.values())).device
-        student = CausalVideoDiT(self.cfg).to(device)
+        student = build_model(self.cfg).to(device)
         student.load_state_dict(ema.shadow)
         pipe = Pipeline.from_model(student.eval(), self.metadata(config), config.distill.teacher, device)
         label = 0 if self.cfg.num_classes else None

@@ -73,7 +73,7 @@ class LoraTask:
         self.task.save_weights(directory, ema.with_shadow(layers.adapter_tensors(self.model, ema.shadow)), config,
                                step)
         written = directory / WEIGHTS_NAME  # the task's file, holding the adapter's tensors
-        lora = adapter_metadata(layers.recorded_settings(config.train.lora), self.base_sha256,
+        lora = adapter_metadata(layers.recorded_settings(config.train.lora, self.model), self.base_sha256,
                                 str(config.train.init_from))
         save_tensors(directory / ADAPTER_NAME, load_file(str(written)), {**read_metadata(written), **lora})
         written.unlink()
@@ -83,7 +83,7 @@ class LoraTask:
         device = next(iter(ema.shadow.values())).device
         merged = layers.merge(self.task.build_model(config, None).to(device),
                               layers.adapter_tensors(self.model, ema.shadow),
-                              layers.recorded_settings(config.train.lora), 1.0)
+                              layers.recorded_settings(config.train.lora, self.model), 1.0)
         self.task.sample(ema.with_shadow(merged.state_dict()), config, out, step)
 
 

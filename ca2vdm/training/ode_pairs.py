@@ -89,7 +89,7 @@ def write_pairs(checkpoint: str, out: str | Path, videos: int, steps: int, *, nu
     out = Path(out)
     model, meta = load_model(checkpoint, device)
     check_teacher(model.cfg, checkpoint)
-    pipe = LongVideoPipeline(model, meta.sampler.replace(step_cache="none"), pixel_space=meta.pixel_space)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, step_cache="none")
     cfg = model.cfg
     times = student_times(pipe.schedule(), steps)
     settings = {"teacher": str(checkpoint), "model_config": to_dict(cfg), "sampler": meta.sampler.to_dict(),

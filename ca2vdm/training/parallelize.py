@@ -1,8 +1,10 @@
-"""Scaling techniques applied to a finished video DiT for training, in a fixed order (as torchtitan's parallelize
+"""Scaling techniques applied to a finished video model for training, in a fixed order (as torchtitan's parallelize
 modules do): activation checkpointing per block, then FSDP2 ``fully_shard`` per block and once at the root.
 
-The model code knows nothing of either; the training loop calls :func:`parallelize` once, before the optimizer is
-built. Both keep every parameter's name, so state dicts and checkpoints are the same as without them.
+The model code knows nothing of either; it declares its repeated blocks
+(:meth:`~ca2vdm.models.base.CausalVideoModel.repeated_blocks`) and the training loop calls :func:`parallelize` once,
+before the optimizer is built. Both keep every parameter's name, so state dicts and checkpoints are the same as without
+them.
 
 - ``train.activation_checkpointing``: each block keeps only its input for the backward pass and recomputes its
   activations there (PyTorch's composable, non-reentrant ``checkpoint``); the values are unchanged.
@@ -39,11 +41,10 @@ def parallelize(model: nn.Module, config: Config, device: torch.device) -> nn.Mo
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
-    stack = getattr(model, "stack", None)
-    if stack is None or not isinstance(getattr(stack, "blocks", None), nn.ModuleList):
-        raise ConfigError(f"train.activation_checkpointing and train.fsdp apply to the video DiT's blocks; "
-                          f"{type(model).__name__} has none: set both to false")
-    return stack.blocks
+    if not callable(getattr(model, "repeated_blocks", None)):
+        raise ConfigError(f"train.activation_checkpointing and train.fsdp apply to a video model's repeated blocks; "
+                          f"{type(model).__name__} declares none: set both to false")
+    return model.repeated_blocks()
 
 
 def shard(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> None:

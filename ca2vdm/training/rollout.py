@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import torch
 
+from ca2vdm.config import SamplerSettings
 from ca2vdm.encoders.text import TextEmbeddings
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.base import CausalVideoModel
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 
@@ -31,7 +32,7 @@ def given_frames(model_cfg) -> int:
 
 
 @torch.no_grad()
-def rollout_context(model: CausalVideoDiT, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int, *,
+def rollout_context(model: CausalVideoModel, video: torch.Tensor, labels: torch.Tensor | None, num_cond: int, *,
                     start_t: float, steps: int, shift: float, cond_noise: float, seed: int,
                     pixel_space: bool = True, text: TextEmbeddings | None = None) -> torch.Tensor:
     """``video`` with its frames from :func:`given_frames` up to ``num_cond`` (a chunk boundary) replaced by the
@@ -46,7 +47,8 @@ def rollout_context(model: CausalVideoDiT, video: torch.Tensor, labels: torch.Te
     given = given_frames(model.cfg)
     if num_cond <= given:
         return video
-    pipe = LongVideoPipeline(model, steps=steps, shift=shift, cond_noise=cond_noise, pixel_space=pixel_space)
+    pipe = LongVideoPipeline(model, SamplerSettings(steps=steps, shift=shift, cond_noise=cond_noise),
+                             pixel_space=pixel_space)
     state = pipe.start(batch=video.shape[0], label=labels, seed=seed, first_frames=video[:, :, :given], prompt=text)
     parts = [video[:, :, :given]]
     while state.frames < num_cond:

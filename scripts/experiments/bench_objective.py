@@ -36,7 +36,8 @@ from ca2vdm.config import Config, load_config
 from ca2vdm.data.clips import ClipDataset, VideoFolderDataset
 from ca2vdm.io.plotting import plot_or_skip
 from ca2vdm.io.video import read_frames, resize_center_crop
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.base import CausalVideoModel
+from ca2vdm.models.registry import build_model
 from ca2vdm.training.diffusion_task import DiffusionTask
 from ca2vdm.training.ema import EMA
 from ca2vdm.training.losses import teacher_forcing_flow_loss
@@ -73,7 +74,7 @@ class Run:
         self.objective, self.config, self.device = objective, config, device
         self.task = DiffusionTask(config, device)
         torch.manual_seed(config.train.seed)  # the same initial weights for both objectives
-        self.model = CausalVideoDiT(config.model).to(device).train()
+        self.model = build_model(config.model).to(device).train()
         tc = config.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -163,7 +164,7 @@ class HeldOut:
         return (total / self.size).tolist()
 
 
-def evaluate(run: Run, held: HeldOut, ema_model: CausalVideoDiT) -> None:
+def evaluate(run: Run, held: HeldOut, ema_model: CausalVideoModel) -> None:
     """Append the run's eval losses (raw weights and EMA) at its current training time to its history."""
     raw = held.loss(run.model)
     ema_model.load_state_dict({k: v.to(ema_model.rope_cos.dtype) for k, v in run.ema.shadow.items()})
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         held = HeldOut(config, data, args.eval_clips, args.eval_repeats, task, device)
         # each run its own copy of the data set: its epoch (which seeds clip positions) is the run's own
         runs = {name: Run(name, config, copy.copy(train_set), device) for name in OBJECTIVES}
-        ema_model = CausalVideoDiT(mc).to(device)
+        ema_model = build_model(mc).to(device)
         load = [os.getloadavg()]
         for run in runs.values():
             evaluate(run, held, ema_model)

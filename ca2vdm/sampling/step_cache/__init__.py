@@ -3,7 +3,7 @@
 A policy (:class:`StepCache`) is configured by its settings dataclass (:mod:`ca2vdm.config.step_caches`, where the
 names and settings are declared for the front ends) and hooks the model's block stack while the pipeline samples a
 chunk; the conditioning KV cache is untouched: commit passes always run in full. ``build_step_cache(name, options,
-calibration)`` makes one by name; ``model.enable_cache(policy)`` / ``model.disable_cache()`` attach one by hand.
+calibration)`` makes one by name; ``policy.attached(model)`` attaches one by hand for a ``with`` block.
 """
 from ca2vdm.config import STEP_CACHE_NAMES as POLICIES
 from ca2vdm.sampling.step_cache.adacache import AdaCache

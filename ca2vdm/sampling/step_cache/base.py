@@ -1,10 +1,11 @@
 """The interface every step-caching policy implements, and the hook that attaches it to a model's block stack.
 
 A policy is configured by its settings dataclass (``config``, :mod:`ca2vdm.config.step_caches`) and attaches a
-:class:`StepCacheHook` to the block stack's hooks (:mod:`ca2vdm.models.hooks`); the model code knows nothing about
-it. Only denoising passes reach the policy: commit passes, which write the conditioning KV cache, always run in full.
-What a policy may read of a call is the :class:`~ca2vdm.models.blocks.StackCall` interface (the frames being
-denoised, the first block's modulated input and residual); it never reaches into the model.
+:class:`StepCacheHook` to the model's step-cache entry point (``model.step_cache_hooks``, :mod:`ca2vdm.models.base`);
+the model code knows nothing about it. Only denoising passes reach the policy: commit passes, which write the
+conditioning KV cache, always run in full. What a policy may read of a call is the
+:class:`~ca2vdm.models.base.StackCall` interface (the tokens, the frames being denoised, the first block's modulated
+input); it never reaches into the model, so every model family gets every policy.
 
 The pipeline drives a policy with:
 * :meth:`StepCache.reset` when a video starts (a policy that learns from a video's chunks forgets the last video);
@@ -23,13 +24,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
-from torch import nn
 
 from ca2vdm.config import StepCacheConfig
-from ca2vdm.models.blocks import StackCall
-from ca2vdm.models.hooks import STEP_CACHE_HOOK, ModelHook
+from ca2vdm.models.base import CausalVideoModel, StackCall
+from ca2vdm.models.hooks import ModelHook
 from ca2vdm.sampling.flow import guidance
 
+STEP_CACHE_HOOK = "step_cache"  # the name a step-caching policy's hooks take on the model
 Compute = Callable[[], torch.Tensor]  # runs the block stack on the call (the rest of the hook chain)
 S = TypeVar("S")
 
@@ -67,12 +68,14 @@ class StepCacheHook(ModelHook):
 
     def forward(self, call: Callable[[StackCall], torch.Tensor], stack_call: StackCall) -> torch.Tensor:
         if stack_call.commit:
-            return call(stack_call)
+            self.policy.committing = True  # attention-level hooks pass commit passes through too
+            try:
+                return call(stack_call)
+            finally:
+                self.policy.committing = False
         out, reused = self.policy.run_stack(lambda: call(stack_call), stack_call)
         if reused:
             self.policy.skipped += self.policy.branches
-        else:
-            self.policy.computed += self.policy.branches
         return out
 
     def reset(self) -> None:
@@ -92,10 +95,10 @@ class StepCache:
         if config is not None and options:
             raise TypeError("give the settings as a config or as keywords, not both")
         self.config = config if config is not None or self.config_type is None else self.config_type(**options)
-        self.model: nn.Module | None = None
+        self.model: CausalVideoModel | None = None
         self.hook = StepCacheHook(self)
         self.branch, self.index, self.num_steps, self.branches = "cond", 0, 1, 1
-        self.computed = 0           # block-stack evaluations (per guidance branch) run in the current chunk
+        self.committing = False     # a commit pass is running (it always runs in full)
         self.skipped = 0            # block-stack evaluations (per guidance branch) avoided in the current chunk
         self.states: BranchStates = BranchStates(self.State)
         self.uncond_bias: torch.Tensor | None = None  # v_uncond - v_cond kept from the last step that ran both
@@ -109,20 +112,20 @@ class StepCache:
         return cls(config)
 
     # -- life cycle -------------------------------------------------------------------------------------------
-    def attach(self, model: nn.Module) -> None:
-        """Hook ``model``'s block stack (``model.enable_cache`` calls this); one policy per model at a time."""
-        if STEP_CACHE_HOOK in model.stack.hooks:
-            raise ValueError("a step cache is already enabled on this model; call disable_cache() first")
-        model.stack.hooks.attach(STEP_CACHE_HOOK, self.hook)
+    def attach(self, model: CausalVideoModel) -> None:
+        """Hook ``model``'s step-cache entry point; one policy per model at a time (prefer :meth:`attached`)."""
+        if STEP_CACHE_HOOK in model.step_cache_hooks:
+            raise ValueError("a step cache is already attached to this model; detach it first")
+        model.step_cache_hooks.attach(STEP_CACHE_HOOK, self.hook)
         self.model = model
 
     def detach(self) -> None:
         """Remove the hooks."""
-        self.model.stack.hooks.detach(STEP_CACHE_HOOK)
+        self.model.step_cache_hooks.detach(STEP_CACHE_HOOK)
         self.model = None
 
     @contextlib.contextmanager
-    def attached(self, model: nn.Module) -> Iterator[StepCache]:
+    def attached(self, model: CausalVideoModel) -> Iterator[StepCache]:
         """Attached to ``model`` for the scope of a ``with`` block; the model is as before afterwards."""
         self.attach(model)
         try:
@@ -141,7 +144,7 @@ class StepCache:
     def _clear_chunk(self) -> None:
         self.states.reset()
         self.uncond_bias = None
-        self.computed = self.skipped = 0
+        self.skipped = 0
 
     @contextlib.contextmanager
     def step(self, branch: str, index: int, num_steps: int, branches: int = 1) -> Iterator[None]:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ca2vdm.config.step_caches import FasterCacheConfig
-from ca2vdm.models.hooks import STEP_CACHE_HOOK, ModelHook
+from ca2vdm.models.hooks import ModelHook
 from ca2vdm.sampling.flow import guidance
-from ca2vdm.sampling.step_cache.base import StepCache
+from ca2vdm.sampling.step_cache.base import STEP_CACHE_HOOK, StepCache
 from ca2vdm.sampling.step_cache.registry import register
 
 
@@ -54,16 +54,16 @@ class AttentionReuse(ModelHook):
     def __init__(self, policy: FasterCache, key: tuple[int, str]):
         self.policy, self.key = policy, key
 
-    def forward(self, call: Callable[..., torch.Tensor], x: torch.Tensor, ctx, layer: int) -> torch.Tensor:
+    def forward(self, call: Callable[..., torch.Tensor], *args) -> torch.Tensor:
         policy = self.policy
-        if ctx.commit:
-            return call(x, ctx, layer)
+        if policy.committing:
+            return call(*args)
         history = policy.branch_state.outputs.setdefault(self.key, [])  # the last two computed
         if policy.reuse_attention_step() and len(history) == 2:
             (step_a, out_a), (step_b, out_b) = history
             policy.attention_reused += 1
             return out_b + (policy.index - step_b) / (step_b - step_a) * (out_b - out_a)
-        out = call(x, ctx, layer)
+        out = call(*args)
         history[:] = history[-1:] + [(policy.index, out)]
         return out
 
