@@ -8,7 +8,7 @@ import torch
 
 from ca2vdm.checkpoints import weights as ckpt
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
-from ca2vdm.config import Config, SamplerSettings
+from ca2vdm.config import Config
 from ca2vdm.data.captions import find_captions
 from ca2vdm.data.clips import DEFAULT_MANIFEST, VideoFolderDataset
 from ca2vdm.data.latents import LatentClipDataset
@@ -166,8 +166,8 @@ class DiffusionTask:
     def save_weights(self, directory: Path, ema: EMA, config: Config, step: int) -> None:
         provenance = {"diffusion_config": dataclasses.asdict(config.diffusion),
                       "train_config": dataclasses.asdict(config.train)}
-        meta = CheckpointMetadata(config.model, SamplerSettings.from_dict(provenance["diffusion_config"]),
-                                  self.codec.metadata(), step=step, raw=provenance)
+        meta = CheckpointMetadata(config.model, config.diffusion.sampler(), self.codec.metadata(), step=step,
+                                  raw=provenance)
         ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, config.model, meta.entries())
 
     def sample(self, ema: EMA, config: Config, out: Path, step: int, chunks: int = 4) -> None:
