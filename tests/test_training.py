@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -162,6 +163,24 @@ def test_periodic_sample_video(shapes, tmp_path):
     out = train(_config(shapes, tmp_path, max_steps=2, save_every=2, sample_every=2), progress_bar=False)
     video = read_video(out / "samples/step_000002.mp4")
     assert video.shape[1] == 1 + 3 * 2  # first frame + 3 chunks of the tiny model's 2 frames
+
+
+def test_every_trainer_writes_its_samples_through_one_writer(tmp_path):
+    """write_sample: the pieces in order into out/samples/step_NNNNNN.mp4 at 8 fps, replacing that step's sample."""
+    import av
+
+    from ca2vdm.io.video import read_video
+    from ca2vdm.training.samples import write_sample
+
+    pieces = [np.full((n, 16, 16, 3), 40 * k, np.uint8) for k, n in enumerate((1, 2, 2), start=1)]
+    path = write_sample(iter(pieces), tmp_path, 7)
+    assert path == tmp_path / "samples/step_000007.mp4"
+    brightness = ((read_video(path) + 1) * 127.5).mean(dim=(0, 2, 3))  # per frame
+    assert brightness.tolist() == pytest.approx([40, 80, 80, 120, 120], abs=3)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].average_rate == 8
+    write_sample(iter(pieces[:1]), tmp_path, 7)  # a resumed run samples the step again
+    assert read_video(path).shape[1] == 1
 
 
 def test_every_train_seed_gives_step_seeds_torch_takes():
