@@ -259,7 +259,7 @@ def test_recorded_trajectories_end_on_the_teachers_video_and_resume(teacher, pai
 
 
 def test_bad_distill_settings_name_the_key(teacher, pairs, tmp_path):
-    with pytest.raises(ConfigError, match="distill.critic_ratio must be >= 1"):
+    with pytest.raises(ConfigError, match="distill.critic_ratio must be a whole number >= 1, got 0"):
         _config(teacher, pairs, tmp_path, "distill.critic_ratio=0")
     with pytest.raises(ConfigError, match="0 < min_t < max_t < 1"):
         _config(teacher, pairs, tmp_path, "distill.min_t=0.5", "distill.max_t=0.4")

@@ -58,8 +58,8 @@ def _delta(adapter, module: str, scale: float = 1.0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["train.lora.rank=0"], "train.lora.rank must be >= 1, got 0"),
-    (["train.lora.alpha=0"], "train.lora.alpha must be > 0"),
+    (["train.lora.rank=0"], "train.lora.rank must be a whole number >= 1, got 0"),
+    (["train.lora.alpha=0"], "train.lora.alpha must be a finite number > 0, got 0.0"),
     (["train.lora.targets=[attention,'blocks.[']"], "train.lora.targets: 'blocks.[' is neither a group"),
     (["train.lora.base_dtype=bf16"], "train.lora.base_dtype=bf16 needs train.mixed_precision=bf16"),
     (["train.lora.base_dtype=fp16"], "train.lora.base_dtype must be one of fp32, bf16"),

@@ -21,6 +21,7 @@ from ca2vdm.config import load_config
 from ca2vdm.data.captioned import write_captioned_dataset
 from ca2vdm.data.synthetic import write_dataset
 from ca2vdm.errors import CheckpointError
+from ca2vdm.io.video import read_video
 from ca2vdm.models import lora as layers
 from ca2vdm.training import diffusion_task
 from ca2vdm.training.loop import train
@@ -70,8 +71,9 @@ def test_only_the_adapter_gets_gradients_and_is_optimized_and_saved(shapes, base
     model(x, t, torch.tensor([0, 1])).square().mean().backward()
     assert {n for n, p in model.named_parameters() if p.grad is not None} == adapter  # the base gets none
 
-    out = train(_config(shapes, tmp_path / "run", base, 2), progress_bar=False)
+    out = train(_config(shapes, tmp_path / "run", base, 2, "train.sample_every=2"), progress_bar=False)
     final = out / "checkpoints/step_000002"
+    assert read_video(out / "samples/step_000002.mp4").shape[1] == 1 + 3 * 2  # the task's sample, adapter folded in
     published = load_file(final / ADAPTER_NAME)
     shapes_of = {k.replace(".default", ""): v.shape for k, v in load_file(final / "model.safetensors").items()}
     assert shapes_of == {k: v.shape for k, v in published.items()}  # the resume state holds the adapter alone

@@ -10,10 +10,12 @@ import pytest
 import scipy.linalg
 import torch
 
+import ca2vdm
 from ca2vdm.errors import CheckpointError
-from ca2vdm.evaluation.detector import DetectorConfig, ShapesDetector, load_detector, save_detector
+from ca2vdm.evaluation.detector import Detector, DetectorConfig, ShapesDetector, load_detector, save_detector
 from ca2vdm.evaluation.detector_training import train_detector
 from ca2vdm.evaluation.frechet import Gaussian, frechet_distance
+from ca2vdm.evaluation.quality import evaluate_quality, generated_clips
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +32,40 @@ def test_frechet_distance_matches_scipy_sqrtm(dim, n):
     assert frechet_distance(Gaussian.fit(torch.tensor(a)), Gaussian.fit(torch.tensor(a))) == pytest.approx(0, abs=1e-6)
     with pytest.raises(ValueError, match="N >= 2"):
         Gaussian.fit(torch.zeros(1, dim))
+
+
+def test_frechet_distance_is_zero_for_one_set_and_grows_with_a_shift():
+    """Same features: 0. Moved by d (the same covariance): exactly |d|^2, so it grows with the shift; a wider spread
+    adds the covariance term; the distance is symmetric."""
+    rng = np.random.default_rng(0)
+    a = torch.tensor(rng.normal(size=(200, 5)) @ rng.normal(size=(5, 5)))
+    d = torch.tensor([0.3, -1.0, 0.0, 2.0, 0.5], dtype=torch.float64)
+    assert frechet_distance(Gaussian.fit(a), Gaussian.fit(a.clone())) == pytest.approx(0, abs=1e-8)
+    moved = [frechet_distance(Gaussian.fit(a), Gaussian.fit(a + s * d)) for s in (0.5, 1, 2, 4)]
+    assert moved == pytest.approx([s * s * float(d @ d) for s in (0.5, 1, 2, 4)], rel=1e-6)
+    wider = frechet_distance(Gaussian.fit(a), Gaussian.fit(a * 1.5))
+    assert wider > 0.1 and wider == pytest.approx(frechet_distance(Gaussian.fit(a * 1.5), Gaussian.fit(a)))
+
+
+def test_evaluate_quality_measures_against_the_real_gaussian_it_is_given(checkpoint):
+    """The report's distances are those of the generated clips' features to the real Gaussian: ~0 against the
+    clips' own Gaussian, |d|^2 when its mean is moved by d (the covariance term unchanged); per chunk, each chunk's."""
+    pipe = ca2vdm.load_pipeline(checkpoint, "cpu")
+    cfg = DetectorConfig(frames=2, resolution=16, width=8, features=4)
+    torch.manual_seed(0)
+    detector = Detector(ShapesDetector(cfg), cfg.resolution, cfg.frames, {}, True, "random")
+    clips, _, _ = generated_clips(pipe, 6, 2, None, seed=3)
+    features = torch.stack([detector.features(clips[:, k]) for k in range(2)], dim=1)  # (videos, chunks, D)
+    own = Gaussian.fit(features.flatten(0, 1))
+    same = evaluate_quality(pipe, detector, 6, 2, seed=3, real={"all": own})
+    d = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    moved = evaluate_quality(pipe, detector, 6, 2, seed=3, real={"all": Gaussian(own.mean + d, own.cov)})
+    assert same["frechet_distance"] == pytest.approx(0, abs=1e-6)
+    assert moved["frechet_distance"] == pytest.approx(float(d @ d), rel=1e-6)
+    for k in range(2):
+        chunk = frechet_distance(Gaussian.fit(features[:, k]), own)
+        assert same["per_chunk"][k]["frechet_distance"] == pytest.approx(chunk, rel=1e-6, abs=1e-9)
+    assert 0 <= same["class_accuracy"] <= 1 and same["class_accuracy"] == moved["class_accuracy"]
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
@@ -72,9 +108,9 @@ def test_eval_quality_writes_the_interface(shapes, checkpoint, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         reports.append(json.loads(out.read_text()))
     report = reports[0]
-    assert report["frechet_distance"] >= 0 and 0 <= report["class_accuracy"] <= 1
+    assert report["frechet_distance"] > 0 and 0 <= report["class_accuracy"] <= 1  # a random model vs real clips
     assert [row["chunk"] for row in report["per_chunk"]] == [0, 1]
-    assert all(row["frechet_distance"] >= 0 for row in report["per_chunk"])
+    assert all(row["frechet_distance"] > 0 for row in report["per_chunk"])
     assert (report["videos"], report["chunks"], report["seed"], report["label"]) == (6, 2, 3, None)
     assert reports[1]["sampler"]["steps"] == 1 and reports[1]["frechet_distance"] != report["frechet_distance"]
     proc = subprocess.run([sys.executable, str(ROOT / "scripts/eval_quality.py"), "--checkpoint", str(checkpoint),

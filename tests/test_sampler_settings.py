@@ -10,8 +10,9 @@ import ca2vdm
 from ca2vdm.checkpoints.metadata import VERSION, CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, read_metadata, save_weights
 from ca2vdm.cli.generate import parse_args
-from ca2vdm.config import STEP_CACHE_NAMES, SamplerSettings
-from ca2vdm.errors import CheckpointError, SettingError
+from ca2vdm.config import STEP_CACHE_NAMES, DiffusionConfig, DistillConfig, SamplerSettings, load_config
+from ca2vdm.config.options import declared_fields
+from ca2vdm.errors import CheckpointError, ConfigError, SettingError
 
 from helpers import random_model
 
@@ -90,3 +91,25 @@ def test_the_api_takes_the_settings_as_keywords(checkpoint):
         ca2vdm.load_pipeline(checkpoint, "cpu", stepz=2)
     with pytest.raises(TypeError, match="unknown sampler setting.*teacache_thresh"):  # a command line's spelling only
         ca2vdm.load_pipeline(checkpoint, "cpu", step_cache="teacache", teacache_thresh=0.3)
+
+
+def test_a_training_config_declares_the_sampler_fields_once():
+    """diffusion.steps/shift/cond_noise/cfg_scale are SamplerSettings' fields (type, default, range, help), the
+    student's distill.steps and the teacher's distill.guidance take their ranges; a run's checkpoint records
+    config.diffusion.sampler()."""
+    sampler = declared_fields(SamplerSettings)
+    diffusion = declared_fields(DiffusionConfig)
+    shared = [name for name in diffusion if name in sampler]
+    assert shared == ["steps", "shift", "cond_noise", "cfg_scale"]
+    assert all(diffusion[name] == sampler[name] for name in shared)
+    assert {name: getattr(DiffusionConfig(), name) for name in shared} == {
+        name: getattr(SamplerSettings(), name) for name in shared}
+    distill = declared_fields(DistillConfig)
+    assert (distill["steps"].low, distill["steps"].high) == (sampler["steps"].low, sampler["steps"].high)
+    assert (distill["guidance"].low, distill["guidance"].high, distill["guidance"].optional) == (
+        sampler["cfg_scale"].low, sampler["cfg_scale"].high, True)
+    assert DistillConfig().steps == 4 and DistillConfig().guidance is None
+    config = load_config("configs/demo.yaml", ["diffusion.steps=5", "diffusion.shift=2"]).diffusion
+    assert config.sampler() == SamplerSettings(steps=5, shift=2.0, cfg_scale=1.5, cond_noise=0.05)
+    with pytest.raises(ConfigError, match=r"diffusion.shift must be a finite number in \(0, 1000\], got 2000"):
+        load_config("configs/demo.yaml", ["diffusion.shift=2000"])  # the sampler's range: refused before training

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -164,6 +165,37 @@ def test_periodic_sample_video(shapes, tmp_path):
     assert video.shape[1] == 1 + 3 * 2  # first frame + 3 chunks of the tiny model's 2 frames
 
 
+def test_every_trainer_writes_its_samples_through_one_writer(tmp_path):
+    """write_sample: the pieces in order into out/samples/step_NNNNNN.mp4 at 8 fps, replacing that step's sample."""
+    import av
+
+    from ca2vdm.io.video import read_video
+    from ca2vdm.training.samples import write_sample
+
+    pieces = [np.full((n, 16, 16, 3), 40 * k, np.uint8) for k, n in enumerate((1, 2, 2), start=1)]
+    path = write_sample(iter(pieces), tmp_path, 7)
+    assert path == tmp_path / "samples/step_000007.mp4"
+    brightness = ((read_video(path) + 1) * 127.5).mean(dim=(0, 2, 3))  # per frame
+    assert brightness.tolist() == pytest.approx([40, 80, 80, 120, 120], abs=3)
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].average_rate == 8
+    write_sample(iter(pieces[:1]), tmp_path, 7)  # a resumed run samples the step again
+    assert read_video(path).shape[1] == 1
+
+
+def test_every_train_seed_gives_step_seeds_torch_takes():
+    """train.seed is declared up to 2**32 - 1 (numpy's seeds, which accelerate's set_seed sets); the step seeds made
+    from it stay below 2**64 (torch's), unchanged for the seeds that fitted before."""
+    from ca2vdm.config.training import TRAIN_SEED_MAX
+    from ca2vdm.training.loop import _step_seed
+
+    assert _step_seed(3, 5, 1, 1) == ((3 * 1_000_003 + 5) * 131 + 1) * 1009 + 1
+    torch.Generator().manual_seed(_step_seed(TRAIN_SEED_MAX, 10**6, 3, 7))
+    assert load_config(ROOT / "configs/tiny.yaml", [f"train.seed={TRAIN_SEED_MAX}"]).train.seed == TRAIN_SEED_MAX
+    with pytest.raises(ConfigError, match=rf"train.seed must be a whole number in \[0, {TRAIN_SEED_MAX}\], got "):
+        load_config(ROOT / "configs/tiny.yaml", [f"train.seed={TRAIN_SEED_MAX + 1}"])
+
+
 def test_data_workers_auto_is_none_on_the_cpu_and_explicit_values_win(monkeypatch):
     """-1 (the default) gives no decoding workers when the model trains on the CPU (they would take its cores), a
     share of the cores on a GPU; an explicit count is kept; below -1 is a config error."""
@@ -173,7 +205,7 @@ def test_data_workers_auto_is_none_on_the_cpu_and_explicit_values_win(monkeypatc
     assert data_workers(-1, torch.device("cuda"), 1) == 8
     assert data_workers(-1, torch.device("cuda"), 4) == 3
     assert data_workers(2, torch.device("cpu"), 1) == 2
-    with pytest.raises(ConfigError, match="data.num_workers must be >= 0, or -1 for auto"):
+    with pytest.raises(ConfigError, match=r"data.num_workers must be a whole number >= -1 \(-1: auto\), got -2"):
         load_config(ROOT / "configs/tiny.yaml", ["data.num_workers=-2"])
 
 

@@ -17,6 +17,7 @@ from ca2vdm.config.sampler import (
                                     SamplerSettings,
                                     check_label,
                                     check_seed,
+                                    sampler_setting,
                                     with_teacache_thresh,
 )
 from ca2vdm.config.step_caches import STEP_CACHE_NAMES, STEP_CACHES, StepCacheConfig, step_cache_config
@@ -33,12 +34,13 @@ from ca2vdm.config.training import (
                                     RunConfig,
                                     TrainConfig,
                                     validate,
+                                    validate_section,
 )
 
 __all__ = ["ARCHS", "BACKENDS", "ChunkLayout", "load_config", "MODEL_CONFIGS", "ModelConfig", "model_config", "to_dict",
            "validate_model", "LoraConfig", "parse_lora",
            "PRECISIONS", "AutoencoderConfig", "AutoencoderTrainingConfig", "CodecConfig", "Config", "DataConfig",
            "DiffusionConfig", "DistillConfig", "DistillTrainingConfig", "RunConfig", "TrainConfig", "validate",
-           "CACHE_MODES", "SEED_MAX", "SamplerSettings",
-           "check_label", "check_seed", "with_teacache_thresh", "STEP_CACHE_NAMES", "STEP_CACHES", "StepCacheConfig",
-           "step_cache_config", "SWITCH_MODES"]
+           "validate_section", "CACHE_MODES", "SEED_MAX", "SamplerSettings",
+           "check_label", "check_seed", "sampler_setting", "with_teacache_thresh", "STEP_CACHE_NAMES", "STEP_CACHES",
+           "StepCacheConfig", "step_cache_config", "SWITCH_MODES"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from ca2vdm.config.options import setting
 
 BASE_DTYPES = ("fp32", "bf16")
 
@@ -19,15 +21,26 @@ BASE_DTYPES = ("fp32", "bf16")
 @dataclass
 class LoraConfig:
     """``train.lora``: the adapter trained on the frozen ``train.init_from`` model."""
-    rank: int = 4               # rows of A / columns of B; the adapter grows linearly with it
-    alpha: float = 4.0          # the adapter's output is scaled by alpha / rank
-    targets: list[str] = field(default_factory=lambda: ["attention", "mlp"])  # groups or module-name regexes
-    base_dtype: str = "fp32"    # the frozen base's linear weights: fp32 | bf16 (half their memory; needs bf16 autocast)
+    rank: int = setting(4, "rows of A / columns of B; the adapter grows linearly with it", low=1)
+    alpha: float = setting(4.0, "the adapter's output is scaled by alpha / rank", low=0, low_open=True)
+    targets: list[str] = setting(lambda: ["attention", "mlp"], "groups of the model's family (the DiT's: attention, "
+                                 "mlp, adaln) or regular expressions of module names", kind=list, item=str,
+                                 required=True)
+    base_dtype: str = setting("fp32", "the frozen base's linear weights: fp32, or bf16 (half their memory; needs "
+                              "bf16 autocast)", choices=BASE_DTYPES)
+
+    def rules(self) -> list[str]:
+        """Each target is a group (a name: every group name is a regular expression too) or a regular expression;
+        whether it names a layer of the model is checked against the model's family when the adapter is made."""
+        return [f"train.lora.targets: {target!r} is neither a group of the model's family (the DiT's: attention, mlp, "
+                "adaln) nor a regular expression of module names (e.g. 'stack\\.blocks\\.[23]\\.mlp\\.0')"
+                for target in self.targets if not _is_regex(target)]
 
 
 def lora_problems(lora: LoraConfig | None, train, refused: str | None = None) -> list[str]:
-    """What is wrong with ``train.lora`` (None: full training) given the rest of ``train``; ``refused``: why the
-    trainer takes no adapter (None: it does, the video model's trainer, which starts from ``train.init_from``)."""
+    """What is wrong with ``train.lora`` (None: full training) given the rest of ``train`` (its own fields are
+    declared and checked apart); ``refused``: why the trainer takes no adapter (None: it does, the video model's
+    trainer, which starts from ``train.init_from``)."""
     if lora is None:
         return []
     problems = []
@@ -37,21 +50,7 @@ def lora_problems(lora: LoraConfig | None, train, refused: str | None = None) ->
     elif not train.init_from:
         problems.append("train.lora needs train.init_from: the checkpoint whose weights the adapter adapts (e.g. "
                         "train.init_from=checkpoints/demo.safetensors)")
-    if isinstance(lora.rank, bool) or lora.rank < 1:
-        problems.append(f"train.lora.rank must be >= 1, got {lora.rank}")
-    if not lora.alpha > 0:
-        problems.append(f"train.lora.alpha must be > 0, got {lora.alpha}")
-    if not lora.targets:
-        problems.append("train.lora.targets must name at least one group of the model's family (the DiT's: "
-                        "attention, mlp, adaln) or module-name regular expression")
-    for target in lora.targets:
-        if not _is_regex(target):
-            problems.append(f"train.lora.targets: {target!r} is neither a group of the model's family (the DiT's: "
-                            "attention, mlp, adaln) nor a regular expression of module names (e.g. "
-                            "'stack\\.blocks\\.[23]\\.mlp\\.0')")
-    if lora.base_dtype not in BASE_DTYPES:
-        problems.append(f"train.lora.base_dtype must be one of {', '.join(BASE_DTYPES)}, got {lora.base_dtype!r}")
-    elif lora.base_dtype == "bf16" and train.mixed_precision != "bf16":
+    if lora.base_dtype == "bf16" and train.mixed_precision != "bf16":
         problems.append(f"train.lora.base_dtype=bf16 needs train.mixed_precision=bf16 (the frozen bf16 weights meet "
                         f"fp32 activations otherwise), got {train.mixed_precision!r}")
     return problems

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ca2vdm.config.options import Declared, check_fields, setting
+from ca2vdm.config.options import Declared, check_fields, declared_field, setting
 from ca2vdm.config.step_caches import MAX_STEPS, STEP_CACHE_NAMES, step_cache_config
 from ca2vdm.errors import SettingError
 
@@ -72,6 +72,16 @@ class SamplerSettings:
                                f"{recorded.get('version')}; this one reads up to {VERSION}); upgrade ca2vdm")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in recorded.items() if k in names})
+
+
+def sampler_setting(name: str, **changes: Any) -> Any:
+    """A dataclass field declared as :class:`SamplerSettings`' ``name`` is: its kind, range, help and default, with
+    ``changes`` (another ``default``, ``help``; a default of None makes it optional). A training config's sampler
+    fields take their declaration from here, so a range is written once."""
+    field = next(f for f in dataclasses.fields(SamplerSettings) if f.name == name)
+    default = changes.pop("default", field.default)
+    changes.setdefault("optional", default is None)
+    return declared_field(default, dataclasses.replace(field.metadata["declared"], **changes))
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:

@@ -2,8 +2,9 @@
 ``diffusion_task``, our autoencoder in ``autoencoder``, a few-step student in ``distill_task`` with its DMD and
 trajectory losses (``dmd``), its own rollouts (``distill_rollout``) and the teacher's recorded trajectories
 (``ode_pairs``); a task's model as a LoRA adapter in ``lora``), with its losses (``losses``), self-rollout
-(``rollout``), the EMA (``ema``), trackers (``trackers``), activation checkpointing and FSDP applied to a finished
-model (``parallelize``, ``sharded_state``), and what guards a run: atomic checkpoint directories and resume
+(``rollout``), the EMA (``ema``), trackers (``trackers``), the periodic samples every task writes through one writer
+(``samples``), activation checkpointing and FSDP applied to a finished model (``parallelize``, ``sharded_state``),
+and what guards a run: atomic checkpoint directories and resume
 (``checkpoint_dirs``, ``run_files``), the run lock (``run_lock``), preemption (``run_guard``) and safe exports
 (``export``).
 

@@ -20,51 +20,21 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ca2vdm.checkpoints import weights as ckpt
-from ca2vdm.config import AutoencoderConfig, CodecConfig
+from ca2vdm.config import AutoencoderConfig, CodecConfig, validate_section
 from ca2vdm.data.clips import VideoFolderDataset
 from ca2vdm.encoders.codec import DiffusersCodec
-from ca2vdm.errors import CheckpointError, ConfigError
+from ca2vdm.errors import CheckpointError
 from ca2vdm.evaluation.metrics import psnr
 from ca2vdm.training.export import check_training_weights
 
-ARCHITECTURES = ("AutoencoderKL", "AutoencoderTiny")
 EXPORT_DIR = "autoencoder"  # the save_pretrained directory inside a run: codec.path for codec.kind=autoencoder
-
-
-def factor(cfg: AutoencoderConfig) -> int:
-    """Spatial down-sampling of the architecture."""
-    return 2 ** (len(cfg.block_out_channels) - 1)
-
-
-def validate_autoencoder(cfg: AutoencoderConfig) -> None:
-    """Raise ConfigError naming every bad ``autoencoder.*`` key."""
-    problems = []
-    if cfg.architecture not in ARCHITECTURES:
-        problems.append(f"autoencoder.architecture must be one of {', '.join(ARCHITECTURES)}, got "
-                        f"{cfg.architecture!r}")
-    if not cfg.block_out_channels or min(cfg.block_out_channels) < 1:
-        problems.append(f"autoencoder.block_out_channels must be positive channel counts, got "
-                        f"{cfg.block_out_channels}")
-    elif cfg.architecture == "AutoencoderTiny" and len(set(cfg.block_out_channels)) > 1:
-        problems.append(f"autoencoder.block_out_channels={cfg.block_out_channels}: AutoencoderTiny needs the same "
-                        "channel count in every block (e.g. [64, 64, 64])")
-    elif cfg.resolution < 1 or cfg.resolution % factor(cfg):
-        problems.append(f"autoencoder.resolution={cfg.resolution} must be a positive multiple of the down-sampling "
-                        f"factor {factor(cfg)} (2^(len(block_out_channels) - 1))")
-    for key in ("latent_channels", "layers_per_block", "frames_per_clip", "holdout_every"):
-        if getattr(cfg, key) < 1:
-            problems.append(f"autoencoder.{key} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.kl_weight < 0:
-        problems.append(f"autoencoder.kl_weight must be >= 0, got {cfg.kl_weight}")
-    if problems:
-        raise ConfigError("invalid autoencoder config: " + "; ".join(problems))
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> torch.nn.Module:
     """A fresh diffusers autoencoder of the configured architecture and size."""
     from diffusers import AutoencoderKL, AutoencoderTiny
 
-    validate_autoencoder(cfg)
+    validate_section(cfg, "autoencoder")  # also when built in code
     channels, n = tuple(cfg.block_out_channels), len(cfg.block_out_channels)
     if cfg.architecture == "AutoencoderTiny":
         return AutoencoderTiny(encoder_block_out_channels=channels, decoder_block_out_channels=channels,
@@ -132,7 +102,6 @@ class AutoencoderTask:
     STAT_CLIPS = 16  # training clips whose latents set the scale at export
 
     def __init__(self, config, device: torch.device):
-        validate_autoencoder(config.autoencoder)
         self.train_data = None
 
     def check_resume(self, path: Path, config) -> None:

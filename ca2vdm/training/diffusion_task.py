@@ -15,6 +15,7 @@ from ca2vdm.data.latents import LatentClipDataset
 from ca2vdm.encoders.codec import build_codec, check_model_fits
 from ca2vdm.encoders.text import TextEmbeddings, build_text_encoder
 from ca2vdm.errors import CheckpointError, ConfigError, DataError
+from ca2vdm.io.video import to_uint8
 from ca2vdm.models.registry import build_model
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.training import checkpoint_dirs
@@ -22,6 +23,7 @@ from ca2vdm.training.ema import EMA
 from ca2vdm.training.export import check_training_weights
 from ca2vdm.training.losses import causal_flow_loss, teacher_forcing_flow_loss
 from ca2vdm.training.rollout import rollout_context
+from ca2vdm.training.samples import write_sample
 
 TEXT_MODULES = ("text_embedder.", ".cross.")  # what a text model adds to a label model of the same sizes
 
@@ -166,20 +168,17 @@ class DiffusionTask:
     def save_weights(self, directory: Path, ema: EMA, config: Config, step: int) -> None:
         provenance = {"diffusion_config": dataclasses.asdict(config.diffusion),
                       "train_config": dataclasses.asdict(config.train)}
-        meta = CheckpointMetadata(config.model, SamplerSettings.from_dict(provenance["diffusion_config"]),
-                                  self.codec.metadata(), step=step, raw=provenance)
+        meta = CheckpointMetadata(config.model, config.diffusion.sampler(), self.codec.metadata(), step=step,
+                                  raw=provenance)
         ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, config.model, meta.entries())
 
     def sample(self, ema: EMA, config: Config, out: Path, step: int, chunks: int = 4) -> None:
-        """A short video from the EMA weights, decoded through the codec, into ``out/samples/step_N.mp4``."""
-        from ca2vdm.io.video import VideoWriter, to_uint8
-
+        """A short video from the EMA weights, decoded through the codec (:func:`write_sample`)."""
         model = build_model(config.model).to(next(iter(ema.shadow.values())).device)
         model.load_state_dict(ema.shadow)
         settings = SamplerSettings(steps=config.diffusion.steps, shift=config.diffusion.shift,
                                    cond_noise=config.diffusion.cond_noise)
         pipe = LongVideoPipeline(model, settings, pixel_space=self.codec.pixel_space)
         label = 0 if config.model.num_classes else None
-        with VideoWriter(out / "samples" / f"step_{step:06d}.mp4", fps=8, overwrite=True) as writer:
-            for chunk in pipe.generate(chunks, label=label, seed=0):
-                writer.write(to_uint8(self.codec.decode(chunk.frames)[0]))
+        made = pipe.generate(chunks, label=label, seed=0)
+        write_sample((to_uint8(self.codec.decode(chunk.frames)[0]) for chunk in made), out, step)

@@ -37,6 +37,7 @@ from ca2vdm.training.ema import EMA
 from ca2vdm.training.export import check_training_weights
 from ca2vdm.training.losses import teacher_forcing_flow_loss
 from ca2vdm.training.ode_pairs import check_teacher
+from ca2vdm.training.samples import write_sample
 from ca2vdm.training.task import Part
 
 
@@ -141,17 +142,15 @@ class DistillTask:
         ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, self.cfg, self.metadata(config, step).entries())
 
     def sample(self, ema: EMA, config: DistillTrainingConfig, out: Path, step: int, chunks: int = 8) -> None:
-        """A short video of the EMA student (label 0 when there are labels) into ``out/samples/step_N.mp4``."""
-        from ca2vdm.generation.api import Pipeline, write_video
+        """A short video of the EMA student, label 0 when there are labels (:func:`write_sample`)."""
+        from ca2vdm.generation.api import Pipeline
 
         device = next(iter(ema.shadow.values())).device
         student = build_model(self.cfg).to(device)
         student.load_state_dict(ema.shadow)
         pipe = Pipeline.from_model(student.eval(), self.metadata(config), config.distill.teacher, device)
         label = 0 if self.cfg.num_classes else None
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-        write_video(pipe.generate(chunks, label=label, seed=0), out / "samples" / f"step_{step:06d}.mp4",
-                    overwrite=True)
+        write_sample((chunk.pixels[0] for chunk in pipe.generate(chunks, label=label, seed=0)), out, step)
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:

@@ -255,4 +255,5 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    return ((seed * 1_000_003 + step) * 131 + micro) * 1009 + rank
+    """The seed of one micro-batch's generator, below 2**64 (what torch takes) for every ``train.seed``."""
+    return (((seed * 1_000_003 + step) * 131 + micro) * 1009 + rank) % 2 ** 64
