@@ -1,0 +1,226 @@
+"""The conformance suite every registered model family passes (ca2vdm.models.registry), parametrized by the registry:
+a new family is tested here without a line more. Its tiny configuration (``ModelSpec.tiny``) runs through the
+sampler, the step caches, the trainers' objectives, LoRA and a resumed training run, speaking only the model
+interface (ca2vdm.models.base)."""
+import contextlib
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ca2vdm.config import STEP_CACHE_NAMES, load_config
+from ca2vdm.encoders.text import WordLlamaEncoder
+from ca2vdm.models import lora
+from ca2vdm.models.base import CausalVideoModel
+from ca2vdm.models.registry import REGISTRY, build_model, spec_of, tiny_config
+from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.sampling.step_cache import AdaCache, build_step_cache
+from ca2vdm.training.loop import train
+
+ARCHS = sorted(REGISTRY)
+# every policy, set to skip on a tiny random model (TeaCache uncalibrated: the identity curve; MagCache with a flat one)
+POLICIES = {"teacache": lambda: build_step_cache("teacache", {"threshold": 10}),
+            "magcache": lambda: build_step_cache("magcache", {"threshold": 0.5}, {"magcache_ratios": [0.98] * 8}),
+            "taylorseer": lambda: build_step_cache("taylorseer", {"interval": 2}),
+            "chunkcache": lambda: build_step_cache("chunkcache", {"threshold": 10}),
+            "fastercache": lambda: build_step_cache("fastercache", {"cfg_every": 2}),
+            "adacache": lambda: AdaCache(codebook=((0.5, 3), (float("inf"), 2)))}
+TEXT = dict(text_encoder="wordllama", text_dim=256, text_tokens=8)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model(arch: str, seed: int = 0, **overrides) -> CausalVideoModel:
+    """The family's tiny model with every weight perturbed (zero-initialised gates too), so every path carries
+    signal."""
+    torch.manual_seed(seed)
+    model = build_model(tiny_config(arch, **overrides))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return WordLlamaEncoder(max_tokens=TEXT["text_tokens"])
+
+
+def _video(pipe, chunks, **kw) -> torch.Tensor:
+    return torch.cat([c.frames for c in pipe.generate(chunks, **kw)], dim=2)
+
+
+def _state(model) -> tuple:
+    return model.training, {k: v.clone() for k, v in model.state_dict().items()}, len(model.step_cache_hooks), [
+        len(hooks) for _, hooks in model.attention_hooks()]
+
+
+def _unchanged(model, before) -> bool:
+    training, weights, hooks, attention = _state(model)
+    return (training, hooks, attention) == (before[0], before[2], before[3]) and all(
+        torch.equal(v, before[1][k]) for k, v in weights.items())
+
+
+def test_every_policy_is_in_the_suite():
+    assert set(POLICIES) == set(STEP_CACHE_NAMES) - {"none"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_model_speaks_the_interface(arch):
+    model = _model(arch, num_classes=3)
+    assert isinstance(model, CausalVideoModel)
+    assert model.device.type == "cpu" and model.dtype == torch.float32
+    assert model.frame_shape[0] == model.cfg.in_channels and model.null_label == 3 and not model.text_conditional
+    assert len(model.repeated_blocks()) == model.cfg.depth
+    cache = model.new_cache(2)
+    assert isinstance(cache, spec_of(arch).cache) and cache.batch == 2 and cache.frames_committed == 0
+    assert cache.nbytes() > 0 and all(callable(getattr(cache, name)) for name in cache.EAGER_METHODS)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_equals_recomputed_while_the_window_fills(arch):
+    """The core guarantee: the context cache == recomputing the window / every frame at every step (guidance rows
+    batched, prefix and sinks where the family has them), until the window is full."""
+    model = _model(arch, num_classes=3)
+    out = {mode: _video(LongVideoPipeline(model, steps=3, cfg_scale=2.5, cache=mode), 4, batch=2, label=1, seed=3)
+           for mode in ("kv", "none", "full")}
+    assert (out["kv"] - out["none"]).abs().max() <= 1e-4 and (out["kv"] - out["full"]).abs().max() <= 1e-4
+    assert out["kv"].abs().max() > 0.05
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_equals_recomputed_far_past_the_window_with_eviction_and_sinks(arch):
+    """One layer (a committed frame's K/V depend on that frame alone): the bounded cache with a sink == recomputing
+    [sink | the last frames | chunk] at every step, 12 chunks, frames evicted many times over."""
+    model = _model(arch, num_classes=3, depth=1, sink_frames=1)
+    out = {mode: _video(LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache=mode), 12, batch=2, label=1, seed=4)
+           for mode in ("kv", "none")}
+    assert out["kv"].shape[2] > 3 * model.cfg.clip_frames
+    assert (out["kv"] - out["none"]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_text_model_cached_equals_recomputed(arch, encoder):
+    model = _model(arch, **TEXT)
+    out = {mode: _video(LongVideoPipeline(model, steps=3, cfg_scale=2.5, cache=mode, text_encoder=encoder), 4,
+                        prompt="a red circle", seed=3) for mode in ("kv", "none")}
+    assert (out["kv"] - out["none"]).abs().max() <= 1e-4
+    other = _video(LongVideoPipeline(model, steps=3, cfg_scale=2.5, text_encoder=encoder), 4, prompt="a blue square",
+                   seed=3)
+    assert (out["kv"] - other).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_later_chunk_never_changes_an_earlier_one(arch):
+    """Block-causal: the full-sequence pass's output for a chunk does not depend on any later frame."""
+    model = _model(arch, num_classes=3)
+    T = model.cfg.clip_frames
+    x, t, y = torch.randn(1, *model.frame_shape[:1], T, *model.frame_shape[1:]), torch.rand(1, T), torch.tensor([1])
+    end = model.cfg.layout.start_of(2)  # the frames of the first two chunks
+    changed = x.clone()
+    changed[:, :, end:] += 1
+    with torch.no_grad():
+        a, b = model(x, t, y), model(changed, t, y)
+    assert torch.equal(a[:, :, :end], b[:, :, :end]) and not torch.equal(a[:, :, end:], b[:, :, end:])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_teacher_forcing_equals_the_per_chunk_objective(arch):
+    """[clean frames | noisy clip] in one pass: each noisy chunk's output == a full-sequence pass over [the clean
+    frames before it | the noisy chunk] (what the one-chunk objective computes)."""
+    model = _model(arch, num_classes=3, prefix_frames=2)
+    cfg, T = model.cfg, model.cfg.clip_frames
+    chunks = cfg.layout.clip_chunks(T)
+    clean, noisy = (torch.randn(2, cfg.in_channels, T, *model.frame_shape[1:]) for _ in range(2))
+    t, y, Tc = torch.rand(2, T), torch.tensor([0, 2]), chunks[-1][0]
+    with torch.no_grad():
+        joint = model(torch.cat([clean[:, :, :Tc], noisy], 2), torch.cat([torch.zeros(2, Tc), t], 1), y,
+                      teacher_forcing=True, num_cond_frames=Tc)[:, :, Tc:]
+        for start, length in chunks:
+            x = torch.cat([clean[:, :, :start], noisy[:, :, start:start + length]], 2)
+            times = torch.cat([torch.zeros(2, start), t[:, start:start + length]], 1)
+            alone = model(x, times, y, num_cond_frames=start)[:, :, start:]
+            assert (joint[:, :, start:start + length] - alone).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["label", "prompt"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_switch_recache_equals_a_generation_recomputed_under_the_new_condition(arch, kind, encoder):
+    """After a recache switch the cached chunk == the chunk recomputed (cache mode none: the window runs under the
+    current condition at every step), and differs from keeping the old condition's K/V."""
+    model = _model(arch, **(TEXT if kind == "prompt" else dict(num_classes=3)))
+    old, new = ({"prompt": "a red circle"}, {"prompt": "a blue square"}) if kind == "prompt" else \
+        ({"label": 0}, {"label": 2})
+    out = {}
+    for mode, switch_mode in (("kv", "recache"), ("none", "recache"), ("kv", "keep")):
+        pipe = LongVideoPipeline(model, steps=3, cfg_scale=2.0, cache=mode, text_encoder=encoder)
+        state = pipe.start(seed=5, **old)
+        for _ in range(3):
+            pipe.next_chunk(state)
+        pipe.switch(state, mode=switch_mode, **new)
+        out[mode, switch_mode] = pipe.next_chunk(state).frames
+    assert (out["kv", "recache"] - out["none", "recache"]).abs().max() <= 1e-4
+    assert (out["kv", "recache"] - out["kv", "keep"]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_step_cache_attaches_runs_and_detaches(arch, policy):
+    """Each policy samples the family through the interface, skips some passes, and leaves the model as it was
+    (mode, weights, hooks); the passes that ran are counted, not computed from a formula."""
+    model = _model(arch, num_classes=3).train()
+    before = _state(model)
+    calls = []
+    handle = model.repeated_blocks()[0].register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
+    uncalibrated = pytest.warns(UserWarning, match="calibration") if policy == "teacache" else \
+        contextlib.nullcontext()
+    with uncalibrated:
+        pipe = LongVideoPipeline(model, steps=8, cfg_scale=2.0, policy=POLICIES[policy]())
+    results = list(pipe.generate(3, batch=2, label=1, seed=0))
+    handle.remove()
+    assert _unchanged(model, before)
+    commits = len(results) * 2 * 2  # one commit pass per chunk, over both guidance rows of 2 videos
+    assert sum(calls) - commits == 2 * sum(r.model_evals for r in results)  # rows of the stack passes that ran
+    assert all(r.model_evals + r.skipped_evals == 8 * 2 for r in results)
+    assert sum(r.skipped_evals for r in results) > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_groups_resolve_and_start_as_the_base(arch):
+    model = _model(arch, num_classes=3)
+    names = [name for name, _ in model.named_modules()]
+    groups = spec_of(arch).lora_groups
+    assert groups and all(any(re.fullmatch(p, n) for n in names) for p in groups.values())
+    x, t, y = torch.randn(1, model.cfg.in_channels, 3, *model.frame_shape[1:]), torch.rand(1, 3), torch.tensor([0])
+    with torch.no_grad():
+        base = model(x, t, y)
+    adapted = lora.for_training(copy.deepcopy(model), lora.LoraConfig(targets=list(groups)))
+    assert {n for n, p in adapted.named_parameters() if p.requires_grad} and all(
+        "lora_" in n for n, p in adapted.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert torch.equal(adapted(x, t, y), base)  # B = 0: the adapter starts as the base
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_resumes_exactly(arch, shapes, tmp_path):
+    """2 steps + --resume latest + 2 steps == 4 steps, bit for bit (losses and weights), the teacher-forced objective
+    on the family's tiny model."""
+    fields = [f"model.{k}={v}" for k, v in {**spec_of(arch).tiny, "arch": arch, "num_classes": 3}.items()]
+
+    def config(out, steps):
+        return load_config(ROOT / "configs/tiny.yaml", [f"data.root={shapes}", f"train.output_dir={out}",
+                                                        "train.batch_size=2", "train.log_every=1",
+                                                        f"train.max_steps={steps}", "train.save_every=2",
+                                                        "diffusion.objective=all", *fields])
+
+    full = train(config(tmp_path / "full", 4), progress_bar=False)
+    train(config(tmp_path / "half", 2), progress_bar=False)
+    half = train(config(tmp_path / "half", 4), resume="latest", progress_bar=False)
+    losses = [[json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+              for out in (full, half)]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+    a, b = (load_file(out / "checkpoints/step_000004/ema.safetensors") for out in (full, half))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
