@@ -116,10 +116,10 @@ def test_server_prompt_box_and_switch_messages():
         ws.send_json({"type": "switch", "prompt": "a blue square"})
         assert "no generation is running" in receive(ws)[1]["message"]
         start(ws, label=1, prompt="a red circle")
-        assert receive(ws)[1]["message"] == ("model fake: prompt='a red circle': this model is conditioned on labels, "
+        assert receive(ws)[1]["message"] == ("prompt='a red circle': this model is conditioned on labels, "
                                              "not prompts; give a label instead")
         ws.send_json({"type": "start", "model": "text", "label": 1})
-        assert receive(ws)[1]["message"] == ("model text: label=1: this model is conditioned on prompts, not labels; "
+        assert receive(ws)[1]["message"] == ("label=1: this model is conditioned on prompts, not labels; "
                                              "give a prompt instead")
         ws.send_json({"type": "start", "model": "text", "prompt": "x" * (MAX_PROMPT_CHARS + 1)})
         assert f"must be a text of 1 .. {MAX_PROMPT_CHARS} characters (not blank)" in receive(ws)[1]["message"]
@@ -130,7 +130,7 @@ def test_server_prompt_box_and_switch_messages():
         assert (source.calls[0]["prompt"], source.calls[0]["switch_mode"]) == ("a red circle", "keep")
         ws.send_json({"type": "switch", "prompt": "a blue square"})
         ws.send_json({"type": "switch", "label": 2})
-        assert receive(ws)[1]["message"] == ("model text: label=2: this model is conditioned on prompts, not labels; "
+        assert receive(ws)[1]["message"] == ("label=2: this model is conditioned on prompts, not labels; "
                                              "give a prompt instead")
         ws.send_json({"type": "switch", "prompt": "a blue square", "label": 1})
         assert receive(ws)[1]["message"] == "'switch' needs a new prompt or a new label (one of them)"

@@ -171,7 +171,7 @@ def parse_start(message: StartMessage, models: dict[str, dict], max_chunks: int 
     try:
         check_condition(_kind(model), len(model["labels"]), message.label, message.prompt)
     except SettingError as e:
-        raise ProtocolError(f"model {model['name']}: {e}") from None
+        raise ProtocolError(str(e)) from None
     try:
         config = step_cache_config(message.step_cache, message.step_cache_options)
     except SettingError as e:
@@ -193,7 +193,7 @@ def parse_switch(message: SwitchMessage, model: dict, last_chunk: int | None, mo
     try:
         check_switch_request(_kind(model), len(model["labels"]), message.label, message.prompt, mode)
     except SettingError as e:
-        raise ProtocolError(f"model {model['name']}: {e}") from None
+        raise ProtocolError(str(e)) from None
     if message.at is not None and last_chunk is not None and message.at > last_chunk:
         raise ProtocolError(f"at={message.at}: past the last chunk of this generation ({last_chunk}); switch at an "
                             "earlier chunk, or null for the next one")
