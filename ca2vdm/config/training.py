@@ -42,7 +42,7 @@ class DataConfig:
     frame_stride: int = 1
     clips_per_video: int = 1    # items per video in an epoch (many clips fit in a long video)
     num_workers: int = -1       # DataLoader workers per process; -1 = auto (0 on a CPU-only run, else up to 8)
-    latents: Optional[str] = None   # a directory of encoded latents (scripts/encode_latents.py): no video decoding
+    latents: Optional[str] = None   # a directory of encoded latents (ca2vdm encode-latents): no video decoding
     captions: Optional[str] = None  # a text model's caption manifest (JSONL or CSV); None: root/captions.jsonl
 
 
@@ -85,7 +85,7 @@ class AutoencoderConfig:
 @dataclass
 class DistillConfig:
     """A few-step student distilled from a teacher checkpoint (``train/distill.py``, ``ca2vdm.training.distill_task``):
-    ODE regression on the teacher's recorded trajectories (``data.root``: ``scripts/make_ode_pairs.py``), then DMD on
+    ODE regression on the teacher's recorded trajectories (``data.root``: ``ca2vdm make-ode-pairs``), then DMD on
     the student's own rollouts (Self-Forcing). The student has the teacher's model config and records its sampler."""
     teacher: str = ""                       # the teacher's weights (.safetensors or a checkpoint directory)
     steps: int = 4                          # the student's denoising steps per chunk (recorded in its checkpoint)

@@ -1,7 +1,7 @@
 """Cached sampling at fp32, bf16 and fp16 weights (and KV cache): seconds per chunk, cache size, error against fp32.
 
-    python scripts/bench_precision.py                       # shipped demo checkpoint, 8 chunks, CPU
-    python scripts/bench_precision.py --device cuda --chunks 20
+    python scripts/bench/precision.py                       # shipped demo checkpoint, 8 chunks, CPU
+    python scripts/bench/precision.py --device cuda --chunks 20
 
 Every precision samples the same seed (the sampler's noise is float32 at every precision) and is teacher-forced on
 the fp32 run's chunks (``next_chunk(commit_frames=...)``): chunk i of every precision is conditioned on the same
@@ -12,49 +12,15 @@ ratio to fp32, KV cache bytes, and the worst and mean absolute difference from f
 Writes precision.json.
 """
 import argparse
-import copy
-import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model
-from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.evaluation.lockstep import measure_precisions
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
-from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.runtime.device import DTYPES, resolve_device
-from ca2vdm.sampling.pipeline import LongVideoPipeline
-
-
-def measure(model: CausalVideoDiT, meta: CheckpointMetadata, dtypes: list[str], chunks: int, label: int | None,
-            seed: int) -> tuple[dict, dict]:
-    """Per precision: (summary, per-chunk rows of seconds and worst / mean |difference from fp32|)."""
-    pipes = {name: LongVideoPipeline.for_checkpoint(copy.deepcopy(model).to(DTYPES[name]), meta)
-             for name in ["fp32"] + [d for d in dtypes if d != "fp32"]}
-    states = {name: pipe.start(label=label, seed=seed) for name, pipe in pipes.items()}
-    rows = {name: [] for name in pipes}
-    others = list(pipes)[1:]
-    for i in range(int(model.cfg.first_frame_chunk) + chunks):
-        tic = time.perf_counter()
-        reference = pipes["fp32"].next_chunk(states["fp32"]).frames  # (1, C, L, H, W): every precision's context
-        rows["fp32"].append({"seconds": time.perf_counter() - tic, "max_abs": 0.0, "mean_abs": 0.0})
-        for name in others[i % len(others):] + others[:i % len(others)] if others else []:
-            tic = time.perf_counter()
-            frames = pipes[name].next_chunk(states[name], commit_frames=reference).frames
-            error = (frames - reference).abs()
-            rows[name].append({"seconds": time.perf_counter() - tic, "max_abs": error.max().item(),
-                               "mean_abs": error.mean().item()})
-    first = int(model.cfg.first_frame_chunk)  # the first-frame chunk is one frame: left out of the timing
-    median = {name: statistics.median(r["seconds"] for r in rows[name][first:]) for name in pipes}
-    summary = {name: {"median_seconds_per_chunk": median[name], "speed_vs_fp32": median["fp32"] / median[name],
-                      "kv_cache_bytes": pipe.model.new_cache(1).nbytes(),
-                      "max_abs_vs_fp32": max(r["max_abs"] for r in rows[name]),
-                      "mean_abs_vs_fp32": statistics.mean(r["mean_abs"] for r in rows[name])}
-               for name, pipe in pipes.items()}
-    return summary, rows
 
 
 def main() -> None:
@@ -68,21 +34,21 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--out-dir", default="outputs/bench", help="folder for precision.json")
     args = p.parse_args()
+    out = check_results_path(Path(args.out_dir) / "precision.json", [args.checkpoint])
     device = resolve_device(args.device)
     model, meta = load_model(args.checkpoint, device)
-    summary, rows = measure(model, meta, args.dtypes, args.chunks, args.label if model.cfg.num_classes else None,
-                            args.seed)
+    label = args.label if model.cfg.num_classes else None
+    summary, rows = measure_precisions(model, meta, args.dtypes, args.chunks, label, args.seed)
     print(f"{'dtype':6s} {'s/chunk':>8s} {'speed vs fp32':>14s} {'KV cache MB':>12s} {'max |diff|':>11s} "
           f"{'mean |diff|':>12s}")
     for name, row in summary.items():
         print(f"{name:6s} {row['median_seconds_per_chunk']:8.3f} {row['speed_vs_fp32']:13.2f}x "
               f"{row['kv_cache_bytes'] / 2 ** 20:12.2f} {row['max_abs_vs_fp32']:11.4f} {row['mean_abs_vs_fp32']:12.5f}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": args.checkpoint, "device": str(device), "chunks": args.chunks, "seed": args.seed,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "summary": summary, "per_chunk": rows}
-    write_text_atomic(out / "precision.json", json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out / 'precision.json'}")
+    write_results(out, result, [args.checkpoint])
+    print(f"wrote {out}")
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,60 @@
+"""Record a teacher's trajectories for a few-step student's ODE regression (stage 1 of ca2vdm distill).
+
+    ca2vdm make-ode-pairs --checkpoint checkpoints/demo.safetensors --out data/ode-demo --videos 256
+    accelerate launch -m ca2vdm.cli.main make-ode-pairs ...      # shards split across processes / GPUs
+    ca2vdm make-ode-pairs ... --resume                            # after a kill: finished shards are kept
+
+The teacher samples training clips (its first frame and the chunks after it) through its KV cache with the settings
+its checkpoint records (16 guided steps for the demo); each chunk's state is kept at the student's ``--steps + 1``
+times. A share ``--null-share`` of the clips is unconditional (the null label, unguided). Shards of ``--shard-size``
+clips are written as they fill (memory holds one shard), ``index.json`` last; ``--out`` must be a new or empty folder.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ca2vdm.cli.args import new_parser
+from ca2vdm.errors import Ca2vdmError
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = new_parser(__doc__, prog)
+    p.add_argument("--checkpoint", required=True, help="the teacher (.safetensors file or checkpoint directory)")
+    p.add_argument("--out", required=True, help="new (or empty) directory for the shards and index.json")
+    p.add_argument("--videos", type=int, default=256, help="trajectories (clips) to record")
+    p.add_argument("--steps", type=int, default=4, help="the student's steps; must divide the teacher's")
+    p.add_argument("--null-share", type=float, default=0.1, help="share of unconditional clips (null label)")
+    p.add_argument("--seed", type=int, default=0, help="clip i draws its noise and label from (seed, i)")
+    p.add_argument("--batch", type=int, default=8, help="clips sampled together")
+    p.add_argument("--shard-size", type=int, default=64, help="clips per shard (memory holds one shard)")
+    p.add_argument("--resume", action="store_true", help="continue a recording that was stopped (same settings)")
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
+    p.add_argument("--device", default=None, help="default: this process's accelerator (cuda:N), else cpu")
+    args = p.parse_args(argv)
+    for name in ("videos", "steps", "batch", "shard_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.null_share <= 1:
+        p.error(f"--null-share must be in [0, 1], got {args.null_share}")
+    return args
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
+    import torch  # after the arguments: --help answers before torch loads
+    from accelerate import PartialState
+
+    from ca2vdm.training.ode_pairs import write_pairs
+
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    try:
+        index = write_pairs(args.checkpoint, args.out, args.videos, args.steps, null_share=args.null_share,
+                            seed=args.seed, batch=args.batch, shard_size=args.shard_size, resume=args.resume,
+                            device=args.device or state.device, rank=state.process_index, world=state.num_processes,
+                            barrier=state.wait_for_everyone, progress=not args.no_progress)
+    except Ca2vdmError as e:
+        sys.exit(f"error: {e.for_cli()}")
+    if state.is_main_process:
+        print(f"wrote {index['videos']} trajectories of {index['frames']} frames at times "
+              f"{[round(t, 4) for t in index['times']]} into {args.out} ({len(index['shards'])} shards)")
