@@ -1,4 +1,5 @@
-"""Generate a long video chunk by chunk with the shared KV cache: ``ca2vdm-generate`` (ca2vdm/cli/generate.py).
+"""Generate a long video chunk by chunk with the shared KV cache: ``ca2vdm generate`` (also
+``ca2vdm-generate``; ca2vdm/cli/generate.py), every flag the same.
 
     python infer/long_video.py --chunks 20
 """

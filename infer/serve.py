@@ -1,4 +1,4 @@
-"""Serve the live demo page: ``ca2vdm-serve`` (ca2vdm/cli/serve.py).
+"""Serve the live demo page: ``ca2vdm serve`` (also ``ca2vdm-serve``; ca2vdm/cli/serve.py), every flag the same.
 
     python infer/serve.py                                  # the shipped model at http://127.0.0.1:7860/
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 27 in one run, at most ~8 minutes on one H100/H200:
 #   1. the CUDA tests (tests/test_cuda.py: FlexAttention vs SDPA, bf16 vs fp32, compiled vs eager, which SDPA kernel)
-#   2. the XL benchmark: scripts/bench_ar_scaling.py --preset ca2vdm-xl --device cuda --dtype bf16 --frames 80
+#   2. the XL benchmark: scripts/bench/ar_scaling.py --preset ca2vdm-xl --device cuda --dtype bf16 --frames 80
 #      --steps 100, modes kv / none (OS-Fix) / full (OS-Ext), memory, MFU of the cached pass (random weights)
 #   3. the compile speed-up of the cached chunk (kv vs kv+compile, XL, fewer steps)
 #   4. training steps/s and MFU of the XL preset at bf16, activation checkpointing off and on
@@ -76,10 +76,10 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log, record "name rc second
 
 step cuda_tests "${limits[0]}" "$py" -m pytest -q -p no:cacheprovider -m cuda "$root/tests/test_cuda.py" \
     --junitxml "$out/cuda_tests.xml"
-step xl_benchmark "${limits[1]}" "$py" "$root/scripts/bench_ar_scaling.py" "${xl[@]}" "${device[@]}" --repeats 1 \
+step xl_benchmark "${limits[1]}" "$py" "$root/scripts/bench/ar_scaling.py" "${xl[@]}" "${device[@]}" --repeats 1 \
     --label -1 --teacache-thresh --out-dir "$out/xl"
-step compile_speedup "${limits[2]}" "$py" "$root/scripts/bench_ar_scaling.py" "${compile[@]}" "${device[@]}" \
+step compile_speedup "${limits[2]}" "$py" "$root/scripts/bench/ar_scaling.py" "${compile[@]}" "${device[@]}" \
     --repeats 1 --label -1 --teacache-thresh --modes kv --compile --out-dir "$out/compile"
-step train_mfu "${limits[3]}" "$py" "$root/scripts/bench_train_mfu.py" "${train[@]}" "${device[@]}" \
+step train_mfu "${limits[3]}" "$py" "$root/scripts/bench/train_mfu.py" "${train[@]}" "${device[@]}" \
     --out "$out/train_mfu.json"
 "$py" "$root/scripts/gpu_report.py" "$out" $([ $dry -eq 1 ] && echo --dry-run)

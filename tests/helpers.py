@@ -1,5 +1,7 @@
-"""Shared test helpers: tiny models with non-trivial weights, the command line run in-process."""
-import runpy
+"""Shared test helpers: tiny models with non-trivial weights, the command line run in-process or in a fresh
+interpreter."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,9 +9,11 @@ import pytest
 import torch
 
 import ca2vdm.cli.generate as cli
+from ca2vdm.cli.main import main as ca2vdm_main
 from ca2vdm.config import model_config
 from ca2vdm.models.dit import CausalVideoDiT
 
+ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 2  # tiny chunk_frames
 STEPS = 3  # the tiny checkpoint's diffusion steps (conftest.checkpoint)
 
@@ -49,16 +53,40 @@ def cli_error(capsys, *argv) -> str:
     return code if isinstance(code, str) else capsys.readouterr().err
 
 
-def run_script(script: str, *args) -> object:
-    """``python scripts/SCRIPT ARGS`` of this checkout run in this process: its exit message or code, or 0 when it ran
-    through (torch is imported once for the whole test session)."""
-    argv, grad = sys.argv, torch.is_grad_enabled()
-    sys.argv = [Path(script).name, *map(str, args)]
+def run_command(*args) -> object:
+    """``ca2vdm ARGS`` run in this process: its exit message or code, or 0 when it ran through (torch is imported once
+    for the whole test session)."""
+    grad = torch.is_grad_enabled()
     try:
-        runpy.run_path(str(Path(__file__).resolve().parents[1] / script), run_name="__main__")
+        ca2vdm_main([str(a) for a in args])
     except SystemExit as e:
         return e.code
     finally:
-        sys.argv = argv
-        assert torch.is_grad_enabled() == grad, f"{script} changed torch's grad mode for the whole process"
+        assert torch.is_grad_enabled() == grad, f"ca2vdm {args[0]} changed torch's grad mode for the whole process"
     return 0
+
+
+# runs a script as __main__; with "nompl" first, matplotlib cannot be imported (as on a machine without it; torchmetrics
+# loads first: it imports matplotlib whenever matplotlib's package metadata is installed, which it is here)
+_RUN = ("import runpy, sys; args = sys.argv[1:]\n"
+        "if args[0] == 'nompl': import torchmetrics; sys.modules['matplotlib'] = None; args = args[1:]\n"
+        "sys.argv = args; runpy.run_path(args[0], run_name='__main__')")
+
+
+def run_program(script: str, *args, matplotlib: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS`` of this checkout (a benchmark or experiment) in a fresh interpreter, as a user runs it,
+    without matplotlib if asked."""
+    cmd = [sys.executable, "-c", _RUN, *([] if matplotlib else ["nompl"]), str(ROOT / script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=checkout_env(), timeout=timeout)
+
+
+def ca2vdm_command(*args) -> list[str]:
+    """The argv of ``ca2vdm ARGS`` in a fresh interpreter (``python -m ca2vdm.cli.main``); run it with
+    :func:`checkout_env`."""
+    return [sys.executable, "-m", "ca2vdm.cli.main", *map(str, args)]
+
+
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment of a fresh interpreter that imports this checkout's ca2vdm whatever its working folder."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}

@@ -1,7 +1,6 @@
-"""The benchmark scripts' bookkeeping: analytic FLOPs, the lockstep measurement and the sampler-drift runs (no timing is
-asserted)."""
-import argparse
-import importlib.util
+"""The benchmarks' bookkeeping: analytic FLOPs, the lockstep measurement (ca2vdm/evaluation/lockstep.py), the
+step-cache benchmark and the sampler-drift runs (no timing is asserted). Benchmarks and experiments run as programs,
+in a fresh interpreter, as a user runs them: no test imports a script."""
 import json
 from pathlib import Path
 
@@ -9,37 +8,35 @@ import pytest
 import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
+from ca2vdm.evaluation.lockstep import measure_modes, teacache_mode
+from ca2vdm.evaluation.metrics import shape_colour
+from ca2vdm.models.flops import chunk_flops, forward_flops
 
-from helpers import random_model
-
-_SPEC = importlib.util.spec_from_file_location(
-    "bench_ar_scaling", Path(__file__).resolve().parents[1] / "scripts" / "bench_ar_scaling.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+from helpers import random_model, run_program
 
 
 def test_analytic_flops_follow_each_mode_cost_model():
     cfg = random_model().cfg
     L, window = cfg.chunk_frames, cfg.max_context_frames
-    kv = [bench.chunk_flops(cfg, "kv", f, L, steps=8, rows=2) for f in range(0, 10 * L, L)]
-    none = [bench.chunk_flops(cfg, "none", f, L, 8, 2) for f in range(0, 10 * L, L)]
-    full = [bench.chunk_flops(cfg, "full", f, L, 8, 2) for f in range(0, 10 * L, L)]
+    kv = [chunk_flops(cfg, "kv", f, L, steps=8, rows=2) for f in range(0, 10 * L, L)]
+    none = [chunk_flops(cfg, "none", f, L, 8, 2) for f in range(0, 10 * L, L)]
+    full = [chunk_flops(cfg, "full", f, L, 8, 2) for f in range(0, 10 * L, L)]
     full_window = (window + L - 1) // L  # chunks before the window is full
     assert kv[full_window] == kv[-1]  # constant once the window is full
     assert none[full_window] == none[-1] > kv[-1]
     assert none[:full_window] == full[:full_window]  # the two recompute modes agree inside the window
     assert all(b > a for a, b in zip(full, full[1:]))  # extendable context: every chunk costs more
     # skipping half of the denoising passes halves them but never the commit pass
-    half = bench.chunk_flops(cfg, "kv", 2 * window, L, 8, 2, evaluated=0.5)
-    commit = 2 * bench.forward_flops(cfg, L, window + L)
+    half = chunk_flops(cfg, "kv", 2 * window, L, 8, 2, evaluated=0.5)
+    commit = 2 * forward_flops(cfg, L, window + L)
     assert half == pytest.approx((kv[-1] - commit) / 2 + commit)
 
 
 def test_lockstep_measure_runs_every_mode_on_the_same_chunks():
     model = random_model(num_classes=3)
     meta = CheckpointMetadata.from_raw({"diffusion_config": {"steps": 3, "cfg_scale": 2.0}}, model.cfg)
-    modes = ["kv", "none", "full", bench.teacache_mode(0.5)]
-    rows = bench.measure(model, meta, modes, chunks=3, seed=0, batch=2)
+    modes = ["kv", "none", "full", teacache_mode(0.5)]
+    rows = measure_modes(model, meta, modes, chunks=3, seed=0, batch=2)
     assert list(rows) == modes
     for mode in modes:
         assert [r["chunk"] for r in rows[mode]] == [0, 1, 2]
@@ -48,20 +45,15 @@ def test_lockstep_measure_runs_every_mode_on_the_same_chunks():
     assert len(model.stack.hooks) == 0  # no step cache is left on the model
 
 
-_DRIFT_SPEC = importlib.util.spec_from_file_location(
-    "bench_sampler_drift", Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "bench_sampler_drift.py")
-sampler_drift = importlib.util.module_from_spec(_DRIFT_SPEC)
-_DRIFT_SPEC.loader.exec_module(sampler_drift)
-
-
 def test_sampler_drift_teacher_forces_every_chunk_after_the_first(shapes, tmp_path):
     from ca2vdm.checkpoints.weights import save_weights
 
     model = random_model(num_classes=3)
     checkpoint, out = tmp_path / "tiny.safetensors", tmp_path / "drift.json"
     save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 2, "cond_noise": 0.05}})
-    sampler_drift.main(["--checkpoint", str(checkpoint), "--data", str(shapes), "--every", "3", "--chunks", "3",
-                        "--settings", "2:1", "2:3", "--json", str(out)])
+    proc = run_program("scripts/experiments/bench_sampler_drift.py", "--checkpoint", checkpoint, "--data", shapes,
+                       "--every", 3, "--chunks", 3, "--settings", "2:1", "2:3", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     assert [(r["steps"], r["shift"], r["mode"]) for r in results] == [
         (2, 1.0, "teacher"), (2, 1.0, "free"), (2, 3.0, "teacher"), (2, 3.0, "free")]
@@ -78,57 +70,50 @@ def test_sampler_drift_teacher_forces_every_chunk_after_the_first(shapes, tmp_pa
 def test_shape_colour_measures_hue_and_channel_bias():
     real = torch.full((2, 3, 4, 16, 16), -0.9)  # (B, C, T, H, W): dark background, a yellow square in each video
     real[:, :, :, 4:10, 4:10] = torch.tensor([0.8, 0.6, -0.8])[:, None, None, None]
-    same = sampler_drift.shape_colour(real, real)
+    same = shape_colour(real, real)
     assert same == {"hue_error": 0.0, "red": 0.0, "green": 0.0, "blue": 0.0, "shapes": 2}
     redder = real.clone()
     redder[:, 0, :, 4:10, 4:10] += 0.2  # +0.1 on the [0, 1] scale, the shape only
-    shifted = sampler_drift.shape_colour(redder, real)
+    shifted = shape_colour(redder, real)
     assert shifted["hue_error"] > 0.01 and shifted["red"] == pytest.approx(0.1)
     assert shifted["green"] == shifted["blue"] == 0
     redder[1] = -0.9  # the shape vanished in one video: only the other is compared
-    assert sampler_drift.shape_colour(redder, real)["shapes"] == 1
-    assert sampler_drift.shape_colour(torch.full_like(real, -0.9), real)["hue_error"] is None
+    assert shape_colour(redder, real)["shapes"] == 1
+    assert shape_colour(torch.full_like(real, -0.9), real)["hue_error"] is None
 
 
-def test_sampler_drift_refuses_videos_too_short_for_the_chunks(shapes, tmp_path):
+def test_sampler_drift_refuses_videos_too_short_for_the_chunks_and_a_setting_without_a_shift(shapes, tmp_path):
     from ca2vdm.checkpoints.weights import save_weights
 
     model = random_model(num_classes=3)
     checkpoint = tmp_path / "tiny.safetensors"
     save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 2}})
     frames = 1 + 10 * model.cfg.chunk_frames  # the fixture's videos have 20 frames
-    with pytest.raises(SystemExit, match=f"shorter than the {frames} frames that --chunks 10 needs"):
-        sampler_drift.main(["--checkpoint", str(checkpoint), "--data", str(shapes), "--chunks", "10"])
-    with pytest.raises(SystemExit, match="no videos under"):
-        sampler_drift.main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "empty"), "--chunks", "1"])
+    script = "scripts/experiments/bench_sampler_drift.py"
+    proc = run_program(script, "--checkpoint", checkpoint, "--data", shapes, "--chunks", 10)
+    assert proc.returncode == 1 and f"shorter than the {frames} frames that --chunks 10 needs" in proc.stderr
+    proc = run_program(script, "--checkpoint", checkpoint, "--data", tmp_path / "empty", "--chunks", 1)
+    assert proc.returncode == 1 and "no videos under" in proc.stderr
+    proc = run_program(script, "--checkpoint", checkpoint, "--settings", "16")  # steps:shift, e.g. 16:3
+    assert proc.returncode == 2 and "a setting is steps:shift, e.g. 16:3, got '16'" in proc.stderr, proc.stderr
 
 
-def test_sampler_setting_is_steps_colon_shift():
-    assert sampler_drift.setting("16:3") == (16, 3.0)
-    with pytest.raises(argparse.ArgumentTypeError, match="steps:shift"):
-        sampler_drift.setting("16")
-
-
-_STEP_CACHE_SPEC = importlib.util.spec_from_file_location(
-    "bench_step_cache", Path(__file__).resolve().parents[1] / "scripts" / "bench_step_cache.py")
-step_cache_bench = importlib.util.module_from_spec(_STEP_CACHE_SPEC)
-_STEP_CACHE_SPEC.loader.exec_module(step_cache_bench)
-
-
-def test_step_cache_bench_writes_its_rows_without_matplotlib(tmp_path, monkeypatch, capsys):
-    """Teacher-forced rows with today's keys and the new ones; a missing matplotlib skips only the plot."""
-    import sys
-
+def _tiny_checkpoint(tmp_path: Path, steps: int) -> Path:
     from ca2vdm.checkpoints.weights import save_weights
 
     model = random_model(num_classes=3)
     checkpoint = tmp_path / "tiny.safetensors"
-    save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 8, "cfg_scale": 2.0}})
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
-    step_cache_bench.main(["--checkpoint", str(checkpoint), "--chunks", "2", "--policies", "taylorseer",
-                           "--out-dir", str(tmp_path / "out")])
+    save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": steps, "cfg_scale": 2.0}})
+    return checkpoint
+
+
+def test_step_cache_bench_writes_its_rows_without_matplotlib(tmp_path):
+    """Teacher-forced rows with today's keys and the new ones; a missing matplotlib skips only the plot."""
+    proc = run_program("scripts/bench/step_cache.py", "--checkpoint", _tiny_checkpoint(tmp_path, 8), "--chunks", 2,
+                       "--policies", "taylorseer", "--out-dir", tmp_path / "out", matplotlib=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "out" / "step_cache.json").read_text())["rows"]
-    assert "skipped the plot" in capsys.readouterr().out and not (tmp_path / "out" / "step_cache.png").exists()
+    assert "skipped the plot" in proc.stdout and not (tmp_path / "out" / "step_cache.png").exists()
     assert {r["policy"] for r in rows} == {"none", "taylorseer"}
     for row in rows:
         assert {"policy", "setting", "eval_ratio", "speedup", "chunk_psnr_mean", "chunk_psnr_min"} <= set(row)
@@ -139,20 +124,15 @@ def test_step_cache_bench_writes_its_rows_without_matplotlib(tmp_path, monkeypat
     assert growth["eval_ratio"] == pytest.approx(2 * 8 * 2 / (2 * (2 * 5 - 1)))  # steps 0,1,3,6,7; 3 cond only
 
 
-def test_step_cache_drift_over_seeds_keeps_per_seed_entries_and_a_summary(tmp_path, monkeypatch):
+def test_step_cache_drift_over_seeds_keeps_per_seed_entries_and_a_summary(tmp_path):
     """--drift-seeds N: policy-free and policy videos for N seeds, on / off per seed, their mean and the spread of
-    the policy-free videos between seeds; --settings keeps only the named setting; the first seed's keys as before."""
-    from ca2vdm.checkpoints.weights import save_weights
-
-    model = random_model(num_classes=3)
-    checkpoint = tmp_path / "tiny.safetensors"
-    save_weights(checkpoint, model.state_dict(), model.cfg, {"diffusion_config": {"steps": 4, "cfg_scale": 2.0}})
-    for name, value in (("DRIFT_FIRST", 1), ("DRIFT_LAST", 2), ("GOAL_MEAN", -1.0), ("GOAL_MIN", -1.0)):
-        monkeypatch.setattr(step_cache_bench, name, value)  # tiny videos; every setting counts as good
+    the policy-free videos between seeds; --settings keeps only the named setting; the first seed's keys as before.
+    Tiny videos (--drift-first 1 --drift-last 2), every setting counting as good (--goal-psnr -1 -1)."""
     setting = "interval=2,growth=1,cfg_reuse=1"
-    step_cache_bench.main(["--checkpoint", str(checkpoint), "--chunks", "1", "--policies", "taylorseer",
-                           "--settings", setting, "--drift-chunks", "4", "--drift-seeds", "3",
-                           "--out-dir", str(tmp_path / "out")])
+    proc = run_program("scripts/bench/step_cache.py", "--checkpoint", _tiny_checkpoint(tmp_path, 4), "--chunks", 1,
+                       "--policies", "taylorseer", "--settings", setting, "--drift-chunks", 4, "--drift-seeds", 3,
+                       "--drift-first", 1, "--drift-last", 2, "--goal-psnr", -1, -1, "--out-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "step_cache.json").read_text())
     assert [(r["policy"], r["setting"]) for r in result["rows"]] == [("none", "-"), ("taylorseer", setting)]
     drift = result["drift"]
@@ -173,7 +153,6 @@ def test_step_cache_drift_over_seeds_keeps_per_seed_entries_and_a_summary(tmp_pa
         assert summary["taylorseer"]["mean"] == pytest.approx(sum(on_off) / 3)
 
 
-def test_step_cache_bench_names_an_unknown_setting(capsys):
-    with pytest.raises(SystemExit):
-        step_cache_bench.main(["--settings", "interval=2,growth=9", "--chunks", "1"])
-    assert "--settings: no setting interval=2,growth=9" in capsys.readouterr().err
+def test_step_cache_bench_names_an_unknown_setting():
+    proc = run_program("scripts/bench/step_cache.py", "--settings", "interval=2,growth=9", "--chunks", 1)
+    assert proc.returncode == 2 and "--settings: no setting interval=2,growth=9" in proc.stderr

@@ -1,4 +1,4 @@
-"""scripts/calibrate_teacache.py checks its arguments before any sampling (counts of at least 1, a degree of 1 to 8)
+"""``ca2vdm calibrate`` checks its arguments before any sampling (counts of at least 1, a degree of 1 to 8)
 and refuses a TeaCache degree the asked-for samples cannot support, so no coefficients near 1e34 reach a checkpoint;
 the library's fit refuses pairs that cannot determine the polynomial."""
 import shutil
@@ -10,14 +10,14 @@ from ca2vdm.checkpoints.weights import read_metadata
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.sampling.step_cache import fit_polynomial
 
-from helpers import run_script
+from helpers import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def calibrate(*args) -> object:
-    """The script in this process: its exit code or message (0 when it ran through)."""
-    return run_script("scripts/calibrate_teacache.py", *args)
+    """The command in this process: its exit code or message (0 when it ran through)."""
+    return run_command("calibrate", *args)
 
 
 @pytest.fixture

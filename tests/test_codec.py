@@ -74,23 +74,26 @@ def test_model_channels_must_match_the_codec(tmp_path):
         check_model_fits(codec, 3)
 
 
-@pytest.mark.parametrize("script, folder, message", [
-    ("train/train.py", "missing", "is not a local directory (it does not exist)"),
-    ("scripts/encode_latents.py", "step_000010", "it has autoencoder/ inside: point codec.path there")],
+@pytest.mark.parametrize("command, folder, message", [
+    (["train/train.py"], "missing", "is not a local directory (it does not exist)"),
+    (["-m", "ca2vdm.cli.main", "encode-latents"], "step_000010", "it has autoencoder/ inside: point codec.path there")],
     ids=["train-missing-path", "encode-autoencoder-one-level-down"])
-def test_missing_or_wrong_codec_path_is_one_line_at_the_command_line(tmp_path, script, folder, message):
+def test_missing_or_wrong_codec_path_is_one_line_at_the_command_line(tmp_path, command, folder, message):
     """A codec.path that does not exist, or a folder that is not an autoencoder (with the autoencoder one level
     down, as in a train_autoencoder checkpoint), is one ``error:`` line from the entry points, not a traceback."""
     import subprocess
     import sys
     from pathlib import Path
 
+    from helpers import checkout_env
+
     root = Path(__file__).resolve().parents[1]
     save_tiny_autoencoder(tmp_path / "step_000010" / "autoencoder")
-    extra = ["--out", str(tmp_path / "latents")] if "encode" in script else []
-    result = subprocess.run([sys.executable, str(root / script), "--config", str(root / "configs/latent-demo.yaml"),
+    extra = ["--out", str(tmp_path / "latents")] if "encode-latents" in command else []
+    result = subprocess.run([sys.executable, *command, "--config", str(root / "configs/latent-demo.yaml"),
                              *extra, f"codec.path={tmp_path / folder}", f"data.root={tmp_path}",
-                             f"train.output_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+                             f"train.output_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120,
+                            cwd=root, env=checkout_env())
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: codec.path={tmp_path / folder}") and message in lines[0]

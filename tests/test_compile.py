@@ -21,7 +21,7 @@ def test_compiled_blocks_equal_eager_and_compile_once():
 
     The backend is aot_eager: the same dynamo graphs, breaks and guards as inductor (which decide the recompiles),
     without inductor's code generation, which takes minutes on CI's CPUs for the ~20 graphs; inductor is compared
-    with eager by ``scripts/bench_ar_scaling.py --compile`` here and by the CUDA tests (``tests/cuda``)."""
+    with eager by ``scripts/bench/ar_scaling.py --compile`` here and by the CUDA tests (``tests/cuda``)."""
     torch._dynamo.reset()
     eager = video(LongVideoPipeline(random_model(num_classes=3), steps=2, cfg_scale=1.5))
     model = compile_blocks(random_model(num_classes=3), backend="aot_eager")

@@ -53,7 +53,7 @@ def test_too_short_video_is_skipped(tmp_path):
 def test_empty_folder_raises(tmp_path):
     with pytest.raises(ValueError, match=str(tmp_path)) as info:
         VideoFolderDataset(tmp_path, num_frames=4)
-    assert "make_synthetic_videos.py" in str(info.value)
+    assert "ca2vdm make-data" in str(info.value)
 
 
 def test_clips_deterministic_per_seed_epoch_index(tmp_path):

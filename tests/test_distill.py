@@ -1,7 +1,6 @@
 """Few-step distillation (ca2vdm/training/distill_task.py, dmd.py, distill_rollout.py, ode_pairs.py): the losses
 against hand-computed references, gradients only through the exit steps, the critic/generator schedule, exact resume,
 two processes, the student as a normal checkpoint, the recorded trajectories."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,7 +24,7 @@ from ca2vdm.training.distill_task import DistillTask, exit_steps, generator_step
 from ca2vdm.training.dmd import dmd_gradient, dmd_loss, trajectory_loss
 from ca2vdm.training.ode_pairs import write_pairs
 
-from helpers import random_model
+from helpers import random_model, run_program
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNKS = [(0, 1), (1, 2), (3, 2)]  # (start, length): a first frame and two chunks of 2, T = 5
@@ -219,11 +218,9 @@ def test_the_student_is_a_normal_checkpoint(teacher, pairs, tmp_path, capsys):
           "--stats", str(tmp_path / "s.json")])
     stats = json.loads((tmp_path / "s.json").read_text())
     assert (stats["steps"], stats["cfg_scale"]) == (2, 1.0), stats
-    spec = importlib.util.spec_from_file_location("bench_student", ROOT / "scripts/bench_student.py")
-    bench_student = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_student)
-    bench_student.main(["--teacher", str(teacher), "--student", str(student), "--chunks", "2", "--repeats", "1",
-                        "--json", str(tmp_path / "speed.json")])
+    bench = run_program("scripts/bench/student.py", "--teacher", teacher, "--student", student, "--chunks", 2,
+                        "--repeats", 1, "--json", tmp_path / "speed.json", timeout=300)
+    assert bench.returncode == 0, bench.stderr[-2000:]
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["settings"]["student"]["steps"] == 2 and speed["settings"]["teacher"]["steps"] == 4
     assert speed["speedup_label"] > 0 and set(speed["seconds_per_chunk"]) == {
@@ -263,7 +260,7 @@ def test_bad_distill_settings_name_the_key(teacher, pairs, tmp_path):
         _config(teacher, pairs, tmp_path, "distill.critic_ratio=0")
     with pytest.raises(ConfigError, match="0 < min_t < max_t < 1"):
         _config(teacher, pairs, tmp_path, "distill.min_t=0.5", "distill.max_t=0.4")
-    with pytest.raises(DataError, match="needs its own: scripts/make_ode_pairs.py"):
+    with pytest.raises(DataError, match="needs its own: ca2vdm make-ode-pairs"):
         DistillTask(_config(teacher, pairs, tmp_path, "distill.steps=4"), torch.device("cpu")).dataset(
             _config(teacher, pairs, tmp_path, "distill.steps=4"))
     proc = subprocess.run([sys.executable, str(ROOT / "train/train.py"), "--config",

@@ -1,18 +1,16 @@
-"""Reading prompts back (ca2vdm/evaluation/prompt_adherence.py) and scripts/eval_prompts.py's figures."""
-import importlib.util
+"""Reading prompts back (ca2vdm/evaluation/prompt_adherence.py), prompt switches (prompt_switches.py) and the
+figures of ``ca2vdm eval prompts``."""
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ca2vdm.config import ChunkLayout
 from ca2vdm.data.captioned import Attributes, render_captioned_video
 from ca2vdm.evaluation.prompt_adherence import ShapeReader, check_reader, read_back
+from ca2vdm.evaluation.prompt_switches import followed, switch_seam
 
-_SPEC = importlib.util.spec_from_file_location(
-    "eval_prompts", Path(__file__).resolve().parents[1] / "scripts" / "eval_prompts.py")
-evaluation = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(evaluation)
+from helpers import run_command
 
 
 def test_reader_reads_rendered_shapes_back_even_across_the_border():
@@ -28,30 +26,30 @@ def test_reader_reads_rendered_shapes_back_even_across_the_border():
 
 def test_chunks_to_follow_and_seam():
     new, old = ("blue", "square"), ("red", "circle")
-    assert evaluation.followed([old, old, new, new, new], new, at=2) == 1
-    assert evaluation.followed([old, old, old, new, new], new, at=2) == 2
-    assert evaluation.followed([old, old, new, old, new], new, at=2) == 3  # must stay followed
-    assert evaluation.followed([old, old, old, old, old], new, at=2) is None
+    assert followed([old, old, new, new, new], new, at=2) == 1
+    assert followed([old, old, old, new, new], new, at=2) == 2
+    assert followed([old, old, new, old, new], new, at=2) == 3  # must stay followed
+    assert followed([old, old, old, old, old], new, at=2) is None
     video = np.zeros((9, 4, 4, 3), np.uint8)
     video[1:5] = np.arange(4)[:, None, None, None] * 10  # a ramp inside the first chunk (1 .. 4): steps of 10
     video[5:] = video[4] + 10 + np.arange(4)[:, None, None, None] * 10  # the next chunk continues it: seam 10
-    assert abs(evaluation.seam_ratio(video, 5, 4, range(0, 2)) - 1.0) < 1e-6
+    assert abs(switch_seam(video, ChunkLayout(4), 1, range(0, 2)) - 1.0) < 1e-6  # chunk 1 starts at frame 5
 
 
-def test_the_script_writes_every_figure(tmp_path, checkpoint):
+def test_the_command_writes_every_figure(tmp_path, checkpoint):
     from ca2vdm.checkpoints.weights import save_weights
 
-    from helpers import STEPS, random_model, run_script
+    from helpers import STEPS, random_model
 
     model = random_model(text_encoder="wordllama", text_dim=256, text_tokens=12)
     path = tmp_path / "text.safetensors"
     save_weights(path, model.state_dict(), model.cfg, {"diffusion_config": {"steps": STEPS, "cfg_scale": 2.0}})
     out = tmp_path / "prompts.json"
-    refused = run_script("scripts/eval_prompts.py", "--checkpoint", path, "--json", tmp_path)  # before any work
+    refused = run_command("eval", "prompts", "--checkpoint", path, "--json", tmp_path)  # before any work
     assert refused == f"error: --json {tmp_path}: is a directory; give the path of a file to write"
-    assert run_script("scripts/eval_prompts.py", "--checkpoint", path, "--json", out, "--videos", 1, "--chunks", 1,
-                      "--seeds", 1, "--switch-at", 2, "--after", 2, "--cost-repeats", 1, "--label-checkpoint",
-                      checkpoint, "--sheet", tmp_path / "sheet.png") == 0
+    assert run_command("eval", "prompts", "--checkpoint", path, "--json", out, "--videos", 1, "--chunks", 1,
+                       "--seeds", 1, "--switch-at", 2, "--after", 2, "--cost-repeats", 1, "--label-checkpoint",
+                       checkpoint, "--sheet", tmp_path / "sheet.png") == 0
     figures = json.loads(out.read_text())
     assert 0 <= figures["adherence_train"] <= 1 and 0 <= figures["adherence_heldout"] <= 1
     assert set(figures["switch"]) == {"recache", "keep", "reset"}
@@ -61,7 +59,7 @@ def test_the_script_writes_every_figure(tmp_path, checkpoint):
     assert figures["cost"]["text_over_label_flops"] > 1 and figures["cost"]["commit_passes_in_recache"] == 3
     assert len(figures["videos"]["train"]) == 15 and (tmp_path / "sheet.png").exists()
     cost = tmp_path / "cost.json"
-    assert run_script("scripts/eval_prompts.py", "--checkpoint", path, "--json", cost, "--cost-only", "--cost-repeats",
-                      1, "--label-checkpoint", checkpoint) == 0
+    assert run_command("eval", "prompts", "--checkpoint", path, "--json", cost, "--cost-only", "--cost-repeats", 1,
+                       "--label-checkpoint", checkpoint) == 0
     only = json.loads(cost.read_text())
     assert set(only) == {"checkpoint", "sampler", "cost"} and only["cost"]["text_over_label"] > 0

@@ -1,8 +1,7 @@
-"""scripts/export_checkpoint.py never clobbers: not its source, not a training checkpoint, not an existing file
+"""``ca2vdm export`` never clobbers: not its source, not a training checkpoint, not an existing file
 without --overwrite; and a resume refuses an export (or an autoencoder's weights) put in place of ema.safetensors."""
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from ca2vdm.training.checkpoint_dirs import step_dirs
 from ca2vdm.training.export import check_training_weights
 from ca2vdm.training.loop import train
 
-from helpers import run_script
+from helpers import ca2vdm_command, checkout_env, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +35,8 @@ def _config(shapes, out, *extra):
 
 
 def _export(*args) -> str:
-    """Run scripts/export_checkpoint.py in this process: its error message, or "" when it succeeded."""
-    return str(run_script("scripts/export_checkpoint.py", *args) or "")
+    """Run ``ca2vdm export`` in this process: its error message, or "" when it succeeded."""
+    return str(run_command("export", *args) or "")
 
 
 def test_export_refuses_its_source_a_training_checkpoint_and_existing_files(run, tmp_path):
@@ -52,8 +51,8 @@ def test_export_refuses_its_source_a_training_checkpoint_and_existing_files(run,
         for extra in ([], ["--overwrite"]):
             error = _export(step, dst, *extra)
             assert error.startswith("error: ") and message in error and "\n" not in error, error
-    result = subprocess.run([sys.executable, str(ROOT / "scripts/export_checkpoint.py"), str(step),
-                             str(step / "ema.safetensors")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(ca2vdm_command("export", step, step / "ema.safetensors"), capture_output=True, text=True,
+                            env=checkout_env(), timeout=120)
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert (step / "ema.safetensors").read_bytes() == ema and sorted(step.iterdir()) == files
 

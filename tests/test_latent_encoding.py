@@ -1,4 +1,4 @@
-"""scripts/encode_latents.py at scale: shards written as they fill (flat memory), resume after a kill without
+"""``ca2vdm encode-latents`` at scale: shards written as they fill (flat memory), resume after a kill without
 encoding finished shards again, a folder of the user's own files never written into, several processes merged
 into one index."""
 import json
@@ -25,10 +25,10 @@ from ca2vdm.data.synthetic import write_dataset
 from ca2vdm.encoders.codec import build_codec
 from ca2vdm.errors import DataError
 
-from helpers import save_tiny_autoencoder
+from helpers import ca2vdm_command, checkout_env, save_tiny_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts/encode_latents.py"
+ENCODE = ca2vdm_command("encode-latents")  # python -m ca2vdm.cli.main encode-latents
 VIDEOS = 150  # for the SIGTERM test: far more than are encoded before the signal arrives
 
 
@@ -117,13 +117,13 @@ def test_shards_fill_to_the_size_bound_and_are_readable_by_everyone(videos, tmp_
 
 
 def _peak_rss_kib(config: Path, data: Path, out: Path) -> tuple[int, str]:
-    """Peak RSS of scripts/encode_latents.py run in a fresh interpreter, and what it printed to stderr."""
-    code = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+    """Peak RSS of ``ca2vdm encode-latents`` run in a fresh interpreter, and what it printed to stderr."""
+    code = ("import resource, sys; from ca2vdm.cli.main import main; main(sys.argv[1:]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    result = subprocess.run([sys.executable, "-c", code, str(SCRIPT), "--config", str(config), "--out", str(out),
+    result = subprocess.run([sys.executable, "-c", code, "encode-latents", "--config", str(config), "--out", str(out),
                              "--shard-size", "4MB", "--device", "cpu", f"data.root={data}", "model.resolution=128",
                              "model.num_classes=0"], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env=checkout_env(OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-2000:]
     return int(result.stdout.strip().splitlines()[-1]), result.stderr
 
@@ -152,12 +152,12 @@ def test_two_processes_split_the_videos_and_merge_one_index(videos, tmp_path):
     ae = videos[1].config.path
     single = tmp_path / "single"
     _encode(videos, single)
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    env = checkout_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(SCRIPT), "--config", str(ROOT / "configs/tiny.yaml"), "--out", str(tmp_path / "two"), "--no-progress",
-           f"data.root={videos[0]}", "codec.kind=diffusers", f"codec.path={ae}", "model.in_channels=4",
-           "model.resolution=8", "model.patch_size=2"]
+           "-m", "ca2vdm.cli.main", "encode-latents", "--config", str(ROOT / "configs/tiny.yaml"), "--out",
+           str(tmp_path / "two"), "--no-progress", f"data.root={videos[0]}", "codec.kind=diffusers", f"codec.path={ae}",
+           "model.in_channels=4", "model.resolution=8", "model.patch_size=2"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote 6 videos") == 1  # printed by the main process only
@@ -174,9 +174,9 @@ def test_sigterm_finishes_the_video_closes_the_shard_and_prints_the_resume_comma
     finished, the shard closed and journalled, and one line prints the --resume command; that command encodes only
     the rest."""
     write_dataset(tmp_path / "videos", num_videos=VIDEOS, num_frames=8, size=16, seed=0)
-    cmd = [sys.executable, str(SCRIPT), "--config", str(ROOT / "configs/tiny.yaml"), "--out", str(tmp_path / "out"),
+    cmd = [*ENCODE, "--config", str(ROOT / "configs/tiny.yaml"), "--out", str(tmp_path / "out"),
            "--device", "cpu", f"data.root={tmp_path / 'videos'}", "model.resolution=16", "model.num_classes=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = checkout_env(OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     seen = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
@@ -197,7 +197,7 @@ def test_sigterm_finishes_the_video_closes_the_shard_and_prints_the_resume_comma
                   for v in json.loads(line)["videos"]]
     assert 3 <= kept < VIDEOS and journalled == list(range(kept)) and not (tmp_path / "out" / INDEX_NAME).exists()
     again = shlex.split(match.group(2))
-    assert again[1:] == [str(SCRIPT), *cmd[2:], "--resume"]
+    assert again[1:] == [*cmd[1:], "--resume"]  # -m ca2vdm.cli.main encode-latents ARGS --resume
     result = subprocess.run([sys.executable, *again[1:], "--no-progress"], capture_output=True, text=True, env=env,
                             cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

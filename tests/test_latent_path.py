@@ -20,7 +20,7 @@ from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.training.checkpoint_dirs import step_dirs
 from ca2vdm.training.loop import train
 
-from helpers import random_model, save_tiny_autoencoder
+from helpers import ca2vdm_command, checkout_env, random_model, save_tiny_autoencoder
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENT = ["model.in_channels=4", "model.resolution=8", "model.patch_size=2", "codec.kind=diffusers"]
@@ -114,13 +114,13 @@ def test_missing_codec_weights_is_one_clear_error(run, tmp_path):
 
 
 def test_exported_latent_model_ships_with_its_autoencoder(run, tmp_path, cli_writes):
-    """scripts/export_checkpoint.py --autoencoder: the weights and the autoencoder travel together; the pair works
+    """``ca2vdm export --autoencoder``: the weights and the autoencoder travel together; the pair works
     from another folder with the original autoencoder gone, and gives the training checkpoint's video."""
     tmp, _, checkpoint = run
     shipped = tmp_path / "shipped"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts/export_checkpoint.py"), str(checkpoint),
-                             str(shipped / "latent.safetensors"), "--dtype", "fp32", "--autoencoder",
-                             str(shipped / "ae")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(ca2vdm_command("export", checkpoint, shipped / "latent.safetensors", "--dtype", "fp32",
+                                           "--autoencoder", shipped / "ae"), capture_output=True, text=True,
+                            env=checkout_env(), timeout=120)
     assert result.returncode == 0, result.stderr
     assert read_metadata(shipped / "latent.safetensors")["codec"]["path"] == "ae"
     moved = tmp_path / "moved"

@@ -1,6 +1,6 @@
 """LoRA adapters at inference (ca2vdm/checkpoints/adapters.py, ca2vdm/models/lora.py): the settings, merged ==
 unmerged, stacking, scale 0, the wrong base refused, and the paths that apply them: the API, the generate command
-line, the server's catalog and scripts/merge_lora.py."""
+line, the server's catalog and ``ca2vdm merge-lora``."""
 import os
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from ca2vdm.models import lora as layers
 from ca2vdm.serve import create_app, load_catalog
 from ca2vdm.training.loop import train
 
-from helpers import cli_error, random_model, run_script
+from helpers import cli_error, random_model, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/tiny.yaml"
@@ -172,7 +172,7 @@ def test_the_server_offers_each_adapter_on_its_base(checkpoint, adapters):
 
 
 def test_merge_script_writes_base_plus_adapter_and_never_its_inputs(checkpoint, adapters, tmp_path):
-    merge = lambda out, *extra: run_script("scripts/merge_lora.py", checkpoint, adapters["strong"], out, *extra)  # noqa: E731
+    merge = lambda out, *extra: run_command("merge-lora", checkpoint, adapters["strong"], out, *extra)  # noqa: E731
     out = tmp_path / "merged.safetensors"
     assert merge(out, "--scale", "0.5") == 0
     first = lambda pipe: torch.cat([c.latents for c in pipe.generate(2, label=0, seed=1)], dim=2)  # noqa: E731

@@ -8,7 +8,7 @@ from ca2vdm.cli import generate, serve
 from ca2vdm.cli.trainer import launcher_note
 from ca2vdm.io.paths import latest_checkpoint
 
-from helpers import run_script
+from helpers import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,7 @@ def test_device_help_names_auto(capsys):
 
 
 def test_one_video_is_one_video(tmp_path, capsys):
-    assert run_script("scripts/make_synthetic_videos.py", "--out", tmp_path, "--num-videos", 1, "--frames", 4,
-                      "--size", 16) == 0
+    assert run_command("make-data", "--out", tmp_path, "--num-videos", 1, "--frames", 4, "--size", 16) == 0
     assert capsys.readouterr().out.startswith("wrote 1 video (4 frames")
 
 

@@ -1,22 +1,14 @@
 """Plots are optional: a benchmark script without matplotlib writes its JSON and says in one line that it skipped
 the plot, instead of crashing at the very end after minutes of measurement (ca2vdm/io/plotting.py)."""
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ca2vdm.checkpoints.weights import save_weights
 from ca2vdm.io.plotting import plot_or_skip
 
-from helpers import random_model
-
-ROOT = Path(__file__).resolve().parents[1]
-# runs a script as __main__; with "nompl" first, matplotlib cannot be imported (as on a machine without it)
-RUN = ("import runpy, sys; args = sys.argv[1:]\n"
-       "if args[0] == 'nompl': sys.modules['matplotlib'] = None; args = args[1:]\n"
-       "sys.argv = args; runpy.run_path(args[0], run_name='__main__')")
+from helpers import random_model, run_program
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +21,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("matplotlib", [False, True], ids=["without-matplotlib", "with-matplotlib"])
 def test_bench_ar_scaling_writes_its_json_and_plots_only_with_matplotlib(checkpoint, tmp_path, matplotlib):
-    cmd = [sys.executable, "-c", RUN, *([] if matplotlib else ["nompl"]), str(ROOT / "scripts/bench_ar_scaling.py"),
-           "--checkpoint", str(checkpoint), "--chunks", "2", "--repeats", "1", "--out-dir", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = run_program("scripts/bench/ar_scaling.py", "--checkpoint", checkpoint, "--chunks", 2, "--repeats", 1,
+                         "--out-dir", tmp_path, matplotlib=matplotlib, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert json.loads((tmp_path / "ar_scaling.json").read_text())["summary"]["speedup_kv_over_none"] > 0
     assert (tmp_path / "ar_scaling.png").exists() == matplotlib

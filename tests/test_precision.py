@@ -83,18 +83,14 @@ def test_cli_refuses_an_unknown_dtype(checkpoint, tmp_path, capsys):
 
 
 def test_bench_precision_teacher_forces_every_precision_on_the_fp32_chunks():
-    """scripts/bench_precision.py: every precision's chunk i is conditioned on fp32's chunks before i (so a chunk's
-    difference is one chunk's rounding); the cache halves at 16 bits. No timing is asserted."""
-    import importlib.util
-    from pathlib import Path
+    """The lockstep of scripts/bench/precision.py (ca2vdm/evaluation/lockstep.py): every precision's chunk i is
+    conditioned on fp32's chunks before i (so a chunk's difference is one chunk's rounding); the cache halves at 16
+    bits. No timing is asserted."""
+    from ca2vdm.evaluation.lockstep import measure_precisions
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_precision", Path(__file__).resolve().parents[1] / "scripts" / "bench_precision.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     model = random_model(num_classes=3, prefix_frames=2)
     meta = CheckpointMetadata.from_raw({"diffusion_config": {"steps": 3}}, model.cfg)
-    summary, rows = bench.measure(model, meta, ["bf16", "fp32"], chunks=3, label=1, seed=0)
+    summary, rows = measure_precisions(model, meta, ["bf16", "fp32"], chunks=3, label=1, seed=0)
     assert list(summary) == ["fp32", "bf16"] and [len(r) for r in rows.values()] == [4, 4]  # first frame + 3
     assert summary["fp32"]["max_abs_vs_fp32"] == 0
     assert 0 < summary["bf16"]["max_abs_vs_fp32"] <= TOLERANCES[torch.bfloat16][0]

@@ -1,9 +1,7 @@
 """The reference-free instrument (ca2vdm/evaluation/frechet.py, detector.py, detector_training.py, quality.py and
-scripts/eval_quality.py): the Frechet distance against scipy, detector files, the command line's JSON."""
+``ca2vdm eval quality``): the Frechet distance against scipy, detector files, the command line's JSON."""
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,7 @@ from ca2vdm.evaluation.detector_training import train_detector
 from ca2vdm.evaluation.frechet import Gaussian, frechet_distance
 from ca2vdm.evaluation.quality import evaluate_quality, generated_clips
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ca2vdm_command, checkout_env
 
 
 @pytest.mark.parametrize("dim, n", [(3, 50), (16, 400), (40, 30)])  # the last: rank-deficient covariances
@@ -101,10 +99,10 @@ def test_eval_quality_writes_the_interface(shapes, checkpoint, tmp_path):
     reports = []
     for extra in ([], ["--steps", "1"]):
         out = tmp_path / f"q{len(extra)}.json"
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts/eval_quality.py"), "--checkpoint", str(checkpoint),
-                               "--videos", "6", "--chunks", "2", "--seed", "3", "--json", str(out), "--detector",
-                               str(tmp_path / "det.safetensors"), "--threads", "1", *extra],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(ca2vdm_command("eval", "quality", "--checkpoint", checkpoint, "--videos", 6, "--chunks",
+                                             2, "--seed", 3, "--json", out, "--detector", tmp_path / "det.safetensors",
+                                             "--threads", 1, *extra),
+                              capture_output=True, text=True, env=checkout_env(), timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         reports.append(json.loads(out.read_text()))
     report = reports[0]
@@ -113,7 +111,8 @@ def test_eval_quality_writes_the_interface(shapes, checkpoint, tmp_path):
     assert all(row["frechet_distance"] > 0 for row in report["per_chunk"])
     assert (report["videos"], report["chunks"], report["seed"], report["label"]) == (6, 2, 3, None)
     assert reports[1]["sampler"]["steps"] == 1 and reports[1]["frechet_distance"] != report["frechet_distance"]
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/eval_quality.py"), "--checkpoint", str(checkpoint),
-                           "--videos", "4", "--chunks", "1", "--label", "7", "--json", str(tmp_path / "x.json"),
-                           "--detector", str(tmp_path / "det.safetensors")], capture_output=True, text=True)
+    proc = subprocess.run(ca2vdm_command("eval", "quality", "--checkpoint", checkpoint, "--videos", 4, "--chunks", 1,
+                                         "--label", 7, "--json", tmp_path / "x.json", "--detector",
+                                         tmp_path / "det.safetensors"), capture_output=True, text=True,
+                          env=checkout_env())
     assert proc.returncode != 0 and proc.stderr.startswith("error: --label 7") and "no class 7" in proc.stderr

@@ -62,7 +62,7 @@ def _tiny(argv: list[str], trained: int) -> list[str]:
         if "--chunks" in argv:
             argv[argv.index("--chunks") + 1] = chunks
         argv += ["--chunks", chunks, "--steps", "2"] if "--chunks" not in argv else ["--steps", "2"]
-    elif script == "scripts/make_synthetic_videos.py":
+    elif argv[:2] == ["ca2vdm", "make-data"]:
         argv += ["--num-videos", "6", "--frames", "24"]
     elif script == "train/train.py":
         argv += TINY_TRAIN + [f"train.max_steps={trained + 1}"]  # a resumed run does one more step
@@ -103,10 +103,14 @@ def test_every_readme_command_runs(tmp_path):
             _parses(command, prefix)
             continue
         argv = shlex.split(command)
-        assert argv[0] == ".venv/bin/python", f"README commands run the set-up's interpreter: {command}"
-        argv = _tiny(argv[1:], trained)  # a --checkpoint is used as written: it must exist after the tiny run
-        result = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert argv[0] in (".venv/bin/python", ".venv/bin/ca2vdm"), \
+            f"README commands run the set-up's interpreter or its ca2vdm command: {command}"
+        # a --checkpoint is used as written: it must exist after the tiny run
+        argv = _tiny(["ca2vdm", *argv[1:]] if argv[0].endswith("ca2vdm") else argv[1:], trained)
+        tool = " ".join(argv[:2]) if argv[0] == "ca2vdm" else argv[0]
+        run = ["-m", "ca2vdm.cli.main", *argv[1:]] if argv[0] == "ca2vdm" else argv  # the console script's code
+        result = subprocess.run([sys.executable, *run], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-        trained += argv[0] == "train/train.py"
-        ran.append(argv[0])
-    assert {"infer/long_video.py", "train/train.py", "scripts/make_synthetic_videos.py"} <= set(ran), ran
+        trained += tool == "train/train.py"
+        ran.append(tool)
+    assert {"infer/long_video.py", "train/train.py", "ca2vdm make-data", "ca2vdm encode-latents"} <= set(ran), ran

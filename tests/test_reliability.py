@@ -314,7 +314,7 @@ def test_folder_without_usable_videos_is_one_clear_error(tmp_path):
     (tmp_path / "a.txt").write_text("x")
     (tmp_path / "b.png").write_bytes(b"\x89PNG")
     folder = re.escape(str(tmp_path))
-    with pytest.raises(DataError, match=rf"no video files in {folder}: .*\.mp4.*a\.txt.*make_synthetic_videos"):
+    with pytest.raises(DataError, match=rf"no video files in {folder}: .*\.mp4.*a\.txt.*ca2vdm make-data"):
         VideoFolderDataset(tmp_path, num_frames=4)
     (tmp_path / "a.mp4").write_text("x")
     (tmp_path / "b.mp4").write_bytes(b"\0" * 100)

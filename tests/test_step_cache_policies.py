@@ -114,7 +114,7 @@ def test_magcache_ratio_and_recorder():
     means, stds = recorder.curve()
     assert len(means) == STEPS and means[0] == 1.0 and all(m > 0 for m in means)
     assert all(len(recorder.samples[i]) == 2 for i in range(1, STEPS))  # one ratio per step and chunk
-    with pytest.raises(ValueError, match="calibrate_teacache.py --policy magcache --checkpoint ck.safetensors"):
+    with pytest.raises(ValueError, match="ca2vdm calibrate --policy magcache --checkpoint ck.safetensors"):
         build_step_cache("magcache", {}, {}, "ck.safetensors")
 
 
@@ -228,7 +228,7 @@ def test_teacache_on_an_uncalibrated_checkpoint_says_so_once():
     with pytest.warns(UserWarning) as caught:
         build_step_cache("teacache", {"threshold": 0.2}, {}, "ck.safetensors")
     assert len(caught) == 1
-    assert "python scripts/calibrate_teacache.py --checkpoint ck.safetensors" in str(caught[0].message)
+    assert "ca2vdm calibrate --checkpoint ck.safetensors" in str(caught[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_step_cache("teacache", {}, {"teacache_coefficients": [0.0, 1.0]}, "ck.safetensors")

@@ -16,7 +16,7 @@ from ca2vdm.generation.api import load_pipeline, write_video
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.io.video import VideoWriter, read_video, save_contact_sheet
 
-from helpers import run_script
+from helpers import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "checkpoints" / "demo.safetensors"
@@ -45,8 +45,8 @@ def special(request, tmp_path):
 
 
 def export(*args) -> str:
-    """scripts/export_checkpoint.py in this process: its error line ('' when it succeeded)."""
-    return str(run_script("scripts/export_checkpoint.py", *args) or "")
+    """``ca2vdm export`` in this process: its error line ('' when it succeeded)."""
+    return str(run_command("export", *args) or "")
 
 
 def test_export_never_replaces_a_device_pipe_or_socket(special):

@@ -1,4 +1,5 @@
-"""Distil a few-step causal student from a video model: ``ca2vdm-distill`` (ca2vdm/cli/distill.py).
+"""Distil a few-step causal student from a video model: ``ca2vdm distill`` (also ``ca2vdm-distill``;
+ca2vdm/cli/distill.py), every flag the same.
 
     accelerate launch train/distill.py --config configs/distill-demo.yaml [key=value ...] [--resume latest|PATH]
 """

@@ -1,4 +1,4 @@
-"""Train a causal video DiT: ``ca2vdm-train`` (ca2vdm/cli/train.py).
+"""Train a causal video DiT: ``ca2vdm train`` (also ``ca2vdm-train``; ca2vdm/cli/train.py), every flag the same.
 
     accelerate launch train/train.py --config configs/tiny.yaml [key=value ...] [--resume latest|PATH]
 """

@@ -1,4 +1,5 @@
-"""Train our own per-frame autoencoder: ``ca2vdm-train-autoencoder`` (ca2vdm/cli/train_autoencoder.py).
+"""Train our own per-frame autoencoder: ``ca2vdm train-autoencoder`` (also ``ca2vdm-train-autoencoder``;
+ca2vdm/cli/train_autoencoder.py), every flag the same.
 
     accelerate launch train/train_autoencoder.py --config configs/ae-shapes128.yaml [key=value ...] [--resume latest]
 """

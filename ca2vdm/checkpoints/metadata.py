@@ -16,7 +16,7 @@ from ca2vdm.config import ModelConfig, SamplerSettings
 from ca2vdm.errors import CheckpointError, SettingError
 
 VERSION = 2
-CALIBRATIONS = ("teacache_coefficients", "magcache_ratios")  # step-cache calibrations (scripts/calibrate_teacache.py)
+CALIBRATIONS = ("teacache_coefficients", "magcache_ratios")  # step-cache calibrations (ca2vdm calibrate)
 PIXELS = {"kind": "pixel"}
 
 

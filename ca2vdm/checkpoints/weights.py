@@ -71,7 +71,7 @@ def read_metadata(path: str | Path) -> dict:
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not {"model_config", "autoencoder_config"} & metadata.keys():
         raise CheckpointError(f"checkpoint {path} is corrupt or was not written by ca2vdm (no model_config in its "
-                              "metadata); pass a file saved by ca2vdm training or scripts/export_checkpoint.py")
+                              "metadata); pass a file saved by ca2vdm training or ca2vdm export")
     return {k: _decode(v) for k, v in metadata.items()}
 
 

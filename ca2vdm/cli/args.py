@@ -1,4 +1,5 @@
-"""What the command lines share: argparse types for counts, and the sampler's flags generated from its settings.
+"""What the command lines share: a parser with the tool's docstring as its help, argparse types for counts, and the
+sampler's flags generated from its settings.
 
 Torch-free: a parser is built and ``--help`` answers before torch loads.
 """
@@ -15,6 +16,12 @@ from ca2vdm.config.step_caches import parse_step_cache_options
 
 # settings whose flag is not their name with dashes (for SettingError.for_cli)
 FLAGS = {"step_cache_options": "--step-cache-opt", "num_chunks": "--chunks", "first_frames": "--first-frame"}
+
+
+def new_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
+    """A tool's parser: its module docstring as the help, kept as written; ``prog`` is how the tool was called
+    (``ca2vdm generate``; None: the script's file name)."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def positive_int(text: str) -> int:

@@ -1,8 +1,8 @@
 """Distil a few-step causal student from a video model (Self-Forcing's DMD over the shared KV cache).
 
-    python scripts/make_ode_pairs.py --checkpoint checkpoints/demo.safetensors --out data/ode-demo --videos 256
+    ca2vdm make-ode-pairs --checkpoint checkpoints/demo.safetensors --out data/ode-demo --videos 256
     accelerate launch train/distill.py --config configs/distill-demo.yaml [key=value ...] [--resume latest|PATH]
-    ca2vdm-distill --config configs/distill-demo.yaml                  # single process works too
+    ca2vdm distill --config configs/distill-demo.yaml     # single process works too (also ca2vdm-distill)
 
 Stage 1 (``distill.ode_steps`` steps): ODE regression on the teacher's recorded trajectories (``data.root``); stage 2:
 DMD on the student's own rollouts, a critic stepped every step and the student every ``distill.critic_ratio``-th.
@@ -13,11 +13,11 @@ stops the run after the current step with a checkpoint (exit 128 + the signal's 
 from ca2vdm.cli.trainer import main_rank, trainer_command
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     _, out = trainer_command(__doc__, "OmegaConf YAML with distill, data and train sections, e.g. "
-                                 "configs/distill-demo.yaml", "distill")
+                                 "configs/distill-demo.yaml", "distill", argv, prog)
     if main_rank():
-        print(f"done: checkpoints in {out / 'checkpoints'}; export the student with scripts/export_checkpoint.py")
+        print(f"done: checkpoints in {out / 'checkpoints'}; export the student with ca2vdm export")
 
 
 if __name__ == "__main__":

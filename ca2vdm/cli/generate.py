@@ -1,10 +1,10 @@
 """Generate a long video chunk by chunk with the shared KV cache, streaming frames into an mp4.
 
-    ca2vdm-generate --chunks 20                          # shipped checkpoint -> outputs/long_video.mp4
-    python infer/long_video.py --chunks 20               # the same
-    ca2vdm-generate --checkpoint runs/demo/checkpoints/step_003000 --label 2 --preview
-    ca2vdm-generate --checkpoint checkpoints/text-demo.safetensors --prompt "a red circle" --switch 10="a blue square"
-    ca2vdm-generate --lora runs/demo-white/checkpoints/step_000300 --label 1   # a LoRA adapter (docs/training.md)
+    ca2vdm generate --chunks 20                          # shipped checkpoint -> outputs/long_video.mp4
+    python infer/long_video.py --chunks 20               # the same (so is ca2vdm-generate --chunks 20)
+    ca2vdm generate --checkpoint runs/demo/checkpoints/step_003000 --label 2 --preview
+    ca2vdm generate --checkpoint checkpoints/text-demo.safetensors --prompt "a red circle" --switch 10="a blue square"
+    ca2vdm generate --lora runs/demo-white/checkpoints/step_000300 --label 1   # a LoRA adapter (docs/training.md)
 
 Outputs: without --out the video goes to outputs/long_video.mp4, this tool's scratch file, replaced by every run.
 A file given with --out that exists is refused unless --overwrite. An output is never the checkpoint (or a file in
@@ -16,7 +16,7 @@ Ctrl-C or SIGTERM stops after the current denoising step and keeps the finished 
 Many videos (seeds --seed .. --seed + N - 1, one mp4 each beside --out, named by seed; see
 ca2vdm/generation/many.py):
 
-    ca2vdm-generate --num-videos 8 --batch 4 --out outputs/many/video.mp4
+    ca2vdm generate --num-videos 8 --batch 4 --out outputs/many/video.mp4
     accelerate launch --multi_gpu --num_processes 2 infer/long_video.py --num-videos 8 --out outputs/many/video.mp4
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import argparse
 import signal
 import sys
 
-from ca2vdm.cli.args import FLAGS, add_sampler_flags, lora_spec, positive_int, sampler_overrides
+from ca2vdm.cli.args import FLAGS, add_sampler_flags, lora_spec, new_parser, positive_int, sampler_overrides
 from ca2vdm.config import PRECISIONS, SWITCH_MODES
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME
@@ -34,8 +34,8 @@ from ca2vdm.io.paths import DEFAULT_CHECKPOINT, DEFAULT_OUT, VIDEO_NAME
 GENERATE_FLAGS = {**FLAGS, "preview": "the --preview sheet"}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = new_parser(__doc__, prog)
     p.add_argument("--checkpoint", default=None,
                    help="weights (.safetensors) or a training checkpoint directory (default: the shipped demo model, "
                         "checkpoints/demo.safetensors)")
@@ -101,8 +101,8 @@ def switch_arg(text: str) -> tuple[int, str | int]:
     return int(index), int(new) if new.isdigit() else new
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
     if args.num_videos is None and args.batch != 1:
         sys.exit("error: --batch needs --num-videos (the number of videos to generate)")
     switches = dict(args.switches)

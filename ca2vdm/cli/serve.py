@@ -1,8 +1,8 @@
 """Serve the live demo page: each chunk's frames are streamed to the browser the moment they are denoised.
 
-    ca2vdm-serve                                         # the shipped model at http://127.0.0.1:7860/
+    ca2vdm serve                                         # the shipped model at http://127.0.0.1:7860/
     python infer/serve.py --checkpoint checkpoints/demo.safetensors checkpoints/latent-demo.safetensors --port 8000
-    ca2vdm-serve --lora runs/demo-white/checkpoints/step_000300     # the demo model and demo+demo-white/step_000300
+    ca2vdm serve --lora runs/demo-white/checkpoints/step_000300     # the demo model and demo+demo-white/step_000300
 
 One generation runs per device at a time; other pages wait in a queue of at most --max-queue. See docs/serve.md.
 """
@@ -13,7 +13,7 @@ import errno
 import socket
 import sys
 
-from ca2vdm.cli.args import FLAGS, lora_spec, non_negative_int, positive_int
+from ca2vdm.cli.args import FLAGS, lora_spec, new_parser, non_negative_int, positive_int
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 
@@ -34,8 +34,8 @@ def seconds(text: str) -> float:
     return value
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = new_parser(__doc__, prog)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=7860, help="port, 1 .. 65535 (default 7860)")
     p.add_argument("--device", default="cpu", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
@@ -80,8 +80,8 @@ def listen(host: str, port: int) -> socket.socket:
         sys.exit(f"error: {flag}: {problem}")
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
     sock = listen(args.host, args.port)  # before the model loads: a port in use is told at once
     import uvicorn  # after the arguments: --help answers before torch and the server load
 

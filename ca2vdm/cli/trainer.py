@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ca2vdm.cli.args import new_parser
 from ca2vdm.config import AutoencoderTrainingConfig, Config, DistillTrainingConfig, RunConfig, load_config
 from ca2vdm.errors import Ca2vdmError, ConfigError
 
@@ -46,11 +47,11 @@ TRAINERS = {t.section: t for t in (
             "a distillation config", "configs/distill-demo.yaml"))}
 
 
-def trainer_parser(doc: str, config_help: str) -> argparse.ArgumentParser:
+def trainer_parser(doc: str, config_help: str, prog: str | None = None) -> argparse.ArgumentParser:
     """--config, --resume, --no-progress and the ``key=value`` overrides of a trainer. Parse with
     ``parse_intermixed_args``, which takes overrides before, between and after the flags (``parse_args`` refuses the
     ones after a flag as 'unrecognized arguments')."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(doc, prog)
     parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--resume", default=None, help="'latest' (newest checkpoint in train.output_dir) or a "
                         "checkpoint directory")
@@ -160,10 +161,12 @@ def run_trainer(parser: argparse.ArgumentParser, args: argparse.Namespace, confi
                        "with --resume latest\n")
 
 
-def trainer_command(doc: str, config_help: str, section: str) -> tuple[RunConfig, Path]:
-    """A trainer's whole command line: parse it (``key=value`` overrides anywhere), load and check the config of
-    ``section``, run it; returns the config and the run folder (every expected failure has exited with one line)."""
-    parser = trainer_parser(doc, config_help)
-    args = parser.parse_intermixed_args()
+def trainer_command(doc: str, config_help: str, section: str, argv: list[str] | None = None,
+                    prog: str | None = None) -> tuple[RunConfig, Path]:
+    """A trainer's whole command line (``argv``, default: this process's): parse it (``key=value`` overrides
+    anywhere), load and check the config of ``section``, run it; returns the config and the run folder (every expected
+    failure has exited with one line)."""
+    parser = trainer_parser(doc, config_help, prog)
+    args = parser.parse_intermixed_args(argv)
     config = load_trainer_config(parser, args, section)
     return config, run_trainer(parser, args, config, section)

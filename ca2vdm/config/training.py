@@ -65,7 +65,7 @@ class DataConfig:
     clips_per_video: int = setting(1, "items per video in an epoch (many clips fit in a long video)", low=1)
     num_workers: int = setting(-1, "DataLoader workers per process (-1: auto, 0 on a CPU-only run, else up to 8)",
                                low=-1, note="-1: auto")
-    latents: Optional[str] = setting(None, "a directory of encoded latents (scripts/encode_latents.py): no video "
+    latents: Optional[str] = setting(None, "a directory of encoded latents (ca2vdm encode-latents): no video "
                                      "decoding", kind=str)
     captions: Optional[str] = setting(None, "a text model's caption manifest (JSONL or CSV); null: "
                                       "root/captions.jsonl", kind=str)
@@ -139,7 +139,7 @@ class AutoencoderConfig:
 class DistillConfig:
     """``distill``: a few-step student distilled from a teacher checkpoint (``train/distill.py``,
     ``ca2vdm.training.distill_task``): ODE regression on the teacher's recorded trajectories (``data.root``:
-    ``scripts/make_ode_pairs.py``), then DMD on the student's own rollouts (Self-Forcing). The student has the
+    ``ca2vdm make-ode-pairs``), then DMD on the student's own rollouts (Self-Forcing). The student has the
     teacher's model config and records its sampler."""
     teacher: str = setting("", "the teacher's .safetensors file or checkpoint directory", required=True)
     steps: int = sampler_setting("steps", default=4, help="the student's denoising steps per chunk (recorded in its "

@@ -3,7 +3,7 @@ and speed ("a small blue triangle drifting left slowly"), for text-conditioned m
 
 The frame is a torus (the shape leaves one side and enters on the other), so "drifting left" stays true however long
 the video. Some colour-shape pairs (:data:`HELD_OUT`) never appear in the data: a prompt naming one tests whether
-the model composes a colour and a shape it saw only apart (``scripts/eval_prompts.py``).
+the model composes a colour and a shape it saw only apart (``ca2vdm eval prompts``).
 """
 from __future__ import annotations
 

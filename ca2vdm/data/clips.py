@@ -208,7 +208,7 @@ class VideoFolderDataset(ClipDataset):
             raise DataError(f"data.root {self.root} is a file; point data.root at the folder that holds the videos")
         if not self.root.is_dir():
             raise DataError(
-                f"video folder {self.root} does not exist; run scripts/make_synthetic_videos.py "
+                f"video folder {self.root} does not exist; run ca2vdm make-data "
                 f"--out {self.root} or point data.root at a folder of videos"
             )
         try:
@@ -244,7 +244,7 @@ class VideoFolderDataset(ClipDataset):
             seen = f"; it holds {len(others)} other files, e.g. {', '.join(others[:3])}" if others else ""
             raise DataError(
                 f"no video files in {self.root}: looking for extensions {', '.join(extensions)}{seen}. Fix: "
-                f"point data.root at a folder of videos, or run scripts/make_synthetic_videos.py --out {self.root}"
+                f"point data.root at a folder of videos, or run ca2vdm make-data --out {self.root}"
             )
         if holdout_every:  # a split by file order: every holdout_every-th usable video is held out
             keep = [(i % holdout_every == holdout_every - 1) == holdout for i in range(len(self.videos))]
@@ -255,7 +255,7 @@ class VideoFolderDataset(ClipDataset):
             raise DataError(
                 f"no usable videos in {self.root}: found {len(candidates)} files with extensions "
                 f"{', '.join(extensions)}, skipped {len(self.skipped)}{details}. Fix: run "
-                f"scripts/make_synthetic_videos.py --out {self.root} or point data.root at a folder "
+                f"ca2vdm make-data --out {self.root} or point data.root at a folder "
                 f"of videos at least {self.clip_span} frames long"
             )
         self.manifest = self._find_manifest(manifest)

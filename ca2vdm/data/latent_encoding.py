@@ -132,7 +132,7 @@ def check_output(out: Path, settings: dict, resume: bool) -> None:
 
 
 def check_unfinished(out: Path, settings: dict, resume: bool, state_name: str, product: str, work: str) -> list[str]:
-    """The checks of a folder a resumable tool fills (here, and ``scripts/make_ode_pairs.py``): DataError unless
+    """The checks of a folder a resumable tool fills (here, and ``ca2vdm make-ode-pairs``): DataError unless
     ``out`` is new or empty, or (``resume``) holds an unfinished ``work`` with the same ``settings`` (recorded in
     ``state_name``); a finished one (``index.json``) is never written over. Returns the names ``out`` holds."""
     if (out / INDEX_NAME).exists():

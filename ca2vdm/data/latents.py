@@ -1,6 +1,6 @@
 """Latents computed once: a video folder encoded into safetensors shards, and the dataset that trains from them.
 
-Layout of a latent directory (written by ``scripts/encode_latents.py``, see :mod:`ca2vdm.data.latent_encoding`)::
+Layout of a latent directory (written by ``ca2vdm encode-latents``, see :mod:`ca2vdm.data.latent_encoding`)::
 
     index.json            codec metadata, pixel and latent size, labels, and where each video's latents live
     shard_<rank>-<n>.safetensors  ...  one (C, T, h, w) float16 tensor per video, every frame of it (and for a text
@@ -29,12 +29,12 @@ def read_index(root: str | os.PathLike) -> dict:
     """The index of a latent directory, with a clear error when it is not one."""
     path = Path(root) / INDEX_NAME
     if not path.is_file():
-        raise DataError(f"data.latents={root} holds no {INDEX_NAME}; write it with scripts/encode_latents.py "
+        raise DataError(f"data.latents={root} holds no {INDEX_NAME}; write it with ca2vdm encode-latents "
                         f"--config CONFIG --out {root}")
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{path} cannot be read ({error}); re-encode with scripts/encode_latents.py") from None
+        raise DataError(f"{path} cannot be read ({error}); re-encode with ca2vdm encode-latents") from None
 
 
 class LatentClipDataset(ClipDataset):
@@ -82,7 +82,7 @@ class LatentClipDataset(ClipDataset):
         if wanted != "none" and (recorded, ix.get("text_tokens")) != (wanted, model_cfg.text_tokens):
             raise DataError(f"latents in {self.root} hold captions encoded by text_encoder={recorded} (text_tokens="
                             f"{ix.get('text_tokens')}), the model reads model.text_encoder={wanted} (text_tokens="
-                            f"{model_cfg.text_tokens}); re-encode with scripts/encode_latents.py and this config")
+                            f"{model_cfg.text_tokens}); re-encode with ca2vdm encode-latents and this config")
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         position = self.clip_position(index)

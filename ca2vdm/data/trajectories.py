@@ -1,5 +1,5 @@
 """A teacher's recorded trajectories: the training data of a few-step student's ODE regression (stage 1 of
-``train/distill.py``), written by ``scripts/make_ode_pairs.py`` (:mod:`ca2vdm.training.ode_pairs`).
+``train/distill.py``), written by ``ca2vdm make-ode-pairs`` (:mod:`ca2vdm.training.ode_pairs`).
 
 Layout of a trajectory directory::
 
@@ -33,8 +33,8 @@ def read_trajectory_index(root: str | os.PathLike) -> dict:
     if not path.is_file():
         unfinished = (Path(root) / SETTINGS_NAME).is_file()
         raise DataError(f"data.root={root} holds no {INDEX_NAME}: " + (
-            "its recording was stopped; finish it with scripts/make_ode_pairs.py ... --resume" if unfinished else
-            f"record the teacher's trajectories first: scripts/make_ode_pairs.py --checkpoint TEACHER --out {root}"))
+            "its recording was stopped; finish it with ca2vdm make-ode-pairs ... --resume" if unfinished else
+            f"record the teacher's trajectories first: ca2vdm make-ode-pairs --checkpoint TEACHER --out {root}"))
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -52,7 +52,7 @@ class TrajectoryDataset(Dataset):
         self.videos = [f"trajectory {i}" for i in range(len(self.entries))]
         self.skipped: list[tuple[str, str]] = []
         if not self.entries:
-            raise DataError(f"{self.root} holds no trajectories; record some with scripts/make_ode_pairs.py")
+            raise DataError(f"{self.root} holds no trajectories; record some with ca2vdm make-ode-pairs")
 
     def set_epoch(self, epoch: int) -> None:
         """Nothing changes between epochs (the loop's sampler reorders the items)."""

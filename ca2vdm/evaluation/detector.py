@@ -2,7 +2,7 @@
 TorchScript I3D file (the network FVD's implementations use), behind one interface (:class:`Detector`).
 
 ``ShapesDetector`` is a small 3-D convolutional network over clips of ``frames`` frames (one chunk) of 32x32 pixels.
-It is trained (``scripts/train_detector.py``, :mod:`ca2vdm.evaluation.detector_training`) to name the shape and to
+It is trained (``ca2vdm train-detector``, :mod:`ca2vdm.evaluation.detector_training`) to name the shape and to
 predict what drifts in long videos (the shape's colour, its size, the motion, the sharpness); its ``features`` (the
 layer both heads read) are the space of the Frechet distance. Its file also holds the Gaussians of real clips'
 features (all of them, and per class), so an evaluation needs no data. An I3D file gives features only: real clips
@@ -103,7 +103,7 @@ def load_detector(path: str | Path) -> Detector:
     """Our detector (a .safetensors file written by :func:`save_detector`) or a TorchScript file (I3D)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"detector {path} not found; train ours with scripts/train_detector.py or pass a "
+        raise CheckpointError(f"detector {path} not found; train ours with ca2vdm train-detector or pass a "
                               "TorchScript I3D file")
     if path.suffix != ".safetensors":
         try:
@@ -120,7 +120,7 @@ def load_detector(path: str | Path) -> Detector:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # not a detector file, damaged, or written by another version
         raise CheckpointError(f"detector {path} cannot be read ({type(e).__name__}: {e}); write it with "
-                              "scripts/train_detector.py") from None
+                              "ca2vdm train-detector") from None
     model = ShapesDetector(cfg)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     names = {k.split(".")[1] for k in tensors if k.startswith("real.")}

@@ -1,5 +1,5 @@
 """Training our detector (:class:`~ca2vdm.evaluation.detector.ShapesDetector`) on a labelled video folder, and the
-real clips' Gaussians it ships with (``scripts/train_detector.py``).
+real clips' Gaussians it ships with (``ca2vdm train-detector``).
 
 Clips of ``frames`` consecutive frames are cut from every video (every ``holdout_every``-th video is held out and
 gives the reported accuracy). The loss: cross-entropy on the shape, plus the mean squared error of the auxiliary
@@ -31,7 +31,7 @@ def real_clips(root: str | Path, frames: int, resolution: int, clips_per_video: 
     videos = [p for p in find_videos(root, VIDEO_EXTENSIONS) if p.relative_to(root).as_posix() in labels]
     if not videos:
         raise DataError(f"{root} holds no labelled videos ({DEFAULT_MANIFEST}); make some with "
-                        f"scripts/make_synthetic_videos.py --out {root}")
+                        f"ca2vdm make-data --out {root}")
     gen = torch.Generator().manual_seed(seed)
     clips, classes, owner = [], [], []
     for i, path in enumerate(videos):

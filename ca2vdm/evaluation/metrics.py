@@ -33,6 +33,19 @@ def to_frames(video: Video) -> torch.Tensor:
     return rearrange((video.float() + 1) / 2, "... c t h w -> (... t) c h w")
 
 
+def time_slice(video: Video, start: int, stop: int) -> Video:
+    """Frames ``start .. stop - 1`` of a video in either convention: (..., T, H, W, 3) uint8 or (..., C, T, H, W)."""
+    if video.dtype in (np.uint8, torch.uint8):
+        return video[..., start:stop, :, :, :]
+    return video[..., start:stop, :, :]
+
+
+def ratio(value: float, reference: float) -> float:
+    """value / reference; NaN (printed as nan, a goal failed) where the reference is 0, e.g. a chunk without a shape
+    or without motion."""
+    return value / reference if reference else math.nan
+
+
 def _gray(frames: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) luma of (N, C, H, W) frames."""
     return frames if frames.shape[1] == 1 else torch.einsum("nchw,c->nhw", frames, _LUMA)[:, None]
@@ -150,3 +163,19 @@ def shape_descriptor(video: Video, margin: float = 0.25) -> np.ndarray:
             height, width = (ys.max() - ys.min() + 1).item(), (xs.max() - xs.min() + 1).item()
             features.append((len(ys) / (height * width), width / height))
     return np.mean(features, axis=0) if features else np.full(2, math.nan)
+
+
+def shape_colour(made: torch.Tensor, real: torch.Tensor) -> dict:
+    """Hue error and per-channel difference of the shape's colour (:func:`foreground_colour`), made - real, between
+    two batches of (B, 3, T, H, W) videos in [-1, 1], the mean over the videos where both show the shape (None where
+    none does). Hue error: half the L1 distance of the chromaticities r, g, b / (r + g + b), 0 = the same hue,
+    1 = disjoint; channels: pixels in [0, 1]."""
+    pairs = np.array([(foreground_colour(m), foreground_colour(r)) for m, r in zip(made, real)])  # (B, 2, 3)
+    pairs = pairs[~np.isnan(pairs).any(axis=(1, 2))]  # (V, 2, 3): made, real
+    if not len(pairs):
+        return {"hue_error": None, "red": None, "green": None, "blue": None, "shapes": 0}
+    chroma = pairs / pairs.sum(axis=2, keepdims=True)
+    hue_error = np.abs(chroma[:, 0] - chroma[:, 1]).sum(axis=1).mean() / 2
+    red, green, blue = (pairs[:, 0] - pairs[:, 1]).mean(axis=0)
+    return {"hue_error": float(hue_error), "red": float(red), "green": float(green), "blue": float(blue),
+            "shapes": len(pairs)}

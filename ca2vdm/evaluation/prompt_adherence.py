@@ -1,11 +1,11 @@
-"""Reading a generated video's colour and shape back, to check that it follows its prompt (``scripts/eval_prompts.py``).
+"""Reading a generated video's colour and shape back, to check that it follows its prompt (``ca2vdm eval prompts``).
 
 Colour: the mean colour of the foreground pixels (:func:`~ca2vdm.evaluation.metrics.foreground_colour`), named by the
 nearest colour of the captioned shapes' palette. Shape: a nearest-centroid classifier over two features of the
 foreground of each frame (the fill of its bounding box: disc ~0.79, square ~1, triangle ~0.5; and the box's aspect),
 fitted on rendered captioned videos (:mod:`ca2vdm.data.captioned`). Frames are tori there (a shape leaving one side
 enters on the other), so each mask is first rolled to put an empty row and column at its edges: a shape split across
-a border is whole again.
+a border is whole again. :func:`adherence` generates videos from prompts and reads them back.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 from ca2vdm.data.captioned import COLOURS, draw_attributes, pairs, render_captioned_video
 from ca2vdm.data.synthetic import PALETTE, SHAPES
 from ca2vdm.evaluation.metrics import foreground_colour, foreground_mask, to_frames
+from ca2vdm.generation.api import Pipeline, to_pixels
 
 MIN_PIXELS = 4  # a frame whose foreground is smaller shows no shape
 
@@ -103,3 +104,33 @@ def check_reader(shapes: ShapeReader, videos: int = 8, seed: int = 1) -> float:
             right += read_back(torch.from_numpy(video), shapes) == (colour, shape)
             total += 1
     return right / total
+
+
+def prompted_videos(pipe: Pipeline, prompts: list[str], chunks: int, seed: int,
+                    switch: tuple[int, list[str], str] | None = None) -> np.ndarray:
+    """(B, T, H, W, 3) uint8 videos of ``prompts`` (one per video, seeds seed..), ``chunks`` chunks after the first
+    frame; ``switch`` = (chunk, new prompts, mode)."""
+    lvp, frames = pipe.sampler, []
+    state = lvp.start(batch=len(prompts), prompt=prompts, seed=[seed + i for i in range(len(prompts))])
+    frames.append(lvp.next_chunk(state).frames)  # the first frame
+    for index in range(chunks):
+        if switch is not None and index == switch[0]:
+            lvp.switch(state, prompt=switch[1], mode=switch[2])
+        frames.append(lvp.next_chunk(state).frames)
+    return to_pixels(pipe.codec, torch.cat(frames, dim=2))
+
+
+def adherence(pipe: Pipeline, reader: ShapeReader, pairs: list[tuple[str, str]], videos: int, chunks: int,
+              seed: int) -> tuple[float, list[dict]]:
+    """The share of ``videos`` videos per colour-shape pair (captions drawn with its attributes) whose colour and
+    shape, read over every frame but the first, match the prompt; and one row per video."""
+    rng = np.random.default_rng(seed)
+    attributes = [draw_attributes(rng, c, s) for c, s in pairs for _ in range(videos)]
+    prompts = [a.caption(size=rng.random() < 0.75, motion=rng.random() < 0.75) for a in attributes]
+    pixels = prompted_videos(pipe, prompts, chunks, seed)
+    rows = []
+    for a, prompt, video in zip(attributes, prompts, pixels):
+        colour, shape = read_back(torch.from_numpy(video[1:]), reader)
+        rows.append({"prompt": prompt, "colour": colour, "shape": shape, "match": (colour, shape) == (a.colour,
+                                                                                                      a.shape)})
+    return sum(r["match"] for r in rows) / len(rows), rows

@@ -1,4 +1,4 @@
-"""Reference-free quality of generated videos (``scripts/eval_quality.py``): the Frechet distance between generated
+"""Reference-free quality of generated videos (``ca2vdm eval quality``): the Frechet distance between generated
 and real clips in a detector's feature space (FVD's formula, :mod:`ca2vdm.evaluation.frechet`), per chunk index so
 that drift shows as a curve and over all chunks, and the share of clips the detector names with the label asked for.
 

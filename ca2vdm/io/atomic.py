@@ -3,16 +3,18 @@
 safetensors creates its files mode 0600 whatever the umask, so weights and latent shards came out private while
 everything else a run writes (config.yaml, metrics.jsonl, videos) is 0644. Every tensor file ca2vdm writes goes
 through :func:`save_tensors_atomic` (text files through :func:`write_text_atomic`), and :func:`honour_umask` fixes
-files written by other libraries (accelerate, diffusers).
+files written by other libraries (accelerate, diffusers). Torch loads only when tensors are saved, so a text file
+is written without it.
 """
 from __future__ import annotations
 
 import os
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from ca2vdm.io.paths import check_writable_file
+
+if TYPE_CHECKING:
+    import torch
 
 
 def file_mode() -> int:
@@ -31,6 +33,8 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor
                         metadata: dict[str, str] | None = None) -> None:
     """safetensors ``save_file`` to a temporary name beside ``path``, mode set from the umask, then renamed (never
     onto a directory, device, pipe or socket: :func:`~ca2vdm.io.paths.check_writable_file`)."""
+    from safetensors.torch import save_file  # here: writing text needs no torch
+
     path = check_writable_file(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)

@@ -58,6 +58,15 @@ def check_writable_file(path: str | os.PathLike, name: str = "path", overwrite: 
     return path
 
 
+def check_not_an_input(name: str, path: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
+    """Refuse (SettingError naming ``name``) an output that is one of ``inputs`` or lies inside an input folder: writing
+    it would destroy what was read."""
+    path = Path(path)
+    for source in map(Path, inputs):
+        if _same_file(path, source) or (source.is_dir() and path.resolve().is_relative_to(source.resolve())):
+            raise SettingError(name, path, f"is (or is inside) the input {source}; write it elsewhere")
+
+
 def output_path(out: str | Path) -> Path:
     """The video file ``out`` names: a trailing slash or an existing directory means ``VIDEO_NAME`` inside it."""
     if str(out).endswith(("/", os.sep)) or Path(out).is_dir():

@@ -1,7 +1,7 @@
 """What ``train/distill.py`` trains: a few-step causal student of a video model, in two stages of one run.
 
 1. ``distill.ode_steps`` steps of ODE regression on the teacher's recorded trajectories (``data.root``, written by
-   ``scripts/make_ode_pairs.py``): the student learns to take the teacher's several steps in one
+   ``ca2vdm make-ode-pairs``): the student learns to take the teacher's several steps in one
    (:func:`~ca2vdm.training.dmd.trajectory_loss`), so that it is usable before DMD.
 2. DMD on its own rollouts (Self-Forcing): the student makes a training clip through its KV cache with gradients
    through one exit step per chunk (:mod:`~ca2vdm.training.distill_rollout`), scored by the frozen, guided teacher
@@ -85,7 +85,7 @@ class DistillTask:
         if index["model_config"] != to_dict(self.cfg) or not same_times:
             raise DataError(f"the trajectories in {config.data.root} were recorded from {index['teacher']} for "
                             f"{index['steps']} student steps; distill.teacher={config.distill.teacher} with "
-                            f"distill.steps={config.distill.steps} needs its own: scripts/make_ode_pairs.py "
+                            f"distill.steps={config.distill.steps} needs its own: ca2vdm make-ode-pairs "
                             f"--checkpoint {config.distill.teacher} --steps {config.distill.steps} --out NEW_DIR")
         return data
 

@@ -1,4 +1,4 @@
-"""Exports kept apart from training checkpoints: where ``scripts/export_checkpoint.py`` may write, and what a resume
+"""Exports kept apart from training checkpoints: where ``ca2vdm export`` may write, and what a resume
 accepts as a training checkpoint's own weights.
 
 An export is a copy of a checkpoint's EMA weights, usually float16, for inference. Written over its own source it
@@ -89,6 +89,6 @@ def check_training_weights(path: str | Path, kind: str) -> None:
     other = sorted(dtypes - {"F32"})  # training.EMA keeps every tensor in float32
     if other:
         raise CheckpointError(f"cannot resume from {Path(path)}: its {weights.name} holds {', '.join(other)} tensors, "
-                              "not the float32 EMA training keeps, so it is an export (scripts/export_checkpoint.py) "
+                              "not the float32 EMA training keeps, so it is an export (ca2vdm export) "
                               f"put in its place and the run could not continue exactly; restore the run's own "
                               f"{WEIGHTS_NAME} or resume from another checkpoint")

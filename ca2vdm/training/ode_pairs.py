@@ -1,4 +1,4 @@
-"""Recording a teacher's trajectories for a few-step student's ODE regression (``scripts/make_ode_pairs.py``).
+"""Recording a teacher's trajectories for a few-step student's ODE regression (``ca2vdm make-ode-pairs``).
 
 The teacher samples clips (its first frame and the chunks after it, one training clip) through the KV cache, guided
 as its checkpoint records, and the state of every chunk is kept at the student's times: the teacher's schedule holds

@@ -13,7 +13,7 @@ on) with fixed noise, fixed clean-frame perturbation and fixed per-chunk times: 
 (tests/test_diffusion.py), so the values of the two runs compare. Both the raw weights and the EMA are evaluated.
 
 The learning rate warms up over ``train.warmup_steps`` and then stays at ``train.lr`` (a time budget has no step
-count for a decay). Without ``--data`` the synthetic shapes data set is written by scripts/make_synthetic_videos.py
+count for a decay). Without ``--data`` the synthetic shapes data set is written by ca2vdm make-data
 into a temporary folder. Writes ``<out-dir>/objective.json`` and ``<out-dir>/objective.png``.
 """
 from __future__ import annotations
@@ -23,8 +23,6 @@ import copy
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,9 +30,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ca2vdm.cli.make_data import main as make_data
 from ca2vdm.config import Config, load_config
 from ca2vdm.data.clips import ClipDataset, VideoFolderDataset
 from ca2vdm.io.plotting import plot_or_skip
+from ca2vdm.io.results import write_results
 from ca2vdm.io.video import read_frames, resize_center_crop
 from ca2vdm.models.base import CausalVideoModel
 from ca2vdm.models.registry import build_model
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. train.batch_size=16)")
     p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"), help="training config both objectives use")
-    p.add_argument("--data", type=Path, help="video folder (written with make_synthetic_videos.py if missing)")
+    p.add_argument("--data", type=Path, help="video folder (written with ca2vdm make-data if missing)")
     p.add_argument("--seconds", type=float, default=240, help="training compute seconds per objective")
     p.add_argument("--slice", type=float, default=15, help="seconds per alternating slice")
     p.add_argument("--eval-clips", type=int, default=32, help="held-out clips (each evaluated --eval-repeats times)")
@@ -267,8 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.config, [*args.overrides, f"data.root={data}", f"train.output_dir={tmp}/run"])
         if not data.is_dir() or not any(data.iterdir()):
             size = config.model.resolution  # pixel codec: frames at the model's size decode fastest
-            subprocess.run([sys.executable, str(ROOT / "scripts/make_synthetic_videos.py"), "--out", str(data),
-                            "--size", str(size)], check=True)
+            make_data(["--out", str(data), "--size", str(size)])
         mc = config.model
         task = DiffusionTask(config, device)
         train_set = InMemoryClips(VideoFolderDataset(
@@ -310,8 +309,7 @@ def main(argv: list[str] | None = None) -> None:
                         "history": r.history} for name, r in runs.items()},
         "summary": {"raw": summarise(runs, "eval"), "ema": summarise(runs, "eval_ema")},
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "objective.json").write_text(json.dumps(result, indent=1))
+    write_results(args.out_dir / "objective.json", result, [args.config])
     drawn = plot_or_skip(plot, result, path=args.out_dir / "objective.png")
     for kind, s in result["summary"].items():
         ratio = "never" if s["ratio"] is None else f"after {s['ratio']:.2f} of chunk's time"

@@ -12,24 +12,23 @@ command does (unconditional, the checkpoint's other settings, KV cache):
 Per chunk it prints the ratio of the generated chunks' mean brightness (pixels in [0, 1]) and contrast (pixel std)
 to the real chunks' at the same frames, pooled over the videos (1 = no drift; the shapes move, but a training video
 keeps its colour and size), and the shape's colour: per video, the mean colour of the foreground pixels
-(``metrics.foreground_colour``) against the real chunk's, as the hue error (half the L1 distance of the
-chromaticities r, g, b / (r + g + b): 0 = the same hue, 1 = disjoint) and the difference per channel (generated -
-real, pixels in [0, 1]), averaged over the videos where both chunks show the shape: a systematic bias shows in the
-channel differences, a random walk only in the hue error. Same noise for every setting.
+(``metrics.foreground_colour``) against the real chunk's (``metrics.shape_colour``), as the hue error (half the L1
+distance of the chromaticities r, g, b / (r + g + b): 0 = the same hue, 1 = disjoint) and the difference per channel
+(generated - real, pixels in [0, 1]), averaged over the videos where both chunks show the shape: a systematic bias
+shows in the channel differences, a random walk only in the hue error. Same noise for every setting.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.data.clips import VIDEO_EXTENSIONS, find_videos
-from ca2vdm.evaluation.metrics import foreground_colour
+from ca2vdm.evaluation.metrics import shape_colour
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+from ca2vdm.io.results import write_results
 from ca2vdm.io.video import read_video
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
@@ -53,20 +52,6 @@ def brightness_contrast(frames: torch.Tensor) -> tuple[float, float]:
     return pixels.mean().item(), pixels.std().item()
 
 
-def shape_colour(made: torch.Tensor, real: torch.Tensor) -> dict:
-    """Hue error and per-channel difference of the shape's colour, made - real (B, 3, T, H, W), mean over the videos
-    where both show the shape (None if none does)."""
-    pairs = np.array([(foreground_colour(m), foreground_colour(r)) for m, r in zip(made, real)])  # (B, 2, 3)
-    pairs = pairs[~np.isnan(pairs).any(axis=(1, 2))]  # (V, 2, 3): made, real
-    if not len(pairs):
-        return {"hue_error": None, "red": None, "green": None, "blue": None, "shapes": 0}
-    chroma = pairs / pairs.sum(axis=2, keepdims=True)
-    hue_error = np.abs(chroma[:, 0] - chroma[:, 1]).sum(axis=1).mean() / 2
-    red, green, blue = (pairs[:, 0] - pairs[:, 1]).mean(axis=0)
-    return {"hue_error": float(hue_error), "red": float(red), "green": float(green), "blue": float(blue),
-            "shapes": len(pairs)}
-
-
 def continue_videos(pipe: LongVideoPipeline, videos: torch.Tensor, chunks: int, teacher: bool,
                     seed: int) -> list[dict]:
     """Ratios to the real chunks, per chunk, of continuing every video's first frame. videos: (B, 3, T, H, W)."""
@@ -84,7 +69,7 @@ def continue_videos(pipe: LongVideoPipeline, videos: torch.Tensor, chunks: int, 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file (default: the shipped model)")
-    p.add_argument("--data", default="data/shapes", help="training videos (scripts/make_synthetic_videos.py)")
+    p.add_argument("--data", default="data/shapes", help="training videos (ca2vdm make-data)")
     p.add_argument("--every", type=int, default=8, help="take every n-th video of --data (default 8)")
     p.add_argument("--videos", type=int, default=24, help="at most this many videos, continued as one batch")
     p.add_argument("--chunks", type=int, default=10, help="chunks per video (the videos must be long enough)")
@@ -100,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{args.checkpoint} works on latents; this measurement compares pixels (a pixel model only)")
     files = sorted(find_videos(Path(args.data), VIDEO_EXTENSIONS))[::args.every][:args.videos]
     if not files:
-        raise SystemExit(f"no videos under {args.data}: write them with scripts/make_synthetic_videos.py, or pass "
+        raise SystemExit(f"no videos under {args.data}: write them with ca2vdm make-data, or pass "
                          "--data")
     needed = 1 + args.chunks * model.cfg.chunk_frames
     clips = [read_video(f, size=model.cfg.resolution)[:, :needed] for f in files]  # (3, <= needed, H, W) each
@@ -120,10 +105,9 @@ def main(argv: list[str] | None = None) -> None:
                 values = " ".join("  -  " if r[key] is None else f"{r[key]:.3f}" for r in rows)
                 print(f"{steps:3d} steps, shift {shift:4.1f}, {mode:7s} {key:10s} {values}", flush=True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "data": args.data,
-                                               "videos": [f.name for f in files], "seed": args.seed,
-                                               "threads": torch.get_num_threads(), "results": results}, indent=1))
+        write_results(args.json, {"checkpoint": args.checkpoint, "data": args.data, "videos": [f.name for f in files],
+                                  "seed": args.seed, "threads": torch.get_num_threads(), "results": results},
+                      [args.checkpoint, args.data], "json")
 
 
 if __name__ == "__main__":

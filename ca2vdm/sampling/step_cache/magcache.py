@@ -2,7 +2,7 @@
 
 The "magnitude law": the ratio of the norms of successive residuals (stack output - input),
 ``gamma_t = mean over tokens of ||r_t|| / ||r_{t-1}||``, follows nearly the same curve for every input of a
-model, so one calibration run (``scripts/calibrate_teacache.py --policy magcache``) records it per step. While
+model, so one calibration run (``ca2vdm calibrate --policy magcache``) records it per step. While
 sampling, each step after the last computed one multiplies ``ratio *= gamma_t`` and adds ``|1 - ratio|`` to the
 error; the stack is skipped (the last residual reused unchanged) while that error stays below ``threshold`` and at
 most ``max_skip`` steps in a row were skipped. The first ``retention`` fraction of the steps and the last step
@@ -53,7 +53,7 @@ class MagCache(StepCache):
     def __init__(self, ratios: list[float], config: MagCacheConfig | None = None, **options):
         super().__init__(config, **options)
         if not ratios:
-            raise ValueError("MagCache needs the calibrated magnitude ratios (scripts/calibrate_teacache.py "
+            raise ValueError("MagCache needs the calibrated magnitude ratios (ca2vdm calibrate "
                              "--policy magcache)")
         self.ratios = list(ratios)
 
@@ -62,8 +62,8 @@ class MagCache(StepCache):
                          config: MagCacheConfig | None) -> MagCache:
         """MagCache with the checkpoint's calibrated ratios; ValueError (with the command) when it has none."""
         if not calibration.get("magcache_ratios"):
-            raise ValueError(f"{source} has no MagCache calibration; calibrate it once with: python "
-                             f"scripts/calibrate_teacache.py --policy magcache --checkpoint {source}")
+            raise ValueError(f"{source} has no MagCache calibration; calibrate it once with: "
+                             f"ca2vdm calibrate --policy magcache --checkpoint {source}")
         return cls(calibration["magcache_ratios"], config)
 
     def forced_step(self) -> bool:

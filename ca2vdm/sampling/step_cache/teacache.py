@@ -2,7 +2,7 @@
 
 At every denoising step the indicator is the first block's normalised, timestep-modulated input ``m_t`` (the
 noisy chunk's tokens only, in every cache mode). Its relative L1 change ``d = mean|m_t - m_prev| / mean|m_prev|``
-is rescaled by a polynomial fitted per checkpoint (``scripts/calibrate_teacache.py``) to predict the change of the
+is rescaled by a polynomial fitted per checkpoint (``ca2vdm calibrate``) to predict the change of the
 stack's output, and accumulated. While the sum stays below ``threshold`` the stack is skipped and its last residual
 (output - input) is added instead; otherwise the stack runs, its residual is stored and the sum resets. The first
 and last steps are always computed. Rescaled changes are clamped at 0, so ``threshold=0`` computes every step.
@@ -52,8 +52,8 @@ class TeaCache(StepCache):
         coefficients = calibration.get("teacache_coefficients")
         if coefficients is None:
             warnings.warn(f"{source} has no TeaCache calibration, so step cache teacache rescales with the generic "
-                          "poly(d) = d and its threshold means little; calibrate once with: python "
-                          f"scripts/calibrate_teacache.py --checkpoint {source}", stacklevel=2)
+                          "poly(d) = d and its threshold means little; calibrate once with: "
+                          f"ca2vdm calibrate --checkpoint {source}", stacklevel=2)
             coefficients = IDENTITY
         return cls(config, coefficients=tuple(coefficients))
 

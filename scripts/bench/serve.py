@@ -1,9 +1,9 @@
 """Measure the live demo as a page sees it: generated frames per second and time to the first frame, with and without
 a step cache, through the real WebSocket protocol; and where the time goes (model, mp4 encoding, transport).
 
-    python scripts/bench_serve.py                                   # starts infer/serve.py with the shipped model
-    python scripts/bench_serve.py --policy teacache --thresholds 0.1 0.2 --chunks 20 --repeats 3
-    python scripts/bench_serve.py --url ws://127.0.0.1:7860/ws       # a server that is already running
+    python scripts/bench/serve.py                                   # starts infer/serve.py with the shipped model
+    python scripts/bench/serve.py --policy teacache --thresholds 0.1 0.2 --chunks 20 --repeats 3
+    python scripts/bench/serve.py --url ws://127.0.0.1:7860/ws       # a server that is already running
 
 Runs alternate between the settings (none, policy@t1, policy@t2, none, ...) so a busy machine slows them alike; the
 JSON reports medians per setting and the ratio to "none" from the same run. The client acknowledges every chunk at
@@ -21,10 +21,10 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES, read_chunk_message
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLAYBACK_FPS = 8
 
 
@@ -124,6 +124,7 @@ def summary(runs: list[dict]) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    check_results_path(args.out)  # before the measurement, not after it
     load = os.getloadavg()
     proc, url = (None, args.url) if args.url else start_server(args.checkpoint, args.threads)
     try:
@@ -158,8 +159,7 @@ def main(argv=None) -> None:
               "playback_fps": PLAYBACK_FPS, "device": hello["device"], "torch_threads": hello["threads"],
               "cpus": os.cpu_count(), "load_average_before": load, "load_average_after": os.getloadavg(),
               "settings": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(args.out), json.dumps(report, indent=2) + "\n")
+    write_results(args.out, report)
     for name, r in results.items():
         print(f"{name:>16}: {r['median_fps']:.2f} frames/s ({r['speedup_vs_none']:.2f}x), first frame "
               f"{r['median_first_frame_seconds']:.2f} s; model {r['median_model_seconds']:.2f} s, encode "

@@ -1,20 +1,18 @@
 """Write a synthetic bouncing-shapes video dataset (mp4 + labels.jsonl + classes.json).
 
-    python scripts/make_synthetic_videos.py --out data/shapes --num-videos 200 --frames 128 --size 32
-    python scripts/make_synthetic_videos.py --out data/shapes-white --colour 255,255,255  # a colour PALETTE lacks
-    python scripts/make_synthetic_videos.py --out data/captioned --captions   # captions.jsonl + held_out.json
+    ca2vdm make-data --out data/shapes --num-videos 200 --frames 128 --size 32
+    ca2vdm make-data --out data/shapes-white --colour 255,255,255  # a colour PALETTE lacks
+    ca2vdm make-data --out data/captioned --captions   # captions.jsonl + held_out.json
 
 With --captions each video shows one shape drifting across a wrap-around frame, described by a caption ("a small
 blue triangle drifting left slowly"); the colour-shape pairs of held_out.json never appear (ca2vdm/data/captioned.py).
 """
-
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ca2vdm.data.captioned import HELD_OUT, write_captioned_dataset
-from ca2vdm.data.synthetic import SHAPES, write_dataset
+from ca2vdm.cli.args import new_parser
 
 
 def _rgb(text: str) -> tuple[int, int, int]:
@@ -24,8 +22,8 @@ def _rgb(text: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in values)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    parser = new_parser(__doc__, prog)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--num-videos", type=int, default=200, help="how many videos to write")
     parser.add_argument("--frames", type=int, default=128, help="frames per video")
@@ -40,6 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.captions and args.colour is not None:
         parser.error("--colour paints every shape one colour, but --captions names each shape's colour from the "
                      "palette; leave out one of them")
+    return args
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
+    from ca2vdm.data.captioned import HELD_OUT, write_captioned_dataset  # after the arguments
+    from ca2vdm.data.synthetic import SHAPES, write_dataset
+
     if args.captions:
         count = write_captioned_dataset(args.out, args.num_videos, args.frames, args.size, args.seed, fps=args.fps)
         held = ", ".join(f"{c} {s}" for c, s in HELD_OUT)
@@ -52,7 +58,3 @@ def main(argv: list[str] | None = None) -> None:
         f"wrote {count} video{'s' * (count != 1)} ({args.frames} frames, {args.size}x{args.size}, {args.fps} fps, "
         f"classes {', '.join(SHAPES)}) to {args.out}"
     )
-
-
-if __name__ == "__main__":
-    main()

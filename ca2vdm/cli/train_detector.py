@@ -1,24 +1,24 @@
-"""Train the small video feature network behind scripts/eval_quality.py on a labelled video folder (the synthetic
+"""Train the small video feature network behind ``ca2vdm eval quality`` on a labelled video folder (the synthetic
 shapes), and write it with the real clips' feature Gaussians (a few hundred KB).
 
-    python scripts/make_synthetic_videos.py --out data/shapes
-    python scripts/train_detector.py --data data/shapes --out checkpoints/shapes-detector.safetensors
+    ca2vdm make-data --out data/shapes
+    ca2vdm train-detector --data data/shapes --out checkpoints/shapes-detector.safetensors
 
 Clips of one chunk (4 frames, 32x32); every 8th video is held out for the reported class accuracy. A few minutes on
 one CPU core (docs/distillation.md).
 """
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 
-import torch
-
+from ca2vdm.cli.args import new_parser
 from ca2vdm.errors import Ca2vdmError
-from ca2vdm.evaluation.detector_training import train_detector
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = new_parser(__doc__, prog)
     p.add_argument("--data", default="data/shapes", help="labelled video folder (labels.jsonl)")
     p.add_argument("--out", default="checkpoints/shapes-detector.safetensors", help="detector file to write")
     p.add_argument("--steps", type=int, default=600, help="training steps")
@@ -26,7 +26,15 @@ def main() -> None:
     p.add_argument("--clips-per-video", type=int, default=16, help="clips cut from each video")
     p.add_argument("--seed", type=int, default=0, help="clip positions, initialisation and batches")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
+    import torch  # after the arguments: --help answers before torch loads
+
+    from ca2vdm.evaluation.detector_training import train_detector
+
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -36,7 +44,3 @@ def main() -> None:
         sys.exit(f"error: {e.for_cli()}")
     print(json.dumps(info))
     print(f"wrote {args.out}: held-out class accuracy {info['held_out_accuracy']:.3f}")
-
-
-if __name__ == "__main__":
-    main()

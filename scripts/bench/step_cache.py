@@ -1,7 +1,7 @@
 """Step-caching policies head to head on one checkpoint: evaluations saved, speed-up and per-chunk quality.
 
-    OMP_NUM_THREADS=1 python scripts/bench_step_cache.py --chunks 9 --out-dir outputs/bench
-    OMP_NUM_THREADS=1 python scripts/bench_step_cache.py --chunks 9 --drift-chunks 200   # + free-running drift
+    OMP_NUM_THREADS=1 python scripts/bench/step_cache.py --chunks 9 --out-dir outputs/bench
+    OMP_NUM_THREADS=1 python scripts/bench/step_cache.py --chunks 9 --drift-chunks 200   # + free-running drift
 
 Every policy setting samples the same chunks (model, seed, label) **teacher-forced**: each chunk is denoised from
 the reference video's own context and noise (the reference: no policy), so its PSNR against the reference chunk is
@@ -15,14 +15,15 @@ pass per chunk that writes the KV cache); ``cpu_speedup`` / ``chunk_cpu_speedup`
 over the chunks (capped at 100 dB).
 
 ``--drift-chunks N`` also generates an N-chunk free-running video without a policy and with each policy's best
-setting (the most evaluations saved at mean chunk PSNR >= 35 dB and worst chunk >= 30 dB) and compares the
-statistics (brightness, contrast, sharpness, motion) of its last 50 chunks against its first 10, policy on vs off;
+setting (the most evaluations saved at mean chunk PSNR >= 35 dB and worst chunk >= 30 dB: ``--goal-psnr``) and
+compares the statistics (brightness, contrast, sharpness, motion) of its last 50 chunks against its first 10
+(``--drift-last``, ``--drift-first``), policy on vs off;
 as the yardstick of how much two rollouts differ anyway, the same for the video without a policy at the next seed.
 ``--drift-seeds N`` repeats that for N seeds from ``--seed`` (``drift.seeds``: each seed's statistics, policy on and
 off; ``drift.summary``: per statistic, on / off per seed with its mean, and the policy-free ratios per seed with their
 spread, max / min, as the yardstick); ``--settings`` restricts the table (and so the drift) to named settings:
 
-    OMP_NUM_THREADS=1 python scripts/bench_step_cache.py --chunks 9 --policies taylorseer \
+    OMP_NUM_THREADS=1 python scripts/bench/step_cache.py --chunks 9 --policies taylorseer \
         --settings interval=2,growth=1,cfg_reuse=1 --drift-chunks 200 --drift-seeds 4
 
 Writes ``step_cache.json`` (after every setting, so an interrupted run keeps what it measured), then
@@ -31,7 +32,6 @@ message without matplotlib), and prints a table.
 """
 import argparse
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -39,14 +39,14 @@ import torch
 
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.evaluation.metrics import motion, psnr, sharpness, to_frames
-from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.plotting import plot_or_skip
+from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.sampling.step_cache import AdaCache, build_step_cache
 
-GOAL_MEAN, GOAL_MIN = 35.0, 30.0  # dB: mean and worst chunk PSNR a setting must keep to count as "good"
-DRIFT_FIRST, DRIFT_LAST = 10, 50  # chunks compared by --drift-chunks
+GOAL_MEAN, GOAL_MIN = 35.0, 30.0  # dB: mean and worst chunk PSNR a setting must keep to count as "good" (--goal-psnr)
+DRIFT_FIRST, DRIFT_LAST = 10, 50  # chunks compared by --drift-chunks (--drift-first, --drift-last)
 
 
 def settings() -> list[tuple[str, str, dict]]:
@@ -115,8 +115,8 @@ def ratio(run: dict, column: int) -> float:
     return sum(t[column] for t in run["ref_times"]) / sum(t[column] for t in run["times"])
 
 
-def video_stats(frames: list[torch.Tensor]) -> dict:
-    """Brightness, contrast, sharpness and motion of the last DRIFT_LAST chunks relative to the first DRIFT_FIRST
+def video_stats(frames: list[torch.Tensor], first: int, last: int) -> dict:
+    """Brightness, contrast, sharpness and motion of the last ``last`` chunks relative to the first ``first``
     full-length chunks of a free-running video (frames: (B, C, L, H, W) per chunk)."""
     chunks = [f[0] for f in frames if f.shape[2] == max(g.shape[2] for g in frames)]  # (C, L, H, W) each
 
@@ -126,15 +126,15 @@ def video_stats(frames: list[torch.Tensor]) -> dict:
         return {"brightness": pixels.mean().item(), "contrast": pixels.std().item(), "sharpness": sharpness(video),
                 "motion": motion(video)}
 
-    first, last = stats(chunks[:DRIFT_FIRST]), stats(chunks[-DRIFT_LAST:])
-    return {key: last[key] / first[key] for key in first}
+    head, tail = stats(chunks[:first]), stats(chunks[-last:])
+    return {key: tail[key] / head[key] for key in head}
 
 
-def best_settings(rows: list[dict]) -> dict[str, dict]:
-    """Per policy, the setting with the most evaluations saved that meets the quality goals."""
+def best_settings(rows: list[dict], goal_mean: float, goal_min: float) -> dict[str, dict]:
+    """Per policy, the setting with the most evaluations saved whose mean and worst chunk PSNR meet the goals."""
     best = {}
     for row in rows:
-        good = row["chunk_psnr_mean"] >= GOAL_MEAN and row["chunk_psnr_min"] >= GOAL_MIN
+        good = row["chunk_psnr_mean"] >= goal_mean and row["chunk_psnr_min"] >= goal_min
         if row["policy"] != "none" and good and row["eval_ratio"] > best.get(row["policy"], {}).get("eval_ratio", 0):
             best[row["policy"]] = row
     return best
@@ -144,17 +144,19 @@ def drift(model, meta, rows: list[dict], options: dict, args, save) -> dict:
     """Free-running ``args.drift_chunks`` chunks without a policy and with each policy's best setting, for the seeds
     ``args.seed`` .. ``args.seed + args.drift_seeds - 1`` (policy-free also at the next seed when there is one seed,
     as the yardstick); ``save(result)`` after every seed, so an interrupted run keeps the seeds it finished."""
-    best = best_settings(rows)
+    best = best_settings(rows, *args.goal_psnr)
     entries = []
+    window = args.drift_first, args.drift_last
     for seed in range(args.seed, args.seed + max(args.drift_seeds, 2)):
-        entry = {"seed": seed, "off": video_stats(free_running(model, meta, None, args.drift_chunks, args.label, seed))}
+        entry = {"seed": seed,
+                 "off": video_stats(free_running(model, meta, None, args.drift_chunks, args.label, seed), *window)}
         for policy, row in best.items() if seed < args.seed + args.drift_seeds else ():
             made = make_policy(policy, options[(policy, row["setting"])], meta, args.checkpoint)
-            stats = video_stats(free_running(model, meta, made, args.drift_chunks, args.label, seed))
+            stats = video_stats(free_running(model, meta, made, args.drift_chunks, args.label, seed), *window)
             entry[policy] = {"setting": row["setting"], "last_vs_first": stats,
                              "vs_off": {k: stats[k] / entry["off"][k] for k in stats}}
-            print(f"drift {policy} ({row['setting']}), seed {seed}: last {DRIFT_LAST} vs first {DRIFT_FIRST} chunks, "
-                  "policy on / off: " + ", ".join(f"{k} {v:.3f}" for k, v in entry[policy]["vs_off"].items()),
+            print(f"drift {policy} ({row['setting']}), seed {seed}: last {args.drift_last} vs first {args.drift_first} "
+                  "chunks, policy on / off: " + ", ".join(f"{k} {v:.3f}" for k, v in entry[policy]["vs_off"].items()),
                   flush=True)
         entries.append(entry)
         result = drift_summary(entries, list(best))
@@ -190,7 +192,7 @@ def curve(row: dict) -> str:
     return row["policy"] + (" (growth)" if "growth=" in row["setting"] else "")
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], goal_mean: float, path: Path) -> None:
     """Speed-up and evaluations saved against mean chunk PSNR, one curve per policy."""
     if all(r["policy"] == "none" for r in rows):
         print("no policy rows: no plot")
@@ -203,7 +205,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for name in dict.fromkeys(curve(r) for r in rows if r["policy"] != "none"):
             pts = sorted((r for r in rows if curve(r) == name), key=lambda r: r[key])
             ax.plot([r[key] for r in pts], [min(r["chunk_psnr_mean"], 60) for r in pts], "o-", label=name)
-        ax.axhline(GOAL_MEAN, color="gray", lw=0.8, ls="--")
+        ax.axhline(goal_mean, color="gray", lw=0.8, ls="--")
         ax.axvline(3.0 if key == "eval_ratio" else 2.5, color="gray", lw=0.8, ls=":")
         ax.set(xlabel=label, title="teacher-forced chunks vs no policy")
     axes[0].set_ylabel("mean chunk PSNR (dB, capped at 60)")
@@ -221,8 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the reference video and its noise")
     p.add_argument("--label", type=int, default=0, help="class label; guidance (and so FasterCache) needs one")
     p.add_argument("--drift-chunks", type=int, default=0,
-                   help=f"also compare a free-running video of this many chunks (> {DRIFT_FIRST + DRIFT_LAST}) with "
+                   help="also compare a free-running video of this many chunks (> --drift-first + --drift-last) with "
                         "each policy's best setting on and off (0: skip; 200 takes long)")
+    p.add_argument("--drift-first", type=int, default=DRIFT_FIRST,
+                   help=f"the drift compares the last --drift-last chunks with these first (default {DRIFT_FIRST})")
+    p.add_argument("--drift-last", type=int, default=DRIFT_LAST,
+                   help=f"the last chunks of the drift comparison (default {DRIFT_LAST})")
+    p.add_argument("--goal-psnr", type=float, nargs=2, default=[GOAL_MEAN, GOAL_MIN], metavar=("MEAN", "MIN"),
+                   help=f"dB a setting's mean and worst chunk PSNR must reach to be a policy's best for the drift "
+                        f"(default {GOAL_MEAN:g} {GOAL_MIN:g})")
     p.add_argument("--drift-seeds", type=int, default=1,
                    help="the drift videos for this many seeds from --seed, each with and without the policies")
     p.add_argument("--policies", nargs="*", default=None, help="only these policies (default: all)")
@@ -230,18 +239,20 @@ def main(argv: list[str] | None = None) -> None:
                    help="only these settings of the policies, by label, e.g. interval=2,growth=1,cfg_reuse=1")
     p.add_argument("--out-dir", default="outputs/bench", help="folder for step_cache.json (and the plot)")
     args = p.parse_args(argv)
-    if args.drift_chunks and args.drift_chunks <= DRIFT_FIRST + DRIFT_LAST:
-        p.error(f"--drift-chunks must exceed {DRIFT_FIRST + DRIFT_LAST} (first {DRIFT_FIRST} vs last {DRIFT_LAST})")
+    if args.drift_first < 1 or args.drift_last < 1:
+        p.error("--drift-first and --drift-last must be at least 1")
+    if args.drift_chunks and args.drift_chunks <= args.drift_first + args.drift_last:
+        p.error(f"--drift-chunks must exceed {args.drift_first + args.drift_last} (first {args.drift_first} vs last "
+                f"{args.drift_last})")
     if args.drift_seeds < 1:
         p.error("--drift-seeds must be at least 1")
     unknown = set(args.settings or ()) - {setting for _, setting, _ in settings()}
     if unknown:
         p.error(f"--settings: no setting {', '.join(sorted(unknown))}; the labels are those of the table's setting "
                 "column, e.g. interval=2,growth=1,cfg_reuse=1 or threshold=1.0")
-    model, meta = load_model(args.checkpoint)
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "step_cache.json"
+    json_path = check_results_path(out_dir / "step_cache.json", [args.checkpoint])  # before the measurement
+    model, meta = load_model(args.checkpoint)
     free_running(model, meta, None, 1, args.label, args.seed)  # warm-up, not timed
     truth = free_running(model, meta, None, args.chunks, args.label, args.seed)
     reference_model = copy.deepcopy(model)
@@ -269,18 +280,18 @@ def main(argv: list[str] | None = None) -> None:
                "chunk_psnr_mean": sum(scores) / len(scores), "chunk_psnr_min": min(scores), "chunk_psnr": scores,
                "seconds": sum(t[1] for t in run["times"])}
         result["rows"].append(row)
-        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+        write_results(json_path, result, [args.checkpoint])
         print(f"{policy:11} {setting:31} {run['evals']:5d} {row['eval_ratio']:7.2f} {row['speedup']:7.2f} "
               f"{row['cpu_speedup']:6.2f} {row['chunk_speedup']:7.2f} {row['chunk_psnr_mean']:9.1f} "
               f"{row['chunk_psnr_min']:8.1f}", flush=True)
     if args.drift_chunks:
         def save(found: dict) -> None:
             result["drift"] = {"chunks": args.drift_chunks, **found}
-            write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
+            write_results(json_path, result, [args.checkpoint])
 
         drift(model, meta, result["rows"], options, args, save)
     print(f"wrote {json_path}")
-    plot_or_skip(plot, result["rows"], path=out_dir / "step_cache.png")
+    plot_or_skip(plot, result["rows"], args.goal_psnr[0], path=out_dir / "step_cache.png")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """LoRA fine-tuning against a full fine-tune of the same model, and what an adapter does at inference, in one run.
 
-    python scripts/bench_lora.py --adapter runs/demo-white/checkpoints/step_000200 --data data/shapes-white \
+    python scripts/bench/lora.py --adapter runs/demo-white/checkpoints/step_000200 --data data/shapes-white \
         --colour 255,255,255 --steps 15 --sheet docs/images/lora_white.png --out docs/results/lora.json
-    python scripts/bench_lora.py --preset small --data data/shapes-white --steps 3 --batch-size 1 \
+    python scripts/bench/lora.py --preset small --data data/shapes-white --steps 3 --batch-size 1 \
         --out docs/results/lora_small.json   # the cost alone, on a wider model of the same architecture
 
 1. Cost (the goals: adapter <= 10 % of the base file, step >= 1.3x faster, optimizer state >= 5x smaller): --steps
@@ -13,14 +13,13 @@
    (``ca2vdm/config/model.py``) with random weights, saved in float16 as a shipped checkpoint is, instead of --base:
    the weight gradients LoRA saves, and the optimizer's work, grow with the model's width.
 2. Exactness, with --adapter: the video of --base with the adapter folded in (``load_pipeline(lora=)``) against the
-   same from a merged checkpoint (``scripts/merge_lora.py``'s function; float32 and the base's own precision), one
+   same from a merged checkpoint (``ca2vdm merge-lora``'s function; float32 and the base's own precision), one
    model forward with live (unmerged) LoRA layers against the merged model, and scale 0 against the base.
 3. The new colour: every label x --seeds, --chunks chunks each, from the base and from the adapted model; each video's
    foreground colour (``ca2vdm.evaluation.metrics.foreground_colour``) is called by the nearest of the synthetic
    palette's eight colours and --colour. --sheet writes the first frames of each video, base rows above adapted rows.
 """
 import argparse
-import json
 import resource
 import tempfile
 from pathlib import Path
@@ -36,8 +35,7 @@ from ca2vdm.config import LoraConfig, load_config
 from ca2vdm.config.model import MODEL_CONFIGS, model_config
 from ca2vdm.data.synthetic import PALETTE
 from ca2vdm.evaluation.metrics import foreground_colour
-from ca2vdm.io.atomic import write_text_atomic
-from ca2vdm.io.paths import check_writable_file
+from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.io.video import save_contact_sheet
 from ca2vdm.models import lora as layers
 from ca2vdm.models.registry import build_model
@@ -168,7 +166,7 @@ def main() -> None:
     p.add_argument("--sheet", default=None, help="contact sheet PNG: base rows, then adapted rows")
     p.add_argument("--out", default="outputs/bench/lora.json", help="the JSON report")
     args = p.parse_args()
-    check_writable_file(args.out, "--out")  # before the work, not after it
+    check_results_path(args.out, [args.base, args.config, args.data] + ([args.adapter] if args.adapter else []))
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as work:
         report = {"base": args.preset or args.base, "adapter": args.adapter, "data": args.data,
@@ -188,8 +186,7 @@ def main() -> None:
         print("exactness: " + ", ".join(f"{k} {v}" for k, v in report["exactness"].items()))
     for name, r in report.get("colour", {}).items():
         print(f"{name}: {100 * r['called_new_colour']:.0f} % of {r['videos']} videos in the new colour {r['calls']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    write_results(args.out, report, [args.base, args.config, args.data] + ([args.adapter] if args.adapter else []))
     if args.sheet and args.adapter:
         save_contact_sheet(sheet, args.sheet, frames_per_row=8 * args.seeds)
 

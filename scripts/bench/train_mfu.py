@@ -1,7 +1,7 @@
 """Training steps per second and model FLOP utilisation, with and without activation checkpointing.
 
-    python scripts/bench_train_mfu.py --preset ca2vdm-xl --device cuda --dtype bf16 --batch 4
-    python scripts/bench_train_mfu.py --preset tiny --steps 2 --warmup 1          # a dry run on the CPU
+    python scripts/bench/train_mfu.py --preset ca2vdm-xl --device cuda --dtype bf16 --batch 4
+    python scripts/bench/train_mfu.py --preset tiny --steps 2 --warmup 1          # a dry run on the CPU
 
 A randomly initialised model of ``--preset`` (random weights: timing only), made ready for training by
 :func:`ca2vdm.parallelize.parallelize` (``train.activation_checkpointing`` off, then on), takes ``--warmup`` untimed
@@ -11,14 +11,12 @@ forward and backward passes (3 forwards, ca2vdm/flops.py; the recomputation is o
 device's dense peak (``--peak-tflops`` or the table of known GPUs). Memory: CUDA's max_memory_allocated per mode.
 """
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from ca2vdm.config import MODEL_CONFIGS, Config, model_config
-from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.models.flops import mfu, peak_tflops, train_step_flops
 from ca2vdm.models.registry import build_model
 from ca2vdm.runtime.device import DTYPES, dtype_name, resolve_device, resolve_dtype
@@ -71,6 +69,7 @@ def main(argv=None) -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="dense peak TFLOP/s (default: known GPUs)")
     p.add_argument("--out", default="outputs/bench/train_mfu.json", help="JSON file for the figures")
     args = p.parse_args(argv)
+    check_results_path(args.out)  # before the measurement, not after it
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     cfg = model_config(args.preset)
@@ -88,10 +87,7 @@ def main(argv=None) -> None:
               "flops_per_step": flops, "peak_tflops": peak, "peak_tflops_source": source, "modes": modes,
               "step_time_on_over_off": modes["activation_checkpointing_on"]["seconds_per_step"]
               / modes["activation_checkpointing_off"]["seconds_per_step"]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_results(args.out, result)}")
 
 
 if __name__ == "__main__":

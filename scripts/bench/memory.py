@@ -1,7 +1,7 @@
 """Peak memory of long-video generation vs the number of chunks (it should stay flat).
 
-    python scripts/bench_memory.py                        # 10, 20, 40, 80 chunks on the CPU
-    python scripts/bench_memory.py --device cuda
+    python scripts/bench/memory.py                        # 10, 20, 40, 80 chunks on the CPU
+    python scripts/bench/memory.py --device cuda
 
 Each length runs ``infer/long_video.py`` in a fresh process (peak RSS is per process) and reads its --stats:
 ``peak_rss_mb`` on the CPU, ``peak_gpu_mb`` (torch.cuda.max_memory_allocated) on a GPU. Writes memory.json.
@@ -13,9 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.io.results import check_results_path, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -26,6 +26,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out-dir", default="outputs/bench", help="folder for the JSON (and plot)")
     args = p.parse_args()
+    out = check_results_path(Path(args.out_dir) / "memory.json", [args.checkpoint] if args.checkpoint else [])
     key = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,11 +43,9 @@ def main() -> None:
             print(f"{chunks:4d} chunks  {result['frames']:5d} frames  {key} {result[key]:8.1f}", flush=True)
     ratio = rows[-1][key] / rows[0][key]
     print(f"peak at {rows[-1]['chunks']} chunks / at {rows[0]['chunks']} chunks: {ratio:.3f}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "memory.json", json.dumps({"device": args.device, "metric": key, "rows": rows,
-                                                 "ratio_last_over_first": ratio}, indent=2) + "\n")
-    print(f"wrote {out / 'memory.json'}")
+    write_results(out, {"device": args.device, "metric": key, "rows": rows, "ratio_last_over_first": ratio},
+                  [args.checkpoint] if args.checkpoint else [])
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training steps per second of one config under different data paths, measured in one run.
 
-    # latent model: videos decoded and encoded every step vs latents encoded once (scripts/encode_latents.py)
-    python scripts/bench_train_throughput.py --config configs/latent-demo.yaml \
+    # latent model: videos decoded and encoded every step vs latents encoded once (ca2vdm encode-latents)
+    python scripts/bench/train_throughput.py --config configs/latent-demo.yaml \
         --variant videos: --variant latents:data.latents=data/shapes128-latents
 
 Each variant is ``NAME:key=value,key=value`` (overrides of the config). The variants run one after the other,
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ca2vdm.config import load_config
-from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.training.loop import train
 
 
@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5, help="first steps of each variant left out of the timing")
     p.add_argument("--out-dir", default="outputs/bench", help="folder for the JSON")
     args = p.parse_args()
+    out = check_results_path(Path(args.out_dir) / "train_throughput.json", [args.config])
     results = {}
     for spec in args.variant:
         name, _, text = spec.partition(":")
@@ -47,10 +48,9 @@ def main() -> None:
     for name, r in results.items():
         r["ratio_to_first"] = r["steps_per_s"] / first
         print(f"{name:12} {r['steps_per_s']:7.3f} steps/s  {r['ratio_to_first']:5.2f}x  {' '.join(r['overrides'])}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "train_throughput.json", json.dumps({"config": args.config, "steps": args.steps,
-                                                           "warmup": args.warmup, "variants": results}, indent=2))
+    write_results(out, {"config": args.config, "steps": args.steps, "warmup": args.warmup, "variants": results},
+                  [args.config])
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

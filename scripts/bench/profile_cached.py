@@ -1,21 +1,20 @@
 """Profile the cached generation path and report where the time goes: attention, MLP, other.
 
-    python scripts/profile_cached.py                    # shipped checkpoint, 5 chunks after a warm-up
+    python scripts/bench/profile_cached.py                    # shipped checkpoint, 5 chunks after a warm-up
 
 Wraps the model's spatial/temporal attention and MLP modules in profiler ranges (forward hooks, here only),
 runs chunks with the KV cache under torch.profiler, prints the share of each part and the top operators, and
 writes profile.json.
 """
 import argparse
-import json
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from ca2vdm.checkpoints.weights import load_model
-from ca2vdm.io.atomic import write_text_atomic
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 PARTS = ("spatial_attention", "temporal_attention", "mlp")
@@ -41,6 +40,7 @@ def main() -> None:
     p.add_argument("--chunks", type=int, default=5, help="cached chunks profiled after the warm-up")
     p.add_argument("--out-dir", default="outputs/bench", help="folder for the profile JSON")
     args = p.parse_args()
+    out = check_results_path(Path(args.out_dir) / "profile.json", [args.checkpoint])
     torch.set_grad_enabled(False)
     model, meta = load_model(args.checkpoint)
     label_modules(model)
@@ -63,11 +63,8 @@ def main() -> None:
     print("top operators by self time:")
     for row in top:
         print(f"  {row['op']:40} {row['self_ms']:9.1f} ms  {row['calls']:7d} calls")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "profile.json", json.dumps({"chunks": args.chunks, "shares": shares, "top_ops": top},
-                                                 indent=2) + "\n")
-    print(f"wrote {out / 'profile.json'}")
+    write_results(out, {"chunks": args.chunks, "shares": shares, "top_ops": top}, [args.checkpoint])
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

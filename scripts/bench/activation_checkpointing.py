@@ -1,7 +1,7 @@
 """Peak memory of one training step with and without activation checkpointing (``train.activation_checkpointing``).
 
-    python scripts/bench_activation_checkpointing.py --out docs/results/activation_checkpointing.json
-    python scripts/bench_activation_checkpointing.py --preset base --device cuda --out ac_gpu.json
+    python scripts/bench/activation_checkpointing.py --out docs/results/activation_checkpointing.json
+    python scripts/bench/activation_checkpointing.py --preset base --device cuda --out ac_gpu.json
 
 Each mode runs in a fresh process (peak memory is per process): a randomly initialised model of ``--preset``, made
 ready by :func:`ca2vdm.parallelize.parallelize`, takes one forward and backward pass of the training loss on a random
@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.io.results import check_results_path, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def step(preset: str, batch: int, checkpointing: bool, device: str) -> dict:
@@ -75,6 +75,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(step(args.preset, args.batch, args.child == "on", args.device)))
         return
+    check_results_path(args.out)  # before the measurement, not after it
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     runs = {}
     for mode in ("off", "on"):
@@ -93,10 +94,7 @@ def main() -> None:
               "seconds_on_over_off": runs["on"]["seconds"] / runs["off"]["seconds"]}
     print(f"peak with / without: {result['peak_on_over_off']:.3f}; step time with / without: "
           f"{result['seconds_on_over_off']:.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_results(args.out, result)}")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,32 @@
 """Reference-free quality of a checkpoint's videos: the Frechet distance between generated and real clips in a
 detector's feature space (FVD's formula), per chunk index and over all chunks, and the class accuracy.
 
-    python scripts/eval_quality.py --checkpoint checkpoints/demo-4step.safetensors --videos 64 --chunks 8 \
+    ca2vdm eval quality --checkpoint checkpoints/demo-4step.safetensors --videos 64 --chunks 8 \
         --json docs/results/quality_student.json
-    python scripts/eval_quality.py --checkpoint checkpoints/demo.safetensors --videos 64 --chunks 8 --steps 4 --json ...
-    python scripts/eval_quality.py ... --detector i3d_torchscript.pt --data data/shapes   # FVD's own network
+    ca2vdm eval quality --checkpoint checkpoints/demo.safetensors --videos 64 --chunks 8 --steps 4 --json ...
+    ca2vdm eval quality ... --detector i3d_torchscript.pt --data data/shapes   # FVD's own network
 
 The videos use the checkpoint's recorded sampler settings (``--steps`` and ``--cfg-scale`` override them); without
 ``--label`` video i has label i mod the classes (compared with all real clips), with it every video has that label
 (compared with that class's real clips). The default detector (checkpoints/shapes-detector.safetensors, trained on
-the synthetic shapes by scripts/train_detector.py) carries the real clips' statistics; any other needs ``--data``.
+the synthetic shapes by ca2vdm train-detector) carries the real clips' statistics; any other needs ``--data``.
 JSON: ``frechet_distance``, ``class_accuracy`` (a fraction in [0, 1]), ``per_chunk`` (one ``frechet_distance`` and
-``class_accuracy`` per chunk index), the settings and the generation's seconds per chunk.
+``class_accuracy`` per chunk index), the settings and the generation's seconds per chunk
+(ca2vdm/evaluation/quality.py).
 """
+from __future__ import annotations
+
 import argparse
-import json
 import sys
-from pathlib import Path
 
-import torch
+from ca2vdm.cli.args import new_parser
+from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 
-ROOT = Path(__file__).resolve().parents[1]
-DETECTOR = ROOT / "checkpoints/shapes-detector.safetensors"
+DETECTOR = DEFAULT_CHECKPOINT.with_name("shapes-detector.safetensors")  # shipped beside the demo model
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = new_parser(__doc__, prog)
     p.add_argument("--checkpoint", required=True, help="the video model (.safetensors or checkpoint directory)")
     p.add_argument("--videos", type=int, default=64, help="videos to generate (at least 2)")
     p.add_argument("--chunks", type=int, default=8, help="chunks per video (after the first frame)")
@@ -44,17 +45,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import ca2vdm
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
+    import torch  # after the arguments: --help answers before torch loads
+
     from ca2vdm.errors import Ca2vdmError
     from ca2vdm.evaluation.detector import load_detector
     from ca2vdm.evaluation.detector_training import real_clips, real_gaussians
     from ca2vdm.evaluation.quality import evaluate_quality
+    from ca2vdm.generation.api import load_pipeline
+    from ca2vdm.io.results import check_results_path, write_results
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
+        check_results_path(args.json, [args.checkpoint], "json")  # before the work, not after it
         detector = load_detector(args.detector)
         real = None
         if args.data or not detector.real:
@@ -63,18 +68,13 @@ def main(argv=None) -> None:
             clips, labels, _ = real_clips(args.data, detector.frames or 4, detector.resolution or 32, 8)
             features = torch.cat([detector.features(part) for part in clips.split(64)])
             real = real_gaussians(features, labels)
-        pipe = ca2vdm.load_pipeline(args.checkpoint, "cpu", steps=args.steps, cfg_scale=args.cfg_scale)
+        pipe = load_pipeline(args.checkpoint, "cpu", steps=args.steps, cfg_scale=args.cfg_scale)
         report = evaluate_quality(pipe, detector, args.videos, args.chunks, args.label, args.seed, real)
+        report = {"checkpoint": args.checkpoint, **report}
+        write_results(args.json, report, [args.checkpoint], "json")
     except Ca2vdmError as e:
         sys.exit(f"error: {e.for_cli({'num_chunks': '--chunks'})}")
-    report = {"checkpoint": args.checkpoint, **report}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     accuracy = "n/a" if report["class_accuracy"] is None else f"{report['class_accuracy']:.3f}"
     print(f"{args.checkpoint} ({report['sampler']['steps']} steps, cfg {report['sampler']['cfg_scale']}): Frechet "
           f"distance {report['frechet_distance']:.2f}, class accuracy {accuracy}; per chunk: "
           + " ".join(f"{row['frechet_distance']:.1f}" for row in report["per_chunk"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,12 @@
 """Start-up cost of the command lines: how long ``--help`` takes, and the main command's wall time beyond generation.
 
-    python scripts/bench_startup.py --repeats 5 --out docs/results/startup.json
+    python scripts/bench/startup.py --repeats 5 --out docs/results/startup.json
 
 For every entry point (the scripts ``infer/long_video.py``, ``infer/serve.py``, ``train/train.py``,
-``train/train_autoencoder.py`` and their console scripts ``ca2vdm-generate``, ...), the median wall time of
-``--help`` over ``--repeats`` fresh interpreters; for the main command (``infer/long_video.py --chunks 20``), the
+``train/train_autoencoder.py``, their console scripts ``ca2vdm-generate``, ..., and the ``ca2vdm`` command's own
+``ca2vdm --help`` and ``ca2vdm generate --help``), the median wall time of ``--help`` over ``--repeats`` fresh
+interpreters (``ca2vdm`` through ``python -m ca2vdm.cli.main`` where the console script is not installed:
+``ca2vdm_via`` says which); for the main command (``infer/long_video.py --chunks 20``), the
 median of its wall time minus the generation time it reports (``seconds`` in its ``--stats``: the chunks, the mp4
 and the contact sheet), which is interpreter start-up, imports and loading the checkpoint. ``python -c "import
 torch"`` is measured in the same run as the yardstick: what any command that samples has to pay.
@@ -19,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.io.results import check_results_path, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ["infer/long_video.py", "infer/serve.py", "train/train.py", "train/train_autoencoder.py"]
 CONSOLE = ["ca2vdm-generate", "ca2vdm-serve", "ca2vdm-train", "ca2vdm-train-autoencoder"]
+SUBCOMMANDS = [[], ["generate"]]  # ca2vdm --help, ca2vdm generate --help
 
 
 def wall(argv: list[str]) -> float:
@@ -57,6 +60,8 @@ def main(argv=None) -> None:
     p.add_argument("--chunks", type=int, default=20, help="chunks of the main command (default 20, the README's)")
     p.add_argument("--out", default=None, help="write the figures to this JSON file")
     args = p.parse_args(argv)
+    if args.out:
+        check_results_path(args.out)  # before the measurement, not after it
     result = {"python": sys.version.split()[0], "repeats": args.repeats,
               "import_torch": median_wall([sys.executable, "-c", "import torch"], args.repeats), "help": {}}
     for script in SCRIPTS:
@@ -65,6 +70,11 @@ def main(argv=None) -> None:
     for name in CONSOLE:
         found = shutil.which(name, path=str(bin_dir)) or shutil.which(name)
         result["help"][name] = median_wall([found, "--help"], args.repeats) if found else None
+    command = shutil.which("ca2vdm", path=str(bin_dir))
+    result["ca2vdm_via"] = "console script" if command else "python -m ca2vdm.cli.main"
+    started = [command] if command else [sys.executable, "-m", "ca2vdm.cli.main"]
+    for words in SUBCOMMANDS:
+        result["help"][" ".join(["ca2vdm", *words])] = median_wall([*started, *words, "--help"], args.repeats)
     result["main_command"] = main_command(args.repeats, args.chunks)
     print(f"import torch: {result['import_torch']:.2f} s (the yardstick)")
     for name, seconds in result["help"].items():
@@ -73,9 +83,7 @@ def main(argv=None) -> None:
     print(f"main command ({args.chunks} chunks): wall {m['wall']:.2f} s, generation {m['generation']:.2f} s, "
           f"wall minus generation {m['overhead']:.2f} s")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(args.out), json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        print(f"wrote {write_results(args.out, result)}")
 
 
 if __name__ == "__main__":

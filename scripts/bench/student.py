@@ -1,7 +1,7 @@
 """Seconds per chunk of a few-step student against its teacher, each at its recorded settings, with and without a
 label, in one run (commit passes included: everything ``next_chunk`` does).
 
-    python scripts/bench_student.py --teacher checkpoints/demo.safetensors \
+    python scripts/bench/student.py --teacher checkpoints/demo.safetensors \
         --student checkpoints/demo-4step.safetensors --chunks 20 --repeats 3 --json docs/results/distill_speed.json
 
 Runs alternate (teacher, student, teacher, ...) so a busy machine slows both alike; the chunk time of a run is the
@@ -10,14 +10,13 @@ and a setting's figure is the median over its runs. Run with OMP_NUM_THREADS=1 o
 also timed at the student's step count (its own guidance) as the plain few-step baseline.
 """
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 import ca2vdm
+from ca2vdm.io.results import check_results_path, write_results
 
 
 @torch.no_grad()
@@ -42,6 +41,7 @@ def main(argv=None) -> None:
     p.add_argument("--label", type=int, default=1, help="the label of the labelled runs")
     p.add_argument("--json", default="docs/results/distill_speed.json", help="where to write the figures")
     args = p.parse_args(argv)
+    check_results_path(args.json, [args.teacher, args.student], "json")  # before the measurement, not after it
     student = ca2vdm.load_pipeline(args.student, "cpu")
     pipes = {"teacher": ca2vdm.load_pipeline(args.teacher, "cpu"), "student": student,
              "teacher_at_student_steps": ca2vdm.load_pipeline(args.teacher, "cpu", steps=student.settings.steps)}
@@ -58,8 +58,7 @@ def main(argv=None) -> None:
               "speedup_label": medians["teacher/label"] / medians["student/label"],
               "speedup_no_label": medians["teacher/no_label"] / medians["student/no_label"],
               "student_frames_per_s_label": student.model.cfg.chunk_frames / medians["student/label"]}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    write_results(args.json, report, [args.teacher, args.student], "json")
     for key, value in medians.items():
         print(f"{key:34s} {value * 1000:8.1f} ms per chunk")
     print(f"student vs teacher: {report['speedup_label']:.2f}x faster with a label, {report['speedup_no_label']:.2f}x "

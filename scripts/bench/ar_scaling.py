@@ -1,8 +1,8 @@
 """Cost of autoregressive generation vs length: shared KV cache against the two recompute baselines.
 
-    python scripts/bench_ar_scaling.py                 # shipped checkpoint, 20 chunks, CPU
-    python scripts/bench_ar_scaling.py --chunks 20 --compile --teacache-thresh   # + compiled kv, CPU
-    python scripts/bench_ar_scaling.py --preset ca2vdm-xl --device cuda --dtype bf16 --frames 80 --steps 100
+    python scripts/bench/ar_scaling.py                 # shipped checkpoint, 20 chunks, CPU
+    python scripts/bench/ar_scaling.py --chunks 20 --compile --teacache-thresh   # + compiled kv, CPU
+    python scripts/bench/ar_scaling.py --preset ca2vdm-xl --device cuda --dtype bf16 --frames 80 --steps 100
 
 Modes, same model weights, seed and noise:
   (a) kv    KV cache shared across denoising steps and chunks (Ca2-VDM)
@@ -10,25 +10,23 @@ Modes, same model weights, seed and noise:
   (c) full  no cache: all previous frames are recomputed at every step (extendable context, quadratic; OS-Ext)
   kv+teacache@T  (a) with TeaCache step skipping at threshold T (--teacache-thresh, several allowed; FLOPs count
                  the denoising passes actually run and every commit pass)
-  M+compile      with --compile: mode M (--compile-modes) with its blocks compiled (ca2vdm/compile.py); the compile
-                 seconds (a warm-up video before the timed chunks) are reported apart
-The modes run in lockstep: chunk i of every mode is timed before chunk i + 1 of any (in an order that rotates
-with i), so a machine that speeds up or slows down over minutes shifts all modes alike and the ratios stay
-comparable. Each chunk keeps the fastest of --repeats runs. --frames N: the chunks that generate N frames after the
-first frame. With --preset instead of a checkpoint the weights are random (timing and memory only; said in the output).
+  M+compile      with --compile: mode M (--compile-modes) with its blocks compiled (ca2vdm/sampling/compile.py);
+                 the compile seconds (a warm-up video before the timed chunks) are reported apart
+The modes run in lockstep (ca2vdm/evaluation/lockstep.py): chunk i of every mode is timed before chunk i + 1 of any
+(in an order that rotates with i), so a machine that speeds up or slows down over minutes shifts all modes alike and
+the ratios stay comparable. Each chunk keeps the fastest of --repeats runs. --frames N: the chunks that generate N
+frames after the first frame. With --preset instead of a checkpoint the weights are random (timing and memory only;
+said in the output).
 
 Reported besides seconds per chunk and in total: memory (weights, the KV cache, the peak: CUDA's
 max_memory_allocated of a kv-only video; on the CPU the process's peak RSS), and the model FLOP utilisation of the
-cached denoising pass (ca2vdm/flops.py: analytic FLOPs of the kv chunks with a full window / their seconds / the
+cached denoising pass (ca2vdm/models/flops.py: analytic FLOPs of the kv chunks with a full window / their seconds / the
 device's dense peak, from --peak-tflops or the table of known GPUs). Writes ar_scaling.json, then ar_scaling.png
 (skipped with a message without matplotlib).
 """
 import argparse
-import copy
-import json
 import resource
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -36,68 +34,16 @@ import torch
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.config import MODEL_CONFIGS, model_config
-from ca2vdm.io.atomic import write_text_atomic
+from ca2vdm.evaluation.lockstep import MODES, measure_modes, teacache_mode
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.plotting import plot_or_skip
+from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.models.base import CausalVideoModel
-from ca2vdm.models.flops import chunk_flops, forward_flops, mfu, peak_tflops  # noqa: F401 (forward_flops: tests)
+from ca2vdm.models.flops import mfu, peak_tflops
 from ca2vdm.models.registry import build_model
 from ca2vdm.runtime.device import DTYPES, dtype_name, resolve_device, resolve_dtype
-from ca2vdm.sampling.compile import compile_blocks, warm_up, warm_up_chunks
+from ca2vdm.sampling.compile import warm_up_chunks
 from ca2vdm.sampling.pipeline import LongVideoPipeline
-from ca2vdm.sampling.step_cache import TeaCache
-from ca2vdm.sampling.step_cache.teacache import IDENTITY
-
-MODES = ("kv", "none", "full")
-
-
-def teacache_mode(threshold: float) -> str:
-    return f"kv+teacache@{threshold:g}"
-
-
-def new_run(model, meta, mode: str, seed: int, batch: int, label: int | None, steps: int | None = None,
-            compile_backend: str = "inductor"):
-    """A pipeline on its own copy of the model (compiling changes it), its started state, and the seconds its
-    compile warm-up took (None when not compiled)."""
-    model = copy.deepcopy(model)
-    policy = None
-    if "+teacache@" in mode:
-        coefficients = meta.calibration.get("teacache_coefficients") or IDENTITY
-        policy = TeaCache(threshold=float(mode.split("@")[1]), coefficients=coefficients)
-    pipe = LongVideoPipeline.for_checkpoint(model, meta, cache=mode.split("+")[0], policy=policy, steps=steps)
-    compile_seconds = None
-    if mode.endswith("+compile"):
-        compile_blocks(model, compile_backend)
-        compile_seconds = warm_up(pipe, batch, label)
-    state = pipe.start(batch=batch, seed=seed, label=label)
-    pipe.next_chunk(state)  # the first frame (and warm-up); not timed
-    return pipe, state, compile_seconds
-
-
-def measure(model, meta, modes: list[str], chunks: int, seed: int, batch: int = 1, label: int | None = 0,
-            steps: int | None = None, compile_backend: str = "inductor") -> dict[str, list[dict]]:
-    """Per-chunk seconds and FLOPs of every mode (``batch`` videos at once), the modes interleaved chunk by chunk.
-    With a label (and the checkpoint's guidance scale) both guidance branches run, as in class-conditional use.
-    A compiled mode's first row also carries its ``compile_seconds``."""
-    runs = {mode: new_run(model, meta, mode, seed, batch, label, steps, compile_backend) for mode in modes}
-    rows = {mode: [] for mode in modes}
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    for index in range(chunks):
-        for mode in modes[index % len(modes):] + modes[:index % len(modes)]:
-            pipe, state, compile_seconds = runs[mode]
-            frames_before = state.frames
-            sync()
-            tic = time.perf_counter()
-            chunk = pipe.next_chunk(state)
-            sync()
-            seconds = time.perf_counter() - tic
-            evaluated = chunk.model_evals / (chunk.model_evals + chunk.skipped_evals)  # share of stack passes run
-            steps = pipe.settings.steps
-            flops = chunk_flops(model.cfg, mode.split("+")[0], frames_before, chunk.frames.shape[2], steps,
-                                batch * state.conditioning.groups, evaluated)
-            row = {"chunk": index, "seconds": seconds, "flops": flops, "frames_before": frames_before}
-            rows[mode].append(row if index or compile_seconds is None else {**row, "compile_seconds": compile_seconds})
-    return rows
 
 
 def memory(model, meta, batch: int, label: int | None) -> dict:
@@ -219,6 +165,8 @@ def main(argv=None) -> None:
                    help="the device's dense peak TFLOP/s at --dtype for MFU (default: a table of known GPUs)")
     p.add_argument("--out-dir", default="outputs/bench", help="folder for ar_scaling.json (and the plot)")
     args = p.parse_args(argv)
+    out = Path(args.out_dir)
+    check_results_path(out / "ar_scaling.json", [] if args.preset else [args.checkpoint])  # before the measurement
     torch.set_grad_enabled(False)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -231,7 +179,7 @@ def main(argv=None) -> None:
     modes += [f"{m}+compile" for m in args.compile_modes] if args.compile else []
     if "kv" not in modes:
         p.error("--modes must include kv (every ratio is against it)")
-    runs = [measure(model, meta, modes, chunks, args.seed, args.batch, label, args.steps, args.compile_backend)
+    runs = [measure_modes(model, meta, modes, chunks, args.seed, args.batch, label, args.steps, args.compile_backend)
             for _ in range(args.repeats)]
     # per chunk, the fastest of the repeats: timings on shared machines are noisy
     results = {mode: [min(rows, key=lambda r: r["seconds"]) for rows in zip(*(run[mode] for run in runs))]
@@ -246,14 +194,13 @@ def main(argv=None) -> None:
     summary.update(memory(model, meta, args.batch, label))
     for key, value in summary.items():
         print(f"{key:48} {value}" if not isinstance(value, float) else f"{key:48} {value:8.3f}")
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "ar_scaling.json", json.dumps(
-        {"weights": weights, "checkpoint": None if args.preset else args.checkpoint, "preset": args.preset,
+    write_results(out / "ar_scaling.json", {
+        "weights": weights, "checkpoint": None if args.preset else args.checkpoint, "preset": args.preset,
          "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
          "dtype": dtype_name(dtype), "chunks": chunks, "frames": args.frames, "steps": args.steps, "batch": args.batch,
          "repeats": args.repeats, "peak_tflops": peak, "peak_tflops_source": peak_source,
-         "torch_threads": torch.get_num_threads(), "summary": summary, "per_chunk": results}, indent=2) + "\n")
+         "torch_threads": torch.get_num_threads(), "summary": summary, "per_chunk": results},
+        [] if args.preset else [args.checkpoint])
     drawn = plot_or_skip(plot, results, path=out / "ar_scaling.png")
     print(f"wrote {out / 'ar_scaling.json'}" + (f" and {out / 'ar_scaling.png'}" if drawn else ""))
 

@@ -1,26 +1,25 @@
-"""Record a teacher's trajectories for a few-step student's ODE regression (stage 1 of train/distill.py).
+"""Record a teacher's trajectories for a few-step student's ODE regression (stage 1 of ca2vdm distill).
 
-    python scripts/make_ode_pairs.py --checkpoint checkpoints/demo.safetensors --out data/ode-demo --videos 256
-    accelerate launch scripts/make_ode_pairs.py ...                # shards split across processes / GPUs
-    python scripts/make_ode_pairs.py ... --resume                  # after a kill: finished shards are kept
+    ca2vdm make-ode-pairs --checkpoint checkpoints/demo.safetensors --out data/ode-demo --videos 256
+    accelerate launch -m ca2vdm.cli.main make-ode-pairs ...      # shards split across processes / GPUs
+    ca2vdm make-ode-pairs ... --resume                            # after a kill: finished shards are kept
 
 The teacher samples training clips (its first frame and the chunks after it) through its KV cache with the settings
 its checkpoint records (16 guided steps for the demo); each chunk's state is kept at the student's ``--steps + 1``
 times. A share ``--null-share`` of the clips is unconditional (the null label, unguided). Shards of ``--shard-size``
 clips are written as they fill (memory holds one shard), ``index.json`` last; ``--out`` must be a new or empty folder.
 """
+from __future__ import annotations
+
 import argparse
 import sys
 
-import torch
-from accelerate import PartialState
-
+from ca2vdm.cli.args import new_parser
 from ca2vdm.errors import Ca2vdmError
-from ca2vdm.training.ode_pairs import write_pairs
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = new_parser(__doc__, prog)
     p.add_argument("--checkpoint", required=True, help="the teacher (.safetensors file or checkpoint directory)")
     p.add_argument("--out", required=True, help="new (or empty) directory for the shards and index.json")
     p.add_argument("--videos", type=int, default=256, help="trajectories (clips) to record")
@@ -32,12 +31,22 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue a recording that was stopped (same settings)")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("--device", default=None, help="default: this process's accelerator (cuda:N), else cpu")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for name in ("videos", "steps", "batch", "shard_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.null_share <= 1:
         p.error(f"--null-share must be in [0, 1], got {args.null_share}")
+    return args
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
+    import torch  # after the arguments: --help answers before torch loads
+    from accelerate import PartialState
+
+    from ca2vdm.training.ode_pairs import write_pairs
+
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     try:
         index = write_pairs(args.checkpoint, args.out, args.videos, args.steps, null_share=args.null_share,
@@ -49,7 +58,3 @@ def main() -> None:
     if state.is_main_process:
         print(f"wrote {index['videos']} trajectories of {index['frames']} frames at times "
               f"{[round(t, 4) for t in index['times']]} into {args.out} ({len(index['shards'])} shards)")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,106 @@
+"""Measure a text model on captioned shapes: prompt adherence, prompt switches (recache, keep, reset) and the cost.
+
+    ca2vdm eval prompts --checkpoint checkpoints/text-demo.safetensors --json docs/results/prompts.json \
+        --sheet docs/images/prompt_switch.png
+
+Adherence: videos from prompts naming a colour-shape pair of the training data (``adherence_train``) or one held out
+of it (``adherence_heldout``, ca2vdm/data/captioned.py), the fraction whose colour and shape, read back by
+ca2vdm/evaluation/prompt_adherence.py (palette colour of the foreground, a shape classifier fitted on rendered
+shapes; its own accuracy is ``reader_accuracy``), match the prompt; read over every generated frame but the first.
+Switch: videos from "a A1 S1" switched to "a A2 S2" (other colour and shape) at chunk ``--switch-at``, in each mode;
+``chunks_to_follow`` = chunks from the switch until every later chunk (of ``--after``) matches the new prompt (1: the
+first chunk after the switch does; the median over videos, null if most never follow), ``seam`` = the change from
+the last frame before the switch to the first after it, over the mean frame-to-frame change inside the chunks around
+it (the mean over videos; ``seam_without_switch``: the same at that chunk of unswitched videos;
+ca2vdm/evaluation/prompt_switches.py). Cost: seconds per chunk of the text model and of a label model of the same
+sizes (``--label-checkpoint``), window full, guided, the median over interleaved repeats, and their analytic FLOPs; a
+re-cache's seconds and FLOPs against a chunk's (ca2vdm/evaluation/prompt_cost.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ca2vdm.cli.args import new_parser
+from ca2vdm.errors import Ca2vdmError
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    p = new_parser(__doc__, prog)
+    p.add_argument("--checkpoint", default="checkpoints/text-demo.safetensors", help="a text model's weights")
+    p.add_argument("--json", required=True, help="write the figures here")
+    p.add_argument("--videos", type=int, default=4, help="videos per training pair (held-out pairs: twice as many)")
+    p.add_argument("--chunks", type=int, default=6, help="chunks per adherence video")
+    p.add_argument("--seeds", type=int, default=2, help="videos per switch pair")
+    p.add_argument("--switch-at", type=int, default=4, help="chunk of the switch")
+    p.add_argument("--after", type=int, default=6, help="chunks generated from the switch on")
+    p.add_argument("--label-checkpoint", default="checkpoints/demo.safetensors",
+                   help="a label model of the same sizes, for the cost comparison ('' to skip)")
+    p.add_argument("--cost-repeats", type=int, default=3, help="interleaved repeats of the timing")
+    p.add_argument("--sheet", default=None, help="a contact sheet PNG of one switched video in each mode")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the checkpoint's)")
+    p.add_argument("--cost-only", action="store_true", help="measure only the cost (a quiet machine's timing)")
+    args = p.parse_args(argv)
+    if args.cost_only and not args.label_checkpoint:
+        p.error("--cost-only compares with a label model: give --label-checkpoint")
+    return args
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = parse_args(argv, prog)
+    from ca2vdm.io.paths import check_writable_file
+    from ca2vdm.io.results import check_results_path
+
+    inputs = [args.checkpoint] + ([args.label_checkpoint] if args.label_checkpoint else [])
+    try:  # before the work, not after it
+        check_results_path(args.json, inputs, "json")
+        if args.sheet:
+            check_writable_file(args.sheet, "sheet")
+    except Ca2vdmError as e:
+        sys.exit(f"error: {e.for_cli()}")
+    run(args, inputs)
+
+
+def run(args: argparse.Namespace, inputs: list[str]) -> None:
+    """The measurements of ``args``, written to ``args.json`` (and the contact sheet)."""
+    import numpy as np
+    import torch
+
+    from ca2vdm.evaluation.prompt_adherence import ShapeReader, adherence, check_reader, held_out_pairs, training_pairs
+    from ca2vdm.evaluation.prompt_cost import cost
+    from ca2vdm.evaluation.prompt_switches import switch_eval
+    from ca2vdm.generation.api import load_pipeline
+    from ca2vdm.io.results import write_results
+    from ca2vdm.io.video_writer import save_contact_sheet
+
+    torch.manual_seed(args.seed)
+    pipe = load_pipeline(args.checkpoint, "cpu", cfg_scale=args.cfg_scale)
+    out = {"checkpoint": args.checkpoint, "sampler": pipe.settings.to_dict()}
+    if args.cost_only:
+        out["cost"] = cost(pipe, load_pipeline(args.label_checkpoint, "cpu"), args.cost_repeats, 8)
+        print(f"cost {json.dumps(out['cost'])}")
+        write_results(args.json, out, inputs, "json")
+        return
+    reader = ShapeReader.fit()
+    out["reader_accuracy"] = check_reader(reader)
+    out["adherence_train"], train_rows = adherence(pipe, reader, training_pairs(), args.videos, args.chunks, args.seed)
+    out["adherence_heldout"], held_rows = adherence(pipe, reader, held_out_pairs(), 2 * args.videos, args.chunks,
+                                                    args.seed + 1)
+    print(f"adherence: training pairs {out['adherence_train']:.2f}, held-out pairs {out['adherence_heldout']:.2f} "
+          f"(reader accuracy on rendered shapes {out['reader_accuracy']:.3f})")
+    out["switch"], extra = switch_eval(pipe, reader, args.seeds, args.switch_at, args.after, args.seed)
+    out["seam_without_switch"] = extra["seam_without_switch"]
+    label_pipe = load_pipeline(args.label_checkpoint, "cpu") if args.label_checkpoint else None
+    out["cost"] = cost(pipe, label_pipe, args.cost_repeats, 8)
+    print(f"seam without a switch {out['seam_without_switch']:.2f}; cost {json.dumps(out['cost'])}")
+    out["videos"] = {"train": train_rows, "heldout": held_rows}
+    write_results(args.json, out, inputs, "json")
+    if args.sheet:  # one row per mode: the chunks around the switch of the first video
+        start = extra["at_frame"] - 2 * pipe.model.cfg.chunk_frames
+        rows = [extra["videos"][m][0][start:start + 4 * pipe.model.cfg.chunk_frames] for m in
+                ("none", "recache", "keep", "reset")]
+        sheet = np.concatenate(rows).repeat(3, axis=1).repeat(3, axis=2)
+        save_contact_sheet(sheet, args.sheet, frames_per_row=4 * pipe.model.cfg.chunk_frames)
+        print(f"wrote {args.sheet}")
