@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ca2vdm.config import STEP_CACHE_NAMES, load_config
+from ca2vdm.data.captioned import write_captioned_dataset
 from ca2vdm.encoders.text import WordLlamaEncoder
 from ca2vdm.models import lora
 from ca2vdm.models.base import CausalVideoModel
@@ -33,6 +34,13 @@ TEXT = dict(text_encoder="wordllama", text_dim=256, text_tokens=8)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _conditioned(arch: str) -> tuple[dict, dict, dict]:
+    """A condition the family takes: (model fields, the condition, another condition), labels where it has them."""
+    if "labels" in spec_of(arch).conditions:
+        return dict(num_classes=3), {"label": 1}, {"label": 2}
+    return dict(TEXT), {"prompt": "a red circle"}, {"prompt": "a blue square"}
+
+
 def _model(arch: str, seed: int = 0, **overrides) -> CausalVideoModel:
     """The family's tiny model with every weight perturbed (zero-initialised gates too), so every path carries
     signal."""
@@ -47,6 +55,13 @@ def _model(arch: str, seed: int = 0, **overrides) -> CausalVideoModel:
 @pytest.fixture(scope="module")
 def encoder():
     return WordLlamaEncoder(max_tokens=TEXT["text_tokens"])
+
+
+def _inputs(model, encoder, batch: int) -> tuple[torch.Tensor | None, object]:
+    """Labels (B,) or a prompt's token vectors for ``batch`` rows of a full-sequence pass."""
+    if model.text_conditional:
+        return None, encoder.encode(["a red circle", "a blue square"][:batch])
+    return torch.tensor([0, 2][:batch]), None
 
 
 def _video(pipe, chunks, **kw) -> torch.Tensor:
@@ -69,11 +84,15 @@ def test_every_policy_is_in_the_suite():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_the_model_speaks_the_interface(arch):
-    model = _model(arch, num_classes=3)
+def test_the_model_speaks_the_interface(arch, encoder):
+    fields, _, _ = _conditioned(arch)
+    model = _model(arch, **fields)
     assert isinstance(model, CausalVideoModel)
-    assert model.device.type == "cpu" and model.dtype == torch.float32
-    assert model.frame_shape[0] == model.cfg.in_channels and model.null_label == 3 and not model.text_conditional
+    assert model.device.type == "cpu" and model.dtype == torch.float32 and model.frame_shape[0] == model.cfg.in_channels
+    assert (model.null_label == 3) == ("num_classes" in fields) and model.text_conditional == ("text_encoder" in fields)
+    if model.text_conditional:
+        empty = model.empty_text(2, encoder)
+        assert len(empty) == 2 and empty.tokens.shape[1] == model.cfg.text_tokens
     assert len(model.repeated_blocks()) == model.cfg.depth
     cache = model.new_cache(2)
     assert isinstance(cache, spec_of(arch).cache) and cache.batch == 2 and cache.frames_committed == 0
@@ -81,28 +100,30 @@ def test_the_model_speaks_the_interface(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cached_equals_recomputed_while_the_window_fills(arch):
+def test_cached_equals_recomputed_while_the_window_fills(arch, encoder):
     """The core guarantee: the context cache == recomputing the window / every frame at every step (guidance rows
-    batched, prefix and sinks where the family has them), until the window is full."""
-    model = _model(arch, num_classes=3)
-    out = {mode: _video(LongVideoPipeline(model, steps=3, cfg_scale=2.5, cache=mode), 4, batch=2, label=1, seed=3)
-           for mode in ("kv", "none", "full")}
+    batched), until the window is full."""
+    fields, condition, _ = _conditioned(arch)
+    model = _model(arch, **fields)
+    out = {mode: _video(LongVideoPipeline(model, steps=3, cfg_scale=2.5, cache=mode, text_encoder=encoder), 4,
+                        batch=2, seed=3, **condition) for mode in ("kv", "none", "full")}
     assert (out["kv"] - out["none"]).abs().max() <= 1e-4 and (out["kv"] - out["full"]).abs().max() <= 1e-4
     assert out["kv"].abs().max() > 0.05
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_cached_equals_recomputed_far_past_the_window_with_eviction_and_sinks(arch):
+def test_cached_equals_recomputed_far_past_the_window_with_eviction_and_sinks(arch, encoder):
     """One layer (a committed frame's K/V depend on that frame alone): the bounded cache with a sink == recomputing
     [sink | the last frames | chunk] at every step, 12 chunks, frames evicted many times over."""
-    model = _model(arch, num_classes=3, depth=1, sink_frames=1)
-    out = {mode: _video(LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache=mode), 12, batch=2, label=1, seed=4)
-           for mode in ("kv", "none")}
+    fields, condition, _ = _conditioned(arch)
+    model = _model(arch, depth=1, sink_frames=1, **fields)
+    out = {mode: _video(LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache=mode, text_encoder=encoder), 12,
+                        batch=2, seed=4, **condition) for mode in ("kv", "none")}
     assert out["kv"].shape[2] > 3 * model.cfg.clip_frames
     assert (out["kv"] - out["none"]).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", [a for a in ARCHS if "prompts" in spec_of(a).conditions])
 def test_a_text_model_cached_equals_recomputed(arch, encoder):
     model = _model(arch, **TEXT)
     out = {mode: _video(LongVideoPipeline(model, steps=3, cfg_scale=2.5, cache=mode, text_encoder=encoder), 4,
@@ -114,45 +135,49 @@ def test_a_text_model_cached_equals_recomputed(arch, encoder):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_a_later_chunk_never_changes_an_earlier_one(arch):
+def test_a_later_chunk_never_changes_an_earlier_one(arch, encoder):
     """Block-causal: the full-sequence pass's output for a chunk does not depend on any later frame."""
-    model = _model(arch, num_classes=3)
+    fields, _, _ = _conditioned(arch)
+    model = _model(arch, **fields)
     T = model.cfg.clip_frames
-    x, t, y = torch.randn(1, *model.frame_shape[:1], T, *model.frame_shape[1:]), torch.rand(1, T), torch.tensor([1])
+    x, t = torch.randn(1, model.cfg.in_channels, T, *model.frame_shape[1:]), torch.rand(1, T)
+    y, text = _inputs(model, encoder, 1)
     end = model.cfg.layout.start_of(2)  # the frames of the first two chunks
     changed = x.clone()
     changed[:, :, end:] += 1
     with torch.no_grad():
-        a, b = model(x, t, y), model(changed, t, y)
+        a, b = model(x, t, y, text=text), model(changed, t, y, text=text)
     assert torch.equal(a[:, :, :end], b[:, :, :end]) and not torch.equal(a[:, :, end:], b[:, :, end:])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_teacher_forcing_equals_the_per_chunk_objective(arch):
+def test_teacher_forcing_equals_the_per_chunk_objective(arch, encoder):
     """[clean frames | noisy clip] in one pass: each noisy chunk's output == a full-sequence pass over [the clean
     frames before it | the noisy chunk] (what the one-chunk objective computes)."""
-    model = _model(arch, num_classes=3, prefix_frames=2)
+    fields, _, _ = _conditioned(arch)
+    model = _model(arch, **fields)
     cfg, T = model.cfg, model.cfg.clip_frames
     chunks = cfg.layout.clip_chunks(T)
     clean, noisy = (torch.randn(2, cfg.in_channels, T, *model.frame_shape[1:]) for _ in range(2))
-    t, y, Tc = torch.rand(2, T), torch.tensor([0, 2]), chunks[-1][0]
+    t, Tc = torch.rand(2, T), chunks[-1][0]
+    y, text = _inputs(model, encoder, 2)
     with torch.no_grad():
         joint = model(torch.cat([clean[:, :, :Tc], noisy], 2), torch.cat([torch.zeros(2, Tc), t], 1), y,
-                      teacher_forcing=True, num_cond_frames=Tc)[:, :, Tc:]
+                      teacher_forcing=True, num_cond_frames=Tc, text=text)[:, :, Tc:]
         for start, length in chunks:
             x = torch.cat([clean[:, :, :start], noisy[:, :, start:start + length]], 2)
             times = torch.cat([torch.zeros(2, start), t[:, start:start + length]], 1)
-            alone = model(x, times, y, num_cond_frames=start)[:, :, start:]
+            alone = model(x, times, y, num_cond_frames=start, text=text)[:, :, start:]
             assert (joint[:, :, start:start + length] - alone).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("kind", ["label", "prompt"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch, kind", [(a, k) for a in ARCHS for k in ("labels", "prompts")
+                                        if k in spec_of(a).conditions])
 def test_a_switch_recache_equals_a_generation_recomputed_under_the_new_condition(arch, kind, encoder):
     """After a recache switch the cached chunk == the chunk recomputed (cache mode none: the window runs under the
     current condition at every step), and differs from keeping the old condition's K/V."""
-    model = _model(arch, **(TEXT if kind == "prompt" else dict(num_classes=3)))
-    old, new = ({"prompt": "a red circle"}, {"prompt": "a blue square"}) if kind == "prompt" else \
+    model = _model(arch, **(TEXT if kind == "prompts" else dict(num_classes=3)))
+    old, new = ({"prompt": "a red circle"}, {"prompt": "a blue square"}) if kind == "prompts" else \
         ({"label": 0}, {"label": 2})
     out = {}
     for mode, switch_mode in (("kv", "recache"), ("none", "recache"), ("kv", "keep")):
@@ -168,18 +193,19 @@ def test_a_switch_recache_equals_a_generation_recomputed_under_the_new_condition
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_step_cache_attaches_runs_and_detaches(arch, policy):
+def test_every_step_cache_attaches_runs_and_detaches(arch, policy, encoder):
     """Each policy samples the family through the interface, skips some passes, and leaves the model as it was
     (mode, weights, hooks); the passes that ran are counted, not computed from a formula."""
-    model = _model(arch, num_classes=3).train()
+    fields, condition, _ = _conditioned(arch)
+    model = _model(arch, **fields).train()
     before = _state(model)
     calls = []
     handle = model.repeated_blocks()[0].register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
     uncalibrated = pytest.warns(UserWarning, match="calibration") if policy == "teacache" else \
         contextlib.nullcontext()
     with uncalibrated:
-        pipe = LongVideoPipeline(model, steps=8, cfg_scale=2.0, policy=POLICIES[policy]())
-    results = list(pipe.generate(3, batch=2, label=1, seed=0))
+        pipe = LongVideoPipeline(model, steps=8, cfg_scale=2.0, policy=POLICIES[policy](), text_encoder=encoder)
+    results = list(pipe.generate(3, batch=2, seed=0, **condition))
     handle.remove()
     assert _unchanged(model, before)
     commits = len(results) * 2 * 2  # one commit pass per chunk, over both guidance rows of 2 videos
@@ -189,29 +215,40 @@ def test_every_step_cache_attaches_runs_and_detaches(arch, policy):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_lora_groups_resolve_and_start_as_the_base(arch):
-    model = _model(arch, num_classes=3)
+def test_lora_groups_resolve_and_start_as_the_base(arch, encoder):
+    fields, _, _ = _conditioned(arch)
+    model = _model(arch, **fields)
     names = [name for name, _ in model.named_modules()]
     groups = spec_of(arch).lora_groups
     assert groups and all(any(re.fullmatch(p, n) for n in names) for p in groups.values())
-    x, t, y = torch.randn(1, model.cfg.in_channels, 3, *model.frame_shape[1:]), torch.rand(1, 3), torch.tensor([0])
+    x, t = torch.randn(1, model.cfg.in_channels, 3, *model.frame_shape[1:]), torch.rand(1, 3)
+    y, text = _inputs(model, encoder, 1)
     with torch.no_grad():
-        base = model(x, t, y)
+        base = model(x, t, y, text=text)
     adapted = lora.for_training(copy.deepcopy(model), lora.LoraConfig(targets=list(groups)))
     assert {n for n, p in adapted.named_parameters() if p.requires_grad} and all(
         "lora_" in n for n, p in adapted.named_parameters() if p.requires_grad)
     with torch.no_grad():
-        assert torch.equal(adapted(x, t, y), base)  # B = 0: the adapter starts as the base
+        assert torch.equal(adapted(x, t, y, text=text), base)  # B = 0: the adapter starts as the base
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("captioned")
+    write_captioned_dataset(root, num_videos=6, num_frames=20, size=16, seed=0)
+    return root
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_training_resumes_exactly(arch, shapes, tmp_path):
+def test_training_resumes_exactly(arch, shapes, captioned, tmp_path):
     """2 steps + --resume latest + 2 steps == 4 steps, bit for bit (losses and weights), the teacher-forced objective
-    on the family's tiny model."""
-    fields = [f"model.{k}={v}" for k, v in {**spec_of(arch).tiny, "arch": arch, "num_classes": 3}.items()]
+    on the family's tiny model (labelled shapes, or captioned ones for a family without labels)."""
+    condition, data = (dict(num_classes=3), shapes) if "labels" in spec_of(arch).conditions else (
+        dict(TEXT, num_classes=0, text_tokens=24), captioned)  # captions run up to 24 WordLlama tokens
+    fields = [f"model.{k}={v}" for k, v in {**spec_of(arch).tiny, "arch": arch, **condition}.items()]
 
     def config(out, steps):
-        return load_config(ROOT / "configs/tiny.yaml", [f"data.root={shapes}", f"train.output_dir={out}",
+        return load_config(ROOT / "configs/tiny.yaml", [f"data.root={data}", f"train.output_dir={out}",
                                                         "train.batch_size=2", "train.log_every=1",
                                                         f"train.max_steps={steps}", "train.save_every=2",
                                                         "diffusion.objective=all", *fields])

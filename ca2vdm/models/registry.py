@@ -32,6 +32,7 @@ class ModelSpec:
     cache: type[ContextCache]       # its context cache (the model's new_cache makes one)
     lora_groups: Mapping[str, str]  # train.lora.targets' group names -> a regular expression of module names
     tiny: Mapping[str, object]      # ModelConfig fields of a tiny instance (tests, dry runs)
+    conditions: tuple[str, ...] = ("labels", "prompts", "none")  # what it may be conditioned on (config.conditioning)
     converters: Mapping[str, Converter] = field(default_factory=dict)  # weight formats it reads besides its own
     description: str = ""
 
