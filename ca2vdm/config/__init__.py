@@ -6,7 +6,7 @@ apply), ``loading`` (YAML + ``key=value`` overrides) and ``sampler`` (the sample
 and offered by every front end). Nothing here imports torch, so a command line can build its parser from these types
 before torch loads. Imports only :mod:`ca2vdm.errors`.
 """
-from ca2vdm.config.layout import ChunkLayout
+from ca2vdm.config.layout import ChunkLayout, TemporalCompression
 from ca2vdm.config.loading import load_config
 from ca2vdm.config.lora import LoraConfig, parse_lora
 from ca2vdm.config.model import ARCHS, BACKENDS, MODEL_CONFIGS, ModelConfig, model_config, to_dict, validate_model
@@ -37,8 +37,8 @@ from ca2vdm.config.training import (
                                     validate_section,
 )
 
-__all__ = ["ARCHS", "BACKENDS", "ChunkLayout", "load_config", "MODEL_CONFIGS", "ModelConfig", "model_config", "to_dict",
-           "validate_model", "LoraConfig", "parse_lora",
+__all__ = ["ARCHS", "BACKENDS", "ChunkLayout", "TemporalCompression", "load_config", "MODEL_CONFIGS", "ModelConfig",
+           "model_config", "to_dict", "validate_model", "LoraConfig", "parse_lora",
            "PRECISIONS", "AutoencoderConfig", "AutoencoderTrainingConfig", "CodecConfig", "Config", "DataConfig",
            "DiffusionConfig", "DistillConfig", "DistillTrainingConfig", "RunConfig", "TrainConfig", "validate",
            "validate_section", "CACHE_MODES", "SEED_MAX", "SamplerSettings",

@@ -3,7 +3,8 @@
 Frame 0 is a chunk of its own when the model has a first-frame chunk (the image condition of image-to-video), and
 every later chunk has ``chunk_frames`` frames; without a first-frame chunk all chunks have ``chunk_frames``. The
 attention masks, the sampler, training clips, self-rollout, the validation of the window and sink sizes and the
-evaluation scripts all ask a :class:`ChunkLayout` (``ModelConfig.layout``) instead of writing the rule out.
+evaluation scripts all ask a :class:`ChunkLayout` (``ModelConfig.layout``) instead of writing the rule out; how those
+(model) frames map to pixel frames when a codec compresses time is :class:`TemporalCompression`.
 """
 from __future__ import annotations
 
@@ -68,3 +69,24 @@ class ChunkLayout:
             chunks.append((start, length))
             start += length
         return chunks
+
+
+@dataclass(frozen=True)
+class TemporalCompression:
+    """How a codec's frames (the model's) map to a video's pixel frames: the first latent frame holds one pixel frame
+    and every later one ``frames_per_latent`` (AutoencoderKLWan: 1, then groups of 4). A per-frame codec has 1, so
+    model frames are pixel frames. The writer, the API's chunks and a given video ask this rule (``codec.temporal``)."""
+    frames_per_latent: int = 1
+
+    def start_of(self, latent: int) -> int:
+        """The first pixel frame of latent frame ``latent`` (also: the pixel frames of latent frames 0 .. latent-1)."""
+        return 0 if latent == 0 else 1 + (latent - 1) * self.frames_per_latent
+
+    def pixel_frames(self, start: int, stop: int) -> int:
+        """How many pixel frames latent frames ``start .. stop - 1`` decode to."""
+        return self.start_of(stop) - self.start_of(start)
+
+    def latents_in(self, pixels: int) -> int:
+        """How many whole latent frames the first ``pixels`` pixel frames of a video fill (frames of an unfinished
+        group are not counted)."""
+        return 0 if pixels <= 0 else 1 + (pixels - 1) // self.frames_per_latent

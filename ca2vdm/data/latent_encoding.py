@@ -72,6 +72,10 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec,
     (this process's finished videos and share). ``text_encoder`` (named ``text_name``) encodes each video's caption
     from the manifest ``captions``; videos without one are skipped."""
     out = Path(out)
+    if codec.temporal.frames_per_latent > 1:
+        raise DataError(f"the codec ({codec.metadata().get('class')}) compresses time (the first frame alone, then "
+                        "groups of frames); latent shards are encoded frame by frame: use pixels or a per-frame "
+                        "autoencoder")
     if pixel_resolution % codec.factor:
         raise DataError(f"pixel resolution {pixel_resolution} is not divisible by the codec's down-sampling "
                         f"factor {codec.factor}")

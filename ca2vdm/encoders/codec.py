@@ -6,11 +6,16 @@ the model (training data, sample videos, ``infer/long_video.py``, benchmarks) go
 * ``pixel``: identity, pixels in [-1, 1] (the shipped 32x32 demo model);
 * ``diffusers``: any per-frame diffusers autoencoder loaded with ``from_pretrained`` (``AutoencoderKL`` as in
   Ca2-VDM, ``AutoencoderTiny``), latents ``(z - shift_factor) * scaling_factor`` with the factors of its config;
+  or Wan's video autoencoder (``AutoencoderKLWan``, :mod:`ca2vdm.encoders.wan_vae`), which compresses time too;
 * ``autoencoder``: our own small autoencoder (a diffusers architecture trained by ``train/train_autoencoder.py``,
   which stores the measured latent scale in its config); loaded the same way.
 
-Frames are encoded independently (no temporal compression), so chunks need no alignment with the codec. The
-latent of a frame is the mean of the posterior (deterministic), as is usual for cached latent datasets.
+A codec declares how its frames map to pixel frames (``temporal``, a
+:class:`~ca2vdm.config.layout.TemporalCompression`: 1 pixel frame per frame for the per-frame codecs, whose frames
+are encoded independently, so chunks need no alignment with them). ``encode`` and ``decode`` take a whole video from
+its first frame; a video decoded chunk by chunk goes through one :meth:`Codec.stream`, which carries what a causal
+video codec needs from chunk to chunk (per-frame codecs carry nothing). The latent of a frame is the mean of the
+posterior (deterministic), as is usual for cached latent datasets.
 """
 from __future__ import annotations
 
@@ -22,32 +27,66 @@ from typing import Protocol
 import torch
 from einops import rearrange
 
+from ca2vdm.config.layout import TemporalCompression
 from ca2vdm.config.training import CODEC_KINDS, CodecConfig
+from ca2vdm.encoders.wan_vae import WanCodec
 from ca2vdm.errors import CodecError
 
 PER_FRAME_AUTOENCODERS = ("AutoencoderKL", "AutoencoderTiny")
+VIDEO_AUTOENCODERS = ("AutoencoderKLWan",)  # compress time as well (ca2vdm.encoders.wan_vae)
 FRAMES_PER_CALL = 16  # frames encoded or decoded per autoencoder call: bounds activation memory
+
+
+class CodecStream(Protocol):
+    """One video decoded chunk by chunk: each call continues where the previous one stopped."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The video's next (B, channels, t, h, w) frames -> their (B, 3, T, H, W) pixels in [-1, 1], T =
+        ``temporal.pixel_frames`` of them."""
+
+    def skip(self, latents: torch.Tensor) -> None:
+        """The video's next frames whose pixels are known already (given frames, written as they were): only what
+        they leave for the frames after them is kept."""
 
 
 class Codec(Protocol):
     channels: int       # channels of the encoded tensor (the model's in_channels)
     factor: int         # spatial down-sampling of encode
+    temporal: TemporalCompression  # pixel frames per frame of the codec's space (1 for per-frame codecs)
     pixel_space: bool   # the model works on pixels in [-1, 1] (generated chunks are clamped), not on latents
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) pixels in [-1, 1] -> (B, channels, T, H / factor, W / factor)."""
+        """(B, 3, T, H, W) pixels in [-1, 1], a whole video from its first frame -> (B, channels,
+        temporal.latents_in(T), H / factor, W / factor)."""
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`encode`, back to pixels in [-1, 1]."""
+        """Inverse of :meth:`encode` for a whole video from its first frame, back to pixels in [-1, 1]."""
+
+    def stream(self) -> CodecStream:
+        """A new video to decode chunk by chunk."""
 
     def metadata(self) -> dict:
         """What a checkpoint records to rebuild this codec."""
+
+
+class FrameStream:
+    """The stream of a per-frame codec: every frame decodes alone, so nothing is carried between chunks."""
+
+    def __init__(self, codec: Codec):
+        self.codec = codec
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(latents)
+
+    def skip(self, latents: torch.Tensor) -> None:
+        """Nothing to keep."""
 
 
 class PixelCodec:
     """Identity codec: the model works on pixels."""
     channels = 3
     factor = 1
+    temporal = TemporalCompression()
     pixel_space = True
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -56,12 +95,16 @@ class PixelCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.clamp(-1, 1)
 
+    def stream(self) -> FrameStream:
+        return FrameStream(self)
+
     def metadata(self) -> dict:
         return {"kind": "pixel"}
 
 
 class DiffusersCodec:
     """A per-frame diffusers autoencoder, frozen, with its latent scaling."""
+    temporal = TemporalCompression()
     pixel_space = False
 
     def __init__(self, autoencoder: torch.nn.Module, config: CodecConfig):
@@ -85,6 +128,9 @@ class DiffusersCodec:
         frames = rearrange(latents.float() / self.scaling + self.shift, "b c t h w -> (b t) c h w").to(self._dtype)
         pixels = torch.cat([self.autoencoder.decode(part).sample for part in frames.split(FRAMES_PER_CALL)])
         return rearrange(pixels.float().clamp(-1, 1), "(b t) c h w -> b c t h w", b=latents.shape[0])
+
+    def stream(self) -> FrameStream:
+        return FrameStream(self)
 
     def metadata(self) -> dict:
         return {**asdict(self.config), "scaling_factor": self.scaling, "shift_factor": self.shift,
@@ -130,11 +176,9 @@ def autoencoder_config(config: CodecConfig) -> tuple[str, dict]:
         raise CodecError(f"codec.path={config.path} {where} ({type(e).__name__}); on a machine without internet "
                          "pass a local directory written by save_pretrained") from None
     name = ae_config.get("_class_name", "")
-    if name not in PER_FRAME_AUTOENCODERS:
-        raise CodecError(f"codec.path={config.path} holds a {name or 'model without _class_name'}: only per-frame "
-                         f"autoencoders ({', '.join(PER_FRAME_AUTOENCODERS)}) are supported; video autoencoders "
-                         "with temporal compression (AutoencoderKLWan, ...) would need chunks aligned to their "
-                         "temporal groups, which ca2vdm does not implement")
+    if name not in PER_FRAME_AUTOENCODERS + VIDEO_AUTOENCODERS:
+        raise CodecError(f"codec.path={config.path} holds a {name or 'model without _class_name'}: the supported "
+                         f"autoencoders are {', '.join(PER_FRAME_AUTOENCODERS + VIDEO_AUTOENCODERS)}")
     return name, ae_config
 
 
@@ -165,6 +209,8 @@ def build_codec(config: CodecConfig | dict | None, device: torch.device | str = 
         raise CodecError(f"codec.path={config.path}: the {name} weights cannot be loaded "
                          f"({' '.join(str(e).split())[:200]}); the directory must hold what save_pretrained "
                          "wrote") from None
+    if name in VIDEO_AUTOENCODERS:
+        return WanCodec(autoencoder.to(device), config)
     return DiffusersCodec(autoencoder.to(device), config)
 
 

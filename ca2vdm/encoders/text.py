@@ -51,8 +51,9 @@ class TextEncoder:
     """Prompts -> :class:`TextEmbeddings` of at most ``max_tokens`` tokens; subclasses tokenize and embed. Each
     distinct prompt is encoded once, alone (so its vectors never depend on the other prompts of a batch), and kept for
     the next time it is asked for: checking a prompt, a generation's start, its switches and the server's pages all
-    reuse it."""
+    reuse it. Encoders whose vectors are large keep fewer prompts (``remembered``)."""
     dim: int
+    remembered = REMEMBERED_PROMPTS
 
     def __init__(self, max_tokens: int):
         self.max_tokens = max_tokens
@@ -62,7 +63,7 @@ class TextEncoder:
         raise NotImplementedError
 
     def embed_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) token ids and mask -> (B, L, dim) float32 vectors."""
+        """(B, L) token ids and mask -> (B, L, dim) vectors."""
         raise NotImplementedError
 
     def encode(self, prompts: list[str] | str) -> TextEmbeddings:
@@ -73,7 +74,7 @@ class TextEncoder:
                 self._encoded.move_to_end(prompt)
             else:
                 self._encoded[prompt] = self._encode_one(prompt)
-                if len(self._encoded) > REMEMBERED_PROMPTS:
+                if len(self._encoded) > self.remembered:
                     self._encoded.popitem(last=False)
         return TextEmbeddings.cat([self._encoded[prompt] for prompt in prompts])
 
@@ -81,18 +82,23 @@ class TextEncoder:
         """(1, L) token vectors of one prompt, padding zeroed."""
         (row,) = self.token_ids([prompt])
         if len(row) > self.max_tokens:
-            raise SettingError("prompt", repr(_short(prompt)), f"is {len(row)} tokens long; this model reads at most "
-                               f"{self.max_tokens} (model.text_tokens): shorten it")
+            row = self.too_long(prompt, row)
         ids = torch.zeros(1, self.max_tokens, dtype=torch.long)
         mask = torch.zeros(1, self.max_tokens, dtype=torch.bool)
         ids[0, :len(row)] = torch.tensor(row, dtype=torch.long)
         mask[0, :len(row)] = True
         with torch.no_grad():
-            tokens = self.embed_ids(ids, mask).float() * mask[..., None]  # (1, L, dim), padding zeroed
+            tokens = self.embed_ids(ids, mask).float().cpu() * mask[..., None]  # (1, L, dim), padding zeroed
         return TextEmbeddings(tokens, mask)
 
+    def too_long(self, prompt: str, row: list[int]) -> list[int]:
+        """What to do with a prompt of more than ``max_tokens`` tokens (``row``): refuse it (SettingError)."""
+        raise SettingError("prompt", repr(shorten(prompt)), f"is {len(row)} tokens long; this model reads at most "
+                           f"{self.max_tokens} (model.text_tokens): shorten it")
 
-def _short(prompt: str, limit: int = 40) -> str:
+
+def shorten(prompt: str, limit: int = 40) -> str:
+    """A prompt as an error message quotes it: its first ``limit`` characters."""
     return prompt if len(prompt) <= limit else prompt[:limit] + "..."
 
 

@@ -24,8 +24,8 @@ import torch
 from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, weights_file
-from ca2vdm.config import SamplerSettings, check_seed
-from ca2vdm.encoders.codec import Codec, build_codec
+from ca2vdm.config import SamplerSettings, TemporalCompression, check_seed
+from ca2vdm.encoders.codec import Codec, CodecStream, build_codec
 from ca2vdm.encoders.text import TextEncoder, build_text_encoder, check_prompt
 from ca2vdm.errors import CodecError, SettingError, opt
 from ca2vdm.generation.stream import Switch, VideoStream
@@ -45,8 +45,8 @@ class Chunk:
     """One chunk of a generated video, as soon as it is denoised."""
     index: int              # 0-based among the chunks asked for; -1: the first frame the model draws before them
     latents: torch.Tensor   # (B, C, L, h, w) in the model's space: pixels in [-1, 1], or the codec's latents
-    pixels: np.ndarray      # (B, L, H, W, 3) uint8 RGB, numpy on the CPU
-    start_frame: int        # the video's frame number of pixels[:, 0] (given first frames count)
+    pixels: np.ndarray      # (B, T, H, W, 3) uint8 RGB, numpy on the CPU (T = codec.temporal's pixel frames of L)
+    start_frame: int        # the video's (pixel) frame number of pixels[:, 0] (given first frames count)
     seconds: float          # wall time to denoise and decode it
     model_evals: int        # block-stack evaluations computed (all guidance branches)
     skipped_evals: int      # evaluations a step-caching policy skipped
@@ -82,9 +82,10 @@ def model_input(codec: Codec, pixels: torch.Tensor) -> torch.Tensor:
     return codec.encode(pixels[None])
 
 
-def to_pixels(codec: Codec, frames: torch.Tensor) -> np.ndarray:
-    """A chunk's (B, C, L, h, w) frames -> (B, L, H, W, 3) uint8: the one place where frames leave the model."""
-    return np.stack([to_uint8(video) for video in codec.decode(frames.float())])
+def to_pixels(decoder: Codec | CodecStream, frames: torch.Tensor) -> np.ndarray:
+    """(B, C, L, h, w) frames -> (B, T, H, W, 3) uint8: the one place where frames leave the model. ``decoder``: a
+    codec (the frames are a whole video) or a codec's stream (they are the next chunk of its video)."""
+    return np.stack([to_uint8(video) for video in decoder.decode(frames.float())])
 
 
 class Pipeline:
@@ -141,6 +142,7 @@ class Pipeline:
                 raise SettingError("first_frames", f"uint8 {tuple(frames.shape)}",
                                    "uint8 frames must be (T, H, W, 3) or (B, T, H, W, 3)")
             _check_not_empty(rows.shape[:2], frames)
+            _check_whole(rows.shape[1], self.codec.temporal, frames)
             return self.codec.encode(torch.stack([resize_center_crop(row, self.size) for row in rows]).to(device))
         video = frames[None] if frames.ndim == 4 else frames
         if not frames.is_floating_point() or video.ndim != 5 or video.shape[1] != 3 or video.shape[3:] != (
@@ -149,6 +151,7 @@ class Pipeline:
                                f"expected uint8 (B, T, H, W, 3) frames or float (B, 3, T, {self.size}, {self.size}) "
                                "in [-1, 1]")
         _check_not_empty((video.shape[0], video.shape[2]), frames)
+        _check_whole(video.shape[2], self.codec.temporal, frames)
         _check_float_range(video)
         return self.codec.encode(video.to(device))
 
@@ -176,6 +179,9 @@ class Pipeline:
             raise SettingError("num_chunks", num_chunks, "must be a whole number >= 1 (or None for no end)")
         for one in seed if isinstance(seed, list) else [seed]:
             check_seed(one)
+        if frames_before and self.codec.temporal.frames_per_latent > 1:
+            raise SettingError("frames_before", frames_before, "must be 0 with a codec that compresses time: it "
+                               "encodes a video from its first frame, so give the whole video")
         prompt = None if prompt is None else check_prompt(prompt)
         check_kind(self.model, label, prompt)
         if prompt is not None and self.sampler.text_encoder is not None:
@@ -192,18 +198,22 @@ class Pipeline:
         given = None if first_frames is None else self.encode(first_frames)
         batch = batch if given is None else given.shape[0]
         state = self.sampler.start(batch=batch, first_frames=given, **start)
+        decoder = self.codec.stream()  # this video's decoding state (a causal video codec's cache)
+        if given is not None:
+            decoder.skip(given)
         if given is None and self.model.cfg.first_frame_chunk:  # the model draws the first frame itself
-            yield self._next(state, -1, on_step)
+            yield self._next(state, decoder, -1, on_step)
         for index in itertools.count() if num_chunks is None else range(num_chunks):
             stream.before(state, index)
-            chunk = self._next(state, index, on_step)
+            chunk = self._next(state, decoder, index, on_step)
             stream.after(index)
             yield chunk
 
-    def _next(self, state: GenerationState, index: int, on_step: Callable[[int], None] | None) -> Chunk:
-        tic, start_frame = time.perf_counter(), state.frames
+    def _next(self, state: GenerationState, decoder: CodecStream, index: int,
+              on_step: Callable[[int], None] | None) -> Chunk:
+        tic, start_frame = time.perf_counter(), self.codec.temporal.start_of(state.frames)
         result = self.sampler.next_chunk(state, on_step=on_step)
-        pixels = to_pixels(self.codec, result.frames)
+        pixels = to_pixels(decoder, result.frames)
         return Chunk(index, result.frames, pixels, start_frame, time.perf_counter() - tic, result.model_evals,
                      result.skipped_evals)
 
@@ -219,6 +229,16 @@ def _check_not_empty(batch_and_frames: tuple[int, int], frames: torch.Tensor) ->
     if 0 in batch_and_frames:
         raise SettingError("first_frames", f"{frames.dtype} {tuple(frames.shape)}",
                            "holds no frames (B or T is 0); give at least one frame, or no first_frames")
+
+
+def _check_whole(count: int, temporal: TemporalCompression, frames: torch.Tensor) -> None:
+    """A codec that compresses time encodes the first frame alone, then whole groups of frames."""
+    whole = temporal.start_of(temporal.latents_in(count))
+    if whole != count:
+        group = temporal.frames_per_latent
+        raise SettingError("first_frames", f"{frames.dtype} {tuple(frames.shape)}",
+                           f"holds {count} frames, but the codec encodes the first frame alone, then groups of "
+                           f"{group}: give 1 + {group}k frames (e.g. the first {whole})")
 
 
 def _check_float_range(video: torch.Tensor) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ca2vdm.config import SWITCH_MODES, ModelConfig, SamplerSettings, check_seed
+from ca2vdm.config import SWITCH_MODES, SamplerSettings, check_seed
 from ca2vdm.config.sampler import TEACACHE_THRESH, with_teacache_thresh
 from ca2vdm.encoders.text import check_prompt
 from ca2vdm.errors import SettingError
@@ -170,7 +170,7 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
         if outputs[0].stats["chunks"]:
             for output in outputs:
                 output.stats["stopped_by"] = signal.Signals(signum).name
-            kept = [_finish(output, opts, model.cfg, model.device, tic) for output in outputs]
+            kept = [_finish(output, opts, sheet_row(pipe), model.device, tic) for output in outputs]
         else:
             for output in outputs:
                 output.writer.abort()
@@ -179,19 +179,20 @@ def generate_batch(pipe: Pipeline, outs: dict[int, Path], opts: GenerationOption
         for output in outputs:
             output.writer.abort()
         raise
-    return [_finish(output, opts, model.cfg, model.device, tic) for output in outputs]
+    return [_finish(output, opts, sheet_row(pipe), model.device, tic) for output in outputs]
 
 
 def _write_chunks(pipe: Pipeline, opts: GenerationOptions, seeds: list[int], outputs: list[_Output],
                   poll: Callable[[], None]) -> None:
     """Open the videos with the given image or video (streamed), then write each chunk (the model's first frame
     included) as soon as it is denoised, polling for a stop after every step."""
-    given, frames_before, cfg = None, 0, pipe.model.cfg
+    given, frames_before = None, 0
     if opts.first_frame:
-        kept, frames_before = stream_given(opts.first_frame, pipe.size, cfg, pipe.settings.cache,
-                                           [output.writer for output in outputs], poll)  # (3, T, H, W)
+        kept, frames_before = stream_given(opts.first_frame, pipe.size, pipe.model.cfg, pipe.settings.cache,
+                                           pipe.codec.temporal, [output.writer for output in outputs],
+                                           poll)  # (3, T, H, W)
         for output in outputs:
-            output.preview.append(to_uint8(kept[:, -2 * cfg.chunk_frames:]))  # a contact sheet row
+            output.preview.append(to_uint8(kept[:, -sheet_row(pipe):]))  # a contact sheet row
         given = kept.expand(len(seeds), *kept.shape)  # (B, 3, T, H, W): the same frames for every seed
     keep_every = math.ceil(opts.chunks / PREVIEW_CHUNKS)
     with (tqdm(total=opts.chunks, desc="chunks", unit="chunk", dynamic_ncols=True) as progress,
@@ -216,7 +217,12 @@ def _write_chunks(pipe: Pipeline, opts: GenerationOptions, seeds: list[int], out
             progress.update(chunk.index >= 0)
 
 
-def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: torch.device, tic: float) -> dict:
+def sheet_row(pipe: Pipeline) -> int:
+    """Pixel frames in a row of the contact sheet: those of two chunks after the first frame."""
+    return pipe.codec.temporal.pixel_frames(1, 1 + 2 * pipe.model.cfg.chunk_frames)
+
+
+def _finish(output: _Output, opts: GenerationOptions, row: int, device: torch.device, tic: float) -> dict:
     """Close the video (moving it into place), then write the contact sheet; return the stats."""
     stats = output.stats
     stats["frames"] = output.writer.frames_written
@@ -228,7 +234,7 @@ def _finish(output: _Output, opts: GenerationOptions, cfg: ModelConfig, device: 
     if opts.preview:
         scale = max(1, PREVIEW_PIXELS // output.preview[0].shape[1])
         sheet = np.concatenate(output.preview).repeat(scale, axis=1).repeat(scale, axis=2)
-        save_contact_sheet(sheet, preview_path(output.path), frames_per_row=2 * cfg.chunk_frames)
+        save_contact_sheet(sheet, preview_path(output.path), frames_per_row=row)
         stats["preview"] = str(preview_path(output.path))
     return stats
 

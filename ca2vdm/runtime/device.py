@@ -19,7 +19,7 @@ DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16)))
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``auto`` or None (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or a torch device; a
-    SettingError for anything else and for CUDA where there is none."""
+    SettingError for anything else and for CUDA where there is none (saying so when this PyTorch is a CPU build)."""
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -30,6 +30,10 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         raise SettingError("device", name, "not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
+            if torch.version.cuda is None and torch.version.hip is None:
+                raise SettingError("device", name, f"this PyTorch ({torch.__version__}) is a CPU build, without "
+                                   "CUDA; on a machine with an NVIDIA GPU install its CUDA build with bash "
+                                   "scripts/setup.sh --cuda (or use cpu)")
             raise SettingError("device", name, "CUDA is not available on this machine; use cpu (or auto)")
         count = torch.cuda.device_count()
         if (device.index or 0) >= count:

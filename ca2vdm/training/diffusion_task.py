@@ -64,6 +64,10 @@ class DiffusionTask:
     def __init__(self, config: Config, device: torch.device):
         self.codec = build_codec(config.codec, device)
         check_model_fits(self.codec, config.model.in_channels)
+        if self.codec.temporal.frames_per_latent > 1:
+            raise ConfigError(f"codec.path={config.codec.path} compresses time ({self.codec.metadata()['class']}: "
+                              "the first frame alone, then groups of frames); training through it is not supported: "
+                              "train on pixels or a per-frame autoencoder")
         self.chunks = config.model.layout.clip_chunks(config.model.clip_frames)
         mc = config.model
         self.text_encoder = build_text_encoder(mc.text_encoder, mc.text_tokens)
@@ -180,5 +184,5 @@ class DiffusionTask:
                                    cond_noise=config.diffusion.cond_noise)
         pipe = LongVideoPipeline(model, settings, pixel_space=self.codec.pixel_space)
         label = 0 if config.model.num_classes else None
-        made = pipe.generate(chunks, label=label, seed=0)
-        write_sample((to_uint8(self.codec.decode(chunk.frames)[0]) for chunk in made), out, step)
+        made, decoder = pipe.generate(chunks, label=label, seed=0), self.codec.stream()
+        write_sample((to_uint8(decoder.decode(chunk.frames)[0]) for chunk in made), out, step)
