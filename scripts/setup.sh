@@ -1,8 +1,33 @@
 #!/usr/bin/env bash
-# Set up .venv on a fresh machine: the CPU build of torch (a bare "torch" pulls gigabytes of CUDA), then ca2vdm.
-# On a GPU machine, install your CUDA torch build first and then `pip install -e ".[flash]"` for flash-attn.
+# Set up .venv on a fresh machine: PyTorch, then ca2vdm.
+#   bash scripts/setup.sh            the CPU build of torch (a bare "torch" pulls gigabytes of CUDA)
+#   bash scripts/setup.sh --cuda     PyTorch's CUDA 12.8 build of the same version instead (replacing a CPU build),
+#                                    from PyTorch's own wheel index; TORCH_INDEX_URL picks another CUDA build, e.g.
+#                                    https://download.pytorch.org/whl/cu126 for an older driver. Then, for flash-attn:
+#                                    .venv/bin/pip install -e ".[flash]"
+#   bash scripts/setup.sh --dry-run [--cuda]   print the commands it would run, run none
 set -euo pipefail
+TORCH_VERSION=2.13.0
+CUDA_INDEX=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}
+cuda=0
+dry=0
+for arg in "$@"; do
+    case $arg in
+        --cuda) cuda=1 ;;
+        --dry-run) dry=1 ;;
+        *) echo "error: unknown option $arg; usage: bash scripts/setup.sh [--cuda] [--dry-run]" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[test,plot,serve]"
+run() {  # run a command, or print it in a dry run
+    if [ $dry -eq 1 ]; then echo "$*"; else "$@"; fi
+}
+[ -x .venv/bin/python ] || run python3 -m venv .venv
+if [ $cuda -eq 1 ]; then
+    # the build tag (cu128) pins the CUDA wheel: a CPU build of the same version would otherwise count as installed
+    .venv/bin/python -c "import sys, torch; sys.exit(torch.version.cuda is None)" 2>/dev/null ||
+        run .venv/bin/pip install -q "torch==$TORCH_VERSION+$(basename "$CUDA_INDEX")" --index-url "$CUDA_INDEX"
+else
+    .venv/bin/python -c "import torch" 2>/dev/null || run .venv/bin/pip install -q "torch==$TORCH_VERSION"
+fi
+run .venv/bin/pip install -q -e ".[test,plot,serve]"
