@@ -51,8 +51,9 @@ def test_missing_or_wrong_autoencoders_give_one_clear_error(tmp_path):
         build_codec(CodecConfig(kind="diffusers", path=str(tmp_path)))
     with pytest.raises(CodecError, match="not a local directory"):
         build_codec(CodecConfig(kind="diffusers", path=str(tmp_path / "missing")))
-    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan", "z_dim": 16}))
-    with pytest.raises(CodecError, match="temporal compression"):
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLCogVideoX"}))
+    with pytest.raises(CodecError, match="holds a AutoencoderKLCogVideoX: the supported autoencoders are "
+                                         "AutoencoderKL, AutoencoderTiny, AutoencoderKLWan"):
         build_codec(CodecConfig(kind="diffusers", path=str(tmp_path)))
     with pytest.raises(CodecError, match="kind"):
         build_codec(CodecConfig(kind="vqgan", path=str(tmp_path)))
