@@ -3,9 +3,10 @@
     python scripts/gpu_report.py OUTDIR [--dry-run]
 
 Reads OUTDIR/steps.tsv (each step's exit status and seconds), cuda_tests.xml (pytest's junit XML, with the SDPA
-operators the kernel test recorded), xl/ar_scaling.json, compile/ar_scaling.json and train_mfu.json; a missing file
-is reported as such. Checks the issue's GPU goals (not in a dry run, whose tiny CPU figures say nothing about them).
-On a GPU the CUDA tests count as failed unless at least one of them ran (pytest exits 0 when all are skipped).
+operators the kernel test recorded), xl/ar_scaling.json, compile/ar_scaling.json, train_mfu.json, wan_memory.json and
+wan_vae.json; a missing file is reported as such. Checks the issue's GPU goals (not in a dry run, whose tiny CPU
+figures say nothing about them). On a GPU the CUDA tests count as failed unless at least one of them ran (pytest
+exits 0 when all are skipped).
 """
 import argparse
 import json
@@ -53,14 +54,17 @@ def main(argv=None) -> int:
              (out / "steps.tsv").read_text().splitlines()] if (out / "steps.tsv").exists() else []
     for s in steps:
         s["exit"], s["seconds"] = int(s["exit"]), int(s["seconds"])
-    xl, comp, train = (load_json(out / f) for f in ("xl/ar_scaling.json", "compile/ar_scaling.json", "train_mfu.json"))
+    xl, comp, train, wan_memory, wan_vae = (load_json(out / f) for f in (
+        "xl/ar_scaling.json", "compile/ar_scaling.json", "train_mfu.json", "wan_memory.json", "wan_vae.json"))
     summary = {"dry_run": args.dry_run, "steps": steps, "seconds": sum(s["seconds"] for s in steps),
                "budget_seconds": BUDGET_SECONDS, "cuda_tests": cuda_tests(out / "cuda_tests.xml"),
                "xl": xl and {**xl["summary"], "weights": xl["weights"], "device_name": xl["device_name"],
                              "dtype": xl["dtype"], "chunks": xl["chunks"], "steps": xl["steps"]},
                "compile": comp and {k: v for k, v in comp["summary"].items() if "compile" in k},
                "train": train and {"preset": train["preset"], "batch": train["batch"], "dtype": train["dtype"],
-                                   **{m: r for m, r in train["modes"].items()}}}
+                                   **{m: r for m, r in train["modes"].items()}},
+               "wan_memory": wan_memory and {f"{r['size']} {r['dtype']}": r["peak_gib"] for r in wan_memory["rows"]},
+               "wan_vae": wan_vae and {k: v for k, v in wan_vae.items() if k not in ("seconds", "pixel_frames")}}
     goals = {}
     for name, (path, op, bound) in GOALS.items():
         value = dig(summary, path)
@@ -97,6 +101,15 @@ def main(argv=None) -> int:
     lines += ["", "## Training", "", "missing" if train is None else "\n".join(
         f"- {m}: {r['steps_per_second']:.2f} steps/s, MFU {r['mfu']}, peak {r['peak_mb']} MB"
         for m, r in train["modes"].items())]
+    lines += ["", "## Wan", "", "memory estimate missing" if wan_memory is None else "\n".join(
+        f"- estimated peak, {name}: {p['text_encoder_offloaded']} GiB with UMT5 offloaded, "
+        f"{p['text_encoder_resident']} GiB resident" for name, p in summary["wan_memory"].items())]
+    v = summary["wan_vae"]
+    lines += ["VAE benchmark missing" if v is None else
+              f"- VAE ({v['vae']}, {v['size']}, {v['dtype']}, {v['device_name']}): {v['seconds_per_chunk']:.3f} s per "
+              f"chunk, {v['pixel_frames_per_second']:.1f} frames/s, peak {v['peak_mb']} MB, feature cache "
+              f"{v['feature_cache_mb'][0]:.1f} -> {v['feature_cache_mb'][-1]:.1f} MiB, streamed vs whole "
+              f"{v['streamed_vs_whole_max_abs']:.2e}"]
     verdicts = {True: "met", False: "missed", None: "n/a (dry run)" if args.dry_run else "no figure"}
     lines += ["", "## Goals", ""] + [f"- {name}: {g['value']} -> {verdicts[g['met']]}" for name, g in goals.items()]
     (out / "summary.md").write_text("\n".join(lines) + "\n")

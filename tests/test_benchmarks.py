@@ -156,3 +156,20 @@ def test_step_cache_drift_over_seeds_keeps_per_seed_entries_and_a_summary(tmp_pa
 def test_step_cache_bench_names_an_unknown_setting():
     proc = run_program("scripts/bench/step_cache.py", "--settings", "interval=2,growth=9", "--chunks", 1)
     assert proc.returncode == 2 and "--settings: no setting interval=2,growth=9" in proc.stderr
+
+
+def test_wan_memory_estimate_counts_wans_published_sizes(tmp_path):
+    """Config arithmetic on the meta device: the 1.3B's 1,418,996,800 parameters, 1560 tokens per latent frame at
+    480x832, a 15-frame bf16 KV cache of 15 x 274.2 MiB and 90 MiB of prompt K/V; offloading UMT5 lowers the peak."""
+    proc = run_program("scripts/bench/wan_memory.py", "--sizes", "480x832", "--dtypes", "bf16", "--out",
+                       tmp_path / "wan.json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "wan.json").read_text())
+    assert data["parameters"]["transformer"] == 1_418_996_800 and data["estimate"] is True
+    [row] = data["rows"]
+    assert (row["size"], row["tokens_per_frame"], row["cache_frames"]) == ("480x832", 1560, 15)
+    assert (row["mib"]["kv_cache"], row["mib"]["prompt_kv"]) == (4113.3, 90.0)
+    assert row["peak_gib"]["text_encoder_offloaded"] < row["peak_gib"]["text_encoder_resident"]
+    assert "480x832 bf16: peak" in proc.stdout
+    bad = run_program("scripts/bench/wan_memory.py", "--sizes", "480x830")
+    assert bad.returncode == 2 and "'480x830': give HxW in pixels, multiples of 16" in bad.stderr

@@ -1,5 +1,6 @@
 """scripts/gpu_check.sh --dry-run: the GPU check's whole path (CUDA tests, XL benchmark, compile speed-up, training
-MFU, report) on the CPU with the tiny preset, so the script is known to work before a GPU is lent."""
+MFU, Wan's memory estimate and VAE streaming, report) on the CPU with the tiny preset, so the script is known to work
+before a GPU is lent."""
 import json
 import os
 import shutil
@@ -17,7 +18,8 @@ def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(s["name"], s["exit"]) for s in summary["steps"]] == [
-        ("cuda_tests", 0), ("xl_benchmark", 0), ("compile_speedup", 0), ("train_mfu", 0)]
+        ("cuda_tests", 0), ("xl_benchmark", 0), ("compile_speedup", 0), ("train_mfu", 0), ("wan_memory", 0),
+        ("wan_vae", 0)]
     assert summary["dry_run"] and summary["failed_steps"] == []
     tests = summary["cuda_tests"]
     assert tests["tests"] == tests["skipped"] >= 4 and tests["failures"] == tests["errors"] == 0  # no GPU here
@@ -30,6 +32,10 @@ def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     train = summary["train"]
     off, on = train["activation_checkpointing_off"], train["activation_checkpointing_on"]
     assert off["loss"] == on["loss"] and off["steps_per_second"] > 0 and on["steps_per_second"] > 0
+    assert summary["wan_memory"]["480x832 bf16"]["text_encoder_offloaded"] > 0
+    wan_vae = summary["wan_vae"]
+    assert wan_vae["vae"] == "tiny" and wan_vae["streamed_vs_whole_max_abs"] <= 1e-4
+    assert wan_vae["feature_cache_mb"][0] == wan_vae["feature_cache_mb"][-1] > 0
     assert all(g["met"] is None for g in summary["goals"].values())  # a dry run judges no GPU goal
     assert "# GPU check (dry run" in (tmp_path / "summary.md").read_text()
 

@@ -62,7 +62,7 @@ class UMT5TextEncoder(TextEncoder):
                      device: torch.device | str = "cpu", dtype: str | torch.dtype | None = None,
                      offload: bool = False) -> UMT5TextEncoder:
         """The ``save_pretrained`` folders of a Wan diffusers folder (``text_encoder/`` and ``tokenizer/``), offline,
-        loaded in ``dtype`` (None: bf16 on CUDA, fp32 on the CPU; transformers keeps UMT5's ``wo`` in float32)."""
+        loaded in ``dtype`` (None: bf16 on CUDA, fp32 on the CPU)."""
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         try:
