@@ -1,8 +1,9 @@
-"""ca2vdm/config/layout.py: the one rule that splits frames into chunks, against the rule written out by hand."""
+"""ca2vdm/config/layout.py: the one rule that splits frames into chunks, against the rule written out by hand, and the
+one rule that maps a codec's frames to pixel frames."""
 import pytest
 import torch
 
-from ca2vdm.config import ChunkLayout, model_config
+from ca2vdm.config import ChunkLayout, TemporalCompression, model_config
 
 
 def by_hand(frame: int, L: int, first_frame_chunk: bool) -> int:
@@ -40,3 +41,13 @@ def test_the_model_config_carries_its_layout_and_validates_by_it():
         model_config("demo", max_context_frames=8)
     with pytest.raises(ValueError, match="sink_frames=2 must be 0 \\(off\\) or whole chunks"):
         model_config("demo", sink_frames=2)
+
+
+def test_temporal_compression_maps_latent_frames_to_pixel_frames():
+    """Wan's VAE: latent frame 0 is one pixel frame, later ones 4 (7 chunks of 3 = 81 frames); per-frame codecs: 1."""
+    wan, frames = TemporalCompression(4), TemporalCompression()
+    assert [wan.start_of(n) for n in range(4)] == [0, 1, 5, 9] and wan.pixel_frames(0, 3) == 9
+    assert wan.pixel_frames(3, 6) == 12 and wan.pixel_frames(0, 21) == 81
+    assert [wan.latents_in(p) for p in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+    assert [frames.start_of(n) for n in range(4)] == [0, 1, 2, 3] and frames.latents_in(7) == 7
+    assert all(frames.pixel_frames(a, b) == b - a for a in range(5) for b in range(a, 9))

@@ -10,7 +10,7 @@ import torch
 import ca2vdm
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import save_weights
-from ca2vdm.config import CodecConfig, SamplerSettings, TemporalCompression
+from ca2vdm.config import CodecConfig, SamplerSettings
 from ca2vdm.encoders.codec import build_codec
 from ca2vdm.errors import CodecError, ConfigError, SettingError
 from ca2vdm.generation.video_files import GenerationOptions, generate_video
@@ -42,14 +42,6 @@ def codec(wan):
 def _stats(vae):
     return (torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1),
             torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1))
-
-
-def test_temporal_compression_rule():
-    wan, frames = TemporalCompression(4), TemporalCompression()
-    assert [wan.start_of(n) for n in range(4)] == [0, 1, 5, 9] and wan.pixel_frames(0, 3) == 9
-    assert wan.pixel_frames(3, 6) == 12 and wan.pixel_frames(0, 21) == 81
-    assert [wan.latents_in(p) for p in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
-    assert [frames.start_of(n) for n in range(4)] == [0, 1, 2, 3] and frames.latents_in(7) == 7
 
 
 def test_codec_declares_wan_compression(codec, wan):
