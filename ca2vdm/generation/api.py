@@ -133,8 +133,9 @@ class Pipeline:
     def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames to continue -> the (B, C, T, h, w) model frames, on the model's device: uint8 (T, H, W, 3) or
         (B, T, H, W, 3) (any size: resized and centre-cropped to :attr:`size`, as the command line does), or float
-        (3, T, H, W) or (B, 3, T, H, W) in [-1, 1] at :attr:`size`. At least one frame; finite float values in
-        [-1, 1] (floats in 0 .. 255 are refused, never taken as they are: pass such pixels as uint8)."""
+        (3, T, H, W) or (B, 3, T, H, W) in [-1, 1] at :attr:`size`. At least one frame (a codec that compresses time:
+        1 + 4k, see ``codec.temporal``); finite float values in [-1, 1] (floats in 0 .. 255 are refused, never taken
+        as they are: pass such pixels as uint8)."""
         frames, device = torch.as_tensor(frames), self.model.device
         if frames.dtype == torch.uint8:
             rows = frames[None] if frames.ndim == 4 else frames
