@@ -119,21 +119,18 @@ def test_absolute_positions_keep_every_frames_index_through_eviction_sinks_and_a
     assert kv.shape[2] > 2 * model.cfg.clip_frames and (kv - none).abs().max() <= 1e-4
 
 
-def test_ring_positions_equal_absolute_ones_without_sinks_and_never_run_out():
-    """Without sinks both modes give the same scores (RoPE is relative): equal videos far past the window; ring
-    positions go past Wan's RoPE table, absolute ones are refused there in one line naming the fix."""
-    ring, _ = _pair(depth=2)
-    absolute, _ = _pair(depth=2, positions="absolute")
-    a, b = _video(ring, "kv", 8), _video(absolute, "kv", 8)
-    assert (a - b).abs().max() <= 1e-4
-    for model in (ring, absolute):
-        cache = model.new_cache(1)
-        cache.commit(1 + 15 * 2)  # 31 frames: the table (rope_max_seq_len = 32) ends inside the next chunk
-        if model.cfg.positions == "ring":
-            assert cache.frame_positions(2) == [31, 32]
-        else:
-            with pytest.raises(ValueError, match=r"past Wan's RoPE table .* model.positions=ring"):
-                cache.frame_positions(2)
+def test_ring_positions_run_past_wans_rope_table_and_absolute_ones_stop_there_in_one_line():
+    """Ring positions with a sink: 20 chunks (39 frames, past the RoPE table of rope_max_seq_len = 32 frames) through
+    the cache == recomputing the window numbered from its first frame at every step; in absolute positions the cache
+    refuses the first frame past the table, naming the fix."""
+    model, _ = _pair(depth=1, sink_frames=1)
+    kv, none = (_video(model, mode, 20) for mode in ("kv", "none"))
+    assert kv.shape[2] > model.cfg.rope_max_seq_len and (kv - none).abs().max() <= 1e-4
+    absolute, _ = _pair(depth=1, sink_frames=1, positions="absolute")
+    cache = absolute.new_cache(1)
+    cache.commit(1 + 15 * 2)  # bookkeeping only: 31 frames, so the next chunk ends past the table
+    with pytest.raises(ValueError, match=r"frame 32 is past Wan's RoPE table .* use model.positions=ring"):
+        cache.frame_positions(2)
 
 
 def test_the_cache_is_preallocated_bounded_and_a_pass_with_gradients_leaves_it_alone():

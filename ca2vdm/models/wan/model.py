@@ -81,6 +81,11 @@ class CausalWan(ModelBase, WanTransformer3DModel):
                 p.data = p.data.float()
         return self
 
+    def to(self, *args, **kwargs):
+        """``nn.Module.to``: casts keep the float32 modules (:meth:`_apply`), so diffusers' warning about casting
+        them does not apply."""
+        return nn.Module.to(self, *args, **kwargs)
+
     # -- the model interface (ca2vdm.models.base.CausalVideoModel) ----------------------------------------------
     def repeated_blocks(self) -> nn.ModuleList:
         return self.blocks
