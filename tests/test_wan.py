@@ -145,3 +145,23 @@ def test_the_cache_is_preallocated_bounded_and_a_pass_with_gradients_leaves_it_a
     with torch.no_grad():
         plain, _ = model.new_cache(2).update(0, k, k)
     assert torch.equal(keys, plain) and cache.nbytes() == nbytes
+
+
+def test_wans_fields_are_recorded_for_wan_only_and_checked():
+    """A DiT's recorded config is what it was before Wan's fields existed; Wan's fields on a DiT, a Wan without a text
+    encoder or with labels, and an unknown positions mode are refused in one line each."""
+    from ca2vdm.config import WAN_FIELDS, ModelConfig, model_config, to_dict, validate_model
+    from ca2vdm.errors import ConfigError
+
+    assert not set(WAN_FIELDS) & set(to_dict(model_config("demo"))) and "arch" not in to_dict(model_config("demo"))
+    recorded = to_dict(model_config("wan-1.3b"))
+    assert set(WAN_FIELDS) <= set(recorded) and recorded["width"] == 104 and recorded["positions"] == "absolute"
+    assert model_config("wan-1.3b").frame_width == 104 and model_config("demo").frame_width == 32
+    for fields, message in [(dict(positions="absolute"), "model.positions='absolute' applies to model.arch=wan only"),
+                            (dict(arch="wan", ffn_dim=32), "model.arch=wan reads prompts"),
+                            (dict(arch="wan", ffn_dim=32, text_encoder="wordllama", text_dim=256, num_classes=3),
+                             "takes prompts, not labels"),
+                            (dict(arch="wan", ffn_dim=32, text_encoder="wordllama", text_dim=256, positions="rope"),
+                             "model.positions='rope' must be one of absolute, ring")]:
+        with pytest.raises(ConfigError, match=message):
+            validate_model(ModelConfig(**fields))

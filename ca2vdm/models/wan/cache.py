@@ -35,11 +35,13 @@ from collections.abc import Callable
 
 import torch
 
+from ca2vdm.models.kv_cache import FrameRing
+
 # moves keys (N, tokens, heads, head_dim) by a number of frames in time (ca2vdm.models.wan.rope.time_shift applied)
 TimeShift = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-class WanCache:
+class WanCache(FrameRing):
     """Frame slots of every block's keys and values (see the module docstring)."""
 
     # bookkeeping (slots, positions) is plain Python that changes every chunk: compiled blocks run these eagerly
@@ -92,25 +94,12 @@ class WanCache:
                              "model.positions=ring, whose positions stay inside the window at any length")
         return out
 
-    def _slot_index(self, num_frames: int) -> torch.Tensor:
-        """The chunk's slots (memoised per chunk); moves the ring sinks into place when a chunk starts."""
-        key = (self.frames_committed, num_frames)
-        if key != self._slots_key:
-            F, k, chunk = self.frames_committed, self.sink_frames, self.window - self.max_context_frames
-            if num_frames > chunk:
-                raise ValueError(f"a chunk of {num_frames} frames does not fit the cache, which was built for chunks "
-                                 f"of at most {chunk}")
-            if F < k < F + num_frames:
-                raise ValueError(f"frames {F}..{F + num_frames - 1} straddle the {k} sink frames; sinks are whole "
-                                 "chunks")
-            frames = torch.arange(F, F + num_frames, device=self.k.device)
-            self._slots = frames if F < k else k + (frames - k) % (self.window - k)
-            self._slots_key = key
-            if F >= k > 0 and self.positions == "ring":  # sinks just before the oldest ring frame
-                depth, B = self.sink_k.shape[:2]
-                moved = self.shift(self.sink_k.flatten(0, 1).flatten(1, 2), max(0, F + num_frames - self.window))
-                self._sink_slots.copy_(moved.reshape(self.sink_k.shape))
-        return self._slots
+    def _move_sinks(self, shift: int) -> None:
+        """Ring positions: the sinks, kept as written, rotated ``shift`` frames on into their slots (absolute
+        positions leave them at their own indices)."""
+        if self.positions == "ring":
+            moved = self.shift(self.sink_k.flatten(0, 1).flatten(1, 2), shift)  # (depth*B, k*S, H, Dh)
+            self._sink_slots.copy_(moved.reshape(self.sink_k.shape))
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                commit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

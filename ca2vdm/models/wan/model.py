@@ -64,7 +64,10 @@ class CausalWan(ModelBase, WanTransformer3DModel):
     """Wan 2.1's transformer, block-causal over chunks (a :class:`~ca2vdm.models.base.CausalVideoModel`)."""
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__(**diffusers_config(validate_model(cfg)))
+        if validate_model(cfg).text_dim < 1:
+            raise ValueError(f"model.text_encoder={cfg.text_encoder} needs model.text_dim, the width of its token "
+                             "vectors (training sets it from the encoder)")
+        super().__init__(**diffusers_config(cfg))
         self.cfg = cfg
         self.step_cache_hooks = HookRegistry()  # the block stack's, called with a WanStackCall
         for i, block in enumerate(self.blocks):
@@ -210,6 +213,9 @@ class CausalWan(ModelBase, WanTransformer3DModel):
         h, w = H // p, W // p
         backend = resolve_backend(self.cfg.attention_backend, x.device,
                                   training=self.training and torch.is_grad_enabled())
+        if cache is None and x.device.type == "cuda" and self.cfg.attention_backend == "auto":
+            backend = "flex"  # a masked pass: a dense (T*S)^2 mask takes GiBs at Wan's sizes, a block mask per frame
+            #                   does not
         positions, mask = self._layout(T, x.device, cache, frame_offset, num_cond_frames, teacher_forcing, backend)
         ctx = AttentionPass(*frame_rope(self.rope, positions, h, w, x.device), mask, cache, commit, backend)
         tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).contiguous()  # (B, T*S, D)
