@@ -310,3 +310,51 @@ def test_regression_weight_adds_the_trajectory_loss_to_dmd_steps(teacher, pairs,
                             f"distill.regression_weight={weight}", "train.max_steps=1"), progress_bar=False)
         logged.append(_metrics(out)[0]["loss_model"])
     assert logged[1] - logged[0] == pytest.approx(1.0)
+
+
+def test_a_dmd_step_on_the_causal_wan_with_a_prompt():
+    """Self-Forcing's step on arch wan: the student's rollout through its cache with a prompt, gradients only through
+    each chunk's exit step; DMD scores it with the teacher guided towards the prompt against the empty prompt and the
+    critic; one optimizer step changes the student, and the critic's flow loss on the rollout trains the critic. The
+    prompt's K/V are made once per prompt, before the exit steps (as Self-Forcing's cross-attention cache), so its
+    projections get no gradient from the rollout."""
+    import re
+
+    from ca2vdm.encoders.text import TextEmbeddings
+    from ca2vdm.models.registry import build_model, tiny_config
+    from ca2vdm.training.losses import teacher_forcing_flow_loss
+
+    torch.manual_seed(0)
+    teacher = build_model(tiny_config("wan")).eval()
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    student, critic = build_model(teacher.cfg).train(), build_model(teacher.cfg).train()
+    student.load_state_dict(teacher.state_dict())
+    critic.load_state_dict(teacher.state_dict())
+    gen = torch.Generator().manual_seed(4)
+    prompt = TextEmbeddings(torch.randn(2, 8, 256, generator=gen), torch.ones(2, 8, dtype=torch.bool))
+    calls = []  # grad enabled per student call
+    student.register_forward_hook(lambda m, args, out: calls.append(torch.is_grad_enabled()))
+    pipe = LongVideoPipeline(student, steps=3, cfg_scale=1.0, cond_noise=0.0, pixel_space=False)
+    exits = [1, 0, 2, 1]  # the first frame, then chunks of 2: T = 7
+    clip = self_rollout(pipe, 2, None, seed=5, exits=exits, prompt=prompt)
+    assert clip.shape == (2, 3, 7, 16, 16) and clip.requires_grad and sum(calls) == len(exits)
+    chunks = teacher.cfg.layout.clip_chunks(7)
+    null = student.empty_text(2, None)
+    loss = dmd_loss(clip, None, teacher, critic, chunks, 0.0, 3.0, None, gen, text=prompt, null_text=null)
+    unguided = dmd_loss(clip, None, teacher, critic, chunks, 0.0, 1.0, None, torch.Generator().manual_seed(9),
+                        text=prompt, null_text=null)
+    assert torch.isfinite(loss) and loss > 0 and not torch.isclose(loss, unguided)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    loss.backward()
+    prompt_kv = r"condition_embedder\.text_embedder\..*|blocks\.\d+\.attn2\.(to_k|to_v|norm_k)\..*"
+    assert {n for n, p in student.named_parameters() if p.grad is None} == {
+        n for n, _ in student.named_parameters() if re.fullmatch(prompt_kv, n)}
+    assert all(p.grad is None for p in critic.parameters())
+    optimizer.step()
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    critic_loss = teacher_forcing_flow_loss(critic, clip.detach(), None, chunks, 0.0, gen, text=prompt)
+    critic_loss.backward()
+    assert all(p.grad is not None for p in critic.parameters())

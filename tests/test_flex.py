@@ -74,6 +74,25 @@ def test_model_with_flex_block_masks_equals_sdpa_outputs_and_gradients(teacher_f
     assert len(flex_calls) == 2 and isinstance(flex_calls[0], flex.BlockMask)  # temporal attention of both blocks
 
 
+def test_wan_frame_masks_over_its_tokens_equal_sdpa_outputs_and_gradients(cpu_flex_backward):
+    """The causal Wan's joint attention: its frame mask stands for every token of a frame (``repeat``), built at frame
+    level as a FlexAttention block mask; the teacher-forcing pass equals the SDPA boolean-mask path."""
+    from ca2vdm.encoders.text import TextEmbeddings
+    from ca2vdm.models.registry import build_model, tiny_config
+
+    outs, grads = {}, {}
+    x, t = torch.randn(1, 3, 7 + 5, 16, 16), torch.rand(1, 12)
+    text = TextEmbeddings(torch.randn(1, 8, 256), torch.ones(1, 8, dtype=torch.bool))
+    for backend in ("flex", "sdpa"):
+        torch.manual_seed(0)
+        model = build_model(tiny_config("wan", attention_backend=backend)).eval()
+        out = model(x, t, num_cond_frames=5, teacher_forcing=True, text=text)
+        out.square().mean().backward()
+        outs[backend], grads[backend] = out, [p.grad for p in model.parameters()]
+    assert (outs["flex"] - outs["sdpa"]).abs().max() <= 1e-5 and outs["flex"].abs().max() > 0.05
+    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(grads["flex"], grads["sdpa"]))
+
+
 def test_block_masks_are_built_once_per_layout(monkeypatch):
     """Every layer and every later step with the same frame layout reuses one block mask."""
     built = []

@@ -202,3 +202,28 @@ def test_fsdp_two_processes_train_the_adapter_and_resume_exactly(shapes, base, t
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")[2:]
     assert read_adapter(tmp_path / "straight" / final).tensors.keys() == \
         {k.replace(".default", "") for k in load_file(tmp_path / "straight" / final / "model.safetensors")}
+
+
+def test_a_lora_step_on_the_causal_wan_with_longlives_targets(tmp_path):
+    """train.lora on arch wan with LongLive's target set (every Linear of the blocks' attention and feed-forward, 10 a
+    block): only those adapters train and are saved, and the adapter, folded into the base, changes what it samples."""
+    from ca2vdm.models.registry import build_model, tiny_config
+
+    torch.manual_seed(0)
+    base_model = build_model(tiny_config("wan", text_tokens=24))
+    base = tmp_path / "wan.safetensors"
+    save_weights(base, base_model.state_dict(), base_model.cfg)
+    write_captioned_dataset(tmp_path / "captioned", num_videos=4, num_frames=16, size=16, seed=0)
+    config = load_config(TINY, [
+        "model.name=wan-tiny", "model.num_classes=0", "model.text_tokens=24", f"data.root={tmp_path / 'captioned'}",
+        f"train.output_dir={tmp_path / 'run'}", f"train.init_from={base}", "train.batch_size=2", "train.max_steps=2",
+        "train.save_every=2", "train.warmup_steps=1", "train.lr=3e-3", "data.clips_per_video=1",
+        "data.num_workers=0", "train.lora.rank=2", "train.lora.targets=[longlive]"])
+    adapter = train(config, progress_bar=False) / "checkpoints/step_000002"
+    layers_adapted = {n.split(".lora_")[0] for n in read_adapter(adapter).tensors}
+    assert len(layers_adapted) == 10 * base_model.cfg.depth and all(
+        re.fullmatch(r"blocks\.\d\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ffn\.net\.(0\.proj|2))", n)
+        for n in layers_adapted), sorted(layers_adapted)
+    pipe = ca2vdm.load_pipeline(base, "cpu", lora=[(adapter, 1.0)], steps=2)
+    first = lambda p: torch.cat([c.latents for c in p.generate(2, prompt="a red circle", seed=0)], dim=2)  # noqa: E731
+    assert not torch.equal(first(pipe), first(ca2vdm.load_pipeline(base, "cpu", steps=2)))

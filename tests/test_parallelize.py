@@ -16,6 +16,7 @@ from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.config import load_config
 from ca2vdm.errors import CheckpointError, ConfigError
 from ca2vdm.models.dit import CausalVideoDiT
+from ca2vdm.models.registry import build_model
 from ca2vdm.training import trackers
 from ca2vdm.training.loop import train
 from ca2vdm.training.losses import teacher_forcing_flow_loss
@@ -157,3 +158,26 @@ def test_wandb_without_the_package_is_one_clear_error(shapes, tmp_path, monkeypa
                        match=r'needs the wandb package, which is not installed: pip install -e "\.\[wandb\]"'):
         train(config, progress_bar=False)
     assert not tmp_path.joinpath("checkpoints").exists()
+
+
+def test_fsdp_two_processes_shard_the_causal_wan(tmp_path):
+    """arch wan under train.fsdp=true with activation checkpointing on 2 processes: each rank holds half of diffusers'
+    Wan blocks, the run trains, and its checkpoint is full tensors one process loads (exact resume of arch wan:
+    tests/test_model_conformance.py)."""
+    from ca2vdm.data.captioned import write_captioned_dataset
+
+    data = tmp_path / "captioned"
+    write_captioned_dataset(data, num_videos=4, num_frames=16, size=16, seed=0)
+    proc = _launch(data, tmp_path, 2, "model.name=wan-tiny", "model.num_classes=0", "model.text_tokens=24",
+                   "train.fsdp=true", "train.activation_checkpointing=true", "train.save_every=2", "data.num_workers=0")
+    held = {int(r): (int(n), int(t)) for r, n, t in re.findall(r"rank (\d): FSDP holds (\d+) of (\d+) block",
+                                                                proc.stdout)}
+    assert sorted(held) == [0, 1] and sum(n for n, _ in held.values()) == held[0][1], proc.stdout[-2000:]
+    assert all(abs(n - t / 2) <= 0.05 * t for n, t in held.values())
+    losses = _losses(tmp_path)
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses)
+    model, _ = load_model(tmp_path / "checkpoints/step_000002")
+    fresh = build_model(model.cfg).state_dict()
+    weights = load_file(tmp_path / "checkpoints/step_000002/ema.safetensors")
+    assert model.cfg.arch == "wan"
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in fresh.items()}

@@ -1,8 +1,19 @@
-"""Export a training checkpoint's EMA weights (with config metadata) to one small safetensors file.
+"""Export a training checkpoint's EMA weights (with config metadata) to one small safetensors file, or turn another
+project's Wan weights into ours.
 
     ca2vdm export runs/demo/checkpoints/step_003000 checkpoints/demo.safetensors
     ca2vdm export runs/latent-demo/checkpoints/step_004400 checkpoints/latent-demo.safetensors \
         --autoencoder checkpoints/ae-shapes128
+    ca2vdm export Wan2.1-T2V-1.3B-Diffusers checkpoints/wan-1.3b.safetensors --vae Wan2.1-T2V-1.3B-Diffusers/vae
+    ca2vdm export self_forcing_dmd.pt checkpoints/self-forcing.safetensors
+    ca2vdm export longlive_base.pt checkpoints/longlive.safetensors --preset longlive --lora lora.pt
+    ca2vdm export causal_forcing.pt checkpoints/cf.safetensors model.positions=ring sampler.steps=4
+
+Another project's weights: a diffusers folder (``transformer/config.json`` + ``diffusion_pytorch_model*
+.safetensors``), Wan's folder or file, or a Self-Forcing / CausVid / Causal Forcing / LongLive ``.pt``
+(docs/models.md). What the files do not record comes from a named size (``--model``: the latent frame size, the text
+encoder) and a preset (``--preset``: the sampler's settings, the chunk and window layout of the project's own
+inference); ``model.KEY=VALUE`` and ``sampler.KEY=VALUE`` override any of them. Nothing is downloaded.
 
 A latent model's autoencoder must travel with it: ``--autoencoder DIR`` copies the autoencoder the checkpoint
 recorded (its save_pretrained folder) to DIR and records DIR relative to the exported file, so the pair works from
@@ -20,8 +31,12 @@ import sys
 from pathlib import Path
 
 from ca2vdm.cli.args import new_parser
-from ca2vdm.config import PRECISIONS
-from ca2vdm.errors import CheckpointError, ExportError
+from ca2vdm.config import MODEL_CONFIGS, PRECISIONS
+from ca2vdm.config.presets import PRESETS
+from ca2vdm.errors import CheckpointError, ConfigError, ExportError, SettingError, opt
+
+WAN_SIZES = sorted(name for name, fields in MODEL_CONFIGS.items() if fields.get("arch") == "wan")
+FOREIGN_FLAGS = ("preset", "model", "lora", "lora_alpha", "generator", "vae", "overrides")
 
 
 def ship_autoencoder(src: str, dst: Path, directory: Path, overwrite: bool) -> dict:
@@ -42,14 +57,76 @@ def ship_autoencoder(src: str, dst: Path, directory: Path, overwrite: bool) -> d
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("src", help="checkpoint directory or .safetensors file")
+    p.add_argument("src", help="checkpoint directory or .safetensors file; or another project's Wan weights")
     p.add_argument("dst", help="output .safetensors file")
-    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp16", help="precision of the exported weights")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="another project's weights: model.* and sampler.* settings to record (model.positions=ring)")
+    p.add_argument("--dtype", choices=sorted(PRECISIONS), help="precision of the exported weights (default: fp16; "
+                                                               "bf16 for another project's weights)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="another project's weights: whose sampler settings and "
+                   "window layout to record (default: self-forcing for a .pt, longlive with --lora, else wan)")
+    p.add_argument("--model", choices=WAN_SIZES, help="another project's weights: the named size whose frame size and "
+                   "text encoder they are used with (default: wan-1.3b)")
+    p.add_argument("--lora", type=Path, help="LongLive's lora.pt, folded into the base weights")
+    p.add_argument("--lora-alpha", type=float, help="the LoRA's alpha (default: its rank, as LongLive trains it)")
+    p.add_argument("--generator", choices=("generator_ema", "generator", "model"),
+                   help="which weights of a .pt (default: generator_ema, else generator, else model)")
+    p.add_argument("--vae", type=Path, help="another project's weights: the Wan VAE folder (AutoencoderKLWan, "
+                   "save_pretrained) to record as the codec")
     p.add_argument("--autoencoder", type=Path, help="latent models: copy their autoencoder to this directory and "
                                                    "record it relative to dst")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dst (never the source itself nor "
                                                             "a file inside a training checkpoint folder)")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``model.positions=ring sampler.steps=8`` -> {"model": {"positions": "ring"}, "sampler": {"steps": 8}}."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not value or section not in ("model", "sampler") or not name.isidentifier():
+            raise ConfigError(f"override {item!r} is not model.KEY=VALUE or sampler.KEY=VALUE (e.g. "
+                              "model.positions=ring)")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def export_foreign(args: argparse.Namespace) -> Path:
+    """Another project's weights -> ours (:func:`ca2vdm.checkpoints.formats.export_foreign`)."""
+    from ca2vdm.checkpoints.formats import export_foreign as export
+    from ca2vdm.runtime.device import DTYPES
+
+    if args.autoencoder:
+        raise ExportError(f"{opt('autoencoder')} ships a ca2vdm latent model's autoencoder; another project's Wan "
+                          f"weights record their VAE folder with {opt('vae')}")
+    src = Path(args.src)
+    preset = args.preset or ("longlive" if args.lora else "self-forcing" if src.suffix in (".pt", ".pth") else "wan")
+    vae = args.vae or (src / "vae" if (src / "vae/config.json").is_file() else None)
+    codec = {"kind": "diffusers", "path": str(vae.resolve()) if vae else None}
+    overrides = parse_overrides(args.overrides)
+    cfg, weights = export(src, args.dst, preset=preset, model=args.model or "wan-1.3b", overrides=overrides,
+                          lora=args.lora, lora_alpha=args.lora_alpha, generator=args.generator,
+                          dtype=DTYPES[args.dtype or "bf16"], codec=codec)
+    print(f"read {src} as {weights.format} weights ({cfg.depth} blocks, {cfg.hidden_size} wide); recorded the "
+          f"{preset} preset's sampler settings and window (chunks of {cfg.chunk_frames}, {cfg.max_context_frames} "
+          f"frames of context, {cfg.sink_frames} sinks, {cfg.positions} positions)" + (
+              "" if vae else "; no VAE folder given (--vae): record it before generating"))
+    return Path(args.dst)
+
+
+def _ours(src: str) -> bool:
+    """Whether ``src`` is a checkpoint of ours (a weights file with its config, or a training checkpoint)."""
+    from ca2vdm.checkpoints.weights import read_metadata
+
+    try:
+        read_metadata(src)
+    except CheckpointError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -60,10 +137,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
 
     try:
         check_export_destination(args.src, args.dst, args.overwrite)
-        extra = {"codec": ship_autoencoder(args.src, Path(args.dst), args.autoencoder, args.overwrite)} \
-            if args.autoencoder else None
-        out = export_weights(args.src, args.dst, DTYPES[args.dtype], extra)
-    except (ExportError, CheckpointError) as e:
+        if _ours(args.src):
+            given = [name for name in FOREIGN_FLAGS if getattr(args, name) not in (None, [])]
+            if given:
+                raise ExportError(f"{args.src} is a ca2vdm checkpoint: {', '.join(given)} apply to another project's "
+                                  "weights only; drop them")
+            extra = {"codec": ship_autoencoder(args.src, Path(args.dst), args.autoencoder, args.overwrite)} \
+                if args.autoencoder else None
+            out = export_weights(args.src, args.dst, DTYPES[args.dtype or "fp16"], extra)
+        else:
+            out = export_foreign(args)
+    except (ExportError, CheckpointError, ConfigError, SettingError) as e:
         sys.exit(f"error: {e.for_cli()}")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)" + (f", autoencoder in {args.autoencoder}"
                                                                if args.autoencoder else ""))

@@ -2,14 +2,25 @@
 
 ``model`` (the model's sizes and the registry of named sizes), ``layout`` (how frames split into chunks), ``training``
 (one config per trainer, made of sections), ``lora`` (LoRA fine-tuning's section of it and the adapters front ends
-apply), ``loading`` (YAML + ``key=value`` overrides) and ``sampler`` (the sampler's settings, recorded in checkpoints
-and offered by every front end). Nothing here imports torch, so a command line can build its parser from these types
-before torch loads. Imports only :mod:`ca2vdm.errors`.
+apply), ``loading`` (YAML + ``key=value`` overrides), ``sampler`` (the sampler's settings, recorded in checkpoints
+and offered by every front end) and ``presets`` (how published causal Wan models are sampled, for ``ca2vdm
+export``). Nothing here imports torch, so a command line can build its parser from these types before torch loads.
+Imports only :mod:`ca2vdm.errors`.
 """
 from ca2vdm.config.layout import ChunkLayout, TemporalCompression
 from ca2vdm.config.loading import load_config
 from ca2vdm.config.lora import LoraConfig, parse_lora
-from ca2vdm.config.model import ARCHS, BACKENDS, MODEL_CONFIGS, ModelConfig, model_config, to_dict, validate_model
+from ca2vdm.config.model import (
+                                 ARCHS,
+                                 BACKENDS,
+                                 MODEL_CONFIGS,
+                                 POSITIONS,
+                                 WAN_FIELDS,
+                                 ModelConfig,
+                                 model_config,
+                                 to_dict,
+                                 validate_model,
+)
 from ca2vdm.config.sampler import (
                                     CACHE_MODES,
                                     SEED_MAX,
@@ -38,7 +49,7 @@ from ca2vdm.config.training import (
 )
 
 __all__ = ["ARCHS", "BACKENDS", "ChunkLayout", "TemporalCompression", "load_config", "MODEL_CONFIGS", "ModelConfig",
-           "model_config", "to_dict", "validate_model", "LoraConfig", "parse_lora",
+           "model_config", "to_dict", "validate_model", "POSITIONS", "WAN_FIELDS", "LoraConfig", "parse_lora",
            "PRECISIONS", "AutoencoderConfig", "AutoencoderTrainingConfig", "CodecConfig", "Config", "DataConfig",
            "DiffusionConfig", "DistillConfig", "DistillTrainingConfig", "RunConfig", "TrainConfig", "validate",
            "validate_section", "CACHE_MODES", "SEED_MAX", "SamplerSettings",

@@ -11,8 +11,10 @@ from ca2vdm.config.layout import ChunkLayout
 from ca2vdm.errors import ConfigError
 
 BACKENDS = ("auto", "sdpa", "flash", "flex")  # model.attention_backend (ca2vdm.models.attention)
-ARCHS = ("dit",)  # model.arch: the registered model families (ca2vdm.models.registry)
+ARCHS = ("dit", "wan")  # model.arch: the registered model families (ca2vdm.models.registry)
 TEXT_FIELDS = ("text_encoder", "text_dim", "text_tokens")  # recorded only for text models (label models unchanged)
+WAN_FIELDS = ("width", "ffn_dim", "freq_dim", "eps", "rope_max_seq_len", "positions")  # recorded only for arch wan
+POSITIONS = ("absolute", "ring")  # model.positions (arch wan, ca2vdm.models.wan.cache)
 MAX_TEXT_TOKENS = 512
 
 
@@ -38,11 +40,24 @@ class ModelConfig:
     text_encoder: str = "none"      # none | wordllama | a local folder of a transformers text encoder (T5, CLIP)
     text_dim: int = 0               # width of the encoder's token vectors (0: the encoder's, filled in by training)
     text_tokens: int = 24           # the longest prompt in the encoder's tokens; longer prompts are refused
+    # arch wan (Wan 2.1's transformer, ca2vdm.models.wan): diffusers' WanTransformer3DModel sizes, and its positions
+    width: int = 0                  # frame width in the model's space when it differs from resolution (the height)
+    ffn_dim: int = 0                # the feed-forward width (Wan 2.1 1.3B: 8960)
+    freq_dim: int = 256             # sinusoidal timestep features
+    eps: float = 1e-6               # the layer norms' and q/k RMS norms' epsilon
+    rope_max_seq_len: int = 1024    # rows of Wan's RoPE table: absolute positions must stay below it
+    positions: str = "ring"         # absolute: a frame's index (Self-Forcing, LongLive; below rope_max_seq_len) |
+    #                                 ring: the window's frames numbered from its first (sinks before it; any length)
 
     @property
     def clip_frames(self) -> int:
         """Frames per training clip: the longest sequence the model ever attends over."""
         return self.max_context_frames + self.chunk_frames
+
+    @property
+    def frame_width(self) -> int:
+        """Width of a frame in the model's space (``width``, or ``resolution`` for square frames)."""
+        return self.width or self.resolution
 
     @property
     def layout(self) -> ChunkLayout:
@@ -69,6 +84,15 @@ MODEL_CONFIGS: dict[str, dict] = {
     # Ca2-VDM's published scale (CausalSTDiT2-XL/2): SD-VAE latents of 256x256 frames (4 x 32 x 32), 256 tokens a frame
     "ca2vdm-xl": dict(in_channels=4, resolution=32, patch_size=2, hidden_size=1152, depth=28, num_heads=16,
                       chunk_frames=8, max_context_frames=25, prefix_frames=3),
+    # Wan 2.1 T2V 1.3B (arch wan): latents of 480x832 frames (16 x 60 x 104, 1560 tokens a frame), UMT5-XXL prompts of
+    # 512 tokens; chunks of 3 latent frames over a 21-frame window as Self-Forcing samples it (absolute positions)
+    "wan-1.3b": dict(arch="wan", in_channels=16, resolution=60, width=104, patch_size=2, hidden_size=1536, depth=30,
+                     num_heads=12, ffn_dim=8960, text_encoder="umt5-xxl", text_dim=4096, text_tokens=512,
+                     chunk_frames=3, first_frame_chunk=False, max_context_frames=18, positions="absolute"),
+    # the conformance suite's tiny Wan (diffusers' own test sizes: 2 heads x 12, 2 layers, FFN 32), on 16x16 pixels
+    "wan-tiny": dict(arch="wan", resolution=16, patch_size=2, hidden_size=24, depth=2, num_heads=2, ffn_dim=32,
+                     rope_max_seq_len=32, text_encoder="wordllama", text_dim=256, text_tokens=8, chunk_frames=2,
+                     max_context_frames=5),
 }
 
 
@@ -118,6 +142,9 @@ def validate_model(m: ModelConfig) -> ModelConfig:
                         f"{m.text_tokens} and {m.text_dim}")
     if m.arch not in ARCHS:
         problems.append(f"model.arch={m.arch!r} must be one of {', '.join(ARCHS)} (the registered model families)")
+    problems += _wan_problems(m) if m.arch == "wan" else [
+        f"model.{k}={getattr(m, k)!r} applies to model.arch=wan only; leave it out"
+        for k in WAN_FIELDS if getattr(m, k) != _DEFAULTS[k]]
     if m.attention_backend not in BACKENDS:
         problems.append(f"model.attention_backend={m.attention_backend!r} must be one of {', '.join(BACKENDS)}")
     if problems:
@@ -125,15 +152,41 @@ def validate_model(m: ModelConfig) -> ModelConfig:
     return m
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+
+
+def _wan_problems(m: ModelConfig) -> list[str]:
+    """What a Wan model's config gets wrong: its own sizes, and the DiT's settings it has no use for."""
+    problems = []
+    if m.text_encoder == "none":
+        problems.append("model.arch=wan reads prompts: set model.text_encoder (a folder of its text encoder, or "
+                        "wordllama) and model.text_dim")
+    if m.ffn_dim < 1 or m.freq_dim < 2 or m.freq_dim % 2 or m.width < 0 or not 0 < m.eps < 1:
+        problems.append(f"model.ffn_dim={m.ffn_dim} must be >= 1, model.freq_dim={m.freq_dim} even, model.width="
+                        f"{m.width} >= 0 (0: square frames) and model.eps={m.eps} in (0, 1)")
+    if m.frame_width % m.patch_size:
+        problems.append(f"model.width={m.width} is not divisible by model.patch_size={m.patch_size}")
+    if m.positions not in POSITIONS:
+        problems.append(f"model.positions={m.positions!r} must be one of {', '.join(POSITIONS)}")
+    if m.rope_max_seq_len < m.clip_frames + m.chunk_frames:
+        problems.append(f"model.rope_max_seq_len={m.rope_max_seq_len} must cover a window and a chunk "
+                        f"({m.clip_frames + m.chunk_frames} frames)")
+    if m.num_classes or m.prefix_frames:
+        problems.append("model.arch=wan takes prompts, not labels, and no prefix-enhanced spatial attention: set "
+                        "model.num_classes=0 and model.prefix_frames=0")
+    return problems
+
+
 def to_dict(model: ModelConfig) -> dict:
     """Plain dict of a model config (stored in checkpoints; other config sections as they are); the text fields only
-    for a text model and the family only when it is not the DiT, so a DiT label model records what it recorded before
-    either existed."""
+    for a text model, the family and Wan's fields only when it is not the DiT, so a DiT label model records what it
+    recorded before either existed."""
     recorded = dataclasses.asdict(model)
     if isinstance(model, ModelConfig):
         if model.text_encoder == "none":
             for name in TEXT_FIELDS:
                 recorded.pop(name)
         if model.arch == "dit":
-            recorded.pop("arch")
+            for name in ("arch", *WAN_FIELDS):
+                recorded.pop(name)
     return recorded

@@ -58,10 +58,14 @@ def resolve_backend(name: str, device: torch.device | str, training: bool = Fals
 
 
 def kernel_mask(build: Callable[[torch.device | str], torch.Tensor], backend: str,
-                device: torch.device | str) -> torch.Tensor | flex.BlockMask:
+                device: torch.device | str, repeat: int = 1) -> torch.Tensor | flex.BlockMask:
     """The (Lq, Lk) bool mask ``build(device)`` makes, in the form ``backend``'s kernel takes: for 'flex' a cached
-    FlexAttention block mask (built on the CPU, where its content is the cache key), else the tensor on ``device``."""
-    return flex.block_mask(build("cpu"), device) if backend == "flex" else build(device)
+    FlexAttention block mask (built on the CPU, where its content is the cache key), else the tensor on ``device``.
+    ``repeat`` = n: each entry covers n x n positions (a frame mask of joint attention over n tokens a frame)."""
+    if backend == "flex":
+        return flex.block_mask(build("cpu"), device, repeat)
+    mask = build(device)
+    return mask if repeat == 1 else mask.repeat_interleave(repeat, 0).repeat_interleave(repeat, 1)
 
 
 # On CPU, SDPA's kernel pays a large fixed cost per sequence: for the temporal attention of a cached chunk (512
@@ -118,6 +122,19 @@ def block_causal_mask(layout: ChunkLayout, first_frame: int, num_frames: int,
     (frames numbered from ``first_frame``). Chunks of one frame give frame-causal attention."""
     ids = layout.chunk_of(torch.arange(first_frame, first_frame + num_frames, device=device))
     return ids[None, :] <= ids[:, None]
+
+
+def teacher_forcing_spans(layout: ChunkLayout, first_frame: int, num_clean: int,
+                          total_frames: int) -> list[tuple[int, int]]:
+    """(start, stop) of the noisy chunks of a teacher-forcing pass over ``total_frames`` frames, ``num_clean`` of them
+    clean (local noisy frame numbers); ValueError unless the clean frames cover every noisy chunk but the last."""
+    T = total_frames - num_clean
+    spans = layout.spans(first_frame, T)
+    if T < 1 or not spans[-1][0] <= num_clean <= T:
+        raise ValueError(f"teacher forcing: {total_frames} frames split into num_cond_frames={num_clean} clean "
+                         f"and {T} noisy frames; the clean frames must cover every noisy chunk but the last, "
+                         f"i.e. from {spans[-1][0] if T >= 1 else 0} to {max(T, 0)} of them")
+    return spans
 
 
 def teacher_forcing_mask(layout: ChunkLayout, first_frame: int, num_clean: int, num_frames: int,

@@ -37,7 +37,14 @@ from einops import rearrange
 
 from ca2vdm.config import ModelConfig, validate_model
 from ca2vdm.encoders.text import TextEmbeddings, TextEncoder
-from ca2vdm.models.attention import block_causal_mask, kernel_mask, resolve_backend, rope_table, teacher_forcing_mask
+from ca2vdm.models.attention import (
+    block_causal_mask,
+    kernel_mask,
+    resolve_backend,
+    rope_table,
+    teacher_forcing_mask,
+    teacher_forcing_spans,
+)
 from ca2vdm.models.base import ModelBase
 from ca2vdm.models.blocks import BlockStack, FinalLayer, ForwardContext
 from ca2vdm.models.cross_attention import TextEmbedder, TextKV
@@ -248,11 +255,7 @@ class CausalVideoDiT(ModelBase):
         prefix is the last ``prefix_frames`` clean frames before it, as in a cached or ``num_cond_frames`` pass.
         """
         cfg, T = self.cfg, total_frames - num_clean
-        spans = cfg.layout.spans(frame_offset, T)  # noisy chunks, local frames
-        if T < 1 or not spans[-1][0] <= num_clean <= T:
-            raise ValueError(f"teacher forcing: {total_frames} frames split into num_cond_frames={num_clean} clean "
-                             f"and {T} noisy frames; the clean frames must cover every noisy chunk but the last, "
-                             f"i.e. from {spans[-1][0] if T >= 1 else 0} to {max(T, 0)} of them")
+        spans = teacher_forcing_spans(cfg.layout, frame_offset, num_clean, total_frames)  # noisy chunks, local frames
         local = torch.arange(frame_offset, frame_offset + T, device=device)
         pos = torch.cat([local[:num_clean], local]) % cfg.rope_period  # (Tc + T,): noisy i shares clean i's place
         backend = self._backend(device)

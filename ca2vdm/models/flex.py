@@ -25,22 +25,23 @@ __all__ = ["BlockMask", "attention", "block_mask"]
 BLOCK_MASKS_KEPT = 64  # distinct (layout, device) block masks cached; a training run uses a handful
 
 
-def block_mask(mask: torch.Tensor, device: torch.device | str) -> BlockMask:
-    """The FlexAttention block mask of a (Lq, Lk) bool mask (True = attend) on ``device``, cached by content.
+def block_mask(mask: torch.Tensor, device: torch.device | str, repeat: int = 1) -> BlockMask:
+    """The FlexAttention block mask of a (Lq, Lk) bool mask (True = attend) on ``device``, cached by content; with
+    ``repeat`` = n every entry stands for n x n (a frame mask over n tokens a frame: (Lq * n, Lk * n) positions).
 
     ``mask`` should live on the CPU (it is read to form the cache key: on CUDA that would be a sync per pass).
     """
-    return _block_mask(tuple(mask.shape), mask.cpu().numpy().tobytes(), str(torch.device(device)))
+    return _block_mask(tuple(mask.shape), mask.cpu().numpy().tobytes(), str(torch.device(device)), repeat)
 
 
 @lru_cache(maxsize=BLOCK_MASKS_KEPT)
-def _block_mask(shape: tuple[int, int], bits: bytes, device: str) -> BlockMask:
+def _block_mask(shape: tuple[int, int], bits: bytes, device: str, repeat: int) -> BlockMask:
     dense = torch.frombuffer(bytearray(bits), dtype=torch.bool).reshape(shape).to(device)  # (Lq, Lk)
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return dense[q_idx, kv_idx]
+        return dense[q_idx // repeat, kv_idx // repeat]
 
-    return create_block_mask(mask_mod, None, None, *shape, device=device)
+    return create_block_mask(mask_mod, None, None, shape[0] * repeat, shape[1] * repeat, device=device)
 
 
 @lru_cache(maxsize=None)

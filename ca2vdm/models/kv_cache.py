@@ -46,7 +46,42 @@ import torch
 from ca2vdm.models.attention import apply_rope
 
 
-class KVCache:
+class FrameRing:
+    """The slot bookkeeping every context cache of frame slots shares: ``window`` slots, the first ``sink_frames`` of
+    them sinks, ``frames_committed`` frames so far; the rest (``k``, the layout, how sinks move) is the cache's own."""
+    window: int
+    max_context_frames: int
+    sink_frames: int
+    frames_committed: int
+    k: torch.Tensor
+    _slots_key: tuple[int, int] | None
+    _slots: torch.Tensor | None
+
+    def _slot_index(self, num_frames: int) -> torch.Tensor:
+        """The slots (num_frames,) of the chunk after the committed frames, memoised per chunk: frames fill the slots
+        in order, then take those of the oldest ring frames; when a chunk after the sinks starts, the sinks move
+        (:meth:`_move_sinks`). ValueError for a chunk longer than the cache's or one that straddles the sinks."""
+        key = (self.frames_committed, num_frames)
+        if key != self._slots_key:
+            F, k, chunk = self.frames_committed, self.sink_frames, self.window - self.max_context_frames
+            if num_frames > chunk:
+                raise ValueError(f"a chunk of {num_frames} frames does not fit the cache, which was built for chunks "
+                                 f"of at most {chunk}")
+            if F < k < F + num_frames:
+                raise ValueError(f"frames {F}..{F + num_frames - 1} straddle the {k} sink frames; sinks are whole "
+                                 "chunks")
+            frames = torch.arange(F, F + num_frames, device=self.k.device)
+            self._slots = frames if F < k else k + (frames - k) % (self.window - k)
+            self._slots_key = key
+            if F >= k > 0:
+                self._move_sinks(max(0, F + num_frames - self.window))
+        return self._slots
+
+    def _move_sinks(self, shift: int) -> None:
+        """Place the sinks just before the oldest ring frame, ``shift`` frames after where they were written."""
+
+
+class KVCache(FrameRing):
     """Ring buffer of per-layer temporal K/V (and optional spatial prefix K/V) for conditioning frames: the DiT's
     :class:`~ca2vdm.models.base.ContextCache`."""
 
@@ -97,24 +132,10 @@ class KVCache:
         tensors = [self.k, self.v, self.sink_k] + ([self.prefix_k, self.prefix_v] if self.prefix_frames else [])
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def _slot_index(self, num_frames: int) -> torch.Tensor:
-        key = (self.frames_committed, num_frames)
-        if key != self._slots_key:
-            chunk, F, k = self.window - self.max_context_frames, self.frames_committed, self.sink_frames
-            if num_frames > chunk:
-                raise ValueError(f"a chunk of {num_frames} frames does not fit the cache, which was built for chunks "
-                                 f"of at most {chunk}")
-            if F < k < F + num_frames:
-                raise ValueError(f"frames {F}..{F + num_frames - 1} straddle the {k} sink frames; sinks are whole "
-                                 "chunks")
-            frames = torch.arange(F, F + num_frames, device=self.k.device)
-            self._slots = frames if F < k else k + (frames - k) % (self.window - k)
-            self._slots_key = key
-            if F >= k > 0:  # place the sinks before the oldest frame in the ring: r0 - k = F + L - window (or 0)
-                shift = max(0, F + num_frames - self.window)
-                cos, sin = (table[shift % table.shape[0]] for table in self.rope)  # (Dh/2,)
-                self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view
-        return self._slots
+    def _move_sinks(self, shift: int) -> None:
+        """Place the sinks before the oldest frame in the ring: rotated by r0 - k = F + L - window (or 0)."""
+        cos, sin = (table[shift % table.shape[0]] for table in self.rope)  # (Dh/2,)
+        self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                commit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

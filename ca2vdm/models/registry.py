@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ca2vdm.config import ARCHS, ModelConfig, validate_model
+from ca2vdm.config import ARCHS, MODEL_CONFIGS, ModelConfig, validate_model
 from ca2vdm.errors import ConfigError
 from ca2vdm.models.base import CausalVideoModel, ContextCache
 from ca2vdm.models.dit import CausalVideoDiT
 from ca2vdm.models.kv_cache import KVCache
+from ca2vdm.models.wan import formats as wan_formats
+from ca2vdm.models.wan.cache import WanCache
 
 # A weight format's converter: a state dict as found in a file of that format -> this family's parameter names.
 Converter = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -49,7 +51,34 @@ DIT = ModelSpec(
     description="Ca2-VDM's causal spatial-temporal DiT: factorised spatial / block-causal temporal attention, periodic "
                 "temporal RoPE, a bounded ring of per-token temporal K/V (ca2vdm.models.dit)")
 
-REGISTRY: dict[str, ModelSpec] = {spec.arch: spec for spec in (DIT,)}
+
+
+def _causal_wan(cfg: ModelConfig) -> CausalVideoModel:
+    """The causal Wan (imported on first use: diffusers takes seconds to import)."""
+    from ca2vdm.models.wan.model import CausalWan
+
+    return CausalWan(cfg)
+
+
+_WAN_BLOCK = r"blocks\.\d+\."
+_WAN_ATTENTION, _WAN_FFN = r"\.(to_q|to_k|to_v|to_out\.0)", r"ffn\.(net\.0\.proj|net\.2)"
+WAN = ModelSpec(
+    arch="wan", model=_causal_wan, cache=WanCache,
+    lora_groups={
+        "attention": _WAN_BLOCK + "attn1" + _WAN_ATTENTION,  # self-attention's q, k, v and output
+        "cross": _WAN_BLOCK + "attn2" + _WAN_ATTENTION,      # cross-attention to the prompt
+        "mlp": _WAN_BLOCK + _WAN_FFN,                        # the feed-forward's two layers
+        # LongLive's target set: every Linear of the blocks' attention and feed-forward (10 a block)
+        "longlive": f"{_WAN_BLOCK}(attn1|attn2){_WAN_ATTENTION}|{_WAN_BLOCK}{_WAN_FFN}",
+    },
+    tiny={k: v for k, v in MODEL_CONFIGS["wan-tiny"].items() if k != "arch"},
+    conditions=("prompts", "none"),
+    converters=wan_formats.CONVERTERS,
+    description="Wan 2.1's transformer (diffusers' WanTransformer3DModel, its names and modules) run block-causally "
+                "over chunks of latent frames: joint 3-D attention over a bounded cache of frame slots, absolute or "
+                "ring positions (ca2vdm.models.wan)")
+
+REGISTRY: dict[str, ModelSpec] = {spec.arch: spec for spec in (DIT, WAN)}
 assert tuple(REGISTRY) == ARCHS, "ca2vdm.config.ARCHS (the torch-free list) must name every registered family"
 
 

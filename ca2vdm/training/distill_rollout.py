@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import torch
 
+from ca2vdm.sampling.conditioning import Prompt
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 
 
 def self_rollout(pipe: LongVideoPipeline, batch: int, labels: torch.Tensor | None, seed: int, exits: list[int],
-                 grad: bool = True) -> torch.Tensor:
+                 grad: bool = True, prompt: Prompt = None) -> torch.Tensor:
     """The clip (B, C, T, H, W) of ``len(exits)`` chunks the student ``pipe`` makes from ``seed``'s noise for
-    ``batch`` videos of ``labels`` (B,) (the null label allowed; None for an unconditional model), chunk c stopped
-    at step ``exits[c]`` (:meth:`LongVideoPipeline.next_chunk`'s ``exit_step``); with ``grad`` that step carries
-    gradients (otherwise nothing does)."""
-    state = pipe.start(batch=batch, label=labels, seed=seed)
+    ``batch`` videos of ``labels`` (B,) (the null label allowed; None for an unconditional model) or of a text
+    model's ``prompt``, chunk c stopped at step ``exits[c]`` (:meth:`LongVideoPipeline.next_chunk`'s ``exit_step``);
+    with ``grad`` that step carries gradients (otherwise nothing does)."""
+    state = pipe.start(batch=batch, label=labels, seed=seed, prompt=prompt)
     chunks = [pipe.next_chunk(state, exit_step=k, grad=grad).frames for k in exits]
     return torch.cat(chunks, dim=2)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ca2vdm.encoders.text import TextEmbeddings
 from ca2vdm.sampling.flow import guidance, perturb
 from ca2vdm.training.losses import chunk_means, chunk_terms, frame_chunks, teacher_forcing_velocity
 
@@ -60,13 +61,15 @@ def dmd_loss(x: torch.Tensor, labels: torch.Tensor | None, teacher: torch.nn.Mod
              chunks: list[tuple[int, int]], cond_noise: float, guidance_scale: float, null_label: int | None,
              generator: torch.Generator | None = None, *, t_range: tuple[float, float] = (0.02, 0.98),
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-             cond_eps: torch.Tensor | None = None) -> torch.Tensor:
+             cond_eps: torch.Tensor | None = None, text: TextEmbeddings | None = None,
+             null_text: TextEmbeddings | None = None) -> torch.Tensor:
     """The generator's DMD loss on the student's clip x (B, C, T, H, W; gradients reach the student through x only).
 
     Chunk k of sample b is noised to ``t[b, k]`` (uniform in ``t_range``) with ``noise``; the clean clip (detached,
     perturbed with ``cond_eps``) conditions the later chunks. Real score: the teacher's prediction of the clean clip,
-    guided by ``guidance_scale`` towards ``labels`` (against ``null_label``); fake score: the critic's, unguided.
-    ``t``, ``noise`` and ``cond_eps`` replace the random draws (drawn in that order)."""
+    guided by ``guidance_scale`` towards ``labels`` (against ``null_label``) or a text model's prompts ``text``
+    (against ``null_text``, its empty prompt); fake score: the critic's, unguided. ``t``, ``noise`` and ``cond_eps``
+    replace the random draws (drawn in that order)."""
     B, device, dtype = x.shape[0], x.device, x.dtype
     num_clean = chunks[-1][0]
     if t is None:
@@ -82,9 +85,9 @@ def dmd_loss(x: torch.Tensor, labels: torch.Tensor | None, teacher: torch.nn.Mod
         clip = x.detach()
         noisy = perturb(clip, noise, t_frames[:, None, :, None, None].to(dtype))
         v_fake = teacher_forcing_velocity(critic, clip[:, :, :num_clean], noisy, t_frames, labels, cond_noise,
-                                          cond_eps)
+                                          cond_eps, text)
         v_real = _guided(teacher, clip[:, :, :num_clean], noisy, t_frames, labels, cond_noise, cond_eps,
-                         guidance_scale, null_label)
+                         guidance_scale, null_label, text, null_text)
         to_x0 = t_frames[:, None, :, None, None].to(dtype)
         grad = dmd_gradient(clip, noisy - to_x0 * v_real, noisy - to_x0 * v_fake, chunks)
     return 0.5 * chunk_terms((x.float() - (clip - grad).float()).square(), chunks).mean()
@@ -92,11 +95,17 @@ def dmd_loss(x: torch.Tensor, labels: torch.Tensor | None, teacher: torch.nn.Mod
 
 def _guided(teacher: torch.nn.Module, clean: torch.Tensor, noisy: torch.Tensor, t_frames: torch.Tensor,
             labels: torch.Tensor | None, cond_noise: float, cond_eps: torch.Tensor, scale: float,
-            null_label: int | None) -> torch.Tensor:
-    """The teacher's guided velocity; both branches in one batched pass (one branch without labels or guidance)."""
-    if labels is None or null_label is None or scale == 1.0:
-        return teacher_forcing_velocity(teacher, clean, noisy, t_frames, labels, cond_noise, cond_eps)
+            null_label: int | None, text: TextEmbeddings | None = None,
+            null_text: TextEmbeddings | None = None) -> torch.Tensor:
+    """The teacher's guided velocity; both branches in one batched pass (one branch without a condition to guide
+    towards, or without guidance)."""
     two = lambda a: torch.cat([a, a])  # noqa: E731
+    if text is not None and null_text is not None and scale != 1.0:
+        v = teacher_forcing_velocity(teacher, two(clean), two(noisy), two(t_frames), None, cond_noise, two(cond_eps),
+                                     TextEmbeddings.cat([text, null_text]))
+        return guidance(*v.chunk(2), scale)
+    if labels is None or null_label is None or scale == 1.0:
+        return teacher_forcing_velocity(teacher, clean, noisy, t_frames, labels, cond_noise, cond_eps, text)
     both = torch.cat([labels, torch.full_like(labels, null_label)])
     v = teacher_forcing_velocity(teacher, two(clean), two(noisy), two(t_frames), both, cond_noise, two(cond_eps))
     return guidance(*v.chunk(2), scale)

@@ -35,7 +35,11 @@ def training_checkpoint_of(path: str | Path) -> Path | None:
 def check_export_destination(src: str | Path, dst: str | Path, overwrite: bool) -> None:
     """Raise ExportError unless ``dst`` is a new ``.safetensors`` file (or, with ``overwrite``, an existing regular
     file), not ``src`` itself and not inside a training checkpoint folder."""
-    source, dst = weights_file(src).resolve(), Path(dst)
+    try:
+        source = weights_file(src).resolve()
+    except CheckpointError:  # another project's weights (ca2vdm.checkpoints.formats): a folder or a file
+        source = Path(src).resolve()
+    dst = Path(dst)
     if dst.resolve() == source:
         raise ExportError(f"{dst} is the checkpoint being exported: the export would overwrite its own input; "
                           "write it to a new file, e.g. checkpoints/<name>.safetensors")
