@@ -149,6 +149,7 @@ def test_generate_command_line_applies_and_stacks_adapters(checkpoint, adapters,
 
     base = frames()
     assert torch.equal(frames("--lora", f"{adapters['strong']}:0"), base)
+    assert (tmp_path / "v0.mp4").read_bytes() == (tmp_path / "v1.mp4").read_bytes()  # scale 0: the base's file
     adapted = frames("--lora", f"{adapters['strong']}:0.5", "--lora", adapters["trained"], "--stats",
                      tmp_path / "stats.json")
     assert not torch.equal(adapted, base)
