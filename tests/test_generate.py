@@ -68,7 +68,7 @@ def test_shift_overrides_the_checkpoints_sampler_schedule(checkpoint, tmp_path):
 @pytest.mark.parametrize("shift", ["0", "-1", "nan"])
 def test_bad_shift_is_an_error(checkpoint, tmp_path, capsys, shift):
     out = tmp_path / "o.mp4"
-    assert f"--shift {float(shift)}: must be a finite number in (0, 1000]" in cli_error(
+    assert f"argument --shift: must be a finite number in (0, 1000], got '{shift}'" in cli_error(
         capsys, "--checkpoint", checkpoint, "--out", out, "--shift", shift)
     assert not out.exists()
 

@@ -1,5 +1,6 @@
 """Prompts and switches through the Python API, the command line and the live demo server."""
 import json
+import re
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import ca2vdm
 import ca2vdm.cli.generate as cli
 from ca2vdm.checkpoints.weights import save_weights
 from ca2vdm.errors import SettingError
+from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.serve import create_app
 from ca2vdm.serve.catalog import Offered
 from ca2vdm.serve.frames import pixel_chunks
@@ -71,6 +73,35 @@ def test_api_bad_prompts_and_switches(text_checkpoint, checkpoint):
     assert _video(labels.generate(2, label=0, switches={1: 2}, seed=0)).shape[2] == 5  # labels switch the same way
 
 
+def test_every_switch_and_prompt_is_checked_when_the_generation_is_asked_for(text_checkpoint, checkpoint,
+                                                                              monkeypatch):
+    """Switch problems were found only when the switch chunk came, after every earlier chunk was computed (keep in
+    a cache mode that keeps nothing); a list of switches, a lone surrogate, a prompt of zero-width spaces or with a
+    NUL byte raised raw errors or were taken. All are one SettingError at the call, and a switch's problem names the
+    switch, not the generation's own prompt or label."""
+    monkeypatch.setattr(LongVideoPipeline, "next_chunk", lambda *a, **k: pytest.fail("a chunk was computed"))
+    text, labels = ca2vdm.load_pipeline(text_checkpoint), ca2vdm.load_pipeline(checkpoint)
+    for pipe, given, new in [(text, {"prompt": "a red circle"}, "a blue square"), (labels, {"label": 1}, 2)]:
+        for cache in ("none", "full"):
+            with pytest.raises(SettingError, match=f"switch_mode=keep: needs cache=kv: cache mode {cache}"):
+                pipe.with_settings(cache=cache).generate(4, **given, switches={3: new}, switch_mode="keep")
+    with pytest.raises(SettingError, match="^switch=3=7: new label: out of range: this model's labels are 0 to 2"):
+        labels.generate(4, label=1, switches={3: 7})
+    too_long = "^switch=1='a very small red circle drifting left ve[.][.][.]': new prompt: is 10 tokens"
+    with pytest.raises(SettingError, match=too_long):
+        text.generate(2, prompt="a red circle", switches={1: "a very small red circle drifting left very slowly"})
+    with pytest.raises(SettingError, match=r"^switches=list: give a dict \{chunk: new prompt"):
+        text.generate(2, prompt="a red circle", switches=[(1, "a blue square")])
+    with pytest.raises(SettingError, match=r"^switches=\[1\]=2.5: each new condition is a prompt"):
+        labels.generate(2, label=1, switches={1: 2.5})
+    for prompt, says in [("a red\ud800 circle", "a lone surrogate"), ("\u200b\u200b", "holds no visible character"),
+                         ("a red\x00circle", "holds the control character U+0000")]:
+        with pytest.raises(SettingError, match=re.escape(says)):
+            text.generate(2, prompt=prompt)
+        with pytest.raises(SettingError, match=f"^switch=1=.*: new prompt: .*{re.escape(says)}"):
+            text.generate(2, prompt="a red circle", switches={1: prompt})
+
+
 def test_cli_prompt_and_switch(text_checkpoint, tmp_path, capsys):
     out, stats = tmp_path / "v.mp4", tmp_path / "stats.json"
     cli.main(["--checkpoint", str(text_checkpoint), "--chunks", "3", "--prompt", "a red circle", "--switch",
@@ -92,6 +123,11 @@ def test_cli_bad_input_one_line(text_checkpoint, checkpoint, tmp_path, capsys):
     assert "--prompt ' ': must be a non-empty text" in cli_error(capsys, "--checkpoint", text_checkpoint, "--prompt",
                                                                  " ", "--out", out)
     assert "expected CHUNK=PROMPT" in cli_error(capsys, "--switch", "blue", "--out", out)
+    assert cli_error(capsys, "--checkpoint", checkpoint, "--chunks", "5", "--label", "1", "--switch", "4=7", "--out",
+                     out).startswith("error: --switch 4=7: new label: out of range")  # it blamed --label
+    assert "--switch-mode keep: needs --cache kv: cache mode full" in cli_error(
+        capsys, "--checkpoint", text_checkpoint, "--chunks", "5", "--prompt", "a red circle", "--switch",
+        "4=a blue square", "--switch-mode", "keep", "--cache", "full", "--out", out)
 
 
 def test_server_frames_follow_a_switch_like_the_api(text_checkpoint):

@@ -9,6 +9,7 @@ rename). Every failure to read a checkpoint raises :class:`~ca2vdm.errors.Checkp
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -43,9 +44,15 @@ def save_tensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata
 def weights_file(path: str | Path) -> Path:
     """Resolve a checkpoint directory (``runs/<name>/checkpoints/latest``: the newest ``step_N``) or a
     .safetensors file to the weights file inference loads."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise CheckpointError(f"checkpoint {path!r} is not a path; pass {opt('checkpoint')} with a .safetensors file "
+                              "or a training checkpoint directory")
     path = latest_checkpoint(path)
     if path.is_dir():
         path = path / WEIGHTS_NAME
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a device, pipe or socket); pass "
+                              f"{opt('checkpoint')} with a .safetensors file or a training checkpoint directory")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass {opt('checkpoint')} with a .safetensors file or a "
                               "training checkpoint directory (runs/<name>/checkpoints/step_N, or .../latest)")

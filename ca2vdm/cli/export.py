@@ -42,11 +42,11 @@ def ship_autoencoder(src: str, dst: Path, directory: Path, overwrite: bool) -> d
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("src", help="checkpoint directory or .safetensors file")
-    p.add_argument("dst", help="output .safetensors file")
+    p.add_input("src", what="the checkpoint being exported", help="checkpoint directory or .safetensors file")
+    p.add_output("dst", replace=False, help="output .safetensors file (an existing one only with --overwrite)")
     p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp16", help="precision of the exported weights")
-    p.add_argument("--autoencoder", type=Path, help="latent models: copy their autoencoder to this directory and "
-                                                   "record it relative to dst")
+    p.add_output("--autoencoder", kind="folder", type=Path,
+                 help="latent models: copy their autoencoder to this directory and record it relative to dst")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dst (never the source itself nor "
                                                             "a file inside a training checkpoint folder)")
     return p.parse_args(argv)

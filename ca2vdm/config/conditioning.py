@@ -6,6 +6,7 @@ A model is conditioned on ``labels`` (a label model: 0 .. num_classes - 1, plus 
 """
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from ca2vdm.config.sampler import SWITCH_MODES, check_label
@@ -17,6 +18,32 @@ KINDS = ("labels", "prompts", "none")
 def condition_kind(num_classes: int, text_conditional: bool) -> str:
     """The kind of condition a model takes: ``prompts``, ``labels`` or ``none``."""
     return "prompts" if text_conditional else "labels" if num_classes else "none"
+
+
+def check_prompt(prompt: object, name: str = "prompt") -> str:
+    """A prompt a user gives, stripped: text with at least one visible character (None, not "", asks for an
+    unprompted video), no control character (a NUL byte, an escape) and nothing that is not text (a lone surrogate,
+    which no encoder can read); SettingError naming ``name`` otherwise."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise SettingError(name, repr(prompt), "must be a non-empty text (leave the prompt out for a video without "
+                           "one)")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SettingError(name, repr(_short(prompt)), f"holds {prompt[e.start]!r}, half of a character (a lone "
+                           "surrogate), which is not text: give the prompt as valid Unicode text") from None
+    control = next((c for c in prompt if unicodedata.category(c) == "Cc" and not c.isspace()), None)
+    if control is not None:
+        raise SettingError(name, repr(_short(prompt)), f"holds the control character U+{ord(control):04X}; give "
+                           "plain text")
+    if all(c.isspace() or unicodedata.category(c) == "Cf" for c in prompt):
+        raise SettingError(name, repr(_short(prompt)), "holds no visible character (only spaces and invisible "
+                           "format characters such as zero-width spaces); give words")
+    return prompt.strip()
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_condition(kind: str, num_classes: int, label: Any, prompt: Any) -> None:
@@ -32,6 +59,8 @@ def check_condition(kind: str, num_classes: int, label: Any, prompt: Any) -> Non
         raise SettingError("prompt", repr(shown), problem)
     if kind != "prompts" and not hasattr(label, "tolist"):  # a tensor of labels (training's rows) is checked later
         check_label(label, num_classes)
+    if kind == "prompts" and isinstance(prompt, str):
+        check_prompt(prompt)
 
 
 def check_switch_request(kind: str, num_classes: int, label: Any, prompt: Any, mode: str) -> None:

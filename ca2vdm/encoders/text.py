@@ -96,14 +96,6 @@ def _short(prompt: str, limit: int = 40) -> str:
     return prompt if len(prompt) <= limit else prompt[:limit] + "..."
 
 
-def check_prompt(prompt: object, name: str = "prompt") -> str:
-    """A prompt a user gives: a non-empty string (None, not "", asks for an unprompted video)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise SettingError(name, repr(prompt), "must be a non-empty text (leave the prompt out for a video "
-                           "without one)")
-    return prompt.strip()
-
-
 class WordLlamaEncoder(TextEncoder):
     """The token-embedding table shipped in the ``wordllama`` wheel (no download)."""
     dim = WORDLLAMA_DIM

@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters
+from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters, lora_specs
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, weights_file
 from ca2vdm.config import SamplerSettings, check_seed
+from ca2vdm.config.conditioning import check_prompt
 from ca2vdm.encoders.codec import Codec, build_codec
-from ca2vdm.encoders.text import TextEncoder, build_text_encoder, check_prompt
+from ca2vdm.encoders.text import TextEncoder, build_text_encoder
 from ca2vdm.errors import CodecError, SettingError, opt
-from ca2vdm.generation.stream import Switch, VideoStream
+from ca2vdm.generation.stream import VideoStream, scheduled
 from ca2vdm.io.video import VideoWriter, resize_center_crop, to_uint8
 from ca2vdm.models.base import CausalVideoModel
 from ca2vdm.runtime.device import resolve_device, resolve_dtype
@@ -180,11 +181,10 @@ class Pipeline:
         check_kind(self.model, label, prompt)
         if prompt is not None and self.sampler.text_encoder is not None:
             self.sampler.text_encoder.encode(prompt)  # an over-long prompt is refused now (and kept encoded)
-        scheduled = [Switch(at, prompt=new, mode=switch_mode) if isinstance(new, str) else
-                     Switch(at, label=new, mode=switch_mode) for at, new in (switches or {}).items()]
         start = dict(label=label, prompt=prompt, seed=seed, frames_before=frames_before)
         return VideoStream(self.sampler, lambda stream: self._chunks(stream, num_chunks, start, first_frames, batch,
-                                                                      on_step), num_chunks, scheduled)
+                                                                      on_step), num_chunks,
+                           scheduled(switches, switch_mode))
 
     def _chunks(self, stream: VideoStream, num_chunks: int | None, start: dict,
                 first_frames: np.ndarray | torch.Tensor | None, batch: int,
@@ -252,6 +252,7 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     ``(path, scale)`` or a list of them, folded into the loaded weights, each times its scale (stacked); an adapter
     trained on another checkpoint is refused (:mod:`ca2vdm.checkpoints.adapters`).
     """
+    lora = lora_specs(lora)  # checked before the weights load
     device = resolve_device(device)
     model, meta = load_model(path, device)
     model = apply_adapters(model, lora, path)  # the model is this function's own: merged in place
