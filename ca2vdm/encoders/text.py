@@ -77,12 +77,22 @@ class TextEncoder:
                     self._encoded.popitem(last=False)
         return TextEmbeddings.cat([self._encoded[prompt] for prompt in prompts])
 
+    def problem(self, prompt: str) -> str | None:
+        """Why this encoder cannot read ``prompt`` (more tokens than ``max_tokens``), or None (a caption's check at
+        load: tokenized, not embedded)."""
+        (row,) = self.token_ids([prompt])
+        return self._too_long(len(row))
+
+    def _too_long(self, tokens: int) -> str | None:
+        if tokens <= self.max_tokens:
+            return None
+        return f"is {tokens} tokens long; this model reads at most {self.max_tokens} (model.text_tokens): shorten it"
+
     def _encode_one(self, prompt: str) -> TextEmbeddings:
         """(1, L) token vectors of one prompt, padding zeroed."""
         (row,) = self.token_ids([prompt])
-        if len(row) > self.max_tokens:
-            raise SettingError("prompt", repr(_short(prompt)), f"is {len(row)} tokens long; this model reads at most "
-                               f"{self.max_tokens} (model.text_tokens): shorten it")
+        if self._too_long(len(row)):
+            raise SettingError("prompt", repr(_short(prompt)), self._too_long(len(row)))
         ids = torch.zeros(1, self.max_tokens, dtype=torch.long)
         mask = torch.zeros(1, self.max_tokens, dtype=torch.bool)
         ids[0, :len(row)] = torch.tensor(row, dtype=torch.long)

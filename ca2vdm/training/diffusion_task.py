@@ -96,7 +96,8 @@ class DiffusionTask:
             dataset = VideoFolderDataset(dc.root, num_frames=mc.clip_frames, frame_stride=dc.frame_stride,
                                          resolution=mc.resolution * self.codec.factor, manifest=dc.manifest, seed=seed,
                                          clips_per_video=dc.clips_per_video, report_skipped=False,
-                                         sink_frames=mc.sink_frames, captions=captions)
+                                         sink_frames=mc.sink_frames, captions=captions,
+                                         caption_problem=self.text_encoder.problem if self.text_encoder else None)
         where = dc.latents or dc.root
         if mc.num_classes and dataset.manifest is None:
             raise DataError(f"model.num_classes={mc.num_classes} but {where} has no labels manifest "
