@@ -1,6 +1,7 @@
 """Text encoders (WordLlama's shipped table, a local transformers folder), caption manifests, captioned shapes, and
 training a text model on captions or on latents with stored caption vectors."""
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,26 @@ def test_text_model_starts_from_a_label_model(tmp_path):
     load_initial(text, label, "label.safetensors")
     assert torch.equal(text.state_dict()["x_embedder.weight"], label["x_embedder.weight"])
     assert np.all([(text.state_dict()[k] == 0).all() for k in text.state_dict() if k.endswith("cross.proj.weight")])
+
+
+def test_a_prompt_says_once_which_words_the_model_never_saw(tmp_path):
+    """Unknown words passed without a word. A text model's checkpoint records the words of its training captions
+    (the shipped text demo's too), and a prompt names, once, those the model never saw."""
+    from ca2vdm.generation.api import load_pipeline
+    from ca2vdm.training.diffusion_task import DiffusionTask
+
+    pipe = load_pipeline(ROOT / "checkpoints/text-demo.safetensors", steps=1)
+    assert {"red", "circle", "drifting"} <= pipe.sampler.text_encoder.seen_words
+    with pytest.warns(UserWarning, match="'a purple hexagon': the model never saw 'purple', 'hexagon' in its "
+                                         "training captions"):
+        pipe.generate(1, prompt="a purple hexagon")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.generate(1, prompt="a purple hexagon")  # once
+        pipe.generate(1, prompt="a small red circle drifting left slowly")  # every word seen
+    write_captioned_dataset(tmp_path / "videos", num_videos=3, num_frames=8, size=16, seed=0)
+    config = load_config(ROOT / "configs/tiny.yaml", [f"data.root={tmp_path / 'videos'}", "model.num_classes=0",
+                                                      "model.text_encoder=wordllama", "model.text_tokens=12"])
+    task = DiffusionTask(config, torch.device("cpu"))
+    dataset = task.dataset(config)
+    assert task.caption_words == sorted({w for c in dataset.captions for w in c.split()})  # what checkpoints record

@@ -6,13 +6,17 @@ A model is conditioned on ``labels`` (a label model: 0 .. num_classes - 1, plus 
 """
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 from ca2vdm.config.sampler import SWITCH_MODES, check_label
 from ca2vdm.errors import SettingError
 
 KINDS = ("labels", "prompts", "none")
+MAX_CAPTION_WORDS = 20_000  # a checkpoint records its captions' words up to this many (a larger vocabulary: none)
+_WORD = re.compile(r"[^\W\d_]+")  # a run of letters
 
 
 def condition_kind(num_classes: int, text_conditional: bool) -> str:
@@ -44,6 +48,24 @@ def check_prompt(prompt: object, name: str = "prompt") -> str:
 
 def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def words(text: str) -> list[str]:
+    """The words of a prompt or caption, lowercase (runs of letters; numbers and punctuation are not words)."""
+    return _WORD.findall(text.lower())
+
+
+def caption_words(captions: Iterable[str]) -> list[str] | None:
+    """The distinct words of a model's training captions, sorted (what its checkpoint records), or None when there
+    are more than :data:`MAX_CAPTION_WORDS` (a large vocabulary is not worth recording)."""
+    seen = sorted({w for caption in captions for w in words(caption)})
+    return seen if len(seen) <= MAX_CAPTION_WORDS else None
+
+
+def unseen_words(prompt: str, seen: Iterable[str]) -> list[str]:
+    """The words of ``prompt`` that are not among ``seen`` (a model's training captions' words), in prompt order."""
+    seen = set(seen)
+    return list(dict.fromkeys(w for w in words(prompt) if w not in seen))
 
 
 def check_condition(kind: str, num_classes: int, label: Any, prompt: Any) -> None:

@@ -14,12 +14,14 @@ null token to every prompt (:mod:`ca2vdm.models.cross_attention`), so even it ha
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ca2vdm.config.conditioning import unseen_words
 from ca2vdm.errors import ConfigError, SettingError
 
 WORDLLAMA_DIM = 256
@@ -57,6 +59,7 @@ class TextEncoder:
     def __init__(self, max_tokens: int):
         self.max_tokens = max_tokens
         self._encoded: OrderedDict[str, TextEmbeddings] = OrderedDict()  # prompt -> its (1, L) row, most recent last
+        self.seen_words: frozenset[str] | None = None  # the model's training captions' words, where recorded
 
     def token_ids(self, prompts: list[str]) -> list[list[int]]:
         raise NotImplementedError
@@ -93,6 +96,10 @@ class TextEncoder:
         (row,) = self.token_ids([prompt])
         if self._too_long(len(row)):
             raise SettingError("prompt", repr(_short(prompt)), self._too_long(len(row)))
+        unseen = [] if self.seen_words is None else unseen_words(prompt, self.seen_words)
+        if unseen:  # said once: each distinct prompt is encoded once
+            warnings.warn(f"prompt {_short(prompt)!r}: the model never saw {', '.join(map(repr, unseen))} in its "
+                          "training captions, so it may follow those words little or not at all", stacklevel=3)
         ids = torch.zeros(1, self.max_tokens, dtype=torch.long)
         mask = torch.zeros(1, self.max_tokens, dtype=torch.bool)
         ids[0, :len(row)] = torch.tensor(row, dtype=torch.long)

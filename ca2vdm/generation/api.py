@@ -112,8 +112,8 @@ class Pipeline:
         model = model.to(resolve_dtype(dtype, device))  # rotary tables and sampler state stay float32
         if compile:
             compile_blocks(model)
-        sampler = LongVideoPipeline.for_checkpoint(model, metadata, text_encoder=load_text_encoder(model, checkpoint),
-                                                   policy=policy, **settings)
+        sampler = LongVideoPipeline.for_checkpoint(model, metadata, text_encoder=load_text_encoder(
+            model, checkpoint, metadata), policy=policy, **settings)
         return cls(sampler, codec, metadata)
 
     def with_settings(self, **changes) -> Pipeline:
@@ -208,11 +208,16 @@ class Pipeline:
                      result.skipped_evals)
 
 
-def load_text_encoder(model: CausalVideoModel, checkpoint: str | Path) -> TextEncoder | None:
+def load_text_encoder(model: CausalVideoModel, checkpoint: str | Path,
+                      metadata: CheckpointMetadata | None = None) -> TextEncoder | None:
     """The text encoder a text model's checkpoint records (``model.text_encoder``; a folder is also looked up beside
-    the checkpoint); None for other models."""
+    the checkpoint); None for other models. With the words of the model's training captions (``metadata``), it says
+    once per prompt which of its words the model never saw."""
     cfg = model.cfg
-    return build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
+    encoder = build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
+    if encoder is not None and metadata is not None and metadata.caption_words is not None:
+        encoder.seen_words = frozenset(metadata.caption_words)
+    return encoder
 
 
 def _check_not_empty(batch_and_frames: tuple[int, int], frames: torch.Tensor) -> None:
