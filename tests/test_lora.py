@@ -156,8 +156,14 @@ def test_an_adapter_of_another_base_is_refused_in_one_line_naming_both(checkpoin
     assert f"not on {checkpoint}" in message
     line = cli_error(capsys, "--checkpoint", checkpoint, "--lora", adapters["foreign"], "--out", tmp_path / "v.mp4")
     assert line.startswith("error: adapter ") and "other-base.safetensors" in line and not (tmp_path / "v.mp4").exists()
-    with pytest.raises(CheckpointError, match=r"is a LoRA adapter .* pass the adapter as lora="):
+    with pytest.raises(CheckpointError, match=r"is a LoRA adapter .*: fold it into its base with ca2vdm merge-lora "
+                                              r".* load_pipeline: lora=\)$"):
         ca2vdm.load_pipeline(adapters["strong"], "cpu")
+    from ca2vdm.training.distill_task import DistillTask  # distill has no --lora: the message said to pass one
+    config = load_config(ROOT / "configs/distill-demo.yaml", [f"distill.teacher={adapters['strong']}",
+                                                                f"data.root={tmp_path}"], DistillTrainingConfig)
+    with pytest.raises(CheckpointError, match="is a LoRA adapter .*: fold it into its base with ca2vdm merge-lora"):
+        DistillTask(config, torch.device("cpu"))
     with pytest.raises(CheckpointError, match="not a LoRA adapter"):
         ca2vdm.load_pipeline(checkpoint, "cpu", lora=checkpoint)
 

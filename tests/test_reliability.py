@@ -259,6 +259,16 @@ def test_a_resumed_run_continues_with_the_settings_it_was_started_with(shapes, t
     assert f"data.root={str(other)!r} (the run's: {str(shapes)!r})" in capsys.readouterr().err
 
 
+def test_an_output_dir_that_is_a_file_says_so(shapes, tmp_path):
+    """It said 'fix the permissions of train.output_dir'."""
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ConfigError, match=rf"^train.output_dir={tmp_path / 'file'} is a file, not a folder; choose"):
+        train(load_config(TINY, _overrides(shapes, tmp_path / "file", max_steps=1)), progress_bar=False)
+    with pytest.raises(CheckpointWriteError, match="a part of its path is a file, not a folder: choose another"):
+        train(load_config(TINY, _overrides(shapes, tmp_path / "file" / "run", max_steps=1)), progress_bar=False)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 def test_run_killed_in_its_first_save_says_start_fresh(shapes, tmp_path, one_thread):
     """With no complete checkpoint there is nothing to resume: --resume latest says to start fresh, and that works."""
     out = tmp_path / "run"

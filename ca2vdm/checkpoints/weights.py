@@ -116,8 +116,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ca
     path = weights_file(path)
     metadata = read_metadata(path)
     if "lora" in metadata:  # an adapter holds the low-rank tensors only (ca2vdm.checkpoints.adapters)
-        raise CheckpointError(f"{path} is a LoRA adapter (trained on {metadata.get('base_checkpoint')}), not a model; "
-                              f"load its base checkpoint and pass the adapter as {opt('lora', path)}")
+        base = metadata.get("base_checkpoint")
+        raise CheckpointError(f"{path} is a LoRA adapter (trained on {base}), not a model: fold it into its base with "
+                              f"ca2vdm merge-lora {base} {path} MERGED.safetensors and use that (ca2vdm generate and "
+                              "ca2vdm serve also take an adapter beside its base: --lora; load_pipeline: lora=)")
     cfg = model_config_of(path)
     model = build_model(cfg)
     try:
