@@ -165,6 +165,7 @@ def test_server_prompt_box_and_switch_messages():
         assert wait_for(lambda: source.calls)
         assert (source.calls[0]["prompt"], source.calls[0]["switch_mode"]) == ("a red circle", "keep")
         ws.send_json({"type": "switch", "prompt": "a blue square"})
+        assert receive(ws)[1] == {"type": "switched", "at": 0, "prompt": "a blue square", "label": None}
         ws.send_json({"type": "switch", "label": 2})
         assert receive(ws)[1]["message"] == ("label=2: this model is conditioned on prompts, not labels; "
                                              "give a prompt instead")
@@ -180,8 +181,7 @@ def test_server_prompt_box_and_switch_messages():
         assert receive(ws)[1]["message"].startswith("at=0: chunk 0 is already made (or being made); the first chunk "
                                                     "a switch can still change is 1")
         ws.send_json({"type": "switch", "prompt": " a red square ", "at": 1})
-        ws.send_json({"type": "probe"})  # its error: the switch before it was handled (and queued: no reply)
-        assert "unknown type \"probe\"" in receive(ws)[1]["message"]
+        assert receive(ws)[1] == {"type": "switched", "at": 1, "prompt": "a red square", "label": None}
         ws.send_json({"type": "switch", "prompt": "a blue circle", "at": 1})  # one switch per chunk, as elsewhere
         assert receive(ws)[1]["message"] == "at=1: chunk 1 already has a switch; give one per chunk"
         taken += source.switches(1)  # before chunk 1 (from now on chunk 1 is decided)
@@ -189,3 +189,14 @@ def test_server_prompt_box_and_switch_messages():
         source.allow(3)
         done, chunks, _ = receive_until(ws, "done")
         assert done["reason"] == "finished" and len(chunks) == 3
+
+
+def test_server_refuses_at_the_start_a_switch_mode_the_sampler_cannot_carry_out(text_checkpoint):
+    """As the command line (before its first chunk): keep needs cache mode kv."""
+    pipe = ca2vdm.load_pipeline(text_checkpoint).with_settings(cache="none")
+    app = create_app({"text": Offered("text", text_checkpoint, pipe, [])}, max_chunks=5)
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        receive(ws)
+        ws.send_json({"type": "start", "model": "text", "prompt": "a red circle", "switch_mode": "keep"})
+        kind, message, _ = receive(ws)
+        assert kind == "error" and message["message"].startswith("switch_mode=keep: needs cache=kv: cache mode none")

@@ -4,7 +4,9 @@
     python infer/serve.py --checkpoint checkpoints/demo.safetensors checkpoints/latent-demo.safetensors --port 8000
     ca2vdm serve --lora runs/demo-white/checkpoints/step_000300     # the demo model and demo+demo-white/step_000300
 
-One generation runs per device at a time; other pages wait in a queue of at most --max-queue. See docs/serve.md.
+One generation runs per device at a time; other pages wait in a queue of at most --max-queue. A connection whose
+request headers are not in within 10 s is closed, and at most 256 connections are served at once
+(ca2vdm/serve/connections.py). See docs/serve.md.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     import uvicorn  # after the arguments: --help answers before torch and the server load
 
     from ca2vdm.serve import create_app, load_catalog
+    from ca2vdm.serve.connections import server_config
     from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES
 
     try:
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     app = create_app(models, max_chunks=args.max_chunks, max_queue=args.max_queue, device=args.device,
                      ack_timeout=args.ack_timeout, queue_timeout=args.queue_timeout)
     print(f"serving {', '.join(models)} on {args.device} at http://{args.host}:{args.port}/", flush=True)
-    config = uvicorn.Config(app, ws_max_size=MAX_UPLOAD_BYTES + 2 ** 20, log_level="warning")
+    config = server_config(app, ws_max_size=MAX_UPLOAD_BYTES + 2 ** 20, log_level="warning")  # bounded connections
     uvicorn.Server(config).run(sockets=[sock])
 
 
