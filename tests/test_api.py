@@ -162,8 +162,9 @@ def python_blocks(markdown: str, heading: str) -> list[str]:
 
 @pytest.mark.parametrize("doc", SNIPPET_FILES, ids=lambda p: p.name)
 def test_python_api_snippet_runs(doc, tmp_path, monkeypatch):
-    """The snippet runs as shown (in a folder beside the shipped checkpoints, 2 denoising steps to be quick), and
-    the videos it writes hold frames of the latent demo's size."""
+    """The snippet runs as shown (in a folder beside the shipped checkpoints, 2 denoising steps to be quick), writes
+    only under the git-ignored outputs/ (it wrote chunk0.png .. square.mp4 into the checkout's root), and the videos
+    it writes hold frames of the latent demo's size."""
     code = "\n".join(python_blocks(doc.read_text(), "Python API"))
     assert "ca2vdm.load_pipeline" in code
     (tmp_path / "checkpoints").symlink_to(ROOT / "checkpoints")
@@ -171,7 +172,9 @@ def test_python_api_snippet_runs(doc, tmp_path, monkeypatch):
     original = api.load_pipeline
     monkeypatch.setattr(api, "load_pipeline", lambda *args, **kw: original(*args, **{"steps": 2, **kw}))
     exec(compile(code, str(doc), "exec"), {"__name__": "snippet"})
-    videos = sorted(tmp_path.glob("*.mp4"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "outputs"]
+    assert "/outputs/" in (ROOT / ".gitignore").read_text().split()
+    videos = sorted((tmp_path / "outputs").glob("*.mp4"))
     assert videos
     for path in videos:
         video = read_video(path)
