@@ -198,7 +198,7 @@ def test_serve_cli_defaults_and_one_line_errors(capsys):
     assert str(twice.value) == "error: --checkpoint lists the same checkpoint twice; give each once"
     with pytest.raises(SystemExit):
         parse_args(["--max-queue", "-1"])
-    assert "--max-queue: must be 0 or more, got -1" in capsys.readouterr().err
+    assert "--max-queue: must be a whole number >= 0, got '-1'" in capsys.readouterr().err
 
 
 def test_a_generation_that_cannot_start_is_reported_and_frees_the_device(server, monkeypatch):

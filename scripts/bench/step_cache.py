@@ -49,7 +49,7 @@ from ca2vdm.sampling.step_cache import AdaCache, build_step_cache
 
 GOAL_MEAN, GOAL_MIN = 35.0, 30.0  # dB: mean and worst chunk PSNR a setting must keep to count as "good" (--goal-psnr)
 DRIFT_FIRST, DRIFT_LAST = 10, 50  # chunks compared by --drift-chunks (--drift-first, --drift-last)
-PSNR_GOAL = Declared(float, "a PSNR goal in dB", low=0, high=200)
+PSNR_GOAL = Declared(float, "a PSNR goal in dB (any value below 0: every setting counts)", low=-1000, high=1000)
 
 
 def settings() -> list[tuple[str, str, dict]]:
