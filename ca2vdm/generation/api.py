@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters
+from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters, lora_specs
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, weights_file
 from ca2vdm.config import SamplerSettings, TemporalCompression, check_seed
+from ca2vdm.config.conditioning import check_prompt
 from ca2vdm.encoders.codec import Codec, CodecStream, build_codec
-from ca2vdm.encoders.text import TextEncoder, build_text_encoder, check_prompt
+from ca2vdm.encoders.text import TextEncoder, build_text_encoder
 from ca2vdm.errors import CodecError, SettingError, opt
-from ca2vdm.generation.stream import Switch, VideoStream
+from ca2vdm.generation.stream import VideoStream, scheduled
 from ca2vdm.io.video import VideoWriter, resize_center_crop, to_uint8
 from ca2vdm.models.base import CausalVideoModel
 from ca2vdm.runtime.device import resolve_device, resolve_dtype
@@ -112,8 +113,8 @@ class Pipeline:
         model = model.to(resolve_dtype(dtype, device))  # rotary tables and sampler state stay float32
         if compile:
             compile_blocks(model)
-        sampler = LongVideoPipeline.for_checkpoint(model, metadata, text_encoder=load_text_encoder(model, checkpoint),
-                                                   policy=policy, **settings)
+        sampler = LongVideoPipeline.for_checkpoint(model, metadata, text_encoder=load_text_encoder(
+            model, checkpoint, metadata), policy=policy, **settings)
         return cls(sampler, codec, metadata)
 
     def with_settings(self, **changes) -> Pipeline:
@@ -187,11 +188,10 @@ class Pipeline:
         check_kind(self.model, label, prompt)
         if prompt is not None and self.sampler.text_encoder is not None:
             self.sampler.text_encoder.encode(prompt)  # an over-long prompt is refused now (and kept encoded)
-        scheduled = [Switch(at, prompt=new, mode=switch_mode) if isinstance(new, str) else
-                     Switch(at, label=new, mode=switch_mode) for at, new in (switches or {}).items()]
         start = dict(label=label, prompt=prompt, seed=seed, frames_before=frames_before)
         return VideoStream(self.sampler, lambda stream: self._chunks(stream, num_chunks, start, first_frames, batch,
-                                                                      on_step), num_chunks, scheduled)
+                                                                      on_step), num_chunks,
+                           scheduled(switches, switch_mode))
 
     def _chunks(self, stream: VideoStream, num_chunks: int | None, start: dict,
                 first_frames: np.ndarray | torch.Tensor | None, batch: int,
@@ -219,11 +219,16 @@ class Pipeline:
                      result.skipped_evals)
 
 
-def load_text_encoder(model: CausalVideoModel, checkpoint: str | Path) -> TextEncoder | None:
+def load_text_encoder(model: CausalVideoModel, checkpoint: str | Path,
+                      metadata: CheckpointMetadata | None = None) -> TextEncoder | None:
     """The text encoder a text model's checkpoint records (``model.text_encoder``; a folder is also looked up beside
-    the checkpoint); None for other models."""
+    the checkpoint); None for other models. With the words of the model's training captions (``metadata``), it says
+    once per prompt which of its words the model never saw."""
     cfg = model.cfg
-    return build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
+    encoder = build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
+    if encoder is not None and metadata is not None and metadata.caption_words is not None:
+        encoder.seen_words = frozenset(metadata.caption_words)
+    return encoder
 
 
 def _check_not_empty(batch_and_frames: tuple[int, int], frames: torch.Tensor) -> None:
@@ -273,6 +278,7 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     ``(path, scale)`` or a list of them, folded into the loaded weights, each times its scale (stacked); an adapter
     trained on another checkpoint is refused (:mod:`ca2vdm.checkpoints.adapters`).
     """
+    lora = lora_specs(lora)  # checked before the weights load
     device = resolve_device(device)
     model, meta = load_model(path, device)
     model = apply_adapters(model, lora, path)  # the model is this function's own: merged in place
