@@ -8,7 +8,7 @@ import logging
 import os
 
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ca2vdm.config import STEP_CACHES
@@ -71,6 +71,10 @@ def test_arbitrary_json_at_every_field_gets_one_reply_and_the_page_goes_on(caplo
         @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         @given(messages())
+        # every outcome is tried whatever is drawn: an accepted switch, a start, a message without a reply
+        @example(("switch", '{"type": "switch", "prompt": "a blue square"}'))
+        @example(("start", '{"type": "start", "model": "fake", "chunks": 2}'))
+        @example(("shown", '{"type": "shown", "frames": 0}'))
         def one_message(message):
             kind, text = message
             if kind == "switch":  # a switch changes a running generation
