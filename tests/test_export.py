@@ -70,6 +70,19 @@ def test_export_refuses_its_source_a_training_checkpoint_and_existing_files(run,
     assert read_metadata(mine)["step"] == 2
 
 
+def test_the_same_export_twice_is_the_same_file(run, tmp_path):
+    """safetensors writes its metadata in hash order (a new order per file): the header is sorted, so exporting the
+    same checkpoint twice gives the same bytes, and the file still reads back whole."""
+    step = step_dirs(run / "checkpoints")[-1]
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert _export(step, first, "--dtype", "fp32") == "" and _export(step, second, "--dtype", "fp32") == ""
+    assert first.read_bytes() == second.read_bytes()
+    assert read_metadata(first)["step"] == 2
+    weights = load_file(first)
+    assert weights.keys() == load_file(step / "ema.safetensors").keys()
+    assert all(torch.equal(weights[k], v) for k, v in load_file(step / "ema.safetensors").items())
+
+
 def test_resume_refuses_an_export_or_an_autoencoder_in_place_of_the_ema(run, shapes, tmp_path):
     """An fp16 export copied over ema.safetensors, or weights of the other kind, stop --resume with one clear
     error before any work; the run's own files are untouched."""

@@ -1,13 +1,16 @@
 """Files written atomically (a temporary name, then a rename) with the permissions of an ordinary file.
 
 safetensors creates its files mode 0600 whatever the umask, so weights and latent shards came out private while
-everything else a run writes (config.yaml, metrics.jsonl, videos) is 0644. Every tensor file ca2vdm writes goes
+everything else a run writes (config.yaml, metrics.jsonl, videos) is 0644. It also writes the metadata in the order of
+a Rust hash map, different in every process, so the same weights exported twice made two different files: the header
+is rewritten with its metadata keys sorted (:func:`sort_metadata`). Every tensor file ca2vdm writes goes
 through :func:`save_tensors_atomic` (text files through :func:`write_text_atomic`), and :func:`honour_umask` fixes
 files written by other libraries (accelerate, diffusers). Torch loads only when tensors are saved, so a text file
 is written without it.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING
 
@@ -38,8 +41,25 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor
     path = check_writable_file(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    sort_metadata(tmp)
     honour_umask(tmp)
     os.replace(tmp, path)
+
+
+def sort_metadata(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors file's header in place with its ``__metadata__`` keys sorted: the same tensors and
+    metadata give the same bytes. The header is the one safetensors wrote, re-serialised compactly (never longer:
+    serde_json escapes as ``json.dumps(ensure_ascii=False)`` does) and padded with spaces to its old length, so the
+    tensor offsets are unchanged."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise RuntimeError(f"{path}: the re-serialised safetensors header grew ({len(text)} > {size} bytes)")
+        f.seek(8)
+        f.write(text.ljust(size))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
