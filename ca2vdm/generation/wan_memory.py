@@ -36,9 +36,10 @@ GIB = 2 ** 30
 
 @dataclass(frozen=True)
 class WanMemory:
-    """Bytes of every part of a Wan generation (:attr:`parts`) and the peaks with the text encoder resident or
-    offloaded after encoding."""
+    """Bytes of every part of a Wan generation (:attr:`parts`), the parameters of its three networks, and the peaks
+    with the text encoder resident or offloaded after encoding."""
     parts: dict[str, int]
+    parameters: dict[str, int]  # transformer, vae, text_encoder
 
     @property
     def resident(self) -> int:
@@ -124,7 +125,8 @@ def estimate(cfg: ModelConfig, vae_config: dict, text_config: dict, dtype: torch
         "vae_activations": rows * (activations + pixels),
         "text_encoding": cfg.text_tokens * (2 * text.config.d_ff + 4 * text.config.d_model) * b,
     }
-    return WanMemory(parts)
+    networks = {"transformer": transformer, "vae": vae, "text_encoder": text}
+    return WanMemory(parts, {name: sum(p.numel() for p in net.parameters()) for name, net in networks.items()})
 
 
 def check_fits_gpu(memory: WanMemory, free: int, *, size: str, dtype: torch.dtype, offload: bool,
