@@ -212,3 +212,21 @@ def test_a_gpu_too_small_is_refused_naming_the_fix():
         check_fits_gpu(bf16, 16 * GIB, size="480x832", dtype=torch.bfloat16, offload=False, bf16=bf16)
     with pytest.raises(SettingError, match="use a GPU with more memory or a smaller size$"):
         check_fits_gpu(bf16, 4 * GIB, size="480x832", dtype=torch.bfloat16, offload=True, bf16=bf16)
+
+
+def test_longlive_base_and_its_lora_pt(wan, tmp_path):
+    """LongLive's lora.pt given as an adapter is folded into the weights (W + B A at LongLive's alpha = rank), and the
+    known-model table gives LongLive's window: 3 sinks in 12 frames."""
+    gen = torch.Generator().manual_seed(3)
+    down, up = torch.randn(4, 24, generator=gen), torch.randn(24, 4, generator=gen)
+    torch.save({"generator_lora": {"base_model.model.blocks.0.self_attn.q.lora_A.weight": down,
+                                   "base_model.model.blocks.0.self_attn.q.lora_B.weight": up}}, tmp_path / "lora.pt")
+    plain = ca2vdm.load_pipeline(base=wan[0], checkpoint=wan[1], size=(32, 32), device="cpu")
+    folded = ca2vdm.load_pipeline(base=wan[0], checkpoint=wan[1], size=(32, 32), device="cpu",
+                                  lora=tmp_path / "lora.pt")
+    cfg = folded.model.cfg
+    assert folded.metadata.raw["preset"] == "longlive" and (cfg.sink_frames, cfg.max_context_frames) == (3, 9)
+    weight = "blocks.0.attn1.to_q.weight"
+    expected = plain.model.state_dict()[weight] + up @ down
+    assert (folded.model.state_dict()[weight] - expected).abs().max() <= 1e-6
+    assert [c.pixels.shape[1] for c in folded.generate(5, prompt=PROMPT)] == [9, 12, 12, 12, 12]  # past the sinks
