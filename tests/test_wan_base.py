@@ -230,3 +230,20 @@ def test_longlive_base_and_its_lora_pt(wan, tmp_path):
     expected = plain.model.state_dict()[weight] + up @ down
     assert (folded.model.state_dict()[weight] - expected).abs().max() <= 1e-6
     assert [c.pixels.shape[1] for c in folded.generate(5, prompt=PROMPT)] == [9, 12, 12, 12, 12]  # past the sinks
+
+
+def test_the_server_continues_an_uploaded_video_in_whole_groups(wan, tmp_path):
+    """A 7-frame upload through Wan's VAE (frame 0 alone, then groups of 4): its first 5 frames are shown and
+    continued, as the command line keeps them."""
+    from ca2vdm.io.video_writer import VideoWriter
+    from ca2vdm.serve.catalog import Offered
+    from ca2vdm.serve.frames import pixel_chunks
+
+    upload = tmp_path / "upload.mp4"
+    with VideoWriter(upload, fps=8) as writer:
+        writer.write(np.random.default_rng(0).integers(0, 255, (7, 32, 32, 3), dtype=np.uint8))
+    pipe = ca2vdm.load_pipeline(base=wan[0], checkpoint=wan[1], size=(32, 32), device="cpu")
+    offered = Offered("sf", wan[1], pipe, [])
+    chunks = list(pixel_chunks(offered, label=None, seed=0, chunks=2, step_cache="none", step_cache_options={},
+                               first_frame=upload, poll=lambda: None, prompt=PROMPT))
+    assert [(c.kind, len(c.pixels)) for c in chunks] == [("given", 5), ("chunk", 12), ("chunk", 12)]
