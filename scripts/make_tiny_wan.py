@@ -8,16 +8,16 @@ its transformer beside its parts: to try ``--base`` (and the tests' and README's
 The folder is written by diffusers' own ``WanPipeline(...).save_pretrained`` (ca2vdm/checkpoints/tiny_wan.py): random
 weights, so its videos are noise-like; what it shows is the path from a downloaded folder to an mp4.
 """
-import argparse
 from pathlib import Path
 
 from ca2vdm.checkpoints.tiny_wan import write_self_forcing_pt, write_tiny_wan
+from ca2vdm.cli.args import count, new_parser
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="the folder to write (refused if it exists and is not empty)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p = new_parser(__doc__)
+    p.add_output("out", kind="folder", type=Path, help="the folder to write (refused if it exists and is not empty)")
+    p.add_argument("--seed", type=count(0), default=0, help="seed of the random weights")
     args = p.parse_args()
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         p.error(f"{args.out} exists and is not an empty folder; give a new one")

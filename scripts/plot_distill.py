@@ -3,10 +3,10 @@
     python scripts/plot_distill.py runs/distill-demo/metrics.jsonl runs/distill-demo-reg/metrics.jsonl \
         --offsets 0 300 --out docs/images/distill_losses.png
 """
-import argparse
 import json
 from pathlib import Path
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.io.plotting import plot_or_skip
 
 
@@ -28,11 +28,11 @@ def draw(runs: list[tuple[str, int, list[dict]]], path: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("metrics", nargs="+", help="distillation runs' metrics.jsonl files (one curve each)")
-    p.add_argument("--offsets", type=int, nargs="*", default=[], help="steps added to each run's (a run that "
+    p = new_parser(__doc__)
+    p.add_input("metrics", nargs="+", help="distillation runs' metrics.jsonl files (one curve each)")
+    p.add_argument("--offsets", type=count(0), nargs="*", default=[], help="steps added to each run's (a run that "
                    "started from another's checkpoint)")
-    p.add_argument("--out", default="docs/images/distill_losses.png", help="the PNG to write")
+    p.add_output("--out", default="docs/images/distill_losses.png", help="the PNG to write")
     args = p.parse_args()
     offsets = args.offsets + [0] * (len(args.metrics) - len(args.offsets))
     runs = [(Path(m).parent.name, offset, [json.loads(line) for line in Path(m).read_text().splitlines()

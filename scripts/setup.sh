@@ -22,12 +22,22 @@ cd "$(dirname "$0")/.."
 run() {  # run a command, or print it in a dry run
     if [ $dry -eq 1 ]; then echo "$*"; else "$@"; fi
 }
-[ -x .venv/bin/python ] || run python3 -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv (python3 -m venv)"
+    run python3 -m venv .venv
+fi
 if [ $cuda -eq 1 ]; then
     # the build tag (cu128) pins the CUDA wheel: a CPU build of the same version would otherwise count as installed
-    .venv/bin/python -c "import sys, torch; sys.exit(torch.version.cuda is None)" 2>/dev/null ||
+    if ! .venv/bin/python -c "import sys, torch; sys.exit(torch.version.cuda is None)" 2>/dev/null; then
+        echo "setup: installing torch $TORCH_VERSION, the CUDA build from $CUDA_INDEX (a few GB)"
         run .venv/bin/pip install -q "torch==$TORCH_VERSION+$(basename "$CUDA_INDEX")" --index-url "$CUDA_INDEX"
-else
-    .venv/bin/python -c "import torch" 2>/dev/null || run .venv/bin/pip install -q "torch==$TORCH_VERSION"
+    fi
+elif ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "setup: installing torch $TORCH_VERSION, the CPU build (about 200 MB; a few minutes)"
+    run .venv/bin/pip install -q "torch==$TORCH_VERSION"
 fi
+echo "setup: installing ca2vdm and its test, plot and serve extras into .venv (pip install -e)"
 run .venv/bin/pip install -q -e ".[test,plot,serve]"
+# the browser test's Chromium: installed where this runs as root with apt (scripts/setup_browser.sh)
+run bash scripts/setup_browser.sh
+echo "setup: done; run .venv/bin/python infer/long_video.py or .venv/bin/python -m pytest -q tests"

@@ -33,8 +33,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture
 def cli_writes(monkeypatch) -> list[np.ndarray]:
-    """Every frame batch handed to VideoWriter.write while the fixture is active (the command line's frames). Tests
-    compare these, not decoded files: libx264 here may encode equal frames differently (docs/reliability.md)."""
+    """Every frame batch handed to VideoWriter.write while the fixture is active (the command line's frames), for
+    tests that compare frames; equal frames also give equal files (the writer's docstring), which tests compare too."""
     written, original = [], VideoWriter.write
 
     def write(self, frames: np.ndarray) -> None:

@@ -89,3 +89,13 @@ def test_a_device_the_machine_lacks_is_refused_and_bf16_is_the_command_lines_spe
     with pytest.raises(SettingError, match=f"^device={missing}: "):
         load_pipeline(DEMO, missing)
     assert load_pipeline(DEMO, "cpu", dtype="bf16").model.dtype == torch.bfloat16
+
+
+def test_a_checkpoint_that_is_not_a_path_or_not_a_file_says_so():
+    """load_pipeline(None) was a TypeError and a character device was 'not found'."""
+    from ca2vdm.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="^checkpoint None is not a path; pass checkpoint with a .safetensors"):
+        load_pipeline(None)
+    with pytest.raises(CheckpointError, match="^checkpoint /dev/null is not a regular file \\(a device, pipe"):
+        load_pipeline("/dev/null")

@@ -28,11 +28,11 @@ def demo(tmp_path):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--seeds", "0"], "argument --seeds: must be a positive integer, got 0"),
-    (["--seeds", "-1"], "argument --seeds: must be a positive integer, got -1"),
-    (["--chunks", "0"], "argument --chunks: must be a positive integer, got 0"),
-    (["--degree", "-1"], "argument --degree: must be a whole number in 1 .. 8, got -1"),
-    (["--degree", "30"], "argument --degree: must be a whole number in 1 .. 8, got 30"),
+    (["--seeds", "0"], "argument --seeds: must be a whole number >= 1, got '0'"),
+    (["--seeds", "-1"], "argument --seeds: must be a whole number >= 1, got '-1'"),
+    (["--chunks", "0"], "argument --chunks: must be a whole number >= 1, got '0'"),
+    (["--degree", "-1"], "argument --degree: must be a whole number in [1, 8], got '-1'"),
+    (["--degree", "30"], "argument --degree: must be a whole number in [1, 8], got '30'"),
     (["--seeds", "1", "--chunks", "1"], "error: --degree 4 needs at least 50 (input, output change) pairs (10 per "
                                         "coefficient), but --seeds 1 --chunks 1 at 16 steps record about 15; pass "
                                         "--seeds 4 or more, or more --chunks, or a lower --degree"),

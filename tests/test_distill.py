@@ -3,13 +3,14 @@ against hand-computed references, gradients only through the exit steps, the cri
 two processes, the student as a normal checkpoint, the recorded trajectories."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import ca2vdm
 from ca2vdm.checkpoints.weights import load_model, save_weights
@@ -116,6 +117,22 @@ def test_dmd_gradient_and_loss_match_hand_computed_references():
     assert torch.allclose(loss, sum(terms) / 3, rtol=1e-5)
     assert torch.allclose(x.grad, grads, rtol=1e-4, atol=1e-9)  # the loss hands DMD's gradient to the samples
     assert teacher.a.grad is None and critic.a.grad is None  # nothing reaches the scores
+
+
+def test_a_non_finite_score_reaches_the_loss_and_a_settled_chunk_gets_no_step():
+    """A nan_to_num hid NaN scores: distill.guidance=nan trained with loss_model exactly 0 at every DMD step. NaN
+    and infinities now reach the loss (the loop's train.nonfinite check stops on them); a chunk whose clip equals the
+    real score (scale 0) still gets a zero step, not a NaN."""
+    x = torch.randn(1, 3, 5, 4, 4)
+    real, fake = x + 0.5, x - 0.5
+    assert torch.isfinite(dmd_gradient(x, real, fake, CHUNKS)).all()
+    real[:, :, 1:3] = x[:, :, 1:3]  # chunk 1 settled
+    grad = dmd_gradient(x, real, fake, CHUNKS)
+    assert torch.equal(grad[:, :, 1:3], torch.zeros_like(grad[:, :, 1:3])) and torch.isfinite(grad).all()
+    for bad in (float("nan"), float("inf")):
+        assert torch.isnan(dmd_gradient(x, real * bad, fake, CHUNKS)).any()
+    loss = dmd_loss(x, torch.tensor([0]), Linear(0.3, 0.1), Linear(-0.2, 0.4), CHUNKS, 0.05, float("nan"), 3)
+    assert torch.isnan(loss)  # it was 0.0
 
 
 def test_the_real_score_is_the_guided_teacher():
@@ -253,6 +270,51 @@ def test_recorded_trajectories_end_on_the_teachers_video_and_resume(teacher, pai
         assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ca2vdm.errors.SettingError, match="divide the teacher's 4 steps"):
         write_pairs(str(teacher), tmp_path / "three", videos=2, steps=3, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["cut", "empty", "missing", "garbage", "mis-shaped"])
+def test_a_bad_shard_is_one_line_when_the_data_opens_and_resume_remakes_it(teacher, pairs, tmp_path, damage):
+    """Corrupt, cut, empty, missing or mis-shaped shards crashed train/distill.py with 33-42-line tracebacks after
+    training started; make-ode-pairs --resume accepted a finished shard cut to 1000 bytes. Now the data is checked when
+    it is opened (one line naming the shard and the command that re-makes it), and --resume re-records it."""
+    data = tmp_path / "ode"
+    shutil.copytree(pairs, data)
+    shard = data / "shard_00001.safetensors"
+    original = {k: v.clone() for k, v in load_file(shard).items()}  # not a map of the file damaged below
+    if damage == "cut":
+        shard.write_bytes(shard.read_bytes()[:1000])
+    elif damage == "empty":
+        shard.write_bytes(b"")
+    elif damage == "missing":
+        shard.unlink()
+    elif damage == "garbage":
+        shard.write_bytes(b"not a safetensors file at all")
+    else:
+        save_file({"points": original["points"][:, :2].contiguous(), "labels": original["labels"]}, shard)
+    says = {"cut": "is damaged or cut short", "empty": "is empty (0 bytes)", "missing": "is missing",
+            "garbage": "is damaged or cut short", "mis-shaped": "holds points [2, 2, 3, 7, 16, 16]"}[damage]
+    with pytest.raises(DataError) as error:
+        TrajectoryDataset(data)
+    line = str(error.value)
+    assert line.startswith(f"data.root={data}: the shard shard_00001.safetensors {says}") and "\n" not in line
+    command = line.split("re-make it (the sound shards are kept): ")[1]
+    assert command.endswith("--resume") and f"--out {data}" in command and "--videos 6 --steps 2" in command
+    write_pairs(str(teacher), data, videos=6, steps=2, batch=4, shard_size=4, resume=True, progress=False)
+    assert all(torch.equal(original[k], load_file(shard)[k]) for k in original)  # re-made: the same trajectories
+    assert len(TrajectoryDataset(data)) == 6
+
+
+def test_a_bad_shard_stops_the_command_line_in_one_line_before_training(teacher, pairs, tmp_path):
+    data = tmp_path / "ode"
+    shutil.copytree(pairs, data)
+    (data / "shard_00000.safetensors").write_bytes((data / "shard_00000.safetensors").read_bytes()[:1000])
+    proc = subprocess.run([sys.executable, str(ROOT / "train/distill.py"), "--config",
+                           str(ROOT / "configs/distill-demo.yaml"), "--no-progress", f"distill.teacher={teacher}",
+                           "distill.steps=2", f"data.root={data}", f"train.output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: data.root={data}: the shard shard_00000")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_bad_distill_settings_name_the_key(teacher, pairs, tmp_path):

@@ -3,6 +3,7 @@ figures of ``ca2vdm eval prompts``."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from ca2vdm.config import ChunkLayout
@@ -63,3 +64,35 @@ def test_the_command_writes_every_figure(tmp_path, checkpoint):
                        "--label-checkpoint", checkpoint) == 0
     only = json.loads(cost.read_text())
     assert set(only) == {"checkpoint", "sampler", "cost"} and only["cost"]["text_over_label"] > 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--chunks", "-1"], "argument --chunks: must be a whole number in [1, 1000], got '-1'"),
+    (["--videos", "0"], "argument --videos: must be a whole number in [1, 1000], got '0'"),
+    (["--cost-repeats", "0"], "argument --cost-repeats: must be a whole number in [1, 1000], got '0'"),
+    (["--cfg-scale", "nan"], "argument --cfg-scale: must be a finite number in [-1000, 1000], got 'nan'"),
+    (["--switch-at", "1"], "argument --switch-at: must be a whole number in [2, 1000], got '1'"),
+    (["--switch-at", "1001"], "argument --switch-at: must be a whole number in [2, 1000], got '1001'"),
+])
+def test_bad_numbers_are_one_line_before_any_work(tmp_path, capsys, monkeypatch, args, says):
+    """--chunks -1 reported adherence 0.00 and ran on; --videos 0, --cost-repeats 0 and --cfg-scale nan were
+    tracebacks after minutes."""
+    monkeypatch.setattr("ca2vdm.cli.eval_prompts.run", lambda *a: pytest.fail("worked before checking"))
+    assert run_command("eval", "prompts", "--json", tmp_path / "p.json", *args) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_label_model_and_a_stop_are_one_line(tmp_path, checkpoint, monkeypatch):
+    """A label model as --checkpoint (or a text model as --label-checkpoint) was a traceback; so was Ctrl-C."""
+    out = tmp_path / "p.json"
+    assert run_command("eval", "prompts", "--checkpoint", checkpoint, "--json", out, "--cost-only") == (
+        f"error: --checkpoint {checkpoint}: is not a text model (it takes labels, not prompts); give a text model's "
+        "weights, e.g. checkpoints/text-demo.safetensors")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ca2vdm.cli.eval_prompts.run", interrupted)
+    assert run_command("eval", "prompts", "--json", out) == \
+        "stopped by SIGINT before the figures were measured; nothing written"
+    assert not out.exists()

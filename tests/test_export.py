@@ -44,8 +44,8 @@ def test_export_refuses_its_source_a_training_checkpoint_and_existing_files(run,
     ema, files = (step / "ema.safetensors").read_bytes(), sorted(step.iterdir())
     refused = {  # dst -> what the one-line error says
         step / "ema.safetensors": "the checkpoint being exported",
-        step / "fp16.safetensors": "inside the training checkpoint",
-        step / "sub" / "x.safetensors": "inside the training checkpoint",
+        step / "fp16.safetensors": "inside the checkpoint being exported",
+        step / "sub" / "x.safetensors": "inside the checkpoint being exported",
     }
     for dst, message in refused.items():
         for extra in ([], ["--overwrite"]):

@@ -137,6 +137,7 @@ def test_exported_latent_model_ships_with_its_autoencoder(run, tmp_path, cli_wri
     finally:
         (tmp / "ae-gone").rename(tmp / "ae")
     assert np.array_equal(got, frames(checkpoint, tmp_path / "b.mp4"))
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
 def test_shipped_latent_demo_generates_128_pixel_frames(tmp_path):

@@ -86,13 +86,21 @@ def test_trailing_slash_means_a_directory(checkpoint, tmp_path):
     assert (tmp_path / "new" / "dir").is_dir() and (tmp_path / "new" / "dir" / VIDEO_NAME).is_file()
 
 
-def test_default_output_is_replaced_by_the_next_run(checkpoint, tmp_path, monkeypatch):
-    """The README's main command (no --out) must work twice in a row: its default output is scratch. (A guard for
-    the --overwrite rule, not a defect: this always worked.)"""
+def test_default_output_is_replaced_by_the_next_run(checkpoint, tmp_path, monkeypatch, capsys):
+    """The README's main command (no --out) must work twice in a row: its default output is scratch. The replacement
+    is said (it was silent), and a run without --preview removes the earlier run's contact sheet, which showed
+    another video (it was left beside the new mp4)."""
     monkeypatch.chdir(tmp_path)
-    for _ in range(2):
-        cli.main(["--checkpoint", str(checkpoint), "--chunks", "1", "--preview"])
-    assert (tmp_path / "outputs" / "long_video.mp4").is_file() and (tmp_path / "outputs" / "long_video.png").is_file()
+    video, sheet = tmp_path / "outputs" / "long_video.mp4", tmp_path / "outputs" / "long_video.png"
+    cli.main(["--checkpoint", str(checkpoint), "--chunks", "1", "--preview"])
+    assert "replaced" not in capsys.readouterr().out  # nothing was there
+    cli.main(["--checkpoint", str(checkpoint), "--chunks", "1", "--preview"])
+    assert video.is_file() and sheet.is_file()
+    assert "replaced the earlier outputs/long_video.mp4: runs without --out" in capsys.readouterr().out
+    cli.main(["--checkpoint", str(checkpoint), "--chunks", "2", "--seed", "1"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("replaced the earlier outputs/long_video.mp4 and removed its contact sheet")
+    assert video.is_file() and not sheet.exists()
 
 
 # A stop keeps the finished chunks --------------------------------------------------------------------------------

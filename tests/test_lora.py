@@ -16,7 +16,7 @@ from ca2vdm.checkpoints.adapters import read_adapter, save_merged
 from ca2vdm.checkpoints.weights import load_model, read_metadata, save_tensors, save_weights
 from ca2vdm.config import AutoencoderTrainingConfig, DistillTrainingConfig, load_config, parse_lora
 from ca2vdm.data.synthetic import PALETTE
-from ca2vdm.errors import CheckpointError, ConfigError
+from ca2vdm.errors import CheckpointError, ConfigError, SettingError
 from ca2vdm.evaluation.metrics import foreground_colour
 from ca2vdm.io.video import read_video
 from ca2vdm.models import lora as layers
@@ -83,12 +83,35 @@ def test_lora_needs_a_base_and_a_trainer_that_starts_from_one():
                     DistillTrainingConfig)
 
 
-def test_lora_spec_parses_a_path_and_an_optional_scale():
+def test_lora_spec_parses_a_path_and_an_optional_scale(tmp_path, monkeypatch):
     assert parse_lora("a.safetensors:0.5") == ("a.safetensors", 0.5)
     assert parse_lora("runs/x/step_000100") == ("runs/x/step_000100", 1.0)
     assert parse_lora("odd:name") == ("odd:name", 1.0) and parse_lora("a:-1") == ("a", -1.0)
-    with pytest.raises(ValueError, match="finite"):
-        parse_lora("a:inf")
+    for scale in ("inf", "nan", "1e9", "-11"):  # 1e9 was taken; 1e30 too by merge-lora
+        with pytest.raises(ValueError, match=r"must be a finite number in \[-10, 10\]"):
+            parse_lora(f"a:{scale}")
+    with pytest.raises(ValueError, match="ends with ':' but gives no scale"):  # was read as the path 'a.safetensors:'
+        parse_lora("a.safetensors:")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b:2").mkdir()  # a folder literally named b:2 is that folder, not b with scale 2
+    assert parse_lora("b:2") == ("b:2", 1.0)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ValueError, match="could be the file b:2 .* or b with scale 2"):
+        parse_lora("b:2")
+
+
+def test_a_scale_out_of_range_is_refused_before_any_weight_loads(checkpoint, adapters, tmp_path, capsys, monkeypatch):
+    """merge-lora --scale nan wrote a checkpoint 60 % NaN; --scale 1e30 and the API's (path, nan) were accepted (the
+    API then blamed damaged weights)."""
+    out = tmp_path / "merged.safetensors"
+    for scale in ("nan", "1e30"):
+        assert run_command("merge-lora", checkpoint, adapters["strong"], out, "--scale", scale) == 2
+        assert "argument --scale: must be a finite number in [-10, 10]" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.setattr("ca2vdm.generation.api.load_model", lambda *a: pytest.fail("loaded before checking"))
+    for lora in [(adapters["strong"], float("nan")), [(adapters["strong"], 1e9)], [3]]:
+        with pytest.raises(SettingError, match="^lora="):
+            ca2vdm.load_pipeline(checkpoint, "cpu", lora=lora)
 
 
 def test_merged_equals_unmerged_and_touches_only_the_targets(checkpoint, adapters):
@@ -133,8 +156,14 @@ def test_an_adapter_of_another_base_is_refused_in_one_line_naming_both(checkpoin
     assert f"not on {checkpoint}" in message
     line = cli_error(capsys, "--checkpoint", checkpoint, "--lora", adapters["foreign"], "--out", tmp_path / "v.mp4")
     assert line.startswith("error: adapter ") and "other-base.safetensors" in line and not (tmp_path / "v.mp4").exists()
-    with pytest.raises(CheckpointError, match=r"is a LoRA adapter .* pass the adapter as lora="):
+    with pytest.raises(CheckpointError, match=r"is a LoRA adapter .*: fold it into its base with ca2vdm merge-lora "
+                                              r".* load_pipeline: lora=\)$"):
         ca2vdm.load_pipeline(adapters["strong"], "cpu")
+    from ca2vdm.training.distill_task import DistillTask  # distill has no --lora: the message said to pass one
+    config = load_config(ROOT / "configs/distill-demo.yaml", [f"distill.teacher={adapters['strong']}",
+                                                                f"data.root={tmp_path}"], DistillTrainingConfig)
+    with pytest.raises(CheckpointError, match="is a LoRA adapter .*: fold it into its base with ca2vdm merge-lora"):
+        DistillTask(config, torch.device("cpu"))
     with pytest.raises(CheckpointError, match="not a LoRA adapter"):
         ca2vdm.load_pipeline(checkpoint, "cpu", lora=checkpoint)
 
@@ -149,6 +178,7 @@ def test_generate_command_line_applies_and_stacks_adapters(checkpoint, adapters,
 
     base = frames()
     assert torch.equal(frames("--lora", f"{adapters['strong']}:0"), base)
+    assert (tmp_path / "v0.mp4").read_bytes() == (tmp_path / "v1.mp4").read_bytes()  # scale 0: the base's file
     adapted = frames("--lora", f"{adapters['strong']}:0.5", "--lora", adapters["trained"], "--stats",
                      tmp_path / "stats.json")
     assert not torch.equal(adapted, base)

@@ -20,7 +20,7 @@ from ca2vdm.checkpoints.weights import load_model, save_weights
 from ca2vdm.config import load_config
 from ca2vdm.data.captioned import write_captioned_dataset
 from ca2vdm.data.synthetic import write_dataset
-from ca2vdm.errors import CheckpointError
+from ca2vdm.errors import CheckpointError, ConfigError
 from ca2vdm.io.video import read_video
 from ca2vdm.models import lora as layers
 from ca2vdm.training import diffusion_task
@@ -85,6 +85,21 @@ def test_only_the_adapter_gets_gradients_and_is_optimized_and_saved(shapes, base
     adapter = read_adapter(final)
     assert adapter.base_sha256 == checkpoint_hash(base) and adapter.settings["rank"] == 2
     assert any(v.abs().sum() > 0 for k, v in published.items() if "lora_B" in k)  # it trained
+
+
+def test_a_rank_above_the_smallest_adapted_width_is_refused_before_training(shapes, base, tmp_path):
+    """train.lora.rank=10000 on a 128-wide model was accepted (a 430 MB adapter, 123x the base)."""
+    model, _ = load_model(base)
+    width = min(min(m.in_features, m.out_features) for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and re.fullmatch(layers.target_pattern(model, ["attention", "mlp"]),
+                                                                   n))
+    for rank in (width + 1, 10000):
+        with pytest.raises(ConfigError, match=rf"^train.lora.rank={rank} is above the smallest width of the layers "
+                                              rf"it adapts \({width}, .*set train.lora.rank <= {width}$"):
+            train(_config(shapes, tmp_path / f"run{rank}", base, 2, f"train.lora.rank={rank}"), progress_bar=False)
+        assert not (tmp_path / f"run{rank}" / "checkpoints").exists()
+    layers.for_training(load_model(base)[0], load_config(TINY, [f"train.init_from={base}", f"train.lora.rank={width}"]
+                                                         ).train.lora)  # the width itself is fine
 
 
 def test_a_bf16_base_keeps_the_adapter_in_float32_and_trains_under_bf16_autocast(base):

@@ -1,5 +1,6 @@
 """Prompts and switches through the Python API, the command line and the live demo server."""
 import json
+import re
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import ca2vdm
 import ca2vdm.cli.generate as cli
 from ca2vdm.checkpoints.weights import save_weights
 from ca2vdm.errors import SettingError
+from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.serve import create_app
 from ca2vdm.serve.catalog import Offered
 from ca2vdm.serve.frames import pixel_chunks
@@ -71,6 +73,35 @@ def test_api_bad_prompts_and_switches(text_checkpoint, checkpoint):
     assert _video(labels.generate(2, label=0, switches={1: 2}, seed=0)).shape[2] == 5  # labels switch the same way
 
 
+def test_every_switch_and_prompt_is_checked_when_the_generation_is_asked_for(text_checkpoint, checkpoint,
+                                                                              monkeypatch):
+    """Switch problems were found only when the switch chunk came, after every earlier chunk was computed (keep in
+    a cache mode that keeps nothing); a list of switches, a lone surrogate, a prompt of zero-width spaces or with a
+    NUL byte raised raw errors or were taken. All are one SettingError at the call, and a switch's problem names the
+    switch, not the generation's own prompt or label."""
+    monkeypatch.setattr(LongVideoPipeline, "next_chunk", lambda *a, **k: pytest.fail("a chunk was computed"))
+    text, labels = ca2vdm.load_pipeline(text_checkpoint), ca2vdm.load_pipeline(checkpoint)
+    for pipe, given, new in [(text, {"prompt": "a red circle"}, "a blue square"), (labels, {"label": 1}, 2)]:
+        for cache in ("none", "full"):
+            with pytest.raises(SettingError, match=f"switch_mode=keep: needs cache=kv: cache mode {cache}"):
+                pipe.with_settings(cache=cache).generate(4, **given, switches={3: new}, switch_mode="keep")
+    with pytest.raises(SettingError, match="^switch=3=7: new label: out of range: this model's labels are 0 to 2"):
+        labels.generate(4, label=1, switches={3: 7})
+    too_long = "^switch=1='a very small red circle drifting left ve[.][.][.]': new prompt: is 10 tokens"
+    with pytest.raises(SettingError, match=too_long):
+        text.generate(2, prompt="a red circle", switches={1: "a very small red circle drifting left very slowly"})
+    with pytest.raises(SettingError, match=r"^switches=list: give a dict \{chunk: new prompt"):
+        text.generate(2, prompt="a red circle", switches=[(1, "a blue square")])
+    with pytest.raises(SettingError, match=r"^switches=\[1\]=2.5: each new condition is a prompt"):
+        labels.generate(2, label=1, switches={1: 2.5})
+    for prompt, says in [("a red\ud800 circle", "a lone surrogate"), ("\u200b\u200b", "holds no visible character"),
+                         ("a red\x00circle", "holds the control character U+0000")]:
+        with pytest.raises(SettingError, match=re.escape(says)):
+            text.generate(2, prompt=prompt)
+        with pytest.raises(SettingError, match=f"^switch=1=.*: new prompt: .*{re.escape(says)}"):
+            text.generate(2, prompt="a red circle", switches={1: prompt})
+
+
 def test_cli_prompt_and_switch(text_checkpoint, tmp_path, capsys):
     out, stats = tmp_path / "v.mp4", tmp_path / "stats.json"
     cli.main(["--checkpoint", str(text_checkpoint), "--chunks", "3", "--prompt", "a red circle", "--switch",
@@ -92,6 +123,11 @@ def test_cli_bad_input_one_line(text_checkpoint, checkpoint, tmp_path, capsys):
     assert "--prompt ' ': must be a non-empty text" in cli_error(capsys, "--checkpoint", text_checkpoint, "--prompt",
                                                                  " ", "--out", out)
     assert "expected CHUNK=PROMPT" in cli_error(capsys, "--switch", "blue", "--out", out)
+    assert cli_error(capsys, "--checkpoint", checkpoint, "--chunks", "5", "--label", "1", "--switch", "4=7", "--out",
+                     out).startswith("error: --switch 4=7: new label: out of range")  # it blamed --label
+    assert "--switch-mode keep: needs --cache kv: cache mode full" in cli_error(
+        capsys, "--checkpoint", text_checkpoint, "--chunks", "5", "--prompt", "a red circle", "--switch",
+        "4=a blue square", "--switch-mode", "keep", "--cache", "full", "--out", out)
 
 
 def test_server_frames_follow_a_switch_like_the_api(text_checkpoint):
@@ -129,6 +165,7 @@ def test_server_prompt_box_and_switch_messages():
         assert wait_for(lambda: source.calls)
         assert (source.calls[0]["prompt"], source.calls[0]["switch_mode"]) == ("a red circle", "keep")
         ws.send_json({"type": "switch", "prompt": "a blue square"})
+        assert receive(ws)[1] == {"type": "switched", "at": 0, "prompt": "a blue square", "label": None}
         ws.send_json({"type": "switch", "label": 2})
         assert receive(ws)[1]["message"] == ("label=2: this model is conditioned on prompts, not labels; "
                                              "give a prompt instead")
@@ -144,8 +181,7 @@ def test_server_prompt_box_and_switch_messages():
         assert receive(ws)[1]["message"].startswith("at=0: chunk 0 is already made (or being made); the first chunk "
                                                     "a switch can still change is 1")
         ws.send_json({"type": "switch", "prompt": " a red square ", "at": 1})
-        ws.send_json({"type": "probe"})  # its error: the switch before it was handled (and queued: no reply)
-        assert "unknown type \"probe\"" in receive(ws)[1]["message"]
+        assert receive(ws)[1] == {"type": "switched", "at": 1, "prompt": "a red square", "label": None}
         ws.send_json({"type": "switch", "prompt": "a blue circle", "at": 1})  # one switch per chunk, as elsewhere
         assert receive(ws)[1]["message"] == "at=1: chunk 1 already has a switch; give one per chunk"
         taken += source.switches(1)  # before chunk 1 (from now on chunk 1 is decided)
@@ -153,3 +189,14 @@ def test_server_prompt_box_and_switch_messages():
         source.allow(3)
         done, chunks, _ = receive_until(ws, "done")
         assert done["reason"] == "finished" and len(chunks) == 3
+
+
+def test_server_refuses_at_the_start_a_switch_mode_the_sampler_cannot_carry_out(text_checkpoint):
+    """As the command line (before its first chunk): keep needs cache mode kv."""
+    pipe = ca2vdm.load_pipeline(text_checkpoint).with_settings(cache="none")
+    app = create_app({"text": Offered("text", text_checkpoint, pipe, [])}, max_chunks=5)
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        receive(ws)
+        ws.send_json({"type": "start", "model": "text", "prompt": "a red circle", "switch_mode": "keep"})
+        kind, message, _ = receive(ws)
+        assert kind == "error" and message["message"].startswith("switch_mode=keep: needs cache=kv: cache mode none")

@@ -4,8 +4,10 @@ Each command of the README's ```bash blocks is run here, in order, in a scratch 
 with tiny settings (one chunk, two training steps); the set-up and test commands are what CI runs (``.ci/run``), and
 commands that need several processes or a server are run by the tests named in ``ELSEWHERE``.
 """
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +116,58 @@ def test_every_readme_command_runs(tmp_path):
         trained += tool == "train/train.py"
         ran.append(tool)
     assert {"infer/long_video.py", "train/train.py", "ca2vdm make-data", "ca2vdm encode-latents"} <= set(ran), ran
+
+
+def _stubs(folder: Path, root: bool, chromium: bool) -> dict:
+    """An environment whose PATH holds only stand-ins: id (root or not), apt-get (logs its arguments), and
+    chromium when asked; plus a .venv whose python and pip succeed (torch "installed")."""
+    folder.mkdir()
+    log = folder / "calls.log"
+    tools = {"id": f"echo {0 if root else 1000}", "apt-get": f'echo "apt-get $*" >> {log}', "python3": "exit 0"}
+    if chromium:
+        tools["chromium"] = "exit 0"
+    for name, body in tools.items():
+        (folder / name).write_text(f"#!/bin/bash\n{body}\n")
+        (folder / name).chmod(0o755)
+    for tool in ("dirname", "bash"):
+        (folder / tool).symlink_to(shutil.which(tool))
+    return {"PATH": str(folder), "HOME": str(folder)}
+
+
+def test_setup_says_what_it_does_and_installs_chromium_where_it_can(tmp_path):
+    """The README's test command needs Chromium, which setup.sh did not install (only .ci/run did), after 3 silent
+    minutes. Now setup says what it does, and installs Debian's chromium as root with apt; otherwise it says how."""
+    checkout = tmp_path / "checkout"
+    (checkout / "scripts").mkdir(parents=True)
+    for name in ("setup.sh", "setup_browser.sh"):
+        shutil.copy(ROOT / "scripts" / name, checkout / "scripts" / name)
+    venv = checkout / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    for name in ("python", "pip"):
+        (venv / name).write_text(f"#!/bin/bash\necho \"{name} $*\" >> {tmp_path / 'venv.log'}\n")
+        (venv / name).chmod(0o755)
+    for root, chromium, says in [(True, False, "setup: installing Debian's chromium for the browser test"),
+                                 (False, False, "setup: no chromium, so the browser test will skip; to run it: sudo "
+                                                "apt-get install chromium"),
+                                 (True, True, "setup: chromium for the browser test: ")]:
+        stubs = tmp_path / f"stubs-{root}-{chromium}"
+        result = subprocess.run(["/bin/bash", "scripts/setup.sh"], cwd=checkout, capture_output=True, text=True,
+                                env=_stubs(stubs, root, chromium), timeout=60)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == "setup: installing ca2vdm and its test, plot and serve extras into .venv (pip install -e)"
+        assert lines[1].startswith(says) and lines[-1].startswith("setup: done")
+        calls = (stubs / "calls.log").read_text().splitlines() if (stubs / "calls.log").exists() else []
+        assert calls == (["apt-get update -qq", "apt-get install -y -qq chromium"] if root and not chromium else [])
+
+
+def test_the_browser_test_skips_without_chromium_in_one_line_but_not_under_ci(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(PATH=str(tmp_path), PYTHONPATH=str(ROOT))  # no chromium on this PATH
+    run = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_serve_browser.py"]
+    skipped = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert skipped.returncode in (0, 5) and "1 skipped" in skipped.stdout, skipped.stdout[-2000:]  # 5: none ran
+    assert "the browser test needs chromium: install Debian's chromium (bash scripts/setup.sh does as root; or: " \
+           "sudo apt-get install chromium)" in skipped.stdout
+    failed = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, env={**env, "CI": "1"}, timeout=300)
+    assert failed.returncode != 0 and "the browser test must run under CI, but there is no chromium" in failed.stdout

@@ -45,7 +45,7 @@ from ca2vdm.training import checkpoint_dirs, run_lock
 from ca2vdm.training.checkpoint_dirs import resolve_resume, step_dirs
 from ca2vdm.training.loop import _lr_factor, train
 from ca2vdm.training.run_files import SKIPPED_LOG
-from tests.helpers import random_model
+from tests.helpers import random_model, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/tiny.yaml"
@@ -234,6 +234,39 @@ def test_resume_refuses_changed_optimizer_settings(shapes, tmp_path, one_thread)
     lrs = [r["lr"] for r in _records(out)]
     assert lrs[2:] == pytest.approx([1e-3 * _lr_factor(step, 1, 4) for step in (3, 4)])
     assert lrs[:2] == pytest.approx([1e-3 * _lr_factor(step, 1, 2) for step in (1, 2)])
+
+
+def test_a_resumed_run_continues_with_the_settings_it_was_started_with(shapes, tmp_path, one_thread, capsys):
+    """--resume latest dropped the first run's key=value overrides: a 2-step run resumed ran to the config's 40 steps
+    with the config's save interval. Now it continues with its own settings (config.yaml); an override changes them
+    and is named, as is a different data.root, and the YAML file's other values that differ are said to be kept."""
+    out = tmp_path / "run"
+    first = ["--config", TINY, "--no-progress", f"data.root={shapes}", f"train.output_dir={out}",
+             "train.batch_size=2", "train.max_steps=2", "train.save_every=2", "train.warmup_steps=1"]
+    assert run_command("train", *first) == 0
+    capsys.readouterr()
+    resume = ["--config", TINY, "--no-progress", "--resume", "latest", f"train.output_dir={out}"]
+    assert run_command("train", *resume, "train.max_steps=4") == 0  # no data.root, save_every, batch size given
+    line = capsys.readouterr().err.strip().splitlines()[0]
+    assert line.startswith(f"resuming {out} with the settings it was started with ({out / 'config.yaml'}); changed "
+                           "by this command line: train.max_steps=4 (the run's: 2); kept from the run where ")
+    assert f"data.root={str(shapes)!r} ({TINY}: 'data/shapes')" in line and "train.save_every=2" in line
+    assert step_dirs(out / "checkpoints")[-1].name == "step_000004" and len(_records(out)) == 4
+    assert OmegaConf.load(out / "config.yaml").train.save_every == 2
+    other = tmp_path / "other-data"
+    shutil.copytree(shapes, other)
+    assert run_command("train", *resume, "train.max_steps=6", f"data.root={other}") == 0
+    assert f"data.root={str(other)!r} (the run's: {str(shapes)!r})" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_says_so(shapes, tmp_path):
+    """It said 'fix the permissions of train.output_dir'."""
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ConfigError, match=rf"^train.output_dir={tmp_path / 'file'} is a file, not a folder; choose"):
+        train(load_config(TINY, _overrides(shapes, tmp_path / "file", max_steps=1)), progress_bar=False)
+    with pytest.raises(CheckpointWriteError, match="a part of its path is a file, not a folder: choose another"):
+        train(load_config(TINY, _overrides(shapes, tmp_path / "file" / "run", max_steps=1)), progress_bar=False)
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_run_killed_in_its_first_save_says_start_fresh(shapes, tmp_path, one_thread):

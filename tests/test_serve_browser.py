@@ -1,7 +1,9 @@
 """The live demo in a real browser: Debian's headless Chromium driven by Playwright against infer/serve.py.
 
-Needs the ``serve`` extra and the ``chromium`` Debian package (scripts/setup.sh and .ci/run install both); it fails,
-never skips, without them. Set SERVE_SCREENSHOT=docs/images/serve.png to refresh the README's screenshot.
+Needs the ``serve`` extra and the ``chromium`` Debian package (scripts/setup.sh installs both; chromium where it runs
+as root with apt). Without chromium the module skips with one line saying how to install it, except under CI (the
+``CI`` variable, set by .ci/run), where it fails: CI must run it. Set SERVE_SCREENSHOT=docs/images/serve.png to
+refresh the README's screenshot.
 """
 import os
 import shutil
@@ -18,6 +20,11 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium")
+INSTALL = "install Debian's chromium (bash scripts/setup.sh does as root; or: sudo apt-get install chromium)"
+if CHROMIUM is None and os.environ.get("CI"):
+    pytest.fail(f"the browser test must run under CI, but there is no chromium: {INSTALL}", pytrace=False)
+if CHROMIUM is None:
+    pytest.skip(f"the browser test needs chromium: {INSTALL}", allow_module_level=True)
 START_SECONDS = 120  # liveness bound for the server to load the model on a busy machine
 SHOWN_BEFORE_STOP = 12  # frames to watch (and the screenshot's moment) before pressing Stop
 ACK_TIMEOUT = 8  # seconds the server waits for a page that shows nothing (a hidden tab) before ending its generation
@@ -63,7 +70,6 @@ def serve(*args: str):
 
 
 def test_page_streams_frames_stops_and_downloads_what_was_shown(server_url, tmp_path):
-    assert CHROMIUM, "the browser test needs Debian's Chromium: apt-get install -y chromium (.ci/run installs it)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(accept_downloads=True, viewport={"width": 1000, "height": 760})

@@ -1,9 +1,11 @@
 """A page cannot hold the device for ever: one that stops acknowledging frames is dropped (and told so), one that
-claims to have shown more than it was sent gains nothing, and a page waits in the queue for a bounded time."""
+claims to have shown more than it was sent gains nothing, a page waits in the queue for a bounded time, and its
+switches are answered one by one at a bounded rate."""
 import pytest
 from fastapi.testclient import TestClient
 
 from ca2vdm.serve import create_app
+from ca2vdm.serve.protocol import MAX_PENDING_SWITCHES, SWITCH_BURST, SWITCH_RATE, ProtocolError, SwitchMessage
 from ca2vdm.serve.run import RunControl, Stalled
 
 from serve_helpers import FakeModel, PacedSource, receive, receive_until, start, wait_for
@@ -88,3 +90,45 @@ def test_a_page_waits_in_the_queue_for_a_bounded_time():
         assert receive(waiting)[0] == "started"
         source.allow(1)
         assert receive_until(waiting, "done")[0]["reason"] == "finished"
+
+
+def test_every_switch_is_answered_its_rate_bounded_and_what_the_command_line_refuses_is_refused():
+    """A switch got no reply; 1000 switches in 0.07 s were accepted. Now each gets 'switched' (at chunk N) or an
+    error; a page may ask for SWITCH_BURST at once, then SWITCH_RATE a second, with at most MAX_PENDING_SWITCHES
+    waiting; a chunk already being made, or one that has a switch, is refused as the command line refuses it."""
+    source = PacedSource()
+    app = create_app({"text": FakeModel("text", prompts=True)}, source=source)  # no chunk limit: every 'at' is ahead
+    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+        receive(ws)
+        ws.send_json({"type": "start", "model": "text", "prompt": "a red circle"})
+        assert receive(ws)[0] == "started" and wait_for(lambda: source.switches is not None)
+        source.switches(0)  # the source takes the switches before chunk 0: it is being made from now on
+        ws.send_json({"type": "switch", "prompt": "a blue square", "at": 0})
+        assert receive(ws)[1]["message"].startswith("at=0: chunk 0 is already made (or being made)")
+        replies = []
+        for at in range(1, 1001):
+            ws.send_json({"type": "switch", "prompt": "a blue square", "at": at})
+            replies.append(receive(ws)[1])
+        accepted = [r["at"] for r in replies if r["type"] == "switched"]
+        assert accepted == list(range(1, 1 + MAX_PENDING_SWITCHES))  # (the burst is as large)
+        refusals = {r["message"].split(";")[0] for r in replies if r["type"] == "error"}
+        assert refusals <= {f"{MAX_PENDING_SWITCHES} switches already wait for their chunks (1, 2, 3, 4)",
+                            f"too many switches: at most {SWITCH_BURST} at once, then {SWITCH_RATE:g} a second"}
+        assert len(replies) == 1000 and source.finished == 0  # every message answered, no chunk made meanwhile
+        ws.send_json({"type": "stop"})
+        assert receive_until(ws, "done")[0]["reason"] == "stopped"
+
+
+def test_run_control_bounds_the_rate_of_switches():
+    now = [0.0]
+    control = RunControl(clock=lambda: now[0])
+    ask = lambda at: control.request_switch(SwitchMessage(type="switch", prompt="a", at=at), None)  # noqa: E731
+    assert [ask(at) for at in range(SWITCH_BURST)] == list(range(SWITCH_BURST))
+    control.take_switches(SWITCH_BURST)  # they applied: none waits
+    with pytest.raises(ProtocolError, match="too many switches"):
+        ask(10)
+    now[0] += 1 / SWITCH_RATE
+    assert ask(10) == 10
+    with pytest.raises(ProtocolError, match="chunk 10 already has a switch"):
+        now[0] += 10
+        ask(10)

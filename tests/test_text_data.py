@@ -1,6 +1,7 @@
 """Text encoders (WordLlama's shipped table, a local transformers folder), caption manifests, captioned shapes, and
 training a text model on captions or on latents with stored caption vectors."""
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,45 @@ def test_caption_manifests_skip_and_list_bad_rows(tmp_path):
         load_captions(empty)
 
 
+def test_a_manifest_that_is_not_utf8_says_so_and_a_byte_order_mark_is_read(tmp_path):
+    """A non-UTF-8 manifest was a 35-line UnicodeDecodeError; a CSV with a UTF-8 BOM (spreadsheets write one) was
+    refused as having no file,caption columns."""
+    latin = tmp_path / "captions.jsonl"
+    latin.write_bytes('{"file": "a.mp4", "caption": "a red circle"}\n{"file": "b.mp4", "caption": "café"}\n'
+                      .encode("latin-1"))
+    with pytest.raises(DataError) as error:
+        load_captions(latin)
+    assert str(error.value) == f"caption manifest {latin} is not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+    bom = tmp_path / "captions.csv"
+    bom.write_bytes("file,caption\na.mp4,a red circle\n".encode("utf-8-sig"))
+    assert load_captions(bom) == ({"a.mp4": "a red circle"}, [])
+
+
+def test_a_caption_over_the_models_tokens_is_skipped_and_listed_at_load(tmp_path):
+    """It was read as it was: the run died at the batch that held it (naming --prompt), and again at the same step on
+    every resume; ca2vdm encode-latents aborted the whole encoding. Now such videos are skipped and listed when the
+    data is opened, as videos without captions are, and encoding goes on without them."""
+    from ca2vdm.data.clips import VideoFolderDataset
+    from ca2vdm.data.latent_encoding import encode_folder
+    from ca2vdm.encoders.codec import build_codec
+
+    write_captioned_dataset(tmp_path / "videos", num_videos=3, num_frames=8, size=16, seed=0)
+    manifest = tmp_path / "videos" / "captions.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows[1]["caption"] = "a very small red circle drifting left very slowly across the whole frame"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    encoder = WordLlamaEncoder(max_tokens=8)
+    data = VideoFolderDataset(tmp_path / "videos", 4, resolution=16, captions=manifest, caption_problem=encoder.problem,
+                              report_skipped=False)
+    assert [v.name for v in data.videos] == ["video_00000.mp4", "video_00002.mp4"]
+    assert data.skipped == [(str(tmp_path / "videos" / "video_00001.mp4"), f"its caption in {manifest} is 14 tokens "
+                             "long; this model reads at most 8 (model.text_tokens): shorten it")]
+    index = encode_folder(tmp_path / "videos", tmp_path / "latents", build_codec(None), 16, progress=False,
+                          text_encoder=encoder, text_name="wordllama", captions=manifest)
+    assert [v["file"] for v in index["videos"]] == ["video_00000.mp4", "video_00002.mp4"]
+    assert "14 tokens long" in index["skipped"][0][1]
+
+
 def test_captioned_shapes(tmp_path):
     assert write_captioned_dataset(tmp_path, num_videos=4, num_frames=6, size=16, seed=0) == 4
     rows = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
@@ -150,3 +190,26 @@ def test_text_model_starts_from_a_label_model(tmp_path):
     load_initial(text, label, "label.safetensors")
     assert torch.equal(text.state_dict()["x_embedder.weight"], label["x_embedder.weight"])
     assert np.all([(text.state_dict()[k] == 0).all() for k in text.state_dict() if k.endswith("cross.proj.weight")])
+
+
+def test_a_prompt_says_once_which_words_the_model_never_saw(tmp_path):
+    """Unknown words passed without a word. A text model's checkpoint records the words of its training captions
+    (the shipped text demo's too), and a prompt names, once, those the model never saw."""
+    from ca2vdm.generation.api import load_pipeline
+    from ca2vdm.training.diffusion_task import DiffusionTask
+
+    pipe = load_pipeline(ROOT / "checkpoints/text-demo.safetensors", steps=1)
+    assert {"red", "circle", "drifting"} <= pipe.sampler.text_encoder.seen_words
+    with pytest.warns(UserWarning, match="'a purple hexagon': the model never saw 'purple', 'hexagon' in its "
+                                         "training captions"):
+        pipe.generate(1, prompt="a purple hexagon")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.generate(1, prompt="a purple hexagon")  # once
+        pipe.generate(1, prompt="a small red circle drifting left slowly")  # every word seen
+    write_captioned_dataset(tmp_path / "videos", num_videos=3, num_frames=8, size=16, seed=0)
+    config = load_config(ROOT / "configs/tiny.yaml", [f"data.root={tmp_path / 'videos'}", "model.num_classes=0",
+                                                      "model.text_encoder=wordllama", "model.text_tokens=12"])
+    task = DiffusionTask(config, torch.device("cpu"))
+    dataset = task.dataset(config)
+    assert task.caption_words == sorted({w for c in dataset.captions for w in c.split()})  # what checkpoints record

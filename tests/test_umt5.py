@@ -5,7 +5,7 @@ names read into UMT5EncoderModel."""
 import pytest
 import torch
 
-from ca2vdm.encoders.text import check_prompt
+from ca2vdm.config.conditioning import check_prompt
 from ca2vdm.encoders.umt5 import UMT5TextEncoder, load_wan_t5, wan_t5_to_umt5
 from ca2vdm.errors import ConfigError, SettingError
 

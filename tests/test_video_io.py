@@ -1,4 +1,8 @@
+import os
+import platform
 import re
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -185,3 +189,30 @@ def test_unreadable_videos_print_no_raw_decoder_lines(tmp_path, capfd):
         with pytest.raises(ValueError, match=name):
             read_frames(tmp_path / name, range(24))
     assert capfd.readouterr().err == ""
+
+
+# Writes six low-motion shape clips (two of which libx264's B-frame rate control encoded from memory it never wrote)
+# twice in one process; prints each file's sha256.
+_WRITE_TWICE = r"""
+import hashlib, sys, numpy as np
+from ca2vdm.data.synthetic import SHAPES, render_shape_video
+from ca2vdm.io.video_writer import VideoWriter
+for seed in range(6):
+    frames = render_shape_video(np.random.default_rng(seed), 13, 32, SHAPES[seed % 3])
+    for _ in range(2):
+        with VideoWriter(sys.argv[1], fps=8, overwrite=True) as writer:
+            writer.write(frames)
+        print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="MALLOC_PERTURB_ is glibc's")
+def test_the_same_frames_give_the_same_file_whatever_the_heap_holds(tmp_path):
+    """glibc's MALLOC_PERTURB_ fills fresh memory with a byte: a file that depends on uninitialised memory changes with
+    it (it did for two of these clips: B-frames, docs/reliability.md), while the same frames must give the same bytes
+    in every process and every write."""
+    runs = [subprocess.run([sys.executable, "-c", _WRITE_TWICE, str(tmp_path / f"{fill}.mp4")], capture_output=True,
+                           text=True, check=True, env={**os.environ, "MALLOC_PERTURB_": str(fill)}).stdout.split()
+            for fill in (85, 170)]
+    assert len(runs[0]) == 12 and runs[0] == runs[1]
+    assert runs[0][0::2] == runs[0][1::2]  # the first write of a process equals the next

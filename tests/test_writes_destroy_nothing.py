@@ -52,8 +52,8 @@ def export(*args) -> str:
 def test_export_never_replaces_a_device_pipe_or_socket(special):
     for extra in ([], ["--overwrite"]):
         error = export(DEMO, special, *extra)
-        assert error == f"error: {special} exists and is not a regular file (a device, pipe or socket): writing " \
-                        "would replace it; choose a file path", error
+        assert error == f"error: DST {special}: exists and is not a regular file (a device, pipe or socket): " \
+                        "writing would replace it; choose a file path", error
 
 
 def test_export_destination_must_be_a_safetensors_file(tmp_path):

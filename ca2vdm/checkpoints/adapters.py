@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ca2vdm.checkpoints.weights import load_model, read_metadata, save_weights, weights_file
-from ca2vdm.errors import CheckpointError, opt
+from ca2vdm.config.lora import LORA_SCALE
+from ca2vdm.errors import CheckpointError, SettingError, opt
 
 ADAPTER_NAME = "adapter.safetensors"  # in a LoRA run's checkpoint folder, beside the resume state
 LoraSpec = str | os.PathLike | tuple[str | os.PathLike, float]  # a path (scale 1), or (path, scale)
@@ -89,11 +90,19 @@ def adapter_metadata(settings: dict, base_sha256: str, base_checkpoint: str) -> 
 
 
 def lora_specs(lora: LoraSpec | Iterable[LoraSpec] | None) -> list[tuple[Path, float]]:
-    """``lora=`` of the API (a path, (path, scale), or a list of those) -> [(path, scale)]."""
+    """``lora=`` of the API (a path, (path, scale), or a list of those) -> [(path, scale)]; SettingError naming
+    ``lora`` for anything else, or a scale that is not a finite number in :data:`~ca2vdm.config.lora.LORA_SCALE`'s
+    range."""
     if lora is None:
         return []
     items = [lora] if isinstance(lora, (str, os.PathLike, tuple)) else list(lora)
-    return [(Path(item[0]), float(item[1])) if isinstance(item, tuple) else (Path(item), 1.0) for item in items]
+    specs = []
+    for item in items:
+        path, scale = item if isinstance(item, tuple) and len(item) == 2 else (item, 1.0)
+        if not isinstance(path, (str, os.PathLike)):
+            raise SettingError("lora", repr(item), "give an adapter's path, (path, scale), or a list of them")
+        specs.append((Path(path), LORA_SCALE.check("lora", scale)))
+    return specs
 
 
 def check_base(adapter: Adapter, base_sha256: str, base: str | os.PathLike) -> None:

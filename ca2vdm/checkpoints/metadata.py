@@ -29,6 +29,7 @@ class CheckpointMetadata:
     calibration: Mapping[str, list[float]] = field(default_factory=dict)  # by name, e.g. teacache_coefficients
     class_names: list[str] | None = None  # one per label, when the checkpoint names its classes
     step: int | None = None               # the training step it was saved at
+    caption_words: list[str] | None = None  # a text model: the words of its training captions, when recorded
     raw: Mapping[str, Any] = field(default_factory=dict)  # every recorded entry, decoded
     version: int = VERSION
 
@@ -54,9 +55,10 @@ class CheckpointMetadata:
         names = raw.get("class_names")
         valid_names = isinstance(names, list) and len(names) == model.num_classes and all(
             isinstance(n, str) for n in names)
-        step = raw.get("step")
+        step, seen = raw.get("step"), raw.get("caption_words")
+        seen = seen if isinstance(seen, list) and all(isinstance(w, str) for w in seen) else None
         return cls(model, sampler, dict(codec), {k: list(raw[k]) for k in CALIBRATIONS if raw.get(k)},
-                   names if valid_names else None, step if isinstance(step, int) else None, dict(raw), version)
+                   names if valid_names else None, step if isinstance(step, int) else None, seen, dict(raw), version)
 
     def entries(self) -> dict[str, Any]:
         """What a writer records (besides ``model_config``): the raw entries updated with the typed ones."""
@@ -67,4 +69,6 @@ class CheckpointMetadata:
             out["class_names"] = list(self.class_names)
         if self.step is not None:
             out["step"] = self.step
+        if self.caption_words is not None:
+            out["caption_words"] = list(self.caption_words)
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -44,9 +45,15 @@ def save_tensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata
 def weights_file(path: str | Path) -> Path:
     """Resolve a checkpoint directory (``runs/<name>/checkpoints/latest``: the newest ``step_N``) or a
     .safetensors file to the weights file inference loads."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise CheckpointError(f"checkpoint {path!r} is not a path; pass {opt('checkpoint')} with a .safetensors file "
+                              "or a training checkpoint directory")
     path = latest_checkpoint(path)
     if path.is_dir():
         path = path / WEIGHTS_NAME
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a device, pipe or socket); pass "
+                              f"{opt('checkpoint')} with a .safetensors file or a training checkpoint directory")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; pass {opt('checkpoint')} with a .safetensors file or a "
                               "training checkpoint directory (runs/<name>/checkpoints/step_N, or .../latest)")
@@ -111,8 +118,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu",
     path = weights_file(path)
     metadata = read_metadata(path)
     if "lora" in metadata:  # an adapter holds the low-rank tensors only (ca2vdm.checkpoints.adapters)
-        raise CheckpointError(f"{path} is a LoRA adapter (trained on {metadata.get('base_checkpoint')}), not a model; "
-                              f"load its base checkpoint and pass the adapter as {opt('lora', path)}")
+        base = metadata.get("base_checkpoint")
+        raise CheckpointError(f"{path} is a LoRA adapter (trained on {base}), not a model: fold it into its base with "
+                              f"ca2vdm merge-lora {base} {path} MERGED.safetensors and use that (ca2vdm generate and "
+                              "ca2vdm serve also take an adapter beside its base: --lora; load_pipeline: lora=)")
     cfg = model_config_of(path)
     if overrides:
         cfg = validate_model(dataclasses.replace(cfg, **overrides))

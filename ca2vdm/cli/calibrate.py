@@ -19,29 +19,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ca2vdm.cli.args import new_parser, positive_int
+from ca2vdm.cli.args import count, new_parser, positive_int
 from ca2vdm.errors import Ca2vdmError
 
 POLICIES = ("teacache", "magcache")  # the step caches that need a calibration
 MAX_DEGREE = 8  # TeaCache fits degree 4; beyond this a polynomial of relative changes only chases noise
 
 
-def degree(text: str) -> int:
-    """argparse type of the polynomial's degree: 1 .. MAX_DEGREE."""
-    value = int(text)
-    if not 1 <= value <= MAX_DEGREE:
-        raise argparse.ArgumentTypeError(f"must be a whole number in 1 .. {MAX_DEGREE}, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("--checkpoint", required=True, help="weights file or training checkpoint directory")
+    p.add_input("--checkpoint", required=True, help="weights file or training checkpoint directory (its metadata is "
+                "updated in place)")
     p.add_argument("--policy", choices=POLICIES, default="teacache", help="what to calibrate")
     p.add_argument("--seeds", type=positive_int, default=8, help="videos to sample (default 8)")
     p.add_argument("--chunks", type=positive_int, default=4, help="chunks per video (default 4)")
-    p.add_argument("--degree", type=degree, default=4, help=f"TeaCache: degree of the polynomial, 1 .. {MAX_DEGREE} "
-                                                            "(default 4)")
+    p.add_argument("--degree", type=count(1, MAX_DEGREE), default=4,
+                   help=f"TeaCache: degree of the polynomial, 1 .. {MAX_DEGREE} (default 4)")
     p.add_argument("--dry-run", action="store_true", help="print the fit, do not write the checkpoint")
     return p.parse_args(argv)
 

@@ -45,8 +45,8 @@ def invocation() -> list[str]:
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[argparse.Namespace, int]:
     """The arguments and the shard size in bytes (a bad size is a usage error, as a bad flag is)."""
     p = new_parser(__doc__, prog)
-    p.add_argument("--config", required=True, help="training config (data, codec and model sections are used)")
-    p.add_argument("--out", required=True, help="new (or empty) directory for the shards and index.json")
+    p.add_input("--config", required=True, help="training config (data, codec and model sections are used)")
+    p.add_output("--out", kind="folder", required=True, help="new (or empty) directory for the shards and index.json")
     p.add_argument("--shard-size", default="256MB", help="close a shard once it holds this much latent data (e.g. "
                    "256MB, 1GB); memory use is about one shard")
     p.add_argument("--resume", action="store_true", help="continue an encoding that was stopped, keeping its "

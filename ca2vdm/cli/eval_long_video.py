@@ -30,38 +30,32 @@ import argparse
 import sys
 from pathlib import Path
 
-from ca2vdm.cli.args import new_parser
-from ca2vdm.errors import Ca2vdmError
+from ca2vdm.cli.args import count, new_parser
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("videos", type=Path, nargs="+", help="generated mp4 files (several: one comparison line each)")
-    p.add_argument("--data", type=Path, default=Path("data/shapes"), help="training videos (default data/shapes)")
-    p.add_argument("--chunk-frames", type=int, default=4, help="frames per generated chunk (demo model: 4)")
-    p.add_argument("--first-frames", type=int, default=1, help="frames before the first chunk (default 1)")
-    p.add_argument("--samples", type=int, default=30, help="training videos in the reference (default 30)")
-    p.add_argument("--json", type=Path, default=None, help="also write the rows, summary and reference to this file "
-                   "(several videos: a list of their summaries and references)")
+    p.add_input("videos", type=Path, nargs="+", help="generated mp4 files (several: one comparison line each)")
+    p.add_input("--data", type=Path, default=Path("data/shapes"), help="training videos (default data/shapes)")
+    p.add_argument("--chunk-frames", type=count(1, 10_000), default=4,
+                   help="frames per generated chunk (demo model: 4), 1 .. 10000")
+    p.add_argument("--first-frames", type=count(0, 10_000), default=1,
+                   help="frames before the first chunk (default 1), 0 .. 10000")
+    p.add_argument("--samples", type=count(1, 100_000), default=30,
+                   help="training videos in the reference (default 30), 1 .. 100000")
+    p.add_output("--json", type=Path, default=None, help="also write the rows, summary and reference to this file "
+                 "(several videos: a list of their summaries and references)")
     p.add_argument("--summary-only", action="store_true", help="print the summary, not the per-chunk table")
-    args = p.parse_args(argv)
-    if args.chunk_frames < 1 or args.first_frames < 0 or args.samples < 1:
-        p.error("--chunk-frames and --samples must be >= 1 and --first-frames >= 0")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = parse_args(argv, prog)
     from ca2vdm.evaluation.drift import evaluate, reference  # after the arguments: --help answers before torch loads
     from ca2vdm.evaluation.drift_summary import compare_line, format_summary, format_table, nan_to_none, summarize
-    from ca2vdm.io.results import check_results_path, write_results
+    from ca2vdm.io.results import write_results
     from ca2vdm.io.video import read_video
 
-    try:
-        if args.json:
-            check_results_path(args.json, args.videos, "json")
-    except Ca2vdmError as e:
-        sys.exit(f"error: {e.for_cli()}")
     reports, lines = [], []
     for path in args.videos:
         try:

@@ -22,25 +22,41 @@ import argparse
 import json
 import sys
 
-from ca2vdm.cli.args import new_parser
+from ca2vdm.cli.args import count, new_parser, number, seed
+from ca2vdm.config import SamplerSettings
+from ca2vdm.config.options import declared_fields
 from ca2vdm.errors import Ca2vdmError
+from ca2vdm.io.paths import DEFAULT_CHECKPOINT
+
+TEXT_DEMO = DEFAULT_CHECKPOINT.with_name("text-demo.safetensors")  # shipped beside the demo model
+SWITCH_CONTEXT = 2  # chunks before the switch the seam and the contact sheet compare with (so --switch-at >= 2)
+LIMIT = 1000  # chunks of a video, and repeats, this evaluation makes at most (it runs on a CPU in minutes)
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("--checkpoint", default="checkpoints/text-demo.safetensors", help="a text model's weights")
-    p.add_argument("--json", required=True, help="write the figures here")
-    p.add_argument("--videos", type=int, default=4, help="videos per training pair (held-out pairs: twice as many)")
-    p.add_argument("--chunks", type=int, default=6, help="chunks per adherence video")
-    p.add_argument("--seeds", type=int, default=2, help="videos per switch pair")
-    p.add_argument("--switch-at", type=int, default=4, help="chunk of the switch")
-    p.add_argument("--after", type=int, default=6, help="chunks generated from the switch on")
-    p.add_argument("--label-checkpoint", default="checkpoints/demo.safetensors",
-                   help="a label model of the same sizes, for the cost comparison ('' to skip)")
-    p.add_argument("--cost-repeats", type=int, default=3, help="interleaved repeats of the timing")
-    p.add_argument("--sheet", default=None, help="a contact sheet PNG of one switched video in each mode")
-    p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default: the checkpoint's)")
+    p.add_input("--checkpoint", default=str(TEXT_DEMO), help="a text model's weights (default: the shipped "
+                "checkpoints/text-demo.safetensors)")
+    p.add_output("--json", required=True, help="write the figures here")
+    p.add_argument("--videos", type=count(1, LIMIT), default=4,
+                   help="videos per training pair (held-out pairs: twice as many), 1 .. 1000")
+    p.add_argument("--chunks", type=count(1, LIMIT), default=6, help="chunks per adherence video, 1 .. 1000")
+    p.add_argument("--seeds", type=count(1, LIMIT), default=2, help="videos per switch pair, 1 .. 1000")
+    p.add_argument("--switch-at", type=count(SWITCH_CONTEXT, LIMIT), default=4,
+                   help=f"chunk of the switch in videos of --switch-at + --after chunks, {SWITCH_CONTEXT} .. {LIMIT} "
+                        f"(the seam compares it with the {SWITCH_CONTEXT} chunks before)")
+    p.add_argument("--after", type=count(SWITCH_CONTEXT, LIMIT), default=6,
+                   help=f"chunks generated from the switch on, {SWITCH_CONTEXT} .. {LIMIT}")
+    p.add_input("--label-checkpoint", default=str(DEFAULT_CHECKPOINT),
+                help="a label model of the same sizes, for the cost comparison ('' to skip; default: the shipped "
+                     "checkpoints/demo.safetensors)")
+    p.add_argument("--cost-repeats", type=count(1, LIMIT), default=3,
+                   help="interleaved repeats of the timing, 1 .. 1000")
+    p.add_output("--sheet", default=None, help="a contact sheet PNG of one switched video in each mode")
+    p.add_argument("--seed", type=seed, default=0, help="first seed, 0 .. 2**64 - 1")
+    cfg_scale = declared_fields(SamplerSettings)["cfg_scale"]
+    p.add_argument("--cfg-scale", type=number(cfg_scale), default=None,
+                   help=f"guidance scale (default: the checkpoint's); {cfg_scale.describe()}")
     p.add_argument("--cost-only", action="store_true", help="measure only the cost (a quiet machine's timing)")
     args = p.parse_args(argv)
     if args.cost_only and not args.label_checkpoint:
@@ -49,18 +65,14 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    args = parse_args(argv, prog)
-    from ca2vdm.io.paths import check_writable_file
-    from ca2vdm.io.results import check_results_path
-
+    args = parse_args(argv, prog)  # outputs checked there, before the work
     inputs = [args.checkpoint] + ([args.label_checkpoint] if args.label_checkpoint else [])
-    try:  # before the work, not after it
-        check_results_path(args.json, inputs, "json")
-        if args.sheet:
-            check_writable_file(args.sheet, "sheet")
+    try:
+        run(args, inputs)
     except Ca2vdmError as e:
         sys.exit(f"error: {e.for_cli()}")
-    run(args, inputs)
+    except KeyboardInterrupt:
+        sys.exit("stopped by SIGINT before the figures were measured; nothing written")
 
 
 def run(args: argparse.Namespace, inputs: list[str]) -> None:
@@ -77,9 +89,11 @@ def run(args: argparse.Namespace, inputs: list[str]) -> None:
 
     torch.manual_seed(args.seed)
     pipe = load_pipeline(args.checkpoint, "cpu", cfg_scale=args.cfg_scale)
+    label_pipe = load_pipeline(args.label_checkpoint, "cpu") if args.label_checkpoint else None
+    check_models(args, pipe, label_pipe)
     out = {"checkpoint": args.checkpoint, "sampler": pipe.settings.to_dict()}
     if args.cost_only:
-        out["cost"] = cost(pipe, load_pipeline(args.label_checkpoint, "cpu"), args.cost_repeats, 8)
+        out["cost"] = cost(pipe, label_pipe, args.cost_repeats, 8)
         print(f"cost {json.dumps(out['cost'])}")
         write_results(args.json, out, inputs, "json")
         return
@@ -92,15 +106,26 @@ def run(args: argparse.Namespace, inputs: list[str]) -> None:
           f"(reader accuracy on rendered shapes {out['reader_accuracy']:.3f})")
     out["switch"], extra = switch_eval(pipe, reader, args.seeds, args.switch_at, args.after, args.seed)
     out["seam_without_switch"] = extra["seam_without_switch"]
-    label_pipe = load_pipeline(args.label_checkpoint, "cpu") if args.label_checkpoint else None
     out["cost"] = cost(pipe, label_pipe, args.cost_repeats, 8)
     print(f"seam without a switch {out['seam_without_switch']:.2f}; cost {json.dumps(out['cost'])}")
     out["videos"] = {"train": train_rows, "heldout": held_rows}
     write_results(args.json, out, inputs, "json")
     if args.sheet:  # one row per mode: the chunks around the switch of the first video
-        start = extra["at_frame"] - 2 * pipe.model.cfg.chunk_frames
-        rows = [extra["videos"][m][0][start:start + 4 * pipe.model.cfg.chunk_frames] for m in
+        start = extra["at_frame"] - SWITCH_CONTEXT * pipe.model.cfg.chunk_frames
+        rows = [extra["videos"][m][0][start:start + 2 * SWITCH_CONTEXT * pipe.model.cfg.chunk_frames] for m in
                 ("none", "recache", "keep", "reset")]
         sheet = np.concatenate(rows).repeat(3, axis=1).repeat(3, axis=2)
-        save_contact_sheet(sheet, args.sheet, frames_per_row=4 * pipe.model.cfg.chunk_frames)
+        save_contact_sheet(sheet, args.sheet, frames_per_row=2 * SWITCH_CONTEXT * pipe.model.cfg.chunk_frames)
         print(f"wrote {args.sheet}")
+
+
+def check_models(args: argparse.Namespace, pipe, label_pipe) -> None:
+    """A text model to measure, a label model to compare its cost with (one line and exit 1 otherwise)."""
+    if not pipe.model.text_conditional:
+        sys.exit(f"error: --checkpoint {args.checkpoint}: is not a text model (it takes "
+                 f"{'labels' if pipe.model.cfg.num_classes else 'no condition'}, not prompts); give a text model's "
+                 "weights, e.g. checkpoints/text-demo.safetensors")
+    if label_pipe is not None and (label_pipe.model.text_conditional or not label_pipe.model.cfg.num_classes):
+        sys.exit(f"error: --label-checkpoint {args.label_checkpoint}: is not a label model; give one of the text "
+                 "model's sizes (e.g. checkpoints/demo.safetensors), or '' to skip the comparison")
+

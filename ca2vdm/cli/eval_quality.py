@@ -19,30 +19,35 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ca2vdm.cli.args import new_parser
+from ca2vdm.cli.args import count, new_parser, number, seed
+from ca2vdm.config import SamplerSettings
+from ca2vdm.config.options import declared_fields
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 
 DETECTOR = DEFAULT_CHECKPOINT.with_name("shapes-detector.safetensors")  # shipped beside the demo model
+LIMIT = 100_000  # videos and chunks this evaluation makes at most
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    sampler = declared_fields(SamplerSettings)
     p = new_parser(__doc__, prog)
-    p.add_argument("--checkpoint", required=True, help="the video model (.safetensors or checkpoint directory)")
-    p.add_argument("--videos", type=int, default=64, help="videos to generate (at least 2)")
-    p.add_argument("--chunks", type=int, default=8, help="chunks per video (after the first frame)")
-    p.add_argument("--label", type=int, default=None, help="one label for every video (default: cycle the classes)")
-    p.add_argument("--seed", type=int, default=0, help="video i uses seed + i")
-    p.add_argument("--json", required=True, help="where to write the figures")
-    p.add_argument("--steps", type=int, default=None, help="override the checkpoint's denoising steps")
-    p.add_argument("--cfg-scale", type=float, default=None, help="override the checkpoint's guidance scale")
-    p.add_argument("--detector", default=str(DETECTOR), help="our detector (.safetensors) or a TorchScript I3D file")
-    p.add_argument("--data", default=None, help="labelled video folder whose clips are the real ones (default: the "
-                   "statistics stored in our detector; required for any other)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = p.parse_args(argv)
-    if args.videos < 2 or args.chunks < 1:
-        p.error(f"--videos must be >= 2 and --chunks >= 1, got {args.videos} and {args.chunks}")
-    return args
+    p.add_input("--checkpoint", required=True, help="the video model (.safetensors or checkpoint directory)")
+    p.add_argument("--videos", type=count(2, LIMIT), default=64, help=f"videos to generate, 2 .. {LIMIT}")
+    p.add_argument("--chunks", type=count(1, LIMIT), default=8,
+                   help=f"chunks per video (after the first frame), 1 .. {LIMIT}")
+    p.add_argument("--label", type=count(0), default=None, help="one label for every video (default: cycle the "
+                   "classes); one of the model's labels")
+    p.add_argument("--seed", type=seed, default=0, help="video i uses seed + i; 0 .. 2**64 - 1")
+    p.add_output("--json", required=True, help="where to write the figures")
+    p.add_argument("--steps", type=number(sampler["steps"]), default=None,
+                   help=f"override the checkpoint's denoising steps; {sampler['steps'].describe()}")
+    p.add_argument("--cfg-scale", type=number(sampler["cfg_scale"]), default=None,
+                   help=f"override the checkpoint's guidance scale; {sampler['cfg_scale'].describe()}")
+    p.add_input("--detector", default=str(DETECTOR), help="our detector (.safetensors) or a TorchScript I3D file")
+    p.add_input("--data", default=None, help="labelled video folder whose clips are the real ones (default: the "
+                "statistics stored in our detector; required for any other)")
+    p.add_argument("--threads", type=count(1, 1024), default=None, help="torch threads (default: torch's), 1 .. 1024")
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
@@ -54,12 +59,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     from ca2vdm.evaluation.detector_training import real_clips, real_gaussians
     from ca2vdm.evaluation.quality import evaluate_quality
     from ca2vdm.generation.api import load_pipeline
-    from ca2vdm.io.results import check_results_path, write_results
+    from ca2vdm.io.results import write_results
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        check_results_path(args.json, [args.checkpoint], "json")  # before the work, not after it
         detector = load_detector(args.detector)
         real = None
         if args.data or not detector.real:

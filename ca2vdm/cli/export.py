@@ -57,8 +57,9 @@ def ship_autoencoder(src: str, dst: Path, directory: Path, overwrite: bool) -> d
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("src", help="checkpoint directory or .safetensors file; or another project's Wan weights")
-    p.add_argument("dst", help="output .safetensors file")
+    p.add_input("src", what="the checkpoint being exported",
+                help="checkpoint directory or .safetensors file; or another project's Wan weights")
+    p.add_output("dst", replace=False, help="output .safetensors file (an existing one only with --overwrite)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="another project's weights: model.* and sampler.* settings to record (model.positions=ring)")
     p.add_argument("--dtype", choices=sorted(PRECISIONS), help="precision of the exported weights (default: fp16; "
@@ -68,14 +69,15 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                    "table of ca2vdm/config/presets.py, else self-forcing for a .pt, wan for Wan's own weights)")
     p.add_argument("--model", choices=WAN_SIZES, help="another project's weights: the named size whose frame size and "
                    "text encoder they are used with (default: wan-1.3b)")
-    p.add_argument("--lora", type=Path, help="LongLive's lora.pt, folded into the base weights")
-    p.add_argument("--lora-alpha", type=float, help="the LoRA's alpha (default: its rank, as LongLive trains it)")
+    p.add_input("--lora", type=Path, what="the LoRA (--lora)", help="LongLive's lora.pt, folded into the base weights")
+    p.add_setting("--lora-alpha", default=None, kind=float, low=0, low_open=True,
+                  help="the LoRA's alpha (default: its rank, as LongLive trains it)")
     p.add_argument("--generator", choices=("generator_ema", "generator", "model"),
                    help="which weights of a .pt (default: generator_ema, else generator, else model)")
-    p.add_argument("--vae", type=Path, help="another project's weights: the Wan VAE folder (AutoencoderKLWan, "
-                   "save_pretrained) to record as the codec")
-    p.add_argument("--autoencoder", type=Path, help="latent models: copy their autoencoder to this directory and "
-                                                   "record it relative to dst")
+    p.add_input("--vae", type=Path, what="the VAE folder (--vae)", help="another project's weights: the Wan VAE "
+                "folder (AutoencoderKLWan, save_pretrained) to record as the codec")
+    p.add_output("--autoencoder", kind="folder", type=Path,
+                 help="latent models: copy their autoencoder to this directory and record it relative to dst")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dst (never the source itself nor "
                                                             "a file inside a training checkpoint folder)")
     return p.parse_intermixed_args(argv)

@@ -8,7 +8,8 @@
     ca2vdm generate --base Wan2.1-T2V-1.3B-Diffusers --checkpoint self_forcing_dmd.pt --prompt "a fox" --chunks 60 \
         --switch 20="a fox in the snow" --offload-text-encoder        # a downloaded Wan folder (docs/models.md)
 
-Outputs: without --out the video goes to outputs/long_video.mp4, this tool's scratch file, replaced by every run.
+Outputs: without --out the video goes to outputs/long_video.mp4, this tool's scratch file, replaced by every run
+(which says so, and removes the earlier run's contact sheet beside it unless it writes a new one with --preview).
 A file given with --out that exists is refused unless --overwrite. An output is never the checkpoint (or a file in
 a checkpoint directory), the --first-frame input, a device, or another output of the run.
 
@@ -26,15 +27,18 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from ca2vdm.cli.args import (
     FLAGS,
     add_base_flags,
     add_sampler_flags,
+    count,
     lora_spec,
     new_parser,
     positive_int,
     sampler_overrides,
+    seed,
 )
 from ca2vdm.config import PRECISIONS, SWITCH_MODES
 from ca2vdm.errors import Ca2vdmError
@@ -46,21 +50,22 @@ GENERATE_FLAGS = {**FLAGS, "preview": "the --preview sheet"}
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("--checkpoint", default=None,
+    p.add_input("--checkpoint", default=None,
                    help="weights (.safetensors) or a training checkpoint directory (default: the shipped demo model, "
                         "checkpoints/demo.safetensors)")
-    p.add_argument("--out", default=None,
+    p.add_output("--out", kind="video", default=None,
                    help=f"output mp4, written atomically; an existing file is refused unless --overwrite. A "
                         f"directory (or a path ending in /) gets {VIDEO_NAME} inside it, created if needed. Default: "
                         f"{DEFAULT_OUT}, the scratch output that every run without --out replaces")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out video (and its --preview sheet)")
     p.add_argument("--chunks", type=positive_int, default=20, help="number of chunks to generate (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="random seed, 0 .. 2**64 - 1 (same seed, same video)")
-    p.add_argument("--first-frame", default=None,
+    p.add_argument("--seed", type=seed, default=0, help="random seed, 0 .. 2**64 - 1 (same seed, same video)")
+    p.add_input("--first-frame", default=None,
                    help="image or video to continue; a video is streamed into the output, and only its last frames "
                         "(those that can still influence the next chunk) are run through the model")
-    p.add_argument("--label", type=int, default=None, help="class label (demo model: 0 circle, 1 square, 2 triangle)")
+    p.add_argument("--label", type=count(0), default=None,
+                   help="class label, one of the model's (demo model: 0 circle, 1 square, 2 triangle)")
     p.add_argument("--prompt", default=None,
                    help="a text model's prompt (text-demo: e.g. 'a small blue triangle drifting left slowly'; at most "
                         "model.text_tokens tokens)")
@@ -79,10 +84,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--dtype", choices=list(PRECISIONS), default=None,
                    help="precision of the weights and the KV cache (rotary phases and softmax statistics stay fp32); "
                         "default: bf16 on CUDA, fp32 on the CPU")
-    p.add_argument("--fps", type=positive_int, default=8, help="frame rate of the mp4")
-    p.add_argument("--codec-path", default=None,
+    p.add_argument("--fps", type=count(1, 240), default=8, help="frame rate of the mp4, 1 .. 240")
+    p.add_input("--codec-path", default=None,
                    help="the autoencoder's save_pretrained folder, if not where the checkpoint recorded it")
-    p.add_argument("--stats", default=None,
+    p.add_output("--stats", default=None,
                    help="write per-chunk timings and model evaluations to this JSON file (replaced if it exists)")
     p.add_argument("--preview", action="store_true", help="also write a contact sheet PNG beside the mp4")
     p.add_argument("--verbose", action="store_true", help="a progress bar per denoising step too")
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                              size=args.size, offload_text_encoder=args.offload_text_encoder)
     checkpoint = args.checkpoint or (None if args.base else DEFAULT_CHECKPOINT)
     out = args.out or DEFAULT_OUT
+    scratch = args.out is None and args.num_videos is None and out.exists()  # replaced, and said so
     with StopSignals() as stop:
         try:
             if args.num_videos is not None:
@@ -152,6 +158,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     gpu = f"peak GPU memory {stats['peak_gpu_mb']:.0f} MB, " if "peak_gpu_mb" in stats else ""
     print(f"wrote {stats['video']}: {stats['frames']} frames in {stats['seconds']:.1f}s "
           f"({gpu}peak RSS {stats['peak_rss_mb']:.0f} MB)" + (f", preview {stats['preview']}" if args.preview else ""))
+    if scratch:
+        print(replaced_scratch(out, args.preview))
+
+
+def replaced_scratch(out: Path, preview: bool) -> str:
+    """What a run without --out did to the scratch video it replaced: said in one line, and the earlier run's
+    contact sheet beside it, which shows another video, removed unless this run wrote a new one."""
+    sheet = out.with_suffix(".png")
+    stale = not preview and sheet.is_file()
+    if stale:
+        sheet.unlink()
+    return (f"replaced the earlier {out}" + (f" and removed its contact sheet {sheet}" if stale else "") +
+            ": runs without --out write this scratch file; give --out to keep a video")
 
 
 def stopped_message(stopped, chunks: int) -> str:

@@ -3,6 +3,7 @@
     ca2vdm make-data --out data/shapes --num-videos 200 --frames 128 --size 32
     ca2vdm make-data --out data/shapes-white --colour 255,255,255  # a colour PALETTE lacks
     ca2vdm make-data --out data/captioned --captions   # captions.jsonl + held_out.json
+    ca2vdm make-data --out data/shapes --num-videos 20 --overwrite   # replace the dataset written there before
 
 With --captions each video shows one shape drifting across a wrap-around frame, described by a caption ("a small
 blue triangle drifting left slowly"); the colour-shape pairs of held_out.json never appear (ca2vdm/data/captioned.py).
@@ -10,27 +11,31 @@ blue triangle drifting left slowly"); the colour-shape pairs of held_out.json ne
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ca2vdm.cli.args import new_parser
+from ca2vdm.cli.args import count, new_parser, rgb, seed
+from ca2vdm.errors import Ca2vdmError
 
-
-def _rgb(text: str) -> tuple[int, int, int]:
-    values = text.split(",")
-    if len(values) != 3 or not all(v.strip().isdigit() and int(v) <= 255 for v in values):
-        raise argparse.ArgumentTypeError(f"expected R,G,B with each 0-255 (e.g. 255,255,255), got {text!r}")
-    return tuple(int(v) for v in values)
+MIN_SIZE, MAX_SIZE = 8, 1024  # frame sides a shape is drawn in (4x supersampled: a 1024-pixel frame is 64 MB)
+MAX_VIDEOS, MAX_FRAMES = 1_000_000, 100_000
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     parser = new_parser(__doc__, prog)
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--num-videos", type=int, default=200, help="how many videos to write")
-    parser.add_argument("--frames", type=int, default=128, help="frames per video")
-    parser.add_argument("--size", type=int, default=32, help="frame height and width in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="seed of shapes, colours and motions")
-    parser.add_argument("--fps", type=int, default=8, help="frame rate written into the mp4 files")
-    parser.add_argument("--colour", type=_rgb, default=None, metavar="R,G,B",
+    parser.add_output("--out", kind="folder", type=Path, required=True,
+                      help="output folder: new or empty (an earlier dataset here is replaced only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset this tool wrote into --out before (never any other file)")
+    parser.add_argument("--num-videos", type=count(1, MAX_VIDEOS), default=200,
+                        help=f"how many videos to write, 1 .. {MAX_VIDEOS}")
+    parser.add_argument("--frames", type=count(1, MAX_FRAMES), default=128,
+                        help=f"frames per video, 1 .. {MAX_FRAMES}")
+    parser.add_argument("--size", type=count(MIN_SIZE, MAX_SIZE), default=32,
+                        help=f"frame height and width in pixels, {MIN_SIZE} .. {MAX_SIZE}")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of shapes, colours and motions, 0 .. 2**64 - 1")
+    parser.add_argument("--fps", type=count(1, 240), default=8, help="frame rate written into the mp4 files, 1 .. 240")
+    parser.add_argument("--colour", type=rgb, default=None, metavar="R,G,B",
                         help="paint every shape this colour (0-255 each) instead of the palette's eight")
     parser.add_argument("--captions", action="store_true",
                         help="captioned drifting shapes for a text model (captions.jsonl) instead of labelled ones")
@@ -44,8 +49,12 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = parse_args(argv, prog)
     from ca2vdm.data.captioned import HELD_OUT, write_captioned_dataset  # after the arguments
-    from ca2vdm.data.synthetic import SHAPES, write_dataset
+    from ca2vdm.data.synthetic import SHAPES, start_dataset, write_dataset
 
+    try:
+        start_dataset(args.out, args.overwrite)  # before any video: an existing folder is refused or emptied
+    except Ca2vdmError as e:
+        sys.exit(f"error: {e.for_cli()}")
     if args.captions:
         count = write_captioned_dataset(args.out, args.num_videos, args.frames, args.size, args.seed, fps=args.fps)
         held = ", ".join(f"{c} {s}" for c, s in HELD_OUT)

@@ -14,30 +14,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ca2vdm.cli.args import new_parser
+from ca2vdm.cli.args import count, new_parser, seed
+from ca2vdm.config.step_caches import MAX_STEPS
 from ca2vdm.errors import Ca2vdmError
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("--checkpoint", required=True, help="the teacher (.safetensors file or checkpoint directory)")
-    p.add_argument("--out", required=True, help="new (or empty) directory for the shards and index.json")
-    p.add_argument("--videos", type=int, default=256, help="trajectories (clips) to record")
-    p.add_argument("--steps", type=int, default=4, help="the student's steps; must divide the teacher's")
-    p.add_argument("--null-share", type=float, default=0.1, help="share of unconditional clips (null label)")
-    p.add_argument("--seed", type=int, default=0, help="clip i draws its noise and label from (seed, i)")
-    p.add_argument("--batch", type=int, default=8, help="clips sampled together")
-    p.add_argument("--shard-size", type=int, default=64, help="clips per shard (memory holds one shard)")
-    p.add_argument("--resume", action="store_true", help="continue a recording that was stopped (same settings)")
+    p.add_input("--checkpoint", required=True, help="the teacher (.safetensors file or checkpoint directory)")
+    p.add_output("--out", kind="folder", required=True, help="new (or empty) directory for the shards and index.json")
+    p.add_argument("--videos", type=count(1, 10 ** 7), default=256, help="trajectories (clips) to record, 1 .. 10**7")
+    p.add_argument("--steps", type=count(1, MAX_STEPS), default=4,
+                   help=f"the student's steps; must divide the teacher's; 1 .. {MAX_STEPS}")
+    p.add_setting("--null-share", default=0.1, help="share of unconditional clips (null label)", low=0, high=1)
+    p.add_argument("--seed", type=seed, default=0, help="clip i draws its noise and label from (seed, i); "
+                   "0 .. 2**64 - 1")
+    p.add_argument("--batch", type=count(1, 4096), default=8, help="clips sampled together, 1 .. 4096")
+    p.add_argument("--shard-size", type=count(1, 10 ** 6), default=64,
+                   help="clips per shard (memory holds one shard), 1 .. 10**6")
+    p.add_argument("--resume", action="store_true", help="continue a recording that was stopped (same settings); "
+                   "shards that are damaged or cut short are recorded again")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     p.add_argument("--device", default=None, help="default: this process's accelerator (cuda:N), else cpu")
-    args = p.parse_args(argv)
-    for name in ("videos", "steps", "batch", "shard_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.null_share <= 1:
-        p.error(f"--null-share must be in [0, 1], got {args.null_share}")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:

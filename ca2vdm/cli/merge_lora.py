@@ -14,17 +14,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ca2vdm.cli.args import new_parser
+from ca2vdm.cli.args import new_parser, number
 from ca2vdm.config import PRECISIONS
+from ca2vdm.config.lora import LORA_SCALE
 from ca2vdm.errors import CheckpointError, ExportError
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("base", help="the checkpoint the adapter was trained on (.safetensors or checkpoint folder)")
-    p.add_argument("adapter", help="a train.lora run's adapter.safetensors or checkpoint folder")
-    p.add_argument("out", help="output .safetensors file")
-    p.add_argument("--scale", type=float, default=1.0, help="weight of the adapter (default 1)")
+    p.add_input("base", what="the base checkpoint (BASE)",
+                help="the checkpoint the adapter was trained on (.safetensors or checkpoint folder)")
+    p.add_input("adapter", what="the adapter (ADAPTER)",
+                help="a train.lora run's adapter.safetensors or checkpoint folder")
+    p.add_output("out", replace=False, help="output .safetensors file (an existing one only with --overwrite)")
+    p.add_argument("--scale", type=number(LORA_SCALE), default=1.0,
+                   help=f"weight of the adapter (default 1): {LORA_SCALE.describe()}")
     p.add_argument("--dtype", choices=sorted(PRECISIONS), default=None, help="precision of OUT (default: BASE's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (never BASE or ADAPTER)")
     return p.parse_args(argv)

@@ -5,7 +5,9 @@
     ca2vdm serve --lora runs/demo-white/checkpoints/step_000300     # the demo model and demo+demo-white/step_000300
     ca2vdm serve --base Wan2.1-T2V-1.3B-Diffusers --checkpoint self_forcing_dmd.pt --device cuda   # a Wan folder
 
-One generation runs per device at a time; other pages wait in a queue of at most --max-queue. See docs/serve.md.
+One generation runs per device at a time; other pages wait in a queue of at most --max-queue. A connection whose
+request headers are not in within 10 s is closed, and at most 256 connections are served at once
+(ca2vdm/serve/connections.py). See docs/serve.md.
 """
 from __future__ import annotations
 
@@ -14,25 +16,13 @@ import errno
 import socket
 import sys
 
-from ca2vdm.cli.args import FLAGS, add_base_flags, lora_spec, new_parser, non_negative_int, positive_int
+from ca2vdm.cli.args import FLAGS, add_base_flags, count, lora_spec, new_parser, non_negative_int, number, positive_int
+from ca2vdm.config.options import Declared
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 
-
-def port_number(text: str) -> int:
-    """argparse type of a TCP port: 1 .. 65535."""
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number in 1 .. 65535, got {value}")
-    return value
-
-
-def seconds(text: str) -> float:
-    """argparse type of a time-out: a finite number of seconds > 0."""
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
-    return value
+port_number = count(1, 65535)  # a TCP port
+seconds = number(Declared(float, "a time-out in seconds", low=0, low_open=True, high=10 ** 6))
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
@@ -41,9 +31,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--port", type=port_number, default=7860, help="port, 1 .. 65535 (default 7860)")
     p.add_argument("--device", default="cpu", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
                    "(default cpu)")
-    p.add_argument("--checkpoint", nargs="+", default=None,
-                   help="one or more checkpoints offered on the page (default: the shipped demo model; with --base, "
-                        "the folder's own transformer); the page names each by its file name")
+    p.add_input("--checkpoint", nargs="+", default=None,
+                help="one or more checkpoints offered on the page (default: the shipped demo model; with --base, the "
+                     "folder's own transformer); the page names each by its file name")
     p.add_argument("--lora", type=lora_spec, action="append", default=[], metavar="PATH[:SCALE]",
                    help="also offer a LoRA adapter (a train.lora run's adapter.safetensors or checkpoint folder) on "
                         "the --checkpoint it was trained on, folded in times SCALE (default 1), as "
@@ -90,6 +80,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     import uvicorn  # after the arguments: --help answers before torch and the server load
 
     from ca2vdm.serve import create_app, load_catalog
+    from ca2vdm.serve.connections import server_config
     from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES
 
     try:
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     app = create_app(models, max_chunks=args.max_chunks, max_queue=args.max_queue, device=args.device,
                      ack_timeout=args.ack_timeout, queue_timeout=args.queue_timeout)
     print(f"serving {', '.join(models)} on {args.device} at http://{args.host}:{args.port}/", flush=True)
-    config = uvicorn.Config(app, ws_max_size=MAX_UPLOAD_BYTES + 2 ** 20, log_level="warning")
+    config = server_config(app, ws_max_size=MAX_UPLOAD_BYTES + 2 ** 20, log_level="warning")  # bounded connections
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -13,19 +13,20 @@ import argparse
 import json
 import sys
 
-from ca2vdm.cli.args import new_parser
+from ca2vdm.cli.args import count, new_parser, seed
 from ca2vdm.errors import Ca2vdmError
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = new_parser(__doc__, prog)
-    p.add_argument("--data", default="data/shapes", help="labelled video folder (labels.jsonl)")
-    p.add_argument("--out", default="checkpoints/shapes-detector.safetensors", help="detector file to write")
-    p.add_argument("--steps", type=int, default=600, help="training steps")
-    p.add_argument("--batch", type=int, default=64, help="clips per step")
-    p.add_argument("--clips-per-video", type=int, default=16, help="clips cut from each video")
-    p.add_argument("--seed", type=int, default=0, help="clip positions, initialisation and batches")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_input("--data", default="data/shapes", help="labelled video folder (labels.jsonl)")
+    p.add_output("--out", default="checkpoints/shapes-detector.safetensors", help="detector file to write")
+    p.add_argument("--steps", type=count(1, 10 ** 7), default=600, help="training steps, 1 .. 10**7")
+    p.add_argument("--batch", type=count(1, 4096), default=64, help="clips per step, 1 .. 4096")
+    p.add_argument("--clips-per-video", type=count(1, 10_000), default=16,
+                   help="clips cut from each video, 1 .. 10000")
+    p.add_argument("--seed", type=seed, default=0, help="clip positions, initialisation and batches; 0 .. 2**64 - 1")
+    p.add_argument("--threads", type=count(1, 1024), default=None, help="torch threads (default: torch's), 1 .. 1024")
     return p.parse_args(argv)
 
 

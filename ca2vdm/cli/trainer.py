@@ -1,7 +1,8 @@
 """The command line the trainers share (``train/train.py``, ``train/train_autoencoder.py``, ``train/distill.py``):
 ``key=value`` overrides anywhere among the flags, a config refused when it lacks the section the trainer trains, a
-warning when a launch asked for more processes than it started, and one line (no traceback) for every expected way a
-run ends early.
+resumed run that continues with the settings it was started with (its ``config.yaml``; the command line's overrides
+change them, and are named), a warning when a launch asked for more processes than it started, and one line (no
+traceback) for every expected way a run ends early.
 
 Each trainer is a :class:`Trainer`: the section it trains, its config type and its task
 (:class:`ca2vdm.training.task.Task`), which is imported only when the run starts, after the arguments are parsed.
@@ -9,6 +10,7 @@ Each trainer is a :class:`Trainer`: the section it trains, its config type and i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -83,9 +85,49 @@ def load_trainer_config(parser: argparse.ArgumentParser, args: argparse.Namespac
     exits 2 with one line."""
     try:
         check_section(args.config, args.overrides, section)
-        return load_config(args.config, args.overrides, TRAINERS[section].schema)
+        config = load_config(args.config, args.overrides, TRAINERS[section].schema)
+        if args.resume:
+            config = resumed_config(config, args, TRAINERS[section].schema)
+        return config
     except ConfigError as e:  # exit 2, like argparse's own usage errors
         parser.exit(2, f"error: {e.for_cli()}\n")
+
+
+def resumed_config(config: RunConfig, args: argparse.Namespace, schema: type[RunConfig]) -> RunConfig:
+    """The config a ``--resume`` continues with: the run's own (``train.output_dir/config.yaml``, as it was started,
+    its ``key=value`` overrides included) with this command line's overrides applied; ``config`` (the YAML file and
+    the overrides) for a folder without one. The main rank says which settings an override changes, and which
+    settings of the YAML file differ from the run's (the run's are kept)."""
+    recorded = Path(config.train.output_dir) / "config.yaml"
+    if not recorded.is_file():
+        return config
+    run = load_config(recorded, [], schema)
+    resumed = load_config(recorded, [*args.overrides, f"train.output_dir={config.train.output_dir}"], schema)
+    given = {o.split("=", 1)[0].strip() for o in args.overrides}
+    ours, theirs, from_file = _flat(resumed), _flat(run), _flat(config)
+    changed = [f"{k}={ours[k]!r} (the run's: {theirs.get(k)!r})" for k in ours
+               if k in given and ours[k] != theirs.get(k) and k != "train.output_dir"]
+    kept = [f"{k}={theirs[k]!r} ({args.config}: {from_file[k]!r})" for k in theirs
+            if k not in given and from_file.get(k) != theirs[k] and k != "train.output_dir"]
+    if main_rank():
+        print(f"resuming {config.train.output_dir} with the settings it was started with ({recorded})"
+              + (f"; changed by this command line: {', '.join(changed)}" if changed else "")
+              + (f"; kept from the run where {args.config} differs: {', '.join(kept[:6])}"
+                 + (f" and {len(kept) - 6} more" if len(kept) > 6 else "") if kept else ""),
+              file=sys.stderr, flush=True)
+    return resumed
+
+
+def _flat(config: RunConfig, prefix: str = "") -> dict:
+    """``section.key`` -> value of every setting of a config."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out.update(_flat(value, key + "."))
+        else:
+            out[key] = value
+    return out
 
 
 def requested_processes(parent: int | None = None) -> int:

@@ -9,13 +9,14 @@ names. Torch-free.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from ca2vdm.config.options import setting
+from ca2vdm.config.options import REFUSED, Declared, setting
 
 BASE_DTYPES = ("fp32", "bf16")
+LORA_SCALE = Declared(float, "weight of a LoRA adapter's change (0: the base alone, 1: as trained)", low=-10, high=10)
 
 
 @dataclass
@@ -65,14 +66,24 @@ def _is_regex(text: str) -> bool:
 
 
 def parse_lora(text: str) -> tuple[str, float]:
-    """``PATH[:SCALE]`` (a command line's ``--lora``) -> (path, scale); the scale defaults to 1. A path that holds a
-    colon and no scale keeps its colon. ValueError (argparse's message) for a scale that is not a finite number."""
+    """``PATH[:SCALE]`` (a command line's ``--lora``) -> (path, scale); the scale defaults to 1. A path that exists as
+    written (even with a colon, ``b:2``) is a path; one that holds a colon and no number after it keeps its colon.
+    ValueError (argparse's message) for a trailing colon with no scale, a path that could be read both ways, or a
+    scale outside :data:`LORA_SCALE`'s range."""
     path, sep, scale = text.rpartition(":")
+    if sep and not scale.strip():
+        raise ValueError(f"{text!r} ends with ':' but gives no scale; write PATH:SCALE (e.g. {path}:0.5), or PATH "
+                         "alone for scale 1")
     if not sep or not path or not _looks_numeric(scale):
         return text, 1.0
-    value = float(scale)
-    if not math.isfinite(value):
-        raise ValueError(f"the scale of {text!r} must be a finite number")
+    if Path(text).exists():
+        if Path(path).exists():
+            raise ValueError(f"{text!r} could be the file {text} (scale 1) or {path} with scale {scale}; rename one, "
+                             f"or write {text}:1")
+        return text, 1.0
+    value = LORA_SCALE.coerce(scale)
+    if value is REFUSED:
+        raise ValueError(f"the scale of {text!r} must be {LORA_SCALE.describe()}")
     return path, value
 
 

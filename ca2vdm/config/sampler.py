@@ -21,6 +21,7 @@ from ca2vdm.errors import SettingError
 CACHE_MODES = ("kv", "none", "full")  # conditioning: the shared KV cache, window recompute, all-frame recompute
 SWITCH_MODES = ("recache", "keep", "reset")  # a change of label or prompt mid-video: what happens to the window
 SEED_MAX = 2 ** 64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+SEED = Declared(int, "random seed (the same seed, the same video)", low=0, high=SEED_MAX)
 VERSION = 1  # of the recorded form (to_dict); from_dict reads every version up to this one
 
 

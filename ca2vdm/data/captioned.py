@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ca2vdm.data.synthetic import PALETTE, SHAPES, draw_frames
+from ca2vdm.data.synthetic import PALETTE, SHAPES, draw_frames, start_dataset
 from ca2vdm.io.video import VideoWriter
 
 COLOURS = {"red": 0, "green": 1, "blue": 2, "yellow": 3, "magenta": 4, "cyan": 5}  # name -> row of PALETTE
@@ -69,15 +68,15 @@ def render_captioned_video(rng: np.random.Generator, attributes: Attributes, num
 
 
 def write_captioned_dataset(out: str | os.PathLike, num_videos: int, num_frames: int, size: int, seed: int,
-                            fps: int = 8) -> int:
+                            fps: int = 8, overwrite: bool = False) -> int:
     """Write ``num_videos`` mp4 files, ``captions.jsonl`` ({"file", "caption"} and the attributes) and
-    ``held_out.json`` (the pairs left out, with a caption each) into ``out``. Video i shows the i-th training pair
+    ``held_out.json`` (the pairs left out, with a caption each) into ``out`` (see
+    :func:`~ca2vdm.data.synthetic.start_dataset`). Video i shows the i-th training pair
     (cycling, so pairs are balanced) drawn from ``np.random.default_rng([seed, i])``; its caption names the size and
     the motion each with probability ``FULL_CAPTIONS``."""
     if num_videos <= 0:
         raise ValueError(f"num_videos must be positive, got {num_videos}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_dataset(out, overwrite)  # a new or empty folder, or an earlier dataset replaced with overwrite
     records, train_pairs = [], pairs(held_out=False)
     for index in range(num_videos):
         rng = np.random.default_rng([seed, index])

@@ -7,7 +7,9 @@ Accepted forms (paths relative to the video folder):
   (``videoid,name`` and optionally ``page_dir``: the file is ``page_dir/videoid.mp4``, as its downloaders store it).
 
 A row that cannot be used (not JSON, no file, an empty caption) is skipped and listed with its line number and the
-reason; the manifest as a whole is refused only when no row is usable or the columns are not one of the above.
+reason; the manifest as a whole is refused only when no row is usable, the columns are not one of the above, or it
+is not UTF-8 text (a UTF-8 byte-order mark, as spreadsheets write, is fine). A caption the model cannot read (over
+its tokens) is skipped where the data set knows the model (:class:`~ca2vdm.data.clips.VideoFolderDataset`).
 """
 from __future__ import annotations
 
@@ -59,9 +61,13 @@ def load_captions(manifest: str | Path) -> tuple[dict[str, str], list[tuple[str,
     """({relative file path: caption}, skipped rows as (where, reason)) from a JSONL or CSV caption manifest."""
     manifest = Path(manifest)
     try:
-        text = manifest.read_text()
+        text = manifest.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheets write one) is dropped
     except OSError as e:
         raise DataError(f"cannot read caption manifest {manifest}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        line = manifest.read_bytes()[:e.start].count(b"\n") + 1
+        raise DataError(f"caption manifest {manifest} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line "
+                        f"{line}); save it as UTF-8") from None
     rows = _csv_rows(text, manifest) if manifest.suffix.lower() == ".csv" else _jsonl_rows(text)
     captions, skipped = {}, []
     for line, name, caption in rows:

@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,7 @@ class VideoFolderDataset(ClipDataset):
         holdout: bool = False,
         sink_frames: int = 0,
         captions: str | os.PathLike | None = None,
+        caption_problem: Callable[[str], str | None] | None = None,
     ) -> None:
         if clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
@@ -260,15 +262,19 @@ class VideoFolderDataset(ClipDataset):
             )
         self.manifest = self._find_manifest(manifest)
         self.labels, self.num_classes = self._load_labels(self.manifest)
-        self.captions = None if captions is None else self._keep_captioned(Path(captions))
+        self.captions = None if captions is None else self._keep_captioned(Path(captions), caption_problem)
 
-    def _keep_captioned(self, manifest: Path) -> list[str]:
-        """The caption of every usable video; videos without one (and the manifest's bad rows) are skipped."""
+    def _keep_captioned(self, manifest: Path, caption_problem: Callable[[str], str | None] | None) -> list[str]:
+        """The caption of every usable video; videos without one, or whose caption the model cannot read
+        (``caption_problem``: why, or None), and the manifest's bad rows are skipped and listed."""
         table, bad_rows = load_captions(manifest)
         self.skipped += bad_rows
         names = [video.relative_to(self.root).as_posix() for video in self.videos]
-        keep = [name in table for name in names]
-        self.skipped += [(str(v), f"no caption in {manifest}") for v, k in zip(self.videos, keep) if not k]
+        problems = [None if name not in table or caption_problem is None else caption_problem(table[name])
+                    for name in names]
+        keep = [name in table and problem is None for name, problem in zip(names, problems)]
+        self.skipped += [(str(v), f"no caption in {manifest}" if p is None else f"its caption in {manifest} {p}")
+                         for v, p, k in zip(self.videos, problems, keep) if not k]
         if not any(keep):
             raise DataError(f"no video under {self.root} has a caption in {manifest} (e.g. {names[0]} has none); "
                             "its file entries must be paths relative to the video folder")

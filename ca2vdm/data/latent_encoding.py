@@ -80,7 +80,8 @@ def encode_folder(root: str | os.PathLike, out: str | os.PathLike, codec: Codec,
         raise DataError(f"pixel resolution {pixel_resolution} is not divisible by the codec's down-sampling "
                         f"factor {codec.factor}")
     videos = VideoFolderDataset(root, num_frames=1, resolution=pixel_resolution, manifest=manifest,
-                                report_skipped=rank == 0, captions=captions if text_encoder else None)
+                                report_skipped=rank == 0, captions=captions if text_encoder else None,
+                                caption_problem=text_encoder.problem if text_encoder else None)
     settings = {"root": str(Path(root).resolve()), "manifest": None if videos.manifest is None else
                 str(videos.manifest), "pixel_resolution": pixel_resolution, "codec": codec.metadata()}
     text = {} if text_encoder is None else {"text_encoder": text_name, "text_dim": text_encoder.dim,
@@ -135,11 +136,13 @@ def check_output(out: Path, settings: dict, resume: bool) -> None:
                         f"({', '.join(foreign[:3])}); move them away and resume again")
 
 
-def check_unfinished(out: Path, settings: dict, resume: bool, state_name: str, product: str, work: str) -> list[str]:
+def check_unfinished(out: Path, settings: dict, resume: bool, state_name: str, product: str, work: str,
+                     finished_ok: bool = False) -> list[str]:
     """The checks of a folder a resumable tool fills (here, and ``ca2vdm make-ode-pairs``): DataError unless
     ``out`` is new or empty, or (``resume``) holds an unfinished ``work`` with the same ``settings`` (recorded in
-    ``state_name``); a finished one (``index.json``) is never written over. Returns the names ``out`` holds."""
-    if (out / INDEX_NAME).exists():
+    ``state_name``); a finished one (``index.json``) is never written over, unless ``finished_ok`` and ``resume``
+    (a tool that re-makes damaged parts of a finished folder). Returns the names ``out`` holds."""
+    if (out / INDEX_NAME).exists() and not (finished_ok and resume):
         raise DataError(f"{out} already holds {product} ({INDEX_NAME}); choose another {opt('out')} or delete it")
     if out.exists() and not out.is_dir():
         raise DataError(f"{opt('out', out)} is not a folder (a file, device, pipe or socket); pass a new folder")

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 from einops import reduce
 
+from ca2vdm.errors import SettingError, opt
+from ca2vdm.io.paths import check_output_folder
 from ca2vdm.io.video import VideoWriter
 
 SHAPES = ("circle", "square", "triangle")  # class index = position
@@ -28,6 +31,8 @@ PALETTE = np.array(
     dtype=np.float32,
 )
 SUPERSAMPLE = 4
+DATASET_FILES = ("labels.jsonl", "classes.json", "captions.jsonl", "held_out.json")  # written beside the videos
+DATASET_VIDEO = re.compile(r"\.?video_\d{5,}(\.partial)?\.mp4")  # its videos (and a killed write's temporary file)
 SQUARE_HALF_SIDE = 0.85  # relative to the radius, for similar visual size
 TRIANGLE_CIRCUMRADIUS = 1.35
 # Bounding box around the centre, relative to the radius: (half width, above, below).
@@ -106,9 +111,9 @@ def draw_frames(shape: str, xs: np.ndarray, ys: np.ndarray, radius: float, color
 
 def write_dataset(
     out: str | os.PathLike, num_videos: int, num_frames: int, size: int, seed: int, fps: int = 8,
-    colour: tuple[int, int, int] | None = None,
+    colour: tuple[int, int, int] | None = None, overwrite: bool = False,
 ) -> int:
-    """Write `num_videos` mp4 files plus labels.jsonl and classes.json into `out`.
+    """Write `num_videos` mp4 files plus labels.jsonl and classes.json into `out` (see :func:`start_dataset`).
 
     Classes cycle through SHAPES (balanced); video i is drawn from
     np.random.default_rng([seed, i]); `colour` paints every shape one RGB
@@ -116,8 +121,7 @@ def write_dataset(
     """
     if num_videos <= 0:
         raise ValueError(f"num_videos must be positive, got {num_videos}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_dataset(out, overwrite)
     records = []
     for index in range(num_videos):
         label = index % len(SHAPES)
@@ -129,3 +133,23 @@ def write_dataset(
     (out / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (out / "classes.json").write_text(json.dumps(list(SHAPES)) + "\n")
     return num_videos
+
+
+def start_dataset(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``out`` ready for a synthetic dataset: a new or empty folder (created). A folder holding an earlier dataset of
+    these writers (only their videos, manifests and temporary files) is emptied of it with ``overwrite``, so no video
+    of the earlier one is left without its label or caption; anything else in it, a file or a device as ``out``:
+    SettingError naming ``out``, before anything is written."""
+    out = check_output_folder(out)
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise SettingError("out", out, f"already holds {len(held)} files (e.g. {held[0]}); pass {opt('overwrite')} "
+                           "to replace a dataset written here before, or choose a new folder")
+    others = [name for name in held if name not in DATASET_FILES and not DATASET_VIDEO.fullmatch(name)]
+    if others:
+        raise SettingError("out", out, f"holds files that are not a synthetic dataset's (e.g. {others[0]}); they are "
+                           "never replaced: choose a new folder")
+    for name in held:
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out

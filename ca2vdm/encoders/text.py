@@ -14,12 +14,14 @@ null token to every prompt (:mod:`ca2vdm.models.cross_attention`), so even it ha
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ca2vdm.config.conditioning import unseen_words
 from ca2vdm.errors import ConfigError, SettingError
 
 WORDLLAMA_DIM = 256
@@ -54,10 +56,12 @@ class TextEncoder:
     reuse it. Encoders whose vectors are large keep fewer prompts (``remembered``)."""
     dim: int
     remembered = REMEMBERED_PROMPTS
+    cuts_long_prompts = False  # True: a prompt over max_tokens is cut (too_long), never refused
 
     def __init__(self, max_tokens: int):
         self.max_tokens = max_tokens
         self._encoded: OrderedDict[str, TextEmbeddings] = OrderedDict()  # prompt -> its (1, L) row, most recent last
+        self.seen_words: frozenset[str] | None = None  # the model's training captions' words, where recorded
 
     def token_ids(self, prompts: list[str]) -> list[list[int]]:
         raise NotImplementedError
@@ -78,11 +82,24 @@ class TextEncoder:
                     self._encoded.popitem(last=False)
         return TextEmbeddings.cat([self._encoded[prompt] for prompt in prompts])
 
+    def problem(self, prompt: str) -> str | None:
+        """Why this encoder cannot read ``prompt`` (more tokens than ``max_tokens``, where it refuses them rather
+        than cut them), or None (a caption's check at load: tokenized, not embedded)."""
+        (row,) = self.token_ids([prompt])
+        return None if len(row) <= self.max_tokens or self.cuts_long_prompts else self._too_long(len(row))
+
+    def _too_long(self, tokens: int) -> str:
+        return f"is {tokens} tokens long; this model reads at most {self.max_tokens} (model.text_tokens): shorten it"
+
     def _encode_one(self, prompt: str) -> TextEmbeddings:
         """(1, L) token vectors of one prompt, padding zeroed."""
         (row,) = self.token_ids([prompt])
         if len(row) > self.max_tokens:
             row = self.too_long(prompt, row)
+        unseen = [] if self.seen_words is None else unseen_words(prompt, self.seen_words)
+        if unseen:  # said once: each distinct prompt is encoded once
+            warnings.warn(f"prompt {shorten(prompt)!r}: the model never saw {', '.join(map(repr, unseen))} in its "
+                          "training captions, so it may follow those words little or not at all", stacklevel=3)
         ids = torch.zeros(1, self.max_tokens, dtype=torch.long)
         mask = torch.zeros(1, self.max_tokens, dtype=torch.bool)
         ids[0, :len(row)] = torch.tensor(row, dtype=torch.long)
@@ -92,22 +109,14 @@ class TextEncoder:
         return TextEmbeddings(tokens, mask)
 
     def too_long(self, prompt: str, row: list[int]) -> list[int]:
-        """What to do with a prompt of more than ``max_tokens`` tokens (``row``): refuse it (SettingError)."""
-        raise SettingError("prompt", repr(shorten(prompt)), f"is {len(row)} tokens long; this model reads at most "
-                           f"{self.max_tokens} (model.text_tokens): shorten it")
+        """What to do with a prompt of more than ``max_tokens`` tokens (``row``): refuse it (SettingError); an
+        encoder that cuts them instead (``cuts_long_prompts``) overrides this."""
+        raise SettingError("prompt", repr(shorten(prompt)), self._too_long(len(row)))
 
 
 def shorten(prompt: str, limit: int = 40) -> str:
     """A prompt as an error message quotes it: its first ``limit`` characters."""
     return prompt if len(prompt) <= limit else prompt[:limit] + "..."
-
-
-def check_prompt(prompt: object, name: str = "prompt") -> str:
-    """A prompt a user gives: a non-empty string (None, not "", asks for an unprompted video)."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise SettingError(name, repr(prompt), "must be a non-empty text (leave the prompt out for a video "
-                           "without one)")
-    return prompt.strip()
 
 
 class WordLlamaEncoder(TextEncoder):

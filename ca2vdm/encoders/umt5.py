@@ -78,6 +78,8 @@ class UMT5TextEncoder(TextEncoder):
     def token_ids(self, prompts: list[str]) -> list[list[int]]:
         return [self.tokenizer(_clean(p))["input_ids"] for p in prompts]
 
+    cuts_long_prompts = True
+
     def too_long(self, prompt: str, row: list[int]) -> list[int]:
         """Cut as Wan cuts (the tokenizer's truncation keeps ``</s>`` last), with a warning."""
         warnings.warn(f"prompt {shorten(prompt)!r} is {len(row)} tokens long; UMT5 reads {self.max_tokens} "

@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters
+from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters, lora_specs
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model, metadata_of, weights_file
 from ca2vdm.config import SamplerSettings, TemporalCompression, check_seed
+from ca2vdm.config.conditioning import check_prompt
 from ca2vdm.encoders.codec import Codec, CodecStream, build_codec
-from ca2vdm.encoders.text import TextEncoder, build_text_encoder, check_prompt
+from ca2vdm.encoders.text import TextEncoder, build_text_encoder
 from ca2vdm.errors import CheckpointError, CodecError, SettingError, opt
-from ca2vdm.generation.stream import Switch, VideoStream
+from ca2vdm.generation.stream import VideoStream, scheduled
 from ca2vdm.generation.wan_base import frame_fields, load_base
 from ca2vdm.io.video import VideoWriter, resize_center_crop, to_uint8
 from ca2vdm.models.base import CausalVideoModel
@@ -116,7 +117,7 @@ class Pipeline:
         model = model.to(device, resolve_dtype(dtype, device))  # rotary tables and sampler state stay float32
         if compile:
             compile_blocks(model)
-        text_encoder = text_encoder or load_text_encoder(model, checkpoint)
+        text_encoder = text_encoder or load_text_encoder(model, checkpoint, metadata)
         sampler = LongVideoPipeline.for_checkpoint(model, metadata, text_encoder=text_encoder, policy=policy,
                                                    **settings)
         return cls(sampler, codec, metadata)
@@ -191,11 +192,10 @@ class Pipeline:
         check_kind(self.model, label, prompt)
         if prompt is not None and self.sampler.text_encoder is not None:
             self.sampler.text_encoder.encode(prompt)  # an over-long prompt is refused now (and kept encoded)
-        scheduled = [Switch(at, prompt=new, mode=switch_mode) if isinstance(new, str) else
-                     Switch(at, label=new, mode=switch_mode) for at, new in (switches or {}).items()]
         start = dict(label=label, prompt=prompt, seed=seed, frames_before=frames_before)
         return VideoStream(self.sampler, lambda stream: self._chunks(stream, num_chunks, start, first_frames, batch,
-                                                                      on_step), num_chunks, scheduled)
+                                                                      on_step), num_chunks,
+                           scheduled(switches, switch_mode))
 
     def _chunks(self, stream: VideoStream, num_chunks: int | None, start: dict,
                 first_frames: np.ndarray | torch.Tensor | None, batch: int,
@@ -223,14 +223,19 @@ class Pipeline:
                      result.skipped_evals)
 
 
-def load_text_encoder(model: CausalVideoModel, checkpoint: str | Path) -> TextEncoder | None:
+def load_text_encoder(model: CausalVideoModel, checkpoint: str | Path,
+                      metadata: CheckpointMetadata | None = None) -> TextEncoder | None:
     """The text encoder a text model's checkpoint records (``model.text_encoder``; a folder is also looked up beside
-    the checkpoint); None for other models."""
+    the checkpoint); None for other models. With the words of the model's training captions (``metadata``), it says
+    once per prompt which of its words the model never saw."""
     cfg = model.cfg
     if cfg.text_encoder.startswith("umt5"):
         raise CheckpointError(f"{checkpoint} reads prompts through Wan's UMT5 ({cfg.text_encoder}): give the Wan "
                               f"folder it goes with as {opt('base')} (its text_encoder/, tokenizer/ and vae/)")
-    return build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
+    encoder = build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
+    if encoder is not None and metadata is not None and metadata.caption_words is not None:
+        encoder.seen_words = frozenset(metadata.caption_words)
+    return encoder
 
 
 def _check_not_empty(batch_and_frames: tuple[int, int], frames: torch.Tensor) -> None:
@@ -299,6 +304,7 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
                            f"{opt('base')} too")
     if base is None and path is None:
         raise SettingError("checkpoint", None, f"give a checkpoint (or a Wan folder as {opt('base')})")
+    lora = lora_specs(lora)  # checked before the weights load
     device = resolve_device(device)
     if base is not None:
         parts = load_base(base, path, device, dtype=dtype, size=size, offload_text_encoder=offload_text_encoder,

@@ -13,11 +13,12 @@ the live demo's pages (``ca2vdm.serve.frames``) all schedule through it.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import numbers
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from ca2vdm.config.conditioning import check_switch_request
-from ca2vdm.encoders.text import check_prompt
+from ca2vdm.config import SWITCH_MODES
+from ca2vdm.config.conditioning import check_prompt, check_switch_request
 from ca2vdm.errors import SettingError
 from ca2vdm.sampling.conditioning import kind_of
 from ca2vdm.sampling.pipeline import LongVideoPipeline
@@ -32,9 +33,29 @@ class Switch:
     mode: str = "recache"
 
 
+def scheduled(switches: object, mode: str) -> list[Switch]:
+    """``switches`` of :meth:`~ca2vdm.generation.api.Pipeline.generate` ({chunk: new prompt (text) or new label (a
+    whole number)}, or None) as Switch values; SettingError naming ``switches`` for anything else."""
+    if switches is None:
+        return []
+    if not isinstance(switches, Mapping):
+        raise SettingError("switches", type(switches).__name__, "give a dict {chunk: new prompt (text) or new label "
+                           "(a whole number)}")
+    out = []
+    for at, new in switches.items():
+        if not isinstance(new, (str, numbers.Integral)) or isinstance(new, bool):
+            raise SettingError("switches", f"[{at!r}]={new!r}", "each new condition is a prompt (text) or a label "
+                               "(a whole number)")
+        out.append(Switch(at, prompt=new, mode=mode) if isinstance(new, str) else Switch(at, label=new, mode=mode))
+    return out
+
+
 def check_switch(pipe: LongVideoPipeline, switch: Switch, next_index: int, num_chunks: int | None) -> Switch:
-    """Refuse a switch that cannot happen: a chunk already generated or past the last, a label for a text model
-    (or a prompt for a label model), an empty or over-long prompt, an unknown mode."""
+    """Refuse a switch that cannot happen, when it is scheduled (so every switch given with the generation is checked
+    before its first chunk): a chunk already generated or past the last, a label for a text model (or a prompt for
+    a label model), a label outside the model's classes, an empty or over-long prompt, an unknown mode or one the
+    cache mode cannot carry out (``keep`` outside mode kv). A problem of the new label or prompt names the switch,
+    not the generation's own ``label`` or ``prompt``."""
     if isinstance(switch.at, bool) or not isinstance(switch.at, int):
         raise SettingError("switch", repr(switch.at), "must be a chunk number (0-based, a whole number)")
     if switch.at < next_index:
@@ -42,11 +63,21 @@ def check_switch(pipe: LongVideoPipeline, switch: Switch, next_index: int, num_c
                            f"{next_index}: switch there or later")
     if num_chunks is not None and switch.at >= num_chunks:
         raise SettingError("switch", switch.at, f"is past the last chunk ({num_chunks - 1}): the video ends before")
-    check_switch_request(kind_of(pipe.model), pipe.model.cfg.num_classes, switch.label, switch.prompt, switch.mode)
-    if switch.prompt is not None:
-        prompt = check_prompt(switch.prompt)
-        if pipe.text_encoder is not None:
-            pipe.text_encoder.encode(prompt)  # refused now if too long, not when its chunk comes (and kept encoded)
+    if switch.mode in SWITCH_MODES:
+        pipe.check_switch_mode(switch.mode)
+    new = switch.prompt if switch.prompt is not None else switch.label
+    try:
+        check_switch_request(kind_of(pipe.model), pipe.model.cfg.num_classes, switch.label, switch.prompt,
+                             switch.mode)
+        if switch.prompt is not None:
+            prompt = check_prompt(switch.prompt)
+            if pipe.text_encoder is not None:
+                pipe.text_encoder.encode(prompt)  # refused now if too long, not when its chunk comes (and kept)
+    except SettingError as e:
+        if e.name not in ("label", "prompt"):
+            raise
+        shown = repr(new if len(str(new)) <= 40 else str(new)[:40] + "...") if isinstance(new, str) else new
+        raise SettingError("switch", f"{switch.at}={shown}", f"new {e.name}: {e.problem}") from None
     return switch
 
 

@@ -29,8 +29,8 @@ import torch
 from tqdm import tqdm
 
 from ca2vdm.config import SWITCH_MODES, SamplerSettings, check_seed
+from ca2vdm.config.conditioning import check_prompt
 from ca2vdm.config.sampler import TEACACHE_THRESH, with_teacache_thresh
-from ca2vdm.encoders.text import check_prompt
 from ca2vdm.errors import SettingError
 from ca2vdm.generation.api import Pipeline, load_pipeline
 from ca2vdm.generation.given import stream_given

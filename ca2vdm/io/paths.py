@@ -58,13 +58,28 @@ def check_writable_file(path: str | os.PathLike, name: str = "path", overwrite: 
     return path
 
 
-def check_not_an_input(name: str, path: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
-    """Refuse (SettingError naming ``name``) an output that is one of ``inputs`` or lies inside an input folder: writing
-    it would destroy what was read."""
+def check_output_folder(path: str | os.PathLike, name: str = "out") -> Path:
+    """``path`` as a Path if a tool may write its files into it: a new folder, or an existing one. A regular file, a
+    device, a pipe or a socket (or a link to one) is refused: SettingError naming ``name``. Whether the folder may
+    already hold files is the tool's rule (a dataset, shards and trajectories need a new or empty one)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        what = "a file" if path.is_file() else "a device, pipe or socket"
+        raise SettingError(name, path, f"is {what}, not a folder: give a folder (new or existing) to write into")
+    return path
+
+
+def check_not_an_input(name: str, path: str | os.PathLike, inputs: list[str | os.PathLike],
+                       what: str = "the input") -> None:
+    """Refuse (SettingError naming ``name``) an output that is one of ``inputs`` (described as ``what``) or lies inside
+    an input folder: writing it would destroy what was read."""
     path = Path(path)
     for source in map(Path, inputs):
-        if _same_file(path, source) or (source.is_dir() and path.resolve().is_relative_to(source.resolve())):
-            raise SettingError(name, path, f"is (or is inside) the input {source}; write it elsewhere")
+        if _same_file(path, source):
+            raise SettingError(name, path, f"is {what} {source}; writing it would destroy what is read: choose "
+                               "another path")
+        if source.is_dir() and path.resolve().is_relative_to(source.resolve()):
+            raise SettingError(name, path, f"is inside {what} {source}; write it elsewhere")
 
 
 def output_path(out: str | Path) -> Path:

@@ -2,6 +2,12 @@
 
 Frames are uint8 numpy arrays shaped (T, H, W, 3); :func:`ca2vdm.io.video.to_uint8` converts model-side videos.
 Split from :mod:`ca2vdm.io.video`, which re-exports these names.
+
+The same frames give the same file, bit for bit: videos are encoded without B-frames. With B-frames, libx264's
+macroblock-tree rate control (``mbtree``, on by default) read memory it had never written on low-motion clips such
+as ours, so equal frames gave files that depended on the process's heap (the first video of a process differed
+from the next ones, and runs differed; glibc's ``MALLOC_PERTURB_`` makes it repeatable: a fixed value, a fixed
+file; another value, another file). Without B-frames the encode reads only what it wrote, whatever the heap holds.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from PIL import Image
 from ca2vdm.io.paths import check_writable_file
 
 KEYFRAME_INTERVAL = 16  # frames between keyframes in written videos
+B_FRAMES = 0  # none: libx264's rate control made files that depend on uninitialised memory with them (see above)
+
 
 def save_contact_sheet(
     frames: np.ndarray, path: str | os.PathLike, frames_per_row: int, gap: int = 2
@@ -105,6 +113,7 @@ class VideoWriter:
         stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = Fraction(1, self.fps)
         stream.codec_context.gop_size = KEYFRAME_INTERVAL  # readers seek to any clip cheaply
+        stream.codec_context.max_b_frames = B_FRAMES  # the same frames, the same file (module docstring)
         if codec == "libx264":
             stream.options = {"crf": str(self.crf)}
         else:

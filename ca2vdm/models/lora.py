@@ -48,12 +48,29 @@ def _peft_config(settings: dict) -> peft.LoraConfig:
                            lora_dropout=0.0, bias="none")
 
 
+def check_rank(model: nn.Module, lora: LoraConfig, pattern: str) -> None:
+    """ConfigError for a rank above the smallest width of the linear layers the adapter adapts: beyond it the
+    adapter grows (linearly in the rank) without adding anything a full-rank change of that layer would not."""
+    widths = {name: min(m.in_features, m.out_features) for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and re.fullmatch(pattern, name)}
+    if widths and lora.rank > min(widths.values()):
+        name = min(widths, key=widths.get)
+        adapter = sum(lora.rank * (m.in_features + m.out_features) for n, m in model.named_modules() if n in widths)
+        base = sum(p.numel() for p in model.parameters())
+        raise ConfigError(f"train.lora.rank={lora.rank} is above the smallest width of the layers it adapts "
+                          f"({widths[name]}, {name}): the adapter would hold {adapter / base:.1f}x the model's "
+                          f"parameters for no more than a full update; set train.lora.rank <= {widths[name]}")
+
+
 def for_training(model: nn.Module, lora: LoraConfig) -> nn.Module:
     """Freeze ``model`` and inject a fresh adapter (``B`` = 0: the model's output is unchanged at step 0), in place;
-    only the adapter's tensors require gradients. With ``base_dtype=bf16`` the frozen linear layers are cast."""
+    only the adapter's tensors require gradients. With ``base_dtype=bf16`` the frozen linear layers are cast. A rank
+    above the adapted layers' smallest width is refused first (:func:`check_rank`)."""
+    settings = recorded_settings(lora, model)
+    check_rank(model, lora, settings["target_modules"])
     model.requires_grad_(False)
     try:
-        peft.inject_adapter_in_model(_peft_config(recorded_settings(lora, model)), model, TRAINED)
+        peft.inject_adapter_in_model(_peft_config(settings), model, TRAINED)
     except ValueError as e:  # no module matched, or one of a kind LoRA cannot adapt
         raise ConfigError(f"train.lora.targets={lora.targets} does not fit {type(model).__name__}: "
                           f"{' '.join(str(e).split())[:300]}") from None

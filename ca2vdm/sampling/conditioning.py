@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ca2vdm.config import check_label
-from ca2vdm.config.conditioning import check_condition, condition_kind
-from ca2vdm.encoders.text import TextEmbeddings, TextEncoder, check_prompt
+from ca2vdm.config.conditioning import check_condition, check_prompt, condition_kind
+from ca2vdm.encoders.text import TextEmbeddings, TextEncoder
 from ca2vdm.errors import SettingError
 from ca2vdm.models.base import CausalVideoModel, ContextCache, PromptKV
 

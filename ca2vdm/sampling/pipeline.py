@@ -345,13 +345,7 @@ class LongVideoPipeline:
         cache modes none and full the window is recomputed at every step anyway: ``recache`` changes nothing more
         and ``keep`` is refused. Guidance stays as it was decided at :meth:`start`."""
         check_switch_request(kind_of(self.model), self.model.cfg.num_classes, label, prompt, mode)
-        sinks = self.model.cfg.sink_frames
-        if mode == "reset" and sinks and self.settings.cache == "kv":
-            raise SettingError("switch_mode", mode, f"a model with attention sinks (model.sink_frames={sinks}) keeps "
-                               "its first frames in the cache for good; switch with recache or keep")
-        if mode == "keep" and self.settings.cache != "kv":
-            raise SettingError("switch_mode", mode, f"needs {opt('cache', 'kv')}: cache mode {self.settings.cache} "
-                               "recomputes the window under the current condition at every step, so no K/V is kept")
+        self.check_switch_mode(mode)
         cond, device = state.conditioning, self.model.device
         if label is not None:
             cond.labels = label_rows(self.model, label, state.batch, cond.groups, device)
@@ -367,6 +361,18 @@ class LongVideoPipeline:
             window = torch.cat(cond.sinks + cond.context, dim=2)  # (B, C, n, H, W) as committed (perturbed)
             for part in window.split(self.model.cfg.layout.split(0, window.shape[2]), dim=2):
                 self._commit_pass(cond, part)
+
+    def check_switch_mode(self, mode: str) -> None:
+        """SettingError for a switch mode these settings cannot carry out: ``keep`` outside cache mode kv (the other
+        modes recompute the window under the current condition, so no K/V is kept), ``reset`` with attention sinks
+        in mode kv (they stay in the cache for good). Called when a switch is scheduled, before any chunk."""
+        sinks = self.model.cfg.sink_frames
+        if mode == "reset" and sinks and self.settings.cache == "kv":
+            raise SettingError("switch_mode", mode, f"a model with attention sinks (model.sink_frames={sinks}) keeps "
+                               "its first frames in the cache for good; switch with recache or keep")
+        if mode == "keep" and self.settings.cache != "kv":
+            raise SettingError("switch_mode", mode, f"needs {opt('cache', 'kv')}: cache mode {self.settings.cache} "
+                               "recomputes the window under the current condition at every step, so no K/V is kept")
 
     def _guided_velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
                          index: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 ``catalog`` (the offered checkpoints), ``frames`` (the pipeline as uint8 chunks), ``protocol`` (messages and checks),
 ``uploads``, ``scheduler`` (one generation per device, a bounded queue), ``run`` (the worker thread), ``session``
-(one page), ``app`` (routes) and ``static/`` (the page). Started by ``ca2vdm-serve`` (:mod:`ca2vdm.cli.serve`).
+(one page), ``app`` (routes), ``connections`` (uvicorn's settings: a header deadline, keep-alive, a connection limit)
+and ``static/`` (the page). Started by ``ca2vdm-serve`` (:mod:`ca2vdm.cli.serve`).
 Imports :mod:`ca2vdm.generation` and the layers below; ``create_app`` and ``load_catalog`` load on first use.
 """
 from importlib import import_module

@@ -18,7 +18,9 @@ Any other JSON (another shape, a wrong type, a value out of range, a number too 
 :class:`ProtocolError` naming the field and what it accepts; the page shows it and can generate again.
 
 Server to client: JSON ``hello`` (models, policies, limits), ``upload``, ``queued`` (position, 1 = next),
-``started``, ``done`` (reason, frames, download link), ``error`` (message); and one binary message per chunk:
+``started``, ``switched`` (a switch was accepted: ``at``, the chunk it applies from, and its ``prompt`` or ``label``;
+a refused switch gets an ``error``: every switch gets one reply), ``done`` (reason, frames, download link),
+``error`` (message); and one binary message per chunk:
 a 4-byte big-endian header length, the JSON header (``CHUNK_FIELDS``), then the frames as RGB bytes (L, H, W, 3).
 """
 from __future__ import annotations
@@ -51,6 +53,8 @@ CHUNK_FIELDS = ("kind", "index", "frames", "height", "width", "seconds", "encode
                 "total_frames", "chunks_done", "fps", "computed_total", "skipped_total", "first_frame_seconds")
 MAX_FRAMES = 2 ** 53            # a frame count a page can hold exactly (JavaScript's largest safe integer)
 MAX_PROMPT_CHARS = 400          # a prompt's text; its token count is checked against the model (model.text_tokens)
+MAX_PENDING_SWITCHES = 4        # a page's switches waiting for their chunks
+SWITCH_BURST, SWITCH_RATE = 4, 2.0  # a page's switches: at most SWITCH_BURST at once, then SWITCH_RATE a second
 
 
 class ProtocolError(ValueError):

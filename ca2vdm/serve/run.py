@@ -14,7 +14,7 @@ import numpy as np
 
 from ca2vdm.io.video import VideoWriter
 from ca2vdm.serve.frames import PixelChunk
-from ca2vdm.serve.protocol import LEAD_FRAMES, ProtocolError
+from ca2vdm.serve.protocol import LEAD_FRAMES, MAX_PENDING_SWITCHES, SWITCH_BURST, SWITCH_RATE, ProtocolError
 
 
 class Cancelled(Exception):
@@ -33,8 +33,9 @@ class RunControl:
     (:class:`Stalled`), so a hidden tab or a client that never answers cannot hold the device.
     """
 
-    def __init__(self, lead_frames: int = LEAD_FRAMES, ack_timeout: float | None = None):
-        self.lead_frames, self.ack_timeout = lead_frames, ack_timeout
+    def __init__(self, lead_frames: int = LEAD_FRAMES, ack_timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.lead_frames, self.ack_timeout, self.clock = lead_frames, ack_timeout, clock
         self._changed = threading.Condition()
         self.stopped = False
         self.shown = 0
@@ -43,6 +44,7 @@ class RunControl:
         self._switches: list = []  # protocol.SwitchMessage with its chunk, in the order they came
         self._switched: set[int] = set()  # chunks a switch was asked for (one per chunk, as on the command line)
         self.fixed = 0  # chunks whose condition is decided (being made or made): a switch must come at or after
+        self._allowance, self._refilled = float(SWITCH_BURST), clock()  # switches a page may still ask for now
 
     def stop(self) -> None:
         with self._changed:
@@ -64,8 +66,22 @@ class RunControl:
     def request_switch(self, switch, last_chunk: int | None) -> int:
         """Queue a switch (a new prompt or label from chunk ``switch.at``, None: the next chunk started) for the
         worker, which schedules it on the generation's stream between chunks; return the chunk it applies at.
-        ProtocolError if that chunk is already decided, past ``last_chunk`` (None: no end) or already has a switch."""
+        ProtocolError if that chunk is already decided (being made, or made), past ``last_chunk`` (None: no end) or
+        already has a switch, as the command line refuses them; and when the page asks for too many: more than
+        ``MAX_PENDING_SWITCHES`` waiting for their chunks, or faster than ``SWITCH_RATE`` a second (after a burst of
+        ``SWITCH_BURST``)."""
         with self._changed:
+            now = self.clock()
+            self._allowance = min(SWITCH_BURST, self._allowance + (now - self._refilled) * SWITCH_RATE)
+            self._refilled = now
+            if self._allowance < 1:
+                raise ProtocolError(f"too many switches: at most {SWITCH_BURST} at once, then {SWITCH_RATE:g} a "
+                                    "second; wait a moment and switch again")
+            waiting = sorted(at for at in self._switched if at >= self.fixed)
+            if len(waiting) >= MAX_PENDING_SWITCHES:
+                chunks = ", ".join(map(str, waiting))
+                raise ProtocolError(f"{len(waiting)} switches already wait for their chunks ({chunks}); switch again "
+                                    "once one of them has applied")
             at = self.fixed if switch.at is None else switch.at
             if last_chunk is not None and at > last_chunk:
                 raise ProtocolError(f"at={at}: past the last chunk of this generation ({last_chunk}); no chunk is left "
@@ -77,6 +93,7 @@ class RunControl:
                 raise ProtocolError(f"at={at}: chunk {at} already has a switch; give one per chunk")
             self._switched.add(at)
             self._switches.append(switch.model_copy(update={"at": at}))
+            self._allowance -= 1
         return at
 
     def take_switches(self, next_chunk: int) -> list:

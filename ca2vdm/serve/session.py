@@ -137,13 +137,15 @@ class Session:
             last = None if limit is None else limit - 1
             switch = parse_switch(message, offered.describe(), last, request.switch_mode)
             self._check_prompt(offered, switch.prompt)
-            self.control.request_switch(switch, last)
+            at = self.control.request_switch(switch, last)
+            await self.send({"type": "switched", "at": at, "prompt": switch.prompt, "label": switch.label})
         else:
             if self.busy:
                 raise ProtocolError("a generation is already running in this tab; press Stop first")
             models = {name: m.describe() for name, m in self.server.models.items()}
             request = parse_start(message, models, self.server.max_chunks)
             self._check_prompt(self.server.models[request.model], request.prompt)
+            self._check_switch_mode(self.server.models[request.model], request.switch_mode)
             if request.first_frame and self.upload is None:
                 raise ProtocolError("first_frame is set but no image or video was uploaded (or it was refused); "
                                     "upload one first")
@@ -158,6 +160,17 @@ class Session:
         try:
             if check is not None:
                 check(prompt)
+        except SettingError as e:
+            raise ProtocolError(str(e)) from None
+
+    @staticmethod
+    def _check_switch_mode(offered, mode: str) -> None:
+        """A switch mode the model's sampler cannot carry out (keep outside cache mode kv) is refused at the start,
+        as the command line refuses it before its first chunk."""
+        pipe = getattr(offered, "pipe", None)  # tests' stand-in models have none
+        try:
+            if pipe is not None:
+                pipe.sampler.check_switch_mode(mode)
         except SettingError as e:
             raise ProtocolError(str(e)) from None
 

@@ -9,6 +9,7 @@ import torch
 from ca2vdm.checkpoints import weights as ckpt
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import Config, SamplerSettings
+from ca2vdm.config.conditioning import caption_words
 from ca2vdm.data.captions import find_captions
 from ca2vdm.data.clips import DEFAULT_MANIFEST, VideoFolderDataset
 from ca2vdm.data.latents import LatentClipDataset
@@ -71,6 +72,7 @@ class DiffusionTask:
         self.chunks = config.model.layout.clip_chunks(config.model.clip_frames)
         mc = config.model
         self.text_encoder = build_text_encoder(mc.text_encoder, mc.text_tokens)
+        self.caption_words: list[str] | None = None  # a text model's training captions' words (set with its data)
         if self.text_encoder is not None:  # the width of the encoder's vectors is recorded with the model
             if mc.text_dim not in (0, self.text_encoder.dim):
                 raise ConfigError(f"model.text_dim={mc.text_dim} but model.text_encoder={mc.text_encoder} gives "
@@ -100,8 +102,12 @@ class DiffusionTask:
             dataset = VideoFolderDataset(dc.root, num_frames=mc.clip_frames, frame_stride=dc.frame_stride,
                                          resolution=mc.resolution * self.codec.factor, manifest=dc.manifest, seed=seed,
                                          clips_per_video=dc.clips_per_video, report_skipped=False,
-                                         sink_frames=mc.sink_frames, captions=captions)
+                                         sink_frames=mc.sink_frames, captions=captions,
+                                         caption_problem=self.text_encoder.problem if self.text_encoder else None)
         where = dc.latents or dc.root
+        if self.text_encoder is not None:  # recorded in the checkpoints: generation names a prompt's unseen words
+            captions = dataset.captions if not dc.latents else [v.get("caption", "") for v in dataset.entries]
+            self.caption_words = caption_words(captions)
         if mc.num_classes and dataset.manifest is None:
             raise DataError(f"model.num_classes={mc.num_classes} but {where} has no labels manifest "
                             f"({DEFAULT_MANIFEST}, or data.manifest), so every video would get label 0; add one "
@@ -173,7 +179,7 @@ class DiffusionTask:
         provenance = {"diffusion_config": dataclasses.asdict(config.diffusion),
                       "train_config": dataclasses.asdict(config.train)}
         meta = CheckpointMetadata(config.model, config.diffusion.sampler(), self.codec.metadata(), step=step,
-                                  raw=provenance)
+                                  caption_words=self.caption_words, raw=provenance)
         ckpt.save_weights(directory / ckpt.WEIGHTS_NAME, ema.shadow, config.model, meta.entries())
 
     def sample(self, ema: EMA, config: Config, out: Path, step: int, chunks: int = 4) -> None:

@@ -52,9 +52,12 @@ def trajectory_loss(model: torch.nn.Module, points: torch.Tensor, times: list[fl
 def dmd_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor,
                  chunks: list[tuple[int, int]]) -> torch.Tensor:
     """DMD's gradient on the student's clip x (B, C, T, H, W): ``(x0_fake - x0_real) / mean|x - x0_real|``, the mean
-    taken over each chunk of each sample (its own noise time), so every chunk's step is scale-free."""
+    taken over each chunk of each sample (its own noise time), so every chunk's step is scale-free. A chunk the real
+    score already equals (scale 0) gets no step; NaN or infinite scores stay so, for the loop's non-finite check
+    (``train.nonfinite``) to stop on them: the loss used to be exactly 0 with a NaN guidance."""
     scale = chunk_means((x - x0_real).abs(), chunks)[:, frame_chunks(chunks, x.device)]  # (B, T)
-    return torch.nan_to_num((x0_fake - x0_real) / scale[:, None, :, None, None])
+    scale = scale[:, None, :, None, None]  # (B, 1, T, 1, 1)
+    return torch.where(scale == 0, 0.0, (x0_fake - x0_real) / scale)
 
 
 def dmd_loss(x: torch.Tensor, labels: torch.Tensor | None, teacher: torch.nn.Module, critic: torch.nn.Module,

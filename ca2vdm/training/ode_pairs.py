@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ca2vdm.checkpoints.weights import load_model
 from ca2vdm.config import to_dict
 from ca2vdm.data.latent_encoding import check_unfinished
-from ca2vdm.data.trajectories import INDEX_NAME, SETTINGS_NAME
+from ca2vdm.data.trajectories import INDEX_NAME, SETTINGS_NAME, shard_problem, shard_shape
 from ca2vdm.errors import ConfigError, SettingError
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.sampling.flow import sample
@@ -95,7 +95,7 @@ def write_pairs(checkpoint: str, out: str | Path, videos: int, steps: int, *, nu
     settings = {"teacher": str(checkpoint), "model_config": to_dict(cfg), "sampler": meta.sampler.to_dict(),
                 "steps": steps, "times": times, "frames": cfg.clip_frames, "videos": videos,
                 "null_share": null_share, "seed": seed, "shard_size": shard_size}
-    check_unfinished(out, settings, resume, SETTINGS_NAME, "recorded trajectories", "recording")
+    check_unfinished(out, settings, resume, SETTINGS_NAME, "recorded trajectories", "recording", finished_ok=True)
     barrier()
     if rank == 0 and not (out / SETTINGS_NAME).exists():
         out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,8 @@ def write_pairs(checkpoint: str, out: str | Path, videos: int, steps: int, *, nu
     barrier()
     num_chunks = len(cfg.layout.clip_chunks(cfg.clip_frames))
     shards = [range(s, min(s + shard_size, videos)) for s in range(0, videos, shard_size)]
-    mine = [n for n in range(len(shards)) if n % world == rank and not (out / _shard_name(n)).exists()]
+    mine = [n for n in range(len(shards)) if n % world == rank and shard_problem(
+        out / _shard_name(n), len(shards[n]), shard_shape(settings))]  # new, or damaged: recorded (again)
     for n in tqdm(mine, desc="trajectories", unit="shard", disable=not (progress and rank == 0), dynamic_ncols=True):
         points, labels = [], []
         for part in torch.arange(shards[n].start, shards[n].stop).split(batch):

@@ -1,6 +1,7 @@
 """One training run per output directory: a lock file that the kernel releases however its owner ends."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -8,9 +9,10 @@ import os
 import socket
 from pathlib import Path
 
-from ca2vdm.errors import CheckpointWriteError, RunLockedError
+from ca2vdm.errors import CheckpointWriteError, ConfigError, RunLockedError
 
 LOCK_NAME = "train.lock"
+PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)  # what "fix the permissions" can fix
 logger = logging.getLogger("ca2vdm.checkpoint")
 
 
@@ -31,13 +33,18 @@ class RunLock:
     def acquire(self) -> None:
         """Take the lock; raise :class:`RunLockedError` naming the owner if another run holds it."""
         folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"train.output_dir={folder} is a file, not a folder; choose a folder for the run (a new "
+                              "one, or the folder of the run to resume)")
         made_dir = not folder.exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd = _flock(self.path)
         except OSError as e:
-            raise CheckpointWriteError(f"cannot create {self.path}: {e.strerror or e}; fix the permissions of "
-                                       "train.output_dir or choose another") from e
+            fix = "fix the permissions of train.output_dir or choose another" if e.errno in PERMISSION else \
+                "a part of its path is a file, not a folder: choose another train.output_dir" if e.errno in (
+                    errno.ENOTDIR, errno.EEXIST) else "choose another train.output_dir"
+            raise CheckpointWriteError(f"cannot create {self.path}: {e.strerror or e}; {fix}") from e
         owner = _owner(self.path)
         here = socket.gethostname()
         if fd is None or owner.get("host", here) != here:

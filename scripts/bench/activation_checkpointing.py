@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.io.results import check_results_path, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +65,12 @@ def step(preset: str, batch: int, checkpointing: bool, device: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--preset", default="small", help="model registry name (ca2vdm.config.MODEL_CONFIGS)")
-    p.add_argument("--batch", type=int, default=1, help="clips per training step")
+    p.add_argument("--batch", type=count(1, 4096), default=1, help="clips per training step, 1 .. 4096")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where to train (peak RSS on cpu, allocator peak on cuda)")
-    p.add_argument("--out", default="outputs/bench/activation_checkpointing.json", help="JSON file for the figures")
+    p.add_output("--out", default="outputs/bench/activation_checkpointing.json", help="JSON file for the figures")
     p.add_argument("--child", choices=["off", "on"], help=argparse.SUPPRESS)  # one mode, in this process
     args = p.parse_args()
     if args.child:

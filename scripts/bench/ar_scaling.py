@@ -24,7 +24,6 @@ cached denoising pass (ca2vdm/models/flops.py: analytic FLOPs of the kv chunks w
 device's dense peak, from --peak-tflops or the table of known GPUs). Writes ar_scaling.json, then ar_scaling.png
 (skipped with a message without matplotlib).
 """
-import argparse
 import resource
 import statistics
 from pathlib import Path
@@ -33,7 +32,10 @@ import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.weights import load_model
-from ca2vdm.config import MODEL_CONFIGS, model_config
+from ca2vdm.cli.args import count, new_parser, number, seed
+from ca2vdm.config import MODEL_CONFIGS, SamplerSettings, model_config
+from ca2vdm.config.options import Declared, declared_fields
+from ca2vdm.config.sampler import TEACACHE_THRESH
 from ca2vdm.evaluation.lockstep import MODES, measure_modes, teacache_mode
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.plotting import plot_or_skip
@@ -44,6 +46,8 @@ from ca2vdm.models.registry import build_model
 from ca2vdm.runtime.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from ca2vdm.sampling.compile import warm_up_chunks
 from ca2vdm.sampling.pipeline import LongVideoPipeline
+
+PEAK_TFLOPS = Declared(float, "a device's dense peak TFLOP/s", low=0, low_open=True, high=10 ** 6)
 
 
 def memory(model, meta, batch: int, label: int | None) -> dict:
@@ -138,21 +142,23 @@ def summarise(results: dict, chunks: int, cfg, peak: float | None, compile_secon
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
+    p = new_parser(__doc__)
+    p.add_input("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
     p.add_argument("--preset", choices=sorted(MODEL_CONFIGS), default=None,
                    help="a registered model with random weights instead of --checkpoint (timing and memory only)")
-    p.add_argument("--chunks", type=int, default=20, help="chunks per mode (--frames overrides)")
-    p.add_argument("--frames", type=int, default=None, help="generate this many frames after the first (sets --chunks)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (the same for every mode)")
-    p.add_argument("--label", type=int, default=0, help="class label (-1: none, one guidance branch); "
+    p.add_argument("--chunks", type=count(1), default=20, help="chunks per mode (--frames overrides)")
+    p.add_argument("--frames", type=count(1), default=None,
+                   help="generate this many frames after the first (sets --chunks)")
+    p.add_argument("--steps", type=number(declared_fields(SamplerSettings)["steps"]), default=None,
+                   help="denoising steps per chunk (default: the checkpoint's)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sampling noise (the same for every mode)")
+    p.add_argument("--label", type=count(-1), default=0, help="class label (-1: none, one guidance branch); "
                                                         "ignored by an unconditional model")
-    p.add_argument("--batch", type=int, default=1, help="videos generated together (rows per pass)")
-    p.add_argument("--repeats", type=int, default=2, help="runs per mode; each chunk's fastest time is kept")
+    p.add_argument("--batch", type=count(1, 4096), default=1, help="videos generated together (rows per pass)")
+    p.add_argument("--repeats", type=count(1, 1000), default=2, help="runs per mode; each chunk's fastest time is kept")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                    help="kv: shared KV cache; none: window recompute (OS-Fix); full: all frames (OS-Ext)")
-    p.add_argument("--teacache-thresh", type=float, nargs="*", default=[0.2, 0.3, 0.5],
+    p.add_argument("--teacache-thresh", type=number(TEACACHE_THRESH), nargs="*", default=[0.2, 0.3, 0.5],
                    help="also run kv + TeaCache at these thresholds (none: skip)")
     p.add_argument("--compile", action="store_true", help="also run the --compile-modes with compiled blocks")
     p.add_argument("--compile-modes", nargs="+", choices=MODES, default=["kv"],
@@ -161,9 +167,9 @@ def main(argv=None) -> None:
                    help="torch.compile backend (aot_eager: the same graphs without code generation, for dry runs)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on the CPU")
-    p.add_argument("--peak-tflops", type=float, default=None,
+    p.add_argument("--peak-tflops", type=number(PEAK_TFLOPS), default=None,
                    help="the device's dense peak TFLOP/s at --dtype for MFU (default: a table of known GPUs)")
-    p.add_argument("--out-dir", default="outputs/bench", help="folder for ar_scaling.json (and the plot)")
+    p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for ar_scaling.json (and the plot)")
     args = p.parse_args(argv)
     out = Path(args.out_dir)
     check_results_path(out / "ar_scaling.json", [] if args.preset else [args.checkpoint])  # before the measurement

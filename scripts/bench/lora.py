@@ -19,7 +19,6 @@
    foreground colour (``ca2vdm.evaluation.metrics.foreground_colour``) is called by the nearest of the synthetic
    palette's eight colours and --colour. --sheet writes the first frames of each video, base rows above adapted rows.
 """
-import argparse
 import resource
 import tempfile
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file
 import ca2vdm
 from ca2vdm.checkpoints.adapters import read_adapter, save_merged
 from ca2vdm.checkpoints.weights import load_model, save_weights
+from ca2vdm.cli.args import count, new_parser, rgb
 from ca2vdm.config import LoraConfig, load_config
 from ca2vdm.config.model import MODEL_CONFIGS, model_config
 from ca2vdm.data.synthetic import PALETTE
@@ -149,22 +149,22 @@ def colours(args) -> tuple[dict, np.ndarray]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", default="checkpoints/demo.safetensors", help="the base checkpoint")
-    p.add_argument("--config", default="configs/demo.yaml", help="the base's training config")
-    p.add_argument("--data", required=True, help="videos to fine-tune on (the cost runs)")
-    p.add_argument("--adapter", default=None, help="an adapter trained on --base (exactness, colour; without it: the "
+    p = new_parser(__doc__)
+    p.add_input("--base", default="checkpoints/demo.safetensors", help="the base checkpoint")
+    p.add_input("--config", default="configs/demo.yaml", help="the base's training config")
+    p.add_input("--data", required=True, help="videos to fine-tune on (the cost runs)")
+    p.add_input("--adapter", default=None, help="an adapter trained on --base (exactness, colour; without it: the "
                    "cost alone)")
     p.add_argument("--preset", default=None, choices=sorted(MODEL_CONFIGS),
                    help="measure the cost on this registry model with random weights instead of --base")
-    p.add_argument("--colour", type=lambda s: tuple(int(v) for v in s.split(",")), default=(255, 255, 255),
+    p.add_argument("--colour", type=rgb, default=(255, 255, 255),
                    help="R,G,B of the colour the adapter teaches")
-    p.add_argument("--steps", type=int, default=10, help="fine-tuning steps of the shorter cost runs")
-    p.add_argument("--batch-size", type=int, default=8, help="training batch of the cost runs")
-    p.add_argument("--seeds", type=int, default=4, help="videos per label for the colour statistics")
-    p.add_argument("--chunks", type=int, default=5, help="chunks per video")
-    p.add_argument("--sheet", default=None, help="contact sheet PNG: base rows, then adapted rows")
-    p.add_argument("--out", default="outputs/bench/lora.json", help="the JSON report")
+    p.add_argument("--steps", type=count(1, 10 ** 6), default=10, help="fine-tuning steps of the shorter cost runs")
+    p.add_argument("--batch-size", type=count(1, 4096), default=8, help="training batch of the cost runs")
+    p.add_argument("--seeds", type=count(1, 1000), default=4, help="videos per label for the colour statistics")
+    p.add_argument("--chunks", type=count(1, 10 ** 5), default=5, help="chunks per video")
+    p.add_output("--sheet", default=None, help="contact sheet PNG: base rows, then adapted rows")
+    p.add_output("--out", default="outputs/bench/lora.json", help="the JSON report")
     args = p.parse_args()
     check_results_path(args.out, [args.base, args.config, args.data] + ([args.adapter] if args.adapter else []))
     torch.set_num_threads(1)

@@ -6,25 +6,25 @@
 Each length runs ``infer/long_video.py`` in a fresh process (peak RSS is per process) and reads its --stats:
 ``peak_rss_mb`` on the CPU, ``peak_gpu_mb`` (torch.cuda.max_memory_allocated) on a GPU. Writes memory.json.
 """
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.io.results import check_results_path, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
-    p.add_argument("--chunks", type=int, nargs="+", default=[10, 20, 40, 80],
+    p = new_parser(__doc__)
+    p.add_input("--checkpoint", default=None, help="default: the shipped checkpoint")
+    p.add_argument("--chunks", type=count(1), nargs="+", default=[10, 20, 40, 80],
                    help="video lengths to measure, in chunks (one process per length)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out-dir", default="outputs/bench", help="folder for the JSON (and plot)")
+    p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for the JSON (and plot)")
     args = p.parse_args()
     out = check_results_path(Path(args.out_dir) / "memory.json", [args.checkpoint] if args.checkpoint else [])
     key = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"

@@ -11,12 +11,12 @@ drifts shifts all alike. Per precision: median seconds of the cached chunks (the
 ratio to fp32, KV cache bytes, and the worst and mean absolute difference from fp32 of frames in [-1, 1].
 Writes precision.json.
 """
-import argparse
 from pathlib import Path
 
 import torch
 
 from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.cli.args import count, new_parser, seed
 from ca2vdm.evaluation.lockstep import measure_precisions
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.results import check_results_path, write_results
@@ -24,15 +24,16 @@ from ca2vdm.runtime.device import DTYPES, resolve_device
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
+    p = new_parser(__doc__)
+    p.add_input("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES),
                    help="precisions compared with fp32")
-    p.add_argument("--chunks", type=int, default=8, help="chunks per precision, each teacher-forced on the fp32 chunks")
-    p.add_argument("--label", type=int, default=0, help="class label (the demo model has 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    p.add_argument("--out-dir", default="outputs/bench", help="folder for precision.json")
+    p.add_argument("--chunks", type=count(1, 10 ** 5), default=8,
+                   help="chunks per precision, each teacher-forced on the fp32 chunks")
+    p.add_argument("--label", type=count(0), default=0, help="class label (the demo model has 3)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sampling noise")
+    p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for precision.json")
     args = p.parse_args()
     out = check_results_path(Path(args.out_dir) / "precision.json", [args.checkpoint])
     device = resolve_device(args.device)

@@ -6,13 +6,13 @@ Wraps the model's spatial/temporal attention and MLP modules in profiler ranges 
 runs chunks with the KV cache under torch.profiler, prints the share of each part and the top operators, and
 writes profile.json.
 """
-import argparse
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.sampling.pipeline import LongVideoPipeline
@@ -35,10 +35,10 @@ def label_modules(model) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
-    p.add_argument("--chunks", type=int, default=5, help="cached chunks profiled after the warm-up")
-    p.add_argument("--out-dir", default="outputs/bench", help="folder for the profile JSON")
+    p = new_parser(__doc__)
+    p.add_input("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
+    p.add_argument("--chunks", type=count(1, 10 ** 5), default=5, help="cached chunks profiled after the warm-up")
+    p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for the profile JSON")
     args = p.parse_args()
     out = check_results_path(Path(args.out_dir) / "profile.json", [args.checkpoint])
     torch.set_grad_enabled(False)

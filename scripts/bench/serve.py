@@ -21,29 +21,32 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from ca2vdm.cli.args import count, new_parser, number
+from ca2vdm.config.options import Declared
 from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES, read_chunk_message
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBACK_FPS = 8
+THRESHOLD = Declared(float, "a step cache's threshold", low=0, high=10 ** 6)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--url", default=None, help="WebSocket of a running server (default: start infer/serve.py)")
-    p.add_argument("--checkpoint", default=None, help="for the started server (default: the shipped demo model)")
+    p.add_input("--checkpoint", default=None, help="for the started server (default: the shipped demo model)")
     p.add_argument("--model", default=None, help="model name on the server (default: its first)")
     p.add_argument("--policy", default="teacache", help="step-caching policy to compare with none")
-    p.add_argument("--thresholds", type=float, nargs="*", default=[0.1, 0.2],
+    p.add_argument("--thresholds", type=number(THRESHOLD), nargs="*", default=[0.1, 0.2],
                    help="policy thresholds (README 'Step caching: which policy when': 0.1-0.2 for previews); none "
                         "given: only the model without a step cache (e.g. a few-step student)")
-    p.add_argument("--label", type=int, default=None, help="class label (default none: the page's default)")
-    p.add_argument("--chunks", type=int, default=20, help="chunks per run")
-    p.add_argument("--repeats", type=int, default=3, help="runs per setting")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--label", type=count(0), default=None, help="class label (default none: the page's default)")
+    p.add_argument("--chunks", type=count(1, 10 ** 5), default=20, help="chunks per run")
+    p.add_argument("--repeats", type=count(1, 1000), default=3, help="runs per setting")
+    p.add_argument("--threads", type=count(1, 1024), default=None,
                    help="OMP_NUM_THREADS for the started server (default: inherited). On a busy machine 1 thread "
                         "avoids OpenMP spin-waiting on a core another process holds")
-    p.add_argument("--out", default="docs/results/serve.json", help="JSON with the figures")
+    p.add_output("--out", default="docs/results/serve.json", help="JSON with the figures")
     return p.parse_args(argv)
 
 

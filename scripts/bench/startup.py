@@ -11,7 +11,6 @@ median of its wall time minus the generation time it reports (``seconds`` in its
 and the contact sheet), which is interpreter start-up, imports and loading the checkpoint. ``python -c "import
 torch"`` is measured in the same run as the yardstick: what any command that samples has to pay.
 """
-import argparse
 import json
 import shutil
 import statistics
@@ -21,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.io.results import check_results_path, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,10 +55,12 @@ def main_command(repeats: int, chunks: int) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=5, help="fresh interpreters per figure (median; default 5)")
-    p.add_argument("--chunks", type=int, default=20, help="chunks of the main command (default 20, the README's)")
-    p.add_argument("--out", default=None, help="write the figures to this JSON file")
+    p = new_parser(__doc__)
+    p.add_argument("--repeats", type=count(1, 1000), default=5,
+                   help="fresh interpreters per figure (median; default 5)")
+    p.add_argument("--chunks", type=count(1, 10 ** 5), default=20,
+                   help="chunks of the main command (default 20, the README's)")
+    p.add_output("--out", default=None, help="write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.out:
         check_results_path(args.out)  # before the measurement, not after it

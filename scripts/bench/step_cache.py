@@ -30,7 +30,6 @@ Writes ``step_cache.json`` (after every setting, so an interrupted run keeps wha
 ``step_cache.png`` (speed-up and evaluations saved vs mean chunk PSNR, one curve per policy; skipped with a
 message without matplotlib), and prints a table.
 """
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -38,6 +37,9 @@ from pathlib import Path
 import torch
 
 from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.cli.args import count, new_parser, number
+from ca2vdm.cli.args import seed as seed_arg
+from ca2vdm.config.options import Declared
 from ca2vdm.evaluation.metrics import motion, psnr, sharpness, to_frames
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
 from ca2vdm.io.plotting import plot_or_skip
@@ -47,6 +49,7 @@ from ca2vdm.sampling.step_cache import AdaCache, build_step_cache
 
 GOAL_MEAN, GOAL_MIN = 35.0, 30.0  # dB: mean and worst chunk PSNR a setting must keep to count as "good" (--goal-psnr)
 DRIFT_FIRST, DRIFT_LAST = 10, 50  # chunks compared by --drift-chunks (--drift-first, --drift-last)
+PSNR_GOAL = Declared(float, "a PSNR goal in dB (any value below 0: every setting counts)", low=-1000, high=1000)
 
 
 def settings() -> list[tuple[str, str, dict]]:
@@ -217,27 +220,28 @@ def plot(rows: list[dict], goal_mean: float, path: Path) -> None:
 
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
-    p.add_argument("--chunks", type=int, default=9, help="teacher-forced chunks per setting")
-    p.add_argument("--seed", type=int, default=0, help="seed of the reference video and its noise")
-    p.add_argument("--label", type=int, default=0, help="class label; guidance (and so FasterCache) needs one")
-    p.add_argument("--drift-chunks", type=int, default=0,
+    p = new_parser(__doc__)
+    p.add_input("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file or training checkpoint folder")
+    p.add_argument("--chunks", type=count(1, 10 ** 5), default=9, help="teacher-forced chunks per setting")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the reference video and its noise")
+    p.add_argument("--label", type=count(0), default=0, help="class label; guidance (and so FasterCache) needs one")
+    p.add_argument("--drift-chunks", type=count(0, 10 ** 5), default=0,
                    help="also compare a free-running video of this many chunks (> --drift-first + --drift-last) with "
                         "each policy's best setting on and off (0: skip; 200 takes long)")
-    p.add_argument("--drift-first", type=int, default=DRIFT_FIRST,
+    p.add_argument("--drift-first", type=count(1, 10 ** 5), default=DRIFT_FIRST,
                    help=f"the drift compares the last --drift-last chunks with these first (default {DRIFT_FIRST})")
-    p.add_argument("--drift-last", type=int, default=DRIFT_LAST,
+    p.add_argument("--drift-last", type=count(1, 10 ** 5), default=DRIFT_LAST,
                    help=f"the last chunks of the drift comparison (default {DRIFT_LAST})")
-    p.add_argument("--goal-psnr", type=float, nargs=2, default=[GOAL_MEAN, GOAL_MIN], metavar=("MEAN", "MIN"),
+    p.add_argument("--goal-psnr", type=number(PSNR_GOAL), nargs=2, default=[GOAL_MEAN, GOAL_MIN],
+                   metavar=("MEAN", "MIN"),
                    help=f"dB a setting's mean and worst chunk PSNR must reach to be a policy's best for the drift "
                         f"(default {GOAL_MEAN:g} {GOAL_MIN:g})")
-    p.add_argument("--drift-seeds", type=int, default=1,
+    p.add_argument("--drift-seeds", type=count(1, 1000), default=1,
                    help="the drift videos for this many seeds from --seed, each with and without the policies")
     p.add_argument("--policies", nargs="*", default=None, help="only these policies (default: all)")
     p.add_argument("--settings", nargs="*", default=None,
                    help="only these settings of the policies, by label, e.g. interval=2,growth=1,cfg_reuse=1")
-    p.add_argument("--out-dir", default="outputs/bench", help="folder for step_cache.json (and the plot)")
+    p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for step_cache.json (and the plot)")
     args = p.parse_args(argv)
     if args.drift_first < 1 or args.drift_last < 1:
         p.error("--drift-first and --drift-last must be at least 1")

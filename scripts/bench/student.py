@@ -9,13 +9,13 @@ median over its chunks after the first frame (the window fills within the first 
 and a setting's figure is the median over its runs. Run with OMP_NUM_THREADS=1 on a shared machine. The teacher is
 also timed at the student's step count (its own guidance) as the plain few-step baseline.
 """
-import argparse
 import statistics
 import time
 
 import torch
 
 import ca2vdm
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.io.results import check_results_path, write_results
 
 
@@ -33,13 +33,13 @@ def chunk_seconds(pipe, chunks: int, label: int | None, seed: int) -> float:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default="checkpoints/demo.safetensors", help="the teacher checkpoint")
-    p.add_argument("--student", default="checkpoints/demo-4step.safetensors", help="the student checkpoint")
-    p.add_argument("--chunks", type=int, default=20, help="chunks per run")
-    p.add_argument("--repeats", type=int, default=3, help="runs per setting")
-    p.add_argument("--label", type=int, default=1, help="the label of the labelled runs")
-    p.add_argument("--json", default="docs/results/distill_speed.json", help="where to write the figures")
+    p = new_parser(__doc__)
+    p.add_input("--teacher", default="checkpoints/demo.safetensors", help="the teacher checkpoint")
+    p.add_input("--student", default="checkpoints/demo-4step.safetensors", help="the student checkpoint")
+    p.add_argument("--chunks", type=count(1, 10 ** 5), default=20, help="chunks per run")
+    p.add_argument("--repeats", type=count(1, 1000), default=3, help="runs per setting")
+    p.add_argument("--label", type=count(0), default=1, help="the label of the labelled runs")
+    p.add_output("--json", default="docs/results/distill_speed.json", help="where to write the figures")
     args = p.parse_args(argv)
     check_results_path(args.json, [args.teacher, args.student], "json")  # before the measurement, not after it
     student = ca2vdm.load_pipeline(args.student, "cpu")

@@ -10,18 +10,21 @@ length, under autocast at ``--dtype`` (float32 master weights, as accelerate's m
 forward and backward passes (3 forwards, ca2vdm/flops.py; the recomputation is overhead, not counted) over the
 device's dense peak (``--peak-tflops`` or the table of known GPUs). Memory: CUDA's max_memory_allocated per mode.
 """
-import argparse
 import time
 
 import torch
 
+from ca2vdm.cli.args import count, new_parser, number
 from ca2vdm.config import MODEL_CONFIGS, Config, model_config
+from ca2vdm.config.options import Declared
 from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.models.flops import mfu, peak_tflops, train_step_flops
 from ca2vdm.models.registry import build_model
 from ca2vdm.runtime.device import DTYPES, dtype_name, resolve_device, resolve_dtype
 from ca2vdm.training.losses import causal_flow_loss
 from ca2vdm.training.parallelize import parallelize
+
+PEAK_TFLOPS = Declared(float, "a device's dense peak TFLOP/s", low=0, low_open=True, high=10 ** 6)
 
 
 def run(preset: str, batch: int, checkpointing: bool, device: torch.device, dtype: torch.dtype, warmup: int,
@@ -58,16 +61,17 @@ def run(preset: str, batch: int, checkpointing: bool, device: torch.device, dtyp
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--preset", choices=sorted(MODEL_CONFIGS), default="ca2vdm-xl",
                    help="model preset (random weights)")
-    p.add_argument("--batch", type=int, default=2, help="clips per step")
-    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per mode")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels)")
+    p.add_argument("--batch", type=count(1, 4096), default=2, help="clips per step")
+    p.add_argument("--steps", type=count(1, 10 ** 6), default=10, help="timed optimizer steps per mode")
+    p.add_argument("--warmup", type=count(0, 10 ** 6), default=3, help="untimed steps first (allocator, kernels)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="autocast dtype (default: bf16 on CUDA)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="dense peak TFLOP/s (default: known GPUs)")
-    p.add_argument("--out", default="outputs/bench/train_mfu.json", help="JSON file for the figures")
+    p.add_argument("--peak-tflops", type=number(PEAK_TFLOPS), default=None,
+                   help="dense peak TFLOP/s (default: known GPUs)")
+    p.add_output("--out", default="outputs/bench/train_mfu.json", help="JSON file for the figures")
     args = p.parse_args(argv)
     check_results_path(args.out)  # before the measurement, not after it
     device = resolve_device(args.device)

@@ -8,12 +8,12 @@ Each variant is ``NAME:key=value,key=value`` (overrides of the config). The vari
 ``--steps`` training steps each in a fresh temporary output directory; the first ``--warmup`` steps are not timed.
 Prints steps/s per variant and the ratio to the first, and writes ``<out-dir>/train_throughput.json``.
 """
-import argparse
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.config import load_config
 from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.training.loop import train
@@ -30,12 +30,13 @@ def steps_per_second(config_path: str, overrides: list[str], steps: int, warmup:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="training config (YAML) every variant starts from")
+    p = new_parser(__doc__)
+    p.add_input("--config", required=True, help="training config (YAML) every variant starts from")
     p.add_argument("--variant", action="append", required=True, help="NAME:key=value,key=value (repeatable)")
-    p.add_argument("--steps", type=int, default=30, help="training steps per variant, warm-up included")
-    p.add_argument("--warmup", type=int, default=5, help="first steps of each variant left out of the timing")
-    p.add_argument("--out-dir", default="outputs/bench", help="folder for the JSON")
+    p.add_argument("--steps", type=count(1, 10 ** 6), default=30, help="training steps per variant, warm-up included")
+    p.add_argument("--warmup", type=count(0, 10 ** 6), default=5,
+                   help="first steps of each variant left out of the timing")
+    p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for the JSON")
     args = p.parse_args()
     out = check_results_path(Path(args.out_dir) / "train_throughput.json", [args.config])
     results = {}

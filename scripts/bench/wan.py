@@ -13,12 +13,12 @@ nothing allocated): the cache's GiB at 480x832 in bf16 for Self-Forcing's window
 Self-Forcing's own global cache (32760 tokens a block). The parameter count is checked against diffusers' model of the
 same config. Writes wan.json.
 """
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.config import model_config
 from ca2vdm.encoders.text import TextEmbeddings
 from ca2vdm.io.results import check_results_path, write_results
@@ -79,13 +79,13 @@ def time_chunks(pipe: LongVideoPipeline, window: torch.Tensor, prompt: TextEmbed
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--size", default="64x64", help="pixel HEIGHTxWIDTH (latents 8x smaller)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (Self-Forcing's 4)")
-    p.add_argument("--chunks", type=int, default=2, help="chunks timed in each mode, after a full window")
+    p.add_argument("--steps", type=count(1, 1000), default=4, help="denoising steps per chunk (Self-Forcing's 4)")
+    p.add_argument("--chunks", type=count(1, 10 ** 4), default=2, help="chunks timed in each mode, after a full window")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision of the weights and cache")
-    p.add_argument("--out-dir", default="outputs/bench", help="folder for the JSON")
+    p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for the JSON")
     args = p.parse_args()
     out = check_results_path(Path(args.out_dir) / "wan.json")
     sizes = cache_sizes()

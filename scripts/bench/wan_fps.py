@@ -29,6 +29,7 @@ import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.tiny_wan import TRANSFORMER, VAE
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.config import CodecConfig, SamplerSettings, model_config
 from ca2vdm.config.presets import PRESETS
 from ca2vdm.encoders.text import TextEncoder
@@ -117,17 +118,18 @@ def run_mode(pipe: Pipeline, mode: str, chunks: int, device: torch.device) -> di
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--size", type=size_arg, default=(480, 832), help="frame size HxW in pixels (multiples of 16)")
-    p.add_argument("--chunks", type=int, default=10, help="chunks of each video (the first includes the first frame)")
+    p.add_argument("--chunks", type=count(1, 10 ** 4), default=10,
+                   help="chunks of each video (the first includes the first frame)")
     p.add_argument("--tiny", action="store_true", help="the tiny folder's transformer and VAE (a CPU dry run)")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to time")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile's backend for kv+compile "
                    "(aot_eager: the same graphs without code generation, a quick check)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on CUDA, fp32 on the CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    p.add_argument("--out", default="outputs/bench/wan_fps.json", help="JSON file for the figures")
+    p.add_argument("--seed", type=count(0), default=0, help="seed of the random weights")
+    p.add_output("--out", default="outputs/bench/wan_fps.json", help="JSON file for the figures")
     args = p.parse_args()
     out = check_results_path(args.out)
     device = resolve_device(args.device)

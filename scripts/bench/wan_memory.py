@@ -14,6 +14,7 @@ import argparse
 
 import torch
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.config import model_config
 from ca2vdm.encoders.umt5 import UMT5_XXL
 from ca2vdm.generation.wan_memory import GIB, estimate
@@ -46,18 +47,20 @@ def size_arg(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--sizes", type=size_arg, nargs="+", default=[(480, 832), (720, 1280)],
                    help="frame sizes HxW in pixels (multiples of 16)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp32"],
                    help="precisions of the weights, caches and activations")
-    p.add_argument("--chunk-frames", type=int, default=3, help="latent frames per chunk (Self-Forcing: 3)")
-    p.add_argument("--window", type=int, default=12, help="latent frames of K/V kept besides the sinks (LongLive: 12)")
-    p.add_argument("--sinks", type=int, default=3, help="attention-sink frames kept besides the window (LongLive: 3)")
-    p.add_argument("--batch", type=int, default=1, help="videos generated together")
+    p.add_argument("--chunk-frames", type=count(1, 64), default=3, help="latent frames per chunk (Self-Forcing: 3)")
+    p.add_argument("--window", type=count(1, 1024), default=12,
+                   help="latent frames of K/V kept besides the sinks (LongLive: 12)")
+    p.add_argument("--sinks", type=count(0, 1024), default=3,
+                   help="attention-sink frames kept besides the window (LongLive: 3)")
+    p.add_argument("--batch", type=count(1, 1024), default=1, help="videos generated together")
     p.add_argument("--cfg", action="store_true", help="classifier-free guidance: two rows per video (distilled "
                    "Self-Forcing / LongLive students need none)")
-    p.add_argument("--out", default="outputs/bench/wan_memory.json", help="JSON file for the estimates")
+    p.add_output("--out", default="outputs/bench/wan_memory.json", help="JSON file for the estimates")
     args = p.parse_args()
     out = check_results_path(args.out)
     with torch.no_grad():

@@ -11,13 +11,13 @@ every later chunk reads a stale cache), and the video's largest and mean differe
 cache. Random weights: the differences say whether a method keeps the cache whole, not how a trained model looks.
 Writes wan_step_caches.json.
 """
-import argparse
 import contextlib
 from pathlib import Path
 
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
+from ca2vdm.cli.args import new_parser
 from ca2vdm.encoders.text import TextEmbeddings
 from ca2vdm.io.results import check_results_path, write_results
 from ca2vdm.models.hooks import ModelHook
@@ -81,8 +81,8 @@ def run(model, prompt, settings: dict, chunks: int, contexts: str | None = None)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out-dir", default="outputs/bench", help="folder for the JSON")
+    p = new_parser(__doc__)
+    p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for the JSON")
     args = p.parse_args()
     out = check_results_path(Path(args.out_dir) / "wan_step_caches.json")
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.config import CodecConfig
 from ca2vdm.encoders.wan_vae import WanCodec
 from ca2vdm.io.results import check_results_path, write_results
@@ -36,19 +37,18 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("--size", type=size_arg, default=(480, 832), help="frame size HxW in pixels (multiples of 8)")
-    p.add_argument("--chunks", type=int, default=10, help="chunks decoded through one stream (at least 2)")
-    p.add_argument("--chunk-frames", type=int, default=3, help="latent frames per chunk (Self-Forcing: 3)")
+    p.add_argument("--chunks", type=count(2, 10 ** 4), default=10,
+                   help="chunks decoded through one stream (at least 2)")
+    p.add_argument("--chunk-frames", type=count(1, 64), default=3, help="latent frames per chunk (Self-Forcing: 3)")
     p.add_argument("--tiny", action="store_true", help="a tiny random VAE instead of Wan 2.1's configuration")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on CUDA, fp32 on the CPU)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and latents")
-    p.add_argument("--out", default="outputs/bench/wan_vae.json", help="JSON file for the figures")
+    p.add_argument("--seed", type=count(0), default=0, help="seed of the random weights and latents")
+    p.add_output("--out", default="outputs/bench/wan_vae.json", help="JSON file for the figures")
     args = p.parse_args()
     out = check_results_path(args.out)
-    if args.chunks < 2:
-        p.error(f"--chunks {args.chunks}: give at least 2 (the first chunk is not timed)")
     from diffusers import AutoencoderKLWan
 
     device = resolve_device(args.device)

@@ -18,7 +18,6 @@ into a temporary folder. Writes ``<out-dir>/objective.json`` and ``<out-dir>/obj
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -30,8 +29,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ca2vdm.cli.args import count, new_parser, number
 from ca2vdm.cli.make_data import main as make_data
 from ca2vdm.config import Config, load_config
+from ca2vdm.config.options import Declared
 from ca2vdm.data.clips import ClipDataset, VideoFolderDataset
 from ca2vdm.io.plotting import plot_or_skip
 from ca2vdm.io.results import write_results
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 OBJECTIVES = ("chunk", "all")
 HOLDOUT_EVERY = 8
+SECONDS = Declared(float, "seconds", low=0, low_open=True, high=10 ** 7)
 
 
 class InMemoryClips(ClipDataset):
@@ -240,20 +242,23 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser(__doc__)
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. train.batch_size=16)")
-    p.add_argument("--config", default=str(ROOT / "configs/demo.yaml"), help="training config both objectives use")
+    p.add_input("--config", default=str(ROOT / "configs/demo.yaml"), help="training config both objectives use")
     p.add_argument("--data", type=Path, help="video folder (written with ca2vdm make-data if missing)")
-    p.add_argument("--seconds", type=float, default=240, help="training compute seconds per objective")
-    p.add_argument("--slice", type=float, default=15, help="seconds per alternating slice")
-    p.add_argument("--eval-clips", type=int, default=32, help="held-out clips (each evaluated --eval-repeats times)")
-    p.add_argument("--eval-repeats", type=int, default=2, help="independent fixed draws per held-out clip")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy 2-core machine)")
+    p.add_argument("--seconds", type=number(SECONDS), default=240, help="training compute seconds per objective")
+    p.add_argument("--slice", type=number(SECONDS), default=15, help="seconds per alternating slice")
+    p.add_argument("--eval-clips", type=count(1, 10 ** 5), default=32,
+                   help="held-out clips (each evaluated --eval-repeats times)")
+    p.add_argument("--eval-repeats", type=count(1, 1000), default=2,
+                   help="independent fixed draws per held-out clip")
+    p.add_argument("--threads", type=count(1, 1024), default=1,
+                   help="torch CPU threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--out-dir", type=Path, default=ROOT / "outputs/bench",
+    p.add_output("--out-dir", kind="folder", type=Path, default=ROOT / "outputs/bench",
                    help="folder for objective.json and the plot")
-    p.add_argument("--plot-only", type=Path, help="redraw the plot of this objective.json into --out-dir and stop")
+    p.add_input("--plot-only", type=Path, help="redraw the plot of this objective.json into --out-dir and stop")
     args = p.parse_intermixed_args(argv)  # key=value overrides anywhere
     if args.plot_only:
         args.out_dir.mkdir(parents=True, exist_ok=True)

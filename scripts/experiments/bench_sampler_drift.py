@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 
 from ca2vdm.checkpoints.weights import load_model
+from ca2vdm.cli.args import count, new_parser, number, seed
+from ca2vdm.config import SamplerSettings
+from ca2vdm.config.options import declared_fields
 from ca2vdm.data.clips import VIDEO_EXTENSIONS, find_videos
 from ca2vdm.evaluation.metrics import shape_colour
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
@@ -38,12 +41,12 @@ MODES = ("teacher", "free")
 
 
 def setting(text: str) -> tuple[int, float]:
-    """'16:3' -> (16 steps, shift 3.0)."""
-    try:
-        steps, shift = text.split(":")
-        return int(steps), float(shift)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a setting is steps:shift, e.g. 16:3, got {text!r}") from None
+    """'16:3' -> (16 steps, shift 3.0), each checked as the sampler's setting is."""
+    steps, sep, shift = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"a setting is steps:shift, e.g. 16:3, got {text!r}")
+    declared = declared_fields(SamplerSettings)
+    return number(declared["steps"])(steps), number(declared["shift"])(shift)
 
 
 def brightness_contrast(frames: torch.Tensor) -> tuple[float, float]:
@@ -67,16 +70,18 @@ def continue_videos(pipe: LongVideoPipeline, videos: torch.Tensor, chunks: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file (default: the shipped model)")
-    p.add_argument("--data", default="data/shapes", help="training videos (ca2vdm make-data)")
-    p.add_argument("--every", type=int, default=8, help="take every n-th video of --data (default 8)")
-    p.add_argument("--videos", type=int, default=24, help="at most this many videos, continued as one batch")
-    p.add_argument("--chunks", type=int, default=10, help="chunks per video (the videos must be long enough)")
+    p = new_parser(__doc__)
+    p.add_input("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="weights file (default: the shipped model)")
+    p.add_input("--data", default="data/shapes", help="training videos (ca2vdm make-data)")
+    p.add_argument("--every", type=count(1, 10 ** 6), default=8, help="take every n-th video of --data (default 8)")
+    p.add_argument("--videos", type=count(1, 10 ** 5), default=24,
+                   help="at most this many videos, continued as one batch")
+    p.add_argument("--chunks", type=count(1, 10 ** 5), default=10,
+                   help="chunks per video (the videos must be long enough)")
     p.add_argument("--settings", type=setting, nargs="+", default=None,
                    help="steps:shift pairs (default: 16:1 16:3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (the same for every setting)")
-    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the sampling noise (the same for every setting)")
+    p.add_output("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     settings = args.settings or [setting("16:1"), setting("16:3")]
 

@@ -48,6 +48,7 @@ function onMessage(msg) {
     case "upload": if (pendingUpload) pendingUpload(msg); return;
     case "queued": return setStatus(`queued: position ${msg.position} (another tab is generating)`);
     case "started": return onStarted(msg);
+    case "switched": return setStatus(`switching from the next chunk on (chunk ${msg.at})`);
     case "done": return onDone(msg);
     case "error":
       showError(msg.message);
