@@ -29,7 +29,7 @@ import torch
 
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.checkpoints.tiny_wan import TRANSFORMER, VAE
-from ca2vdm.cli.args import count, new_parser
+from ca2vdm.cli.args import count, frame_size, new_parser
 from ca2vdm.config import CodecConfig, SamplerSettings, model_config
 from ca2vdm.config.presets import PRESETS
 from ca2vdm.encoders.text import TextEncoder
@@ -60,13 +60,6 @@ class RandomPrompts(TextEncoder):
 
     def embed_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.randn(*ids.shape, self.dim, generator=torch.Generator().manual_seed(int(ids.sum())))
-
-
-def size_arg(text: str) -> tuple[int, int]:
-    height, _, width = text.partition("x")
-    if not (height.isdigit() and width.isdigit()) or int(height) % 16 or int(width) % 16:
-        raise argparse.ArgumentTypeError(f"{text!r}: give HxW in pixels, multiples of 16 (e.g. 480x832)")
-    return int(height), int(width)
 
 
 def sync(device: torch.device) -> None:
@@ -119,7 +112,7 @@ def run_mode(pipe: Pipeline, mode: str, chunks: int, device: torch.device) -> di
 
 def main() -> None:
     p = new_parser(__doc__)
-    p.add_argument("--size", type=size_arg, default=(480, 832), help="frame size HxW in pixels (multiples of 16)")
+    p.add_argument("--size", type=frame_size, default=(480, 832), help="frame size HxW in pixels (multiples of 16)")
     p.add_argument("--chunks", type=count(1, 10 ** 4), default=10,
                    help="chunks of each video (the first includes the first frame)")
     p.add_argument("--tiny", action="store_true", help="the tiny folder's transformer and VAE (a CPU dry run)")
@@ -131,6 +124,8 @@ def main() -> None:
     p.add_argument("--seed", type=count(0), default=0, help="seed of the random weights")
     p.add_output("--out", default="outputs/bench/wan_fps.json", help="JSON file for the figures")
     args = p.parse_args()
+    if args.size[0] % 16 or args.size[1] % 16:
+        p.error(f"--size {args.size[0]}x{args.size[1]}: give multiples of 16 (the VAE's 8 x the patch's 2)")
     out = check_results_path(args.out)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
