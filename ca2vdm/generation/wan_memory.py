@@ -103,10 +103,9 @@ def estimate(cfg: ModelConfig, vae_config: dict, text_config: dict, dtype: torch
 
     from ca2vdm.models.registry import build_model
 
-    fields = {k: v for k, v in vae_config.items() if not k.startswith("_")}
-    with torch.device("meta"):
-        transformer, vae = build_model(cfg), AutoencoderKLWan(**fields).eval()
-        text = UMT5EncoderModel(UMT5Config(**{k: v for k, v in text_config.items() if not k.startswith("_")}))
+    with torch.device("meta"):  # a folder's config.json may hold keys another version does not take: from_config
+        transformer, vae = build_model(cfg), AutoencoderKLWan.from_config(dict(vae_config)).eval()
+        text = UMT5EncoderModel(UMT5Config.from_dict(dict(text_config)))
     b, width, blocks = BYTES[dtype], cfg.hidden_size, cfg.depth
     tokens = (cfg.resolution // cfg.patch_size) * (cfg.frame_width // cfg.patch_size)  # per latent frame
     chunk, slots = cfg.chunk_frames * tokens, cfg.max_context_frames + cfg.chunk_frames
