@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues 27 and 40 (part a) in one run, at most ~8 minutes on one H100/H200:
+# Every GPU measurement of issues 27 and 40 in one run, at most ~11 minutes on one H100/H200:
 #   1. the CUDA tests (tests/test_cuda.py: FlexAttention vs SDPA, bf16 vs fp32, compiled vs eager, which SDPA kernel)
 #   2. the XL benchmark: scripts/bench/ar_scaling.py --preset ca2vdm-xl --device cuda --dtype bf16 --frames 80
 #      --steps 100, modes kv / none (OS-Fix) / full (OS-Ext), memory, MFU of the cached pass (random weights)
@@ -8,7 +8,10 @@
 #   5. Wan: the memory estimate of the 1.3B + UMT5-XXL + VAE per size (scripts/bench/wan_memory.py, config
 #      arithmetic) and Wan's VAE decoded chunk by chunk at 480x832 bf16 with random weights (scripts/bench/wan_vae.py:
 #      seconds per chunk, peak memory, the feature cache flat, streamed == whole)
-#   6. OUTDIR/summary.json and OUTDIR/summary.md (scripts/gpu_report.py), beside each step's JSON and log
+#   6. Wan 1.3B end to end at 480x832 bf16 with random weights, sampled as Self-Forcing (4 steps, chunks of 3 latent
+#      frames), every chunk decoded by the VAE, an 81-frame video per mode (scripts/bench/wan_fps.py): frames per
+#      second and time to first frame with the KV cache, recomputing the window, with TaylorSeer, compiled; peak memory
+#   7. OUTDIR/summary.json and OUTDIR/summary.md (scripts/gpu_report.py), beside each step's JSON and log
 #
 #   scripts/gpu_check.sh OUTDIR             # on a machine whose PyTorch has CUDA (never reinstalls torch)
 #   scripts/gpu_check.sh --dry-run OUTDIR   # the same path on the CPU with the tiny preset, in about a minute (CI)
@@ -57,14 +60,16 @@ if [ $dry -eq 0 ]; then
     compile=(--preset ca2vdm-xl --frames 48 --steps 10)
     train=(--preset ca2vdm-xl --batch 2 --steps 10 --warmup 3)
     wan_vae=(--size 480x832 --chunks 10)
-    limits=(240 200 150 100 60 120)
+    wan_fps=(--size 480x832 --chunks 7)
+    limits=(240 200 150 100 60 120 240)
 else
     device=(--device cpu --dtype fp32)
     xl=(--preset tiny --frames 6 --steps 2)
     compile=(--preset tiny --frames 6 --steps 2 --compile-backend aot_eager)
     train=(--preset tiny --batch 1 --steps 2 --warmup 1)
     wan_vae=(--tiny --size 32x32 --chunks 3)
-    limits=(300 300 300 300 300 300)  # generous: a loaded CI machine; the dry run normally takes about a minute
+    wan_fps=(--tiny --size 32x32 --chunks 2 --compile-backend aot_eager)
+    limits=(300 300 300 300 300 300 300)  # generous: a loaded CI machine; the dry run normally takes about a minute
 fi
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log, record "name rc seconds"
@@ -90,4 +95,6 @@ step train_mfu "${limits[3]}" "$py" "$root/scripts/bench/train_mfu.py" "${train[
 step wan_memory "${limits[4]}" "$py" "$root/scripts/bench/wan_memory.py" --out "$out/wan_memory.json"
 step wan_vae "${limits[5]}" "$py" "$root/scripts/bench/wan_vae.py" "${wan_vae[@]}" "${device[@]}" \
     --out "$out/wan_vae.json"
+step wan_fps "${limits[6]}" "$py" "$root/scripts/bench/wan_fps.py" "${wan_fps[@]}" "${device[@]}" \
+    --out "$out/wan_fps.json"
 "$py" "$root/scripts/gpu_report.py" "$out" $([ $dry -eq 1 ] && echo --dry-run)

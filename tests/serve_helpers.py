@@ -23,7 +23,7 @@ class FakeModel:
         self.prompts = prompts  # a text model: prompts instead of labels
 
     def describe(self) -> dict:
-        return {"name": self.name, "labels": [] if self.prompts else self.labels, "size": SIZE, "fps": 8,
+        return {"name": self.name, "labels": [] if self.prompts else self.labels, "size": [SIZE, SIZE], "fps": 8,
                 "chunk_frames": 4, "first_frame_chunk": False, "prompts": self.prompts}
 
 

@@ -36,7 +36,7 @@ def test_latent_demo_samples_with_its_recorded_settings(tmp_path, cli_writes):
     line writes with the same settings."""
     pipe = load_pipeline(LATENT_DEMO, "cpu")
     assert (pipe.settings.shift, pipe.settings.steps, pipe.settings.cfg_scale) == (3.0, 16, 1.5)
-    assert isinstance(pipe.codec, DiffusersCodec) and not pipe.sampler.pixel_space and pipe.size == 128
+    assert isinstance(pipe.codec, DiffusersCodec) and not pipe.sampler.pixel_space and pipe.size == (128, 128)
     tiny = load_pipeline(LATENT_DEMO, "cpu", shift=1.5, steps=2, cfg_scale=1.0)
     assert (tiny.settings.shift, tiny.settings.steps, tiny.settings.cfg_scale) == (1.5, 2, 1.0)
     first, chunk = tiny.generate(1, label=1, seed=0)

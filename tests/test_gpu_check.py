@@ -1,6 +1,6 @@
 """scripts/gpu_check.sh --dry-run: the GPU check's whole path (CUDA tests, XL benchmark, compile speed-up, training
-MFU, Wan's memory estimate and VAE streaming, report) on the CPU with the tiny preset, so the script is known to work
-before a GPU is lent."""
+MFU, Wan's memory estimate, VAE streaming and end-to-end frames per second, report) on the CPU with the tiny preset,
+so the script is known to work before a GPU is lent."""
 import json
 import os
 import shutil
@@ -19,7 +19,7 @@ def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [(s["name"], s["exit"]) for s in summary["steps"]] == [
         ("cuda_tests", 0), ("xl_benchmark", 0), ("compile_speedup", 0), ("train_mfu", 0), ("wan_memory", 0),
-        ("wan_vae", 0)]
+        ("wan_vae", 0), ("wan_fps", 0)]
     assert summary["dry_run"] and summary["failed_steps"] == []
     tests = summary["cuda_tests"]
     assert tests["tests"] == tests["skipped"] >= 4 and tests["failures"] == tests["errors"] == 0  # no GPU here
@@ -36,6 +36,10 @@ def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     wan_vae = summary["wan_vae"]
     assert wan_vae["vae"] == "tiny" and wan_vae["streamed_vs_whole_max_abs"] <= 1e-4
     assert wan_vae["feature_cache_mb"][0] == wan_vae["feature_cache_mb"][-1] > 0
+    wan_fps = summary["wan_fps"]
+    assert wan_fps["model"] == "tiny" and set(wan_fps["modes"]) == {"kv", "none", "kv+taylorseer", "kv+compile"}
+    assert all(r["fps"] > 0 and r["time_to_first_frame_s"] > 0 for r in wan_fps["modes"].values())
+    assert wan_fps["compile_seconds"] > 0 and wan_fps["steps"] == 4 and wan_fps["chunk_frames"] == 3
     assert all(g["met"] is None for g in summary["goals"].values())  # a dry run judges no GPU goal
     assert "# GPU check (dry run" in (tmp_path / "summary.md").read_text()
 

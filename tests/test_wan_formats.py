@@ -14,30 +14,12 @@ from safetensors.torch import save_file
 from ca2vdm.checkpoints.weights import load_model, metadata_of
 from ca2vdm.encoders.text import TextEmbeddings
 from ca2vdm.models.registry import build_model, tiny_config
+from ca2vdm.models.wan.formats import wan_name
 from ca2vdm.models.wan.model import diffusers_config
 
 from helpers import run_command
 
-# diffusers' names -> Wan's: the inverse of diffusers' convert_wan_transformer_to_diffusers (sequential replacements)
-TO_WAN = [("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-          ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-          ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-          ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-          ("condition_embedder.time_proj", "time_projection.1"), ("attn1", "self_attn"), ("attn2", "cross_attn"),
-          (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
-          ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), (".norm2.", ".norm3.")]
 HEADS = "model.num_heads=2"  # a bare state dict does not say its heads (Wan's have 128 channels each; the tiny 12)
-
-
-def wan_name(key: str) -> str:
-    if key == "scale_shift_table":
-        return "head.modulation"
-    if key.startswith("proj_out."):
-        return "head.head." + key.removeprefix("proj_out.")
-    key = re.sub(r"^(blocks\.\d+)\.scale_shift_table$", r"\1.modulation", key)
-    for ours, theirs in TO_WAN:
-        key = key.replace(ours, theirs)
-    return key
 
 
 @pytest.fixture(scope="module")

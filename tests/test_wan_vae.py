@@ -110,7 +110,7 @@ def test_api_chunks_are_decoded_through_one_stream(checkpoint, codec):
     """3 chunks of 3 latent frames: 9 + 12 + 12 = 33 frames, numbered by pixel frame, equal to decoding the whole
     latent video at once."""
     pipe = ca2vdm.load_pipeline(checkpoint, "cpu")
-    assert pipe.size == 32
+    assert pipe.size == (32, 32)
     chunks = list(pipe.generate(3, label=1, seed=0))
     assert [c.pixels.shape[1] for c in chunks] == [9, 12, 12] and [c.start_frame for c in chunks] == [0, 9, 21]
     whole = ca2vdm.generation.api.to_pixels(codec, torch.cat([c.latents for c in chunks], dim=2))

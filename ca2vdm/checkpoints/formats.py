@@ -155,9 +155,10 @@ def read_weights(path: str | Path, *, generator: str | None = None, num_heads: i
     return ForeignWeights(fmt, state, fields)
 
 
-def fold_lora(state: dict[str, torch.Tensor], path: str | Path, alpha: float | None = None) -> int:
-    """Fold LongLive's LoRA (``lora.pt``) into ``state`` (our names) in place: ``W += alpha / rank * B @ A`` for every
-    adapted layer (``alpha`` default: the rank, LongLive's). Returns the number of layers changed."""
+def fold_lora(state: dict[str, torch.Tensor], path: str | Path, alpha: float | None = None,
+              scale: float = 1.0) -> int:
+    """Fold LongLive's LoRA (``lora.pt``) into ``state`` (our names) in place: ``W += scale * alpha / rank * B @ A``
+    for every adapted layer (``alpha`` default: the rank, LongLive's). Returns the number of layers changed."""
     path = Path(path)
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -176,8 +177,8 @@ def fold_lora(state: dict[str, torch.Tensor], path: str | Path, alpha: float | N
     for module in layers:
         down, up = renamed[f"{module}.lora_A.weight"].float(), renamed[f"{module}.lora_B.weight"].float()
         weight = state[f"{module}.weight"]
-        scale = (alpha if alpha is not None else down.shape[0]) / down.shape[0]
-        state[f"{module}.weight"] = (weight.float() + scale * up @ down).to(weight.dtype)
+        factor = scale * (alpha if alpha is not None else down.shape[0]) / down.shape[0]
+        state[f"{module}.weight"] = (weight.float() + factor * up @ down).to(weight.dtype)
     return len(layers)
 
 
@@ -198,13 +199,22 @@ def check_fits(state: Mapping[str, torch.Tensor], cfg: ModelConfig, source: str 
                               "check the model's sizes (model.num_heads, ...)")
 
 
-def export_foreign(src: str | Path, dst: str | Path, *, preset: str, model: str = "wan-1.3b",
-                   overrides: Mapping[str, Mapping] | None = None, lora: str | Path | None = None,
-                   lora_alpha: float | None = None, generator: str | None = None, dtype: torch.dtype = torch.bfloat16,
-                   codec: Mapping | None = None) -> tuple[ModelConfig, ForeignWeights]:
-    """Write the weights at ``src`` (any format above) as our weights file ``dst``, recording the model config (the
-    named size ``model``, the ``preset``'s window layout, the sizes the files record, then ``overrides["model"]``),
-    the sampler settings (the preset's, then ``overrides["sampler"]``), the codec and where they came from."""
+@dataclass
+class ForeignModel:
+    """Another project's transformer ready to build: its model config, sampler settings, weights and provenance."""
+    config: ModelConfig
+    sampler: SamplerSettings
+    weights: ForeignWeights
+    raw: dict               # what an export records of where it came from
+
+
+def read_foreign(src: str | Path, *, preset: str, model: str = "wan-1.3b",
+                 overrides: Mapping[str, Mapping] | None = None, lora: str | Path | None = None,
+                 lora_alpha: float | None = None, lora_scale: float = 1.0,
+                 generator: str | None = None) -> ForeignModel:
+    """The weights at ``src`` (any format above) with the model config they run under (the named size ``model``, the
+    ``preset``'s window layout, the sizes the files record, then ``overrides["model"]``) and the sampler settings
+    (the preset's, then ``overrides["sampler"]``), checked to fit; a LongLive LoRA folded in (times ``lora_scale``)."""
     overrides = {section: dict(values) for section, values in (overrides or {}).items()}
     unknown = set(overrides) - {"model", "sampler"}
     if unknown:
@@ -212,7 +222,7 @@ def export_foreign(src: str | Path, dst: str | Path, *, preset: str, model: str 
     chosen = overrides.get("model", {})
     weights = read_weights(src, generator=generator, num_heads=chosen.get("num_heads"))
     if lora is not None:
-        fold_lora(weights.state, lora, lora_alpha)
+        fold_lora(weights.state, lora, lora_alpha, lora_scale)
     fields = {**MODEL_CONFIGS[model], **PRESETS[preset]["model"], **weights.fields, **chosen, "name": model}
     try:
         cfg = validate_model(ModelConfig(**fields))
@@ -222,7 +232,19 @@ def export_foreign(src: str | Path, dst: str | Path, *, preset: str, model: str 
     check_fits(weights.state, cfg, src)
     raw = {"source": str(src), "source_format": weights.format, "preset": preset,
            **({"folded_lora": str(lora), "folded_lora_alpha": lora_alpha} if lora is not None else {})}
-    metadata = CheckpointMetadata(cfg, sampler, dict(codec or {"kind": "diffusers", "path": None}), raw=raw)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in weights.state.items()}
-    save_weights(dst, state, cfg, metadata.entries())
-    return cfg, weights
+    return ForeignModel(cfg, sampler, weights, raw)
+
+
+def export_foreign(src: str | Path, dst: str | Path, *, preset: str, model: str = "wan-1.3b",
+                   overrides: Mapping[str, Mapping] | None = None, lora: str | Path | None = None,
+                   lora_alpha: float | None = None, generator: str | None = None, dtype: torch.dtype = torch.bfloat16,
+                   codec: Mapping | None = None) -> tuple[ModelConfig, ForeignWeights]:
+    """Write the weights at ``src`` (:func:`read_foreign`) as our weights file ``dst``, recording the model config,
+    the sampler settings, the codec and where they came from."""
+    foreign = read_foreign(src, preset=preset, model=model, overrides=overrides, lora=lora, lora_alpha=lora_alpha,
+                           generator=generator)
+    metadata = CheckpointMetadata(foreign.config, foreign.sampler,
+                                  dict(codec or {"kind": "diffusers", "path": None}), raw=foreign.raw)
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in foreign.weights.state.items()}
+    save_weights(dst, state, foreign.config, metadata.entries())
+    return foreign.config, foreign.weights

@@ -8,6 +8,7 @@ rename). Every failure to read a checkpoint raises :class:`~ca2vdm.errors.Checkp
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -106,9 +107,10 @@ def metadata_of(path: str | Path) -> CheckpointMetadata:
     return CheckpointMetadata.from_raw(read_metadata(path), model_config_of(path), f"checkpoint {path}")
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[CausalVideoModel, CheckpointMetadata]:
-    """Build the model a checkpoint describes (its family from ``model.arch``) and load its weights; returns (model,
-    its typed metadata).
+def load_model(path: str | Path, device: torch.device | str = "cpu",
+               overrides: dict | None = None) -> tuple[CausalVideoModel, CheckpointMetadata]:
+    """Build the model a checkpoint describes (its family from ``model.arch``; ``overrides``: model fields that do not
+    change its weights, e.g. a Wan model's frame size) and load its weights; returns (model, its typed metadata).
 
     Raises :class:`CheckpointError` naming the file when it is missing, not a safetensors file, lacks ca2vdm
     metadata, is truncated, or holds weights that do not fit its recorded model config.
@@ -121,6 +123,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ca
                               f"ca2vdm merge-lora {base} {path} MERGED.safetensors and use that (ca2vdm generate and "
                               "ca2vdm serve also take an adapter beside its base: --lora; load_pipeline: lora=)")
     cfg = model_config_of(path)
+    if overrides:
+        cfg = validate_model(dataclasses.replace(cfg, **overrides))
     model = build_model(cfg)
     try:
         state = load_file(str(path), device="cpu")

@@ -140,6 +140,30 @@ def rgb(text: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in values)
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """argparse type of ``--size HxW``: (height, width) in pixels."""
+    height, sep, width = text.lower().partition("x")
+    if not sep or not height.isdigit() or not width.isdigit() or int(height) < 1 or int(width) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels (e.g. 480x832), got {text!r}")
+    return int(height), int(width)
+
+
+def add_base_flags(parser: ToolParser) -> None:
+    """``--base``, ``--size`` and ``--offload-text-encoder``: generating from a downloaded Wan folder
+    (ca2vdm/generation/wan_base.py)."""
+    parser.add_input("--base", default=None, metavar="DIR", what="the Wan folder (--base)",
+                     help="a Wan 2.1 text-to-video folder (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, or Wan's own layout): "
+                          "its VAE, UMT5 text encoder and tokenizer; --checkpoint is then the transformer in any "
+                          "format (a Self-Forcing / CausVid / LongLive .pt, ...; default: the folder's own), sampled "
+                          "as the known-model table says (ca2vdm/config/presets.py) unless the sampler flags say")
+    parser.add_argument("--size", type=frame_size, default=None, metavar="HxW",
+                        help="frame height x width in pixels of a Wan model (default: the checkpoint's own; 480x832 "
+                             "for Wan 1.3B)")
+    parser.add_argument("--offload-text-encoder", action="store_true",
+                        help="keep the base's UMT5 text encoder (11 GB in bf16) on the CPU except while it encodes a "
+                             "prompt")
+
+
 def lora_spec(text: str) -> tuple[str, float]:
     """argparse type of ``--lora PATH[:SCALE]``: (path, scale), the scale 1 when none is given."""
     try:

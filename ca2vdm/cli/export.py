@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ca2vdm.cli.args import new_parser
 from ca2vdm.config import MODEL_CONFIGS, PRECISIONS
-from ca2vdm.config.presets import PRESETS
+from ca2vdm.config.presets import PRESETS, preset_for
 from ca2vdm.errors import CheckpointError, ConfigError, ExportError, SettingError, opt
 
 WAN_SIZES = sorted(name for name, fields in MODEL_CONFIGS.items() if fields.get("arch") == "wan")
@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--dtype", choices=sorted(PRECISIONS), help="precision of the exported weights (default: fp16; "
                                                                "bf16 for another project's weights)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="another project's weights: whose sampler settings and "
-                   "window layout to record (default: self-forcing for a .pt, longlive with --lora, else wan)")
+                   "window layout to record (default: longlive with --lora, else by the file name, the known-model "
+                   "table of ca2vdm/config/presets.py, else self-forcing for a .pt, wan for Wan's own weights)")
     p.add_argument("--model", choices=WAN_SIZES, help="another project's weights: the named size whose frame size and "
                    "text encoder they are used with (default: wan-1.3b)")
     p.add_input("--lora", type=Path, what="the LoRA (--lora)", help="LongLive's lora.pt, folded into the base weights")
@@ -106,7 +107,7 @@ def export_foreign(args: argparse.Namespace) -> Path:
         raise ExportError(f"{opt('autoencoder')} ships a ca2vdm latent model's autoencoder; another project's Wan "
                           f"weights record their VAE folder with {opt('vae')}")
     src = Path(args.src)
-    preset = args.preset or ("longlive" if args.lora else "self-forcing" if src.suffix in (".pt", ".pth") else "wan")
+    preset = args.preset or preset_for(src, lora=args.lora is not None)
     vae = args.vae or (src / "vae" if (src / "vae/config.json").is_file() else None)
     codec = {"kind": "diffusers", "path": str(vae.resolve()) if vae else None}
     overrides = parse_overrides(args.overrides)

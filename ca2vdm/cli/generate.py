@@ -5,6 +5,8 @@
     ca2vdm generate --checkpoint runs/demo/checkpoints/step_003000 --label 2 --preview
     ca2vdm generate --checkpoint checkpoints/text-demo.safetensors --prompt "a red circle" --switch 10="a blue square"
     ca2vdm generate --lora runs/demo-white/checkpoints/step_000300 --label 1   # a LoRA adapter (docs/training.md)
+    ca2vdm generate --base Wan2.1-T2V-1.3B-Diffusers --checkpoint self_forcing_dmd.pt --prompt "a fox" --chunks 60 \
+        --switch 20="a fox in the snow" --offload-text-encoder        # a downloaded Wan folder (docs/models.md)
 
 Outputs: without --out the video goes to outputs/long_video.mp4, this tool's scratch file, replaced by every run
 (which says so, and removes the earlier run's contact sheet beside it unless it writes a new one with --preview).
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from ca2vdm.cli.args import (
     FLAGS,
+    add_base_flags,
     add_sampler_flags,
     count,
     lora_spec,
@@ -76,6 +79,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                    help="a LoRA adapter trained on --checkpoint (a train.lora run's adapter.safetensors or checkpoint "
                         "folder), folded into the weights times SCALE (default 1); repeatable: adapters stack")
     add_sampler_flags(p)
+    add_base_flags(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=list(PRECISIONS), default=None,
                    help="precision of the weights and the KV cache (rotary phases and softmax statistics stay fp32); "
@@ -129,8 +133,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                              sampler=args.sampler, teacache_thresh=args.teacache_thresh, device=args.device,
                              dtype=args.dtype, codec_path=args.codec_path, compile=args.compile, fps=args.fps,
                              preview=args.preview, verbose=args.verbose, stats=args.stats,
-                             overwrite=args.overwrite or args.out is None, lora=args.lora)
-    checkpoint, out = args.checkpoint or DEFAULT_CHECKPOINT, args.out or DEFAULT_OUT
+                             overwrite=args.overwrite or args.out is None, lora=args.lora, base=args.base,
+                             size=args.size, offload_text_encoder=args.offload_text_encoder)
+    checkpoint = args.checkpoint or (None if args.base else DEFAULT_CHECKPOINT)
+    out = args.out or DEFAULT_OUT
     scratch = args.out is None and args.num_videos is None and out.exists()  # replaced, and said so
     with StopSignals() as stop:
         try:
@@ -149,8 +155,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         count = len(stats["videos"])
         print(f"wrote {count} video{'s' * (count != 1)}: " + ", ".join(v["video"] for v in stats["videos"]))
         return
+    gpu = f"peak GPU memory {stats['peak_gpu_mb']:.0f} MB, " if "peak_gpu_mb" in stats else ""
     print(f"wrote {stats['video']}: {stats['frames']} frames in {stats['seconds']:.1f}s "
-          f"(peak RSS {stats['peak_rss_mb']:.0f} MB)" + (f", preview {stats['preview']}" if args.preview else ""))
+          f"({gpu}peak RSS {stats['peak_rss_mb']:.0f} MB)" + (f", preview {stats['preview']}" if args.preview else ""))
     if scratch:
         print(replaced_scratch(out, args.preview))
 

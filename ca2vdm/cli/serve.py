@@ -3,6 +3,7 @@
     ca2vdm serve                                         # the shipped model at http://127.0.0.1:7860/
     python infer/serve.py --checkpoint checkpoints/demo.safetensors checkpoints/latent-demo.safetensors --port 8000
     ca2vdm serve --lora runs/demo-white/checkpoints/step_000300     # the demo model and demo+demo-white/step_000300
+    ca2vdm serve --base Wan2.1-T2V-1.3B-Diffusers --checkpoint self_forcing_dmd.pt --device cuda   # a Wan folder
 
 One generation runs per device at a time; other pages wait in a queue of at most --max-queue. A connection whose
 request headers are not in within 10 s is closed, and at most 256 connections are served at once
@@ -15,7 +16,7 @@ import errno
 import socket
 import sys
 
-from ca2vdm.cli.args import FLAGS, count, lora_spec, new_parser, non_negative_int, number, positive_int
+from ca2vdm.cli.args import FLAGS, add_base_flags, count, lora_spec, new_parser, non_negative_int, number, positive_int
 from ca2vdm.config.options import Declared
 from ca2vdm.errors import Ca2vdmError
 from ca2vdm.io.paths import DEFAULT_CHECKPOINT
@@ -30,9 +31,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--port", type=port_number, default=7860, help="port, 1 .. 65535 (default 7860)")
     p.add_argument("--device", default="cpu", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
                    "(default cpu)")
-    p.add_input("--checkpoint", nargs="+", default=[str(DEFAULT_CHECKPOINT)],
-                   help="one or more checkpoints offered on the page (default: the shipped demo model); the page "
-                        "names each by its file name")
+    p.add_input("--checkpoint", nargs="+", default=None,
+                help="one or more checkpoints offered on the page (default: the shipped demo model; with --base, the "
+                     "folder's own transformer); the page names each by its file name")
     p.add_argument("--lora", type=lora_spec, action="append", default=[], metavar="PATH[:SCALE]",
                    help="also offer a LoRA adapter (a train.lora run's adapter.safetensors or checkpoint folder) on "
                         "the --checkpoint it was trained on, folded in times SCALE (default 1), as "
@@ -47,7 +48,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--queue-timeout", type=seconds, default=600.0,
                    help="seconds a page may wait in the queue for the device before it is told to try again "
                         "(default 600)")
-    return p.parse_args(argv)
+    add_base_flags(p)
+    args = p.parse_args(argv)
+    args.checkpoint = args.checkpoint or [args.base or str(DEFAULT_CHECKPOINT)]
+    return args
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     from ca2vdm.serve.protocol import MAX_UPLOAD_BYTES
 
     try:
-        models = load_catalog(args.checkpoint, args.device, args.lora)
+        models = load_catalog(args.checkpoint, args.device, args.lora, base=args.base, size=args.size,
+                              offload_text_encoder=args.offload_text_encoder)
     except Ca2vdmError as e:
         sock.close()
         sys.exit(f"error: {e.for_cli(FLAGS)}")

@@ -89,6 +89,11 @@ MODEL_CONFIGS: dict[str, dict] = {
     "wan-1.3b": dict(arch="wan", in_channels=16, resolution=60, width=104, patch_size=2, hidden_size=1536, depth=30,
                      num_heads=12, ffn_dim=8960, text_encoder="umt5-xxl", text_dim=4096, text_tokens=512,
                      chunk_frames=3, first_frame_chunk=False, max_context_frames=18, positions="absolute"),
+    # the Wan-architecture demo (checkpoints/wan-shapes.safetensors): Wan's blocks at the text demo's scale on 32x32
+    # pixels (patch 4: 64 tokens a frame), WordLlama prompts, chunks of 4 after a first frame, 9 frames of context
+    "wan-shapes": dict(arch="wan", resolution=32, patch_size=4, hidden_size=128, depth=4, num_heads=4, ffn_dim=512,
+                       rope_max_seq_len=64, text_encoder="wordllama", text_dim=256, text_tokens=24, chunk_frames=4,
+                       max_context_frames=9),
     # the conformance suite's tiny Wan (diffusers' own test sizes: 2 heads x 12, 2 layers, FFN 32), on 16x16 pixels
     "wan-tiny": dict(arch="wan", resolution=16, patch_size=2, hidden_size=24, depth=2, num_heads=2, ffn_dim=32,
                      rope_max_seq_len=32, text_encoder="wordllama", text_dim=256, text_tokens=8, chunk_frames=2,

@@ -23,13 +23,14 @@ import torch
 
 from ca2vdm.checkpoints.adapters import LoraSpec, apply_adapters, lora_specs
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
-from ca2vdm.checkpoints.weights import load_model, weights_file
+from ca2vdm.checkpoints.weights import load_model, metadata_of, weights_file
 from ca2vdm.config import SamplerSettings, TemporalCompression, check_seed
 from ca2vdm.config.conditioning import check_prompt
 from ca2vdm.encoders.codec import Codec, CodecStream, build_codec
 from ca2vdm.encoders.text import TextEncoder, build_text_encoder
-from ca2vdm.errors import CodecError, SettingError, opt
+from ca2vdm.errors import CheckpointError, CodecError, SettingError, opt
 from ca2vdm.generation.stream import VideoStream, scheduled
+from ca2vdm.generation.wan_base import frame_fields, load_base
 from ca2vdm.io.video import VideoWriter, resize_center_crop, to_uint8
 from ca2vdm.models.base import CausalVideoModel
 from ca2vdm.runtime.device import resolve_device, resolve_dtype
@@ -72,9 +73,10 @@ def load_codec(meta: CheckpointMetadata, checkpoint: str | Path, codec_path: str
                          "the autoencoder's save_pretrained folder") from None
 
 
-def pixel_size(model: CausalVideoModel, codec: Codec) -> int:
-    """Height and width of the video's frames: the model's frame size times the codec's down-sampling."""
-    return model.frame_shape[-1] * codec.factor
+def pixel_size(model: CausalVideoModel, codec: Codec) -> tuple[int, int]:
+    """(height, width) of the video's frames: the model's frame size times the codec's down-sampling."""
+    _, height, width = model.frame_shape
+    return height * codec.factor, width * codec.factor
 
 
 def model_input(codec: Codec, pixels: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,7 @@ class Pipeline:
     """A checkpoint ready to generate: its model, its codec and the sampler settings it recorded (or overrides).
 
     ``sampler`` is the :class:`~ca2vdm.sampling.pipeline.LongVideoPipeline` (the autoregressive loop in the model's
-    space, with the text encoder), ``codec`` turns its frames into pixels, ``size`` is the frames' height and width in
+    space, with the text encoder), ``codec`` turns its frames into pixels, ``size`` is the frames' (height, width) in
     pixels. Made by :func:`load_pipeline` (a checkpoint's file) or :meth:`from_model` (a model in memory); other
     settings on the same model: :meth:`with_settings`.
     """
@@ -105,16 +107,19 @@ class Pipeline:
     @classmethod
     def from_model(cls, model: CausalVideoModel, metadata: CheckpointMetadata, checkpoint: str | Path,
                    device: torch.device, *, dtype: str | torch.dtype | None = None, codec_path: str | None = None,
-                   compile: bool = False, policy: StepCache | None = None, **settings) -> Pipeline:
+                   compile: bool = False, policy: StepCache | None = None, codec: Codec | None = None,
+                   text_encoder: TextEncoder | None = None, **settings) -> Pipeline:
         """A model with a checkpoint's metadata (``checkpoints.weights.load_model``, or one being trained) with its
-        codec and sampler settings; see :func:`load_pipeline`. The model is cast to ``dtype`` here (and compiled with
-        ``compile``): the caller hands it over."""
-        codec = load_codec(metadata, checkpoint, codec_path, device)
-        model = model.to(resolve_dtype(dtype, device))  # rotary tables and sampler state stay float32
+        codec and sampler settings; see :func:`load_pipeline`. The model is moved to ``device`` and cast to ``dtype``
+        here (and compiled with ``compile``): the caller hands it over. ``codec`` and ``text_encoder``, when given
+        (a base folder's), replace the ones the metadata records."""
+        codec = codec or load_codec(metadata, checkpoint, codec_path, device)
+        model = model.to(device, resolve_dtype(dtype, device))  # rotary tables and sampler state stay float32
         if compile:
             compile_blocks(model)
-        sampler = LongVideoPipeline.for_checkpoint(model, metadata, text_encoder=load_text_encoder(
-            model, checkpoint, metadata), policy=policy, **settings)
+        text_encoder = text_encoder or load_text_encoder(model, checkpoint, metadata)
+        sampler = LongVideoPipeline.for_checkpoint(model, metadata, text_encoder=text_encoder, policy=policy,
+                                                   **settings)
         return cls(sampler, codec, metadata)
 
     def with_settings(self, **changes) -> Pipeline:
@@ -147,11 +152,10 @@ class Pipeline:
             _check_whole(rows.shape[1], self.codec.temporal, frames)
             return self.codec.encode(torch.stack([resize_center_crop(row, self.size) for row in rows]).to(device))
         video = frames[None] if frames.ndim == 4 else frames
-        if not frames.is_floating_point() or video.ndim != 5 or video.shape[1] != 3 or video.shape[3:] != (
-                self.size, self.size):
+        if not frames.is_floating_point() or video.ndim != 5 or video.shape[1] != 3 or video.shape[3:] != self.size:
             raise SettingError("first_frames", f"{frames.dtype} {tuple(frames.shape)}",
-                               f"expected uint8 (B, T, H, W, 3) frames or float (B, 3, T, {self.size}, {self.size}) "
-                               "in [-1, 1]")
+                               f"expected uint8 (B, T, H, W, 3) frames or float (B, 3, T, {self.size[0]}, "
+                               f"{self.size[1]}) in [-1, 1]")
         _check_not_empty((video.shape[0], video.shape[2]), frames)
         _check_whole(video.shape[2], self.codec.temporal, frames)
         _check_float_range(video)
@@ -225,6 +229,9 @@ def load_text_encoder(model: CausalVideoModel, checkpoint: str | Path,
     the checkpoint); None for other models. With the words of the model's training captions (``metadata``), it says
     once per prompt which of its words the model never saw."""
     cfg = model.cfg
+    if cfg.text_encoder.startswith("umt5"):
+        raise CheckpointError(f"{checkpoint} reads prompts through Wan's UMT5 ({cfg.text_encoder}): give the Wan "
+                              f"folder it goes with as {opt('base')} (its text_encoder/, tokenizer/ and vae/)")
     encoder = build_text_encoder(cfg.text_encoder, cfg.text_tokens, weights_file(checkpoint).parent)
     if encoder is not None and metadata is not None and metadata.caption_words is not None:
         encoder.seen_words = frozenset(metadata.caption_words)
@@ -259,11 +266,21 @@ def _check_float_range(video: torch.Tensor) -> None:
                            "command line does), or scale them: x / 127.5 - 1")
 
 
-def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = None, *,
+def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.device | None = None, *,
+                  checkpoint: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
+                  size: tuple[int, int] | None = None, offload_text_encoder: bool = False,
                   dtype: str | torch.dtype | None = None, codec_path: str | None = None, compile: bool = False,
                   policy: StepCache | None = None, lora: LoraSpec | Iterable[LoraSpec] | None = None,
                   **settings) -> Pipeline:
     """Load a checkpoint (weights ``.safetensors`` or a training checkpoint directory) as ``infer/long_video.py`` does.
+
+    ``path`` (or ``checkpoint=``): the checkpoint. ``base``: a downloaded Wan 2.1 folder (diffusers' or Wan's own
+    layout) whose VAE, UMT5 text encoder and tokenizer are used with the checkpoint's transformer, which may then be
+    another project's weights (a Self-Forcing / CausVid / Causal Forcing / LongLive ``.pt``, a Wan or diffusers folder;
+    sampled as the known-model table of :mod:`ca2vdm.config.presets` says) or None for the folder's own
+    (:mod:`ca2vdm.generation.wan_base`); ``offload_text_encoder`` keeps UMT5 on the CPU except while it encodes a
+    prompt. ``size``: (height, width) of the frames in pixels, for a Wan model (default: the checkpoint's own; 480x832
+    for another project's).
 
     ``device``: None or "auto" picks CUDA when there is one, else the CPU. ``dtype`` of the weights and KV cache
     (fp32, bf16, fp16 or a torch dtype): None is bf16 on CUDA and fp32 on the CPU, as on the command line. The codec
@@ -276,11 +293,27 @@ def load_pipeline(path: str | os.PathLike, device: str | torch.device | None = N
     ``step_cache`` setting. ``compile``: the blocks are compiled on first use. ``lora``: LoRA
     adapters trained on this checkpoint (a run's ``adapter.safetensors`` or its checkpoint folder), a path or
     ``(path, scale)`` or a list of them, folded into the loaded weights, each times its scale (stacked); an adapter
-    trained on another checkpoint is refused (:mod:`ca2vdm.checkpoints.adapters`).
+    trained on another checkpoint is refused (:mod:`ca2vdm.checkpoints.adapters`); with ``base``, LongLive's
+    ``lora.pt`` too.
     """
+    if path is not None and checkpoint is not None:
+        raise SettingError("checkpoint", checkpoint, f"and the path {path} both name the checkpoint; give one")
+    path = checkpoint if path is None else path
+    if base is None and offload_text_encoder:
+        raise SettingError("offload_text_encoder", True, f"applies to a Wan folder's UMT5 text encoder: give "
+                           f"{opt('base')} too")
+    if base is None and path is None:
+        raise SettingError("checkpoint", None, f"give a checkpoint (or a Wan folder as {opt('base')})")
     lora = lora_specs(lora)  # checked before the weights load
     device = resolve_device(device)
-    model, meta = load_model(path, device)
+    if base is not None:
+        parts = load_base(base, path, device, dtype=dtype, size=size, offload_text_encoder=offload_text_encoder,
+                          lora=lora)
+        return Pipeline.from_model(parts.model, parts.metadata, path or base, device, dtype=dtype, compile=compile,
+                                   policy=policy, codec=parts.codec, text_encoder=parts.text_encoder, **settings)
+    meta = metadata_of(path) if size is not None else None
+    fields = frame_fields(meta.model, size, meta.codec.get("factor", 1)) if meta is not None else None
+    model, meta = load_model(path, device, overrides=fields)
     model = apply_adapters(model, lora, path)  # the model is this function's own: merged in place
     return Pipeline.from_model(model, meta, path, device, dtype=dtype, codec_path=codec_path, compile=compile,
                                policy=policy, **settings)

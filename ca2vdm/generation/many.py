@@ -50,7 +50,7 @@ def assigned_seeds(first: int, num_videos: int, rank: int, world: int) -> list[i
     return list(range(first, first + num_videos))[rank::world]
 
 
-def generate_videos(checkpoint: str | Path, out: str | Path, opts: GenerationOptions, num_videos: int,
+def generate_videos(checkpoint: str | Path | None, out: str | Path, opts: GenerationOptions, num_videos: int,
                     batch: int = 1, stop: StopSignals | None = None) -> dict:
     """Generate this process's share of ``num_videos`` videos, ``batch`` at a time; return the stats
     ``{"videos": [...], "rank", "world_size", "compile_seconds"}``, also written to ``opts.stats`` (per process).
@@ -73,7 +73,7 @@ def generate_videos(checkpoint: str | Path, out: str | Path, opts: GenerationOpt
     for i, path in enumerate(paths.values()):  # the stats file is checked against the first video
         check_paths(checkpoint, path, first_frame=opts.first_frame, preview=opts.preview,
                     stats=stats_file if i == 0 else None, overwrite=opts.overwrite,
-                    adapters=[adapter for adapter, _ in opts.lora])
+                    adapters=[adapter for adapter, _ in opts.lora], base=opts.base)
     summary = {"videos": [], "rank": rank, "world_size": world, "compile_seconds": None}
     if not seeds:
         return summary

@@ -64,6 +64,9 @@ class GenerationOptions:
     dtype: str | None = None        # fp32 | bf16 | fp16 (weights, KV cache); None: bf16 on CUDA, fp32 on the CPU
     codec_path: str | None = None   # the autoencoder's folder, when not where the checkpoint recorded it
     lora: list = field(default_factory=list)  # LoRA adapters folded into the weights: [(path, scale)], stacked
+    base: str | None = None         # a downloaded Wan folder: VAE, UMT5 and tokenizer (ca2vdm.generation.wan_base)
+    size: tuple[int, int] | None = None  # (height, width) pixels of a Wan model's frames; None: the checkpoint's own
+    offload_text_encoder: bool = False  # the base's UMT5 waits on the CPU except while it encodes a prompt
     compile: bool = False           # compile the blocks once per process (ca2vdm.sampling.compile); seconds in stats
     fps: int = FPS
     preview: bool = False
@@ -100,7 +103,7 @@ class _Output:
     preview: list[np.ndarray] = field(default_factory=list)
 
 
-def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOptions,
+def generate_video(checkpoint: str | Path | None, out: str | Path, opts: GenerationOptions,
                    stop: StopSignals | None = None) -> dict:
     """Generate ``opts.chunks`` chunks into the mp4 ``out`` (written atomically; see
     :func:`~ca2vdm.io.paths.output_path`); return the stats dict, also written to ``opts.stats``.
@@ -113,11 +116,12 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     check_options(opts)
     out = output_path(out)
     check_paths(checkpoint, out, first_frame=opts.first_frame, preview=opts.preview, stats=opts.stats,
-                overwrite=opts.overwrite, adapters=[path for path, _ in opts.lora])
+                overwrite=opts.overwrite, adapters=[path for path, _ in opts.lora], base=opts.base)
     pipe, compile_seconds = pipeline_for(checkpoint, opts)
     try:
         [stats] = generate_batch(pipe, {opts.seed: out}, opts, stop,
-                                 {"checkpoint": str(checkpoint), "compile_seconds": compile_seconds,
+                                 {"checkpoint": str(checkpoint), **({"base": str(opts.base)} if opts.base else {}),
+                                  "compile_seconds": compile_seconds,
                                   **({"lora": [[str(p), s] for p, s in opts.lora]} if opts.lora else {})})
     except Stopped as stopped:
         stopped.stats = stopped.stats[0] if stopped.stats else None  # this video's stats, as a return would give
@@ -129,11 +133,13 @@ def generate_video(checkpoint: str | Path, out: str | Path, opts: GenerationOpti
     return stats
 
 
-def pipeline_for(checkpoint: str | Path, opts: GenerationOptions, batch: int = 1) -> tuple[Pipeline, float | None]:
+def pipeline_for(checkpoint: str | Path | None, opts: GenerationOptions,
+                 batch: int = 1) -> tuple[Pipeline, float | None]:
     """The pipeline (model, codec, sampler settings) ``opts`` ask for; with ``opts.compile`` the blocks are compiled
     now, for ``batch`` videos at a time (their seconds are returned, else None)."""
-    pipe = load_pipeline(checkpoint, opts.device, dtype=opts.dtype, codec_path=opts.codec_path, compile=opts.compile,
-                         lora=opts.lora, **opts.sampler)
+    pipe = load_pipeline(checkpoint, opts.device, base=opts.base, size=opts.size,
+                         offload_text_encoder=opts.offload_text_encoder, dtype=opts.dtype, codec_path=opts.codec_path,
+                         compile=opts.compile, lora=opts.lora, **opts.sampler)
     if opts.teacache_thresh is not None:  # the command line's older spelling of a setting of the checkpoint's policy
         legacy = with_teacache_thresh(pipe.settings, opts.teacache_thresh, opts.sampler.get("step_cache_options"))
         pipe = pipe.with_settings(step_cache_options=legacy.step_cache_options)

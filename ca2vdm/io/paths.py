@@ -94,20 +94,23 @@ def preview_path(out: Path) -> Path:
     return out.with_suffix(".png")
 
 
-def check_paths(checkpoint: str | Path, out: Path, *, first_frame: str | None = None, preview: bool = False,
-                stats: str | None = None, overwrite: bool = False, adapters: list[str | Path] = ()) -> None:
+def check_paths(checkpoint: str | Path | None, out: Path, *, first_frame: str | None = None, preview: bool = False,
+                stats: str | None = None, overwrite: bool = False, adapters: list[str | Path] = (),
+                base: str | Path | None = None) -> None:
     """Refuse, before any work, a first frame that is not a file and outputs that would destroy something: the
-    checkpoint or an adapter (or a file in their directories), the input, a device or pipe, each other, or (without
-    ``overwrite``) an existing video or contact sheet."""
+    checkpoint, a Wan ``base`` folder or an adapter (or a file in their directories), the input, a device or pipe,
+    each other, or (without ``overwrite``) an existing video or contact sheet."""
     if first_frame:
         try:
             check_input_file(first_frame)
         except ValueError as e:
             raise SettingError("first_frame", first_frame, str(e)) from None
-    checkpoint = latest_checkpoint(checkpoint)
+    checkpoint = latest_checkpoint(checkpoint if checkpoint is not None else base)
     outputs = {"out": out, "preview": preview_path(out) if preview else None, "stats": Path(stats) if stats else None}
     outputs = {name: path for name, path in outputs.items() if path is not None}
     for name, path in outputs.items():
+        if base is not None and path.resolve().is_relative_to(Path(base).resolve()):
+            raise SettingError(name, path, f"is inside the {opt('base')} folder {base}; write it elsewhere")
         _check_output(name, path, Path(checkpoint), first_frame)
         for adapter in map(Path, adapters):
             if _same_file(path, adapter) or (adapter.is_dir() and path.resolve().is_relative_to(adapter.resolve())):

@@ -66,31 +66,33 @@ def _uint8_to_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return rearrange(_as_frames(frames).float().div_(127.5).sub_(1.0), "t h w c -> c t h w")
 
 
-def resize_center_crop(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to `size` and center-crop to a square.
+def resize_center_crop(frames: np.ndarray | torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Center-crop to the aspect ratio of `size` and resize to it: `size` is (height, width), or one side of a square.
 
     Takes uint8 frames (numpy or torch) shaped (T, H, W, C) with C in 1/3/4,
     grayscale (T, H, W), or a single grayscale frame (H, W). Returns a
-    (3, T, size, size) float32 tensor in [-1, 1]. Resizing is bilinear with
+    (3, T, height, width) float32 tensor in [-1, 1]. Resizing is bilinear with
     antialiasing. Frames are cropped before they are converted to float, which
     keeps the float copy (the peak memory of decoding a video) small.
     """
-    if size <= 0:
-        raise ValueError(f"size must be a positive integer, got {size}")
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"size must be positive, got {size}")
     frames = _as_frames(frames)  # (T, H, W, 3)
     height, width = frames.shape[1:3]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    video = _uint8_to_float(frames[:, top : top + side, left : left + side])  # (3, T, side, side)
-    if side == size:
+    scale = min(height / out_h, width / out_w)  # the largest crop of the target's aspect ratio
+    crop_h, crop_w = min(height, round(out_h * scale)), min(width, round(out_w * scale))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    video = _uint8_to_float(frames[:, top : top + crop_h, left : left + crop_w])  # (3, T, crop_h, crop_w)
+    if (crop_h, crop_w) == (out_h, out_w):
         return video.contiguous()
     resized = F.interpolate(
         rearrange(video, "c t h w -> t c h w"),
-        size=(size, size),
+        size=(out_h, out_w),
         mode="bilinear",
         align_corners=False,
         antialias=True,
-    )  # (T, 3, size, size)
+    )  # (T, 3, out_h, out_w)
     return rearrange(resized, "t c h w -> c t h w").clamp(-1, 1).contiguous()
 
 
@@ -195,14 +197,15 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def read_video(
-    path: str | os.PathLike, num_frames: int | None = None, size: int | None = None
+    path: str | os.PathLike, num_frames: int | None = None, size: int | tuple[int, int] | None = None
 ) -> torch.Tensor:
     """Read a video or image as a (3, T, H, W) float tensor in [-1, 1].
 
     Images (png, jpg, ...) give T = 1 and ignore `num_frames`. For videos,
     `num_frames` keeps the LAST frames (for continuing a video); a shorter
-    video is returned whole. `size` resizes the shorter side and center-crops
-    to size x size. Raises ValueError naming the file if it is missing or unreadable.
+    video is returned whole. `size` ((height, width), or one side of a square)
+    center-crops to its aspect ratio and resizes (:func:`resize_center_crop`).
+    Raises ValueError naming the file if it is missing or unreadable.
     """
     path = Path(path)
     if num_frames is not None and num_frames <= 0:
@@ -218,8 +221,10 @@ def read_video(
     return _uint8_to_float(frames) if size is None else resize_center_crop(frames, size)
 
 
-def stream_video(path: str | os.PathLike, size: int, batch_frames: int = 4) -> Iterator[torch.Tensor]:
-    """Decode a video (or an image) in order, yielding (3, T <= batch_frames, size, size) float tensors in [-1, 1].
+def stream_video(path: str | os.PathLike, size: int | tuple[int, int],
+                 batch_frames: int = 4) -> Iterator[torch.Tensor]:
+    """Decode a video (or an image) in order, yielding (3, T <= batch_frames, height, width) float tensors in [-1, 1]
+    (``size``: (height, width), or one side of a square).
 
     Each batch is resized and center-cropped (as :func:`resize_center_crop`) as soon as it is decoded, so memory
     does not grow with the video's length. Raises ValueError naming the file and the problem.

@@ -244,7 +244,8 @@ class LongVideoPipeline:
             if policy is not None:
                 policy.begin_chunk()
             if exit_step is None:
-                x0 = sample(denoise, noise, settings.steps, settings.shift, start_t if start_from is not None else 1.0)
+                start = start_t if start_from is not None else 1.0
+                x0 = sample(denoise, noise, settings.steps, times=[start * t for t in self.schedule()])
             else:
                 x0 = self._exit_sample(denoise, noise, exit_step, grad)
         if exit_step is None:

@@ -26,8 +26,8 @@ class Offered:
 
     def describe(self) -> dict:
         """What the page needs to offer this model: its labels (named where the checkpoint names them) or whether it
-        takes prompts, frame size and rate, and how many frames a chunk has."""
-        return {"name": self.name, "labels": self.class_names, "size": self.pipe.size, "fps": FPS,
+        takes prompts, frame size ([height, width]) and rate, and how many frames a chunk has."""
+        return {"name": self.name, "labels": self.class_names, "size": list(self.pipe.size), "fps": FPS,
                 "chunk_frames": self.cfg.chunk_frames, "first_frame_chunk": bool(self.cfg.first_frame_chunk),
                 "prompts": self.pipe.model.text_conditional, "text_tokens": self.cfg.text_tokens}
 
@@ -40,26 +40,30 @@ class Offered:
 
 def offered_names(paths: list[str | Path]) -> list[str]:
     """A name per checkpoint for the page: the file (or folder) stem, or the path as given where stems repeat."""
-    stems = [Path(p).stem if Path(p).suffix == ".safetensors" else Path(p).name for p in paths]
+    stems = [Path(p).stem if Path(p).suffix in (".safetensors", ".pt", ".pth") else Path(p).name for p in paths]
     return [stem if stems.count(stem) == 1 else str(path) for stem, path in zip(stems, paths)]
 
 
-def load_catalog(paths: list[str | Path], device: str,
-                 lora: list[tuple[str | Path, float]] = ()) -> dict[str, Offered]:
+def load_catalog(paths: list[str | Path], device: str, lora: list[tuple[str | Path, float]] = (), *,
+                 base: str | Path | None = None, size: tuple[int, int] | None = None,
+                 offload_text_encoder: bool = False) -> dict[str, Offered]:
     """Load every checkpoint in ``paths`` on ``device``, and for each adapter of ``lora`` ((path, scale)) its base
     with the adapter folded in, offered as ``<base>+<adapter>``; errors (CheckpointError, CodecError, SettingError)
-    name the file or the setting."""
+    name the file or the setting. With ``base`` (a downloaded Wan folder) each checkpoint is a transformer run with
+    its VAE and text encoder (``ca2vdm.load_pipeline(base=...)``; the folder itself: its own transformer), at
+    ``size`` (height, width) pixels."""
     if len({Path(p).resolve() for p in paths}) != len(paths):
         raise ConfigError(f"{opt('checkpoint')} lists the same checkpoint twice; give each once")
     torch_device = resolve_device(device)
     catalog, base_names = {}, dict(zip(map(str, paths), offered_names(paths)))
     offered = [(name, path, []) for name, path in zip(offered_names(paths), paths)]  # (name, checkpoint, adapters)
     for adapter, scale in lora:  # each on the checkpoint it was trained on (or refused naming the first and it)
-        base = adapter_base(adapter, paths)
-        name = f"{base_names[str(base)]}+{adapter_label(adapter)}" + ("" if scale == 1 else f"*{scale:g}")
-        offered.append((name, base, [(adapter, scale)]))
+        trained_on = adapter_base(adapter, paths)
+        name = f"{base_names[str(trained_on)]}+{adapter_label(adapter)}" + ("" if scale == 1 else f"*{scale:g}")
+        offered.append((name, trained_on, [(adapter, scale)]))
     for name, path, adapters in offered:
-        pipe = load_pipeline(path, torch_device, lora=adapters)
+        pipe = load_pipeline(path, torch_device, lora=adapters, base=base, size=size,
+                             offload_text_encoder=offload_text_encoder)
         names = pipe.metadata.class_names or [str(i) for i in range(pipe.model.cfg.num_classes)]
         catalog[name] = Offered(name, Path(path), pipe, names)
     return catalog

@@ -32,7 +32,8 @@ def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int 
     or the model's first frame, then ``chunks`` chunks (None: until the caller stops iterating).
 
     ``poll()`` runs after every denoising step; it raises to abandon the chunk in progress. A given video
-    contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first.
+    contributes its last ``max_context_frames`` frames (all the next chunk attends to), shown first; with a codec that
+    compresses time (Wan's VAE) it is encoded whole, its frames up to the last whole group of the codec.
     ``prompt``: a text model's prompt; ``switches(upcoming)``, called before each chunk (``upcoming``: its index,
     -1 for the first frame), returns the switches (``protocol.SwitchMessage``) asked for since the last call, each
     with the chunk ``at`` it applies from (``run.RunControl`` resolves it and refuses a second one for a chunk); they
@@ -42,7 +43,10 @@ def pixel_chunks(offered: Offered, *, label: int | None, seed: int, chunks: int 
     pipe = offered.pipe.with_settings(step_cache=step_cache, step_cache_options=step_cache_options)
     given = None
     if first_frame is not None:
-        given = read_video(first_frame, num_frames=offered.cfg.max_context_frames, size=pipe.size)  # (3, T, H, W)
+        temporal = pipe.codec.temporal  # a codec that compresses time encodes the video whole, in whole groups
+        last = None if temporal.frames_per_latent > 1 else offered.cfg.max_context_frames
+        given = read_video(first_frame, num_frames=last, size=pipe.size)  # (3, T, H, W)
+        given = given[:, :temporal.start_of(temporal.latents_in(given.shape[1]))]
         yield PixelChunk(to_uint8(given), "given")
     video = pipe.generate(chunks, label=label, seed=seed, first_frames=given, on_step=lambda i: poll(),
                           prompt=prompt)

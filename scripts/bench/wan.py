@@ -82,7 +82,7 @@ def main() -> None:
     p = new_parser(__doc__)
     p.add_argument("--size", default="64x64", help="pixel HEIGHTxWIDTH (latents 8x smaller)")
     p.add_argument("--steps", type=count(1, 1000), default=4, help="denoising steps per chunk (Self-Forcing's 4)")
-    p.add_argument("--chunks", type=count(1, 1000), default=2, help="chunks timed in each mode, after a full window")
+    p.add_argument("--chunks", type=count(1, 10 ** 4), default=2, help="chunks timed in each mode, after a full window")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="precision of the weights and cache")
     p.add_output("--out-dir", kind="folder", default="outputs/bench", help="folder for the JSON")

@@ -39,8 +39,9 @@ def sync(device: torch.device) -> None:
 def main() -> None:
     p = new_parser(__doc__)
     p.add_argument("--size", type=size_arg, default=(480, 832), help="frame size HxW in pixels (multiples of 8)")
-    p.add_argument("--chunks", type=count(2, 10000), default=10, help="chunks decoded through one stream (at least 2)")
-    p.add_argument("--chunk-frames", type=count(1, 1000), default=3, help="latent frames per chunk (Self-Forcing: 3)")
+    p.add_argument("--chunks", type=count(2, 10 ** 4), default=10,
+                   help="chunks decoded through one stream (at least 2)")
+    p.add_argument("--chunk-frames", type=count(1, 64), default=3, help="latent frames per chunk (Self-Forcing: 3)")
     p.add_argument("--tiny", action="store_true", help="a tiny random VAE instead of Wan 2.1's configuration")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on CUDA, fp32 on the CPU)")

@@ -15,11 +15,20 @@ number of heads, which is its width over Wan's head size of 128.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
 
 WAN_HEAD_DIM = 128  # every released Wan 2.1 / 2.2 transformer: 12 heads of 128 (1.3B), 40 of 128 (14B)
+# our (diffusers') names -> Wan's, as sequential replacements: the inverse of diffusers' conversion (to_wan)
+TO_WAN = [("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+          ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+          ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+          ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+          ("condition_embedder.time_proj", "time_projection.1"), ("attn1", "self_attn"), ("attn2", "cross_attn"),
+          (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
+          ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"), (".norm2.", ".norm3.")]
 
 
 def from_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -42,6 +51,23 @@ def strip_training_prefixes(name: str) -> str:
 def from_self_forcing(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A Self-Forcing / CausVid / Causal Forcing / LongLive generator's state dict -> ours."""
     return from_wan({strip_training_prefixes(k): v for k, v in state.items()})
+
+
+def wan_name(key: str) -> str:
+    """One of our parameter names in Wan's naming (what Wan's and Self-Forcing's files hold)."""
+    if key == "scale_shift_table":
+        return "head.modulation"
+    if key.startswith("proj_out."):
+        return "head.head." + key.removeprefix("proj_out.")
+    key = re.sub(r"^(blocks\.\d+)\.scale_shift_table$", r"\1.modulation", key)
+    for ours, theirs in TO_WAN:
+        key = key.replace(ours, theirs)
+    return key
+
+
+def to_wan(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict in Wan's names (a Wan or Self-Forcing file's): :func:`from_wan` reads it back exactly."""
+    return {wan_name(k): v for k, v in state.items()}
 
 
 CONVERTERS = {"diffusers": from_diffusers, "wan": from_wan, "self-forcing": from_self_forcing}

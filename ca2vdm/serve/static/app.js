@@ -60,7 +60,7 @@ function onMessage(msg) {
 
 function onHello(msg) {
   hello = msg;
-  $("model").replaceChildren(...msg.models.map((m) => new Option(`${m.name} (${m.size}x${m.size})`, m.name)));
+  $("model").replaceChildren(...msg.models.map((m) => new Option(`${m.name} (${m.size[0]}x${m.size[1]})`, m.name)));
   $("step-cache").replaceChildren(...msg.policies.map((p) => new Option(p.name, p.name)));
   fillStepCacheOptions();
   $("upload-limit").textContent = (msg.max_upload_bytes / 2 ** 20).toFixed(0);
