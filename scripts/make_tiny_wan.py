@@ -11,7 +11,7 @@ weights, so its videos are noise-like; what it shows is the path from a download
 from pathlib import Path
 
 from ca2vdm.checkpoints.tiny_wan import write_self_forcing_pt, write_tiny_wan
-from ca2vdm.cli.args import count, new_parser, seed
+from ca2vdm.cli.args import new_parser, seed
 
 
 def main() -> None:
