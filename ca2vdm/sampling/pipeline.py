@@ -38,8 +38,8 @@ from ca2vdm.config.conditioning import check_switch_request
 from ca2vdm.encoders.text import TextEncoder
 from ca2vdm.errors import SettingError, opt
 from ca2vdm.models.base import CausalVideoModel
-from ca2vdm.models.hooks import ModelHook
 from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, kind_of, label_rows, text_rows
+from ca2vdm.sampling.evaluations import COUNTER_HOOK, EvalCounter
 from ca2vdm.sampling.flow import Denoiser, guidance, perturb, sample, timesteps
 from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 
@@ -47,7 +47,6 @@ from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 # seed draws the same noise in fp32, bf16 and fp16, and the Euler steps add in float32. The model casts its input to
 # its weights' dtype; the context cache is in the weights' dtype.
 STATE_DTYPE = torch.float32
-COUNTER_HOOK = "evaluations"  # the name of the hook that counts the block-stack passes that ran
 
 
 @dataclass
@@ -57,19 +56,6 @@ class ChunkResult:
     index: int                  # chunk number, 0-based
     model_evals: int            # block-stack evaluations that ran while denoising (per guidance branch; counted)
     skipped_evals: int = 0      # evaluations a step-caching policy skipped
-
-
-class EvalCounter(ModelHook):
-    """Counts the block-stack passes that run (innermost on the model's step-cache hooks, so a pass a policy skips is
-    never seen), per guidance branch: a pass over ``branches x batch`` rows counts ``branches``; commits not at all."""
-
-    def __init__(self, batch: int):
-        self.batch, self.count = batch, 0
-
-    def forward(self, call, stack_call):
-        if not stack_call.commit:
-            self.count += stack_call.x.shape[0] // self.batch
-        return call(stack_call)
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator], device: torch.device,
@@ -152,22 +138,23 @@ class LongVideoPipeline:
         cache = self.model.new_cache(groups * batch, device) if self.settings.cache == "kv" else None
         return Conditioning(labels, groups, cache, text)
 
-    def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
+    def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float | torch.Tensor, frames_before: int,
                   groups: int) -> torch.Tensor:
-        """Velocity of the first ``groups`` row groups (x: (B, C, L, H, W), repeated per group)."""
+        """Velocity of the first ``groups`` row groups (x: (B, C, L, H, W), repeated per group) at time ``t``: one
+        for every row, or (B,) one per video (training's windows)."""
         rows = groups * x.shape[0]
-        x = _repeat_rows(x, groups)  # (G * B, C, L, H, W)
+        t_rows = _repeat_rows(torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(x.shape[0]), groups)
+        x, t_rows = _repeat_rows(x, groups), t_rows[:, None]  # (G * B, C, L, H, W), (G * B, 1)
         labels = None if cond.labels is None else cond.labels[:rows]
         text = None if cond.text is None else cond.text.rows(rows)
         L = x.shape[2]
         if cond.cache is not None:
             cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
-            return self.forward(x, torch.full((rows, L), t, device=x.device), labels, cache=cache,
-                                text=text).to(STATE_DTYPE)
+            return self.forward(x, t_rows.expand(rows, L), labels, cache=cache, text=text).to(STATE_DTYPE)
         ctx = torch.cat([_repeat_rows(f, groups) for f in cond.sinks + cond.context] + [x], dim=2)
         n = ctx.shape[2] - L
         t_frames = torch.zeros(rows, n + L, device=x.device)
-        t_frames[:, n:] = t
+        t_frames[:, n:] = t_rows
         out = self.forward(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n, text=text)
         return out[:, :, n:].to(STATE_DTYPE)
 
@@ -311,11 +298,13 @@ class LongVideoPipeline:
         return denoise
 
     @torch.no_grad()
-    def commit(self, state: GenerationState, frames: torch.Tensor) -> None:
+    def commit(self, state: GenerationState, frames: torch.Tensor, perturbed: bool = False) -> None:
         """Perturb finished frames (prefix perturbation) and append them to the conditioning of every row; the
-        window's frames are kept as committed (a switch re-caches them)."""
-        noise = _randn(frames.shape, state.generator, frames.device, frames.dtype)
-        frames = perturb(frames, noise, self.settings.cond_noise)
+        window's frames are kept as committed (a switch re-caches them). ``perturbed``: the frames are already as
+        committed (another model's window replayed in training): no noise is drawn."""
+        if not perturbed:
+            frames = perturb(frames, _randn(frames.shape, state.generator, frames.device, frames.dtype),
+                             self.settings.cond_noise)
         cond, cfg = state.conditioning, self.model.cfg
         if cond.cache is not None:
             self._commit_pass(cond, frames)
@@ -359,10 +348,25 @@ class LongVideoPipeline:
         if mode == "reset":
             cond.sinks.clear()
             cond.context.clear()
-        if cond.cache is None or mode == "keep":
+        if mode != "keep":
+            self._recache(cond)
+
+    @torch.no_grad()
+    def adopt_window(self, state: GenerationState, sinks: list[torch.Tensor], context: list[torch.Tensor],
+                     frames: int) -> None:
+        """Condition the next chunk on a window another model committed (training's teacher and critic read the
+        student's: ``sinks`` and ``context`` (B, C, n, H, W) as committed, after ``frames`` frames of video),
+        encoded once under this model and condition: the re-cache of a switch."""
+        state.conditioning.sinks[:], state.conditioning.context[:] = sinks, context
+        state.frames = frames
+        self._recache(state.conditioning)
+
+    def _recache(self, cond: Conditioning) -> None:
+        """Write the window's frames, as committed, into the emptied cache under the current condition."""
+        if cond.cache is None:
             return
         cond.cache.reset()
-        if mode == "recache" and (cond.sinks or cond.context):  # renumbered from 0: only distances count (RoPE)
+        if cond.sinks or cond.context:  # renumbered from 0: only distances count (RoPE)
             window = torch.cat(cond.sinks + cond.context, dim=2)  # (B, C, n, H, W) as committed (perturbed)
             for part in window.split(self.model.cfg.layout.split(0, window.shape[2]), dim=2):
                 self._commit_pass(cond, part)
