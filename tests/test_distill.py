@@ -200,8 +200,10 @@ def test_schedule_of_the_critic_and_the_student(teacher, pairs, tmp_path):
 
 
 def test_resume_is_exact(teacher, pairs, tmp_path):
-    """8 steps (2 of ODE regression, then DMD) == 4 + --resume latest + 4: losses, student, critic, EMA."""
-    run = ("train.save_every=4", "train.warmup_steps=4")  # the first 4 steps' lr does not depend on max_steps
+    """8 steps (2 of ODE regression, then DMD on long rollouts that switch labels) == 4 + --resume latest + 4:
+    losses, student, critic, EMA."""
+    run = ("train.save_every=4", "train.warmup_steps=4",  # the first 4 steps' lr does not depend on max_steps
+           "distill.rollout_chunks=6", "distill.switch_share=0.5")
     full = train(_config(teacher, pairs, tmp_path / "full", "train.max_steps=8", *run), progress_bar=False)
     train(_config(teacher, pairs, tmp_path / "half", "train.max_steps=4", *run), progress_bar=False)
     half = train(_config(teacher, pairs, tmp_path / "half", "train.max_steps=8", *run), resume="latest",
@@ -320,15 +322,16 @@ def test_a_text_teachers_student(tmp_path):
 
 @pytest.mark.parametrize("fsdp", [True, False], ids=["fsdp", "ddp"])
 def test_two_processes(teacher, pairs, tmp_path, fsdp):
-    """accelerate launch --num_processes 2 through the ODE stage into DMD: with train.fsdp=true student, critic and
-    teacher are sharded over two gloo ranks; without, student and critic are replicated (DDP). The student is a
-    full checkpoint one process loads."""
+    """accelerate launch --num_processes 2 through the ODE stage into DMD on long rollouts that switch labels: with
+    train.fsdp=true student, critic and teacher are sharded over two gloo ranks; without, student and critic are
+    replicated (DDP). The student is a full checkpoint one process loads."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            str(ROOT / "train/distill.py"), "--config", str(ROOT / "configs/distill-demo.yaml"), "--no-progress",
            f"distill.teacher={teacher}", "distill.steps=2", "distill.ode_steps=1", "distill.critic_ratio=2",
            f"data.root={pairs}", f"train.output_dir={tmp_path}", "train.batch_size=1", "train.max_steps=4",
+           "distill.rollout_chunks=5", "distill.switch_share=1",
            "train.save_every=4", "train.log_every=1", f"train.fsdp={str(fsdp).lower()}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -32,8 +32,8 @@ def test_the_rollout_is_inference_up_to_the_window_and_gradients_stay_in_it():
     gradients; with every exit at the last step the window is inference's chunks."""
     student = random_model(num_classes=3).train()
     calls = []
-    student.register_forward_hook(lambda m, a, kw, out: calls.append((torch.is_grad_enabled(), kw.get("commit", False))),
-                                  with_kwargs=True)
+    student.register_forward_hook(lambda m, a, kw, out: calls.append(
+        (torch.is_grad_enabled(), kw.get("commit", False))), with_kwargs=True)
     pipe = LongVideoPipeline(student, steps=3, cfg_scale=1.0)
     window = self_rollout(pipe, 2, LABELS, seed=4, plan=Plan(5, [2, 0, 1, 2], None))
     assert window.clip.shape == (2, 3, 8, 16, 16) and window.chunks == [(0, 2), (2, 2), (4, 2), (6, 2)]
@@ -92,20 +92,20 @@ def test_a_switch_inside_a_training_rollout_recaches_like_inference():
 
 
 def _graph_bytes(rollout_chunks: int) -> int:
-    """Bytes the autograd graph of one DMD student step holds (tensors saved for backward), the window at the end of
-    a rollout of ``rollout_chunks`` chunks."""
+    """Bytes the autograd graph of one DMD student step holds (the storages of the tensors saved for backward), the
+    window at the end of a rollout of ``rollout_chunks`` chunks."""
     student, teacher, critic = (random_model(seed=s, num_classes=3) for s in (0, 1, 2))
     student.train()
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel() * x.element_size()) or x,
-                                                  lambda x: x):
+    saved = {}  # each storage once, however many views of it the graph saved
+    keep = lambda x: (saved.setdefault(x.untyped_storage().data_ptr(), x.untyped_storage().nbytes()), x)[1]  # noqa: E731
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda x: x):
         pipe = LongVideoPipeline(student, steps=2, cfg_scale=1.0)
         window = self_rollout(pipe, 2, LABELS, 0, Plan(rollout_chunks - 4, [1, 0, 1, 1], None))
         real = lambda noisy, t: window_velocity(LongVideoPipeline(teacher, steps=2, cfg_scale=2.0), window, noisy, t)  # noqa: E731,E501
         fake = lambda noisy, t: window_velocity(LongVideoPipeline(critic, steps=2, cfg_scale=1.0), window, noisy, t)  # noqa: E731,E501
         loss = dmd_loss(window.clip, real, fake, window.chunks) + flow_loss(window.clip, fake, window.chunks)
     loss.backward()
-    return sum(saved)
+    return sum(saved.values())
 
 
 def test_memory_of_a_rollout_step_does_not_grow_with_its_length():

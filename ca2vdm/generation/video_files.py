@@ -189,7 +189,7 @@ def _write_chunks(pipe: Pipeline, opts: GenerationOptions, seeds: list[int], out
     given, frames_before, cfg = None, 0, pipe.model.cfg
     if opts.first_frame:
         kept, frames_before = stream_given(opts.first_frame, pipe.size, cfg, pipe.settings.cache,
-                                           [output.writer for output in outputs], poll)  # (3, T, H, W)
+                                           [output.writer for output in outputs], poll, pipe.sampler.sinks)
         for output in outputs:
             output.preview.append(to_uint8(kept[:, -2 * cfg.chunk_frames:]))  # a contact sheet row
         given = kept.expand(len(seeds), *kept.shape)  # (B, 3, T, H, W): the same frames for every seed

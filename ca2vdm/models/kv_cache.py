@@ -58,8 +58,10 @@ class KVCache:
     def __init__(self, depth: int, batch: int, tokens: int, heads: int, head_dim: int, max_context_frames: int,
                  chunk_frames: int, prefix_frames: int = 0, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, sink_frames: int = 0,
-                 rope: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """``rope``: the model's (period, head_dim / 2) cos and sin tables, needed to move sinks (``sink_frames``)."""
+                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, realign_sinks: bool = True):
+        """``rope``: the model's (period, head_dim / 2) cos and sin tables, needed to move sinks (``sink_frames``).
+        ``realign_sinks=False`` leaves the sinks at the positions they were written at (StreamingLLM's sinks: their
+        distance to the chunk grows, and wraps around the rotary period), for comparison."""
         if sink_frames and (rope is None or not 0 < sink_frames < max_context_frames):
             raise ValueError(f"sink_frames={sink_frames} needs the rotary tables and must be in [1, "
                              f"max_context_frames={max_context_frames})")
@@ -72,7 +74,7 @@ class KVCache:
         prefix_shape = (depth, batch, prefix_frames, tokens, heads, head_dim)
         self.prefix_k = torch.zeros(prefix_shape, device=device, dtype=dtype) if prefix_frames else None
         self.prefix_v = torch.zeros_like(self.prefix_k) if prefix_frames else None
-        self.sink_frames = sink_frames
+        self.sink_frames, self.realign_sinks = sink_frames, realign_sinks
         self.sink_k = self.k[:, :, :sink_frames].clone()  # (depth, B*S*H, k, Dh) sink keys at positions 0..k-1
         self._sink_slots = self.k[:, :, :sink_frames]  # where they are read, every row (row views keep it)
         self.rope = rope
@@ -110,7 +112,7 @@ class KVCache:
             frames = torch.arange(F, F + num_frames, device=self.k.device)
             self._slots = frames if F < k else k + (frames - k) % (self.window - k)
             self._slots_key = key
-            if F >= k > 0:  # place the sinks before the oldest frame in the ring: r0 - k = F + L - window (or 0)
+            if F >= k > 0 and self.realign_sinks:  # the sinks before the oldest ring frame: r0 - k = F + L - window
                 shift = max(0, F + num_frames - self.window)
                 cos, sin = (table[shift % table.shape[0]] for table in self.rope)  # (Dh/2,)
                 self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view

@@ -14,7 +14,9 @@ Three ways to condition a chunk (``SamplerSettings.cache``), all sampling the sa
 Labels and prompts (:mod:`ca2vdm.sampling.conditioning`) can change between chunks (:meth:`LongVideoPipeline.switch`):
 ``recache`` (default, LongLive's KV re-cache) runs the window's frames once more, as committed, under the new
 condition and writes their K/V back into the cache; ``keep`` keeps the frames' K/V made under the old one (only new
-passes see the new condition); ``reset`` drops the window (the next chunk starts without context: a cut).
+passes see the new condition); ``reset`` drops the window (the next chunk starts without context: a cut); ``flush``
+re-caches the sinks and the last frame only (infinity-RoPE's KV flush). Attention sinks are the model's
+(``model.sink_frames``) unless the settings choose others (``sink_frames``, ``sink_rope``: training-free).
 
 A pipeline speaks to its model through :class:`~ca2vdm.models.base.CausalVideoModel` only, and never changes it (its
 mode, its weights, its hooks): a step-caching policy (and the counter of the passes that ran) is attached only while a
@@ -35,6 +37,7 @@ import torch
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import SamplerSettings
 from ca2vdm.config.conditioning import check_switch_request
+from ca2vdm.config.sampler import sampler_sinks
 from ca2vdm.encoders.text import TextEncoder
 from ca2vdm.errors import SettingError, opt
 from ca2vdm.models.base import CausalVideoModel
@@ -90,14 +93,13 @@ class LongVideoPipeline:
                  pixel_space: bool = True, text_encoder: TextEncoder | None = None,
                  forward: Callable[..., torch.Tensor] | None = None, **overrides):
         """``settings``: the sampler's (default: the library's), with ``overrides`` (keywords named as its fields; None
-        ignored). The step cache is built from ``settings.step_cache``
-        and its options with the checkpoint's ``calibration``, unless a policy object (an expert's: a recorder, a
-        policy made by hand) is given as ``policy``. ``pixel_space``: the model works on pixels, so sampled
-        chunks are clamped to [-1, 1]; a latent model's chunks are not clamped (unit-variance latents go well beyond
-        1; the codec clamps the decoded pixels). ``text_encoder`` reads a text model's prompts
-        (:func:`ca2vdm.encoders.text.build_text_encoder`; encoded prompts need none). ``forward``: what runs the model's
-        passes (default: the model; training's rollouts pass its distributed wrapper, whose forward synchronises
-        gradients)."""
+        ignored). The step cache is built from ``settings.step_cache`` and its options with the checkpoint's
+        ``calibration``, unless a policy object (an expert's: a recorder, a policy made by hand) is given as
+        ``policy``. ``pixel_space``: the model works on pixels, so sampled chunks are clamped to [-1, 1]; a latent
+        model's chunks are not clamped (unit-variance latents go well beyond 1; the codec clamps the decoded pixels).
+        ``text_encoder`` reads a text model's prompts (:func:`ca2vdm.encoders.text.build_text_encoder`; encoded prompts
+        need none). ``forward``: what runs the model's passes (default: the model; training's rollouts pass its
+        distributed wrapper, whose forward synchronises gradients)."""
         self.model = model
         self.text_encoder = text_encoder
         self.forward = model if forward is None else forward
@@ -106,6 +108,7 @@ class LongVideoPipeline:
         self.policy = policy if policy is not None else build_step_cache(
             self.settings.step_cache, self.settings.step_cache_options, self.calibration)
         self.pixel_space = pixel_space
+        self.sinks = sampler_sinks(self.settings, model.cfg)  # attention sinks: the settings', else the model's
 
     @classmethod
     def for_checkpoint(cls, model: CausalVideoModel, metadata: CheckpointMetadata, *,
@@ -135,7 +138,8 @@ class LongVideoPipeline:
         groups = 2 if self.guided(label, prompt) else 1
         labels = label_rows(self.model, label, batch, groups, device)
         text = text_rows(self.model, self.text_encoder, prompt, batch, groups)
-        cache = self.model.new_cache(groups * batch, device) if self.settings.cache == "kv" else None
+        cache = self.model.new_cache(groups * batch, device, sink_frames=self.sinks,
+                                     sink_rope=self.settings.sink_rope) if self.settings.cache == "kv" else None
         return Conditioning(labels, groups, cache, text)
 
     def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float | torch.Tensor, frames_before: int,
@@ -180,12 +184,11 @@ class LongVideoPipeline:
         ``model.sink_frames`` = k the sinks are never left out: first_frames is then the video's first k frames
         followed by its frames from ``frames_before`` (>= k) on.
         """
-        cfg = self.model.cfg
-        layout = cfg.layout
+        layout = self.model.cfg.layout
         if frames_before and (first_frames is None or self.settings.cache == "full"
-                              or not layout.is_boundary(frames_before) or frames_before < cfg.sink_frames):
+                              or not layout.is_boundary(frames_before) or frames_before < self.sinks):
             raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary, at least "
-                             f"model.sink_frames={cfg.sink_frames} and a cache mode other than full")
+                             f"sink_frames={self.sinks} and a cache mode other than full")
         device, dtype = self.model.device, STATE_DTYPE
         if not isinstance(seed, int) and len(seed) != batch:
             raise ValueError(f"got {len(seed)} seeds for a batch of {batch} videos; give one seed or one per video")
@@ -196,7 +199,7 @@ class LongVideoPipeline:
             self.policy.reset()
         if first_frames is not None:
             first_frames, shape = first_frames.to(device, dtype), first_frames.shape
-            sinks = cfg.sink_frames if frames_before else 0
+            sinks = self.sinks if frames_before else 0
             for part in first_frames[:, :, :sinks].split(layout.split(0, sinks), dim=2):
                 self.commit(state, part)
             for n in layout.split(sinks, frames_before - sinks):  # the noise their commits would have drawn
@@ -308,12 +311,12 @@ class LongVideoPipeline:
         cond, cfg = state.conditioning, self.model.cfg
         if cond.cache is not None:
             self._commit_pass(cond, frames)
-        if self.settings.cache != "full" and state.frames < cfg.sink_frames:
+        if self.settings.cache != "full" and state.frames < self.sinks:
             cond.sinks.append(frames)
         else:
             cond.context.append(frames)
             if self.settings.cache != "full":
-                cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -(cfg.max_context_frames - cfg.sink_frames):]]
+                cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -(cfg.max_context_frames - self.sinks):]]
         state.frames += frames.shape[2]
 
     def _commit_pass(self, cond: Conditioning, frames: torch.Tensor) -> None:
@@ -329,14 +332,14 @@ class LongVideoPipeline:
         """Condition the chunks after this point on ``label`` (a label model) or ``prompt`` (a text model), the same
         for every video of the batch. ``mode``: ``recache`` runs the window's frames once more, as committed, under
         the new condition and writes their K/V back into the cache (one commit pass over the window; sinks too);
-        ``keep`` keeps the frames' K/V made under the old condition; ``reset`` drops the window (no context). In
+        ``keep`` keeps the frames' K/V made under the old condition; ``reset`` drops the window (no context);
+        ``flush`` keeps the sinks and the last frame only, re-cached (infinity-RoPE's KV flush). In
         cache modes none and full the window is recomputed at every step anyway: ``recache`` changes nothing more
         and ``keep`` is refused. Guidance stays as it was decided at :meth:`start`."""
         check_switch_request(kind_of(self.model), self.model.cfg.num_classes, label, prompt, mode)
-        sinks = self.model.cfg.sink_frames
-        if mode == "reset" and sinks and self.settings.cache == "kv":
-            raise SettingError("switch_mode", mode, f"a model with attention sinks (model.sink_frames={sinks}) keeps "
-                               "its first frames in the cache for good; switch with recache or keep")
+        if mode == "reset" and self.sinks and self.settings.cache == "kv":
+            raise SettingError("switch_mode", mode, f"attention sinks (sink_frames={self.sinks}) keep the first "
+                               "frames in the cache for good; switch with recache, keep or flush")
         if mode == "keep" and self.settings.cache != "kv":
             raise SettingError("switch_mode", mode, f"needs {opt('cache', 'kv')}: cache mode {self.settings.cache} "
                                "recomputes the window under the current condition at every step, so no K/V is kept")
@@ -348,6 +351,8 @@ class LongVideoPipeline:
         if mode == "reset":
             cond.sinks.clear()
             cond.context.clear()
+        if mode == "flush" and cond.context:  # the sinks and the last frame stay, re-cached (infinity-RoPE's KV flush)
+            cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -1:]]
         if mode != "keep":
             self._recache(cond)
 
