@@ -71,7 +71,8 @@ def test_the_teacher_reads_exactly_the_window_the_student_read():
 
 def test_a_switch_inside_a_training_rollout_recaches_like_inference():
     """A rollout that switches its labels inside the window equals inference with pipeline.switch (recache) at that
-    chunk; the teacher reads the chunks after it under the new condition, from the same re-cache."""
+    chunk; the teacher reads the chunks after it under the new condition, from the same re-cache, or (flush) from the
+    last frame before the switch."""
     student = random_model(num_classes=3)
     pipe = LongVideoPipeline(student, steps=2, cfg_scale=1.0)
     new = Condition(label=torch.tensor([2, 0]))
@@ -89,6 +90,11 @@ def test_a_switch_inside_a_training_rollout_recaches_like_inference():
             a, b, n = fresh.conditioning.cache, cond.cache, cond.cache.frames_committed
             assert a.frames_committed == n and torch.equal(a.k[:, :, :n], b.k[:, :, :n])
             assert torch.equal(a.v[:, :, :n], b.v[:, :, :n])  # the occupied slots (the window: n < the ring)
+    for state, c in replay(teacher, window, switch_mode="flush"):  # the teacher's target across a switch
+        cond = state.conditioning
+        if c == 2:  # the last frame before the switch alone, under the new labels
+            assert torch.equal(torch.cat(cond.context, dim=2), window.committed[1][:, :, -1:]) and not cond.sinks
+            assert torch.equal(cond.labels[:2], new.label) and cond.cache.frames_committed == 1
 
 
 def _graph_bytes(rollout_chunks: int) -> int:

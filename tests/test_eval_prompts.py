@@ -53,7 +53,7 @@ def test_the_command_writes_every_figure(tmp_path, checkpoint):
                        checkpoint, "--sheet", tmp_path / "sheet.png") == 0
     figures = json.loads(out.read_text())
     assert 0 <= figures["adherence_train"] <= 1 and 0 <= figures["adherence_heldout"] <= 1
-    assert set(figures["switch"]) == {"recache", "keep", "reset"}
+    assert set(figures["switch"]) == {"recache", "keep", "reset", "flush"}
     for mode in figures["switch"].values():
         assert mode["chunks_to_follow"] is None or 1 <= mode["chunks_to_follow"] <= 6
         assert mode["chunks_to_colour"] is None or 1 <= mode["chunks_to_colour"] <= 6

@@ -163,6 +163,9 @@ class DistillConfig:
                                             note="null: the training clip's (the window at the start)")
     switch_share: float = setting(0.0, "DMD: share of rollouts whose condition (prompt or label) switches at a "
                                   "random chunk inside the window (recache, as at inference)", low=0, high=1)
+    teacher_switch: str = setting("flush", "DMD: how the teacher reads a window across a switch: flush (the sinks and "
+                                  "the last frame before it, then the new condition: the target of a switch) or "
+                                  "recache (every frame the student read)", choices=("flush", "recache"))
     critic_dropout: float = setting(0.1, "the critic's loss: share of its rows conditioned on nothing (the empty "
                                     "prompt or the null label), as caption dropout", low=0, high=1)
 

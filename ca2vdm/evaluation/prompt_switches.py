@@ -2,10 +2,10 @@
 the seam the switch leaves.
 
 Videos from "a A1 S1" are switched to "a A2 S2" (another colour and shape, ``SWITCH_PAIRS``) at generated chunk
-``at`` in each mode (recache, keep, reset). ``chunks_to_follow`` = chunks from the switch until every later chunk
-matches the new prompt, read back by :mod:`ca2vdm.evaluation.prompt_adherence` (1: the first chunk after the switch
-does; the median over videos, None if most never follow); ``chunks_to_colour`` = the same for the new prompt's colour
-alone; ``seam`` = the change from the last frame before the switch to the first after it over the mean
+``at`` in each mode (recache, keep, reset, flush). ``chunks_to_follow`` = chunks from the switch until every later
+chunk matches the new prompt, read back by :mod:`ca2vdm.evaluation.prompt_adherence` (1: the first chunk after the
+switch does; the median over videos, None if most never follow); ``chunks_to_colour`` = the same for the new prompt's
+colour alone; ``seam`` = the change from the last frame before the switch to the first after it over the mean
 frame-to-frame change inside the chunks around it (:func:`~ca2vdm.evaluation.seams.seam_ratio`). Chunks are
 numbered as the pipeline yields them (0: the first chunk after the first frame) and laid out by the model's
 :class:`~ca2vdm.config.ChunkLayout`. Videos: (T, H, W, 3) uint8.
@@ -24,7 +24,7 @@ from ca2vdm.generation.api import Pipeline
 SWITCH_PAIRS = [(("red", "circle"), ("blue", "square")), (("yellow", "triangle"), ("cyan", "circle")),
                 (("green", "square"), ("magenta", "triangle")), (("cyan", "square"), ("yellow", "circle"))]
 FOLLOW_WITHIN = 6  # chunks_to_follow is None past this
-MODES = ("recache", "keep", "reset")
+MODES = ("recache", "keep", "reset", "flush")
 
 
 def chunk_span(layout: ChunkLayout, k: int) -> slice:

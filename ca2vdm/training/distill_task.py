@@ -9,7 +9,8 @@
    (:mod:`~ca2vdm.training.distill_rollout`); a share ``distill.switch_share`` of the rollouts switches its condition
    inside the window (recache). The window is scored by the frozen, guided teacher against a critic (initialised from
    the teacher) that learns the student's samples with the flow-matching loss, each reading the window as the student
-   did, through its own cache (:mod:`~ca2vdm.training.distill_window`). The critic is stepped every step, the student
+   did, through its own cache (:mod:`~ca2vdm.training.distill_window`; across a switch the teacher flushes by
+   default, ``distill.teacher_switch``). The critic is stepped every step, the student
    every ``distill.critic_ratio``-th (on those steps both are); ``distill.regression_weight`` adds the ODE regression
    to the student's DMD steps (DMD's regression term).
 
@@ -137,13 +138,14 @@ class DistillTask:
         new = self.other_condition(pipe, condition, gen) if plan.switch_at is not None else None
         window = self_rollout(pipe, len(batch["label"]), condition, seed, plan, new, grad=train_student)
         scorer = lambda model, scale: LongVideoPipeline(  # noqa: E731
-            _unwrapped(model), self.settings.replace(cfg_scale=scale), forward=model)
+            _unwrapped(model), self.settings.replace(cfg_scale=scale), forward=model, text_encoder=self.text_encoder)
         critic_pipe, t_range = scorer(critic, 1.0), (d.min_t, d.max_t)
         losses = {}
         if train_student:
-            losses["model"] = dmd_loss(window.clip, partial(window_velocity, scorer(models["teacher"], self.guidance),
-                                                            window), partial(window_velocity, critic_pipe, window),
-                                       window.chunks, gen, t_range=t_range)
+            real = partial(window_velocity, scorer(models["teacher"], self.guidance), window,
+                           switch_mode=d.teacher_switch)
+            losses["model"] = dmd_loss(window.clip, real, partial(window_velocity, critic_pipe, window), window.chunks,
+                                       gen, t_range=t_range)
             if d.regression_weight:
                 losses["model"] = losses["model"] + d.regression_weight * regression()
         drop = torch.rand(len(batch["label"]), generator=gen, device=device) < d.critic_dropout  # (B,)
