@@ -1,7 +1,10 @@
 """Few-step distillation (ca2vdm/training/distill_task.py, dmd.py, distill_rollout.py, ode_pairs.py): the losses
-against hand-computed references, gradients only through the exit steps, the critic/generator schedule, exact resume,
-two processes, the student as a normal checkpoint, the recorded trajectories."""
+against hand-computed references, gradients only through the exit steps of the window of a long rollout, memory flat
+in the rollout's length, the critic/generator schedule, exact resume, two processes, the student as a normal
+checkpoint, the recorded trajectories, a text teacher's student."""
+import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -20,9 +23,10 @@ from ca2vdm.data.trajectories import TrajectoryDataset
 from ca2vdm.errors import ConfigError, DataError
 from ca2vdm.sampling.pipeline import LongVideoPipeline
 from ca2vdm.training import loop
-from ca2vdm.training.distill_rollout import self_rollout
-from ca2vdm.training.distill_task import DistillTask, exit_steps, generator_step
-from ca2vdm.training.dmd import dmd_gradient, dmd_loss, trajectory_loss
+from ca2vdm.training.distill_rollout import Condition, Plan, rollout_plan, self_rollout
+from ca2vdm.training.distill_task import DistillTask, generator_step
+from ca2vdm.training.distill_window import window_velocity
+from ca2vdm.training.dmd import dmd_gradient, dmd_loss, flow_loss, trajectory_loss
 from ca2vdm.training.ode_pairs import write_pairs
 
 from helpers import random_model, run_program
@@ -96,10 +100,11 @@ def test_dmd_gradient_and_loss_match_hand_computed_references():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 5, 4, 4, generator=gen, requires_grad=True)
     t = torch.tensor([[0.2, 0.5, 0.9], [0.7, 0.3, 0.4]])
-    noise, cond_eps = torch.randn(2, 3, 5, 4, 4, generator=gen), torch.randn(2, 3, 3, 4, 4, generator=gen)
-    labels = torch.tensor([0, 3])  # the second row is unconditional (null label 3): the guidance changes nothing there
-    teacher, critic = Linear(0.3, 0.1), Linear(-0.2, 0.4)
-    loss = dmd_loss(x, labels, teacher, critic, CHUNKS, 0.05, 2.0, 3, t=t, noise=noise, cond_eps=cond_eps)
+    noise = torch.randn(2, 3, 5, 4, 4, generator=gen)
+    frames = lambda t: t[:, [0, 1, 1, 2, 2]][:, None, :, None, None]  # noqa: E731  (B, K) -> per frame
+    real = lambda noisy, t: 0.3 * noisy + 0.1 * frames(t)  # noqa: E731  velocity functions (noisy, t) -> v
+    fake = lambda noisy, t: -0.2 * noisy + 0.4 * frames(t)  # noqa: E731
+    loss = dmd_loss(x, real, fake, CHUNKS, t=t, noise=noise)
     loss.backward()
     grads, terms = torch.zeros_like(x), []
     for k, (s, n) in enumerate(CHUNKS):
@@ -107,16 +112,23 @@ def test_dmd_gradient_and_loss_match_hand_computed_references():
         for b in range(2):
             tk, clip = float(t[b, k]), x.detach()[b, :, s:s + n]
             noisy = (1 - tk) * clip + tk * noise[b, :, s:s + n]
-            real = noisy - tk * (0.3 * noisy + 0.1 * tk)  # Linear ignores the label: guided == unguided
-            fake = noisy - tk * (-0.2 * noisy + 0.4 * tk)
-            g = (fake - real) / (clip - real).abs().mean()
-            assert torch.allclose(dmd_gradient(clip[None], real[None], fake[None], [(0, n)])[0], g, atol=1e-6)
+            real_x0 = noisy - tk * (0.3 * noisy + 0.1 * tk)
+            fake_x0 = noisy - tk * (-0.2 * noisy + 0.4 * tk)
+            g = (fake_x0 - real_x0) / (clip - real_x0).abs().mean()
+            assert torch.allclose(dmd_gradient(clip[None], real_x0[None], fake_x0[None], [(0, n)])[0], g, atol=1e-6)
             per_sample.append(0.5 * (g ** 2).mean())
             grads[b, :, s:s + n] = g / g.numel() / 2 / 3  # d/dx of 0.5 * mean over samples, chunks, elements
         terms.append(sum(per_sample) / 2)
     assert torch.allclose(loss, sum(terms) / 3, rtol=1e-5)
     assert torch.allclose(x.grad, grads, rtol=1e-4, atol=1e-9)  # the loss hands DMD's gradient to the samples
-    assert teacher.a.grad is None and critic.a.grad is None  # nothing reaches the scores
+    a = torch.tensor(0.5, requires_grad=True)  # the critic's flow loss: (v - (noise - x))^2, per chunk, then mean
+    critic = flow_loss(x, lambda noisy, t: a * noisy, CHUNKS, t=t, noise=noise)
+    noisy = (1 - frames(t)) * x.detach() + frames(t) * noise
+    per_frame = ((0.5 * noisy - (noise - x.detach())) ** 2).mean(dim=(1, 3, 4))  # (B, T)
+    chunk_terms = [per_frame[:, s:s + n].mean() for s, n in CHUNKS]
+    assert torch.allclose(critic, sum(chunk_terms) / 3, rtol=1e-5)
+    critic.backward()
+    assert a.grad is not None
 
 
 def test_a_non_finite_score_reaches_the_loss_and_a_settled_chunk_gets_no_step():
@@ -131,23 +143,23 @@ def test_a_non_finite_score_reaches_the_loss_and_a_settled_chunk_gets_no_step():
     assert torch.equal(grad[:, :, 1:3], torch.zeros_like(grad[:, :, 1:3])) and torch.isfinite(grad).all()
     for bad in (float("nan"), float("inf")):
         assert torch.isnan(dmd_gradient(x, real * bad, fake, CHUNKS)).any()
-    loss = dmd_loss(x, torch.tensor([0]), Linear(0.3, 0.1), Linear(-0.2, 0.4), CHUNKS, 0.05, float("nan"), 3)
+    nan_real = lambda noisy, t: noisy * float("nan")  # noqa: E731  what a guidance of nan makes of the real score
+    loss = dmd_loss(x, nan_real, lambda noisy, t: 0.1 * noisy, CHUNKS)
     assert torch.isnan(loss)  # it was 0.0
 
 
 def test_the_real_score_is_the_guided_teacher():
-    """With a teacher that reads the label, the real score is v_null + s (v_label - v_null)."""
+    """The teacher's pipeline at guidance s gives v_null + s (v_label - v_null), each read through its cache."""
     model = random_model(num_classes=3)
-    gen = torch.Generator().manual_seed(2)
-    x = torch.rand(1, 3, 5, 16, 16, generator=gen) * 2 - 1
-    kw = dict(t=torch.full((1, 3), 0.5), noise=torch.randn(1, 3, 5, 16, 16, generator=gen),
-              cond_eps=torch.randn(1, 3, 3, 16, 16, generator=gen))
-    critic = random_model(seed=1, num_classes=3)
-    guided = dmd_loss(x, torch.tensor([1]), model, critic, CHUNKS, 0.05, 3.0, 3, **kw)
-    unguided = dmd_loss(x, torch.tensor([1]), model, critic, CHUNKS, 0.05, 1.0, 3, **kw)
-    null = dmd_loss(x, torch.tensor([3]), model, critic, CHUNKS, 0.05, 3.0, 3, **kw)
-    assert not torch.allclose(guided, unguided)
-    assert torch.allclose(null, dmd_loss(x, torch.tensor([3]), model, critic, CHUNKS, 0.05, 1.0, 3, **kw))
+    window = self_rollout(LongVideoPipeline(random_model(seed=1, num_classes=3), steps=2, cfg_scale=1.0), 1,
+                          Condition(label=torch.tensor([1])), 0, Plan(2, [1, 0, 1, 1], None), grad=False)
+    noisy, t = torch.randn_like(window.clip), torch.full((1, 4), 0.5)
+    score = lambda scale, label: window_velocity(  # noqa: E731
+        LongVideoPipeline(model, steps=2, cfg_scale=scale), window if label is None else
+        dataclasses.replace(window, condition=Condition(label=torch.tensor([label]))), noisy, t)
+    with torch.no_grad():
+        guided, label, null = score(3.0, None), score(1.0, None), score(1.0, 3)
+    assert torch.allclose(guided, null + 3.0 * (label - null), atol=1e-5) and not torch.allclose(guided, label)
 
 
 def test_gradients_reach_the_student_only_through_the_exit_steps():
@@ -161,7 +173,8 @@ def test_gradients_reach_the_student_only_through_the_exit_steps():
                                   with_kwargs=True)
     pipe = LongVideoPipeline(student, steps=3, cfg_scale=1.0)
     exits = [2, 0, 1, 2]  # the tiny layout's 4 chunks (the first frame, then chunks of 2)
-    clip = self_rollout(pipe, 2, torch.tensor([1, 3]), seed=5, exits=exits)
+    labels = Condition(label=torch.tensor([1, 3]))
+    clip = self_rollout(pipe, 2, labels, seed=5, plan=Plan(0, exits, None)).clip
     assert clip.shape == (2, 3, 7, 16, 16) and clip.requires_grad
     chunks, current = [], []
     for call in calls:  # the calls of each chunk end with its commit pass
@@ -174,7 +187,7 @@ def test_gradients_reach_the_student_only_through_the_exit_steps():
     clip.sum().backward()
     assert all(p.grad is not None for p in student.parameters())
     with torch.no_grad():
-        rollout = self_rollout(pipe, 2, torch.tensor([1, 3]), seed=5, exits=[2] * 4, grad=False)
+        rollout = self_rollout(pipe, 2, labels, seed=5, plan=Plan(0, [2] * 4, None), grad=False).clip
         inference = torch.cat([c.frames for c in pipe.generate(4, batch=2, label=torch.tensor([1, 3]), seed=5)], 2)
     assert torch.equal(rollout.clamp(-1, 1), inference)
 
@@ -194,7 +207,10 @@ def test_kv_cache_with_gradients_leaves_the_buffer_alone():
 def test_schedule_of_the_critic_and_the_student(teacher, pairs, tmp_path):
     config = _config(teacher, pairs, tmp_path, "distill.ode_steps=2", "distill.critic_ratio=3")
     assert [generator_step(s, config) for s in range(9)] == [True, True, False, False, True, False, False, True, False]
-    assert exit_steps(0, 7, 4, 2) == exit_steps(0, 7, 4, 2) and all(0 <= k < 2 for k in exit_steps(0, 7, 50, 2))
+    plans = [rollout_plan(0, step, 20, 4, 2, 0.5) for step in range(40)]
+    assert rollout_plan(0, 7, 20, 4, 2, 0.5) == plans[7] and all(0 <= k < 2 for p in plans for k in p.exits)
+    assert {p.start for p in plans} <= set(range(17)) and len({p.start for p in plans}) > 8  # anywhere in the rollout
+    assert {p.switch_at for p in plans} == {None, 1, 2, 3}  # a switch inside the window, after its first chunk
     out = train(_config(teacher, pairs, tmp_path, "train.max_steps=7", "train.save_every=7"), progress_bar=False)
     parts = [sorted(k for k in m if k.startswith("loss_")) for m in _metrics(out)]
     ode, both, critic = ["loss_model"], ["loss_critic", "loss_model"], ["loss_critic"]
@@ -202,8 +218,10 @@ def test_schedule_of_the_critic_and_the_student(teacher, pairs, tmp_path):
 
 
 def test_resume_is_exact(teacher, pairs, tmp_path):
-    """8 steps (2 of ODE regression, then DMD) == 4 + --resume latest + 4: losses, student, critic, EMA."""
-    run = ("train.save_every=4", "train.warmup_steps=4")  # the first 4 steps' lr does not depend on max_steps
+    """8 steps (2 of ODE regression, then DMD on long rollouts that switch labels) == 4 + --resume latest + 4:
+    losses, student, critic, EMA."""
+    run = ("train.save_every=4", "train.warmup_steps=4",  # the first 4 steps' lr does not depend on max_steps
+           "distill.rollout_chunks=6", "distill.switch_share=0.5")
     full = train(_config(teacher, pairs, tmp_path / "full", "train.max_steps=8", *run), progress_bar=False)
     train(_config(teacher, pairs, tmp_path / "half", "train.max_steps=4", *run), progress_bar=False)
     half = train(_config(teacher, pairs, tmp_path / "half", "train.max_steps=8", *run), resume="latest",
@@ -330,27 +348,53 @@ def test_bad_distill_settings_name_the_key(teacher, pairs, tmp_path):
     assert proc.returncode == 2 and "a distillation config (distill section), for train/distill.py" in proc.stderr
 
 
-def test_a_text_model_is_no_teacher(pairs, tmp_path):
+def test_a_text_teachers_student(tmp_path):
+    """A text teacher's trajectories are sampled from the prompts given (their list in the index, a trajectory's
+    label its prompt's number); its student distils with prompts (the guided teacher against the empty prompt), long
+    rollouts that switch their prompt inside the window, and samples a prompt in its own steps with one branch."""
     model = random_model(text_encoder="wordllama", text_dim=256, text_tokens=8)
     text = tmp_path / "text.safetensors"
-    save_weights(text, model.state_dict(), model.cfg, {"sampler": {"steps": 4}, "metadata_version": 2})
-    with pytest.raises(ConfigError, match="is a text model .* distil a label or unconditional model"):
-        write_pairs(str(text), tmp_path / "ode", videos=2, steps=2, progress=False)
-    with pytest.raises(ConfigError, match="is a text model"):
-        DistillTask(_config(text, pairs, tmp_path / "run"), torch.device("cpu"))
+    save_weights(text, model.state_dict(), model.cfg, {"sampler": {"steps": 4, "cfg_scale": 3.0},
+                                                       "metadata_version": 2})
+    prompts = ["a red circle", "a blue square drifting left"]
+    with pytest.raises(ConfigError, match="is a text model .* give the prompts"):
+        write_pairs(str(text), tmp_path / "none", videos=2, steps=2, progress=False)
+    pairs = tmp_path / "ode"
+    write_pairs(str(text), pairs, videos=4, steps=2, batch=4, shard_size=4, progress=False, prompts=prompts,
+                null_share=0.3)
+    data = TrajectoryDataset(pairs)
+    assert data.index["prompts"] == prompts and {int(data[i]["label"]) for i in range(4)} <= {0, 1, 2}
+    row = next(i for i in range(4) if int(data[i]["label"]) < 2)
+    loaded, meta = load_model(text)
+    pipe = ca2vdm.load_pipeline(text)
+    video = torch.cat([c.latents for c in pipe.generate(3, prompt=prompts[int(data[row]["label"])], seed=row)], 2)
+    assert (data[row]["points"][-1] - video[0]).abs().max() <= 2e-3  # the teacher's own video of that prompt
+    config = _config(text, pairs, tmp_path / "run", "distill.ode_steps=1", "distill.critic_ratio=2",
+                     "distill.rollout_chunks=4", "distill.switch_share=1", "train.max_steps=3", "train.save_every=3")
+    out = train(config, progress_bar=False)
+    assert [sorted(k for k in m if k.startswith("loss_")) for m in _metrics(out)] == [
+        ["loss_model"], ["loss_critic"], ["loss_critic", "loss_model"]]
+    assert all(math.isfinite(m["loss"]) for m in _metrics(out))
+    student = ca2vdm.load_pipeline(out / "checkpoints/step_000003")
+    assert (student.settings.steps, student.settings.cfg_scale) == (2, 1.0)
+    assert [c.model_evals for c in student.generate(2, prompt="a red circle", seed=0)] == [2] * 3
+    label_teacher = _config(ROOT / "checkpoints/demo.safetensors", pairs, tmp_path / "x")
+    with pytest.raises(DataError, match="recorded with prompts, but .*demo.safetensors is not a text model"):
+        DistillTask(label_teacher, torch.device("cpu")).dataset(label_teacher)
 
 
 @pytest.mark.parametrize("fsdp", [True, False], ids=["fsdp", "ddp"])
 def test_two_processes(teacher, pairs, tmp_path, fsdp):
-    """accelerate launch --num_processes 2 through the ODE stage into DMD: with train.fsdp=true student, critic and
-    teacher are sharded over two gloo ranks; without, student and critic are replicated (DDP). The student is a
-    full checkpoint one process loads."""
+    """accelerate launch --num_processes 2 through the ODE stage into DMD on long rollouts that switch labels: with
+    train.fsdp=true student, critic and teacher are sharded over two gloo ranks; without, student and critic are
+    replicated (DDP). The student is a full checkpoint one process loads."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
            str(ROOT / "train/distill.py"), "--config", str(ROOT / "configs/distill-demo.yaml"), "--no-progress",
            f"distill.teacher={teacher}", "distill.steps=2", "distill.ode_steps=1", "distill.critic_ratio=2",
            f"data.root={pairs}", f"train.output_dir={tmp_path}", "train.batch_size=1", "train.max_steps=4",
+           "distill.rollout_chunks=5", "distill.switch_share=1",
            "train.save_every=4", "train.log_every=1", f"train.fsdp={str(fsdp).lower()}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -377,14 +421,14 @@ def test_regression_weight_adds_the_trajectory_loss_to_dmd_steps(teacher, pairs,
 def test_a_dmd_step_on_the_causal_wan_with_a_prompt():
     """Self-Forcing's step on arch wan: the student's rollout through its cache with a prompt, gradients only through
     each chunk's exit step; DMD scores it with the teacher guided towards the prompt against the empty prompt and the
-    critic; one optimizer step changes the student, and the critic's flow loss on the rollout trains the critic. The
-    prompt's K/V are made once per prompt, before the exit steps (as Self-Forcing's cross-attention cache), so its
-    projections get no gradient from the rollout."""
+    critic, each reading the window through its own cache; one optimizer step changes the student, and the critic's
+    flow loss on the rollout trains the critic. The prompt's K/V are made once per prompt, before the exit steps (as
+    Self-Forcing's cross-attention cache), so their projections get no gradient, neither the student's nor the
+    critic's."""
     import re
 
     from ca2vdm.encoders.text import TextEmbeddings
     from ca2vdm.models.registry import build_model, tiny_config
-    from ca2vdm.training.losses import teacher_forcing_flow_loss
 
     torch.manual_seed(0)
     teacher = build_model(tiny_config("wan")).eval()
@@ -398,25 +442,24 @@ def test_a_dmd_step_on_the_causal_wan_with_a_prompt():
     prompt = TextEmbeddings(torch.randn(2, 8, 256, generator=gen), torch.ones(2, 8, dtype=torch.bool))
     calls = []  # grad enabled per student call
     student.register_forward_hook(lambda m, args, out: calls.append(torch.is_grad_enabled()))
-    pipe = LongVideoPipeline(student, steps=3, cfg_scale=1.0, cond_noise=0.0, pixel_space=False)
+    scorer = lambda model, scale: LongVideoPipeline(model, steps=3, cfg_scale=scale, cond_noise=0.0,  # noqa: E731
+                                                    pixel_space=False)
     exits = [1, 0, 2, 1]  # the first frame, then chunks of 2: T = 7
-    clip = self_rollout(pipe, 2, None, seed=5, exits=exits, prompt=prompt)
-    assert clip.shape == (2, 3, 7, 16, 16) and clip.requires_grad and sum(calls) == len(exits)
-    chunks = teacher.cfg.layout.clip_chunks(7)
-    null = student.empty_text(2, None)
-    loss = dmd_loss(clip, None, teacher, critic, chunks, 0.0, 3.0, None, gen, text=prompt, null_text=null)
-    unguided = dmd_loss(clip, None, teacher, critic, chunks, 0.0, 1.0, None, torch.Generator().manual_seed(9),
-                        text=prompt, null_text=null)
+    window = self_rollout(scorer(student, 1.0), 2, Condition(prompt=prompt), seed=5, plan=Plan(0, exits, None))
+    assert window.clip.shape == (2, 3, 7, 16, 16) and window.clip.requires_grad and sum(calls) == len(exits)
+    fake = lambda noisy, t: window_velocity(scorer(critic, 1.0), window, noisy, t)  # noqa: E731
+    real = lambda scale: lambda noisy, t: window_velocity(scorer(teacher, scale), window, noisy, t)  # noqa: E731
+    loss = dmd_loss(window.clip, real(3.0), fake, window.chunks, gen)
+    unguided = dmd_loss(window.clip, real(1.0), fake, window.chunks, torch.Generator().manual_seed(9))
     assert torch.isfinite(loss) and loss > 0 and not torch.isclose(loss, unguided)
     before = {k: v.clone() for k, v in student.state_dict().items()}
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
     loss.backward()
     prompt_kv = r"condition_embedder\.text_embedder\..*|blocks\.\d+\.attn2\.(to_k|to_v|norm_k)\..*"
-    assert {n for n, p in student.named_parameters() if p.grad is None} == {
-        n for n, _ in student.named_parameters() if re.fullmatch(prompt_kv, n)}
+    untouched = {n for n, _ in student.named_parameters() if re.fullmatch(prompt_kv, n)}
+    assert {n for n, p in student.named_parameters() if p.grad is None} == untouched
     assert all(p.grad is None for p in critic.parameters())
     optimizer.step()
     assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())
-    critic_loss = teacher_forcing_flow_loss(critic, clip.detach(), None, chunks, 0.0, gen, text=prompt)
-    critic_loss.backward()
-    assert all(p.grad is not None for p in critic.parameters())
+    flow_loss(window.clip, fake, window.chunks, gen).backward()
+    assert {n for n, p in critic.named_parameters() if p.grad is None} == untouched

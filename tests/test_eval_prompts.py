@@ -31,6 +31,7 @@ def test_chunks_to_follow_and_seam():
     assert followed([old, old, old, new, new], new, at=2) == 2
     assert followed([old, old, new, old, new], new, at=2) == 3  # must stay followed
     assert followed([old, old, old, old, old], new, at=2) is None
+    assert followed(["red", "red", "blue", "blue"], "blue", at=2) == 1  # the colour alone
     video = np.zeros((9, 4, 4, 3), np.uint8)
     video[1:5] = np.arange(4)[:, None, None, None] * 10  # a ramp inside the first chunk (1 .. 4): steps of 10
     video[5:] = video[4] + 10 + np.arange(4)[:, None, None, None] * 10  # the next chunk continues it: seam 10
@@ -53,9 +54,11 @@ def test_the_command_writes_every_figure(tmp_path, checkpoint):
                        checkpoint, "--sheet", tmp_path / "sheet.png") == 0
     figures = json.loads(out.read_text())
     assert 0 <= figures["adherence_train"] <= 1 and 0 <= figures["adherence_heldout"] <= 1
-    assert set(figures["switch"]) == {"recache", "keep", "reset"}
+    assert set(figures["switch"]) == {"recache", "keep", "reset", "flush"}
     for mode in figures["switch"].values():
         assert mode["chunks_to_follow"] is None or 1 <= mode["chunks_to_follow"] <= 6
+        assert mode["chunks_to_colour"] is None or 1 <= mode["chunks_to_colour"] <= 6
+        assert len(mode["per_video_chunks_to_colour"]) == len(mode["per_video_chunks_to_follow"])
         assert mode["seam"] > 0
     assert figures["cost"]["text_over_label_flops"] > 1 and figures["cost"]["commit_passes_in_recache"] == 3
     assert len(figures["videos"]["train"]) == 15 and (tmp_path / "sheet.png").exists()

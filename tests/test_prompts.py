@@ -110,6 +110,20 @@ def test_keep_changes_only_the_prompt_and_reset_drops_the_window(encoder):
     assert (reset - none_reset).abs().max() <= 1e-4
 
 
+def test_flush_keeps_only_the_last_frame_recached(encoder):
+    """infinity-RoPE's KV flush: the window becomes the last frame, re-cached under the new prompt, so the next chunk
+    is a new video's first chunk after that frame (as committed), whatever came before it."""
+    model = random_model(**TEXT)
+    pipe = _pipe(model, encoder)
+    new = {"prompt": "a blue square"}
+    flushed, window, _, state = _run_then_switch(pipe, 4, {"prompt": "a red circle"}, {**new, "mode": "flush"})
+    assert state.conditioning.cache.frames_committed == 1 + model.cfg.chunk_frames  # the last frame, then the chunk
+    fresh = pipe.start(seed=0, **new)
+    pipe.adopt_window(fresh, [], [window[:, :, -1:]], state.frames - model.cfg.chunk_frames)
+    fresh.generator = torch.Generator().manual_seed(7)
+    assert (flushed - pipe.next_chunk(fresh).frames).abs().max() <= 1e-5
+
+
 def test_keep_unchanged_frame_kv(encoder):
     model = random_model(**TEXT)
     pipe = _pipe(model, encoder)

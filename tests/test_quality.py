@@ -64,6 +64,15 @@ def test_evaluate_quality_measures_against_the_real_gaussian_it_is_given(checkpo
         chunk = frechet_distance(Gaussian.fit(features[:, k]), own)
         assert same["per_chunk"][k]["frechet_distance"] == pytest.approx(chunk, rel=1e-6, abs=1e-9)
     assert 0 <= same["class_accuracy"] <= 1 and same["class_accuracy"] == moved["class_accuracy"]
+    labels = torch.arange(6) % 3  # the videos cycle through the classes: each class against its own real clips
+    own_class = {str(c): Gaussian.fit(features[labels == c].flatten(0, 1)) for c in range(3)}
+    per_label = evaluate_quality(pipe, detector, 6, 2, seed=3, real={"all": own, **own_class})["per_label"]
+    assert sorted(per_label) == ["0", "1", "2"] and all(row["videos"] == 2 for row in per_label.values())
+    assert all(row["frechet_distance"] == pytest.approx(0, abs=1e-6) for row in per_label.values())
+    named = detector.classify(features.flatten(0, 1)).view(6, 2)
+    for c in range(3):
+        assert per_label[str(c)]["class_accuracy"] == pytest.approx((named[labels == c] == c).float().mean().item())
+    assert same["per_label"]["0"]["frechet_distance"] is None  # no real clips of class 0 given
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")

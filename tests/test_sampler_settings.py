@@ -20,10 +20,11 @@ from helpers import random_model
 def test_every_setting_is_a_flag_of_the_command_line():
     fields = [f.name for f in dataclasses.fields(SamplerSettings)]
     args = parse_args(["--steps", "8", "--shift", "2.5", "--cfg-scale", "3", "--cond-noise", "0.1", "--cache", "none",
-                       "--step-cache", "taylorseer", "--step-cache-opt", "interval=2,cfg_reuse=1"])
+                       "--step-cache", "taylorseer", "--step-cache-opt", "interval=2,cfg_reuse=1", "--sink-frames",
+                       "1", "--sink-rope", "original"])
     assert sorted(args.sampler) == sorted(fields)  # one flag per setting, nothing else
     assert SamplerSettings(**args.sampler) == SamplerSettings(8, 2.5, 3.0, 0.1, "none", "taylorseer",
-                                                              {"interval": 2, "cfg_reuse": True})
+                                                              {"interval": 2, "cfg_reuse": True}, 1, "original")
     assert parse_args([]).sampler == {}  # nothing given: the checkpoint's
 
 
@@ -40,6 +41,8 @@ def test_every_setting_is_a_flag_of_the_command_line():
     ({"step_cache": "adacache", "step_cache_options": {"growth_weight": math.inf}}, "growth_weight=inf"),
     ({"step_cache": "adacache", "step_cache_options": {"motion_weight": -5}}, "motion_weight=-5"),
     ({"step_cache_options": {"threshold": 0.2}}, "needs a step cache (step_cache is none)"),
+    ({"sink_frames": -1}, "sink_frames=-1: must be a whole number >= 0"),
+    ({"sink_rope": "absolute"}, "sink_rope=absolute: must be one of adjacent, original"),
 ])
 def test_every_value_is_checked_in_one_place(change, says):
     with pytest.raises(SettingError) as error:

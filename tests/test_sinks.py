@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ca2vdm.config import model_config
-from ca2vdm.errors import ConfigError
+from ca2vdm.errors import ConfigError, SettingError
 from ca2vdm.models.attention import apply_rope, rope_table
 from ca2vdm.models.kv_cache import KVCache
 from ca2vdm.sampling.pipeline import LongVideoPipeline
@@ -133,3 +133,26 @@ def test_chunks_before_the_window_fills_train_only_on_clips_that_start_at_the_si
     chunks = cfg.layout.clip_chunks(cfg.clip_frames)
     weights = chunk_weights(chunks, torch.tensor([True, False]), cfg)
     assert weights.tolist() == [[1, 1, 1, 1], [0, 0, 0, 1]]
+
+
+def test_sinks_as_a_sampler_setting_are_the_models_own():
+    """sink_frames chosen at sampling (training-free) samples exactly as a model built with those sinks; sink_rope
+    original leaves the sinks at the positions they were written at: the same video until the ring wraps, another
+    after; bad settings are refused in one line."""
+    videos = {}
+    for name, model, settings in (("model", random_model(sink_frames=3), {}),
+                                  ("setting", random_model(), {"sink_frames": 3}),
+                                  ("original", random_model(), {"sink_frames": 3, "sink_rope": "original"})):
+        pipe = LongVideoPipeline(model, steps=2, cache="kv", **settings)
+        videos[name] = torch.cat([c.frames for c in pipe.generate(8, seed=2)], dim=2)
+    assert torch.equal(videos["model"], videos["setting"])
+    per_frame = (videos["setting"] - videos["original"]).abs().amax(dim=(0, 1, 3, 4))
+    assert per_frame[:7].max() == 0 and per_frame[7:].max() > 1e-4  # the ring first wraps at frame 7
+    no_sinks = LongVideoPipeline(random_model(sink_frames=3), steps=2, sink_frames=0)
+    assert no_sinks.sinks == 0 and torch.equal(torch.cat([c.frames for c in no_sinks.generate(8, seed=2)], dim=2),
+                                               torch.cat([c.frames for c in LongVideoPipeline(
+                                                   random_model(), steps=2).generate(8, seed=2)], dim=2))
+    with pytest.raises(SettingError, match="sink_frames=2: must be whole chunks from the first frame"):
+        LongVideoPipeline(random_model(), sink_frames=2)
+    with pytest.raises(SettingError, match="sink_rope=original: places the sinks of the KV cache: needs cache kv"):
+        LongVideoPipeline(random_model(), sink_frames=1, sink_rope="original", cache="none")

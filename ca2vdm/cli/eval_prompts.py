@@ -1,4 +1,5 @@
-"""Measure a text model on captioned shapes: prompt adherence, prompt switches (recache, keep, reset) and the cost.
+"""Measure a text model on captioned shapes: prompt adherence, prompt switches (recache, keep, reset, flush) and the
+cost.
 
     ca2vdm eval prompts --checkpoint checkpoints/text-demo.safetensors --json docs/results/prompts.json \
         --sheet docs/images/prompt_switch.png
@@ -9,7 +10,8 @@ ca2vdm/evaluation/prompt_adherence.py (palette colour of the foreground, a shape
 shapes; its own accuracy is ``reader_accuracy``), match the prompt; read over every generated frame but the first.
 Switch: videos from "a A1 S1" switched to "a A2 S2" (other colour and shape) at chunk ``--switch-at``, in each mode;
 ``chunks_to_follow`` = chunks from the switch until every later chunk (of ``--after``) matches the new prompt (1: the
-first chunk after the switch does; the median over videos, null if most never follow), ``seam`` = the change from
+first chunk after the switch does; the median over videos, null if most never follow), ``chunks_to_colour`` the same
+for the new prompt's colour alone, ``seam`` = the change from
 the last frame before the switch to the first after it, over the mean frame-to-frame change inside the chunks around
 it (the mean over videos; ``seam_without_switch``: the same at that chunk of unswitched videos;
 ca2vdm/evaluation/prompt_switches.py). Cost: seconds per chunk of the text model and of a label model of the same

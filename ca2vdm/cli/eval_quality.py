@@ -11,7 +11,8 @@ The videos use the checkpoint's recorded sampler settings (``--steps`` and ``--c
 (compared with that class's real clips). The default detector (checkpoints/shapes-detector.safetensors, trained on
 the synthetic shapes by ca2vdm train-detector) carries the real clips' statistics; any other needs ``--data``.
 JSON: ``frechet_distance``, ``class_accuracy`` (a fraction in [0, 1]), ``per_chunk`` (one ``frechet_distance`` and
-``class_accuracy`` per chunk index), the settings and the generation's seconds per chunk
+``class_accuracy`` per chunk index), without ``--label`` ``per_label`` (each class's videos against that class's
+real clips), the settings and the generation's seconds per chunk
 (ca2vdm/evaluation/quality.py).
 """
 from __future__ import annotations
@@ -82,3 +83,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     print(f"{args.checkpoint} ({report['sampler']['steps']} steps, cfg {report['sampler']['cfg_scale']}): Frechet "
           f"distance {report['frechet_distance']:.2f}, class accuracy {accuracy}; per chunk: "
           + " ".join(f"{row['frechet_distance']:.1f}" for row in report["per_chunk"]))
+    for label, row in report.get("per_label", {}).items():
+        distance = "n/a" if row["frechet_distance"] is None else f"{row['frechet_distance']:.2f}"
+        print(f"  label {label} ({row['videos']} videos): Frechet distance {distance}, class accuracy "
+              f"{row['class_accuracy']:.3f}")

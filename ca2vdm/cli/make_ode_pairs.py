@@ -3,10 +3,12 @@
     ca2vdm make-ode-pairs --checkpoint checkpoints/demo.safetensors --out data/ode-demo --videos 256
     accelerate launch -m ca2vdm.cli.main make-ode-pairs ...      # shards split across processes / GPUs
     ca2vdm make-ode-pairs ... --resume                            # after a kill: finished shards are kept
+    ca2vdm make-ode-pairs --checkpoint checkpoints/text-demo.safetensors --prompts data/captioned/captions.jsonl ...
 
 The teacher samples training clips (its first frame and the chunks after it) through its KV cache with the settings
 its checkpoint records (16 guided steps for the demo); each chunk's state is kept at the student's ``--steps + 1``
-times. A share ``--null-share`` of the clips is unconditional (the null label, unguided). Shards of ``--shard-size``
+times. A share ``--null-share`` of the clips is unconditional (the null label or the empty prompt, unguided); a text
+teacher's clips each take one of the distinct captions of ``--prompts`` (a caption manifest). Shards of ``--shard-size``
 clips are written as they fill (memory holds one shard), ``index.json`` last; ``--out`` must be a new or empty folder.
 """
 from __future__ import annotations
@@ -32,6 +34,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     p.add_argument("--batch", type=count(1, 4096), default=8, help="clips sampled together, 1 .. 4096")
     p.add_argument("--shard-size", type=count(1, 10 ** 6), default=64,
                    help="clips per shard (memory holds one shard), 1 .. 10**6")
+    p.add_input("--prompts", default=None, help="a text teacher's prompts: a caption manifest (captions.jsonl or "
+                "CSV) whose distinct captions the clips are drawn from")
     p.add_argument("--resume", action="store_true", help="continue a recording that was stopped (same settings); "
                    "shards that are damaged or cut short are recorded again")
     p.add_argument("--no-progress", action="store_true", help="disable the progress bar")
@@ -44,14 +48,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     import torch  # after the arguments: --help answers before torch loads
     from accelerate import PartialState
 
+    from ca2vdm.data.captions import load_captions
     from ca2vdm.training.ode_pairs import write_pairs
 
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     try:
+        prompts = list(dict.fromkeys(load_captions(args.prompts)[0].values())) if args.prompts else None
         index = write_pairs(args.checkpoint, args.out, args.videos, args.steps, null_share=args.null_share,
                             seed=args.seed, batch=args.batch, shard_size=args.shard_size, resume=args.resume,
                             device=args.device or state.device, rank=state.process_index, world=state.num_processes,
-                            barrier=state.wait_for_everyone, progress=not args.no_progress)
+                            barrier=state.wait_for_everyone, progress=not args.no_progress, prompts=prompts)
     except Ca2vdmError as e:
         sys.exit(f"error: {e.for_cli()}")
     if state.is_main_process:

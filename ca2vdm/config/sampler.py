@@ -12,14 +12,16 @@ import dataclasses
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
+from ca2vdm.config.model import ModelConfig
 from ca2vdm.config.options import Declared, check_fields, declared_field, setting
 from ca2vdm.config.step_caches import MAX_STEPS, STEP_CACHE_NAMES, step_cache_config
 from ca2vdm.errors import SettingError
 
 CACHE_MODES = ("kv", "none", "full")  # conditioning: the shared KV cache, window recompute, all-frame recompute
-SWITCH_MODES = ("recache", "keep", "reset")  # a change of label or prompt mid-video: what happens to the window
+SWITCH_MODES = ("recache", "keep", "reset", "flush")  # a label or prompt changed mid-video: what happens to the window
+SINK_ROPES = ("adjacent", "original")  # where attention sinks sit in the rotary positions
 SEED_MAX = 2 ** 64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
 SEED = Declared(int, "random seed (the same seed, the same video)", low=0, high=SEED_MAX)
 VERSION = 1  # of the recorded form (to_dict); from_dict reads every version up to this one
@@ -41,6 +43,14 @@ class SamplerSettings:
                               choices=STEP_CACHE_NAMES)
     step_cache_options: Mapping[str, Any] = setting(dict, "settings of the step cache (see docs/step-caching.md)",
                                                     kind=dict)
+    sink_frames: Optional[int] = setting(None, "attention sinks at inference: the video's first frames (whole chunks) "
+                                         "kept in the window for good, the rest of it a ring (training-free: "
+                                         "StreamingLLM, Deep Forcing's deep sink)", kind=int, low=0,
+                                         note="null: the model's model.sink_frames")
+    sink_rope: str = setting("adjacent", "the sinks' rotary positions: adjacent re-rotates them to sit just before the "
+                             "oldest frame in the window (Deep Forcing, Rolling Sink); original keeps the positions "
+                             "they were written at (StreamingLLM's), so their distance grows and wraps around the "
+                             "period", choices=SINK_ROPES)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -73,6 +83,21 @@ class SamplerSettings:
                                f"{recorded.get('version')}; this one reads up to {VERSION}); upgrade ca2vdm")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in recorded.items() if k in names})
+
+
+def sampler_sinks(settings: SamplerSettings, cfg: ModelConfig) -> int:
+    """The attention sinks a model is sampled with: the settings' ``sink_frames``, else the model's; SettingError
+    unless they are whole chunks from the first frame and leave room for the ring, or when ``sink_rope`` is asked of
+    a cache mode without a KV cache."""
+    sinks = cfg.sink_frames if settings.sink_frames is None else settings.sink_frames
+    if sinks and (not cfg.layout.is_boundary(sinks) or sinks >= cfg.max_context_frames):
+        raise SettingError("sink_frames", sinks, f"must be whole chunks from the first frame (e.g. "
+                           f"{cfg.layout.start_of(1)}) and fewer than model.max_context_frames="
+                           f"{cfg.max_context_frames}")
+    if settings.sink_rope != "adjacent" and settings.cache != "kv":
+        raise SettingError("sink_rope", settings.sink_rope, f"places the sinks of the KV cache: needs cache kv, not "
+                           f"{settings.cache}")
+    return sinks
 
 
 def sampler_setting(name: str, **changes: Any) -> Any:

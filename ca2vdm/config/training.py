@@ -157,6 +157,17 @@ class DistillConfig:
                            low_open=True, high=1, high_open=True)
     max_t: float = setting(0.98, "DMD and the critic: noise times drawn uniformly in [min_t, max_t]", low=0,
                            low_open=True, high=1, high_open=True)
+    rollout_chunks: Optional[int] = setting(None, "DMD: chunks of the student's rollout after the first frame (as "
+                                            "--chunks counts them); DMD and the critic score a window of the "
+                                            "training clip's chunks anywhere in it", kind=int, low=1,
+                                            note="null: the training clip's (the window at the start)")
+    switch_share: float = setting(0.0, "DMD: share of rollouts whose condition (prompt or label) switches at a "
+                                  "random chunk inside the window (recache, as at inference)", low=0, high=1)
+    teacher_switch: str = setting("flush", "DMD: how the teacher reads a window across a switch: flush (the sinks and "
+                                  "the last frame before it, then the new condition: the target of a switch) or "
+                                  "recache (every frame the student read)", choices=("flush", "recache"))
+    critic_dropout: float = setting(0.1, "the critic's loss: share of its rows conditioned on nothing (the empty "
+                                    "prompt or the null label), as caption dropout", low=0, high=1)
 
     def rules(self) -> list[str]:
         if self.min_t >= self.max_t:

@@ -5,7 +5,8 @@ that drift shows as a curve and over all chunks, and the share of clips the dete
 Videos are made through the Python API (:class:`~ca2vdm.generation.api.Pipeline`: the checkpoint's own sampler
 settings unless overridden), ``videos`` of them with seeds ``seed, seed + 1, ...``; with ``label`` None they cycle
 through the classes (video i has label i mod classes) and are compared with all real clips, otherwise with the real
-clips of that class. Each chunk (the first frame excluded) is one clip.
+clips of that class; videos of every class are also measured class by class (``per_label``: each class's videos
+against its own real clips). Each chunk (the first frame excluded) is one clip.
 """
 from __future__ import annotations
 
@@ -60,7 +61,19 @@ def evaluate_quality(pipe: Pipeline, detector: Detector, videos: int, chunks: in
               "frechet_distance": frechet_distance(Gaussian.fit(features.flatten(0, 1)), real[key]),
               **_accuracy(detector, features.flatten(0, 1), labels.repeat_interleave(chunks)),
               "per_chunk": per_chunk, "seconds_per_chunk": seconds, "sampler": pipe.settings.to_dict()}
+    if label is None and (labels >= 0).any():  # the same videos, each class against its own real clips
+        report["per_label"] = {str(c): _class_figures(detector, features[labels == c], c, real)
+                               for c in labels.unique().tolist()}
     return report
+
+
+def _class_figures(detector: Detector, features: torch.Tensor, label: int, real: dict[str, Gaussian]) -> dict:
+    """The figures of one class's videos (features (n, K, D)): their Frechet distance to that class's real clips
+    (all chunks pooled; None where the real clips have no such class) and their class accuracy."""
+    pooled = features.flatten(0, 1)
+    distance = frechet_distance(Gaussian.fit(pooled), real[str(label)]) if str(label) in real else None
+    return {"videos": features.shape[0], "frechet_distance": distance,
+            **_accuracy(detector, pooled, torch.full((len(pooled),), label))}
 
 
 def _accuracy(detector: Detector, features: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -195,8 +195,8 @@ def _write_chunks(pipe: Pipeline, opts: GenerationOptions, seeds: list[int], out
     given, frames_before = None, 0
     if opts.first_frame:
         kept, frames_before = stream_given(opts.first_frame, pipe.size, pipe.model.cfg, pipe.settings.cache,
-                                           pipe.codec.temporal, [output.writer for output in outputs],
-                                           poll)  # (3, T, H, W)
+                                           pipe.codec.temporal, [output.writer for output in outputs], poll,
+                                           pipe.sampler.sinks)  # (3, T, H, W)
         for output in outputs:
             output.preview.append(to_uint8(kept[:, -sheet_row(pipe):]))  # a contact sheet row
         given = kept.expand(len(seeds), *kept.shape)  # (B, 3, T, H, W): the same frames for every seed

@@ -130,9 +130,11 @@ class CausalVideoModel(Protocol):
     def text_conditional(self) -> bool:
         """Whether the model reads prompts (cross-attention)."""
 
-    def new_cache(self, batch: int, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> ContextCache:
-        """An empty context cache for ``batch`` rows (default: the model's device and dtype)."""
+    def new_cache(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                  sink_frames: int | None = None, sink_rope: str = "adjacent") -> ContextCache:
+        """An empty context cache for ``batch`` rows (default: the model's device and dtype); ``sink_frames``: the
+        sampler's attention sinks (None: ``cfg.sink_frames``), ``sink_rope``: where they sit in the rotary positions
+        (``SamplerSettings.sink_rope``)."""
 
     def text_kv(self, text: TextEmbeddings) -> PromptKV:
         """Every block's cross-attention K/V of ``text`` (one prompt per row)."""

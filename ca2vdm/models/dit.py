@@ -204,13 +204,15 @@ class CausalVideoDiT(ModelBase):
             raise ValueError(f"{text.mask.shape[0]} prompts for a batch of {batch} videos")
         return text
 
-    def new_cache(self, batch: int, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache sized for this model and ``batch`` videos."""
+    def new_cache(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                  sink_frames: int | None = None, sink_rope: str = "adjacent") -> KVCache:
+        """An empty KV cache sized for this model and ``batch`` videos (``sink_frames``: the sampler's attention sinks,
+        default the model's)."""
+        sinks = self.cfg.sink_frames if sink_frames is None else sink_frames
         return KVCache(self.cfg.depth, batch, self.grid ** 2, self.cfg.num_heads, self.head_dim,
                        self.cfg.max_context_frames, self.cfg.chunk_frames, self.cfg.prefix_frames,
-                       device=device or self.device, dtype=dtype or self.dtype, sink_frames=self.cfg.sink_frames,
-                       rope=(self.rope_cos, self.rope_sin))
+                       device=device or self.device, dtype=dtype or self.dtype, sink_frames=sinks,
+                       rope=(self.rope_cos, self.rope_sin), realign_sinks=sink_rope == "adjacent")
 
     def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch tokens (B, T, S, D) and per-frame condition (B, T, D)."""

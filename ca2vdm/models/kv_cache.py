@@ -93,8 +93,10 @@ class KVCache(FrameRing):
     def __init__(self, depth: int, batch: int, tokens: int, heads: int, head_dim: int, max_context_frames: int,
                  chunk_frames: int, prefix_frames: int = 0, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, sink_frames: int = 0,
-                 rope: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """``rope``: the model's (period, head_dim / 2) cos and sin tables, needed to move sinks (``sink_frames``)."""
+                 rope: tuple[torch.Tensor, torch.Tensor] | None = None, realign_sinks: bool = True):
+        """``rope``: the model's (period, head_dim / 2) cos and sin tables, needed to move sinks (``sink_frames``).
+        ``realign_sinks=False`` leaves the sinks at the positions they were written at (StreamingLLM's sinks: their
+        distance to the chunk grows, and wraps around the rotary period), for comparison."""
         if sink_frames and (rope is None or not 0 < sink_frames < max_context_frames):
             raise ValueError(f"sink_frames={sink_frames} needs the rotary tables and must be in [1, "
                              f"max_context_frames={max_context_frames})")
@@ -107,7 +109,7 @@ class KVCache(FrameRing):
         prefix_shape = (depth, batch, prefix_frames, tokens, heads, head_dim)
         self.prefix_k = torch.zeros(prefix_shape, device=device, dtype=dtype) if prefix_frames else None
         self.prefix_v = torch.zeros_like(self.prefix_k) if prefix_frames else None
-        self.sink_frames = sink_frames
+        self.sink_frames, self.realign_sinks = sink_frames, realign_sinks
         self.sink_k = self.k[:, :, :sink_frames].clone()  # (depth, B*S*H, k, Dh) sink keys at positions 0..k-1
         self._sink_slots = self.k[:, :, :sink_frames]  # where they are read, every row (row views keep it)
         self.rope = rope
@@ -133,9 +135,11 @@ class KVCache(FrameRing):
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _move_sinks(self, shift: int) -> None:
-        """Place the sinks before the oldest frame in the ring: rotated by r0 - k = F + L - window (or 0)."""
-        cos, sin = (table[shift % table.shape[0]] for table in self.rope)  # (Dh/2,)
-        self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view
+        """Place the sinks before the oldest frame in the ring: rotated by r0 - k = F + L - window (or 0); with
+        ``realign_sinks=False`` they stay at the positions they were written at."""
+        if self.realign_sinks:
+            cos, sin = (table[shift % table.shape[0]] for table in self.rope)  # (Dh/2,)
+            self._sink_slots.copy_(apply_rope(self.sink_k, cos, sin))  # every row, also from a row view
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
                commit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

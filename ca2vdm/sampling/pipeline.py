@@ -11,10 +11,9 @@ Three ways to condition a chunk (``SamplerSettings.cache``), all sampling the sa
 * ``full``: re-run all previous frames at every step (extendable context; quadratic total cost, a benchmark
   baseline). Equal to ``kv`` while the window is not full; past the window it attends beyond the trained range.
 
-Labels and prompts (:mod:`ca2vdm.sampling.conditioning`) can change between chunks (:meth:`LongVideoPipeline.switch`):
-``recache`` (default, LongLive's KV re-cache) runs the window's frames once more, as committed, under the new
-condition and writes their K/V back into the cache; ``keep`` keeps the frames' K/V made under the old one (only new
-passes see the new condition); ``reset`` drops the window (the next chunk starts without context: a cut).
+Labels and prompts (:mod:`ca2vdm.sampling.conditioning`) can change between chunks (:meth:`LongVideoPipeline.switch`:
+``recache``, LongLive's KV re-cache, the default; ``keep``; ``reset``, a cut; ``flush``, infinity-RoPE's). Attention
+sinks are the model's (``model.sink_frames``) unless the settings choose others (``sink_frames``, ``sink_rope``).
 
 A pipeline speaks to its model through :class:`~ca2vdm.models.base.CausalVideoModel` only, and never changes it (its
 mode, its weights, its hooks): a step-caching policy (and the counter of the passes that ran) is attached only while a
@@ -35,11 +34,12 @@ import torch
 from ca2vdm.checkpoints.metadata import CheckpointMetadata
 from ca2vdm.config import SamplerSettings
 from ca2vdm.config.conditioning import check_switch_request
+from ca2vdm.config.sampler import sampler_sinks
 from ca2vdm.encoders.text import TextEncoder
 from ca2vdm.errors import SettingError, opt
 from ca2vdm.models.base import CausalVideoModel
-from ca2vdm.models.hooks import ModelHook
 from ca2vdm.sampling.conditioning import Conditioning, Prompt, check_kind, kind_of, label_rows, text_rows
+from ca2vdm.sampling.evaluations import COUNTER_HOOK, EvalCounter
 from ca2vdm.sampling.flow import Denoiser, guidance, perturb, sample, timesteps
 from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 
@@ -47,7 +47,6 @@ from ca2vdm.sampling.step_cache import StepCache, build_step_cache
 # seed draws the same noise in fp32, bf16 and fp16, and the Euler steps add in float32. The model casts its input to
 # its weights' dtype; the context cache is in the weights' dtype.
 STATE_DTYPE = torch.float32
-COUNTER_HOOK = "evaluations"  # the name of the hook that counts the block-stack passes that ran
 
 
 @dataclass
@@ -57,19 +56,6 @@ class ChunkResult:
     index: int                  # chunk number, 0-based
     model_evals: int            # block-stack evaluations that ran while denoising (per guidance branch; counted)
     skipped_evals: int = 0      # evaluations a step-caching policy skipped
-
-
-class EvalCounter(ModelHook):
-    """Counts the block-stack passes that run (innermost on the model's step-cache hooks, so a pass a policy skips is
-    never seen), per guidance branch: a pass over ``branches x batch`` rows counts ``branches``; commits not at all."""
-
-    def __init__(self, batch: int):
-        self.batch, self.count = batch, 0
-
-    def forward(self, call, stack_call):
-        if not stack_call.commit:
-            self.count += stack_call.x.shape[0] // self.batch
-        return call(stack_call)
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator], device: torch.device,
@@ -104,14 +90,13 @@ class LongVideoPipeline:
                  pixel_space: bool = True, text_encoder: TextEncoder | None = None,
                  forward: Callable[..., torch.Tensor] | None = None, **overrides):
         """``settings``: the sampler's (default: the library's), with ``overrides`` (keywords named as its fields; None
-        ignored). The step cache is built from ``settings.step_cache``
-        and its options with the checkpoint's ``calibration``, unless a policy object (an expert's: a recorder, a
-        policy made by hand) is given as ``policy``. ``pixel_space``: the model works on pixels, so sampled
-        chunks are clamped to [-1, 1]; a latent model's chunks are not clamped (unit-variance latents go well beyond
-        1; the codec clamps the decoded pixels). ``text_encoder`` reads a text model's prompts
-        (:func:`ca2vdm.encoders.text.build_text_encoder`; encoded prompts need none). ``forward``: what runs the model's
-        passes (default: the model; training's rollouts pass its distributed wrapper, whose forward synchronises
-        gradients)."""
+        ignored). The step cache is built from ``settings.step_cache`` and its options with the checkpoint's
+        ``calibration``, unless a policy object (an expert's: a recorder, a policy made by hand) is given as
+        ``policy``. ``pixel_space``: the model works on pixels, so sampled chunks are clamped to [-1, 1]; a latent
+        model's chunks are not clamped (unit-variance latents go well beyond 1; the codec clamps the decoded pixels).
+        ``text_encoder`` reads a text model's prompts (:func:`ca2vdm.encoders.text.build_text_encoder`; encoded prompts
+        need none). ``forward``: what runs the model's passes (default: the model; training's rollouts pass its
+        distributed wrapper, whose forward synchronises gradients)."""
         self.model = model
         self.text_encoder = text_encoder
         self.forward = model if forward is None else forward
@@ -120,6 +105,7 @@ class LongVideoPipeline:
         self.policy = policy if policy is not None else build_step_cache(
             self.settings.step_cache, self.settings.step_cache_options, self.calibration)
         self.pixel_space = pixel_space
+        self.sinks = sampler_sinks(self.settings, model.cfg)  # attention sinks: the settings', else the model's
 
     @classmethod
     def for_checkpoint(cls, model: CausalVideoModel, metadata: CheckpointMetadata, *,
@@ -149,25 +135,27 @@ class LongVideoPipeline:
         groups = 2 if self.guided(label, prompt) else 1
         labels = label_rows(self.model, label, batch, groups, device)
         text = text_rows(self.model, self.text_encoder, prompt, batch, groups)
-        cache = self.model.new_cache(groups * batch, device) if self.settings.cache == "kv" else None
+        cache = self.model.new_cache(groups * batch, device, sink_frames=self.sinks,
+                                     sink_rope=self.settings.sink_rope) if self.settings.cache == "kv" else None
         return Conditioning(labels, groups, cache, text)
 
-    def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float, frames_before: int,
+    def _velocity(self, cond: Conditioning, x: torch.Tensor, t: float | torch.Tensor, frames_before: int,
                   groups: int) -> torch.Tensor:
-        """Velocity of the first ``groups`` row groups (x: (B, C, L, H, W), repeated per group)."""
+        """Velocity of the first ``groups`` row groups (x: (B, C, L, H, W), repeated per group) at time ``t``: one
+        for every row, or (B,) one per video (training's windows)."""
         rows = groups * x.shape[0]
-        x = _repeat_rows(x, groups)  # (G * B, C, L, H, W)
+        t_rows = _repeat_rows(torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(x.shape[0]), groups)
+        x, t_rows = _repeat_rows(x, groups), t_rows[:, None]  # (G * B, C, L, H, W), (G * B, 1)
         labels = None if cond.labels is None else cond.labels[:rows]
         text = None if cond.text is None else cond.text.rows(rows)
         L = x.shape[2]
         if cond.cache is not None:
             cache = cond.cache if groups == cond.groups else cond.cache.rows(rows)
-            return self.forward(x, torch.full((rows, L), t, device=x.device), labels, cache=cache,
-                                text=text).to(STATE_DTYPE)
+            return self.forward(x, t_rows.expand(rows, L), labels, cache=cache, text=text).to(STATE_DTYPE)
         ctx = torch.cat([_repeat_rows(f, groups) for f in cond.sinks + cond.context] + [x], dim=2)
         n = ctx.shape[2] - L
         t_frames = torch.zeros(rows, n + L, device=x.device)
-        t_frames[:, n:] = t
+        t_frames[:, n:] = t_rows
         out = self.forward(ctx, t_frames, labels, frame_offset=frames_before - n, num_cond_frames=n, text=text)
         return out[:, :, n:].to(STATE_DTYPE)
 
@@ -193,12 +181,11 @@ class LongVideoPipeline:
         ``model.sink_frames`` = k the sinks are never left out: first_frames is then the video's first k frames
         followed by its frames from ``frames_before`` (>= k) on.
         """
-        cfg = self.model.cfg
-        layout = cfg.layout
+        layout = self.model.cfg.layout
         if frames_before and (first_frames is None or self.settings.cache == "full"
-                              or not layout.is_boundary(frames_before) or frames_before < cfg.sink_frames):
+                              or not layout.is_boundary(frames_before) or frames_before < self.sinks):
             raise ValueError(f"frames_before={frames_before} needs first_frames, a chunk boundary, at least "
-                             f"model.sink_frames={cfg.sink_frames} and a cache mode other than full")
+                             f"sink_frames={self.sinks} and a cache mode other than full")
         device, dtype = self.model.device, STATE_DTYPE
         if not isinstance(seed, int) and len(seed) != batch:
             raise ValueError(f"got {len(seed)} seeds for a batch of {batch} videos; give one seed or one per video")
@@ -209,7 +196,7 @@ class LongVideoPipeline:
             self.policy.reset()
         if first_frames is not None:
             first_frames, shape = first_frames.to(device, dtype), first_frames.shape
-            sinks = cfg.sink_frames if frames_before else 0
+            sinks = self.sinks if frames_before else 0
             for part in first_frames[:, :, :sinks].split(layout.split(0, sinks), dim=2):
                 self.commit(state, part)
             for n in layout.split(sinks, frames_before - sinks):  # the noise their commits would have drawn
@@ -312,20 +299,22 @@ class LongVideoPipeline:
         return denoise
 
     @torch.no_grad()
-    def commit(self, state: GenerationState, frames: torch.Tensor) -> None:
+    def commit(self, state: GenerationState, frames: torch.Tensor, perturbed: bool = False) -> None:
         """Perturb finished frames (prefix perturbation) and append them to the conditioning of every row; the
-        window's frames are kept as committed (a switch re-caches them)."""
-        noise = _randn(frames.shape, state.generator, frames.device, frames.dtype)
-        frames = perturb(frames, noise, self.settings.cond_noise)
+        window's frames are kept as committed (a switch re-caches them). ``perturbed``: the frames are already as
+        committed (another model's window replayed in training): no noise is drawn."""
+        if not perturbed:
+            frames = perturb(frames, _randn(frames.shape, state.generator, frames.device, frames.dtype),
+                             self.settings.cond_noise)
         cond, cfg = state.conditioning, self.model.cfg
         if cond.cache is not None:
             self._commit_pass(cond, frames)
-        if self.settings.cache != "full" and state.frames < cfg.sink_frames:
+        if self.settings.cache != "full" and state.frames < self.sinks:
             cond.sinks.append(frames)
         else:
             cond.context.append(frames)
             if self.settings.cache != "full":
-                cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -(cfg.max_context_frames - cfg.sink_frames):]]
+                cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -(cfg.max_context_frames - self.sinks):]]
         state.frames += frames.shape[2]
 
     def _commit_pass(self, cond: Conditioning, frames: torch.Tensor) -> None:
@@ -341,9 +330,10 @@ class LongVideoPipeline:
         """Condition the chunks after this point on ``label`` (a label model) or ``prompt`` (a text model), the same
         for every video of the batch. ``mode``: ``recache`` runs the window's frames once more, as committed, under
         the new condition and writes their K/V back into the cache (one commit pass over the window; sinks too);
-        ``keep`` keeps the frames' K/V made under the old condition; ``reset`` drops the window (no context). In
-        cache modes none and full the window is recomputed at every step anyway: ``recache`` changes nothing more
-        and ``keep`` is refused. Guidance stays as it was decided at :meth:`start`."""
+        ``keep`` keeps the frames' K/V made under the old condition; ``reset`` drops the window (no context);
+        ``flush`` keeps the sinks and the last frame only, re-cached (infinity-RoPE's KV flush). In cache modes none
+        and full the window is recomputed at every step anyway: ``recache`` changes nothing more and ``keep`` is
+        refused. Guidance stays as it was decided at :meth:`start`."""
         check_switch_request(kind_of(self.model), self.model.cfg.num_classes, label, prompt, mode)
         self.check_switch_mode(mode)
         cond, device = state.conditioning, self.model.device
@@ -354,22 +344,37 @@ class LongVideoPipeline:
         if mode == "reset":
             cond.sinks.clear()
             cond.context.clear()
-        if cond.cache is None or mode == "keep":
+        if mode == "flush" and cond.context:  # the sinks and the last frame stay, re-cached (infinity-RoPE's KV flush)
+            cond.context[:] = [torch.cat(cond.context, dim=2)[:, :, -1:]]
+        if mode != "keep":
+            self._recache(cond)
+
+    @torch.no_grad()
+    def adopt_window(self, state: GenerationState, sinks: list[torch.Tensor], context: list[torch.Tensor],
+                     frames: int) -> None:
+        """Condition the next chunk on a window another model committed (training's teacher and critic read the
+        student's: ``sinks`` and ``context`` (B, C, n, H, W) as committed, after ``frames`` frames of video),
+        encoded once under this model and condition: the re-cache of a switch."""
+        state.conditioning.sinks[:], state.conditioning.context[:] = sinks, context
+        state.frames = frames
+        self._recache(state.conditioning)
+
+    def _recache(self, cond: Conditioning) -> None:
+        """Write the window's frames, as committed, into the emptied cache under the current condition."""
+        if cond.cache is None:
             return
         cond.cache.reset()
-        if mode == "recache" and (cond.sinks or cond.context):  # renumbered from 0: only distances count (RoPE)
+        if cond.sinks or cond.context:  # renumbered from 0: only distances count (RoPE)
             window = torch.cat(cond.sinks + cond.context, dim=2)  # (B, C, n, H, W) as committed (perturbed)
             for part in window.split(self.model.cfg.layout.split(0, window.shape[2]), dim=2):
                 self._commit_pass(cond, part)
 
     def check_switch_mode(self, mode: str) -> None:
-        """SettingError for a switch mode these settings cannot carry out: ``keep`` outside cache mode kv (the other
-        modes recompute the window under the current condition, so no K/V is kept), ``reset`` with attention sinks
-        in mode kv (they stay in the cache for good). Called when a switch is scheduled, before any chunk."""
-        sinks = self.model.cfg.sink_frames
-        if mode == "reset" and sinks and self.settings.cache == "kv":
-            raise SettingError("switch_mode", mode, f"a model with attention sinks (model.sink_frames={sinks}) keeps "
-                               "its first frames in the cache for good; switch with recache or keep")
+        """SettingError for a switch mode these settings cannot carry out (``keep`` outside cache mode kv, ``reset``
+        with attention sinks in mode kv); called when a switch is scheduled, before any chunk."""
+        if mode == "reset" and self.sinks and self.settings.cache == "kv":
+            raise SettingError("switch_mode", mode, f"attention sinks (sink_frames={self.sinks}) keep the first "
+                               "frames in the cache for good; switch with recache, keep or flush")
         if mode == "keep" and self.settings.cache != "kv":
             raise SettingError("switch_mode", mode, f"needs {opt('cache', 'kv')}: cache mode {self.settings.cache} "
                                "recomputes the window under the current condition at every step, so no K/V is kept")

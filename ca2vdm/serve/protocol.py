@@ -6,7 +6,7 @@ model below (:data:`ClientMessage`, a union discriminated on ``type``: typed fie
 
 * ``{"type": "start", "model": NAME, "label": INT | null, "seed": INT, "chunks": INT | null (until stopped),
   "step_cache": POLICY, "step_cache_options": {SETTING: NUMBER}, "first_frame": BOOL}`` (and ``"prompt": TEXT |
-  null`` for a text model, ``"switch_mode": "recache" | "keep" | "reset"``);
+  null`` for a text model, ``"switch_mode": "recache" | "keep" | "reset" | "flush"``);
 * ``{"type": "switch", "prompt": TEXT | null, "label": INT | null, "at": INT | null}``: condition the chunks from
   chunk ``at`` (null: the next one the server starts) on a new prompt (a text model) or label, with the
   generation's ``switch_mode``;

@@ -1,10 +1,11 @@
 """Recording a teacher's trajectories for a few-step student's ODE regression (``ca2vdm make-ode-pairs``).
 
 The teacher samples clips (its first frame and the chunks after it, one training clip) through the KV cache, guided
-as its checkpoint records, and the state of every chunk is kept at the student's times: the teacher's schedule holds
-them (the student's ``steps`` divide the teacher's), so the student learns to take in one Euler step what the teacher
-takes in several (:func:`ca2vdm.training.dmd.trajectory_loss`). Self-Forcing keeps a few points of each trajectory in
-the same way (``generate_ode_pairs.py``), for a student that predicts the end point.
+as its checkpoint records, each of a label (or a text teacher's prompt, drawn from a given list), and the state of
+every chunk is kept at the student's times: the teacher's schedule holds them (the student's ``steps`` divide the
+teacher's), so the student learns to take in one Euler step what the teacher takes in several
+(:func:`ca2vdm.training.dmd.trajectory_loss`). Self-Forcing keeps a few points of each trajectory in the same way
+(``generate_ode_pairs.py``), for a student that predicts the end point.
 
 Shards of ``shard_size`` trajectories are written atomically as they fill, so memory holds one shard; a stopped run
 continues with ``resume``, keeping its finished shards (trajectory ``i`` draws its noise and label from ``(seed, i)``
@@ -25,18 +26,21 @@ from ca2vdm.config import to_dict
 from ca2vdm.data.latent_encoding import check_unfinished
 from ca2vdm.data.trajectories import INDEX_NAME, SETTINGS_NAME, shard_problem, shard_shape
 from ca2vdm.errors import ConfigError, SettingError
+from ca2vdm.generation.api import load_text_encoder
 from ca2vdm.io.atomic import save_tensors_atomic, write_text_atomic
 from ca2vdm.sampling.flow import sample
 from ca2vdm.sampling.pipeline import LongVideoPipeline
+from ca2vdm.training.distill_rollout import Condition, trajectory_condition
 
 
-def check_teacher(cfg, checkpoint: str | Path) -> None:
-    """A teacher is a label or unconditional model: distillation samples labels, never prompts (a student of a text
-    model would ignore them)."""
-    if cfg.text_encoder != "none":
-        raise ConfigError(f"{checkpoint} is a text model (model.text_encoder={cfg.text_encoder}); distillation samples "
-                          "labels, not prompts, so its student would ignore them: distil a label or unconditional "
-                          "model")
+def check_prompts(cfg, checkpoint: str | Path, prompts: list[str] | None) -> None:
+    """A text teacher samples prompts drawn from ``prompts``; a label or unconditional one takes none."""
+    if cfg.text_encoder != "none" and not prompts:
+        raise ConfigError(f"{checkpoint} is a text model (model.text_encoder={cfg.text_encoder}): give the prompts "
+                          "its trajectories are sampled from (ca2vdm make-ode-pairs --prompts CAPTIONS)")
+    if cfg.text_encoder == "none" and prompts:
+        raise ConfigError(f"{checkpoint} is not a text model (model.text_encoder=none): it takes no prompts; leave "
+                          "out --prompts")
 
 
 def student_times(schedule: list[float], steps: int) -> list[float]:
@@ -49,14 +53,15 @@ def student_times(schedule: list[float], steps: int) -> list[float]:
 
 
 @torch.no_grad()
-def record_trajectories(pipe: LongVideoPipeline, labels: torch.Tensor | None, seeds: list[int], num_chunks: int,
+def record_trajectories(pipe: LongVideoPipeline, condition: Condition, seeds: list[int], num_chunks: int,
                         steps: int) -> torch.Tensor:
-    """(B, steps + 1, C, T, H, W): ``num_chunks`` chunks of ``len(seeds)`` videos sampled by ``pipe`` (the teacher,
-    through its KV cache) from the noise of their seeds, each chunk's state at the student's times; the last point
-    is the video (clamped in pixel space, as the pipeline's chunks are), which the next chunks are conditioned on."""
+    """(B, steps + 1, C, T, H, W): ``num_chunks`` chunks of ``len(seeds)`` videos of ``condition`` sampled by ``pipe``
+    (the teacher, through its KV cache) from the noise of their seeds, each chunk's state at the student's times; the
+    last point is the video (clamped in pixel space, as the pipeline's chunks are), which the next chunks are
+    conditioned on."""
     schedule = pipe.schedule()
     every = (len(schedule) - 1) // (len(student_times(schedule, steps)) - 1)  # teacher steps per student step
-    state = pipe.start(batch=len(seeds), label=labels, seed=seeds)
+    state = pipe.start(batch=len(seeds), seed=seeds, **condition.kwargs())
     chunks = []
     for _ in range(num_chunks):
         x = pipe.chunk_noise(state)
@@ -72,8 +77,9 @@ def record_trajectories(pipe: LongVideoPipeline, labels: torch.Tensor | None, se
 
 
 def trajectory_label(seed: int, index: int, num_classes: int, null_share: float) -> int:
-    """Trajectory ``index``'s label: the null label (``num_classes``: unguided, unconditional) with probability
-    ``null_share``, otherwise a class drawn uniformly; a function of (seed, index) alone."""
+    """Trajectory ``index``'s label (a text teacher's: the index of its prompt): the null label (``num_classes``:
+    unguided, unconditional) with probability ``null_share``, otherwise one drawn uniformly; a function of
+    (seed, index) alone."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
     if torch.rand((), generator=gen) < null_share:
         return num_classes
@@ -83,18 +89,22 @@ def trajectory_label(seed: int, index: int, num_classes: int, null_share: float)
 def write_pairs(checkpoint: str, out: str | Path, videos: int, steps: int, *, null_share: float = 0.1,
                 seed: int = 0, batch: int = 8, shard_size: int = 64, resume: bool = False, device: str = "cpu",
                 rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
-                progress: bool = True) -> dict:
+                progress: bool = True, prompts: list[str] | None = None) -> dict:
     """Record ``videos`` trajectories of the teacher ``checkpoint`` into ``out`` (this process's shards); return the
-    index, which the main process writes when every process is done."""
+    index, which the main process writes when every process is done. A text teacher's trajectories are each
+    sampled from one of ``prompts`` (the index records them; a trajectory's label is its prompt's number)."""
     out = Path(out)
     model, meta = load_model(checkpoint, device)
-    check_teacher(model.cfg, checkpoint)
-    pipe = LongVideoPipeline.for_checkpoint(model, meta, step_cache="none")
+    check_prompts(model.cfg, checkpoint, prompts)
+    pipe = LongVideoPipeline.for_checkpoint(model, meta, step_cache="none",
+                                            text_encoder=load_text_encoder(model, checkpoint))
     cfg = model.cfg
     times = student_times(pipe.schedule(), steps)
     settings = {"teacher": str(checkpoint), "model_config": to_dict(cfg), "sampler": meta.sampler.to_dict(),
                 "steps": steps, "times": times, "frames": cfg.clip_frames, "videos": videos,
-                "null_share": null_share, "seed": seed, "shard_size": shard_size}
+                "null_share": null_share, "seed": seed, "shard_size": shard_size, **({"prompts": prompts} if prompts
+                                                                                    else {})}
+    classes = len(prompts) if prompts else cfg.num_classes
     check_unfinished(out, settings, resume, SETTINGS_NAME, "recorded trajectories", "recording", finished_ok=True)
     barrier()
     if rank == 0 and not (out / SETTINGS_NAME).exists():
@@ -108,10 +118,10 @@ def write_pairs(checkpoint: str, out: str | Path, videos: int, steps: int, *, nu
     for n in tqdm(mine, desc="trajectories", unit="shard", disable=not (progress and rank == 0), dynamic_ncols=True):
         points, labels = [], []
         for part in torch.arange(shards[n].start, shards[n].stop).split(batch):
-            rows = [trajectory_label(seed, int(i), cfg.num_classes, null_share) for i in part]
-            label = torch.tensor(rows) if cfg.num_classes else None
+            rows = [trajectory_label(seed, int(i), classes, null_share) for i in part]
+            condition = trajectory_condition(pipe, torch.tensor(rows), prompts)
             seeds = [seed * 1_000_003 + int(i) for i in part]
-            points.append(record_trajectories(pipe, label, seeds, num_chunks, steps).half().cpu())
+            points.append(record_trajectories(pipe, condition, seeds, num_chunks, steps).half().cpu())
             labels += rows
         save_tensors_atomic(out / _shard_name(n), {"points": torch.cat(points).contiguous(),
                                                    "labels": torch.tensor(labels, dtype=torch.long)})

@@ -50,8 +50,9 @@ class WanCache(FrameRing):
     def __init__(self, depth: int, batch: int, tokens: int, heads: int, head_dim: int, max_context_frames: int,
                  chunk_frames: int, sink_frames: int = 0, positions: str = "ring", rope_max_seq_len: int = 1024,
                  shift: TimeShift | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
-        """``shift``: moves keys in time (ring positions with sinks need it)."""
+                 dtype: torch.dtype = torch.float32, realign_sinks: bool = True):
+        """``shift``: moves keys in time (ring positions with sinks need it). ``realign_sinks=False`` leaves ring
+        sinks at the positions they were written at (their own indices, as absolute positions do)."""
         if sink_frames and positions == "ring" and shift is None:
             raise ValueError("ring positions with sinks need the model's time shift of keys")
         self.window = max_context_frames + chunk_frames
@@ -60,7 +61,7 @@ class WanCache(FrameRing):
         self.positions, self.rope_max_seq_len, self.shift = positions, rope_max_seq_len, shift
         self.k = torch.zeros(depth, batch, self.window, tokens, heads, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        moved = sink_frames if positions == "ring" else 0  # ring sinks are kept as written and moved per chunk
+        moved = sink_frames if positions == "ring" and realign_sinks else 0  # kept as written, moved per chunk
         self.sink_k = self.k[:, :, :moved].clone()  # (depth, B, k, S, H, Dh)
         self._sink_slots = self.k[:, :, :moved]  # where they are read, every row (row views keep it)
         self.frames_committed = 0
@@ -96,8 +97,8 @@ class WanCache(FrameRing):
 
     def _move_sinks(self, shift: int) -> None:
         """Ring positions: the sinks, kept as written, rotated ``shift`` frames on into their slots (absolute
-        positions leave them at their own indices)."""
-        if self.positions == "ring":
+        positions, or ``realign_sinks=False``, leave them at their own indices)."""
+        if self.sink_k.shape[2]:
             moved = self.shift(self.sink_k.flatten(0, 1).flatten(1, 2), shift)  # (depth*B, k*S, H, Dh)
             self._sink_slots.copy_(moved.reshape(self.sink_k.shape))
 

@@ -124,14 +124,17 @@ class CausalWan(ModelBase, WanTransformer3DModel):
         row = self._padded(encoder.encode([""]))
         return TextEmbeddings(row.tokens.expand(batch, -1, -1), row.mask.expand(batch, -1))
 
-    def new_cache(self, batch: int, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> WanCache:
-        """An empty cache of frame slots for ``batch`` rows (default: the model's device and dtype)."""
+    def new_cache(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
+                  sink_frames: int | None = None, sink_rope: str = "adjacent") -> WanCache:
+        """An empty cache of frame slots for ``batch`` rows (default: the model's device and dtype); ``sink_frames``:
+        the sampler's attention sinks (None: the model's), ``sink_rope``: ``original`` leaves ring sinks at their own
+        indices."""
         cfg = self.cfg
+        sinks = cfg.sink_frames if sink_frames is None else sink_frames
         return WanCache(cfg.depth, batch, self._tokens_per_frame, cfg.num_heads, cfg.hidden_size // cfg.num_heads,
-                        cfg.max_context_frames, cfg.chunk_frames, cfg.sink_frames, cfg.positions,
-                        cfg.rope_max_seq_len, partial(_shift_keys, self.rope), device=device or self.device,
-                        dtype=dtype or self.dtype)
+                        cfg.max_context_frames, cfg.chunk_frames, sinks, cfg.positions, cfg.rope_max_seq_len,
+                        partial(_shift_keys, self.rope), device=device or self.device, dtype=dtype or self.dtype,
+                        realign_sinks=sink_rope == "adjacent")
 
     # -- the passes -------------------------------------------------------------------------------------------
     @property
