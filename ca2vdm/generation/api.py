@@ -302,8 +302,6 @@ def load_pipeline(path: str | os.PathLike | None = None, device: str | torch.dev
     if base is None and offload_text_encoder:
         raise SettingError("offload_text_encoder", True, f"applies to a Wan folder's UMT5 text encoder: give "
                            f"{opt('base')} too")
-    if base is None and path is None:
-        raise SettingError("checkpoint", None, f"give a checkpoint (or a Wan folder as {opt('base')})")
     lora = lora_specs(lora)  # checked before the weights load
     device = resolve_device(device)
     if base is not None:
