@@ -20,6 +20,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from ca2vdm.cli.args import count, new_parser
 from ca2vdm.io.results import check_results_path, write_results
 
 
@@ -58,13 +59,14 @@ def one_step(student_path: str, teacher_path: str, chunks: int, batch: int) -> d
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--student", default="checkpoints/demo-4step.safetensors")
-    p.add_argument("--teacher", default="checkpoints/demo.safetensors")
-    p.add_argument("--chunks", type=int, nargs="+", default=[10, 20, 40, 80], help="rollout lengths (one process each)")
-    p.add_argument("--batch", type=int, default=2, help="videos per step (train.batch_size)")
-    p.add_argument("--json", default="outputs/bench/distill_memory.json")
-    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # a child process: one length
+    p = new_parser(__doc__)
+    p.add_input("--student", default="checkpoints/demo-4step.safetensors", help="the student rolled out (weights)")
+    p.add_input("--teacher", default="checkpoints/demo.safetensors", help="the teacher, also the critic's start")
+    p.add_argument("--chunks", type=count(1, 10 ** 4), nargs="+", default=[10, 20, 40, 80],
+                   help="rollout lengths (one process each), 1 .. 10**4")
+    p.add_argument("--batch", type=count(1, 1024), default=2, help="videos per step (train.batch_size), 1 .. 1024")
+    p.add_output("--json", default="outputs/bench/distill_memory.json", help="JSON file for the figures")
+    p.add_argument("--one", type=count(1, 10 ** 4), default=None, help=argparse.SUPPRESS)  # a child: one length
     args = p.parse_args()
     if args.one is not None:
         print(json.dumps(one_step(args.student, args.teacher, args.one, args.batch)))
