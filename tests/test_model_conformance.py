@@ -241,7 +241,7 @@ def captioned(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_training_resumes_exactly(arch, shapes, captioned, tmp_path):
-    """2 steps + --resume latest + 2 steps == 4 steps, bit for bit (losses and weights), the teacher-forced objective
+    """4 steps + --resume latest + 4 steps == 8 steps, bit for bit (losses and weights), the teacher-forced objective
     on the family's tiny model (labelled shapes, or captioned ones for a family without labels)."""
     condition, data = (dict(num_classes=3), shapes) if "labels" in spec_of(arch).conditions else (
         dict(TEXT, num_classes=0, text_tokens=24), captioned)  # captions run up to 24 WordLlama tokens
@@ -250,14 +250,14 @@ def test_training_resumes_exactly(arch, shapes, captioned, tmp_path):
     def config(out, steps):
         return load_config(ROOT / "configs/tiny.yaml", [f"data.root={data}", f"train.output_dir={out}",
                                                         "train.batch_size=2", "train.log_every=1",
-                                                        f"train.max_steps={steps}", "train.save_every=2",
+                                                        f"train.max_steps={steps}", "train.save_every=4",
                                                         "diffusion.objective=all", *fields])
 
-    full = train(config(tmp_path / "full", 4), progress_bar=False)
-    train(config(tmp_path / "half", 2), progress_bar=False)
-    half = train(config(tmp_path / "half", 4), resume="latest", progress_bar=False)
+    full = train(config(tmp_path / "full", 8), progress_bar=False)
+    train(config(tmp_path / "half", 4), progress_bar=False)
+    half = train(config(tmp_path / "half", 8), resume="latest", progress_bar=False)
     losses = [[json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
               for out in (full, half)]
-    assert len(losses[0]) == 4 and losses[0] == losses[1]
-    a, b = (load_file(out / "checkpoints/step_000004/ema.safetensors") for out in (full, half))
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
+    a, b = (load_file(out / "checkpoints/step_000008/ema.safetensors") for out in (full, half))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
