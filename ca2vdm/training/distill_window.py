@@ -14,7 +14,7 @@ after a re-cached switch), while from the last frame alone it draws the new cond
 target a switch should reach. The velocities are guided as the scoring
 pipeline's settings say (the teacher: ``distill.guidance`` against the null label or the empty prompt; the critic:
 unguided). The cache's passes run under no_grad (as at inference); the noisy chunks' passes carry gradients when
-grad is enabled (the critic's loss), reading the cache through a copy.
+grad is enabled (the critic's loss), reading the cache through a copy, and so do a text critic's prompt K/V.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from collections.abc import Iterator
 
 import torch
 
+from ca2vdm.sampling.conditioning import text_rows
 from ca2vdm.sampling.pipeline import GenerationState, LongVideoPipeline
-from ca2vdm.training.distill_rollout import Window
+from ca2vdm.training.distill_rollout import Condition, Window
 
 
 def replay(pipe: LongVideoPipeline, window: Window, drop: torch.Tensor | None = None, switch_mode: str = "recache"
@@ -35,12 +36,23 @@ def replay(pipe: LongVideoPipeline, window: Window, drop: torch.Tensor | None = 
     the sinks and the last frame before the switch (the teacher's target: the new condition, continued from there)."""
     condition = lambda c: c if drop is None else c.dropped(drop, pipe.model.null_label)  # noqa: E731
     state = pipe.start(batch=window.clip.shape[0], seed=0, **condition(window.condition).kwargs())
+    _prompt_kv_with_grad(pipe, state, condition(window.condition))
     pipe.adopt_window(state, window.sinks, window.context, window.frames)
     for c, committed in enumerate(window.committed):
         if window.switch is not None and c == window.switch[0]:
             pipe.switch(state, mode=switch_mode, **condition(window.switch[1]).kwargs())
+            _prompt_kv_with_grad(pipe, state, condition(window.switch[1]))
         yield state, c
         pipe.commit(state, committed, perturbed=True)
+
+
+def _prompt_kv_with_grad(pipe: LongVideoPipeline, state: GenerationState, condition: Condition) -> None:
+    """With gradients enabled (the critic's loss), make the prompt rows' K/V again with them: the pipeline made them
+    under no_grad, as inference does, which would leave a text critic's cross-attention projections untrained. The
+    values are the same; the cache's passes still read them under no_grad."""
+    if torch.is_grad_enabled() and condition.prompt is not None:
+        cond = state.conditioning
+        cond.text = text_rows(pipe.model, pipe.text_encoder, condition.prompt, state.batch, cond.groups)
 
 
 def window_velocity(pipe: LongVideoPipeline, window: Window, noisy: torch.Tensor, t: torch.Tensor,
