@@ -261,3 +261,36 @@ def test_training_resumes_exactly(arch, shapes, captioned, tmp_path):
     assert len(losses[0]) == 8 and losses[0] == losses[1]
     a, b = (load_file(out / "checkpoints/step_000008/ema.safetensors") for out in (full, half))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_distillation_runs_on_the_family(arch, tmp_path):
+    """The teacher's trajectories (labels, or prompts for a family without labels), then ODE regression and DMD on
+    long rollouts that switch their condition inside the window, through the family's own cache: finite losses in the
+    critic/student schedule, and a student that samples in its own steps with one branch."""
+    from ca2vdm.checkpoints.weights import save_weights
+    from ca2vdm.config.training import DistillTrainingConfig
+    from ca2vdm.generation.api import load_pipeline
+    from ca2vdm.training.distill_task import DistillTask
+    from ca2vdm.training.ode_pairs import write_pairs
+
+    fields, first, _ = _conditioned(arch)
+    teacher = _model(arch, **fields)
+    path = tmp_path / "teacher.safetensors"
+    save_weights(path, teacher.state_dict(), teacher.cfg, {"sampler": {"steps": 4, "cfg_scale": 2.0},
+                                                           "metadata_version": 2})
+    prompts = ["a red circle", "a blue square"] if "prompt" in first else None
+    write_pairs(str(path), tmp_path / "ode", videos=4, steps=2, batch=4, shard_size=4, progress=False, prompts=prompts)
+    config = load_config(ROOT / "configs/distill-demo.yaml", [
+        f"distill.teacher={path}", "distill.steps=2", "distill.ode_steps=1", "distill.critic_ratio=2",
+        "distill.rollout_chunks=4", "distill.switch_share=1", f"data.root={tmp_path / 'ode'}",
+        f"train.output_dir={tmp_path / 'run'}", "train.batch_size=2", "train.log_every=1", "train.max_steps=3",
+        "train.save_every=3", "train.warmup_steps=1"], DistillTrainingConfig)
+    out = train(config, progress_bar=False, task_type=DistillTask)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in m if k.startswith("loss_")) for m in metrics] == [
+        ["loss_model"], ["loss_critic"], ["loss_critic", "loss_model"]]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+    student = load_pipeline(out / "checkpoints/step_000003")
+    assert (student.settings.steps, student.settings.cfg_scale) == (2, 1.0)
+    assert [c.model_evals for c in student.generate(2, seed=0, **first)] == [2] * 3
