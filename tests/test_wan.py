@@ -97,8 +97,8 @@ def test_chunks_through_the_cache_equal_diffusers_forward_under_the_window_mask(
     assert cache.frames_committed == 12 > cache.window
 
 
-def _video(model, mode: str, chunks: int, switch_at: int | None = None) -> torch.Tensor:
-    pipe = LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache=mode, pixel_space=False)
+def _video(model, mode: str, chunks: int, switch_at: int | None = None, **settings) -> torch.Tensor:
+    pipe = LongVideoPipeline(model, steps=2, cfg_scale=2.0, cache=mode, pixel_space=False, **settings)
     state = pipe.start(batch=1, seed=3, prompt=_prompt(1))
     out = []
     for c in range(chunks):
@@ -117,6 +117,19 @@ def test_absolute_positions_keep_every_frames_index_through_eviction_sinks_and_a
     model, _ = _pair(depth=1, sink_frames=1, positions="absolute")
     kv, none = (_video(model, mode, 8, switch_at=6) for mode in ("kv", "none"))
     assert kv.shape[2] > 2 * model.cfg.clip_frames and (kv - none).abs().max() <= 1e-4
+
+
+def test_sinks_chosen_at_sampling_and_their_original_positions():
+    """Sinks chosen at sampling (training-free) sample exactly as a model built with them; with sink_rope=original
+    ring sinks stay at their own indices, so ring positions then give what absolute positions give (8 chunks: the
+    window evicts, inside the RoPE table), and differ from the re-rotated (adjacent) sinks."""
+    ring, built, absolute = (_pair(depth=1, **fields)[0] for fields in (
+        {}, dict(sink_frames=1), dict(sink_frames=1, positions="absolute")))
+    adjacent = _video(ring, "kv", 8, sink_frames=1)
+    assert torch.equal(adjacent, _video(built, "kv", 8))
+    original = _video(ring, "kv", 8, sink_frames=1, sink_rope="original")
+    assert (original - _video(absolute, "kv", 8)).abs().max() <= 1e-4
+    assert (original - adjacent).abs().max() > 1e-3
 
 
 def test_ring_positions_run_past_wans_rope_table_and_absolute_ones_stop_there_in_one_line():
